@@ -1,0 +1,173 @@
+//! The XEP-0114 component: keeps one stream to the XMPP server up,
+//! reconnecting with capped exponential backoff, and feeds stanzas to the
+//! router with bounded concurrency.
+
+pub mod connect;
+pub mod router;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use minidom::Element;
+use tokio::sync::{watch, Semaphore};
+
+use crate::config::Config;
+use crate::protocol::disco::PING;
+use crate::service::Service;
+use crate::store::{Store, StoreError};
+use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
+use crate::xmpp::namespace::CLIENT;
+use connect::ConnectError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+/// Runs the component until `shutdown` turns true (or the secret is wrong).
+/// Returns once every accepted write is committed.
+pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
+    let config = Arc::new(config);
+    let store = Store::open(&config.store)?;
+    let service = Arc::new(Service::new(config.clone(), store.clone()));
+    let result = connection_loop(&config, &service, &mut shutdown).await;
+    store.close().await;
+    tracing::info!("stopped");
+    result
+}
+
+async fn connection_loop(
+    config: &Arc<Config>,
+    service: &Arc<Service>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let mut backoff = Backoff::new(Duration::from_secs(config.component.reconnect_max_secs));
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            c = connect::connect(config) => c,
+        };
+        match connected {
+            Ok(stream) => {
+                tracing::info!(jid = %config.component.jid, "component connected");
+                backoff.reset();
+                let link = link::spawn(stream, StanzaNs::Component, keepalive(config));
+                match run_session(link, config, service, shutdown).await {
+                    None => return Ok(()),
+                    Some(e) => tracing::warn!(error = %e, "connection lost"),
+                }
+            }
+            Err(e) if e.is_fatal() => {
+                tracing::error!(error = %e, "giving up: check component.secret");
+                return Err(e.into());
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect"),
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Routes stanzas until the stream ends (`Some(error)`) or shutdown (`None`).
+async fn run_session(
+    link: Link,
+    config: &Config,
+    service: &Arc<Service>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<LinkError> {
+    let Link { outgoing, mut incoming, task } = link;
+    let max = config.limits.max_in_flight;
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        let stanza = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            s = incoming.recv() => s,
+        };
+        let Some(stanza) = stanza else {
+            return Some(match task.await {
+                Ok(Err(e)) => e,
+                _ => LinkError::Closed,
+            });
+        };
+        // Waiting here (not queueing) keeps memory bounded under floods.
+        let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+        let (service, out) = (service.clone(), outgoing.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = router::route(&service, stanza).await {
+                let _ = out.send(reply).await;
+            }
+            drop(permit);
+        });
+    }
+    // Shutdown: let handlers finish and send their replies, then close.
+    let _ = permits.acquire_many(max as u32).await;
+    drop(outgoing);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    None
+}
+
+/// XEP-0199 ping to the server host: any answer proves the stream alive.
+fn keepalive(config: &Config) -> impl Fn() -> Element + Send + 'static {
+    let from = config.component.jid.clone();
+    let to = config.ping_target();
+    let counter = AtomicU64::new(0);
+    move || {
+        let id = format!("keepalive-{}", counter.fetch_add(1, Ordering::Relaxed));
+        Element::builder("iq", CLIENT)
+            .attr("type".try_into().expect("ncname"), "get")
+            .attr("id".try_into().expect("ncname"), id)
+            .attr("from".try_into().expect("ncname"), from.as_str())
+            .attr("to".try_into().expect("ncname"), to.as_str())
+            .append(Element::builder("ping", PING).build())
+            .build()
+    }
+}
+
+/// Capped exponential backoff with jitter, from 250 ms.
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const START: Duration = Duration::from_millis(250);
+
+    fn new(max: Duration) -> Self {
+        Self { current: Self::START, max }
+    }
+
+    fn reset(&mut self) {
+        self.current = Self::START;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.current.min(self.max);
+        self.current = (self.current * 2).min(self.max);
+        let jitter = rand::random_range(0.0..0.25);
+        base.mul_f64(1.0 + jitter).min(self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(2));
+        let delays: Vec<_> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(250) && delays[0] < Duration::from_millis(320));
+        assert!(delays[1] >= Duration::from_millis(500));
+        assert!(delays[3] >= Duration::from_secs(2) && delays[5] == Duration::from_secs(2));
+        b.reset();
+        assert!(b.next_delay() < Duration::from_millis(320));
+    }
+}

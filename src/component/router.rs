@@ -1,0 +1,122 @@
+//! The router: every stanza from the server goes through [`route`], which
+//! returns at most one reply. It is the one place where service errors
+//! become stanza errors.
+//!
+//! Rules (RFC 6120 §8.2.3, §8.3.1): every IQ get/set gets exactly one reply;
+//! an error, or an IQ result, is never answered.
+
+use minidom::Element;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::stanza_error::{DefinedCondition as C, ErrorType as T, StanzaError};
+
+use crate::protocol::address::Address;
+use crate::protocol::error::{stanza_error, AppCondition};
+use crate::protocol::ProtocolError;
+use crate::service::{IqKind, IqRequest, Service, ServiceError};
+use crate::xmpp::namespace::CLIENT;
+
+pub async fn route(service: &Service, stanza: Element) -> Option<Element> {
+    match stanza.name() {
+        "iq" => route_iq(service, &stanza).await,
+        "message" if stanza.attr("type") != Some("error") => {
+            // No message-borne feature yet; bounce so the sender knows.
+            Some(error_reply(&stanza, &to_stanza_error(&ServiceError::Unsupported)))
+        }
+        _ => None,
+    }
+}
+
+async fn route_iq(service: &Service, iq: &Element) -> Option<Element> {
+    let kind = match iq.attr("type") {
+        Some("get") => IqKind::Get,
+        Some("set") => IqKind::Set,
+        _ => return None, // result, error, or invalid: never answered
+    };
+    iq.attr("id")?;
+    let (Some(from), Some(to)) = (jid_attr(iq, "from"), jid_attr(iq, "to")) else {
+        tracing::warn!("IQ without valid from/to dropped");
+        return None;
+    };
+    let outcome = match (Address::parse(&to), single_child(iq)) {
+        (Err(e), _) => Err(e.into()),
+        (Ok(_), None) => {
+            Err(ProtocolError::Malformed("an IQ get or set carries exactly one child element").into())
+        }
+        (Ok(address), Some(payload)) => {
+            let req = IqRequest { from, to, address, kind, payload: payload.clone() };
+            service.handle_iq(&req).await
+        }
+    };
+    Some(match outcome {
+        Ok(payload) => result_reply(iq, payload),
+        Err(e) => {
+            log_error(&e);
+            error_reply(iq, &to_stanza_error(&e))
+        }
+    })
+}
+
+fn single_child(el: &Element) -> Option<&Element> {
+    let mut children = el.children();
+    match (children.next(), children.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    }
+}
+
+fn jid_attr(el: &Element, name: &str) -> Option<Jid> {
+    el.attr(name).and_then(|s| Jid::new(s).ok())
+}
+
+/// The one mapping from service errors to stanza errors.
+pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
+    match e {
+        ServiceError::Protocol(ProtocolError::BadAddress) => {
+            stanza_error(T::Modify, C::JidMalformed, None, None)
+        }
+        ServiceError::Protocol(ProtocolError::Malformed(why)) => {
+            stanza_error(T::Modify, C::BadRequest, None, Some(why))
+        }
+        ServiceError::PayloadTooBig => {
+            stanza_error(T::Modify, C::PolicyViolation, Some(AppCondition::PayloadTooBig), None)
+        }
+        ServiceError::UnknownGroup => {
+            stanza_error(T::Cancel, C::ItemNotFound, Some(AppCondition::UnknownGroup), None)
+        }
+        ServiceError::UnknownNode => stanza_error(T::Cancel, C::ItemNotFound, None, None),
+        ServiceError::Unsupported => stanza_error(T::Cancel, C::ServiceUnavailable, None, None),
+        ServiceError::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),
+    }
+}
+
+fn log_error(e: &ServiceError) {
+    match e {
+        ServiceError::Store(e) => tracing::error!(error = %e, "store failure"),
+        e => tracing::debug!(error = %e, "request refused"),
+    }
+}
+
+/// A reply stanza of the same kind: addresses swapped, same id.
+fn reply_to(stanza: &Element, type_: &str) -> Element {
+    let mut b = Element::builder(stanza.name(), CLIENT).attr("type".try_into().expect("ncname"), type_);
+    for (attr, source) in [("id", "id"), ("from", "to"), ("to", "from")] {
+        if let Some(v) = stanza.attr(source) {
+            b = b.attr(attr.try_into().expect("ncname"), v);
+        }
+    }
+    b.build()
+}
+
+fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
+    let mut reply = reply_to(iq, "result");
+    if let Some(p) = payload {
+        reply.append_child(p);
+    }
+    reply
+}
+
+fn error_reply(stanza: &Element, error: &StanzaError) -> Element {
+    let mut reply = reply_to(stanza, "error");
+    reply.append_child(error.clone().into());
+    reply
+}

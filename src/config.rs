@@ -1,0 +1,378 @@
+//! Configuration: a TOML file, every key overridable by an environment
+//! variable `XMPP_MLS_<SECTION>_<KEY>` (e.g. `XMPP_MLS_COMPONENT_JID`).
+//!
+//! Errors name the key and the problem in one line; the CLI exits 2 on them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use xmpp_parsers::jid::BareJid;
+
+pub const ENV_PREFIX: &str = "XMPP_MLS_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub component: ComponentConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How to reach the XMPP server's component port (XEP-0114).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    /// The component's domain, e.g. `mls.example.org`.
+    pub jid: String,
+    /// The shared secret of the server's component listener.
+    pub secret: String,
+    /// `host:port` of the server's component listener.
+    #[serde(default = "default_server")]
+    pub server: String,
+    /// Where keepalive pings go; empty means the parent domain of `jid`.
+    #[serde(default)]
+    pub ping_to: String,
+    /// Silence after which a keepalive ping is sent.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+    /// Silence after a ping after which the stream is declared dead.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout_secs: u64,
+    /// Cap of the exponential reconnect backoff.
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite database file (created if missing).
+    pub path: PathBuf,
+    /// `full` fsyncs every batch (survives power loss); `normal` survives
+    /// process crashes only.
+    pub synchronous: Synchronous,
+    /// Most write requests committed in one transaction.
+    pub batch_max: usize,
+    /// Read connections kept open beside the writer.
+    pub readers: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+/// Limits advertised in disco (XEP-0128) and enforced by the router.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest IQ payload accepted, in bytes of serialised XML.
+    pub max_payload_size: usize,
+    /// Stanzas handled concurrently; further input waits (TCP backpressure).
+    pub max_in_flight: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `xmpp_mls=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+fn default_server() -> String {
+    "127.0.0.1:5347".into()
+}
+fn default_keepalive() -> u64 {
+    60
+}
+fn default_response_timeout() -> u64 {
+    20
+}
+fn default_reconnect_max() -> u64 {
+    30
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: "xmpp-mls.sqlite3".into(),
+            synchronous: Synchronous::Full,
+            batch_max: 256,
+            readers: 4,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        // 16 KiB below Prosody's default c2s stanza limit (262144), so the
+        // sender gets a stanza error rather than a closed stream.
+        Self { max_payload_size: 240 * 1024, max_in_flight: 256 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// A configuration problem: which key, and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("config error: {key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+fn err(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), problem: problem.into() }
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path.display().to_string(), e.to_string()))?;
+        Self::from_toml(&text, std::env::vars())
+    }
+
+    /// Parses `text` with the overrides found in `env` (name, value) pairs.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| text[..s.start].lines().count().max(1));
+            err(format!("line {}", line.unwrap_or(0)), e.message().to_owned())
+        })?;
+        apply_env(&mut table, env)?;
+        let config = deserialize(table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.component;
+        let jid = BareJid::new(&c.jid).map_err(|e| err("component.jid", e.to_string()))?;
+        if jid.node().is_some() {
+            return Err(err("component.jid", "must be a domain, without '@'"));
+        }
+        if c.secret.is_empty() {
+            return Err(err("component.secret", "must not be empty"));
+        }
+        if c.server.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+            return Err(err("component.server", "expected host:port"));
+        }
+        if !c.ping_to.is_empty() {
+            BareJid::new(&c.ping_to).map_err(|e| err("component.ping_to", e.to_string()))?;
+        }
+        for (key, v) in [
+            ("component.keepalive_secs", c.keepalive_secs),
+            ("component.response_timeout_secs", c.response_timeout_secs),
+            ("component.reconnect_max_secs", c.reconnect_max_secs),
+            ("store.batch_max", self.store.batch_max as u64),
+            ("store.readers", self.store.readers as u64),
+            ("limits.max_payload_size", self.limits.max_payload_size as u64),
+            ("limits.max_in_flight", self.limits.max_in_flight as u64),
+        ] {
+            if v == 0 {
+                return Err(err(key, "must be greater than 0"));
+            }
+        }
+        self.log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .map_err(|e| err("log.level", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The keepalive ping target: the configured one or the parent domain.
+    pub fn ping_target(&self) -> String {
+        let c = &self.component;
+        if !c.ping_to.is_empty() {
+            return c.ping_to.clone();
+        }
+        c.jid.split_once('.').map(|(_, parent)| parent).unwrap_or(&c.jid).to_owned()
+    }
+
+    /// Resolves `component.server`.
+    pub async fn server_addr(&self) -> Result<SocketAddr, ConfigError> {
+        let mut addrs = tokio::net::lookup_host(&self.component.server)
+            .await
+            .map_err(|e| err("component.server", e.to_string()))?;
+        addrs.next().ok_or_else(|| err("component.server", "resolves to no address"))
+    }
+}
+
+fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let path = e.path().to_string();
+        let problem = e.into_inner().to_string();
+        let problem = problem.lines().next().unwrap_or_default().to_owned();
+        err(if path == "." { "config".into() } else { path }, problem)
+    })
+}
+
+/// Every key with its default value, to type environment overrides.
+fn schema() -> toml::Table {
+    let shape = Config {
+        component: ComponentConfig {
+            jid: String::new(),
+            secret: String::new(),
+            server: default_server(),
+            ping_to: String::new(),
+            keepalive_secs: default_keepalive(),
+            response_timeout_secs: default_response_timeout(),
+            reconnect_max_secs: default_reconnect_max(),
+        },
+        store: StoreConfig::default(),
+        limits: Limits::default(),
+        log: LogConfig::default(),
+    };
+    toml::Table::try_from(&shape).expect("the default config serialises")
+}
+
+const SECTIONS: &[&str] = &["component", "store", "limits", "log"];
+/// Variables of the CLI that share the prefix but are not config keys.
+const CLI_VARIABLES: &[&str] = &["XMPP_MLS_CONFIG", "XMPP_MLS_PASSWORD"];
+
+/// Sets `section.key` from every `XMPP_MLS_SECTION_KEY` variable, typed
+/// like the key's default.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let schema = schema();
+    for (name, value) in env {
+        let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+        if CLI_VARIABLES.contains(&name.as_str()) {
+            continue;
+        }
+        let rest = rest.to_ascii_lowercase();
+        let Some((section, key)) = SECTIONS
+            .iter()
+            .find_map(|s| rest.strip_prefix(s).and_then(|k| k.strip_prefix('_')).map(|k| (*s, k)))
+        else {
+            return Err(err(name, "unknown configuration variable"));
+        };
+        let like = schema.get(section).and_then(|t| t.get(key));
+        let v = typed_env_value(&name, &value, like)?;
+        let t = table
+            .entry(section)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| err(section, "must be a table"))?;
+        t.insert(key.to_owned(), v);
+    }
+    Ok(())
+}
+
+fn typed_env_value(
+    name: &str,
+    value: &str,
+    like: Option<&toml::Value>,
+) -> Result<toml::Value, ConfigError> {
+    Ok(match like {
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            value.parse().map_err(|_| err(name, format!("expected an integer, got {value:?}")))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            value.parse().map_err(|_| err(name, format!("expected true or false, got {value:?}")))?,
+        ),
+        _ => toml::Value::String(value.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[component]\njid = \"mls.localhost\"\nsecret = \"s3cret\"\n";
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let c = Config::from_toml(MINIMAL, no_env()).unwrap();
+        assert_eq!(c.component.server, "127.0.0.1:5347");
+        assert_eq!(c.store.path, PathBuf::from("xmpp-mls.sqlite3"));
+        assert_eq!(c.limits.max_payload_size, 245760);
+        assert_eq!(c.ping_target(), "localhost");
+    }
+
+    #[test]
+    fn partial_sections_keep_other_defaults() {
+        let c = Config::from_toml(&format!("{MINIMAL}[store]\npath = \"a.db\"\n"), no_env()).unwrap();
+        assert_eq!(c.store.path, PathBuf::from("a.db"));
+        assert_eq!(c.store.synchronous, Synchronous::Full);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = vec![
+            ("XMPP_MLS_COMPONENT_JID".into(), "mls.example.org".into()),
+            ("XMPP_MLS_LIMITS_MAX_PAYLOAD_SIZE".into(), "1000".into()),
+            ("XMPP_MLS_STORE_PATH".into(), "/tmp/x.db".into()),
+            ("PATH".into(), "/bin".into()),
+            ("XMPP_MLS_CONFIG".into(), "/etc/xmpp-mls.toml".into()),
+        ];
+        let c = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(c.component.jid, "mls.example.org");
+        assert_eq!(c.limits.max_payload_size, 1000);
+        assert_eq!(c.store.path, PathBuf::from("/tmp/x.db"));
+    }
+
+    #[test]
+    fn env_values_are_typed_like_the_key() {
+        let env = vec![("XMPP_MLS_COMPONENT_SECRET".into(), "1234".into())];
+        assert_eq!(Config::from_toml(MINIMAL, env).unwrap().component.secret, "1234");
+        let env = vec![("XMPP_MLS_LIMITS_MAX_IN_FLIGHT".into(), "many".into())];
+        let e = Config::from_toml(MINIMAL, env).unwrap_err();
+        assert_eq!(e.key, "XMPP_MLS_LIMITS_MAX_IN_FLIGHT");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[component]\nsecret = \"x\"\n", "component"),
+            ("[component]\njid = \"a@b\"\nsecret = \"x\"\n", "component.jid"),
+            ("[component]\njid = \"mls.localhost\"\nsecret = \"\"\n", "component.secret"),
+            ("[component]\njid = \"m\"\nsecret = \"x\"\nserver = \"nope\"\n", "component.server"),
+            (&format!("{MINIMAL}[limits]\nmax_payload_size = \"big\"\n"), "limits.max_payload_size"),
+            (&format!("{MINIMAL}[limits]\nmax_in_flight = 0\n"), "limits.max_in_flight"),
+            (&format!("{MINIMAL}[store]\nsynchronous = \"sometimes\"\n"), "store.synchronous"),
+            (&format!("{MINIMAL}[store]\ncolour = 1\n"), "store.colour"),
+            ("[component\n", "line 1"),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml(text, no_env()).unwrap_err();
+            assert_eq!(e.key, key, "{text:?} gave {e}");
+            assert!(!e.to_string().contains('\n'), "one line: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_env_variable_is_refused() {
+        let env = vec![("XMPP_MLS_COMPONENTS_JID".into(), "x".into())];
+        let e = Config::from_toml(MINIMAL, env).unwrap_err();
+        assert_eq!(e.key, "XMPP_MLS_COMPONENTS_JID");
+    }
+}

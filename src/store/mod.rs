@@ -1,0 +1,273 @@
+//! The store: the only code that touches SQL.
+//!
+//! SQLite in WAL mode. One writer thread owns the write connection and
+//! commits whatever requests are queued in one transaction (each request in
+//! its own savepoint, so one failing request does not undo the others):
+//! durability costs one fsync per batch, not per stanza, and a request is
+//! answered only after its batch is committed. Reads run on a small pool of
+//! separate connections, off the writer's path.
+
+mod groups;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+use crate::config::{StoreConfig, Synchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("schema migration failed: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("the write batch failed: {0}")]
+    Batch(String),
+    #[error("cannot start the writer: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the store is closed")]
+    Closed,
+}
+
+type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// A write request: runs inside the batch's transaction and says whether it
+/// succeeded (else its savepoint is rolled back) and how to answer.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+    max_readers: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database, starts the writer.
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(&config.path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match config.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let batch_max = config.batch_max;
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_loop(conn, rx, batch_max))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: config.path.clone(),
+                jobs: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+                max_readers: config.readers,
+            }),
+        })
+    }
+
+    /// Runs `f` in the next write batch; resolves once the batch is durable.
+    #[allow(dead_code)] // the first writing feature is the directory (issue 3)
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            let ok = result.is_ok();
+            let finish: Finish = Box::new(move |committed| {
+                let _ = tx.send(committed.and(result));
+            });
+            (ok, finish)
+        });
+        let sender = self.inner.jobs.lock().expect("jobs lock").clone();
+        sender.ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection, on a blocking thread.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner.readers.lock().expect("readers lock").pop() {
+                Some(conn) => conn,
+                None => open_reader(&inner.path)?,
+            };
+            let result = f(&conn);
+            let mut pool = inner.readers.lock().expect("readers lock");
+            if pool.len() < inner.max_readers {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stops taking writes, commits what is queued and waits for the writer.
+    pub async fn close(&self) {
+        drop(self.inner.jobs.lock().expect("jobs lock").take());
+        let writer = self.inner.writer.lock().expect("writer lock").take();
+        if let Some(handle) = writer {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>, batch_max: usize) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < batch_max {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, batch);
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    let size = batch.len();
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        tracing::error!(error = %e, "cannot begin a write batch");
+        let msg = e.to_string();
+        for job in batch {
+            // The job never ran; answer it with the failure.
+            let (_, finish) = job(conn);
+            finish(Err(StoreError::Batch(msg.clone())));
+        }
+        return;
+    }
+    let mut finishes = Vec::with_capacity(size);
+    for job in batch {
+        let savepoint = conn.execute_batch("SAVEPOINT job");
+        let (ok, finish) = job(conn);
+        let closed = if ok && savepoint.is_ok() {
+            conn.execute_batch("RELEASE job")
+        } else {
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        };
+        if let Err(e) = closed {
+            tracing::error!(error = %e, "savepoint failed");
+        }
+        finishes.push(finish);
+    }
+    let committed = conn.execute_batch("COMMIT");
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    tracing::trace!(size, ok = committed.is_ok(), "write batch");
+    for finish in finishes {
+        finish(match &committed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(StoreError::Batch(e.to_string())),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig { path: dir.path().join("t.sqlite3"), ..StoreConfig::default() };
+        let store = Store::open(&config).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_are_batched_and_each_is_durable_when_answered() {
+        let (_dir, store) = temp_store();
+        store.write(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER NOT NULL)")?)).await.unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [n])?)).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), 1);
+        }
+        let count: i64 =
+            store.read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(count, 200);
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_does_not_undo_its_batch_neighbours() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?))
+            .await
+            .unwrap();
+        let ok1 = store.write(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?));
+        let bad = store.write(|c| {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            Ok(c.execute("INSERT INTO t VALUES (1)", [])?) // duplicate key
+        });
+        let ok3 = store.write(|c| Ok(c.execute("INSERT INTO t VALUES (3)", [])?));
+        let (a, b, c) = tokio::join!(ok1, bad, ok3);
+        assert!(a.is_ok() && c.is_ok());
+        assert!(matches!(b, Err(StoreError::Sqlite(_))));
+        let rows: Vec<i64> = store
+            .read(|c| {
+                let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
+                let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![1, 3], "the failed request's first insert is rolled back");
+    }
+
+    #[tokio::test]
+    async fn close_commits_every_queued_write_then_refuses_more() {
+        let (dir, store) = temp_store();
+        store.write(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
+        let mut queued: Vec<_> = (0..50)
+            .map(|n| Box::pin(store.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [n])?))))
+            .collect();
+        for f in &mut queued {
+            let _ = futures::poll!(f.as_mut()); // enqueues the request
+        }
+        store.close().await;
+        for f in queued {
+            assert_eq!(f.await.unwrap(), 1);
+        }
+        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Closed)));
+        let conn = Connection::open(dir.path().join("t.sqlite3")).unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 50);
+    }
+}

@@ -1,0 +1,7 @@
+//! XML stream plumbing shared by the component and the client library.
+
+pub mod header;
+pub mod link;
+pub mod namespace;
+
+pub use link::{Link, LinkError, StanzaNs};
