@@ -310,6 +310,18 @@ mod tests {
     }
 
     #[test]
+    fn the_annotated_example_is_valid_and_states_the_defaults() {
+        let example = include_str!("../examples/xmpp-mls.toml");
+        let parsed = Config::from_toml(example, no_env()).unwrap();
+        let mut expected = schema();
+        let mut got = toml::Table::try_from(&parsed).unwrap();
+        for t in [&mut expected, &mut got] {
+            t["component"].as_table_mut().unwrap().retain(|k, _| k != "jid" && k != "secret");
+        }
+        assert_eq!(got, expected, "examples/xmpp-mls.toml must show the defaults");
+    }
+
+    #[test]
     fn minimal_file_gets_defaults() {
         let c = Config::from_toml(MINIMAL, no_env()).unwrap();
         assert_eq!(c.component.server, "127.0.0.1:5347");

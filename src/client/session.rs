@@ -22,9 +22,10 @@ use tokio_xmpp::xmlstream::{
     initiate_stream, FallibleStreamElement, ReadError, StreamHeader, Timeouts, XmlStream,
 };
 use xmpp_parsers::jid::{BareJid, FullJid, Jid};
-use xmpp_parsers::stanza_error::StanzaError;
+use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
 use crate::protocol::disco::PING;
+use crate::protocol::error::stanza_error;
 use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
 use crate::xmpp::namespace::CLIENT;
 
@@ -96,7 +97,7 @@ impl Session {
         });
         let pending: Pending = Arc::default();
         let (events_tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(incoming, outgoing.clone(), pending.clone(), events_tx));
+        tokio::spawn(dispatch(incoming, outgoing.downgrade(), pending.clone(), events_tx));
         Ok(Self {
             jid,
             outgoing,
@@ -171,15 +172,14 @@ impl Session {
     /// Closes the stream politely and waits for the connection to end.
     pub async fn close(self) {
         let Session { outgoing, link_task, .. } = self;
-        drop(outgoing);
-        // The dispatcher holds a sender for auto-replies; it ends with the link.
+        drop(outgoing); // the last strong sender: the link closes the stream
         let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
     }
 }
 
 async fn dispatch(
     mut incoming: mpsc::Receiver<Element>,
-    outgoing: mpsc::Sender<Element>,
+    outgoing: mpsc::WeakSender<Element>,
     pending: Pending,
     events: mpsc::UnboundedSender<Element>,
 ) {
@@ -191,15 +191,23 @@ async fn dispatch(
         match stanza.attr("type") {
             Some("result") | Some("error") => {
                 let waiter = stanza.attr("id").and_then(|id| pending.lock().expect("lock").remove(id));
-                if let Some(waiter) = waiter {
-                    let _ = waiter.send(stanza);
+                match waiter {
+                    Some(waiter) => {
+                        let _ = waiter.send(stanza);
+                    }
+                    // Nobody asked (or the request timed out): surface it.
+                    None => {
+                        let _ = events.send(stanza);
+                    }
                 }
             }
             _ => {
-                if let Some(reply) = answer_iq(&stanza) {
-                    if outgoing.send(reply).await.is_err() {
-                        return;
-                    }
+                // Weak: a closing session must not be kept open by us.
+                let (Some(reply), Some(out)) = (answer_iq(&stanza), outgoing.upgrade()) else {
+                    continue;
+                };
+                if out.send(reply).await.is_err() {
+                    return;
                 }
             }
         }
@@ -210,19 +218,11 @@ async fn dispatch(
 fn answer_iq(iq: &Element) -> Option<Element> {
     let id = iq.attr("id")?;
     let to = iq.attr("from").unwrap_or_default();
-    let mut reply = iq_element("result", id, to, None);
-    if !iq.children().any(|c| c.is("ping", PING)) {
-        reply = iq_element("error", id, to, None);
-        let error = StanzaError::new(
-            xmpp_parsers::stanza_error::ErrorType::Cancel,
-            xmpp_parsers::stanza_error::DefinedCondition::ServiceUnavailable,
-            "en",
-            "",
-        );
-        let mut error = error;
-        error.texts.clear();
-        reply.append_child(error.into());
+    if iq.children().any(|c| c.is("ping", PING)) {
+        return Some(iq_element("result", id, to, None));
     }
+    let mut reply = iq_element("error", id, to, None);
+    reply.append_child(stanza_error(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, None, None).into());
     Some(reply)
 }
 

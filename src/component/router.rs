@@ -120,3 +120,64 @@ fn error_reply(stanza: &Element, error: &StanzaError) -> Element {
     reply.append_child(error.clone().into());
     reply
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::Store;
+
+    fn service(dir: &std::path::Path) -> Service {
+        let mut config =
+            Config::from_toml("[component]\njid = \"mls.example.org\"\nsecret = \"s\"\n", Vec::new()).unwrap();
+        config.store.path = dir.join("s.db");
+        let store = Store::open(&config.store).unwrap();
+        Service::new(Arc::new(config), store)
+    }
+
+    fn stanza(xml: &str) -> Element {
+        xml.parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn iq_without_exactly_one_child_is_bad_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        for body in ["", "<a xmlns='urn:x'/><b xmlns='urn:x'/>"] {
+            let iq = format!(
+                "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='mls.example.org'>{body}</iq>"
+            );
+            let reply = route(&service, stanza(&iq)).await.expect("one reply");
+            assert_eq!(reply.attr("type"), Some("error"));
+            assert_eq!(reply.attr("to"), Some("a@example.org/r"));
+            let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
+            assert_eq!(error.defined_condition, C::BadRequest);
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_address_is_reported_before_the_child_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let iq = "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='no!@mls.example.org'/>";
+        let reply = route(&service(dir.path()), stanza(iq)).await.unwrap();
+        let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
+        assert_eq!(error.defined_condition, C::JidMalformed);
+    }
+
+    #[tokio::test]
+    async fn errors_results_and_unaddressed_iqs_get_no_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        for xml in [
+            "<iq xmlns='jabber:client' type='result' id='1' from='a@example.org/r' to='mls.example.org'/>",
+            "<iq xmlns='jabber:client' type='error' id='1' from='a@example.org/r' to='mls.example.org'><error type='cancel'><bad-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+            "<message xmlns='jabber:client' type='error' from='a@example.org/r' to='mls.example.org'/>",
+            "<presence xmlns='jabber:client' from='a@example.org/r' to='mls.example.org'/>",
+            "<iq xmlns='jabber:client' type='get' from='a@example.org/r' to='mls.example.org'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ] {
+            assert_eq!(route(&service, stanza(xml)).await, None, "{xml}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use xmpp_parsers::ns;
 
 use crate::config::Config;
 use crate::protocol::address::Address;
-use crate::protocol::{disco::PING, ProtocolError};
+use crate::protocol::{disco::PING, ProtocolError, NS};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +73,8 @@ impl Service {
             (IqKind::Get, "query", ns::DISCO_INFO) => self.disco_info(address, p).await.map(Some),
             (IqKind::Get, "query", ns::DISCO_ITEMS) => self.disco_items(address, p).await.map(Some),
             (IqKind::Get, "ping", PING) if *address == Address::Service => Ok(None),
+            // Our namespace, but no element we define: it does not parse.
+            (_, _, NS) => Err(ProtocolError::Malformed("unknown element in urn:xmpp:mls:0").into()),
             _ => Err(ServiceError::Unsupported),
         }
     }

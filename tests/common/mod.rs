@@ -1,0 +1,254 @@
+//! End-to-end harness: a private Prosody on free loopback ports in a temp
+//! dir, the real `xmpp-mls` binary as its component, and logged-in c2s
+//! clients. Every test gets its own instances, so tests run in parallel.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use minidom::Element;
+use xmpp_mls::client::{ConnectOptions, Session};
+use xmpp_parsers::jid::BareJid;
+
+pub const DOMAIN: &str = "example.org";
+pub const COMPONENT: &str = "mls.example.org";
+const SECRET: &str = "component-secret";
+pub mod xep;
+
+const TEMPLATE: &str = include_str!("../fixtures/prosody.cfg.lua.template");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+pub struct Prosody {
+    pub dir: tempfile::TempDir,
+    pub c2s_port: u16,
+    pub component_port: u16,
+    child: Option<Child>,
+}
+
+impl Prosody {
+    pub fn start() -> Self {
+        assert!(
+            Command::new("prosodyctl").arg("about").output().is_ok(),
+            "prosody is not installed: run scripts/test, which installs it"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+        let mut p = Prosody { dir, c2s_port: free_port(), component_port: free_port(), child: None };
+        let config = TEMPLATE
+            .replace("@DIR@", p.dir.path().to_str().unwrap())
+            .replace("@C2S_PORT@", &p.c2s_port.to_string())
+            .replace("@COMPONENT_PORT@", &p.component_port.to_string())
+            .replace("@DOMAIN@", DOMAIN)
+            .replace("@COMPONENT@", COMPONENT)
+            .replace("@SECRET@", SECRET);
+        std::fs::write(p.config_path(), config).unwrap();
+        p.launch();
+        p
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("prosody.cfg.lua")
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("prosody")
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prosody");
+        self.child = Some(child);
+        let ports = [self.c2s_port, self.component_port];
+        let up = wait_until(Duration::from_secs(15), || {
+            ports.iter().all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        });
+        assert!(up, "prosody did not listen: {}", self.log());
+    }
+
+    /// SIGKILL: Prosody sends no stream close, the component sees an I/O error.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same ports with the same data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn register(&self, user: &str, password: &str) {
+        let out = Command::new("prosodyctl")
+            .arg("--config")
+            .arg(self.config_path())
+            .args(["register", user, DOMAIN, password])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "register {user}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+    }
+
+    /// Registers `user` (password = user) and logs in as `user@DOMAIN/resource`.
+    pub async fn client(&self, user: &str, resource: &str) -> Session {
+        self.register(user, user);
+        let mut opts = ConnectOptions::new(BareJid::new(&format!("{user}@{DOMAIN}")).unwrap(), user);
+        opts.server = Some(format!("127.0.0.1:{}", self.c2s_port));
+        opts.resource = Some(resource.to_owned());
+        opts.iq_timeout = Duration::from_secs(10);
+        Session::connect(opts).await.expect("client login")
+    }
+}
+
+impl Drop for Prosody {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `xmpp-mls serve` process, connected to a [`Prosody`].
+pub struct Component {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Component {
+    /// Starts the binary with a config for `prosody`; `extra` is appended
+    /// to the `[component]` section (more sections may follow it).
+    pub fn start(prosody: &Prosody, extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[component]\njid = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\nserver = \"127.0.0.1:{}\"\n{extra}\n\
+             [store]\npath = \"{}\"\n",
+            prosody.component_port,
+            dir.path().join("store.sqlite3").display(),
+        );
+        std::fs::write(dir.path().join("xmpp-mls.toml"), config).unwrap();
+        let mut c = Component { dir, child: None };
+        c.launch();
+        assert!(c.wait_log("component connected", 1, Duration::from_secs(15)), "{}", c.log());
+        c
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+            .args(["serve", "--config"])
+            .arg(self.dir.path().join("xmpp-mls.toml"))
+            .env("XMPP_MLS_LOG_LEVEL", "debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start xmpp-mls");
+        self.child = Some(child);
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("component.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn count_in_log(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.count_in_log(needle) >= count)
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let status = child.wait().ok()?;
+        status.code()
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.path().join("store.sqlite3")
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- component log ---\n{}", self.log());
+        }
+    }
+}
+
+/// Runs the binary with `args` and returns (exit code, stderr).
+pub fn run_binary(args: &[&str], dir: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("XMPP_MLS_CONFIG")
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Parses XML and drops whitespace-only text, for comparing stanzas.
+pub fn normalise(xml: &str) -> Element {
+    let el: Element = xml.parse().unwrap_or_else(|e| panic!("{e}: {xml}"));
+    strip_whitespace(el)
+}
+
+pub fn strip_whitespace(el: Element) -> Element {
+    let mut out = Element::bare(el.name(), el.ns());
+    *out.attrs_mut() = el.attrs().clone();
+    let mut el = el;
+    for node in el.take_nodes() {
+        match node {
+            minidom::Node::Element(c) => {
+                out.append_child(strip_whitespace(c));
+            }
+            minidom::Node::Text(t) if t.trim().is_empty() => {}
+            minidom::Node::Text(t) => out.append_text_node(t),
+        }
+    }
+    out
+}
+
+/// A received stanza as the XEP shows it: whitespace dropped and without
+/// the top-level `xml:lang` that the client's server stamps (RFC 6120 §4.7.4).
+pub fn as_received(stanza: &Element) -> Element {
+    let mut el = strip_whitespace(stanza.clone());
+    el.attrs_mut().remove("http://www.w3.org/XML/1998/namespace", "lang");
+    el
+}
+
+pub fn to_string(el: &Element) -> String {
+    String::from(el)
+}

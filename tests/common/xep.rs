@@ -1,0 +1,63 @@
+//! The ProtoXEP's examples as test fixtures.
+
+use minidom::Element;
+
+pub const XEP: &str = include_str!("../../xep/xep-mls.xml");
+
+pub struct Example {
+    pub caption: String,
+    /// The stanzas of the example, parsed in namespace `jabber:client`.
+    pub stanzas: Vec<Element>,
+}
+
+/// Every `<example>` of the XEP, in document order.
+pub fn examples() -> Vec<Example> {
+    let mut out = Vec::new();
+    let mut rest = XEP;
+    while let Some(start) = rest.find("<example") {
+        rest = &rest[start..];
+        let head_end = rest.find('>').expect("example start tag ends");
+        let caption = caption_of(&rest[..head_end]);
+        let body_start = rest.find("<![CDATA[").expect("example has CDATA") + 9;
+        let body_end = rest.find("]]>").expect("CDATA ends");
+        let body = &rest[body_start..body_end];
+        let wrapped = format!("<root xmlns='jabber:client'>{body}</root>");
+        let root: Element = wrapped
+            .parse()
+            .unwrap_or_else(|e| panic!("example {caption:?} is not well-formed: {e}"));
+        out.push(Example { caption, stanzas: root.children().map(|c| super::strip_whitespace(c.clone())).collect() });
+        rest = &rest[body_end..];
+    }
+    out
+}
+
+fn caption_of(tag: &str) -> String {
+    let i = tag.find("caption=").expect("example has a caption") + 8;
+    let quote = &tag[i..i + 1];
+    let end = tag[i + 1..].find(quote).unwrap();
+    tag[i + 1..i + 1 + end].to_owned()
+}
+
+/// Pairs each request (IQ get/set) with the reply that has the same id.
+pub fn request_reply_pairs() -> Vec<(Element, Element)> {
+    let stanzas: Vec<Element> = examples().into_iter().flat_map(|e| e.stanzas).collect();
+    stanzas
+        .iter()
+        .filter(|s| s.name() == "iq" && matches!(s.attr("type"), Some("get") | Some("set")))
+        .filter_map(|req| {
+            let reply = stanzas.iter().find(|s| {
+                s.attr("id") == req.attr("id") && matches!(s.attr("type"), Some("result") | Some("error"))
+            })?;
+            Some((req.clone(), reply.clone()))
+        })
+        .collect()
+}
+
+/// The stanza whose id is `id`.
+pub fn stanza_with_id(id: &str) -> Element {
+    examples()
+        .into_iter()
+        .flat_map(|e| e.stanzas)
+        .find(|s| s.attr("id") == Some(id))
+        .unwrap_or_else(|| panic!("no example stanza with id {id}"))
+}
