@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use xmpp_parsers::jid::BareJid;
 
 pub const ENV_PREFIX: &str = "XMPP_MLS_";
+/// Cipher suites whose signature scheme is Ed25519 (the device-list scheme)
+/// and that the crypto backend implements.
+pub const SUPPORTED_CIPHER_SUITES: &[u16] = &[1, 3];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +22,8 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub directory: DirectoryConfig,
     #[serde(default)]
     pub log: LogConfig,
 }
@@ -77,6 +82,48 @@ pub struct Limits {
     pub max_payload_size: usize,
     /// Stanzas handled concurrently; further input waits (TCP backpressure).
     pub max_in_flight: usize,
+}
+
+/// Device lists and KeyPackages (advertised in disco where clients need them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DirectoryConfig {
+    pub max_devices_per_account: usize,
+    /// A device's `expires` is capped at this many days from publication.
+    pub max_device_lifetime_days: u64,
+    /// Ordinary KeyPackages stored per device (plus one last-resort).
+    pub max_key_packages_per_device: usize,
+    /// Longest KeyPackage lifetime (not_after - not_before) accepted.
+    pub max_key_package_lifetime_days: u64,
+    /// Tolerance for clocks that disagree, in lifetime checks.
+    pub clock_skew_secs: u64,
+    /// RFC 9420 cipher suite code points accepted (1 and 3: X25519 + Ed25519).
+    pub cipher_suites: Vec<u16>,
+    /// The owner is warned when a device's pool falls to this many.
+    pub low_water: u32,
+    /// Claims one claimer may make on one account in a burst...
+    pub claim_burst: u32,
+    /// ...and then one more every this many seconds.
+    pub claim_refill_secs: u64,
+    /// Subscribers of one device list.
+    pub max_subscribers: usize,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            max_devices_per_account: 16,
+            max_device_lifetime_days: 365,
+            max_key_packages_per_device: 100,
+            max_key_package_lifetime_days: 90,
+            clock_skew_secs: 300,
+            cipher_suites: vec![1, 3],
+            low_water: 10,
+            claim_burst: 10,
+            claim_refill_secs: 30,
+            max_subscribers: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -190,10 +237,23 @@ impl Config {
             ("store.readers", self.store.readers as u64),
             ("limits.max_payload_size", self.limits.max_payload_size as u64),
             ("limits.max_in_flight", self.limits.max_in_flight as u64),
+            ("directory.max_devices_per_account", self.directory.max_devices_per_account as u64),
+            ("directory.max_device_lifetime_days", self.directory.max_device_lifetime_days),
+            ("directory.max_key_packages_per_device", self.directory.max_key_packages_per_device as u64),
+            ("directory.max_key_package_lifetime_days", self.directory.max_key_package_lifetime_days),
+            ("directory.claim_burst", self.directory.claim_burst as u64),
+            ("directory.claim_refill_secs", self.directory.claim_refill_secs),
+            ("directory.max_subscribers", self.directory.max_subscribers as u64),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0"));
             }
+        }
+        if self.directory.cipher_suites.is_empty() {
+            return Err(err("directory.cipher_suites", "must list at least one cipher suite"));
+        }
+        if let Some(cs) = self.directory.cipher_suites.iter().find(|cs| !SUPPORTED_CIPHER_SUITES.contains(cs)) {
+            return Err(err("directory.cipher_suites", format!("{cs} is not supported (supported: 1, 3)")));
         }
         self.log
             .level
@@ -243,12 +303,13 @@ fn schema() -> toml::Table {
         },
         store: StoreConfig::default(),
         limits: Limits::default(),
+        directory: DirectoryConfig::default(),
         log: LogConfig::default(),
     };
     toml::Table::try_from(&shape).expect("the default config serialises")
 }
 
-const SECTIONS: &[&str] = &["component", "store", "limits", "log"];
+const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "log"];
 /// Variables of the CLI that share the prefix but are not config keys.
 const CLI_VARIABLES: &[&str] = &["XMPP_MLS_CONFIG", "XMPP_MLS_PASSWORD"];
 
@@ -291,6 +352,13 @@ fn typed_env_value(
     Ok(match like {
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             value.parse().map_err(|_| err(name, format!("expected an integer, got {value:?}")))?,
+        ),
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            value
+                .split(',')
+                .map(|v| v.trim().parse().map(toml::Value::Integer))
+                .collect::<Result<_, _>>()
+                .map_err(|_| err(name, format!("expected comma-separated integers, got {value:?}")))?,
         ),
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
             value.parse().map_err(|_| err(name, format!("expected true or false, got {value:?}")))?,
@@ -343,6 +411,7 @@ mod tests {
             ("XMPP_MLS_COMPONENT_JID".into(), "mls.example.org".into()),
             ("XMPP_MLS_LIMITS_MAX_PAYLOAD_SIZE".into(), "1000".into()),
             ("XMPP_MLS_STORE_PATH".into(), "/tmp/x.db".into()),
+            ("XMPP_MLS_DIRECTORY_CIPHER_SUITES".into(), "3".into()),
             ("PATH".into(), "/bin".into()),
             ("XMPP_MLS_CONFIG".into(), "/etc/xmpp-mls.toml".into()),
         ];
@@ -350,6 +419,7 @@ mod tests {
         assert_eq!(c.component.jid, "mls.example.org");
         assert_eq!(c.limits.max_payload_size, 1000);
         assert_eq!(c.store.path, PathBuf::from("/tmp/x.db"));
+        assert_eq!(c.directory.cipher_suites, vec![3]);
     }
 
     #[test]
@@ -373,6 +443,7 @@ mod tests {
             (&format!("{MINIMAL}[store]\nsynchronous = \"sometimes\"\n"), "store.synchronous"),
             (&format!("{MINIMAL}[store]\ncolour = 1\n"), "store.colour"),
             ("[component\n", "line 1"),
+            (&format!("{MINIMAL}[directory]\ncipher_suites = [2]\n"), "directory.cipher_suites"),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text, no_env()).unwrap_err();

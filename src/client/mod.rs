@@ -1,6 +1,12 @@
 //! The client library: what a device needs to use an xmpp-mls service.
 //! Feature modules carry the same names as in `service/` and `store/`.
 
+mod device;
+mod devices;
+mod keypackages;
 mod session;
 
-pub use session::{iq_element, ClientError, ConnectOptions, Session};
+pub use device::{Device, DeviceError, DeviceProvider, JsonCodec, CIPHERSUITE};
+pub use devices::directory_jid;
+pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
+pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};

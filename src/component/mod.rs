@@ -101,8 +101,10 @@ async fn run_session(
         let permit = permits.clone().acquire_owned().await.expect("semaphore open");
         let (service, out) = (service.clone(), outgoing.clone());
         tokio::spawn(async move {
-            if let Some(reply) = router::route(&service, stanza).await {
-                let _ = out.send(reply).await;
+            for reply in router::route(&service, stanza).await {
+                if out.send(reply).await.is_err() {
+                    break;
+                }
             }
             drop(permit);
         });

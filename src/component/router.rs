@@ -10,23 +10,26 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::{DefinedCondition as C, ErrorType as T, StanzaError};
 
 use crate::protocol::address::Address;
-use crate::protocol::error::{stanza_error, AppCondition};
+use crate::protocol::error::{pubsub_condition, rate_limited, stanza_error, AppCondition};
+use crate::protocol::keypackages::rejections_element;
 use crate::protocol::ProtocolError;
-use crate::service::{IqKind, IqRequest, Service, ServiceError};
+use crate::service::{IqKind, IqRequest, Response, Service, ServiceError};
 use crate::xmpp::namespace::CLIENT;
 
-pub async fn route(service: &Service, stanza: Element) -> Option<Element> {
+/// The stanzas to send in answer to `stanza`: at most one reply, first,
+/// then any messages the request caused (events, notices).
+pub async fn route(service: &Service, stanza: Element) -> Vec<Element> {
     match stanza.name() {
-        "iq" => route_iq(service, &stanza).await,
+        "iq" => route_iq(service, &stanza).await.unwrap_or_default(),
         "message" if stanza.attr("type") != Some("error") => {
             // No message-borne feature yet; bounce so the sender knows.
-            Some(error_reply(&stanza, &to_stanza_error(&ServiceError::Unsupported)))
+            vec![error_reply(&stanza, &to_stanza_error(&ServiceError::Unsupported))]
         }
-        _ => None,
+        _ => Vec::new(),
     }
 }
 
-async fn route_iq(service: &Service, iq: &Element) -> Option<Element> {
+async fn route_iq(service: &Service, iq: &Element) -> Option<Vec<Element>> {
     let kind = match iq.attr("type") {
         Some("get") => IqKind::Get,
         Some("set") => IqKind::Set,
@@ -48,10 +51,14 @@ async fn route_iq(service: &Service, iq: &Element) -> Option<Element> {
         }
     };
     Some(match outcome {
-        Ok(payload) => result_reply(iq, payload),
+        Ok(Response { payload, messages }) => {
+            let mut out = vec![result_reply(iq, payload)];
+            out.extend(messages);
+            out
+        }
         Err(e) => {
             log_error(&e);
-            error_reply(iq, &to_stanza_error(&e))
+            vec![error_reply(iq, &to_stanza_error(&e))]
         }
     })
 }
@@ -70,22 +77,33 @@ fn jid_attr(el: &Element, name: &str) -> Option<Jid> {
 
 /// The one mapping from service errors to stanza errors.
 pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
+    use ServiceError as E;
+    let app = |a: AppCondition| Some(a.element());
     match e {
-        ServiceError::Protocol(ProtocolError::BadAddress) => {
-            stanza_error(T::Modify, C::JidMalformed, None, None)
+        E::Protocol(ProtocolError::BadAddress) => stanza_error(T::Modify, C::JidMalformed, None, None),
+        E::Protocol(ProtocolError::Malformed(why)) => stanza_error(T::Modify, C::BadRequest, None, Some(why)),
+        E::PayloadTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::PayloadTooBig), None),
+        E::UnknownGroup => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::UnknownGroup), None),
+        E::NotFound => stanza_error(T::Cancel, C::ItemNotFound, None, None),
+        E::Forbidden => stanza_error(T::Auth, C::Forbidden, None, None),
+        E::Limit(a) => stanza_error(T::Modify, C::PolicyViolation, app(*a), None),
+        E::KeyInUse => stanza_error(T::Cancel, C::Conflict, app(AppCondition::SignatureKeyInUse), None),
+        E::InvalidKeyPackages(list) => {
+            stanza_error(T::Modify, C::NotAcceptable, Some(rejections_element(list)), None)
         }
-        ServiceError::Protocol(ProtocolError::Malformed(why)) => {
-            stanza_error(T::Modify, C::BadRequest, None, Some(why))
+        E::RateLimited { retry_after_secs } => {
+            stanza_error(T::Wait, C::ResourceConstraint, Some(rate_limited(*retry_after_secs)), None)
         }
-        ServiceError::PayloadTooBig => {
-            stanza_error(T::Modify, C::PolicyViolation, Some(AppCondition::PayloadTooBig), None)
+        E::InvalidJid => stanza_error(T::Modify, C::BadRequest, Some(pubsub_condition("invalid-jid", None)), None),
+        E::NotSubscribed => {
+            stanza_error(T::Cancel, C::UnexpectedRequest, Some(pubsub_condition("not-subscribed", None)), None)
         }
-        ServiceError::UnknownGroup => {
-            stanza_error(T::Cancel, C::ItemNotFound, Some(AppCondition::UnknownGroup), None)
+        E::PubsubUnsupported(feature) => {
+            let feature = (!feature.is_empty()).then_some(*feature);
+            stanza_error(T::Cancel, C::FeatureNotImplemented, Some(pubsub_condition("unsupported", feature)), None)
         }
-        ServiceError::UnknownNode => stanza_error(T::Cancel, C::ItemNotFound, None, None),
-        ServiceError::Unsupported => stanza_error(T::Cancel, C::ServiceUnavailable, None, None),
-        ServiceError::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),
+        E::Unsupported => stanza_error(T::Cancel, C::ServiceUnavailable, None, None),
+        E::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),
     }
 }
 
@@ -149,7 +167,7 @@ mod tests {
             let iq = format!(
                 "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='mls.example.org'>{body}</iq>"
             );
-            let reply = route(&service, stanza(&iq)).await.expect("one reply");
+            let [reply] = <[Element; 1]>::try_from(route(&service, stanza(&iq)).await).expect("one reply");
             assert_eq!(reply.attr("type"), Some("error"));
             assert_eq!(reply.attr("to"), Some("a@example.org/r"));
             let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
@@ -161,7 +179,7 @@ mod tests {
     async fn malformed_address_is_reported_before_the_child_count() {
         let dir = tempfile::tempdir().unwrap();
         let iq = "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='no!@mls.example.org'/>";
-        let reply = route(&service(dir.path()), stanza(iq)).await.unwrap();
+        let [reply] = <[Element; 1]>::try_from(route(&service(dir.path()), stanza(iq)).await).unwrap();
         let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
         assert_eq!(error.defined_condition, C::JidMalformed);
     }
@@ -177,7 +195,7 @@ mod tests {
             "<presence xmlns='jabber:client' from='a@example.org/r' to='mls.example.org'/>",
             "<iq xmlns='jabber:client' type='get' from='a@example.org/r' to='mls.example.org'><ping xmlns='urn:xmpp:ping'/></iq>",
         ] {
-            assert_eq!(route(&service, stanza(xml)).await, None, "{xml}");
+            assert!(route(&service, stanza(xml)).await.is_empty(), "{xml}");
         }
     }
 }

@@ -2,53 +2,91 @@
 //! (xep/ §Discovering the service).
 
 use xmpp_parsers::data_forms::{DataForm, DataFormType, Field, FieldType};
-use xmpp_parsers::disco::{DiscoInfoResult, Identity};
+use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity, Item};
+use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
 
-use super::NS;
+use super::{devices, keypackages, NS};
 
 pub const PING: &str = "urn:xmpp:ping";
+const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 
 /// Features of the service JID: exactly what is implemented.
-pub const SERVICE_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS, PING];
-/// Features of an account's directory JID.
-pub const DIRECTORY_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS];
+pub const SERVICE_FEATURES: &[&str] =
+    &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS, devices::NODE, keypackages::NODE, PING];
+/// Features of an account's directory JID: the XEP-0060 subset it speaks.
+pub const DIRECTORY_FEATURES: &[&str] = &[
+    ns::DISCO_INFO,
+    ns::DISCO_ITEMS,
+    PUBSUB,
+    "http://jabber.org/protocol/pubsub#publish",
+    "http://jabber.org/protocol/pubsub#retract-items",
+    "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#subscribe",
+    NS,
+];
 
 /// Limits announced in the XEP-0128 form (FORM_TYPE `urn:xmpp:mls:0`).
 pub struct AnnouncedLimits {
     pub max_payload_size: usize,
+    pub max_devices_per_account: usize,
+    pub max_key_packages_per_device: usize,
+    /// Seconds.
+    pub max_key_package_lifetime: u64,
+    pub cipher_suites: Vec<u16>,
+}
+
+fn field(var: &str, value: impl ToString) -> Field {
+    Field::new(var, FieldType::TextSingle).with_value(&value.to_string())
 }
 
 pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
+    let mut suites = Field::new("cipher-suites", FieldType::TextMulti);
+    suites.values = limits.cipher_suites.iter().map(u16::to_string).collect();
     let form = DataForm::new(
         DataFormType::Result_,
         NS,
-        vec![Field::new("max-payload-size", FieldType::TextSingle)
-            .with_value(&limits.max_payload_size.to_string())],
+        vec![
+            field("max-payload-size", limits.max_payload_size),
+            field("max-devices-per-account", limits.max_devices_per_account),
+            field("max-key-packages-per-device", limits.max_key_packages_per_device),
+            field("max-key-package-lifetime", limits.max_key_package_lifetime),
+            suites,
+        ],
     );
-    DiscoInfoResult {
-        node: None,
-        identities: vec![identity("component", "mls", Some("MLS Delivery Service"))],
-        features: SERVICE_FEATURES.iter().map(|f| f.to_string()).collect(),
-        extensions: vec![form],
-    }
+    info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])
 }
 
 pub fn directory_info() -> DiscoInfoResult {
-    DiscoInfoResult {
-        node: None,
-        identities: vec![identity("pubsub", "pep", None)],
-        features: DIRECTORY_FEATURES.iter().map(|f| f.to_string()).collect(),
-        extensions: vec![],
-    }
+    info(identity("pubsub", "pep", None), DIRECTORY_FEATURES, vec![])
+}
+
+/// disco#info on one of the directory's nodes.
+pub fn node_info(node: &str) -> DiscoInfoResult {
+    let mut i = info(identity("pubsub", "leaf", None), &[ns::DISCO_INFO], vec![]);
+    i.node = Some(node.to_owned());
+    i
+}
+
+/// The directory's two nodes.
+pub fn directory_items(directory: Jid) -> DiscoItemsResult {
+    let items = [devices::NODE, keypackages::NODE]
+        .into_iter()
+        .map(|node| Item { jid: directory.clone(), node: Some(node.to_owned()), name: None })
+        .collect();
+    DiscoItemsResult { node: None, items, rsm: None }
 }
 
 pub fn group_info() -> DiscoInfoResult {
+    info(identity("conference", "mls", None), &[ns::DISCO_INFO], vec![])
+}
+
+fn info(identity: Identity, features: &[&str], extensions: Vec<DataForm>) -> DiscoInfoResult {
     DiscoInfoResult {
         node: None,
-        identities: vec![identity("conference", "mls", None)],
-        features: [ns::DISCO_INFO.to_owned()].into(),
-        extensions: vec![],
+        identities: vec![identity],
+        features: features.iter().map(|f| f.to_string()).collect(),
+        extensions,
     }
 }
 

@@ -4,15 +4,25 @@
 use minidom::Element;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
-use super::NS_ERRORS;
+use super::pubsub::NS_PUBSUB_ERRORS;
+use super::{n, NS_ERRORS};
 
-/// Application-specific conditions; each accompanies a defined condition.
+/// Application-specific conditions without content; each accompanies a
+/// defined condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppCondition {
     /// With `policy-violation`: the payload exceeds `max-payload-size`.
     PayloadTooBig,
     /// With `item-not-found`: no group has this JID.
     UnknownGroup,
+    /// With `policy-violation`: the account lists the maximum of devices.
+    TooManyDevices,
+    /// With `policy-violation`: the device would hold too many KeyPackages.
+    TooManyKeyPackages,
+    /// With `policy-violation`: the device list has the maximum of subscribers.
+    TooManySubscribers,
+    /// With `conflict`: another device of the account has this key.
+    SignatureKeyInUse,
 }
 
 impl AppCondition {
@@ -20,8 +30,30 @@ impl AppCondition {
         match self {
             AppCondition::PayloadTooBig => "payload-too-big",
             AppCondition::UnknownGroup => "unknown-group",
+            AppCondition::TooManyDevices => "too-many-devices",
+            AppCondition::TooManyKeyPackages => "too-many-key-packages",
+            AppCondition::TooManySubscribers => "too-many-subscribers",
+            AppCondition::SignatureKeyInUse => "signature-key-in-use",
         }
     }
+
+    pub fn element(self) -> Element {
+        Element::builder(self.name(), NS_ERRORS).build()
+    }
+}
+
+/// `<rate-limited retry-after='s'/>`, with `resource-constraint`.
+pub fn rate_limited(retry_after_secs: u64) -> Element {
+    Element::builder("rate-limited", NS_ERRORS).attr(n("retry-after"), retry_after_secs.to_string()).build()
+}
+
+/// A XEP-0060 error condition (`http://jabber.org/protocol/pubsub#errors`).
+pub fn pubsub_condition(name: &'static str, feature: Option<&str>) -> Element {
+    let mut b = Element::builder(name, NS_PUBSUB_ERRORS);
+    if let Some(f) = feature {
+        b = b.attr(n("feature"), f);
+    }
+    b.build()
 }
 
 /// Builds `<error/>` with its defined condition, optional application
@@ -29,13 +61,13 @@ impl AppCondition {
 pub fn stanza_error(
     type_: ErrorType,
     condition: DefinedCondition,
-    app: Option<AppCondition>,
+    app: Option<Element>,
     text: Option<&str>,
 ) -> StanzaError {
     let mut error = StanzaError::new(type_, condition, "en", text.unwrap_or_default());
     if text.is_none() {
         error.texts.clear();
     }
-    error.other = app.map(|a| Element::builder(a.name(), NS_ERRORS).build());
+    error.other = app;
     error
 }

@@ -2,48 +2,68 @@
 
 use minidom::Element;
 use xmpp_parsers::disco::DiscoItemsResult;
+use xmpp_parsers::jid::Jid;
 
 use super::{Service, ServiceError};
 use crate::protocol::address::Address;
-use crate::protocol::disco::{directory_info, group_info, service_info, AnnouncedLimits};
+use crate::protocol::disco::{
+    directory_info, directory_items, group_info, node_info, service_info, AnnouncedLimits,
+};
+use crate::protocol::{devices, keypackages};
+
+const DAY: u64 = 24 * 3600;
 
 impl Service {
-    pub(super) async fn disco_info(
-        &self,
-        address: &Address,
-        query: &Element,
-    ) -> Result<Element, ServiceError> {
-        self.check_exists(address, query).await?;
-        let info = match address {
-            Address::Service => service_info(&AnnouncedLimits {
-                max_payload_size: self.config.limits.max_payload_size,
-            }),
-            Address::Directory(_) => directory_info(),
-            Address::Group(_) => group_info(),
+    pub(super) async fn disco_info(&self, address: &Address, query: &Element) -> Result<Element, ServiceError> {
+        let node = query.attr("node");
+        let info = match (address, node) {
+            (Address::Service, None) => service_info(&self.announced_limits()),
+            (Address::Directory(_), None) => directory_info(),
+            (Address::Directory(_), Some(node @ (devices::NODE | keypackages::NODE))) => node_info(node),
+            (Address::Group(id), None) => {
+                self.require_group(id).await?;
+                group_info()
+            }
+            _ => return Err(ServiceError::NotFound),
         };
         Ok(info.into())
     }
 
-    /// No entity lists items yet: groups are not enumerable (privacy).
-    pub(super) async fn disco_items(
-        &self,
-        address: &Address,
-        query: &Element,
-    ) -> Result<Element, ServiceError> {
-        self.check_exists(address, query).await?;
-        Ok(DiscoItemsResult { node: None, items: vec![], rsm: None }.into())
+    /// Directories list their nodes; groups are not enumerable (privacy).
+    pub(super) async fn disco_items(&self, address: &Address, query: &Element) -> Result<Element, ServiceError> {
+        if query.attr("node").is_some() {
+            return Err(ServiceError::NotFound);
+        }
+        let items = match address {
+            Address::Directory(account) => {
+                let jid = Jid::new(&self.directory_jid(account)).map_err(|_| ServiceError::NotFound)?;
+                directory_items(jid)
+            }
+            Address::Group(id) => {
+                self.require_group(id).await?;
+                DiscoItemsResult { node: None, items: vec![], rsm: None }
+            }
+            Address::Service => DiscoItemsResult { node: None, items: vec![], rsm: None },
+        };
+        Ok(items.into())
     }
 
-    /// Groups exist once created; nodes other than the root do not exist yet.
-    async fn check_exists(&self, address: &Address, query: &Element) -> Result<(), ServiceError> {
-        if query.attr("node").is_some() {
-            return Err(ServiceError::UnknownNode);
+    async fn require_group(&self, id: &[u8]) -> Result<(), ServiceError> {
+        if self.store.group_exists(id.to_vec()).await? {
+            Ok(())
+        } else {
+            Err(ServiceError::UnknownGroup)
         }
-        if let Address::Group(id) = address {
-            if !self.store.group_exists(id.clone()).await? {
-                return Err(ServiceError::UnknownGroup);
-            }
+    }
+
+    fn announced_limits(&self) -> AnnouncedLimits {
+        let (l, d) = (&self.config.limits, &self.config.directory);
+        AnnouncedLimits {
+            max_payload_size: l.max_payload_size,
+            max_devices_per_account: d.max_devices_per_account,
+            max_key_packages_per_device: d.max_key_packages_per_device,
+            max_key_package_lifetime: d.max_key_package_lifetime_days * DAY,
+            cipher_suites: d.cipher_suites.clone(),
         }
-        Ok(())
     }
 }

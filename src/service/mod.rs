@@ -2,9 +2,17 @@
 //! its own module; the router calls [`Service::handle_iq`] and maps
 //! [`ServiceError`] to a stanza error.
 
+mod devices;
 mod disco;
+mod keypackages;
+mod pubsub;
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use openmls_rust_crypto::RustCrypto;
 
 use minidom::Element;
 use xmpp_parsers::jid::Jid;
@@ -12,6 +20,9 @@ use xmpp_parsers::ns;
 
 use crate::config::Config;
 use crate::protocol::address::Address;
+use crate::protocol::error::AppCondition;
+use crate::protocol::keypackages::Rejection;
+use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::{disco::PING, ProtocolError, NS};
 use crate::store::{Store, StoreError};
 
@@ -32,16 +43,46 @@ pub struct IqRequest {
     pub payload: Element,
 }
 
+/// What a handled request produces: the IQ result's payload, then
+/// messages to push (event notifications, notices).
+#[derive(Debug, Default)]
+pub struct Response {
+    pub payload: Option<Element>,
+    pub messages: Vec<Element>,
+}
+
+impl Response {
+    fn result(payload: Element) -> Self {
+        Response { payload: Some(payload), messages: Vec::new() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
     #[error("no such group")]
     UnknownGroup,
-    #[error("no such node")]
-    UnknownNode,
+    #[error("no such item or node")]
+    NotFound,
+    #[error("only the account itself may do this")]
+    Forbidden,
     #[error("payload larger than limits.max_payload_size")]
     PayloadTooBig,
+    #[error("a configured limit was reached: {}", .0.name())]
+    Limit(AppCondition),
+    #[error("another device of the account has this signature key")]
+    KeyInUse,
+    #[error("KeyPackages refused: {0:?}")]
+    InvalidKeyPackages(Vec<(usize, Rejection)>),
+    #[error("rate limited for {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the subscription JID is not the requester's")]
+    InvalidJid,
+    #[error("not subscribed")]
+    NotSubscribed,
+    #[error("pubsub feature not implemented: {0}")]
+    PubsubUnsupported(&'static str),
     #[error("request not supported by this entity")]
     Unsupported,
     #[error(transparent)]
@@ -51,16 +92,32 @@ pub enum ServiceError {
 pub struct Service {
     config: Arc<Config>,
     store: Store,
+    crypto: Arc<RustCrypto>,
+    /// Claims per (claimer, account): bounded by `maintain`.
+    claims: DefaultKeyedRateLimiter<(String, String)>,
 }
 
 impl Service {
     pub fn new(config: Arc<Config>, store: Store) -> Self {
-        Self { config, store }
+        let d = &config.directory;
+        let burst = NonZeroU32::new(d.claim_burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(Duration::from_secs(d.claim_refill_secs))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        Self { config, store, crypto: Arc::default(), claims: RateLimiter::keyed(quota) }
+    }
+
+    /// Periodic housekeeping: forget idle rate-limit state, drop expired
+    /// devices and KeyPackages.
+    pub async fn maintain(&self) -> Result<(), StoreError> {
+        self.claims.retain_recent();
+        self.claims.shrink_to_fit();
+        self.store.prune_directory(crate::protocol::now()).await
     }
 
     /// Answers one IQ get/set: `Ok(None)` is an empty result. The checks run
     /// in the order xep/ §Order of Checks fixes (the router did the first).
-    pub async fn handle_iq(&self, req: &IqRequest) -> Result<Option<Element>, ServiceError> {
+    pub async fn handle_iq(&self, req: &IqRequest) -> Result<Response, ServiceError> {
         let p = &req.payload;
         if serialized_size(p) > self.config.limits.max_payload_size {
             return Err(ServiceError::PayloadTooBig);
@@ -70,9 +127,17 @@ impl Service {
         }
         let address = &req.address;
         match (req.kind, p.name(), p.ns().as_str()) {
-            (IqKind::Get, "query", ns::DISCO_INFO) => self.disco_info(address, p).await.map(Some),
-            (IqKind::Get, "query", ns::DISCO_ITEMS) => self.disco_items(address, p).await.map(Some),
-            (IqKind::Get, "ping", PING) if *address == Address::Service => Ok(None),
+            (IqKind::Get, "query", ns::DISCO_INFO) => self.disco_info(address, p).await.map(Response::result),
+            (IqKind::Get, "query", ns::DISCO_ITEMS) => self.disco_items(address, p).await.map(Response::result),
+            (IqKind::Get, "ping", PING) if *address == Address::Service => Ok(Response::default()),
+            (_, "pubsub", NS_PUBSUB) => match address {
+                Address::Directory(account) => self.pubsub(req, account).await,
+                _ => Err(ServiceError::Unsupported),
+            },
+            (IqKind::Set, "claim", NS) => match address {
+                Address::Directory(account) => self.claim(req, account).await,
+                _ => Err(ServiceError::Unsupported),
+            },
             // Our namespace, but no element we define: it does not parse.
             (_, _, NS) => Err(ProtocolError::Malformed("unknown element in urn:xmpp:mls:0").into()),
             _ => Err(ServiceError::Unsupported),

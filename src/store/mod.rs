@@ -7,8 +7,16 @@
 //! answered only after its batch is committed. Reads run on a small pool of
 //! separate connections, off the writer's path.
 
+mod devices;
 mod groups;
+mod inbox;
+mod keypackages;
+pub mod local;
 mod schema;
+
+pub use devices::DevicePublish;
+pub use inbox::{new_stanza_id, StoredNotice};
+pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
@@ -81,7 +89,6 @@ impl Store {
     }
 
     /// Runs `f` in the next write batch; resolves once the batch is durable.
-    #[allow(dead_code)] // the first writing feature is the directory (issue 3)
     async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,

@@ -13,6 +13,49 @@ const MIGRATIONS: &[M<'static>] = &[
             created_at INTEGER NOT NULL
         ) STRICT;",
     ),
+    // 2: the account directory (device lists, KeyPackages, subscriptions)
+    // and the account inbox.
+    M::up(
+        "CREATE TABLE devices (
+            account       TEXT NOT NULL,
+            device_id     TEXT NOT NULL,
+            signature_key BLOB NOT NULL,
+            label         TEXT,
+            expires_at    INTEGER NOT NULL,
+            published_at  INTEGER NOT NULL,
+            PRIMARY KEY (account, device_id)
+        ) STRICT;
+        CREATE UNIQUE INDEX devices_by_key ON devices (account, signature_key);
+        CREATE TABLE key_packages (
+            kp_ref       BLOB PRIMARY KEY,
+            account      TEXT NOT NULL,
+            device_id    TEXT NOT NULL,
+            cipher_suite INTEGER NOT NULL,
+            last_resort  INTEGER NOT NULL,
+            not_after    INTEGER NOT NULL,
+            message      BLOB NOT NULL,
+            seq          INTEGER NOT NULL,
+            FOREIGN KEY (account, device_id) REFERENCES devices ON DELETE CASCADE
+        ) STRICT;
+        CREATE INDEX key_packages_pool
+            ON key_packages (account, device_id, last_resort, cipher_suite, seq);
+        CREATE UNIQUE INDEX key_packages_one_last_resort
+            ON key_packages (account, device_id) WHERE last_resort = 1;
+        CREATE TABLE subscriptions (
+            account    TEXT NOT NULL,
+            node       TEXT NOT NULL,
+            subscriber TEXT NOT NULL,
+            PRIMARY KEY (account, node, subscriber)
+        ) STRICT;
+        CREATE TABLE inbox (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            account    TEXT NOT NULL,
+            stanza_id  TEXT NOT NULL UNIQUE,
+            created_at INTEGER NOT NULL,
+            payload    TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX inbox_by_account ON inbox (account, seq);",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -1,0 +1,206 @@
+//! A device of an account: its identity (id, Ed25519 signature key) and its
+//! MLS state, kept in one SQLite file through openmls_sqlite_storage.
+
+use std::path::Path;
+
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage, MlsMessageOut,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::RustCrypto;
+use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
+use openmls_traits::types::SignatureScheme;
+use openmls_traits::OpenMlsProvider;
+use rusqlite::Connection;
+use tls_codec::Serialize as _;
+use xmpp_parsers::jid::BareJid;
+
+use crate::protocol::devices::Device as DeviceItem;
+use crate::protocol::keypackages::{credential_identity, ref_hex};
+use crate::protocol::now;
+use crate::store::local::{DeviceRecord, LocalStore};
+use crate::store::StoreError;
+
+/// The cipher suite this client uses (RFC 9420 code point 1).
+pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("local store: {0}")]
+    Store(#[from] StoreError),
+    #[error("openmls storage: {0}")]
+    Storage(String),
+    #[error("MLS: {0}")]
+    Mls(String),
+    #[error("no device in {0}: run `device init` first")]
+    Missing(String),
+    #[error("{path} holds a device of {found}, not {wanted}")]
+    OtherAccount { path: String, found: String, wanted: String },
+}
+
+fn mls(e: impl std::fmt::Display) -> DeviceError {
+    DeviceError::Mls(e.to_string())
+}
+
+/// JSON: openmls' storage types need a self-describing codec.
+#[derive(Default)]
+pub struct JsonCodec;
+
+impl Codec for JsonCodec {
+    type Error = serde_json::Error;
+    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
+        serde_json::to_vec(value)
+    }
+    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
+        serde_json::from_slice(slice)
+    }
+}
+
+/// The openmls provider of a device: RustCrypto and the device's SQLite file.
+pub struct DeviceProvider {
+    crypto: RustCrypto,
+    storage: SqliteStorageProvider<JsonCodec, Connection>,
+}
+
+impl OpenMlsProvider for DeviceProvider {
+    type CryptoProvider = RustCrypto;
+    type RandProvider = RustCrypto;
+    type StorageProvider = SqliteStorageProvider<JsonCodec, Connection>;
+
+    fn storage(&self) -> &Self::StorageProvider {
+        &self.storage
+    }
+    fn crypto(&self) -> &Self::CryptoProvider {
+        &self.crypto
+    }
+    fn rand(&self) -> &Self::RandProvider {
+        &self.crypto
+    }
+}
+
+pub struct Device {
+    account: BareJid,
+    record: DeviceRecord,
+    signer: SignatureKeyPair,
+    provider: DeviceProvider,
+    local: LocalStore,
+}
+
+fn open_provider(path: &Path) -> Result<DeviceProvider, DeviceError> {
+    let conn = Connection::open(path).map_err(StoreError::from)?;
+    let mut storage = SqliteStorageProvider::<JsonCodec, Connection>::new(conn);
+    storage.run_migrations().map_err(|e| DeviceError::Storage(e.to_string()))?;
+    Ok(DeviceProvider { crypto: RustCrypto::default(), storage })
+}
+
+impl Device {
+    /// Creates a device with a random id and a fresh Ed25519 key in `path`.
+    pub fn create(path: &Path, account: BareJid, label: Option<String>) -> Result<Self, DeviceError> {
+        let local = LocalStore::open(path)?;
+        let provider = open_provider(path)?;
+        let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(mls)?;
+        signer.store(provider.storage()).map_err(|e| DeviceError::Storage(e.to_string()))?;
+        let id: [u8; 6] = rand::random();
+        let record = DeviceRecord {
+            account: account.to_string(),
+            device_id: data_encoding::HEXLOWER.encode(&id),
+            signature_key: signer.to_public_vec(),
+            label,
+        };
+        local.save_device(&record, now())?;
+        Ok(Self { account, record, signer, provider, local })
+    }
+
+    /// Opens the device kept in `path`, which must belong to `account`.
+    pub fn open(path: &Path, account: &BareJid) -> Result<Self, DeviceError> {
+        let local = LocalStore::open(path)?;
+        let record = local.device()?.ok_or_else(|| DeviceError::Missing(path.display().to_string()))?;
+        if record.account != account.as_str() {
+            return Err(DeviceError::OtherAccount {
+                path: path.display().to_string(),
+                found: record.account,
+                wanted: account.to_string(),
+            });
+        }
+        let provider = open_provider(path)?;
+        let signer = SignatureKeyPair::read(provider.storage(), &record.signature_key, SignatureScheme::ED25519)
+            .ok_or_else(|| DeviceError::Storage("signature key missing".into()))?;
+        Ok(Self { account: account.clone(), record, signer, provider, local })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.record.device_id
+    }
+
+    pub fn account(&self) -> &BareJid {
+        &self.account
+    }
+
+    pub fn signature_key(&self) -> &[u8] {
+        &self.record.signature_key
+    }
+
+    pub fn provider(&self) -> &DeviceProvider {
+        &self.provider
+    }
+
+    pub fn signer(&self) -> &SignatureKeyPair {
+        &self.signer
+    }
+
+    /// The device-list item to publish; `expires` None = the service's maximum.
+    pub fn item(&self, expires: Option<i64>) -> DeviceItem {
+        DeviceItem {
+            id: self.record.device_id.clone(),
+            signature_key: self.record.signature_key.clone(),
+            label: self.record.label.clone(),
+            expires,
+        }
+    }
+
+    /// A BasicCredential naming the account, with the device's key.
+    pub fn credential_with_key(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(credential_identity(&self.account)).into(),
+            signature_key: self.record.signature_key.clone().into(),
+        }
+    }
+
+    /// New KeyPackages, as MLSMessages ready to upload; their private keys
+    /// stay in the device's storage for the Welcomes to come.
+    pub fn key_packages(&self, count: usize) -> Result<Vec<Vec<u8>>, DeviceError> {
+        (0..count).map(|_| self.key_package(false).map(|(m, _)| m)).collect()
+    }
+
+    /// A new last-resort KeyPackage; remembered as the current one once
+    /// [`Self::last_resort_uploaded`] confirms the upload.
+    pub fn last_resort_key_package(&self) -> Result<(Vec<u8>, String), DeviceError> {
+        self.key_package(true)
+    }
+
+    pub fn last_resort_uploaded(&self, kp_ref: &str) -> Result<(), DeviceError> {
+        Ok(self.local.set_last_resort(kp_ref, now())?)
+    }
+
+    /// The current last-resort package's reference and creation time.
+    pub fn last_resort(&self) -> Result<Option<(String, i64)>, DeviceError> {
+        Ok(self.local.last_resort()?)
+    }
+
+    fn key_package(&self, last_resort: bool) -> Result<(Vec<u8>, String), DeviceError> {
+        // Listing LastResort in the leaf's capabilities is what makes a
+        // last-resort package valid (RFC 9420 §7.2 via the extension draft).
+        let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        if last_resort {
+            builder = builder.mark_as_last_resort();
+        }
+        let bundle = builder
+            .build(CIPHERSUITE, &self.provider, &self.signer, self.credential_with_key())
+            .map_err(mls)?;
+        let kp = bundle.key_package().clone();
+        let kp_ref = ref_hex(kp.hash_ref(self.provider.crypto()).map_err(mls)?.as_slice());
+        let message = MlsMessageOut::from(kp).tls_serialize_detached().map_err(mls)?;
+        Ok((message, kp_ref))
+    }
+}

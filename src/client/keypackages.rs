@@ -1,0 +1,165 @@
+//! KeyPackages: keep a device's pool topped up, claim other accounts'
+//! packages and verify them with the service's own check.
+
+use xmpp_parsers::jid::{BareJid, Jid};
+
+use super::device::{Device, DeviceError};
+use super::devices::{directory_jid, result_items};
+use super::session::{ClientError, Session};
+use crate::protocol::keypackages::{
+    key_package_element, parse_claimed, verify, Claim, ClaimOutcome, KeyPackageInfo, Policy, Rejection,
+    VerifiedKeyPackage, NODE,
+};
+use crate::protocol::notices::Notice;
+use crate::protocol::now;
+use crate::protocol::pubsub::{publish_request, simple_request, NS_PUBSUB};
+
+/// Ordinary KeyPackages a device keeps on the service.
+pub const POOL_TARGET: usize = 20;
+/// A last-resort package is replaced after this long, even if unused.
+pub const LAST_RESORT_MAX_AGE: i64 = 30 * 24 * 3600;
+
+/// What [`Device::refill`] uploaded.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RefillReport {
+    pub uploaded: usize,
+    pub last_resort_replaced: bool,
+    /// Ordinary packages on the service afterwards.
+    pub pool: usize,
+}
+
+/// A claimed package that passed [`verify`] against the account's device list.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaim {
+    pub device: String,
+    pub key_package: VerifiedKeyPackage,
+    pub last_resort: bool,
+}
+
+impl Session {
+    /// Uploads MLSMessages carrying KeyPackages; returns their references.
+    pub async fn upload_key_packages(&self, service: &Jid, messages: &[Vec<u8>]) -> Result<Vec<String>, ClientError> {
+        let to = directory_jid(&self.jid().to_bare(), service);
+        let items = messages.iter().map(|m| (None, key_package_element(m))).collect();
+        let result = self.iq(&to, "set", publish_request(NODE, items)).await?;
+        let publish = result
+            .as_ref()
+            .and_then(|r| r.get_child("publish", NS_PUBSUB))
+            .ok_or_else(|| ClientError::Malformed("publish result without <publish/>".into()))?;
+        Ok(publish.children().filter_map(|i| i.attr("id").map(str::to_owned)).collect())
+    }
+
+    /// The signed-in account's stored packages (metadata only).
+    pub async fn key_package_infos(&self, service: &Jid) -> Result<Vec<KeyPackageInfo>, ClientError> {
+        let to = directory_jid(&self.jid().to_bare(), service);
+        let result = self.iq(&to, "get", simple_request("items", NODE, &[], None)).await?;
+        result_items(result)?
+            .into_iter()
+            .map(|(id, p)| KeyPackageInfo::parse(&id, &p).map_err(|e| ClientError::Malformed(e.to_string())))
+            .collect()
+    }
+
+    /// Claims one package per device of `account`.
+    pub async fn claim(&self, service: &Jid, account: &BareJid, claim: &Claim) -> Result<Vec<ClaimOutcome>, ClientError> {
+        let to = directory_jid(account, service);
+        let result = self.iq(&to, "set", claim.to_element()).await?;
+        let claimed = result.ok_or_else(|| ClientError::Malformed("empty claim result".into()))?;
+        parse_claimed(&claimed).map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
+    /// Claims, then checks every package against `account`'s device list
+    /// with the same function the service runs. Outcomes without a package
+    /// are dropped; a package that fails the check is an error.
+    pub async fn claim_verified(
+        &self,
+        service: &Jid,
+        account: &BareJid,
+        claim: &Claim,
+        policy: &Policy,
+        crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+    ) -> Result<Vec<VerifiedClaim>, ClaimError> {
+        let outcomes = self.claim(service, account, claim).await?;
+        let devices = self.devices(service, account).await?;
+        let now = now();
+        outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                ClaimOutcome::Claimed { device, message, last_resort, .. } => Some((device, message, last_resort)),
+                _ => None,
+            })
+            .map(|(device, message, last_resort)| {
+                let key_package = verify(crypto, &message, account, &devices, policy, now)
+                    .map_err(|r| ClaimError::Rejected { device: device.clone(), reason: r })?;
+                if key_package.device_id != device {
+                    return Err(ClaimError::Rejected { device, reason: Rejection::UnknownSignatureKey });
+                }
+                Ok(VerifiedClaim { device, key_package, last_resort })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("the package of device {device} fails the check: {}", .reason.reason())]
+    Rejected { device: String, reason: Rejection },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefillError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+}
+
+impl Device {
+    /// Tops the device's pool up to `target` ordinary packages and replaces
+    /// the last-resort package if it is missing on the service or too old.
+    pub async fn refill(&self, session: &Session, service: &Jid, target: usize) -> Result<RefillReport, RefillError> {
+        let mine: Vec<KeyPackageInfo> =
+            session.key_package_infos(service).await?.into_iter().filter(|i| i.device_id == self.id()).collect();
+        let pool = mine.iter().filter(|i| !i.last_resort).count();
+        let mut messages = self.key_packages(target.saturating_sub(pool))?;
+        let uploaded = messages.len();
+        let stale = match self.last_resort()? {
+            Some((kp_ref, created)) => {
+                now() - created > LAST_RESORT_MAX_AGE || !mine.iter().any(|i| i.last_resort && i.kp_ref == kp_ref)
+            }
+            None => true,
+        };
+        let mut last_resort_ref = None;
+        if stale {
+            let (message, kp_ref) = self.last_resort_key_package()?;
+            messages.push(message);
+            last_resort_ref = Some(kp_ref);
+        }
+        if !messages.is_empty() {
+            session.upload_key_packages(service, &messages).await?;
+        }
+        if let Some(kp_ref) = &last_resort_ref {
+            self.last_resort_uploaded(kp_ref)?;
+        }
+        Ok(RefillReport { uploaded, last_resort_replaced: stale, pool: pool + uploaded })
+    }
+
+    /// Refills when a notice says this device's pool ran low or its
+    /// last-resort package was handed out; `None` if nothing was needed.
+    pub async fn on_notice(
+        &self,
+        session: &Session,
+        service: &Jid,
+        notice: &Notice,
+    ) -> Result<Option<RefillReport>, RefillError> {
+        let needed = match notice {
+            Notice::KeyPackageClaimed(c) => c.device == self.id() && (c.last_resort || c.remaining == 0),
+            Notice::KeyPackagesLow(l) => l.device == self.id(),
+        };
+        if !needed {
+            return Ok(None);
+        }
+        self.refill(session, service, POOL_TARGET).await.map(Some)
+    }
+}

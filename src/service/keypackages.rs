@@ -1,0 +1,102 @@
+//! The KeyPackage node (owner uploads and listings) and claims.
+
+use governor::clock::{Clock, DefaultClock};
+use xmpp_parsers::jid::BareJid;
+
+use super::pubsub::{headline, Caller};
+use super::{IqRequest, Response, Service, ServiceError};
+use crate::protocol::error::AppCondition;
+use crate::protocol::keypackages::{
+    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, Policy, VerifiedKeyPackage, NODE,
+};
+use crate::protocol::pubsub::{items_result, publish_result, ItemIn};
+use crate::protocol::now;
+use crate::store::{ClaimContext, KeyPackageUpload};
+
+const DAY: i64 = 24 * 3600;
+
+impl Service {
+    fn key_package_policy(&self) -> Policy {
+        let d = &self.config.directory;
+        Policy {
+            cipher_suites: d.cipher_suites.clone(),
+            max_lifetime_secs: d.max_key_package_lifetime_days as i64 * DAY,
+            clock_skew_secs: d.clock_skew_secs as i64,
+        }
+    }
+
+    /// Verifies every package (all or nothing) and stores them.
+    pub(super) async fn upload_key_packages(
+        &self,
+        caller: &Caller<'_>,
+        items: Vec<ItemIn>,
+    ) -> Result<Response, ServiceError> {
+        caller.require_owner()?;
+        let texts = upload_texts(&items)?;
+        let now = now();
+        let account = caller.account.clone();
+        let devices = self.store.live_devices(account.to_string(), now).await?;
+        let policy = self.key_package_policy();
+        let crypto = self.crypto.clone();
+        // Signature checks are CPU work: keep them off the async workers.
+        let verified = tokio::task::spawn_blocking(move || {
+            texts
+                .iter()
+                .map(|t| upload_bytes(t).and_then(|b| verify(crypto.as_ref(), &b, &account, &devices, &policy, now)))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|_| ServiceError::Unsupported)?;
+        let refused: Vec<_> =
+            verified.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, *e))).collect();
+        if !refused.is_empty() {
+            return Err(ServiceError::InvalidKeyPackages(refused));
+        }
+        let kps: Vec<VerifiedKeyPackage> = verified.into_iter().flatten().collect();
+        let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
+        let max = self.config.directory.max_key_packages_per_device;
+        match self.store.store_key_packages(caller.account.to_string(), kps, max, now).await? {
+            KeyPackageUpload::Stored => Ok(Response::result(publish_result(NODE, &ids))),
+            KeyPackageUpload::Refused(refused) => Err(ServiceError::InvalidKeyPackages(refused)),
+            KeyPackageUpload::TooMany { .. } => Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)),
+        }
+    }
+
+    /// The owner's view of the pool: references and metadata, no packages.
+    pub(super) async fn key_package_items(&self, caller: &Caller<'_>) -> Result<Response, ServiceError> {
+        caller.require_owner()?;
+        let infos = self.store.key_package_infos(caller.account.to_string(), now()).await?;
+        let items = infos.into_iter().map(|i| (i.kp_ref.clone(), i.to_element())).collect();
+        Ok(Response::result(items_result(NODE, items)))
+    }
+
+    /// Hands out one package per device, rate-limited per (claimer,
+    /// account), and tells the owner.
+    pub(super) async fn claim(&self, req: &IqRequest, account: &BareJid) -> Result<Response, ServiceError> {
+        let claim = Claim::parse(&req.payload)?;
+        let claimer = req.from.to_bare();
+        self.check_claim_rate(&claimer, account)?;
+        let ctx = ClaimContext {
+            account: account.to_string(),
+            claimer: claimer.to_string(),
+            low_water: self.config.directory.low_water,
+            now: now(),
+        };
+        let result = self.store.claim(ctx, claim).await?;
+        let from = self.directory_jid(account);
+        let messages = result
+            .notices
+            .iter()
+            .map(|n| headline(&from, account.as_str(), n.notice.to_element(), Some(&n.stanza_id)))
+            .collect();
+        Ok(Response { payload: Some(claimed_element(&result.outcomes)), messages })
+    }
+
+    fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid) -> Result<(), ServiceError> {
+        let key = (claimer.to_string(), account.to_string());
+        self.claims.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! Device lists and their subscriptions.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use minidom::Element;
+
+use super::inbox::insert_inbox;
+use super::{Store, StoreError};
+use crate::protocol::devices::Device;
+
+/// What publishing a device did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevicePublish {
+    /// Stored. `replaced_key`: an existing device got a new signature key,
+    /// so its KeyPackages (signed with the old key) were deleted.
+    Published { replaced_key: bool },
+    TooManyDevices,
+    /// Another device of the account has this signature key.
+    KeyInUse,
+}
+
+/// Live devices of `account`, in publication order.
+pub(super) fn live_devices(c: &Connection, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT device_id, signature_key, label, expires_at FROM devices
+         WHERE account = ?1 AND expires_at > ?2 ORDER BY published_at, device_id",
+    )?;
+    let rows = st.query_map(params![account, now], |r| {
+        Ok(Device { id: r.get(0)?, signature_key: r.get(1)?, label: r.get(2)?, expires: Some(r.get(3)?) })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl Store {
+    pub async fn live_devices(&self, account: String, now: i64) -> Result<Vec<Device>, StoreError> {
+        self.read(move |c| live_devices(c, &account, now)).await
+    }
+
+    /// Adds or replaces a device (`device.expires` must be set) and keeps
+    /// `event` in the owner's inbox, returning its stanza id. Expired
+    /// devices of the account are removed on the way.
+    pub async fn publish_device(
+        &self,
+        account: String,
+        device: Device,
+        event: Element,
+        max_devices: usize,
+        now: i64,
+    ) -> Result<(DevicePublish, Option<String>), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2", params![account, now])?;
+            let old_key: Option<Vec<u8>> = c
+                .query_row(
+                    "SELECT signature_key FROM devices WHERE account = ?1 AND device_id = ?2",
+                    params![account, device.id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let key_owner: Option<String> = c
+                .query_row(
+                    "SELECT device_id FROM devices WHERE account = ?1 AND signature_key = ?2",
+                    params![account, device.signature_key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if key_owner.is_some_and(|owner| owner != device.id) {
+                return Ok((DevicePublish::KeyInUse, None));
+            }
+            if old_key.is_none() {
+                let count: usize =
+                    c.query_row("SELECT count(*) FROM devices WHERE account = ?1", [&account], |r| r.get(0))?;
+                if count >= max_devices {
+                    return Ok((DevicePublish::TooManyDevices, None));
+                }
+            }
+            let replaced_key = old_key.as_ref().is_some_and(|k| *k != device.signature_key);
+            if replaced_key {
+                c.execute(
+                    "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2",
+                    params![account, device.id],
+                )?;
+            }
+            c.execute(
+                "INSERT INTO devices (account, device_id, signature_key, label, expires_at, published_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (account, device_id) DO UPDATE SET
+                   signature_key = excluded.signature_key, label = excluded.label,
+                   expires_at = excluded.expires_at",
+                params![account, device.id, device.signature_key, device.label, device.expires, now],
+            )?;
+            let stanza_id = insert_inbox(c, &account, &event, now)?;
+            Ok((DevicePublish::Published { replaced_key }, Some(stanza_id)))
+        })
+        .await
+    }
+
+    /// Removes a live device and its KeyPackages and keeps `event` in the
+    /// owner's inbox; `None` if there was no such device.
+    pub async fn retract_device(
+        &self,
+        account: String,
+        device_id: String,
+        event: Element,
+        now: i64,
+    ) -> Result<Option<String>, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM devices WHERE account = ?1 AND device_id = ?2 AND expires_at > ?3",
+                params![account, device_id, now],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            Ok(Some(insert_inbox(c, &account, &event, now)?))
+        })
+        .await
+    }
+
+    /// Deletes expired devices (with their KeyPackages) and expired packages.
+    pub async fn prune_directory(&self, now: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
+            c.execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Subscribes `subscriber` (a JID) to a node of `account`'s directory;
+    /// false when the node already has `max` subscribers.
+    pub async fn subscribe(
+        &self,
+        account: String,
+        node: &'static str,
+        subscriber: String,
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let count: usize = c.query_row(
+                "SELECT count(*) FROM subscriptions WHERE account = ?1 AND node = ?2 AND subscriber <> ?3",
+                params![account, node, subscriber],
+                |r| r.get(0),
+            )?;
+            if count >= max {
+                return Ok(false);
+            }
+            c.execute(
+                "INSERT OR IGNORE INTO subscriptions (account, node, subscriber) VALUES (?1, ?2, ?3)",
+                params![account, node, subscriber],
+            )?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// False if `subscriber` was not subscribed.
+    pub async fn unsubscribe(
+        &self,
+        account: String,
+        node: &'static str,
+        subscriber: String,
+    ) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let n = c.execute(
+                "DELETE FROM subscriptions WHERE account = ?1 AND node = ?2 AND subscriber = ?3",
+                params![account, node, subscriber],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    pub async fn subscribers(&self, account: String, node: &'static str) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT subscriber FROM subscriptions WHERE account = ?1 AND node = ?2 ORDER BY subscriber",
+            )?;
+            let rows = st.query_map(params![account, node], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    fn device(id: &str, key: u8) -> Device {
+        Device { id: id.into(), signature_key: vec![key; 32], label: None, expires: Some(2_000) }
+    }
+
+    #[tokio::test]
+    async fn publish_limits_key_reuse_and_expiry() {
+        let (_d, store) = temp_store();
+        let a = || "alice@example.org".to_string();
+        let ev = || Element::builder("event", "urn:x").build();
+        let publish = |d| store.publish_device(a(), d, ev(), 2, 1_000);
+        assert_eq!(publish(device("one", 1)).await.unwrap().0, DevicePublish::Published { replaced_key: false });
+        assert_eq!(publish(device("two", 1)).await.unwrap(), (DevicePublish::KeyInUse, None));
+        publish(device("two", 2)).await.unwrap();
+        assert_eq!(publish(device("three", 3)).await.unwrap(), (DevicePublish::TooManyDevices, None));
+        assert_eq!(publish(device("two", 4)).await.unwrap().0, DevicePublish::Published { replaced_key: true });
+        assert_eq!(store.inbox_len(a()).await.unwrap(), 3, "one inbox entry per change");
+        assert_eq!(store.live_devices(a(), 1_999).await.unwrap().len(), 2);
+        assert_eq!(store.live_devices(a(), 2_000).await.unwrap().len(), 0, "expired at expires");
+        assert!(store.retract_device(a(), "one".into(), ev(), 1_000).await.unwrap().is_some());
+        assert!(store.retract_device(a(), "one".into(), ev(), 1_000).await.unwrap().is_none());
+        assert_eq!(store.inbox_len(a()).await.unwrap(), 4);
+    }
+}

@@ -1,0 +1,45 @@
+//! The account inbox: notices kept until the account's devices have
+//! acknowledged them (querying and acknowledgements come with history).
+
+use minidom::Element;
+use rusqlite::{params, Connection};
+
+use super::StoreError;
+use crate::protocol::notices::Notice;
+
+/// A notice as stored, with its XEP-0359 stanza id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNotice {
+    pub stanza_id: String,
+    pub notice: Notice,
+}
+
+/// A random, unguessable stanza id (XEP-0359): 96 bits, base32.
+pub fn new_stanza_id() -> String {
+    let bytes: [u8; 12] = rand::random();
+    crate::protocol::address::group_node(&bytes)
+}
+
+/// Appends `payload` to `account`'s inbox inside the caller's transaction;
+/// returns its stanza id.
+pub(super) fn insert_inbox(c: &Connection, account: &str, payload: &Element, now: i64) -> Result<String, StoreError> {
+    let stanza_id = new_stanza_id();
+    c.execute(
+        "INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)",
+        params![account, stanza_id, now, String::from(payload)],
+    )?;
+    Ok(stanza_id)
+}
+
+pub(super) fn insert_notice(c: &Connection, account: &str, notice: Notice, now: i64) -> Result<StoredNotice, StoreError> {
+    let stanza_id = insert_inbox(c, account, &notice.to_element(), now)?;
+    Ok(StoredNotice { stanza_id, notice })
+}
+
+impl super::Store {
+    /// How many entries `account`'s inbox holds.
+    pub async fn inbox_len(&self, account: String) -> Result<usize, StoreError> {
+        self.read(move |c| Ok(c.query_row("SELECT count(*) FROM inbox WHERE account = ?1", [account], |r| r.get(0))?))
+            .await
+    }
+}

@@ -1,0 +1,235 @@
+//! KeyPackage pools: uploads, owner listings and atomic claims.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::devices::live_devices;
+use super::inbox::{insert_notice, StoredNotice};
+use super::{Store, StoreError};
+use crate::protocol::keypackages::{ref_hex, Claim, ClaimOutcome, KeyPackageInfo, Rejection, VerifiedKeyPackage};
+use crate::protocol::notices::{KeyPackageClaimed, KeyPackagesLow, Notice};
+
+/// What an upload did; all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPackageUpload {
+    Stored,
+    /// Refused packages, by index in the upload.
+    Refused(Vec<(usize, Rejection)>),
+    /// The device would hold more than the configured maximum.
+    TooMany { device: String },
+}
+
+/// The outcome of a claim and the notices it left in the owner's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimResult {
+    pub outcomes: Vec<ClaimOutcome>,
+    pub notices: Vec<StoredNotice>,
+}
+
+/// Parameters of a claim that come from the service, not the claimer.
+pub struct ClaimContext {
+    pub account: String,
+    pub claimer: String,
+    pub low_water: u32,
+    pub now: i64,
+}
+
+/// A package must outlive its hand-out by this much to be handed out.
+const MIN_REMAINING_LIFETIME: i64 = 60;
+
+fn ordinary_count(c: &Connection, account: &str, device: &str, now: i64) -> Result<usize, StoreError> {
+    Ok(c.query_row(
+        "SELECT count(*) FROM key_packages
+         WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3",
+        params![account, device, now + MIN_REMAINING_LIFETIME],
+        |r| r.get(0),
+    )?)
+}
+
+/// Checks an upload against the store: devices still live, no duplicates.
+fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<Vec<(usize, Rejection)>, StoreError> {
+    let devices = live_devices(c, account, now)?;
+    let mut refused = Vec::new();
+    for (i, kp) in kps.iter().enumerate() {
+        let stored: Option<i64> = c
+            .query_row("SELECT 1 FROM key_packages WHERE kp_ref = ?1", [&kp.kp_ref], |r| r.get(0))
+            .optional()?;
+        if !devices.iter().any(|d| d.id == kp.device_id) {
+            refused.push((i, Rejection::UnknownSignatureKey));
+        } else if stored.is_some() || kps[..i].iter().any(|k| k.kp_ref == kp.kp_ref) {
+            refused.push((i, Rejection::Duplicate));
+        } else if kp.last_resort && kps[..i].iter().any(|k| k.last_resort && k.device_id == kp.device_id) {
+            refused.push((i, Rejection::ExtraLastResort));
+        }
+    }
+    Ok(refused)
+}
+
+impl Store {
+    /// Stores verified packages (all or none). A last-resort package
+    /// replaces the device's previous one.
+    pub async fn store_key_packages(
+        &self,
+        account: String,
+        kps: Vec<VerifiedKeyPackage>,
+        max_per_device: usize,
+        now: i64,
+    ) -> Result<KeyPackageUpload, StoreError> {
+        self.write(move |c| {
+            let refused = refusals(c, &account, &kps, now)?;
+            if !refused.is_empty() {
+                return Ok(KeyPackageUpload::Refused(refused));
+            }
+            for kp in kps.iter().filter(|k| !k.last_resort) {
+                let new = kps.iter().filter(|k| !k.last_resort && k.device_id == kp.device_id).count();
+                if ordinary_count(c, &account, &kp.device_id, now)? + new > max_per_device {
+                    return Ok(KeyPackageUpload::TooMany { device: kp.device_id.clone() });
+                }
+            }
+            let mut seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM key_packages", [], |r| r.get(0))?;
+            for kp in &kps {
+                if kp.last_resort {
+                    c.execute(
+                        "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1",
+                        params![account, kp.device_id],
+                    )?;
+                }
+                seq += 1;
+                c.execute(
+                    "INSERT INTO key_packages
+                     (kp_ref, account, device_id, cipher_suite, last_resort, not_after, message, seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq],
+                )?;
+            }
+            Ok(KeyPackageUpload::Stored)
+        })
+        .await
+    }
+
+    /// The account's stored packages of live devices, for its owner.
+    pub async fn key_package_infos(&self, account: String, now: i64) -> Result<Vec<KeyPackageInfo>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT k.kp_ref, k.device_id, k.cipher_suite, k.not_after, k.last_resort
+                 FROM key_packages k JOIN devices d USING (account, device_id)
+                 WHERE k.account = ?1 AND d.expires_at > ?2 AND k.not_after > ?2
+                 ORDER BY k.device_id, k.last_resort, k.seq",
+            )?;
+            let rows = st.query_map(params![account, now], |r| {
+                Ok(KeyPackageInfo {
+                    kp_ref: ref_hex(&r.get::<_, Vec<u8>>(0)?),
+                    device_id: r.get(1)?,
+                    cipher_suite: r.get(2)?,
+                    not_after: r.get(3)?,
+                    last_resort: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Hands out one package per live device (or per requested device) and
+    /// deletes it, in one transaction: no package is ever handed out twice.
+    /// A last-resort package is handed out only when the device has no
+    /// other, and is kept. Every hand-out leaves a notice in the owner's inbox.
+    pub async fn claim(&self, ctx: ClaimContext, claim: Claim) -> Result<ClaimResult, StoreError> {
+        self.write(move |c| {
+            let devices = live_devices(c, &ctx.account, ctx.now)?;
+            let wanted: Vec<String> = if claim.devices.is_empty() {
+                devices.iter().map(|d| d.id.clone()).collect()
+            } else {
+                claim.devices.clone()
+            };
+            let mut result = ClaimResult { outcomes: Vec::new(), notices: Vec::new() };
+            for device in wanted {
+                if !devices.iter().any(|d| d.id == device) {
+                    result.outcomes.push(ClaimOutcome::UnknownDevice { device });
+                    continue;
+                }
+                let outcome = claim_one(c, &ctx, &device, claim.cipher_suite)?;
+                if let ClaimOutcome::Claimed { kp_ref, last_resort, .. } = &outcome {
+                    notify_claim(c, &ctx, &device, kp_ref, *last_resort, &mut result.notices)?;
+                }
+                result.outcomes.push(outcome);
+            }
+            Ok(result)
+        })
+        .await
+    }
+}
+
+fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
+    let fresh = ctx.now + MIN_REMAINING_LIFETIME;
+    let ordinary: Option<(Vec<u8>, Vec<u8>)> = c
+        .query_row(
+            "DELETE FROM key_packages WHERE kp_ref = (
+                SELECT kp_ref FROM key_packages
+                WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3
+                  AND (?4 IS NULL OR cipher_suite = ?4)
+                ORDER BY seq LIMIT 1)
+             RETURNING kp_ref, message",
+            params![ctx.account, device, fresh, suite],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let last_resort = || {
+        c.query_row(
+            "SELECT kp_ref, message FROM key_packages
+             WHERE account = ?1 AND device_id = ?2 AND last_resort = 1 AND not_after > ?3
+               AND (?4 IS NULL OR cipher_suite = ?4)",
+            params![ctx.account, device, fresh, suite],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+    };
+    let (found, is_last_resort) = match ordinary {
+        Some(kp) => (Some(kp), false),
+        None => (last_resort()?, true),
+    };
+    let device = device.to_owned();
+    Ok(match found {
+        Some((kp_ref, message)) => {
+            ClaimOutcome::Claimed { device, kp_ref: ref_hex(&kp_ref), last_resort: is_last_resort, message }
+        }
+        None => {
+            let any: usize = c.query_row(
+                "SELECT count(*) FROM key_packages WHERE account = ?1 AND device_id = ?2 AND not_after > ?3",
+                params![ctx.account, device, fresh],
+                |r| r.get(0),
+            )?;
+            if any > 0 {
+                ClaimOutcome::NothingCompatible { device }
+            } else {
+                ClaimOutcome::Exhausted { device }
+            }
+        }
+    })
+}
+
+/// The claim notice, and the low-water warning when this claim brought the
+/// device's pool down to the mark (so it fires once per descent).
+fn notify_claim(
+    c: &Connection,
+    ctx: &ClaimContext,
+    device: &str,
+    kp_ref: &str,
+    last_resort: bool,
+    notices: &mut Vec<StoredNotice>,
+) -> Result<(), StoreError> {
+    let remaining = ordinary_count(c, &ctx.account, device, ctx.now)? as u32;
+    let by = ctx.claimer.parse().map_err(|_| StoreError::Batch(format!("bad claimer {}", ctx.claimer)))?;
+    let claimed = Notice::KeyPackageClaimed(KeyPackageClaimed {
+        device: device.to_owned(),
+        kp_ref: kp_ref.to_owned(),
+        by,
+        remaining,
+        last_resort,
+    });
+    notices.push(insert_notice(c, &ctx.account, claimed, ctx.now)?);
+    if !last_resort && remaining == ctx.low_water {
+        let low = Notice::KeyPackagesLow(KeyPackagesLow { device: device.to_owned(), remaining });
+        notices.push(insert_notice(c, &ctx.account, low, ctx.now)?);
+    }
+    Ok(())
+}

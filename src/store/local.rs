@@ -1,0 +1,111 @@
+//! A client device's own records, beside openmls' tables in the device's
+//! SQLite file: who the device is, and its current last-resort KeyPackage.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite_migration::{Migrations, M};
+
+use super::StoreError;
+
+const MIGRATIONS: &[M<'static>] = &[M::up(
+    "CREATE TABLE device (
+        one           INTEGER PRIMARY KEY CHECK (one = 1),
+        account       TEXT NOT NULL,
+        device_id     TEXT NOT NULL,
+        signature_key BLOB NOT NULL,
+        label         TEXT,
+        created_at    INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE last_resort (
+        one        INTEGER PRIMARY KEY CHECK (one = 1),
+        kp_ref     TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) STRICT;",
+)];
+
+/// Who a device is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub account: String,
+    pub device_id: String,
+    pub signature_key: Vec<u8>,
+    pub label: Option<String>,
+}
+
+pub struct LocalStore {
+    conn: Connection,
+}
+
+impl LocalStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Migrations::from_slice(MIGRATIONS).to_latest(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    pub fn device(&self) -> Result<Option<DeviceRecord>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT account, device_id, signature_key, label FROM device", [], |r| {
+                Ok(DeviceRecord { account: r.get(0)?, device_id: r.get(1)?, signature_key: r.get(2)?, label: r.get(3)? })
+            })
+            .optional()?)
+    }
+
+    pub fn save_device(&self, d: &DeviceRecord, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO device (one, account, device_id, signature_key, label, created_at)
+             VALUES (1, ?1, ?2, ?3, ?4, ?5)",
+            params![d.account, d.device_id, d.signature_key, d.label, now],
+        )?;
+        Ok(())
+    }
+
+    /// The current last-resort package's reference and creation time.
+    pub fn last_resort(&self) -> Result<Option<(String, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT kp_ref, created_at FROM last_resort", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    pub fn set_last_resort(&self, kp_ref: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO last_resort (one, kp_ref, created_at) VALUES (1, ?1, ?2)
+             ON CONFLICT (one) DO UPDATE SET kp_ref = excluded.kp_ref, created_at = excluded.created_at",
+            params![kp_ref, now],
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_and_last_resort_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.sqlite3");
+        let rec = DeviceRecord {
+            account: "alice@example.org".into(),
+            device_id: "abc".into(),
+            signature_key: vec![1; 32],
+            label: None,
+        };
+        {
+            let s = LocalStore::open(&path).unwrap();
+            assert_eq!(s.device().unwrap(), None);
+            s.save_device(&rec, 5).unwrap();
+            assert!(s.save_device(&rec, 5).is_err(), "one device per file");
+            s.set_last_resort("r1", 6).unwrap();
+            s.set_last_resort("r2", 7).unwrap();
+        }
+        let s = LocalStore::open(&path).unwrap();
+        assert_eq!(s.device().unwrap(), Some(rec));
+        assert_eq!(s.last_resort().unwrap(), Some(("r2".into(), 7)));
+    }
+}
