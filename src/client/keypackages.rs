@@ -117,14 +117,21 @@ pub enum RefillError {
 
 impl Device {
     /// Tops the device's pool up to `target` ordinary packages and replaces
-    /// the last-resort package if it is missing on the service or too old.
-    pub async fn refill(&self, session: &Session, service: &Jid, target: usize) -> Result<RefillReport, RefillError> {
+    /// the last-resort package if `renew_last_resort` (it was handed out),
+    /// or if it is missing on the service or too old.
+    pub async fn refill(
+        &self,
+        session: &Session,
+        service: &Jid,
+        target: usize,
+        renew_last_resort: bool,
+    ) -> Result<RefillReport, RefillError> {
         let mine: Vec<KeyPackageInfo> =
             session.key_package_infos(service).await?.into_iter().filter(|i| i.device_id == self.id()).collect();
         let pool = mine.iter().filter(|i| !i.last_resort).count();
         let mut messages = self.key_packages(target.saturating_sub(pool))?;
         let uploaded = messages.len();
-        let stale = match self.last_resort()? {
+        let stale = renew_last_resort || match self.last_resort()? {
             Some((kp_ref, created)) => {
                 now() - created > LAST_RESORT_MAX_AGE || !mine.iter().any(|i| i.last_resort && i.kp_ref == kp_ref)
             }
@@ -153,13 +160,13 @@ impl Device {
         service: &Jid,
         notice: &Notice,
     ) -> Result<Option<RefillReport>, RefillError> {
-        let needed = match notice {
-            Notice::KeyPackageClaimed(c) => c.device == self.id() && (c.last_resort || c.remaining == 0),
-            Notice::KeyPackagesLow(l) => l.device == self.id(),
+        let (needed, renew_last_resort) = match notice {
+            Notice::KeyPackageClaimed(c) => (c.device == self.id() && (c.last_resort || c.remaining == 0), c.last_resort),
+            Notice::KeyPackagesLow(l) => (l.device == self.id(), false),
         };
         if !needed {
             return Ok(None);
         }
-        self.refill(session, service, POOL_TARGET).await.map(Some)
+        self.refill(session, service, POOL_TARGET, renew_last_resort).await.map(Some)
     }
 }

@@ -34,7 +34,9 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let config = Arc::new(config);
     let store = Store::open(&config.store)?;
     let service = Arc::new(Service::new(config.clone(), store.clone()));
+    let maintenance = tokio::spawn(maintain(service.clone(), shutdown.clone()));
     let result = connection_loop(&config, &service, &mut shutdown).await;
+    maintenance.abort();
     store.close().await;
     tracing::info!("stopped");
     result
@@ -48,7 +50,7 @@ async fn connection_loop(
     let mut backoff = Backoff::new(Duration::from_secs(config.component.reconnect_max_secs));
     loop {
         let connected = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = stopped(shutdown) => return Ok(()),
             c = connect::connect(config) => c,
         };
         match connected {
@@ -70,7 +72,7 @@ async fn connection_loop(
         let delay = backoff.next_delay();
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = stopped(shutdown) => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
     }
@@ -88,7 +90,7 @@ async fn run_session(
     let permits = Arc::new(Semaphore::new(max));
     loop {
         let stanza = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => break,
+            _ = stopped(shutdown) => break,
             s = incoming.recv() => s,
         };
         let Some(stanza) = stanza else {
@@ -115,6 +117,28 @@ async fn run_session(
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     None
 }
+
+/// Resolves once shutdown is requested (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Periodic housekeeping until shutdown.
+async fn maintain(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => return,
+            _ = tick.tick() => {
+                if let Err(e) = service.maintain().await {
+                    tracing::warn!(error = %e, "maintenance failed");
+                }
+            }
+        }
+    }
+}
+
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// XEP-0199 ping to the server host: any answer proves the stream alive.
 fn keepalive(config: &Config) -> impl Fn() -> Element + Send + 'static {

@@ -15,6 +15,7 @@ use xmpp_parsers::jid::BareJid;
 pub const DOMAIN: &str = "example.org";
 pub const COMPONENT: &str = "mls.example.org";
 const SECRET: &str = "component-secret";
+pub mod mls;
 pub mod xep;
 
 const TEMPLATE: &str = include_str!("../fixtures/prosody.cfg.lua.template");
@@ -251,4 +252,32 @@ pub fn as_received(stanza: &Element) -> Element {
 
 pub fn to_string(el: &Element) -> String {
     String::from(el)
+}
+
+/// Every row of every table of the component's store, as text: equal
+/// digests mean an unchanged store.
+pub fn store_digest(path: &Path) -> String {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut out = String::new();
+    for table in tables {
+        let mut st = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+        let columns = st.column_count();
+        let mut rows: Vec<String> = st
+            .query_map([], |r| {
+                Ok((0..columns).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.sort();
+        out.push_str(&format!("{table}: {}\n", rows.join("; ")));
+    }
+    out
 }

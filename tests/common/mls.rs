@@ -1,0 +1,78 @@
+//! MLS objects for tests, built with openmls directly so that tests can
+//! also make the invalid ones a real client never would.
+
+use openmls::prelude::{
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage, Lifetime,
+    MlsMessageOut,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::types::SignatureScheme;
+use tls_codec::Serialize as _;
+use xmpp_mls::protocol::devices::Device;
+use xmpp_parsers::jid::BareJid;
+
+pub const SUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
+
+/// A signature key of a would-be device, with an in-memory provider.
+pub struct TestSigner {
+    pub account: BareJid,
+    pub signer: SignatureKeyPair,
+    pub provider: OpenMlsRustCrypto,
+}
+
+/// How to build a KeyPackage; defaults make a valid one.
+pub struct KpOptions {
+    /// Credential identity; default `xmpp:<account>`.
+    pub identity: Option<String>,
+    pub lifetime: Option<Lifetime>,
+    pub suite: Ciphersuite,
+    pub last_resort: bool,
+}
+
+impl Default for KpOptions {
+    fn default() -> Self {
+        Self { identity: None, lifetime: None, suite: SUITE, last_resort: false }
+    }
+}
+
+impl TestSigner {
+    pub fn new(account: &str) -> Self {
+        Self {
+            account: BareJid::new(account).unwrap(),
+            signer: SignatureKeyPair::new(SignatureScheme::ED25519).unwrap(),
+            provider: OpenMlsRustCrypto::default(),
+        }
+    }
+
+    pub fn device(&self, id: &str, expires: Option<i64>) -> Device {
+        Device { id: id.into(), signature_key: self.signer.to_public_vec(), label: None, expires }
+    }
+
+    /// An MLSMessage carrying a KeyPackage.
+    pub fn kp(&self, opts: KpOptions) -> Vec<u8> {
+        let identity = opts.identity.unwrap_or_else(|| format!("xmpp:{}", self.account));
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(identity.into_bytes()).into(),
+            signature_key: self.signer.to_public_vec().into(),
+        };
+        let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
+        let mut b = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        if let Some(l) = opts.lifetime {
+            b = b.key_package_lifetime(l);
+        }
+        if opts.last_resort {
+            b = b.mark_as_last_resort();
+        }
+        let bundle = b.build(opts.suite, &self.provider, &self.signer, credential).unwrap();
+        MlsMessageOut::from(bundle.key_package().clone()).tls_serialize_detached().unwrap()
+    }
+
+    pub fn valid_kp(&self) -> Vec<u8> {
+        self.kp(KpOptions::default())
+    }
+
+    pub fn last_resort_kp(&self) -> Vec<u8> {
+        self.kp(KpOptions { last_resort: true, ..KpOptions::default() })
+    }
+}
