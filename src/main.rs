@@ -4,13 +4,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use xmpp_mls::client::{ConnectOptions, Session};
 use xmpp_mls::config::{Config, LogFormat};
-use xmpp_parsers::disco::DiscoInfoResult;
 use xmpp_parsers::jid::{BareJid, Jid};
-use xmpp_parsers::ns;
 
 /// MLS (RFC 9420) group encryption for any XMPP server, as an external
 /// component (XEP-0114).
@@ -43,17 +43,14 @@ enum Command {
         /// domain, port 5222). Plain TCP: loopback or test servers only.
         #[arg(long)]
         server: Option<String>,
+        /// The MLS service's JID (default: mls.<the JID's domain>).
+        #[arg(long)]
+        service: Option<Jid>,
+        /// This device's state file (default: xmpp-mls-<account>.sqlite3).
+        #[arg(long)]
+        state: Option<PathBuf>,
         #[command(subcommand)]
-        action: ClientAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClientAction {
-    /// Show what an MLS service offers: identity, features and limits.
-    Info {
-        /// The service JID, e.g. mls.example.org.
-        service: Jid,
+        action: cli::ClientAction,
     },
 }
 
@@ -62,11 +59,13 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
-        Command::Client { jid, password, server, action } => {
+        Command::Client { jid, password, server, service, state, action } => {
             init_logging(LogFormat::Text, "warn");
+            let service = service.unwrap_or_else(|| Jid::new(&format!("mls.{}", jid.domain())).expect("a domain"));
+            let state = state.unwrap_or_else(|| PathBuf::from(format!("xmpp-mls-{jid}.sqlite3")));
             let mut opts = ConnectOptions::new(jid, password);
             opts.server = server;
-            runtime.block_on(client(opts, action))
+            runtime.block_on(client(opts, service, state, action))
         }
     }
 }
@@ -116,7 +115,7 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
-async fn client(opts: ConnectOptions, action: ClientAction) -> ExitCode {
+async fn client(opts: ConnectOptions, service: Jid, state: PathBuf, action: cli::ClientAction) -> ExitCode {
     let session = match Session::connect(opts).await {
         Ok(s) => s,
         Err(e) => {
@@ -124,36 +123,14 @@ async fn client(opts: ConnectOptions, action: ClientAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match action {
-        ClientAction::Info { service } => info(&session, &service).await,
-    };
-    session.close().await;
+    let ctx = cli::Context { session, service, state };
+    let result = cli::run(&ctx, action).await;
+    ctx.session.close().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", cli::explain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-async fn info(session: &Session, service: &Jid) -> Result<(), Box<dyn std::error::Error>> {
-    let query = minidom::Element::builder("query", ns::DISCO_INFO).build();
-    let reply = session.iq(service, "get", query).await?.ok_or("empty disco#info result")?;
-    let info = DiscoInfoResult::try_from(reply)?;
-    println!("{service}");
-    for id in &info.identities {
-        let name = id.name.as_deref().unwrap_or("");
-        println!("  identity: {}/{} {name}", id.category, id.type_);
-    }
-    for feature in &info.features {
-        println!("  feature:  {feature}");
-    }
-    for form in &info.extensions {
-        for field in form.fields.iter().filter(|f| f.var.as_deref() != Some("FORM_TYPE")) {
-            let var = field.var.as_deref().unwrap_or("");
-            println!("  limit:    {var} = {}", field.values.join(", "));
-        }
-    }
-    Ok(())
 }

@@ -1,6 +1,7 @@
 //! KeyPackages: keep a device's pool topped up, claim other accounts'
 //! packages and verify them with the service's own check.
 
+use xmpp_parsers::disco::DiscoInfoResult;
 use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::device::{Device, DeviceError};
@@ -13,6 +14,13 @@ use crate::protocol::keypackages::{
 use crate::protocol::notices::Notice;
 use crate::protocol::now;
 use crate::protocol::pubsub::{publish_request, simple_request, NS_PUBSUB};
+
+/// Tolerance for clocks that disagree, in the client's own checks.
+const CLOCK_SKEW: i64 = 300;
+
+fn malformed(why: &str) -> ClientError {
+    ClientError::Malformed(why.to_owned())
+}
 
 /// Ordinary KeyPackages a device keeps on the service.
 pub const POOL_TARGET: usize = 20;
@@ -37,6 +45,25 @@ pub struct VerifiedClaim {
 }
 
 impl Session {
+    /// The service's KeyPackage policy, from its disco#info limits form.
+    pub async fn key_package_policy(&self, service: &Jid) -> Result<Policy, ClientError> {
+        let query = minidom::Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build();
+        let info = self.iq(service, "get", query).await?.ok_or_else(|| malformed("empty disco#info"))?;
+        let info = DiscoInfoResult::try_from(info).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        let form = info
+            .extensions
+            .iter()
+            .find(|f| f.form_type() == Some(crate::protocol::NS))
+            .ok_or_else(|| malformed("no urn:xmpp:mls:0 limits form"))?;
+        let values = |var: &str| form.fields.iter().find(|f| f.var.as_deref() == Some(var)).map(|f| f.values.clone());
+        let number = |v: Option<Vec<String>>| v.and_then(|v| v.first()?.parse::<i64>().ok());
+        Ok(Policy {
+            cipher_suites: values("cipher-suites").unwrap_or_default().iter().filter_map(|v| v.parse().ok()).collect(),
+            max_lifetime_secs: number(values("max-key-package-lifetime")).ok_or_else(|| malformed("no lifetime"))?,
+            clock_skew_secs: CLOCK_SKEW,
+        })
+    }
+
     /// Uploads MLSMessages carrying KeyPackages; returns their references.
     pub async fn upload_key_packages(&self, service: &Jid, messages: &[Vec<u8>]) -> Result<Vec<String>, ClientError> {
         let to = directory_jid(&self.jid().to_bare(), service);
@@ -67,9 +94,36 @@ impl Session {
         parse_claimed(&claimed).map_err(|e| ClientError::Malformed(e.to_string()))
     }
 
-    /// Claims, then checks every package against `account`'s device list
-    /// with the same function the service runs. Outcomes without a package
-    /// are dropped; a package that fails the check is an error.
+    /// Checks every claimed package against `account`'s device list with
+    /// the same function the service runs: one result per `Claimed` outcome.
+    pub async fn check_claimed(
+        &self,
+        service: &Jid,
+        account: &BareJid,
+        outcomes: &[ClaimOutcome],
+        policy: &Policy,
+        crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
+    ) -> Result<Vec<Result<VerifiedKeyPackage, Rejection>>, ClientError> {
+        let devices = self.devices(service, account).await?;
+        let now = now();
+        Ok(outcomes
+            .iter()
+            .filter_map(|o| match o {
+                ClaimOutcome::Claimed { device, message, .. } => Some((device, message)),
+                _ => None,
+            })
+            .map(|(device, message)| {
+                let kp = verify(crypto, message, account, &devices, policy, now)?;
+                // The package must belong to the device it was claimed for.
+                if kp.device_id != *device {
+                    return Err(Rejection::UnknownSignatureKey);
+                }
+                Ok(kp)
+            })
+            .collect())
+    }
+
+    /// Claims and checks; any package that fails the check is an error.
     pub async fn claim_verified(
         &self,
         service: &Jid,
@@ -79,21 +133,16 @@ impl Session {
         crypto: &impl openmls_traits::crypto::OpenMlsCrypto,
     ) -> Result<Vec<VerifiedClaim>, ClaimError> {
         let outcomes = self.claim(service, account, claim).await?;
-        let devices = self.devices(service, account).await?;
-        let now = now();
-        outcomes
-            .into_iter()
-            .filter_map(|o| match o {
-                ClaimOutcome::Claimed { device, message, last_resort, .. } => Some((device, message, last_resort)),
-                _ => None,
-            })
-            .map(|(device, message, last_resort)| {
-                let key_package = verify(crypto, &message, account, &devices, policy, now)
-                    .map_err(|r| ClaimError::Rejected { device: device.clone(), reason: r })?;
-                if key_package.device_id != device {
-                    return Err(ClaimError::Rejected { device, reason: Rejection::UnknownSignatureKey });
-                }
-                Ok(VerifiedClaim { device, key_package, last_resort })
+        let checked = self.check_claimed(service, account, &outcomes, policy, crypto).await?;
+        let claimed = outcomes.iter().filter_map(|o| match o {
+            ClaimOutcome::Claimed { device, last_resort, .. } => Some((device.clone(), *last_resort)),
+            _ => None,
+        });
+        claimed
+            .zip(checked)
+            .map(|((device, last_resort), check)| match check {
+                Ok(key_package) => Ok(VerifiedClaim { device, key_package, last_resort }),
+                Err(reason) => Err(ClaimError::Rejected { device, reason }),
             })
             .collect()
     }

@@ -159,6 +159,11 @@ fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>, batch_max: usize) {
         }
         run_batch(&conn, batch);
     }
+    // Closing: fold the WAL back into the database file, so that a copy of
+    // the file alone is a complete backup.
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+        tracing::warn!(error = %e, "final checkpoint failed");
+    }
 }
 
 fn run_batch(conn: &Connection, batch: Vec<Job>) {

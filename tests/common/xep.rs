@@ -61,3 +61,12 @@ pub fn stanza_with_id(id: &str) -> Element {
         .find(|s| s.attr("id") == Some(id))
         .unwrap_or_else(|| panic!("no example stanza with id {id}"))
 }
+
+/// The reply (result or error) whose id is `id`.
+pub fn reply_with_id(id: &str) -> Element {
+    examples()
+        .into_iter()
+        .flat_map(|e| e.stanzas)
+        .find(|s| s.attr("id") == Some(id) && matches!(s.attr("type"), Some("result") | Some("error")))
+        .unwrap_or_else(|| panic!("no example reply with id {id}"))
+}

@@ -1,0 +1,221 @@
+//! `xmpp-mls client …`: the client library driven from a shell.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use openmls_rust_crypto::RustCrypto;
+use xmpp_mls::client::{describe, ClientError, Device, Session, POOL_TARGET};
+use xmpp_mls::protocol::format_time;
+use xmpp_mls::protocol::keypackages::{Claim, ClaimOutcome};
+use xmpp_parsers::disco::DiscoInfoResult;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::ns;
+
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Subcommand)]
+pub enum ClientAction {
+    /// Show what an entity of the service offers: identity, features, limits.
+    Info {
+        /// Default: the service itself.
+        jid: Option<Jid>,
+    },
+    /// This account's devices (the Authentication Service).
+    #[command(subcommand)]
+    Device(DeviceAction),
+    /// This device's KeyPackages on the service.
+    #[command(subcommand)]
+    Keypackages(KeyPackagesAction),
+    /// Claim one KeyPackage per device of ACCOUNT and verify each against
+    /// ACCOUNT's device list.
+    Claim {
+        account: BareJid,
+        /// Only these devices.
+        #[arg(long = "device")]
+        devices: Vec<String>,
+        /// Only this RFC 9420 cipher suite (e.g. 1).
+        #[arg(long)]
+        cipher_suite: Option<u16>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DeviceAction {
+    /// Create this device (new Ed25519 key, kept in --state), publish it
+    /// and upload its KeyPackages.
+    Init {
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List the live devices of ACCOUNT (default: this account).
+    List { account: Option<BareJid> },
+    /// Remove a device of this account (default: this device) and its
+    /// KeyPackages from the service.
+    Remove { device_id: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum KeyPackagesAction {
+    /// How many KeyPackages each device of this account has left.
+    Status,
+    /// Top this device's pool up and renew its last-resort package if needed.
+    Refill {
+        #[arg(long, default_value_t = POOL_TARGET)]
+        target: usize,
+    },
+}
+
+/// What every client command needs.
+pub struct Context {
+    pub session: Session,
+    pub service: Jid,
+    pub state: PathBuf,
+}
+
+impl Context {
+    fn account(&self) -> BareJid {
+        self.session.jid().to_bare()
+    }
+
+    fn device(&self) -> Result<Device, Box<dyn std::error::Error>> {
+        Ok(Device::open(&self.state, &self.account())?)
+    }
+}
+
+pub async fn run(ctx: &Context, action: ClientAction) -> CliResult {
+    match action {
+        ClientAction::Info { jid } => info(ctx, jid.as_ref().unwrap_or(&ctx.service)).await,
+        ClientAction::Device(DeviceAction::Init { label }) => device_init(ctx, label).await,
+        ClientAction::Device(DeviceAction::List { account }) => device_list(ctx, account).await,
+        ClientAction::Device(DeviceAction::Remove { device_id }) => device_remove(ctx, device_id).await,
+        ClientAction::Keypackages(KeyPackagesAction::Status) => keypackages_status(ctx).await,
+        ClientAction::Keypackages(KeyPackagesAction::Refill { target }) => {
+            let report = ctx.device()?.refill(&ctx.session, &ctx.service, target, false).await?;
+            println!(
+                "uploaded {} KeyPackages; pool {}; last-resort package {}",
+                report.uploaded,
+                report.pool,
+                if report.last_resort_replaced { "renewed" } else { "kept" }
+            );
+            Ok(())
+        }
+        ClientAction::Claim { account, devices, cipher_suite } => {
+            claim(ctx, &account, Claim { cipher_suite, devices }).await
+        }
+    }
+}
+
+async fn info(ctx: &Context, jid: &Jid) -> CliResult {
+    let query = minidom::Element::builder("query", ns::DISCO_INFO).build();
+    let reply = ctx.session.iq(jid, "get", query).await?.ok_or("empty disco#info result")?;
+    let info = DiscoInfoResult::try_from(reply)?;
+    println!("{jid}");
+    for id in &info.identities {
+        println!("  identity: {}/{} {}", id.category, id.type_, id.name.as_deref().unwrap_or(""));
+    }
+    for feature in &info.features {
+        println!("  feature:  {feature}");
+    }
+    for form in &info.extensions {
+        for field in form.fields.iter().filter(|f| f.var.as_deref() != Some("FORM_TYPE")) {
+            println!("  limit:    {} = {}", field.var.as_deref().unwrap_or(""), field.values.join(", "));
+        }
+    }
+    Ok(())
+}
+
+async fn device_init(ctx: &Context, label: Option<String>) -> CliResult {
+    if ctx.state.exists() {
+        return Err(format!("{} already holds a device", ctx.state.display()).into());
+    }
+    let device = Device::create(&ctx.state, ctx.account(), label)?;
+    ctx.session.publish_device(&ctx.service, &device.item(None)).await?;
+    let report = device.refill(&ctx.session, &ctx.service, POOL_TARGET, true).await?;
+    println!("device {} of {} published (state: {})", device.id(), ctx.account(), ctx.state.display());
+    println!("  signature key: {}", short_hex(device.signature_key()));
+    println!("  uploaded {} KeyPackages and a last-resort one", report.uploaded);
+    Ok(())
+}
+
+async fn device_list(ctx: &Context, account: Option<BareJid>) -> CliResult {
+    let account = account.unwrap_or_else(|| ctx.account());
+    let own = Device::open(&ctx.state, &ctx.account()).ok().map(|d| d.id().to_owned());
+    let devices = ctx.session.devices(&ctx.service, &account).await?;
+    println!("{account}: {} device(s)", devices.len());
+    for d in devices {
+        let this = if own.as_deref() == Some(d.id.as_str()) && account == ctx.account() { " (this device)" } else { "" };
+        println!(
+            "  {}{this}  key {}  expires {}  {}",
+            d.id,
+            short_hex(&d.signature_key),
+            d.expires.map(format_time).unwrap_or_default(),
+            d.label.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+async fn device_remove(ctx: &Context, device_id: Option<String>) -> CliResult {
+    let id = match device_id {
+        Some(id) => id,
+        None => ctx.device()?.id().to_owned(),
+    };
+    ctx.session.retract_device(&ctx.service, &id).await?;
+    println!("device {id} removed, with its KeyPackages");
+    Ok(())
+}
+
+async fn keypackages_status(ctx: &Context) -> CliResult {
+    let infos = ctx.session.key_package_infos(&ctx.service).await?;
+    let devices = ctx.session.devices(&ctx.service, &ctx.account()).await?;
+    for d in devices {
+        let mine: Vec<_> = infos.iter().filter(|i| i.device_id == d.id).collect();
+        let ordinary = mine.iter().filter(|i| !i.last_resort).count();
+        let last_resort = mine.iter().any(|i| i.last_resort);
+        let soonest = mine.iter().map(|i| i.not_after).min().map(format_time).unwrap_or_else(|| "-".into());
+        println!(
+            "{}: {ordinary} KeyPackages, last-resort {}, first expiry {soonest}",
+            d.id,
+            if last_resort { "present" } else { "MISSING" }
+        );
+    }
+    Ok(())
+}
+
+async fn claim(ctx: &Context, account: &BareJid, claim: Claim) -> CliResult {
+    let policy = ctx.session.key_package_policy(&ctx.service).await?;
+    let outcomes = ctx.session.claim(&ctx.service, account, &claim).await?;
+    let mut checks =
+        ctx.session.check_claimed(&ctx.service, account, &outcomes, &policy, &RustCrypto::default()).await?.into_iter();
+    println!("{account}:");
+    for outcome in outcomes {
+        match outcome {
+            ClaimOutcome::Claimed { device, kp_ref, last_resort, .. } => println!(
+                "  {device}: KeyPackage {}{}  {}",
+                &kp_ref[..16.min(kp_ref.len())],
+                if last_resort { " (last resort)" } else { "" },
+                match checks.next() {
+                    Some(Ok(_)) => "verified against the device list".to_owned(),
+                    Some(Err(reason)) => format!("FAILS THE CHECK: {}", reason.reason()),
+                    None => "unchecked".to_owned(),
+                }
+            ),
+            ClaimOutcome::Exhausted { device } => println!("  {device}: no KeyPackage left"),
+            ClaimOutcome::NothingCompatible { device } => println!("  {device}: no KeyPackage of that cipher suite"),
+            ClaimOutcome::UnknownDevice { device } => println!("  {device}: no such device"),
+        }
+    }
+    Ok(())
+}
+
+fn short_hex(bytes: &[u8]) -> String {
+    data_encoding::HEXLOWER.encode(&bytes[..8.min(bytes.len())])
+}
+
+/// A client error for people: stanza errors with their conditions.
+pub fn explain(e: &(dyn std::error::Error + 'static)) -> String {
+    match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Stanza(s)) => format!("refused: {}", describe(s)),
+        _ => e.to_string(),
+    }
+}
