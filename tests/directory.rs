@@ -335,3 +335,45 @@ async fn a_client_device_keeps_its_pool_topped_up_and_verifies_what_it_claims() 
     assert_eq!(infos.iter().filter(|i| i.last_resort).count(), 1);
     assert_eq!(infos.len(), xmpp_mls::client::POOL_TARGET + 1);
 }
+
+/// One request per documented directory error, and the exact condition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_errors_have_their_documented_conditions() {
+    use xmpp_mls::protocol::pubsub::{publish_request, simple_request, NS_PUBSUB_ERRORS};
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "[directory]\nmax_devices_per_account = 1");
+    let alice_s = prosody.client("alice", "laptop").await;
+    let bob = prosody.client("bob", "phone").await;
+    let alice = bare("alice@example.org");
+    let to = xmpp_mls::client::directory_jid(&alice, &service());
+    let devices = xmpp_mls::protocol::devices::NODE;
+    let key = TestSigner::new("alice@example.org");
+    alice_s.publish_device(&service(), &key.device("one", None)).await.unwrap();
+
+    let pubsub = |xml: &str| -> Element { format!("<pubsub xmlns='http://jabber.org/protocol/pubsub'>{xml}</pubsub>").parse().unwrap() };
+    let cases: Vec<(&Session, &str, Element, DefinedCondition, Option<(&str, &str)>)> = vec![
+        (&alice_s, "set", pubsub("<create node='x'/>"), DefinedCondition::FeatureNotImplemented, Some(("unsupported", NS_PUBSUB_ERRORS))),
+        (&alice_s, "get", simple_request("items", "urn:example:nope", &[], None), DefinedCondition::ItemNotFound, None),
+        (&alice_s, "get", simple_request("retract", devices, &["one"], None), DefinedCondition::BadRequest, None),
+        (&bob, "set", simple_request("subscribe", devices, &[], Some("carol@example.org/x")), DefinedCondition::BadRequest, Some(("invalid-jid", NS_PUBSUB_ERRORS))),
+        (&bob, "set", simple_request("unsubscribe", devices, &[], Some("bob@example.org/phone")), DefinedCondition::UnexpectedRequest, Some(("not-subscribed", NS_PUBSUB_ERRORS))),
+        (&alice_s, "set", publish_request(devices, vec![(Some("two".into()), key.device("two", None).to_element())]), DefinedCondition::Conflict, Some(("signature-key-in-use", NS_ERRORS))),
+        (&alice_s, "set", publish_request(devices, vec![(Some("two".into()), TestSigner::new("alice@example.org").device("two", None).to_element())]), DefinedCondition::PolicyViolation, Some(("too-many-devices", NS_ERRORS))),
+        (&alice_s, "set", simple_request("retract", devices, &["nope"], None), DefinedCondition::ItemNotFound, None),
+        (&alice_s, "set", publish_request(devices, vec![(None, key.device("one", None).to_element())]), DefinedCondition::BadRequest, None),
+        (&alice_s, "set", Element::builder("claim", "urn:xmpp:mls:0").attr(xmpp_mls::protocol::n("cipher-suite"), "one").build(), DefinedCondition::BadRequest, None),
+    ];
+    for (session, type_, payload, condition, app) in cases {
+        let shown = common::to_string(&payload);
+        let e = stanza_error(session.iq(&to, type_, payload).await);
+        assert_eq!(e.defined_condition, condition, "{shown}");
+        match (app, &e.other) {
+            (Some((name, ns)), Some(el)) => assert!(el.is(name, ns), "{shown}: {el:?}"),
+            (None, None) => {}
+            (expected, got) => panic!("{shown}: expected {expected:?}, got {got:?}"),
+        }
+    }
+    let e = stanza_error(alice_s.iq(&to, "set", pubsub("<create node='x'/>")).await);
+    assert_eq!(e.other.unwrap().attr("feature"), Some("create-nodes"));
+    assert_eq!(alice_s.devices(&service(), &alice).await.unwrap().len(), 1, "nothing changed");
+}

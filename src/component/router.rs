@@ -99,8 +99,7 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
             stanza_error(T::Cancel, C::UnexpectedRequest, Some(pubsub_condition("not-subscribed", None)), None)
         }
         E::PubsubUnsupported(feature) => {
-            let feature = (!feature.is_empty()).then_some(*feature);
-            stanza_error(T::Cancel, C::FeatureNotImplemented, Some(pubsub_condition("unsupported", feature)), None)
+            stanza_error(T::Cancel, C::FeatureNotImplemented, Some(pubsub_condition("unsupported", Some(feature))), None)
         }
         E::Unsupported => stanza_error(T::Cancel, C::ServiceUnavailable, None, None),
         E::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),

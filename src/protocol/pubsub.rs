@@ -105,6 +105,25 @@ fn item(id: &str, payload: Option<Element>) -> Element {
     b.build()
 }
 
+/// The XEP-0060 feature name of an action, for `<unsupported feature/>`.
+pub fn feature_of(action: &str) -> &'static str {
+    match action {
+        "create" => "create-nodes",
+        "delete" => "delete-nodes",
+        "configure" => "config-node",
+        "options" => "subscription-options",
+        "purge" => "purge-nodes",
+        "subscriptions" => "retrieve-subscriptions",
+        "affiliations" => "retrieve-affiliations",
+        "default" => "retrieve-default",
+        "publish" => "publish",
+        "retract" => "retract-items",
+        "items" => "retrieve-items",
+        "subscribe" => "subscribe",
+        _ => "unknown-action",
+    }
+}
+
 /// Builds a publish request (client side).
 pub fn publish_request(node: &str, items: Vec<(Option<String>, Element)>) -> Element {
     let mut publish = Element::builder("publish", NS_PUBSUB).attr(n("node"), node);

@@ -5,7 +5,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::{IqKind, IqRequest, Response, Service, ServiceError};
 use crate::protocol::address::directory_node;
-use crate::protocol::pubsub::PubsubRequest;
+use crate::protocol::pubsub::{feature_of, PubsubRequest};
 use crate::protocol::{devices, keypackages, n, ProtocolError, NS_SID};
 use crate::xmpp::namespace::CLIENT;
 
@@ -37,7 +37,7 @@ impl Service {
         }
         let caller = Caller { requester: req.from.to_bare(), account };
         match request {
-            PubsubRequest::Unsupported(_) => Err(ServiceError::PubsubUnsupported("")),
+            PubsubRequest::Unsupported(action) => Err(ServiceError::PubsubUnsupported(feature_of(&action))),
             PubsubRequest::Publish { node, items } => match node.as_str() {
                 devices::NODE => self.publish_device(&caller, items).await,
                 keypackages::NODE => self.upload_key_packages(&caller, items).await,
