@@ -8,17 +8,15 @@ use openmls::prelude::{
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::RustCrypto;
-use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::types::SignatureScheme;
 use openmls_traits::OpenMlsProvider;
-use rusqlite::Connection;
 use tls_codec::Serialize as _;
 use xmpp_parsers::jid::BareJid;
 
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::keypackages::{credential_identity, ref_hex};
 use crate::protocol::now;
-use crate::store::local::{DeviceRecord, LocalStore};
+use crate::store::local::{open_mls_storage, DeviceRecord, LocalStore, MlsStorage};
 use crate::store::StoreError;
 
 /// The cipher suite this client uses (RFC 9420 code point 1).
@@ -42,30 +40,16 @@ fn mls(e: impl std::fmt::Display) -> DeviceError {
     DeviceError::Mls(e.to_string())
 }
 
-/// JSON: openmls' storage types need a self-describing codec.
-#[derive(Default)]
-pub struct JsonCodec;
-
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
-    }
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
-    }
-}
-
 /// The openmls provider of a device: RustCrypto and the device's SQLite file.
 pub struct DeviceProvider {
     crypto: RustCrypto,
-    storage: SqliteStorageProvider<JsonCodec, Connection>,
+    storage: MlsStorage,
 }
 
 impl OpenMlsProvider for DeviceProvider {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = SqliteStorageProvider<JsonCodec, Connection>;
+    type StorageProvider = MlsStorage;
 
     fn storage(&self) -> &Self::StorageProvider {
         &self.storage
@@ -87,10 +71,7 @@ pub struct Device {
 }
 
 fn open_provider(path: &Path) -> Result<DeviceProvider, DeviceError> {
-    let conn = Connection::open(path).map_err(StoreError::from)?;
-    let mut storage = SqliteStorageProvider::<JsonCodec, Connection>::new(conn);
-    storage.run_migrations().map_err(|e| DeviceError::Storage(e.to_string()))?;
-    Ok(DeviceProvider { crypto: RustCrypto::default(), storage })
+    Ok(DeviceProvider { crypto: RustCrypto::default(), storage: open_mls_storage(path)? })
 }
 
 impl Device {

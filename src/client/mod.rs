@@ -6,7 +6,7 @@ mod devices;
 mod keypackages;
 mod session;
 
-pub use device::{Device, DeviceError, DeviceProvider, JsonCodec, CIPHERSUITE};
+pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
