@@ -25,6 +25,8 @@ pub struct Config {
     #[serde(default)]
     pub directory: DirectoryConfig,
     #[serde(default)]
+    pub groups: GroupsConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -123,6 +125,21 @@ impl Default for DirectoryConfig {
             claim_refill_secs: 30,
             max_subscribers: 256,
         }
+    }
+}
+
+/// Groups at the Delivery Service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// Application messages of this many epochs before the current one are
+    /// still accepted (they were in flight during a commit).
+    pub past_epochs: u64,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        Self { past_epochs: 3 }
     }
 }
 
@@ -304,12 +321,13 @@ fn schema() -> toml::Table {
         store: StoreConfig::default(),
         limits: Limits::default(),
         directory: DirectoryConfig::default(),
+        groups: GroupsConfig::default(),
         log: LogConfig::default(),
     };
     toml::Table::try_from(&shape).expect("the default config serialises")
 }
 
-const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "log"];
+const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "log"];
 /// Variables of the CLI that share the prefix but are not config keys.
 const CLI_VARIABLES: &[&str] = &["XMPP_MLS_CONFIG", "XMPP_MLS_PASSWORD"];
 

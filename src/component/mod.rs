@@ -33,7 +33,8 @@ pub enum ServeError {
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
     let config = Arc::new(config);
     let store = Store::open(&config.store)?;
-    let service = Arc::new(Service::new(config.clone(), store.clone()));
+    let positions = store.group_seqs().await?;
+    let service = Arc::new(Service::new(config.clone(), store.clone(), positions));
     let maintenance = tokio::spawn(maintain(service.clone(), shutdown.clone()));
     let result = connection_loop(&config, &service, &mut shutdown).await;
     maintenance.abort();
@@ -103,10 +104,17 @@ async fn run_session(
         let permit = permits.clone().acquire_owned().await.expect("semaphore open");
         let (service, out) = (service.clone(), outgoing.clone());
         tokio::spawn(async move {
-            for reply in router::route(&service, stanza).await {
-                if out.send(reply).await.is_err() {
+            let routed = router::route(&service, stanza).await;
+            if let Some((group, seq)) = &routed.order {
+                service.order.wait_turn(group, *seq).await;
+            }
+            for stanza in routed.stanzas {
+                if out.send(stanza).await.is_err() {
                     break;
                 }
+            }
+            if let Some((group, seq)) = &routed.order {
+                service.order.done(group, *seq);
             }
             drop(permit);
         });

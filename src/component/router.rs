@@ -10,36 +10,100 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::{DefinedCondition as C, ErrorType as T, StanzaError};
 
 use crate::protocol::address::Address;
-use crate::protocol::error::{pubsub_condition, rate_limited, stanza_error, AppCondition};
+use crate::protocol::error::{invalid_message, pubsub_condition, rate_limited, stanza_error, AppCondition};
+use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
 use crate::protocol::ProtocolError;
 use crate::service::{IqKind, IqRequest, Response, Service, ServiceError};
 use crate::xmpp::namespace::CLIENT;
 
-/// The stanzas to send in answer to `stanza`: at most one reply, first,
-/// then any messages the request caused (events, notices).
-pub async fn route(service: &Service, stanza: Element) -> Vec<Element> {
-    match stanza.name() {
-        "iq" => route_iq(service, &stanza).await.unwrap_or_default(),
-        "message" if stanza.attr("type") != Some("error") => {
-            // No message-borne feature yet; bounce so the sender knows.
-            vec![error_reply(&stanza, &to_stanza_error(&ServiceError::Unsupported))]
-        }
-        _ => Vec::new(),
+/// What to send in answer to one stanza.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// At most one reply, first, then the messages the stanza caused.
+    pub stanzas: Vec<Element>,
+    /// Group archive position the stanzas must be delivered in order of.
+    pub order: Option<(Vec<u8>, u64)>,
+}
+
+impl From<Vec<Element>> for Routed {
+    fn from(stanzas: Vec<Element>) -> Self {
+        Routed { stanzas, order: None }
     }
 }
 
-async fn route_iq(service: &Service, iq: &Element) -> Option<Vec<Element>> {
+pub async fn route(service: &Service, stanza: Element) -> Routed {
+    if stanza.attr("type") == Some("error") {
+        return Routed::default(); // never answer an error
+    }
+    let (Some(from), Some(to)) = (jid_attr(&stanza, "from"), jid_attr(&stanza, "to")) else {
+        tracing::warn!("stanza without valid from/to dropped");
+        return Routed::default();
+    };
+    match stanza.name() {
+        "iq" => route_iq(service, &stanza, from, to).await,
+        "message" => route_message(service, &stanza, &from, &to).await,
+        "presence" => route_presence(service, &stanza, &from, &to).await,
+        _ => Routed::default(),
+    }
+}
+
+/// Group messages; anything else is bounced so the sender knows.
+async fn route_message(service: &Service, msg: &Element, from: &Jid, to: &Jid) -> Routed {
+    let outcome = match Address::parse(to) {
+        Ok(Address::Group(id)) if to.resource().is_none() && msg.attr("type") == Some("groupchat") => {
+            service.group_message(from, &id, msg).await
+        }
+        Ok(_) => Err(ServiceError::Unsupported),
+        Err(e) => Err(e.into()),
+    };
+    respond(msg, outcome)
+}
+
+/// Presence to a device JID of a group joins or leaves its live feed.
+async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &Jid) -> Routed {
+    let (Ok(Address::Group(id)), Some(device)) = (Address::parse(to), to.resource()) else {
+        return Routed::default();
+    };
+    let unavailable = match presence.attr("type") {
+        None => false,
+        Some("unavailable") => true,
+        _ => return Routed::default(), // probes, subscriptions: not ours
+    };
+    let outcome = service.feed_presence(from, &id, device.as_str(), unavailable).await;
+    if unavailable && outcome.is_err() {
+        return Routed::default();
+    }
+    respond(presence, outcome)
+}
+
+/// The service's response as stanzas, or the stanza's error reply.
+fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed {
+    match outcome {
+        Ok(Response { payload, messages, order }) => {
+            let mut stanzas = Vec::new();
+            if stanza.name() == "iq" {
+                stanzas.push(result_reply(stanza, payload));
+            }
+            stanzas.extend(messages);
+            Routed { stanzas, order }
+        }
+        Err(e) => {
+            log_error(&e);
+            vec![error_reply(stanza, &to_stanza_error(&e))].into()
+        }
+    }
+}
+
+async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed {
     let kind = match iq.attr("type") {
         Some("get") => IqKind::Get,
         Some("set") => IqKind::Set,
-        _ => return None, // result, error, or invalid: never answered
+        _ => return Routed::default(), // result or invalid: never answered
     };
-    iq.attr("id")?;
-    let (Some(from), Some(to)) = (jid_attr(iq, "from"), jid_attr(iq, "to")) else {
-        tracing::warn!("IQ without valid from/to dropped");
-        return None;
-    };
+    if iq.attr("id").is_none() {
+        return Routed::default();
+    }
     let outcome = match (Address::parse(&to), single_child(iq)) {
         (Err(e), _) => Err(e.into()),
         (Ok(_), None) => {
@@ -50,17 +114,7 @@ async fn route_iq(service: &Service, iq: &Element) -> Option<Vec<Element>> {
             service.handle_iq(&req).await
         }
     };
-    Some(match outcome {
-        Ok(Response { payload, messages }) => {
-            let mut out = vec![result_reply(iq, payload)];
-            out.extend(messages);
-            out
-        }
-        Err(e) => {
-            log_error(&e);
-            vec![error_reply(iq, &to_stanza_error(&e))]
-        }
-    })
+    respond(iq, outcome)
 }
 
 fn single_child(el: &Element) -> Option<&Element> {
@@ -100,6 +154,15 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
         }
         E::PubsubUnsupported(feature) => {
             stanza_error(T::Cancel, C::FeatureNotImplemented, Some(pubsub_condition("unsupported", Some(feature))), None)
+        }
+        E::InvalidMessage(i) => stanza_error(T::Modify, C::NotAcceptable, Some(invalid_message(*i)), None),
+        E::WrongEpoch(w) => stanza_error(T::Cancel, C::Conflict, Some(w.to_element()), None),
+        E::GroupExists => stanza_error(T::Cancel, C::Conflict, app(AppCondition::GroupExists), None),
+        E::NotAMember => stanza_error(T::Auth, C::Forbidden, app(AppCondition::NotAMember), None),
+        E::NotJoined => stanza_error(T::Modify, C::NotAcceptable, app(AppCondition::NotJoined), None),
+        E::StaleEpoch { current } => {
+            let w = WrongEpoch { epoch: *current, commit: None };
+            stanza_error(T::Modify, C::NotAcceptable, Some(w.to_element()), None)
         }
         E::Unsupported => stanza_error(T::Cancel, C::ServiceUnavailable, None, None),
         E::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),
@@ -151,7 +214,7 @@ mod tests {
             Config::from_toml("[component]\njid = \"mls.example.org\"\nsecret = \"s\"\n", Vec::new()).unwrap();
         config.store.path = dir.join("s.db");
         let store = Store::open(&config.store).unwrap();
-        Service::new(Arc::new(config), store)
+        Service::new(Arc::new(config), store, Vec::new())
     }
 
     fn stanza(xml: &str) -> Element {
@@ -166,7 +229,7 @@ mod tests {
             let iq = format!(
                 "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='mls.example.org'>{body}</iq>"
             );
-            let [reply] = <[Element; 1]>::try_from(route(&service, stanza(&iq)).await).expect("one reply");
+            let [reply] = <[Element; 1]>::try_from(route(&service, stanza(&iq)).await.stanzas).expect("one reply");
             assert_eq!(reply.attr("type"), Some("error"));
             assert_eq!(reply.attr("to"), Some("a@example.org/r"));
             let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
@@ -178,7 +241,7 @@ mod tests {
     async fn malformed_address_is_reported_before_the_child_count() {
         let dir = tempfile::tempdir().unwrap();
         let iq = "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='no!@mls.example.org'/>";
-        let [reply] = <[Element; 1]>::try_from(route(&service(dir.path()), stanza(iq)).await).unwrap();
+        let [reply] = <[Element; 1]>::try_from(route(&service(dir.path()), stanza(iq)).await.stanzas).unwrap();
         let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
         assert_eq!(error.defined_condition, C::JidMalformed);
     }
@@ -194,7 +257,7 @@ mod tests {
             "<presence xmlns='jabber:client' from='a@example.org/r' to='mls.example.org'/>",
             "<iq xmlns='jabber:client' type='get' from='a@example.org/r' to='mls.example.org'><ping xmlns='urn:xmpp:ping'/></iq>",
         ] {
-            assert!(route(&service, stanza(xml)).await.is_empty(), "{xml}");
+            assert!(route(&service, stanza(xml)).await.stanzas.is_empty(), "{xml}");
         }
     }
 }

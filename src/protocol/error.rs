@@ -23,6 +23,12 @@ pub enum AppCondition {
     TooManySubscribers,
     /// With `conflict`: another device of the account has this key.
     SignatureKeyInUse,
+    /// With `conflict`: a group with this id exists already.
+    GroupExists,
+    /// With `forbidden`: the account (or device) is not a member of the group.
+    NotAMember,
+    /// With `not-acceptable`: the sender has not joined the group's feed.
+    NotJoined,
 }
 
 impl AppCondition {
@@ -34,12 +40,21 @@ impl AppCondition {
             AppCondition::TooManyKeyPackages => "too-many-key-packages",
             AppCondition::TooManySubscribers => "too-many-subscribers",
             AppCondition::SignatureKeyInUse => "signature-key-in-use",
+            AppCondition::GroupExists => "group-exists",
+            AppCondition::NotAMember => "not-a-member",
+            AppCondition::NotJoined => "not-joined",
         }
     }
 
     pub fn element(self) -> Element {
         Element::builder(self.name(), NS_ERRORS).build()
     }
+}
+
+/// `<invalid-message reason/>`, with `not-acceptable`: an MLS object failed
+/// the DS's validation.
+pub fn invalid_message(invalid: super::mls::Invalid) -> Element {
+    Element::builder("invalid-message", NS_ERRORS).attr(n("reason"), invalid.reason()).build()
 }
 
 /// `<rate-limited retry-after='s'/>`, with `resource-constraint`.

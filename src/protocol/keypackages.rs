@@ -24,6 +24,15 @@ pub fn credential_identity(account: &BareJid) -> Vec<u8> {
     format!("xmpp:{account}").into_bytes()
 }
 
+/// The account a credential names: a BasicCredential whose identity is
+/// `xmpp:` and a bare JID with a localpart.
+pub fn account_of(credential: &Credential) -> Option<BareJid> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    let uri = std::str::from_utf8(basic.identity()).ok()?;
+    let jid = BareJid::new(uri.strip_prefix("xmpp:")?).ok()?;
+    (jid.node().is_some() && credential_identity(&jid) == basic.identity()).then_some(jid)
+}
+
 /// Why a KeyPackage (or a leaf) is refused; the `reason` attribute on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {

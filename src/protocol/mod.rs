@@ -5,7 +5,9 @@ pub mod address;
 pub mod devices;
 pub mod disco;
 pub mod error;
+pub mod groups;
 pub mod keypackages;
+pub mod mls;
 pub mod notices;
 pub mod pubsub;
 

@@ -31,7 +31,7 @@ impl Service {
         match self.store.publish_device(account, device.clone(), event.to_element(), max, now).await? {
             (DevicePublish::Published { .. }, stanza_id) => {
                 let messages = self.device_event(caller, event, stanza_id.as_deref()).await?;
-                Ok(Response { payload: Some(publish_result(NODE, &[device.id])), messages })
+                Ok(Response { payload: Some(publish_result(NODE, &[device.id])), messages, ..Default::default() })
             }
             (DevicePublish::TooManyDevices, _) => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
             (DevicePublish::KeyInUse, _) => Err(ServiceError::KeyInUse),
@@ -48,7 +48,7 @@ impl Service {
             .await?
             .ok_or(ServiceError::NotFound)?;
         let messages = self.device_event(caller, event, Some(&stanza_id)).await?;
-        Ok(Response { payload: None, messages })
+        Ok(Response { payload: None, messages, ..Default::default() })
     }
 
     pub(super) async fn device_items(&self, caller: &Caller<'_>, ids: Vec<String>) -> Result<Response, ServiceError> {

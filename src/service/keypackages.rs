@@ -89,7 +89,7 @@ impl Service {
             .iter()
             .map(|n| headline(&from, account.as_str(), n.notice.to_element(), Some(&n.stanza_id)))
             .collect();
-        Ok(Response { payload: Some(claimed_element(&result.outcomes)), messages })
+        Ok(Response { payload: Some(claimed_element(&result.outcomes)), messages, ..Default::default() })
     }
 
     fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid) -> Result<(), ServiceError> {

@@ -4,8 +4,13 @@
 
 mod devices;
 mod disco;
+mod feed;
+mod groups;
 mod keypackages;
+mod order;
 mod pubsub;
+
+pub use order::Order;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -49,11 +54,18 @@ pub struct IqRequest {
 pub struct Response {
     pub payload: Option<Element>,
     pub messages: Vec<Element>,
+    /// (group_id, archive position): the messages must go out after those
+    /// of every earlier position of the group ([`Order`]).
+    pub order: Option<(Vec<u8>, u64)>,
 }
 
 impl Response {
     fn result(payload: Element) -> Self {
-        Response { payload: Some(payload), messages: Vec::new() }
+        Response { payload: Some(payload), ..Default::default() }
+    }
+
+    fn messages(messages: Vec<Element>) -> Self {
+        Response { messages, ..Default::default() }
     }
 }
 
@@ -83,6 +95,18 @@ pub enum ServiceError {
     NotSubscribed,
     #[error("pubsub feature not implemented: {0}")]
     PubsubUnsupported(&'static str),
+    #[error("invalid MLS message: {}", .0.reason())]
+    InvalidMessage(crate::protocol::mls::Invalid),
+    #[error("wrong epoch; the group is at {}", .0.epoch)]
+    WrongEpoch(crate::protocol::groups::WrongEpoch),
+    #[error("the group exists already")]
+    GroupExists,
+    #[error("not a member of the group")]
+    NotAMember,
+    #[error("the sender has not joined the group's feed")]
+    NotJoined,
+    #[error("the message's epoch is outside the window; the group is at {current}")]
+    StaleEpoch { current: u64 },
     #[error("request not supported by this entity")]
     Unsupported,
     #[error(transparent)]
@@ -93,18 +117,21 @@ pub struct Service {
     config: Arc<Config>,
     store: Store,
     crypto: Arc<RustCrypto>,
+    /// Delivery order of group messages.
+    pub order: Order,
     /// Claims per (claimer, account): bounded by `maintain`.
     claims: DefaultKeyedRateLimiter<(String, String)>,
 }
 
 impl Service {
-    pub fn new(config: Arc<Config>, store: Store) -> Self {
+    /// `positions`: the store's archive position of every group.
+    pub fn new(config: Arc<Config>, store: Store, positions: Vec<(Vec<u8>, u64)>) -> Self {
         let d = &config.directory;
         let burst = NonZeroU32::new(d.claim_burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(Duration::from_secs(d.claim_refill_secs))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
-        Self { config, store, crypto: Arc::default(), claims: RateLimiter::keyed(quota) }
+        Self { config, store, crypto: Arc::default(), order: Order::new(positions), claims: RateLimiter::keyed(quota) }
     }
 
     /// Periodic housekeeping: forget idle rate-limit state, drop expired
@@ -138,6 +165,16 @@ impl Service {
                 Address::Directory(account) => self.claim(req, account).await,
                 _ => Err(ServiceError::Unsupported),
             },
+            (kind, name @ ("create" | "commit" | "proposal" | "group-info"), NS) => {
+                let Address::Group(group_id) = address else { return Err(ServiceError::Unsupported) };
+                match (kind, name) {
+                    (IqKind::Set, "create") => self.create_group(req, group_id).await,
+                    (IqKind::Set, "commit") => self.commit(req, group_id).await,
+                    (IqKind::Set, "proposal") => self.propose(req, group_id).await,
+                    (IqKind::Get, "group-info") => self.group_info(req, group_id).await,
+                    _ => Err(ProtocolError::Malformed("wrong IQ type for this request").into()),
+                }
+            }
             // Our namespace, but no element we define: it does not parse.
             (_, _, NS) => Err(ProtocolError::Malformed("unknown element in urn:xmpp:mls:0").into()),
             _ => Err(ServiceError::Unsupported),

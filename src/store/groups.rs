@@ -1,8 +1,199 @@
-//! Groups followed by the Delivery Service.
+//! Groups followed by the Delivery Service: state, members, archive, feed.
+//!
+//! Commits and proposals are validated inside one write transaction
+//! ([`Store::group_tx`]): the service runs openmls' `PublicGroup` on
+//! [`GroupTx::mls`], so the epoch's winner, the merged group state, the
+//! archive entry and the Welcomes land together or not at all.
 
-use rusqlite::OptionalExtension;
+use minidom::Element;
+use rusqlite::{params, Connection, OptionalExtension};
 
+use super::devices::live_devices;
+use super::inbox::{insert_inbox, new_stanza_id};
+use super::mls::TxStorage;
 use super::{Store, StoreError};
+use crate::protocol::devices::Device;
+use crate::protocol::groups::Kind;
+
+/// The DS's record of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupState {
+    pub epoch: u64,
+    /// Stanza id of the commit that started the current epoch.
+    pub last_commit: Option<String>,
+    /// The latest GroupInfo (MLSMessage).
+    pub group_info: Vec<u8>,
+}
+
+/// A leaf of a group, as the DS last merged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub leaf: u32,
+    pub account: String,
+    pub signature_key: Vec<u8>,
+}
+
+/// A device on a group's live feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEntry {
+    pub device_id: String,
+    pub full_jid: String,
+    pub account: String,
+}
+
+/// A message appended to a group's archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Archived {
+    /// Position in the group's archive (1, 2, ...): delivery order.
+    pub seq: u64,
+    pub stanza_id: String,
+}
+
+/// One group's rows inside a write transaction.
+pub struct GroupTx<'c> {
+    c: &'c Connection,
+    group_id: Vec<u8>,
+    now: i64,
+}
+
+impl<'c> GroupTx<'c> {
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// openmls storage on this transaction.
+    pub fn mls(&self) -> TxStorage<'c> {
+        TxStorage::new(self.c)
+    }
+
+    pub fn state(&self) -> Result<Option<GroupState>, StoreError> {
+        Ok(self
+            .c
+            .query_row(
+                "SELECT epoch, last_commit, group_info FROM groups WHERE group_id = ?1",
+                [&self.group_id],
+                |r| Ok(GroupState { epoch: r.get::<_, i64>(0)? as u64, last_commit: r.get(1)?, group_info: r.get(2)? }),
+            )
+            .optional()?)
+    }
+
+    pub fn live_devices(&self, account: &str) -> Result<Vec<Device>, StoreError> {
+        live_devices(self.c, account, self.now)
+    }
+
+    pub fn create(&self, epoch: u64, group_info: &[u8]) -> Result<(), StoreError> {
+        self.c.execute(
+            "INSERT INTO groups (group_id, created_at, epoch, group_info) VALUES (?1, ?2, ?3, ?4)",
+            params![self.group_id, self.now, epoch as i64, group_info],
+        )?;
+        Ok(())
+    }
+
+    /// Appends to the archive; returns the message's place and stanza id.
+    pub fn append(
+        &self,
+        epoch: u64,
+        kind: Kind,
+        sender_device: &str,
+        epoch_check: Option<&str>,
+        message: &[u8],
+    ) -> Result<Archived, StoreError> {
+        let seq: i64 = self.c.query_row(
+            "UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq",
+            [&self.group_id],
+            |r| r.get(0),
+        )?;
+        let stanza_id = new_stanza_id();
+        self.c.execute(
+            "INSERT INTO archive (group_id, seq, stanza_id, epoch, kind, sender_device, epoch_check, message, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now],
+        )?;
+        Ok(Archived { seq: seq as u64, stanza_id })
+    }
+
+    /// Records a merged commit: the new epoch, its GroupInfo and commit id.
+    pub fn advance(&self, epoch: u64, group_info: &[u8], commit: &str) -> Result<(), StoreError> {
+        self.c.execute(
+            "UPDATE groups SET epoch = ?2, group_info = ?3, last_commit = ?4 WHERE group_id = ?1",
+            params![self.group_id, epoch as i64, group_info, commit],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_members(&self, members: &[Member]) -> Result<(), StoreError> {
+        self.c.execute("DELETE FROM members WHERE group_id = ?1", [&self.group_id])?;
+        let mut st = self.c.prepare_cached(
+            "INSERT INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for m in members {
+            st.execute(params![self.group_id, m.leaf, m.account, m.signature_key])?;
+        }
+        Ok(())
+    }
+
+    pub fn members(&self) -> Result<Vec<Member>, StoreError> {
+        members(self.c, &self.group_id)
+    }
+
+    pub fn feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
+        feed(self.c, &self.group_id)
+    }
+
+    /// Takes devices whose keys are no longer leaves off the feed; returns them.
+    pub fn prune_feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
+        let gone: Vec<FeedEntry> = {
+            let mut st = self.c.prepare_cached(
+                "SELECT f.device_id, f.full_jid, f.account FROM feed f
+                 WHERE f.group_id = ?1 AND NOT EXISTS (
+                   SELECT 1 FROM members m JOIN devices d
+                     ON d.account = m.account AND d.signature_key = m.signature_key
+                   WHERE m.group_id = f.group_id AND d.account = f.account AND d.device_id = f.device_id)",
+            )?;
+            let rows = st.query_map([&self.group_id], feed_row)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for g in &gone {
+            self.c.execute("DELETE FROM feed WHERE group_id = ?1 AND device_id = ?2", params![self.group_id, g.device_id])?;
+        }
+        Ok(gone)
+    }
+
+    /// Keeps `payload` in `account`'s inbox; returns its stanza id.
+    pub fn inbox(&self, account: &str, payload: &Element) -> Result<String, StoreError> {
+        insert_inbox(self.c, account, payload, self.now)
+    }
+}
+
+fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
+    Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
+}
+
+fn members(c: &Connection, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
+    let mut st =
+        c.prepare_cached("SELECT leaf, account, signature_key FROM members WHERE group_id = ?1 ORDER BY leaf")?;
+    let rows = st.query_map([group_id], |r| Ok(Member { leaf: r.get(0)?, account: r.get(1)?, signature_key: r.get(2)? }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn feed(c: &Connection, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT device_id, full_jid, account FROM feed WHERE group_id = ?1 ORDER BY device_id",
+    )?;
+    let rows = st.query_map([group_id], feed_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What appending an application message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Archived { archived: Archived, sender_device: String, feed: Vec<FeedEntry> },
+    UnknownGroup,
+    /// The sending full JID has not joined the live feed.
+    NotJoined,
+    /// The message's epoch is neither current nor in the window.
+    StaleEpoch { current: u64 },
+}
 
 impl Store {
     /// Whether the DS follows a group with this MLS group_id.
@@ -11,6 +202,87 @@ impl Store {
             Ok(c.query_row("SELECT 1 FROM groups WHERE group_id = ?1", [group_id], |_| Ok(()))
                 .optional()?
                 .is_some())
+        })
+        .await
+    }
+
+    /// Runs `f` on one group inside a write transaction; if `f` fails,
+    /// nothing it did is kept.
+    pub async fn group_tx<R, E>(
+        &self,
+        group_id: Vec<u8>,
+        f: impl FnOnce(&GroupTx<'_>) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E>
+    where
+        R: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let now = crate::protocol::now();
+        self.write(move |c| f(&GroupTx { c, group_id, now })).await
+    }
+
+    pub async fn group_state(&self, group_id: Vec<u8>) -> Result<Option<GroupState>, StoreError> {
+        self.read(move |c| GroupTx { c, group_id, now: 0 }.state()).await
+    }
+
+    pub async fn group_members(&self, group_id: Vec<u8>) -> Result<Vec<Member>, StoreError> {
+        self.read(move |c| members(c, &group_id)).await
+    }
+
+    /// The last archive position of every group, for ordered delivery.
+    pub async fn group_seqs(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT group_id, seq FROM groups")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Archives an application message from `full_jid` (which must be on
+    /// the feed) at `epoch`, if that is the current epoch or one of the
+    /// `window` before it.
+    pub async fn append_application(
+        &self,
+        group_id: Vec<u8>,
+        full_jid: String,
+        epoch: u64,
+        window: u64,
+        message: Vec<u8>,
+    ) -> Result<AppendOutcome, StoreError> {
+        self.group_tx(group_id, move |tx| {
+            let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
+            let sender = tx.feed()?.into_iter().find(|f| f.full_jid == full_jid);
+            let Some(sender) = sender else { return Ok(AppendOutcome::NotJoined) };
+            if epoch > state.epoch || epoch + window < state.epoch {
+                return Ok(AppendOutcome::StaleEpoch { current: state.epoch });
+            }
+            let archived = tx.append(epoch, Kind::Application, &sender.device_id, None, &message)?;
+            Ok(AppendOutcome::Archived { archived, sender_device: sender.device_id, feed: tx.feed()? })
+        })
+        .await
+    }
+
+    /// Puts a device on a group's feed (replacing its previous full JID).
+    pub async fn join_feed(&self, group_id: Vec<u8>, entry: FeedEntry) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO feed (group_id, device_id, full_jid, account) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (group_id, device_id) DO UPDATE SET full_jid = excluded.full_jid",
+                params![group_id, entry.device_id, entry.full_jid, entry.account],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Takes `full_jid` off every feed (or one group's); returns the groups.
+    pub async fn leave_feed(&self, group_id: Option<Vec<u8>>, full_jid: String) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "DELETE FROM feed WHERE full_jid = ?1 AND (?2 IS NULL OR group_id = ?2)",
+                params![full_jid, group_id],
+            )?)
         })
         .await
     }

@@ -4,37 +4,11 @@
 
 use std::path::Path;
 
-use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
 use super::StoreError;
-
-/// JSON: openmls' storage types need a self-describing codec.
-#[derive(Default)]
-pub struct JsonCodec;
-
-impl Codec for JsonCodec {
-    type Error = serde_json::Error;
-    fn to_vec<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Self::Error> {
-        serde_json::to_vec(value)
-    }
-    fn from_slice<T: serde::de::DeserializeOwned>(slice: &[u8]) -> Result<T, Self::Error> {
-        serde_json::from_slice(slice)
-    }
-}
-
-/// openmls' storage in the device's file.
-pub type MlsStorage = SqliteStorageProvider<JsonCodec, Connection>;
-
-/// Opens openmls' storage in `path`, creating its tables if needed.
-pub fn open_mls_storage(path: &Path) -> Result<MlsStorage, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    let mut storage = MlsStorage::new(conn);
-    storage.run_migrations().map_err(|e| StoreError::Batch(format!("openmls storage migrations: {e}")))?;
-    Ok(storage)
-}
+pub use super::mls::{open_mls_storage, MlsStorage};
 
 const MIGRATIONS: &[M<'static>] = &[M::up(
     "CREATE TABLE device (

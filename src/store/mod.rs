@@ -12,9 +12,11 @@ mod groups;
 mod inbox;
 mod keypackages;
 pub mod local;
+pub mod mls;
 mod schema;
 
 pub use devices::DevicePublish;
+pub use groups::{AppendOutcome, Archived, FeedEntry, GroupState, GroupTx, Member};
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
 
@@ -72,6 +74,7 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
+        mls::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let batch_max = config.batch_max;
         let writer = std::thread::Builder::new()
@@ -89,22 +92,23 @@ impl Store {
     }
 
     /// Runs `f` in the next write batch; resolves once the batch is durable.
-    async fn write<R: Send + 'static>(
+    /// If `f` fails, its changes are rolled back and its error returned.
+    async fn write<R: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
+        f: impl FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+    ) -> Result<R, E> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = f(conn);
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |committed| {
-                let _ = tx.send(committed.and(result));
+                let _ = tx.send(committed.map_err(E::from).and(result));
             });
             (ok, finish)
         });
         let sender = self.inner.jobs.lock().expect("jobs lock").clone();
         sender.ok_or(StoreError::Closed)?.send(job).map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| E::from(StoreError::Closed))?
     }
 
     /// Runs `f` on a read connection, on a blocking thread.
@@ -219,12 +223,12 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_are_batched_and_each_is_durable_when_answered() {
         let (_dir, store) = temp_store();
-        store.write(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER NOT NULL)")?)).await.unwrap();
+        store.write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER NOT NULL)")?)).await.unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|n| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    store.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [n])?)).await
+                    store.write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (?1)", [n])?)).await
                 })
             })
             .collect();
@@ -240,15 +244,15 @@ mod tests {
     async fn a_failing_request_does_not_undo_its_batch_neighbours() {
         let (_dir, store) = temp_store();
         store
-            .write(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?))
+            .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?))
             .await
             .unwrap();
-        let ok1 = store.write(|c| Ok(c.execute("INSERT INTO t VALUES (1)", [])?));
+        let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?));
         let bad = store.write(|c| {
             c.execute("INSERT INTO t VALUES (2)", [])?;
-            Ok(c.execute("INSERT INTO t VALUES (1)", [])?) // duplicate key
+            Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?) // duplicate key
         });
-        let ok3 = store.write(|c| Ok(c.execute("INSERT INTO t VALUES (3)", [])?));
+        let ok3 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (3)", [])?));
         let (a, b, c) = tokio::join!(ok1, bad, ok3);
         assert!(a.is_ok() && c.is_ok());
         assert!(matches!(b, Err(StoreError::Sqlite(_))));
@@ -256,7 +260,7 @@ mod tests {
             .read(|c| {
                 let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
                 let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok(rows)
+                Ok::<_, StoreError>(rows)
             })
             .await
             .unwrap();
@@ -266,9 +270,9 @@ mod tests {
     #[tokio::test]
     async fn close_commits_every_queued_write_then_refuses_more() {
         let (dir, store) = temp_store();
-        store.write(|c| Ok(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
+        store.write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
         let mut queued: Vec<_> = (0..50)
-            .map(|n| Box::pin(store.write(move |c| Ok(c.execute("INSERT INTO t VALUES (?1)", [n])?))))
+            .map(|n| Box::pin(store.write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (?1)", [n])?))))
             .collect();
         for f in &mut queued {
             let _ = futures::poll!(f.as_mut()); // enqueues the request
@@ -277,7 +281,7 @@ mod tests {
         for f in queued {
             assert_eq!(f.await.unwrap(), 1);
         }
-        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Closed)));
+        assert!(matches!(store.write(|_| Ok::<_, StoreError>(())).await, Err(StoreError::Closed)));
         let conn = Connection::open(dir.path().join("t.sqlite3")).unwrap();
         let n: i64 = conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 50);

@@ -56,6 +56,43 @@ const MIGRATIONS: &[M<'static>] = &[
         ) STRICT;
         CREATE INDEX inbox_by_account ON inbox (account, seq);",
     ),
+    // 3: the Delivery Service's view of groups (the PublicGroup itself is
+    // in openmls' tables), their members, archives and live feeds.
+    M::up(
+        "ALTER TABLE groups ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE groups ADD COLUMN group_info BLOB NOT NULL DEFAULT x'';
+        ALTER TABLE groups ADD COLUMN last_commit TEXT;
+        ALTER TABLE groups ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE members (
+            group_id      BLOB NOT NULL,
+            leaf          INTEGER NOT NULL,
+            account       TEXT NOT NULL,
+            signature_key BLOB NOT NULL,
+            PRIMARY KEY (group_id, leaf)
+        ) STRICT;
+        CREATE INDEX members_by_account ON members (group_id, account);
+        CREATE TABLE archive (
+            id            INTEGER PRIMARY KEY AUTOINCREMENT,
+            group_id      BLOB NOT NULL,
+            seq           INTEGER NOT NULL,
+            stanza_id     TEXT NOT NULL UNIQUE,
+            epoch         INTEGER NOT NULL,
+            kind          TEXT NOT NULL,
+            sender_device TEXT NOT NULL,
+            epoch_check   TEXT,
+            message       BLOB NOT NULL,
+            created_at    INTEGER NOT NULL,
+            UNIQUE (group_id, seq)
+        ) STRICT;
+        CREATE TABLE feed (
+            group_id  BLOB NOT NULL,
+            device_id TEXT NOT NULL,
+            full_jid  TEXT NOT NULL,
+            account   TEXT NOT NULL,
+            PRIMARY KEY (group_id, device_id)
+        ) STRICT;
+        CREATE INDEX feed_by_jid ON feed (group_id, full_jid);",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -1,0 +1,297 @@
+//! Groups at the Delivery Service (xep/ §Groups): creation, commit bundles,
+//! proposals, GroupInfo, application messages, the live feed and Welcomes.
+
+use minidom::Element;
+
+use super::{attr, b64_decode, b64_encode, malformed, n, ProtocolError, NS, NS_ERRORS};
+
+/// `<create><group-info/></create>`: a new group from its creator's GroupInfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Create {
+    pub group_info: Vec<u8>,
+}
+
+/// `<commit epoch-check><message/>[<welcome/>]<group-info/></commit>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitBundle {
+    /// MLSMessage: a PublicMessage carrying the Commit.
+    pub commit: Vec<u8>,
+    /// MLSMessage: the Welcome for added members, if any.
+    pub welcome: Option<Vec<u8>>,
+    /// MLSMessage: the GroupInfo of the new epoch, with the ratchet tree.
+    pub group_info: Vec<u8>,
+    /// The committer's [epoch check](epoch_check) of the new epoch.
+    pub epoch_check: String,
+}
+
+/// `<proposal><message/></proposal>`: a PublicMessage carrying a Proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub message: Vec<u8>,
+}
+
+fn child_bytes(el: &Element, name: &str, why: &'static str) -> Result<Option<Vec<u8>>, ProtocolError> {
+    el.get_child(name, NS).map(|c| b64_decode(&c.text())).transpose().map_err(|_| malformed(why))
+}
+
+fn required(bytes: Option<Vec<u8>>, why: &'static str) -> Result<Vec<u8>, ProtocolError> {
+    bytes.ok_or(malformed(why))
+}
+
+fn bytes_child(name: &str, bytes: &[u8]) -> Element {
+    Element::builder(name, NS).append(b64_encode(bytes)).build()
+}
+
+impl Create {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        let gi = child_bytes(el, "group-info", "invalid base64 in <group-info/>")?;
+        Ok(Create { group_info: required(gi, "create without <group-info/>")? })
+    }
+
+    pub fn to_element(&self) -> Element {
+        Element::builder("create", NS).append(bytes_child("group-info", &self.group_info)).build()
+    }
+}
+
+impl CommitBundle {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        Ok(CommitBundle {
+            commit: required(child_bytes(el, "message", "invalid base64 in <message/>")?, "commit without <message/>")?,
+            welcome: child_bytes(el, "welcome", "invalid base64 in <welcome/>")?,
+            group_info: required(
+                child_bytes(el, "group-info", "invalid base64 in <group-info/>")?,
+                "commit without <group-info/>",
+            )?,
+            epoch_check: valid_epoch_check(attr(el, "epoch-check", "commit without epoch-check")?)?,
+        })
+    }
+
+    pub fn to_element(&self) -> Element {
+        let mut b = Element::builder("commit", NS)
+            .attr(n("epoch-check"), self.epoch_check.as_str())
+            .append(bytes_child("message", &self.commit));
+        if let Some(w) = &self.welcome {
+            b = b.append(bytes_child("welcome", w));
+        }
+        b.append(bytes_child("group-info", &self.group_info)).build()
+    }
+}
+
+impl Proposal {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        let m = child_bytes(el, "message", "invalid base64 in <message/>")?;
+        Ok(Proposal { message: required(m, "proposal without <message/>")? })
+    }
+
+    pub fn to_element(&self) -> Element {
+        Element::builder("proposal", NS).append(bytes_child("message", &self.message)).build()
+    }
+}
+
+/// Length of an epoch check in bytes (hex on the wire).
+pub const EPOCH_CHECK_LEN: usize = 16;
+
+/// The value members compare after each commit to detect a fork: the
+/// first 16 bytes of SHA-256("xmpp-mls epoch check" || epoch_authenticator),
+/// in lowercase hex. Hashing keeps the epoch authenticator itself private.
+pub fn epoch_check(epoch_authenticator: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"xmpp-mls epoch check");
+    h.update(epoch_authenticator);
+    data_encoding::HEXLOWER.encode(&h.finalize()[..EPOCH_CHECK_LEN])
+}
+
+fn valid_epoch_check(s: &str) -> Result<String, ProtocolError> {
+    let ok = s.len() == 2 * EPOCH_CHECK_LEN && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    ok.then(|| s.to_owned()).ok_or(malformed("epoch-check is 32 lowercase hex digits"))
+}
+
+/// `<accepted epoch stanza-id/>`: a commit or proposal took its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The group's epoch after this message.
+    pub epoch: u64,
+    pub stanza_id: String,
+}
+
+impl Accepted {
+    pub fn to_element(&self) -> Element {
+        Element::builder("accepted", NS)
+            .attr(n("epoch"), self.epoch.to_string())
+            .attr(n("stanza-id"), self.stanza_id.as_str())
+            .build()
+    }
+
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        if !el.is("accepted", NS) {
+            return Err(malformed("expected <accepted/>"));
+        }
+        Ok(Accepted {
+            epoch: parse_u64(attr(el, "epoch", "accepted without epoch")?)?,
+            stanza_id: attr(el, "stanza-id", "accepted without stanza-id")?.to_owned(),
+        })
+    }
+}
+
+fn parse_u64(s: &str) -> Result<u64, ProtocolError> {
+    s.parse().map_err(|_| malformed("an epoch is a decimal number"))
+}
+
+/// The application condition of a commit that lost its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrongEpoch {
+    pub epoch: u64,
+    /// Stanza id of the commit that started the current epoch (absent at epoch 0).
+    pub commit: Option<String>,
+}
+
+impl WrongEpoch {
+    pub fn to_element(&self) -> Element {
+        let mut b = Element::builder("wrong-epoch", NS_ERRORS).attr(n("epoch"), self.epoch.to_string());
+        if let Some(c) = &self.commit {
+            b = b.attr(n("commit"), c.as_str());
+        }
+        b.build()
+    }
+
+    pub fn parse(el: &Element) -> Option<Self> {
+        if !el.is("wrong-epoch", NS_ERRORS) {
+            return None;
+        }
+        Some(WrongEpoch { epoch: el.attr("epoch")?.parse().ok()?, commit: el.attr("commit").map(str::to_owned) })
+    }
+}
+
+/// `<group-info epoch>`: the latest GroupInfo (with the ratchet tree), for
+/// external commits and recovery.
+pub fn group_info_element(epoch: u64, group_info: &[u8]) -> Element {
+    Element::builder("group-info", NS).attr(n("epoch"), epoch.to_string()).append(b64_encode(group_info)).build()
+}
+
+pub fn parse_group_info(el: &Element) -> Result<(u64, Vec<u8>), ProtocolError> {
+    if !el.is("group-info", NS) {
+        return Err(malformed("expected <group-info/>"));
+    }
+    Ok((parse_u64(attr(el, "epoch", "group-info without epoch")?)?, b64_decode(&el.text())?))
+}
+
+/// What a group message carries, as the DS classified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Commit,
+    Proposal,
+    Application,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Commit => "commit",
+            Kind::Proposal => "proposal",
+            Kind::Application => "application",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Kind::Commit, Kind::Proposal, Kind::Application].into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// `<mls>`: an MLSMessage in a group message. Sent by members without
+/// attributes; the DS adds `kind`, `epoch` and, on commits, `epoch-check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMessage {
+    pub message: Vec<u8>,
+    pub kind: Option<Kind>,
+    /// The epoch the message belongs to (a commit's is the epoch it ends).
+    pub epoch: Option<u64>,
+    pub epoch_check: Option<String>,
+}
+
+impl GroupMessage {
+    pub fn new(message: Vec<u8>) -> Self {
+        GroupMessage { message, kind: None, epoch: None, epoch_check: None }
+    }
+
+    /// Finds the `<mls/>` child of a message stanza.
+    pub fn find(stanza: &Element) -> Option<Result<Self, ProtocolError>> {
+        stanza.get_child("mls", NS).map(Self::parse)
+    }
+
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        let kind = el.attr("kind").map(|k| Kind::from_name(k).ok_or(malformed("unknown kind"))).transpose()?;
+        Ok(GroupMessage {
+            message: b64_decode(&el.text())?,
+            kind,
+            epoch: el.attr("epoch").map(parse_u64).transpose()?,
+            epoch_check: el.attr("epoch-check").map(valid_epoch_check).transpose()?,
+        })
+    }
+
+    pub fn to_element(&self) -> Element {
+        let mut b = Element::builder("mls", NS);
+        if let Some(k) = self.kind {
+            b = b.attr(n("kind"), k.name());
+        }
+        if let Some(e) = self.epoch {
+            b = b.attr(n("epoch"), e.to_string());
+        }
+        if let Some(c) = &self.epoch_check {
+            b = b.attr(n("epoch-check"), c.as_str());
+        }
+        b.append(b64_encode(&self.message)).build()
+    }
+}
+
+/// `<welcome group>`: a Welcome for the account, from its inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    /// The group JID.
+    pub group: String,
+    pub message: Vec<u8>,
+}
+
+impl Welcome {
+    pub fn to_element(&self) -> Element {
+        Element::builder("welcome", NS).attr(n("group"), self.group.as_str()).append(b64_encode(&self.message)).build()
+    }
+
+    pub fn find(stanza: &Element) -> Option<Result<Self, ProtocolError>> {
+        let el = stanza.get_child("welcome", NS)?;
+        Some((|| {
+            Ok(Welcome {
+                group: attr(el, "group", "welcome without group")?.to_owned(),
+                message: b64_decode(&el.text())?,
+            })
+        })())
+    }
+}
+
+/// `<x xmlns='urn:xmpp:mls:0' epoch/>` in the DS's presence to a device
+/// that joined the live feed.
+pub fn joined_element(epoch: u64) -> Element {
+    Element::builder("x", NS).attr(n("epoch"), epoch.to_string()).build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        let check = epoch_check(b"authenticator");
+        assert_eq!(check.len(), 32);
+        let bundle = CommitBundle { commit: vec![1], welcome: Some(vec![2]), group_info: vec![3], epoch_check: check.clone() };
+        assert_eq!(CommitBundle::parse(&bundle.to_element()).unwrap(), bundle);
+        let create = Create { group_info: vec![9] };
+        assert_eq!(Create::parse(&create.to_element()).unwrap(), create);
+        let m = GroupMessage { message: vec![4], kind: Some(Kind::Commit), epoch: Some(7), epoch_check: Some(check) };
+        assert_eq!(GroupMessage::parse(&m.to_element()).unwrap(), m);
+        let we = WrongEpoch { epoch: 3, commit: Some("abc".into()) };
+        assert_eq!(WrongEpoch::parse(&we.to_element()), Some(we));
+        let a = Accepted { epoch: 2, stanza_id: "x".into() };
+        assert_eq!(Accepted::parse(&a.to_element()).unwrap(), a);
+        assert!(CommitBundle::parse(&"<commit xmlns='urn:xmpp:mls:0' epoch-check='zz'/>".parse().unwrap()).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Decoding the MLS objects of xep/ (TLS-serialised MLSMessages, RFC 9420
+//! §6) into what the Delivery Service may read: public handshakes, the
+//! public header of PrivateMessages, GroupInfos with their ratchet tree.
+
+use openmls::messages::group_info::VerifiableGroupInfo;
+use openmls::prelude::{
+    ContentType, MlsMessageBodyIn, MlsMessageIn, PrivateMessageIn, PublicMessageIn, RatchetTreeIn, Welcome,
+};
+use tls_codec::Deserialize;
+
+/// Why an MLS object is refused; the `reason` of `<invalid-message/>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Not the TLS encoding of the expected kind of MLSMessage.
+    Malformed,
+    /// Its group_id is not the group of the JID it was sent to.
+    WrongGroup,
+    /// A handshake sent as something else than a PublicMessage, or an
+    /// application message that is not a PrivateMessage.
+    WrongWireFormat,
+    /// Not the content type the request carries (e.g. a proposal in `<commit/>`).
+    WrongContentType,
+    BadSignature,
+    /// A leaf's credential is not the account it should be.
+    ForeignIdentity,
+    /// A leaf's signature key is not a live device of its account.
+    UnknownSignatureKey,
+    /// The GroupInfo does not describe the epoch the commit creates.
+    GroupInfoMismatch,
+    /// Members are added but no Welcome comes with the commit.
+    MissingWelcome,
+    /// Breaks another RFC 9420 rule (openmls' validation).
+    Invalid,
+}
+
+impl Invalid {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Invalid::Malformed => "malformed",
+            Invalid::WrongGroup => "wrong-group",
+            Invalid::WrongWireFormat => "wrong-wire-format",
+            Invalid::WrongContentType => "wrong-content-type",
+            Invalid::BadSignature => "bad-signature",
+            Invalid::ForeignIdentity => "foreign-identity",
+            Invalid::UnknownSignatureKey => "unknown-signature-key",
+            Invalid::GroupInfoMismatch => "group-info-mismatch",
+            Invalid::MissingWelcome => "missing-welcome",
+            Invalid::Invalid => "invalid",
+        }
+    }
+}
+
+fn body(bytes: &[u8]) -> Result<MlsMessageBodyIn, Invalid> {
+    MlsMessageIn::tls_deserialize_exact(bytes).map(MlsMessageIn::extract).map_err(|_| Invalid::Malformed)
+}
+
+/// A handshake of `group_id`: a PublicMessage of content type `want`.
+pub fn public_message(bytes: &[u8], group_id: &[u8], want: ContentType) -> Result<PublicMessageIn, Invalid> {
+    let MlsMessageBodyIn::PublicMessage(m) = body(bytes)? else { return Err(Invalid::WrongWireFormat) };
+    if m.group_id().as_slice() != group_id {
+        return Err(Invalid::WrongGroup);
+    }
+    if m.content_type() != want {
+        return Err(Invalid::WrongContentType);
+    }
+    Ok(m)
+}
+
+/// The public header of an application message of `group_id`: its epoch.
+pub fn application_epoch(bytes: &[u8], group_id: &[u8]) -> Result<u64, Invalid> {
+    let MlsMessageBodyIn::PrivateMessage(m) = body(bytes)? else { return Err(Invalid::WrongWireFormat) };
+    let m: PrivateMessageIn = m;
+    if m.group_id().as_slice() != group_id {
+        return Err(Invalid::WrongGroup);
+    }
+    if m.content_type() != ContentType::Application {
+        return Err(Invalid::WrongContentType);
+    }
+    Ok(m.epoch().as_u64())
+}
+
+/// A GroupInfo of `group_id` with its ratchet tree (the extension is required).
+pub fn group_info(bytes: &[u8], group_id: &[u8]) -> Result<(VerifiableGroupInfo, RatchetTreeIn), Invalid> {
+    let MlsMessageBodyIn::GroupInfo(gi) = body(bytes)? else { return Err(Invalid::Malformed) };
+    if gi.group_id().as_slice() != group_id {
+        return Err(Invalid::WrongGroup);
+    }
+    let tree = gi.extensions().ratchet_tree().ok_or(Invalid::Malformed)?.ratchet_tree().clone();
+    Ok((gi, tree))
+}
+
+pub fn welcome(bytes: &[u8]) -> Result<Welcome, Invalid> {
+    match body(bytes)? {
+        MlsMessageBodyIn::Welcome(w) => Ok(w),
+        _ => Err(Invalid::Malformed),
+    }
+}

@@ -1,0 +1,383 @@
+//! Groups: the Delivery Service proper (xep/ §Groups).
+//!
+//! Handshakes are validated with openmls' `PublicGroup` inside the store's
+//! write transaction for the group ([`crate::store::Store::group_tx`]): the
+//! epoch check, the validation, the merge, the archive entry and the
+//! Welcomes commit together, so exactly one commit wins each epoch.
+
+use minidom::Element;
+use openmls::group::{ProposalStore, PublicGroup};
+use openmls::prelude::{
+    ContentType, GroupId, LeafNode, ProcessedMessage, ProcessedMessageContent, ProtocolMessage, Sender,
+    ValidationError,
+};
+use openmls::prelude::PublicProcessMessageError;
+use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::RustCrypto;
+use tls_codec::Serialize as _;
+use xmpp_parsers::jid::BareJid;
+
+use super::{IqRequest, Response, Service, ServiceError};
+use crate::protocol::groups::{
+    group_info_element, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome, WrongEpoch,
+};
+use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
+use crate::protocol::mls::{self, Invalid};
+use crate::protocol::n;
+use crate::store::{Archived, FeedEntry, GroupTx, Member};
+use crate::xmpp::namespace::CLIENT;
+
+/// A handshake that took its place in a group's archive.
+pub(super) struct Delivered {
+    pub archived: Archived,
+    pub epoch: u64,
+    pub kind: Kind,
+    pub sender_device: String,
+    pub epoch_check: Option<String>,
+    pub message: Vec<u8>,
+    pub feed: Vec<FeedEntry>,
+    /// Devices that left the group with this commit, to take off the feed.
+    pub removed: Vec<FeedEntry>,
+    /// The Welcome, and (account, inbox stanza id) for each account it is for.
+    pub welcome: Option<(Vec<u8>, Vec<(String, String)>)>,
+}
+
+fn rejected(r: Rejection) -> ServiceError {
+    ServiceError::InvalidMessage(match r {
+        Rejection::ForeignIdentity => Invalid::ForeignIdentity,
+        Rejection::UnknownSignatureKey => Invalid::UnknownSignatureKey,
+        _ => Invalid::Invalid,
+    })
+}
+
+fn processing(e: PublicProcessMessageError) -> ServiceError {
+    ServiceError::InvalidMessage(match e {
+        PublicProcessMessageError::ValidationError(ValidationError::InvalidSignature) => Invalid::BadSignature,
+        PublicProcessMessageError::ValidationError(ValidationError::UnknownMember) => Invalid::BadSignature,
+        _ => Invalid::Invalid,
+    })
+}
+
+fn library(e: impl std::fmt::Display) -> ServiceError {
+    tracing::error!(error = %e, "openmls failure");
+    ServiceError::InvalidMessage(Invalid::Invalid)
+}
+
+/// The AS check on one leaf: its credential names `expected` (or any
+/// account if None) and its key is a live device of that account.
+fn check_group_leaf(tx: &GroupTx<'_>, leaf: &LeafNode, expected: Option<&BareJid>) -> Result<Member, ServiceError> {
+    let account = account_of(leaf.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
+    if expected.is_some_and(|e| *e != account) {
+        return Err(ServiceError::InvalidMessage(Invalid::ForeignIdentity));
+    }
+    let devices = tx.live_devices(account.as_str())?;
+    check_leaf(leaf.credential(), leaf.signature_key().as_slice(), &account, &devices).map_err(rejected)?;
+    Ok(Member { leaf: 0, account: account.to_string(), signature_key: leaf.signature_key().as_slice().to_vec() })
+}
+
+/// The group's leaves as the DS records them (checked when they joined).
+fn members_of(pg: &PublicGroup) -> Vec<Member> {
+    pg.members()
+        .filter_map(|m| {
+            Some(Member {
+                leaf: m.index.u32(),
+                account: account_of(&m.credential)?.to_string(),
+                signature_key: m.signature_key,
+            })
+        })
+        .collect()
+}
+
+/// The device of `account` whose key is `key`.
+fn device_of(tx: &GroupTx<'_>, account: &str, key: &[u8]) -> Result<String, ServiceError> {
+    tx.live_devices(account)?
+        .into_iter()
+        .find(|d| d.signature_key == key)
+        .map(|d| d.id)
+        .ok_or(ServiceError::InvalidMessage(Invalid::UnknownSignatureKey))
+}
+
+/// Checks that `bytes` is a GroupInfo of exactly the state `pg` is in.
+fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Result<(), ServiceError> {
+    let (gi, tree) = mls::group_info(bytes, pg.group_id().as_slice()).map_err(ServiceError::InvalidMessage)?;
+    let scratch = MemoryStorage::default();
+    let (theirs, _) = PublicGroup::from_external(crypto, &scratch, tree, gi, ProposalStore::new())
+        .map_err(|_| ServiceError::InvalidMessage(Invalid::GroupInfoMismatch))?;
+    let ours = pg.group_context().tls_serialize_detached().map_err(library)?;
+    let theirs = theirs.group_context().tls_serialize_detached().map_err(library)?;
+    (ours == theirs).then_some(()).ok_or(ServiceError::InvalidMessage(Invalid::GroupInfoMismatch))
+}
+
+fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
+    PublicGroup::load(&tx.mls(), &GroupId::from_slice(group_id))
+        .map_err(library)?
+        .ok_or(ServiceError::UnknownGroup)
+}
+
+/// Validates and applies a commit bundle; runs on the store's writer.
+fn apply_commit(
+    tx: &GroupTx<'_>,
+    crypto: &RustCrypto,
+    group_id: &[u8],
+    group_jid: &str,
+    account: &BareJid,
+    bundle: CommitBundle,
+) -> Result<Delivered, ServiceError> {
+    let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
+    let message =
+        mls::public_message(&bundle.commit, group_id, ContentType::Commit).map_err(ServiceError::InvalidMessage)?;
+    if message.epoch().as_u64() != state.epoch {
+        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit }));
+    }
+    let mut pg = load(tx, group_id)?;
+    let before = members_of(&pg);
+    let processed: ProcessedMessage =
+        pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
+    let sender = processed.sender().clone();
+    let committer = account_of(processed.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
+    if committer != *account {
+        return Err(ServiceError::Forbidden);
+    }
+    let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+        return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
+    };
+    let committer_key = match sender {
+        Sender::Member(index) => pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec()),
+        // External commit: only an account that is already a member may
+        // bring in a new device of its own.
+        Sender::NewMemberCommit if before.iter().any(|m| m.account == account.as_str()) => {
+            staged.update_path_leaf_node().map(|l| l.signature_key().as_slice().to_vec())
+        }
+        _ => return Err(ServiceError::Forbidden),
+    }
+    .ok_or(ServiceError::InvalidMessage(Invalid::Invalid))?;
+    let mut added = Vec::new();
+    for add in staged.add_proposals() {
+        added.push(check_group_leaf(tx, add.add_proposal().key_package().leaf_node(), None)?.account);
+    }
+    for update in staged.update_proposals() {
+        let leaf = update.update_proposal().leaf_node();
+        let owner = account_of(leaf.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
+        check_group_leaf(tx, leaf, Some(&owner))?;
+    }
+    if let Some(leaf) = staged.update_path_leaf_node() {
+        check_group_leaf(tx, leaf, Some(account))?;
+    }
+    added.sort();
+    added.dedup();
+    if !added.is_empty() && bundle.welcome.is_none() {
+        return Err(ServiceError::InvalidMessage(Invalid::MissingWelcome));
+    }
+    let sender_device = device_of(tx, account.as_str(), &committer_key)?;
+    pg.merge_commit(&tx.mls(), *staged).map_err(library)?;
+    check_group_info(crypto, &bundle.group_info, &pg)?;
+    let epoch = pg.group_context().epoch().as_u64();
+    let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
+    tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
+    tx.set_members(&members_of(&pg))?;
+    let removed = tx.prune_feed()?;
+    let mut welcome = None;
+    if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
+        mls::welcome(&w).map_err(ServiceError::InvalidMessage)?;
+        let payload = Welcome { group: group_jid.to_owned(), message: w.clone() }.to_element();
+        let inboxes = added.into_iter().map(|a| Ok((tx.inbox(&a, &payload)?, a))).collect::<Result<Vec<_>, ServiceError>>()?;
+        welcome = Some((w, inboxes.into_iter().map(|(id, a)| (a, id)).collect()));
+    }
+    Ok(Delivered {
+        archived,
+        epoch: state.epoch,
+        kind: Kind::Commit,
+        sender_device,
+        epoch_check: Some(bundle.epoch_check),
+        message: bundle.commit,
+        feed: tx.feed()?,
+        removed,
+        welcome,
+    })
+}
+
+/// Validates a proposal by reference and keeps it for the epoch.
+fn apply_proposal(
+    tx: &GroupTx<'_>,
+    crypto: &RustCrypto,
+    group_id: &[u8],
+    account: &BareJid,
+    proposal: Proposal,
+) -> Result<Delivered, ServiceError> {
+    let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
+    let message = mls::public_message(&proposal.message, group_id, ContentType::Proposal)
+        .map_err(ServiceError::InvalidMessage)?;
+    if message.epoch().as_u64() != state.epoch {
+        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit }));
+    }
+    let mut pg = load(tx, group_id)?;
+    let processed = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
+    if account_of(processed.credential()).as_ref() != Some(account) {
+        return Err(ServiceError::Forbidden);
+    }
+    let Sender::Member(index) = processed.sender().clone() else { return Err(ServiceError::Forbidden) };
+    let key = pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec());
+    let sender_device = device_of(tx, account.as_str(), &key.unwrap_or_default())?;
+    let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+        return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
+    };
+    match queued.proposal() {
+        openmls::prelude::Proposal::Add(add) => {
+            check_group_leaf(tx, add.key_package().leaf_node(), None)?;
+        }
+        openmls::prelude::Proposal::Update(update) => {
+            check_group_leaf(tx, update.leaf_node(), Some(account))?;
+        }
+        _ => {}
+    }
+    pg.add_proposal(&tx.mls(), *queued).map_err(library)?;
+    let archived = tx.append(state.epoch, Kind::Proposal, &sender_device, None, &proposal.message)?;
+    Ok(Delivered {
+        archived,
+        epoch: state.epoch,
+        kind: Kind::Proposal,
+        sender_device,
+        epoch_check: None,
+        message: proposal.message,
+        feed: tx.feed()?,
+        removed: Vec::new(),
+        welcome: None,
+    })
+}
+
+impl Service {
+    pub(super) fn group_jid(&self, group_id: &[u8]) -> String {
+        format!("{}@{}", crate::protocol::address::group_node(group_id), self.config.component.jid)
+    }
+
+    /// A new group from its creator's GroupInfo: every leaf passes the AS
+    /// check and one of them is the creator's.
+    pub(super) async fn create_group(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
+        let create = Create::parse(&req.payload)?;
+        let account = req.from.to_bare();
+        let crypto = self.crypto.clone();
+        let gid = group_id.to_vec();
+        self.store
+            .group_tx(group_id.to_vec(), move |tx| {
+                if tx.state()?.is_some() {
+                    return Err(ServiceError::GroupExists);
+                }
+                let (gi, tree) = mls::group_info(&create.group_info, &gid).map_err(ServiceError::InvalidMessage)?;
+                let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &tx.mls(), tree, gi, ProposalStore::new())
+                    .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
+                let mut members = Vec::new();
+                for m in pg.members() {
+                    let leaf = pg.leaf(m.index).ok_or(ServiceError::InvalidMessage(Invalid::Invalid))?;
+                    members.push(Member { leaf: m.index.u32(), ..check_group_leaf(tx, leaf, None)? });
+                }
+                if !members.iter().any(|m| m.account == account.as_str()) {
+                    return Err(ServiceError::NotAMember);
+                }
+                tx.create(pg.group_context().epoch().as_u64(), &create.group_info)?;
+                tx.set_members(&members)?;
+                Ok(())
+            })
+            .await?;
+        Ok(Response::default())
+    }
+
+    pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
+        let bundle = CommitBundle::parse(&req.payload)?;
+        let (crypto, account, gid, jid) =
+            (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
+        let delivered = self
+            .store
+            .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &gid, &jid, &account, bundle))
+            .await?;
+        Ok(self.deliver(group_id, delivered, req))
+    }
+
+    pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
+        let proposal = Proposal::parse(&req.payload)?;
+        let (crypto, account, gid) = (self.crypto.clone(), req.from.to_bare(), group_id.to_vec());
+        let delivered = self
+            .store
+            .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, &gid, &account, proposal))
+            .await?;
+        Ok(self.deliver(group_id, delivered, req))
+    }
+
+    /// The latest GroupInfo, for members (and their accounts' new devices).
+    pub(super) async fn group_info(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
+        let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
+        self.require_member_account(group_id, &req.from.to_bare()).await?;
+        Ok(Response::result(group_info_element(state.epoch, &state.group_info)))
+    }
+
+    pub(super) async fn require_member_account(&self, group_id: &[u8], account: &BareJid) -> Result<(), ServiceError> {
+        let members = self.store.group_members(group_id.to_vec()).await?;
+        members.iter().any(|m| m.account == account.as_str()).then_some(()).ok_or(ServiceError::NotAMember)
+    }
+
+    /// The IQ result, the fan-out in archive order, Welcomes and the
+    /// presences of devices that left.
+    fn deliver(&self, group_id: &[u8], d: Delivered, req: &IqRequest) -> Response {
+        let group_jid = self.group_jid(group_id);
+        let new_epoch = if d.kind == Kind::Commit { d.epoch + 1 } else { d.epoch };
+        let accepted = Accepted { epoch: new_epoch, stanza_id: d.archived.stanza_id.clone() };
+        let mut messages = fan_out(&group_jid, &d, req.payload.attr("id"));
+        if let Some((welcome, inboxes)) = &d.welcome {
+            let payload = Welcome { group: group_jid.clone(), message: welcome.clone() }.to_element();
+            for (account, stanza_id) in inboxes {
+                let Ok(account) = BareJid::new(account) else { continue };
+                let from = self.directory_jid(&account);
+                messages.push(super::pubsub::headline(&from, account.as_str(), payload.clone(), Some(stanza_id)));
+            }
+        }
+        for gone in &d.removed {
+            messages.push(presence(&format!("{group_jid}/{}", gone.device_id), &gone.full_jid, Some("unavailable"), None));
+        }
+        Response {
+            payload: Some(accepted.to_element()),
+            messages,
+            order: Some((group_id.to_vec(), d.archived.seq)),
+        }
+    }
+
+}
+
+/// The archived message, to every device on the feed (the sender's own
+/// echo included), with its stanza id.
+pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<Element> {
+    let payload = GroupMessage {
+        message: d.message.clone(),
+        kind: Some(d.kind),
+        epoch: Some(d.epoch),
+        epoch_check: d.epoch_check.clone(),
+    }
+    .to_element();
+    let from = format!("{group_jid}/{}", d.sender_device);
+    let stanza_id = Element::builder("stanza-id", crate::protocol::NS_SID)
+        .attr(n("by"), group_jid)
+        .attr(n("id"), d.archived.stanza_id.as_str())
+        .build();
+    d.feed
+        .iter()
+        .map(|f| {
+            Element::builder("message", CLIENT)
+                .attr(n("from"), from.as_str())
+                .attr(n("to"), f.full_jid.as_str())
+                .attr(n("type"), "groupchat")
+                .attr(n("id"), id.unwrap_or(&d.archived.stanza_id))
+                .append(payload.clone())
+                .append(stanza_id.clone())
+                .build()
+        })
+        .collect()
+}
+
+pub(super) fn presence(from: &str, to: &str, type_: Option<&str>, child: Option<Element>) -> Element {
+    let mut b = Element::builder("presence", CLIENT).attr(n("from"), from).attr(n("to"), to);
+    if let Some(t) = type_ {
+        b = b.attr(n("type"), t);
+    }
+    if let Some(c) = child {
+        b = b.append(c);
+    }
+    b.build()
+}
