@@ -3,10 +3,12 @@
 
 mod device;
 mod devices;
+mod groups;
 mod keypackages;
 mod session;
 
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
+pub use groups::{GroupClient, GroupError, GroupEvent};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};

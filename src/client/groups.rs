@@ -1,0 +1,664 @@
+//! Groups on the client: create, add, remove, update, leave, send, and the
+//! stream of events from the live feed and the inbox (xep/ §Groups).
+//!
+//! A [`GroupClient`] owns the device's session and its MLS groups. Every
+//! change is a commit bundle; when another commit won the epoch the client
+//! applies the winner from its feed and retries. After every commit it
+//! compares its epoch check with the committer's and reports a fork.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use minidom::Element;
+use openmls::group::{MlsGroupCreateConfig, MlsGroupJoinConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
+use openmls::prelude::{
+    GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
+    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, StagedWelcome,
+};
+use openmls::prelude::LeafNodeParameters;
+use openmls_traits::OpenMlsProvider;
+use tls_codec::{Deserialize, Serialize};
+use xmpp_parsers::jid::{BareJid, Jid};
+
+use super::device::Device;
+use super::session::{ClientError, Session};
+use crate::protocol::address::group_node;
+use crate::protocol::devices::Device as DeviceItem;
+use crate::protocol::groups::{
+    epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome,
+    WrongEpoch,
+};
+use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome, Policy};
+use crate::protocol::{n, NS, NS_SID};
+use crate::xmpp::namespace::CLIENT;
+
+/// How long a change waits for the commit that beat it to arrive.
+const CATCH_UP: Duration = Duration::from_secs(10);
+/// Attempts of one change before giving up.
+const ATTEMPTS: usize = 30;
+/// Past epochs whose application messages still decrypt (the service's window).
+const PAST_EPOCHS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("MLS: {0}")]
+    Mls(String),
+    #[error("unknown group {0}")]
+    UnknownGroup(String),
+    #[error("the group {0} has forked: refusing to send into it")]
+    Forked(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn mls(e: impl std::fmt::Display) -> GroupError {
+    GroupError::Mls(e.to_string())
+}
+
+/// What happened in the device's groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// The device is a member (it created the group, was welcomed or joined externally).
+    Joined { group: BareJid },
+    /// An application message from another device (of any account).
+    Message { group: BareJid, account: BareJid, device: String, body: Vec<u8>, stanza_id: String },
+    /// This device's own message came back: its place in the order.
+    Delivered { group: BareJid, id: String, stanza_id: String },
+    /// A commit was applied; the members afterwards as (account, device).
+    Epoch { group: BareJid, epoch: u64, members: Vec<(BareJid, String)> },
+    /// This device was removed from the group.
+    Removed { group: BareJid },
+    /// The committer's epoch check differs from ours: the group forked.
+    Fork { group: BareJid, epoch: u64 },
+}
+
+/// A membership change.
+enum Change {
+    Add(Vec<KeyPackage>),
+    RemoveAccount(BareJid),
+    RemoveDevice(BareJid, String),
+    Update,
+    /// Commit the proposals received by reference.
+    Pending,
+}
+
+pub struct GroupClient {
+    pub session: Session,
+    device: Device,
+    service: Jid,
+    groups: HashMap<Vec<u8>, MlsGroup>,
+    devices: HashMap<BareJid, Vec<DeviceItem>>,
+    events: VecDeque<GroupEvent>,
+    /// Stanzas read while waiting for something else, handled next.
+    stashed: VecDeque<Element>,
+    forked: HashSet<Vec<u8>>,
+}
+
+fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
+    BareJid::new(&format!("{}@{}", group_node(group_id), service.domain())).expect("a valid group JID")
+}
+
+fn group_id_of(group: &BareJid) -> Result<Vec<u8>, GroupError> {
+    match crate::protocol::address::Address::parse(&Jid::from(group.clone())) {
+        Ok(crate::protocol::address::Address::Group(id)) => Ok(id),
+        _ => Err(GroupError::UnknownGroup(group.to_string())),
+    }
+}
+
+fn bytes(m: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
+    m.tls_serialize_detached().map_err(mls)
+}
+
+fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .build()
+}
+
+impl GroupClient {
+    /// Takes over the session and announces it available, so that pushes
+    /// to the account's bare JID (Welcomes, notices) reach this device.
+    pub async fn start(session: Session, device: Device, service: Jid) -> Result<Self, GroupError> {
+        session.send(Element::builder("presence", CLIENT).build()).await?;
+        Ok(GroupClient {
+            session,
+            device,
+            service,
+            groups: HashMap::new(),
+            devices: HashMap::new(),
+            events: VecDeque::new(),
+            stashed: VecDeque::new(),
+            forked: HashSet::new(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Creates a group with this device as its only member and joins its feed.
+    pub async fn create(&mut self) -> Result<BareJid, GroupError> {
+        let provider = self.device.provider();
+        let config = MlsGroupCreateConfig::builder()
+            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+            .use_ratchet_tree_extension(true)
+            .max_past_epochs(PAST_EPOCHS)
+            .ciphersuite(super::device::CIPHERSUITE)
+            .build();
+        let id: [u8; 16] = rand::random();
+        let group = MlsGroup::new_with_group_id(
+            provider,
+            self.device.signer(),
+            &config,
+            GroupId::from_slice(&id),
+            self.device.credential_with_key(),
+        )
+        .map_err(mls)?;
+        let info = group.export_group_info(provider.crypto(), self.device.signer(), true).map_err(mls)?;
+        let jid = group_jid(&self.service, &id);
+        self.session.iq(&jid.clone().into(), "set", Create { group_info: bytes(&info)? }.to_element()).await?;
+        self.groups.insert(id.to_vec(), group);
+        self.join_feed(&jid).await?;
+        Ok(jid)
+    }
+
+    /// Joins the group's live feed with presence to `group/<device-id>`.
+    pub async fn join_feed(&mut self, group: &BareJid) -> Result<(), GroupError> {
+        let to = format!("{group}/{}", self.device.id());
+        let presence = Element::builder("presence", CLIENT).attr(n("to"), to.as_str()).build();
+        self.session.send(presence).await?;
+        // Wait for the DS's answer, keeping everything else for later.
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let mut later = Vec::new();
+        let result = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(stanza) = self.session.next_event_within(left).await else {
+                break Err(GroupError::Other(format!("no answer to joining {to}")));
+            };
+            if stanza.name() == "presence" && stanza.attr("from") == Some(to.as_str()) {
+                if stanza.attr("type") == Some("error") {
+                    break Err(GroupError::Other(format!("the DS refused {to}")));
+                }
+                self.events.push_back(GroupEvent::Joined { group: group.clone() });
+                break Ok(());
+            }
+            later.push(stanza);
+        };
+        self.stashed.extend(later);
+        result
+    }
+
+    /// The next stanza: stashed ones first, then the session's.
+    async fn next_stanza(&mut self, deadline: tokio::time::Instant) -> Result<Element, GroupError> {
+        if let Some(s) = self.stashed.pop_front() {
+            return Ok(s);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.session
+            .next_event_within(left)
+            .await
+            .ok_or_else(|| GroupError::Other("timed out waiting for the service".into()))
+    }
+
+    /// Claims, verifies and adds every device of `accounts`.
+    pub async fn add(&mut self, group: &BareJid, accounts: &[BareJid]) -> Result<Accepted, GroupError> {
+        let policy = self.session.key_package_policy(&self.service).await?;
+        let mut kps = Vec::new();
+        for account in accounts {
+            kps.extend(self.claim_key_packages(account, &policy).await?);
+        }
+        if kps.is_empty() {
+            return Err(GroupError::Other("no KeyPackage to add".into()));
+        }
+        self.change(group, Change::Add(kps)).await
+    }
+
+    async fn claim_key_packages(&mut self, account: &BareJid, policy: &Policy) -> Result<Vec<KeyPackage>, GroupError> {
+        let crypto = self.device.provider().crypto();
+        let claim = Claim { cipher_suite: Some(super::device::CIPHERSUITE as u16), devices: Vec::new() };
+        let outcomes = self.session.claim(&self.service, account, &claim).await?;
+        let checks = self.session.check_claimed(&self.service, account, &outcomes, policy, crypto).await?;
+        let mut kps = Vec::new();
+        let claimed = outcomes.iter().filter_map(|o| match o {
+            ClaimOutcome::Claimed { device, message, .. } => Some((device, message)),
+            _ => None,
+        });
+        for ((device, message), check) in claimed.zip(checks) {
+            if let Err(reason) = check {
+                tracing::warn!(%account, device, reason = reason.reason(), "claimed KeyPackage fails the check");
+                continue;
+            }
+            let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(message).map_err(mls)?.extract()
+            else {
+                continue;
+            };
+            let kp: KeyPackageIn = kp;
+            kps.push(kp.validate(crypto, ProtocolVersion::Mls10).map_err(mls)?);
+        }
+        Ok(kps)
+    }
+
+    pub async fn remove_account(&mut self, group: &BareJid, account: &BareJid) -> Result<Accepted, GroupError> {
+        self.change(group, Change::RemoveAccount(account.clone())).await
+    }
+
+    pub async fn remove_device(&mut self, group: &BareJid, account: &BareJid, device: &str) -> Result<Accepted, GroupError> {
+        self.change(group, Change::RemoveDevice(account.clone(), device.to_owned())).await
+    }
+
+    /// A self-update by commit (fresh leaf keys, new epoch).
+    pub async fn update(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
+        self.change(group, Change::Update).await
+    }
+
+    /// Commits the proposals received by reference.
+    pub async fn commit_pending(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
+        self.change(group, Change::Pending).await
+    }
+
+    /// A self-update by proposal, for another member to commit.
+    pub async fn propose_update(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
+        let id = group_id_of(group)?;
+        let g = load_group(&mut self.groups, &self.device, &id)?;
+        let provider = self.device.provider();
+        let (msg, _) = g
+            .propose_self_update(provider, self.device.signer(), LeafNodeParameters::default())
+            .map_err(mls)?;
+        self.propose(group, &msg).await
+    }
+
+    /// Leaves: a self-remove proposal; another member's next commit removes us.
+    pub async fn leave(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
+        let id = group_id_of(group)?;
+        let provider = self.device.provider();
+        let msg = load_group(&mut self.groups, &self.device, &id)?.leave_group(provider, self.device.signer()).map_err(mls)?;
+        self.propose(group, &msg).await
+    }
+
+    async fn propose(&mut self, group: &BareJid, msg: &MlsMessageOut) -> Result<Accepted, GroupError> {
+        let reply = self.session.iq(&group.clone().into(), "set", Proposal { message: bytes(msg)? }.to_element()).await?;
+        accepted(reply)
+    }
+
+
+    /// Builds, submits and merges one commit; after losing an epoch, applies
+    /// the winner from the feed and tries again.
+    async fn change(&mut self, group: &BareJid, change: Change) -> Result<Accepted, GroupError> {
+        let id = group_id_of(group)?;
+        if self.forked.contains(&id) {
+            return Err(GroupError::Forked(group.to_string()));
+        }
+        for _ in 0..ATTEMPTS {
+            let bundle = self.stage(&id, &change).await?;
+            let reply = self.session.iq(&group.clone().into(), "set", bundle.to_element()).await;
+            match reply {
+                Ok(payload) => {
+                    let accepted = accepted(payload)?;
+                    let provider = self.device.provider();
+                    load_group(&mut self.groups, &self.device, &id)?.merge_pending_commit(provider).map_err(mls)?;
+                    self.after_commit(&id, group).await?;
+                    return Ok(accepted);
+                }
+                Err(ClientError::Stanza(e)) => {
+                    let provider = self.device.provider();
+                    load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(provider.storage()).map_err(mls)?;
+                    let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
+                        return Err(ClientError::Stanza(e).into());
+                    };
+                    self.catch_up(&id, wrong.epoch).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(GroupError::Other(format!("gave up after {ATTEMPTS} lost epochs")))
+    }
+
+    /// The commit bundle for `change` at the group's current epoch.
+    async fn stage(&mut self, id: &[u8], change: &Change) -> Result<CommitBundle, GroupError> {
+        let leaves = match change {
+            Change::RemoveAccount(a) => self.leaves(id, |acct, _| acct == a).await?,
+            Change::RemoveDevice(a, d) => self.leaves(id, |acct, dev| acct == a && dev == d).await?,
+            _ => Vec::new(),
+        };
+        let provider = self.device.provider();
+        let signer = self.device.signer();
+        let g = load_group(&mut self.groups, &self.device, id)?;
+        let mut b = g.commit_builder();
+        match change {
+            Change::Add(kps) => b = b.propose_adds(kps.iter().cloned()),
+            Change::RemoveAccount(_) | Change::RemoveDevice(..) => {
+                if leaves.is_empty() {
+                    return Err(GroupError::Other("no such member".into()));
+                }
+                b = b.propose_removals(leaves)
+            }
+            Change::Update => b = b.force_self_update(true),
+            Change::Pending => {}
+        }
+        let staged = b
+            .consume_proposal_store(true)
+            .load_psks(provider.storage())
+            .map_err(mls)?
+            .use_ratchet_tree_extension(true)
+            .build(provider.rand(), provider.crypto(), signer, |_| true)
+            .map_err(mls)?
+            .stage_commit(provider)
+            .map_err(mls)?;
+        let new_epoch_check = g
+            .pending_commit()
+            .and_then(|c| c.epoch_authenticator())
+            .map(|a| epoch_check(a.as_slice()))
+            .ok_or_else(|| GroupError::Mls("no epoch authenticator for the pending commit".into()))?;
+        let (commit, welcome, group_info) = staged.into_messages();
+        Ok(CommitBundle {
+            commit: bytes(&commit)?,
+            welcome: welcome.as_ref().map(bytes).transpose()?,
+            group_info: bytes(&group_info.ok_or_else(|| GroupError::Mls("commit without GroupInfo".into()))?)?,
+            epoch_check: new_epoch_check,
+        })
+    }
+
+    /// Leaf indices of members matching (account, device id).
+    async fn leaves(&mut self, id: &[u8], pred: impl Fn(&BareJid, &str) -> bool) -> Result<Vec<LeafNodeIndex>, GroupError> {
+        let members: Vec<_> = load_group(&mut self.groups, &self.device, id)?.members().collect();
+        let mut out = Vec::new();
+        for m in members {
+            let Some(account) = account_of(&m.credential) else { continue };
+            let device = self.device_name(&account, &m.signature_key).await;
+            if pred(&account, &device) {
+                out.push(m.index);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The id of `account`'s device with `key` (from its device list, cached).
+    async fn device_name(&mut self, account: &BareJid, key: &[u8]) -> String {
+        let find = |list: &[DeviceItem]| list.iter().find(|d| d.signature_key == key).map(|d| d.id.clone());
+        if let Some(id) = self.devices.get(account).and_then(|l| find(l)) {
+            return id;
+        }
+        if let Ok(list) = self.session.devices(&self.service, account).await {
+            self.devices.insert(account.clone(), list);
+        }
+        self.devices.get(account).and_then(|l| find(l)).unwrap_or_else(|| "unknown-device".into())
+    }
+
+    /// Members as (account, device id).
+    pub async fn members(&mut self, group: &BareJid) -> Result<Vec<(BareJid, String)>, GroupError> {
+        let id = group_id_of(group)?;
+        let members: Vec<_> = load_group(&mut self.groups, &self.device, &id)?.members().collect();
+        let mut out = Vec::new();
+        for m in members {
+            if let Some(account) = account_of(&m.credential) {
+                let device = self.device_name(&account, &m.signature_key).await;
+                out.push((account, device));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn epoch(&mut self, group: &BareJid) -> Result<u64, GroupError> {
+        let id = group_id_of(group)?;
+        Ok(load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64())
+    }
+
+    async fn after_commit(&mut self, id: &[u8], group: &BareJid) -> Result<(), GroupError> {
+        let epoch = load_group(&mut self.groups, &self.device, id)?.epoch().as_u64();
+        let members = self.members(group).await?;
+        self.events.push_back(GroupEvent::Epoch { group: group.clone(), epoch, members });
+        Ok(())
+    }
+
+    /// Processes the feed until the group reaches `epoch`.
+    async fn catch_up(&mut self, id: &[u8], epoch: u64) -> Result<(), GroupError> {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        while load_group(&mut self.groups, &self.device, id)?.epoch().as_u64() < epoch {
+            let stanza = self.next_stanza(deadline).await?;
+            self.handle(stanza).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends an application message; the echo arrives as [`GroupEvent::Delivered`].
+    /// Proposals received by reference are committed first (MLS forbids
+    /// sending while they are pending).
+    pub async fn send(&mut self, group: &BareJid, body: &[u8]) -> Result<String, GroupError> {
+        let id = group_id_of(group)?;
+        if self.forked.contains(&id) {
+            return Err(GroupError::Forked(group.to_string()));
+        }
+        if load_group(&mut self.groups, &self.device, &id)?.pending_proposals().next().is_some() {
+            self.commit_pending(group).await?;
+        }
+        let provider = self.device.provider();
+        let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), body).map_err(mls)?;
+        let stanza_id = self.session.next_id();
+        let stanza = Element::builder("message", CLIENT)
+            .attr(n("to"), group.as_str())
+            .attr(n("type"), "groupchat")
+            .attr(n("id"), stanza_id.as_str())
+            .append(GroupMessage::new(bytes(&msg)?).to_element())
+            .build();
+        self.session.send(stanza).await?;
+        Ok(stanza_id)
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub async fn next_event(&mut self, timeout: Duration) -> Result<Option<GroupEvent>, GroupError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(Some(e));
+            }
+            match self.next_stanza(deadline).await {
+                Ok(stanza) => self.handle(stanza).await?,
+                Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// One stanza from the server: feed messages, Welcomes, presences.
+    async fn handle(&mut self, stanza: Element) -> Result<(), GroupError> {
+        if stanza.name() == "presence" {
+            return self.handle_presence(&stanza);
+        }
+        if stanza.name() != "message" {
+            return Ok(());
+        }
+        if let Some(Ok(welcome)) = Welcome::find(&stanza) {
+            return self.handle_welcome(welcome).await;
+        }
+        let Some(Ok(msg)) = GroupMessage::find(&stanza) else { return Ok(()) };
+        let Some(from) = stanza.attr("from").and_then(|f| Jid::new(f).ok()) else { return Ok(()) };
+        let stanza_id = stanza
+            .get_child("stanza-id", NS_SID)
+            .and_then(|s| s.attr("id"))
+            .unwrap_or_default()
+            .to_owned();
+        self.handle_group_message(from, msg, stanza.attr("id").unwrap_or_default(), stanza_id).await
+    }
+
+    fn handle_presence(&mut self, stanza: &Element) -> Result<(), GroupError> {
+        let from = stanza.attr("from").and_then(|f| Jid::new(f).ok());
+        let Some(from) = from else { return Ok(()) };
+        let ours = from.resource().map(|r| r.as_str()) == Some(self.device.id());
+        if ours && stanza.attr("type") == Some("unavailable") {
+            if let Ok(id) = group_id_of(&from.to_bare()) {
+                if self.groups.contains_key(&id) {
+                    self.events.push_back(GroupEvent::Removed { group: from.to_bare() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_welcome(&mut self, welcome: Welcome) -> Result<(), GroupError> {
+        let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(&welcome.message).map_err(mls)?.extract()
+        else {
+            return Ok(());
+        };
+        let provider = self.device.provider();
+        // A Welcome for another device of this account carries none of our
+        // KeyPackages: not an error, just not for us.
+        let staged = match StagedWelcome::new_from_welcome(provider, &join_config(), w, None) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "Welcome not for this device");
+                return Ok(());
+            }
+        };
+        let g = staged.into_group(provider).map_err(mls)?;
+        let id = g.group_id().to_vec();
+        self.groups.insert(id.clone(), g);
+        let group = group_jid(&self.service, &id);
+        self.join_feed(&group).await
+    }
+
+    async fn handle_group_message(
+        &mut self,
+        from: Jid,
+        msg: GroupMessage,
+        id: &str,
+        stanza_id: String,
+    ) -> Result<(), GroupError> {
+        let group = from.to_bare();
+        let Ok(gid) = group_id_of(&group) else { return Ok(()) };
+        if !self.groups.contains_key(&gid) && load_group(&mut self.groups, &self.device, &gid).is_err() {
+            return Ok(());
+        }
+        let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
+        if own {
+            if msg.kind == Some(Kind::Application) {
+                self.events.push_back(GroupEvent::Delivered { group, id: id.to_owned(), stanza_id });
+            }
+            return Ok(()); // our own handshakes were merged when accepted
+        }
+        let current = load_group(&mut self.groups, &self.device, &gid)?.epoch().as_u64();
+        if msg.kind == Some(Kind::Commit) && msg.epoch.is_some_and(|e| e < current) {
+            return Ok(()); // already applied
+        }
+        let parsed = MlsMessageIn::tls_deserialize_exact(&msg.message).map_err(mls)?;
+        let protocol: ProtocolMessage = match parsed.extract() {
+            MlsMessageBodyIn::PublicMessage(m) => m.into(),
+            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+            _ => return Ok(()),
+        };
+        let provider = self.device.provider();
+        let processed = match load_group(&mut self.groups, &self.device, &gid)?.process_message(provider, protocol) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, %group, "cannot process a group message");
+                return Ok(());
+            }
+        };
+        let sender = account_of(processed.credential());
+        // The sender's leaf, as MLS authenticated it (not the DS's resource).
+        let sender_key = match processed.sender() {
+            Sender::Member(index) => load_group(&mut self.groups, &self.device, &gid)?
+                .members()
+                .find(|m| m.index == *index)
+                .map(|m| m.signature_key),
+            _ => None,
+        };
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                let (Some(account), Some(key)) = (sender, sender_key) else { return Ok(()) };
+                let device = self.device_name(&account, &key).await;
+                let body = app.into_bytes();
+                self.events.push_back(GroupEvent::Message { group, account, device, body, stanza_id });
+            }
+            ProcessedMessageContent::ProposalMessage(p) => {
+                load_group(&mut self.groups, &self.device, &gid)?.store_pending_proposal(provider.storage(), *p).map_err(mls)?;
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let ours = staged.epoch_authenticator().map(|a| epoch_check(a.as_slice()));
+                let removed = staged.self_removed();
+                load_group(&mut self.groups, &self.device, &gid)?.merge_staged_commit(provider, *staged).map_err(mls)?;
+                if removed {
+                    self.events.push_back(GroupEvent::Removed { group });
+                    return Ok(());
+                }
+                if ours.is_some() && ours != msg.epoch_check {
+                    let epoch = load_group(&mut self.groups, &self.device, &gid)?.epoch().as_u64();
+                    tracing::error!(%group, epoch, "epoch check mismatch: the group has forked");
+                    self.forked.insert(gid.clone());
+                    self.events.push_back(GroupEvent::Fork { group: group.clone(), epoch });
+                }
+                self.after_commit(&gid, &group).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Joins `group` with a new device of a member account: fetches the
+    /// latest GroupInfo and commits externally.
+    pub async fn join_external(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
+        let reply = self
+            .session
+            .iq(&group.clone().into(), "get", Element::builder("group-info", NS).build())
+            .await?
+            .ok_or_else(|| GroupError::Other("empty group-info".into()))?;
+        let (_, info) = parse_group_info(&reply).map_err(|e| GroupError::Other(e.to_string()))?;
+        let MlsMessageBodyIn::GroupInfo(vgi) = MlsMessageIn::tls_deserialize_exact(&info).map_err(mls)?.extract()
+        else {
+            return Err(GroupError::Mls("not a GroupInfo".into()));
+        };
+        let provider = self.device.provider();
+        let (mut g, bundle) = MlsGroup::external_commit_builder()
+            .with_config(join_config())
+            .build_group(provider, vgi, self.device.credential_with_key())
+            .map_err(mls)?
+            .load_psks(provider.storage())
+            .map_err(mls)?
+            .build(provider.rand(), provider.crypto(), self.device.signer(), |_| true)
+            .map_err(mls)?
+            .finalize(provider)
+            .map_err(mls)?;
+        let check = g
+            .pending_commit()
+            .and_then(|c| c.epoch_authenticator())
+            .map(|a| epoch_check(a.as_slice()))
+            .ok_or_else(|| GroupError::Mls("no epoch authenticator".into()))?;
+        let (commit, _, group_info) = bundle.into_messages();
+        let bundle = CommitBundle {
+            commit: bytes(&commit)?,
+            welcome: None,
+            group_info: bytes(&group_info.ok_or_else(|| GroupError::Mls("no GroupInfo".into()))?)?,
+            epoch_check: check,
+        };
+        let reply = self.session.iq(&group.clone().into(), "set", bundle.to_element()).await?;
+        let accepted = accepted(reply)?;
+        g.merge_pending_commit(provider).map_err(mls)?;
+        let id = g.group_id().to_vec();
+        self.groups.insert(id.clone(), g);
+        self.join_feed(group).await?;
+        self.after_commit(&id, group).await?;
+        Ok(accepted)
+    }
+}
+
+/// The device's MLS group `id`, loaded from its storage on first use.
+fn load_group<'a>(
+    groups: &'a mut HashMap<Vec<u8>, MlsGroup>,
+    device: &Device,
+    id: &[u8],
+) -> Result<&'a mut MlsGroup, GroupError> {
+    if !groups.contains_key(id) {
+        let g = MlsGroup::load(device.provider().storage(), &GroupId::from_slice(id))
+            .map_err(mls)?
+            .ok_or_else(|| GroupError::UnknownGroup(group_node(id)))?;
+        groups.insert(id.to_vec(), g);
+    }
+    Ok(groups.get_mut(id).expect("just inserted"))
+}
+
+fn accepted(payload: Option<Element>) -> Result<Accepted, GroupError> {
+    let el = payload.ok_or_else(|| GroupError::Other("empty reply".into()))?;
+    Accepted::parse(&el).map_err(|e| GroupError::Other(e.to_string()))
+}
