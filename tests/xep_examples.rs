@@ -16,13 +16,19 @@ use xmpp_mls::protocol::keypackages::{
     claimed_element, key_package_element, parse_claimed, parse_rejections, rejections_element, Claim,
     KeyPackageInfo,
 };
+use xmpp_mls::protocol::error::invalid_message;
+use xmpp_mls::protocol::groups::{
+    group_info_element, joined_element, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Proposal,
+    Welcome, WrongEpoch,
+};
+use xmpp_mls::protocol::mls::Invalid;
 use xmpp_mls::protocol::notices::Notice;
 use xmpp_mls::protocol::pubsub::{Event, PubsubRequest, NS_EVENT, NS_PUBSUB};
 use xmpp_mls::protocol::{b64_decode, NS, NS_ERRORS};
 
 /// Requests whose replies carry fresh key material (KeyPackageRefs,
 /// packages): checked by the round-trip test, not replayed.
-const NOT_REPLAYED: &[&str] = &["kp-1", "kp-3", "claim-1"];
+const NOT_REPLAYED: &[&str] = &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6"];
 
 #[test]
 fn the_xep_is_well_formed_xml() {
@@ -86,6 +92,26 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
         ("invalid-key-packages", NS_ERRORS) => {
             same(rejections_element(&parse_rejections(el)), "invalid-key-packages")
         }
+        ("create", NS) => same(Create::parse(el).expect("create parses").to_element(), "create"),
+        ("commit", NS) => same(CommitBundle::parse(el).expect("commit parses").to_element(), "commit"),
+        ("proposal", NS) => same(Proposal::parse(el).expect("proposal parses").to_element(), "proposal"),
+        ("accepted", NS) => same(Accepted::parse(el).expect("accepted parses").to_element(), "accepted"),
+        ("group-info", NS) if el.attr("epoch").is_some() => {
+            let (epoch, info) = parse_group_info(el).expect("group-info parses");
+            same(group_info_element(epoch, &info), "group-info")
+        }
+        ("mls", NS) => same(GroupMessage::parse(el).expect("mls parses").to_element(), "mls"),
+        ("welcome", NS) if parent.is_some_and(|p| p.name() == "message") => {
+            let message = parent.expect("in a message");
+            same(Welcome::find(message).expect("a welcome").expect("parses").to_element(), "welcome")
+        }
+        ("wrong-epoch", NS_ERRORS) => same(WrongEpoch::parse(el).expect("wrong-epoch parses").to_element(), "wrong-epoch"),
+        ("invalid-message", NS_ERRORS) => {
+            let reason = el.attr("reason").expect("a reason");
+            let invalid = Invalid::ALL.into_iter().find(|i| i.reason() == reason).expect("a known reason");
+            same(invalid_message(invalid), "invalid-message")
+        }
+        ("x", NS) => same(joined_element(el.attr("epoch").expect("epoch").parse().unwrap()), "joined"),
         ("pubsub", NS_PUBSUB) if parent.is_some_and(|p| matches!(p.attr("type"), Some("get" | "set"))) => {
             PubsubRequest::try_from(el).expect("pubsub request parses");
             Some("pubsub request")
@@ -119,6 +145,16 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "event",
         "invalid-key-packages",
         "pubsub request",
+        "create",
+        "commit",
+        "proposal",
+        "accepted",
+        "group-info",
+        "mls",
+        "welcome",
+        "wrong-epoch",
+        "invalid-message",
+        "joined",
     ] {
         assert!(seen.contains_key(kind), "the XEP has no example of {kind}: {seen:?}");
     }

@@ -101,16 +101,14 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
         Some("set") => IqKind::Set,
         _ => return Routed::default(), // result or invalid: never answered
     };
-    if iq.attr("id").is_none() {
-        return Routed::default();
-    }
+    let Some(id) = iq.attr("id").map(str::to_owned) else { return Routed::default() };
     let outcome = match (Address::parse(&to), single_child(iq)) {
         (Err(e), _) => Err(e.into()),
         (Ok(_), None) => {
             Err(ProtocolError::Malformed("an IQ get or set carries exactly one child element").into())
         }
         (Ok(address), Some(payload)) => {
-            let req = IqRequest { from, to, address, kind, payload: payload.clone() };
+            let req = IqRequest { id, from, to, address, kind, payload: payload.clone() };
             service.handle_iq(&req).await
         }
     };

@@ -34,6 +34,19 @@ pub enum Invalid {
 }
 
 impl Invalid {
+    pub const ALL: [Invalid; 10] = [
+        Invalid::Malformed,
+        Invalid::WrongGroup,
+        Invalid::WrongWireFormat,
+        Invalid::WrongContentType,
+        Invalid::BadSignature,
+        Invalid::ForeignIdentity,
+        Invalid::UnknownSignatureKey,
+        Invalid::GroupInfoMismatch,
+        Invalid::MissingWelcome,
+        Invalid::Invalid,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Invalid::Malformed => "malformed",

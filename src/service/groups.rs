@@ -320,7 +320,7 @@ impl Service {
         let group_jid = self.group_jid(group_id);
         let new_epoch = if d.kind == Kind::Commit { d.epoch + 1 } else { d.epoch };
         let accepted = Accepted { epoch: new_epoch, stanza_id: d.archived.stanza_id.clone() };
-        let mut messages = fan_out(&group_jid, &d, req.payload.attr("id"));
+        let mut messages = fan_out(&group_jid, &d, Some(&req.id));
         if let Some((welcome, inboxes)) = &d.welcome {
             let payload = Welcome { group: group_jid.clone(), message: welcome.clone() }.to_element();
             for (account, stanza_id) in inboxes {

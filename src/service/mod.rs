@@ -40,6 +40,8 @@ pub enum IqKind {
 /// An IQ get/set as the XMPP server delivered it: `from` is the
 /// server-authenticated sender.
 pub struct IqRequest {
+    /// The IQ's id; fan-out copies of a handshake keep it.
+    pub id: String,
     pub from: Jid,
     pub to: Jid,
     /// What `to` names, classified by the router.
