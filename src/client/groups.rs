@@ -28,7 +28,7 @@ use crate::protocol::groups::{
     epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome,
     WrongEpoch,
 };
-use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome, Policy};
+use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome};
 use crate::protocol::{n, NS, NS_SID};
 use crate::xmpp::namespace::CLIENT;
 
@@ -204,12 +204,20 @@ impl GroupClient {
             .ok_or_else(|| GroupError::Other("timed out waiting for the service".into()))
     }
 
-    /// Claims, verifies and adds every device of `accounts`.
+    /// Claims, verifies and adds every device of `accounts` that is not a
+    /// member yet.
     pub async fn add(&mut self, group: &BareJid, accounts: &[BareJid]) -> Result<Accepted, GroupError> {
-        let policy = self.session.key_package_policy(&self.service).await?;
+        let id = group_id_of(group)?;
+        let present: HashSet<Vec<u8>> =
+            load_group(&mut self.groups, &self.device, &id)?.members().map(|m| m.signature_key).collect();
         let mut kps = Vec::new();
         for account in accounts {
-            kps.extend(self.claim_key_packages(account, &policy).await?);
+            let devices = self.session.devices(&self.service, account).await?;
+            let missing: Vec<String> =
+                devices.into_iter().filter(|d| !present.contains(&d.signature_key)).map(|d| d.id).collect();
+            if !missing.is_empty() {
+                kps.extend(self.key_packages_for(account, missing).await?);
+            }
         }
         if kps.is_empty() {
             return Err(GroupError::Other("no KeyPackage to add".into()));
@@ -217,9 +225,13 @@ impl GroupClient {
         self.change(group, Change::Add(kps)).await
     }
 
-    async fn claim_key_packages(&mut self, account: &BareJid, policy: &Policy) -> Result<Vec<KeyPackage>, GroupError> {
+    /// Claims one KeyPackage for each of `devices` of `account` and keeps
+    /// those that pass the Authentication Service check.
+    pub async fn key_packages_for(&mut self, account: &BareJid, devices: Vec<String>) -> Result<Vec<KeyPackage>, GroupError> {
+        let policy = self.session.key_package_policy(&self.service).await?;
+        let policy = &policy;
         let crypto = self.device.provider().crypto();
-        let claim = Claim { cipher_suite: Some(super::device::CIPHERSUITE as u16), devices: Vec::new() };
+        let claim = Claim { cipher_suite: Some(super::device::CIPHERSUITE as u16), devices };
         let outcomes = self.session.claim(&self.service, account, &claim).await?;
         let checks = self.session.check_claimed(&self.service, account, &outcomes, policy, crypto).await?;
         let mut kps = Vec::new();
@@ -386,6 +398,31 @@ impl GroupClient {
             self.devices.insert(account.clone(), list);
         }
         self.devices.get(account).and_then(|l| find(l)).unwrap_or_else(|| "unknown-device".into())
+    }
+
+    /// Stages adding `key_packages` without submitting: the bundle as it
+    /// would be sent (the pending commit stays until [`Self::discard_pending`]).
+    pub async fn stage_add(&mut self, group: &BareJid, key_packages: Vec<KeyPackage>) -> Result<CommitBundle, GroupError> {
+        let id = group_id_of(group)?;
+        self.stage(&id, &Change::Add(key_packages)).await
+    }
+
+    /// Submits a staged bundle as it is; the raw reply.
+    pub async fn submit(&mut self, group: &BareJid, bundle: &CommitBundle) -> Result<Option<Element>, ClientError> {
+        self.session.iq(&group.clone().into(), "set", bundle.to_element()).await
+    }
+
+    /// Drops a staged, unsubmitted commit.
+    pub fn discard_pending(&mut self, group: &BareJid) -> Result<(), GroupError> {
+        let id = group_id_of(group)?;
+        let storage = self.device.provider().storage();
+        load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(storage).map_err(mls)
+    }
+
+    /// This device's epoch check of the group's current epoch.
+    pub fn epoch_check(&mut self, group: &BareJid) -> Result<String, GroupError> {
+        let id = group_id_of(group)?;
+        Ok(epoch_check(load_group(&mut self.groups, &self.device, &id)?.epoch_authenticator().as_slice()))
     }
 
     /// Members as (account, device id).
