@@ -179,3 +179,177 @@ async fn concurrent_commits_one_winner_per_epoch_and_everyone_converges() {
     assert_eq!(per_epoch.len(), commits, "one accepted commit per epoch");
     assert!(per_epoch.iter().all(|(_, n)| *n == 1), "two commits won one epoch: {per_epoch:?}");
 }
+
+fn error_of(r: Result<Option<minidom::Element>, xmpp_mls::client::ClientError>) -> xmpp_parsers::stanza_error::StanzaError {
+    match r {
+        Err(xmpp_mls::client::ClientError::Stanza(e)) => *e,
+        other => panic!("expected a stanza error, got {other:?}"),
+    }
+}
+
+fn invalid_reason(e: &xmpp_parsers::stanza_error::StanzaError) -> String {
+    let app = e.other.as_ref().expect("an application condition");
+    assert!(app.is("invalid-message", xmpp_mls::protocol::NS_ERRORS), "{app:?}");
+    app.attr("reason").unwrap().to_owned()
+}
+
+/// A KeyPackage (openmls) built by a test signer.
+fn key_package(signer: &common::mls::TestSigner, identity: Option<&str>) -> openmls::prelude::KeyPackage {
+    use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
+    use openmls_traits::OpenMlsProvider;
+    use tls_codec::Deserialize;
+    let bytes = signer.kp(common::mls::KpOptions { identity: identity.map(str::to_owned), ..Default::default() });
+    let MlsMessageBodyIn::KeyPackage(kp) = MlsMessageIn::tls_deserialize_exact(&bytes).unwrap().extract() else {
+        panic!()
+    };
+    let kp: KeyPackageIn = kp;
+    kp.validate(signer.provider.crypto(), ProtocolVersion::Mls10).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_commits_are_refused_and_the_group_carries_on() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let _dave = member(&prosody, &dir, "dave", "pc").await;
+    let group = alice.create().await.unwrap();
+    let other_group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+
+    // A key that is no listed device, under dave's and under bob's name,
+    // and a credential that names no account.
+    let stranger = common::mls::TestSigner::new("dave@example.org");
+    let cases = [
+        (key_package(&stranger, None), "unknown-signature-key"),
+        (key_package(&stranger, Some("xmpp:bob@example.org")), "unknown-signature-key"),
+        (key_package(&stranger, Some("mallory")), "foreign-identity"),
+    ];
+    for (kp, reason) in cases {
+        let bundle = alice.stage_add(&group, vec![kp]).await.unwrap();
+        let e = error_of(alice.submit(&group, &bundle).await);
+        assert_eq!(e.defined_condition, xmpp_parsers::stanza_error::DefinedCondition::NotAcceptable);
+        assert_eq!(invalid_reason(&e), reason);
+        alice.discard_pending(&group).unwrap();
+    }
+
+    // A valid add of dave, tampered with: one signature byte flipped...
+    let kps = alice.key_packages_for(&bare("dave@example.org"), vec![]).await.unwrap();
+    let mut bundle = alice.stage_add(&group, kps).await.unwrap();
+    alice.discard_pending(&group).unwrap();
+    let mut tampered = bundle.clone();
+    let at = tampered.commit.len() - 100; // inside the signature (64 bytes before two 32-byte MACs)
+    tampered.commit[at] ^= 1;
+    assert_eq!(invalid_reason(&error_of(alice.submit(&group, &tampered).await)), "bad-signature");
+    // ...and the untouched bundle sent to another group.
+    assert_eq!(invalid_reason(&error_of(alice.submit(&other_group, &bundle).await)), "wrong-group");
+    // Without its Welcome.
+    bundle.welcome = None;
+    assert_eq!(invalid_reason(&error_of(alice.submit(&group, &bundle).await)), "missing-welcome");
+
+    // The group carries on at the same epoch.
+    assert_eq!(alice.epoch(&group).unwrap(), 1);
+    alice.send(&group, b"still here").await.unwrap();
+    let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(got, GroupEvent::Message { body, .. } if body == b"still here"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_and_removed_devices_stay_out() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut tablet = member(&prosody, &dir, "bob", "tablet").await;
+    let mut dave = member(&prosody, &dir, "dave", "pc").await;
+    let mallory = prosody.client("mallory", "pc").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    expect(&mut tablet, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+
+    // mallory: no device in the group, not on the feed.
+    let msg = minidom::Element::builder("message", "jabber:client")
+        .attr(xmpp_mls::protocol::n("to"), group.as_str())
+        .attr(xmpp_mls::protocol::n("type"), "groupchat")
+        .attr(xmpp_mls::protocol::n("id"), "m-1")
+        .append(xmpp_mls::protocol::groups::GroupMessage::new(vec![0, 1, 0, 2]).to_element())
+        .build();
+    let mut mallory = mallory;
+    mallory.send(msg).await.unwrap();
+    let bounce = mallory.next_event_within(Duration::from_secs(10)).await.expect("an error back");
+    assert_eq!(bounce.attr("type"), Some("error"));
+    let presence = minidom::Element::builder("presence", "jabber:client")
+        .attr(xmpp_mls::protocol::n("to"), format!("{group}/pc-0001"))
+        .build();
+    mallory.send(presence).await.unwrap();
+    let refused = mallory.next_event_within(Duration::from_secs(10)).await.expect("a presence error");
+    assert_eq!(refused.attr("type"), Some("error"));
+    assert!(refused.get_child("error", "jabber:client").unwrap().has_child("not-a-member", xmpp_mls::protocol::NS_ERRORS));
+
+    // bob's tablet is removed: told at once, and cannot come back.
+    alice.remove_device(&group, &bare("bob@example.org"), tablet.device().id()).await.unwrap();
+    expect(&mut tablet, "removal", |e| matches!(e, GroupEvent::Removed { .. })).await;
+    assert!(tablet.join_feed(&group).await.is_err(), "a removed device rejoined the feed");
+    alice.send(&group, b"after the removal").await.unwrap();
+    expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+
+    // The Welcome of a losing commit never reaches anyone: bob stages an
+    // add of dave, alice's commit wins the epoch first.
+    let kps = bob.key_packages_for(&bare("dave@example.org"), vec![]).await.unwrap();
+    let losing = bob.stage_add(&group, kps).await.unwrap();
+    alice.update(&group).await.unwrap();
+    let e = error_of(bob.submit(&group, &losing).await);
+    assert!(e.other.as_ref().is_some_and(|a| a.is("wrong-epoch", xmpp_mls::protocol::NS_ERRORS)));
+    bob.discard_pending(&group).unwrap();
+    let welcome = dave.next_event(Duration::from_secs(2)).await.unwrap();
+    assert!(!matches!(welcome, Some(GroupEvent::Joined { .. })), "the losing Welcome was delivered");
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM inbox WHERE account = 'dave@example.org' AND payload LIKE '%welcome%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, 0, "the losing Welcome reached dave's inbox");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_leaving_and_a_new_device_by_external_commit() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut carol = member(&prosody, &dir, "carol", "pc").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org"), bare("carol@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    expect(&mut carol, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+
+    // bob proposes a self-update; alice commits it.
+    bob.propose_update(&group).await.unwrap();
+    expect(&mut alice, "proposal", |e| matches!(e, GroupEvent::Proposed { .. })).await;
+    let accepted = alice.commit_pending(&group).await.unwrap();
+    assert_eq!(accepted.epoch, 2);
+    reach(&mut bob, &group, 2).await;
+
+    // carol leaves; alice's next message commits the removal first.
+    carol.leave(&group).await.unwrap();
+    expect(&mut alice, "proposal", |e| matches!(e, GroupEvent::Proposed { .. })).await;
+    alice.send(&group, b"bye carol").await.unwrap();
+    expect(&mut carol, "removal", |e| matches!(e, GroupEvent::Removed { .. })).await;
+    let members = alice.members(&group).await.unwrap();
+    assert!(members.iter().all(|(a, _)| *a != bare("carol@example.org")), "{members:?}");
+
+    // alice's new phone joins by external commit and hears bob.
+    let mut phone = member(&prosody, &dir, "alice", "phone").await;
+    phone.join_external(&group).await.unwrap();
+    reach(&mut bob, &group, phone.epoch(&group).unwrap()).await;
+    bob.send(&group, b"hi alice's phone").await.unwrap();
+    let got = expect(&mut phone, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    let GroupEvent::Message { account, body, .. } = got else { unreachable!() };
+    assert_eq!((account, body), (bare("bob@example.org"), b"hi alice's phone".to_vec()));
+    reach(&mut alice, &group, phone.epoch(&group).unwrap()).await;
+    assert_eq!(alice.epoch_check(&group).unwrap(), phone.epoch_check(&group).unwrap());
+}

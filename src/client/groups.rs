@@ -66,6 +66,8 @@ pub enum GroupEvent {
     Message { group: BareJid, account: BareJid, device: String, body: Vec<u8>, stanza_id: String },
     /// This device's own message came back: its place in the order.
     Delivered { group: BareJid, id: String, stanza_id: String },
+    /// A proposal by reference was received; the next commit will carry it.
+    Proposed { group: BareJid, account: BareJid },
     /// A commit was applied; the members afterwards as (account, device).
     Epoch { group: BareJid, epoch: u64, members: Vec<(BareJid, String)> },
     /// This device was removed from the group.
@@ -274,26 +276,40 @@ impl GroupClient {
 
     /// A self-update by proposal, for another member to commit.
     pub async fn propose_update(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
-        let id = group_id_of(group)?;
-        let g = load_group(&mut self.groups, &self.device, &id)?;
-        let provider = self.device.provider();
-        let (msg, _) = g
-            .propose_self_update(provider, self.device.signer(), LeafNodeParameters::default())
-            .map_err(mls)?;
-        self.propose(group, &msg).await
+        self.propose(group, false).await
     }
 
     /// Leaves: a self-remove proposal; another member's next commit removes us.
     pub async fn leave(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
-        let id = group_id_of(group)?;
-        let provider = self.device.provider();
-        let msg = load_group(&mut self.groups, &self.device, &id)?.leave_group(provider, self.device.signer()).map_err(mls)?;
-        self.propose(group, &msg).await
+        self.propose(group, true).await
     }
 
-    async fn propose(&mut self, group: &BareJid, msg: &MlsMessageOut) -> Result<Accepted, GroupError> {
-        let reply = self.session.iq(&group.clone().into(), "set", Proposal { message: bytes(msg)? }.to_element()).await?;
-        accepted(reply)
+    /// Submits a proposal of this epoch; after losing the epoch, catches up
+    /// and proposes again.
+    async fn propose(&mut self, group: &BareJid, leave: bool) -> Result<Accepted, GroupError> {
+        let id = group_id_of(group)?;
+        for _ in 0..ATTEMPTS {
+            let provider = self.device.provider();
+            let signer = self.device.signer();
+            let g = load_group(&mut self.groups, &self.device, &id)?;
+            let msg = if leave {
+                g.leave_group(provider, signer).map_err(mls)?
+            } else {
+                g.propose_self_update(provider, signer, LeafNodeParameters::default()).map_err(mls)?.0
+            };
+            let request = Proposal { message: bytes(&msg)? }.to_element();
+            match self.session.iq(&group.clone().into(), "set", request).await {
+                Ok(reply) => return accepted(reply),
+                Err(ClientError::Stanza(e)) => {
+                    let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
+                        return Err(ClientError::Stanza(e).into());
+                    };
+                    self.catch_up(&id, wrong.epoch).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(GroupError::Other(format!("gave up after {ATTEMPTS} lost epochs")))
     }
 
 
@@ -610,7 +626,12 @@ impl GroupClient {
                 self.events.push_back(GroupEvent::Message { group, account, device, body, stanza_id });
             }
             ProcessedMessageContent::ProposalMessage(p) => {
-                load_group(&mut self.groups, &self.device, &gid)?.store_pending_proposal(provider.storage(), *p).map_err(mls)?;
+                load_group(&mut self.groups, &self.device, &gid)?
+                    .store_pending_proposal(provider.storage(), *p)
+                    .map_err(mls)?;
+                if let Some(account) = sender {
+                    self.events.push_back(GroupEvent::Proposed { group, account });
+                }
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
                 let ours = staged.epoch_authenticator().map(|a| epoch_check(a.as_slice()));
@@ -657,11 +678,10 @@ impl GroupClient {
             .map_err(mls)?
             .finalize(provider)
             .map_err(mls)?;
-        let check = g
-            .pending_commit()
-            .and_then(|c| c.epoch_authenticator())
-            .map(|a| epoch_check(a.as_slice()))
-            .ok_or_else(|| GroupError::Mls("no epoch authenticator".into()))?;
+        // The joiner's group is new and only ours: merge before submitting
+        // to learn the new epoch's check; if the DS refuses, it is dropped.
+        g.merge_pending_commit(provider).map_err(mls)?;
+        let check = epoch_check(g.epoch_authenticator().as_slice());
         let (commit, _, group_info) = bundle.into_messages();
         let bundle = CommitBundle {
             commit: bytes(&commit)?,
@@ -671,7 +691,6 @@ impl GroupClient {
         };
         let reply = self.session.iq(&group.clone().into(), "set", bundle.to_element()).await?;
         let accepted = accepted(reply)?;
-        g.merge_pending_commit(provider).map_err(mls)?;
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);
         self.join_feed(group).await?;
