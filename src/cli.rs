@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
-use xmpp_mls::client::{describe, ClientError, Device, Session, POOL_TARGET};
+use xmpp_mls::client::{describe, ClientError, Device, GroupClient, GroupEvent, Session, POOL_TARGET};
 use xmpp_mls::protocol::format_time;
 use xmpp_mls::protocol::keypackages::{Claim, ClaimOutcome};
 use xmpp_parsers::disco::DiscoInfoResult;
@@ -26,6 +26,10 @@ pub enum ClientAction {
     /// This device's KeyPackages on the service.
     #[command(subcommand)]
     Keypackages(KeyPackagesAction),
+    /// Groups of this device. Until history lands, a device follows a group
+    /// only while it runs: keep `group listen` running to stay current.
+    #[command(subcommand)]
+    Group(GroupAction),
     /// Claim one KeyPackage per device of ACCOUNT and verify each against
     /// ACCOUNT's device list.
     Claim {
@@ -52,6 +56,40 @@ pub enum DeviceAction {
     /// Remove a device of this account (default: this device) and its
     /// KeyPackages from the service.
     Remove { device_id: Option<String> },
+}
+
+#[derive(Subcommand)]
+pub enum GroupAction {
+    /// Create a group with this device as its only member; prints its JID.
+    Create,
+    /// Add every device of the ACCOUNTs (KeyPackages claimed and verified).
+    Add { group: BareJid, accounts: Vec<BareJid> },
+    /// Remove an account (or one of its devices) from the group.
+    Remove {
+        group: BareJid,
+        account: BareJid,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Update this device's keys: by commit, or by proposal with --proposal.
+    Update {
+        group: BareJid,
+        #[arg(long)]
+        proposal: bool,
+    },
+    /// Leave the group (a self-remove proposal another member commits).
+    Leave { group: BareJid },
+    /// List the members as account/device.
+    Members { group: BareJid },
+    /// Send TEXT and wait for the service's echo (its place in the order).
+    Send { group: BareJid, text: String },
+    /// Join every group's feed and print what happens, for SECONDS (or until Ctrl-C).
+    Listen {
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// List the groups this device is in.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -82,7 +120,20 @@ impl Context {
     }
 }
 
-pub async fn run(ctx: &Context, action: ClientAction) -> CliResult {
+pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
+    let ClientAction::Group(group) = action else {
+        let result = run_directory(&ctx, action).await;
+        ctx.session.close().await;
+        return result;
+    };
+    let device = ctx.device()?;
+    let mut client = GroupClient::start(ctx.session, device, ctx.service).await?;
+    let result = run_group(&mut client, group).await;
+    client.session.close().await;
+    result
+}
+
+async fn run_directory(ctx: &Context, action: ClientAction) -> CliResult {
     match action {
         ClientAction::Info { jid } => info(ctx, jid.as_ref().unwrap_or(&ctx.service)).await,
         ClientAction::Device(DeviceAction::Init { label }) => device_init(ctx, label).await,
@@ -101,6 +152,94 @@ pub async fn run(ctx: &Context, action: ClientAction) -> CliResult {
         }
         ClientAction::Claim { account, devices, cipher_suite } => {
             claim(ctx, &account, Claim { cipher_suite, devices }).await
+        }
+        ClientAction::Group(_) => unreachable!("handled by run"),
+    }
+}
+
+async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
+    match action {
+        GroupAction::Create => println!("{}", client.create().await?),
+        GroupAction::List => {
+            for g in client.groups()? {
+                println!("{g}");
+            }
+        }
+        GroupAction::Add { group, accounts } => {
+            client.join_feed(&group).await?;
+            let a = client.add(&group, &accounts).await?;
+            println!("added; epoch {} (commit {})", a.epoch, a.stanza_id);
+        }
+        GroupAction::Remove { group, account, device } => {
+            client.join_feed(&group).await?;
+            let a = match device {
+                Some(d) => client.remove_device(&group, &account, &d).await?,
+                None => client.remove_account(&group, &account).await?,
+            };
+            println!("removed; epoch {}", a.epoch);
+        }
+        GroupAction::Update { group, proposal } => {
+            client.join_feed(&group).await?;
+            let a = if proposal { client.propose_update(&group).await? } else { client.update(&group).await? };
+            println!("{}; epoch {}", if proposal { "proposed" } else { "updated" }, a.epoch);
+        }
+        GroupAction::Leave { group } => {
+            client.join_feed(&group).await?;
+            client.leave(&group).await?;
+            println!("leaving: a member's next commit removes this device");
+        }
+        GroupAction::Members { group } => {
+            for (account, device) in client.members(&group).await? {
+                println!("{account}/{device}");
+            }
+        }
+        GroupAction::Send { group, text } => {
+            client.join_feed(&group).await?;
+            let id = client.send(&group, text.as_bytes()).await?;
+            loop {
+                match client.next_event(std::time::Duration::from_secs(10)).await? {
+                    Some(GroupEvent::Delivered { id: got, stanza_id, .. }) if got == id => {
+                        println!("delivered as {stanza_id}");
+                        break;
+                    }
+                    Some(_) => continue,
+                    None => return Err("no echo from the service within 10 s".into()),
+                }
+            }
+        }
+        GroupAction::Listen { seconds } => listen(client, seconds).await?,
+    }
+    Ok(())
+}
+
+async fn listen(client: &mut GroupClient, seconds: Option<u64>) -> CliResult {
+    client.join_all().await?;
+    let deadline = seconds.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(tokio::time::Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Ok(());
+        }
+        let wait = left.unwrap_or(std::time::Duration::from_secs(3600));
+        let event = tokio::select! {
+            e = client.next_event(wait) => e?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        match event {
+            Some(GroupEvent::Message { group, account, device, body, .. }) => {
+                println!("[{}] {account}/{device}: {}", group.node().map(|n| n.as_str()).unwrap_or(""), String::from_utf8_lossy(&body))
+            }
+            Some(GroupEvent::Joined { group }) => println!("joined {group}"),
+            Some(GroupEvent::Epoch { group, epoch, members }) => {
+                let list: Vec<String> = members.iter().map(|(a, d)| format!("{a}/{d}")).collect();
+                println!("{group}: epoch {epoch}, members {}", list.join(", "))
+            }
+            Some(GroupEvent::Proposed { group, account }) => println!("{group}: {account} proposed a change"),
+            Some(GroupEvent::Removed { group }) => println!("removed from {group}"),
+            Some(GroupEvent::Fork { group, epoch }) => {
+                eprintln!("FORK DETECTED in {group} at epoch {epoch}: not sending into it")
+            }
+            Some(GroupEvent::Delivered { .. }) | None => {}
         }
     }
 }

@@ -124,9 +124,7 @@ async fn client(opts: ConnectOptions, service: Jid, state: PathBuf, action: cli:
         }
     };
     let ctx = cli::Context { session, service, state };
-    let result = cli::run(&ctx, action).await;
-    ctx.session.close().await;
-    match result {
+    match cli::run(ctx, action).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}", cli::explain(e.as_ref()));

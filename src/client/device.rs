@@ -163,6 +163,16 @@ impl Device {
         Ok(self.local.set_last_resort(kp_ref, now())?)
     }
 
+    /// Records that the device is in a group, or no longer is.
+    pub fn remember_group(&self, group_id: &[u8], jid: &str, member: bool) -> Result<(), DeviceError> {
+        Ok(if member { self.local.add_group(group_id, jid)? } else { self.local.forget_group(group_id)? })
+    }
+
+    /// The JIDs of the groups the device is in.
+    pub fn groups(&self) -> Result<Vec<String>, DeviceError> {
+        Ok(self.local.groups()?)
+    }
+
     /// The current last-resort package's reference and creation time.
     pub fn last_resort(&self) -> Result<Option<(String, i64)>, DeviceError> {
         Ok(self.local.last_resort()?)

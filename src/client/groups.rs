@@ -164,8 +164,23 @@ impl GroupClient {
         let jid = group_jid(&self.service, &id);
         self.session.iq(&jid.clone().into(), "set", Create { group_info: bytes(&info)? }.to_element()).await?;
         self.groups.insert(id.to_vec(), group);
+        self.device.remember_group(&id, jid.as_str(), true).map_err(mls)?;
         self.join_feed(&jid).await?;
         Ok(jid)
+    }
+
+    /// The groups this device is in.
+    pub fn groups(&self) -> Result<Vec<BareJid>, GroupError> {
+        let jids = self.device.groups().map_err(mls)?;
+        Ok(jids.iter().filter_map(|j| BareJid::new(j).ok()).collect())
+    }
+
+    /// Joins the live feed of every group this device is in.
+    pub async fn join_all(&mut self) -> Result<(), GroupError> {
+        for group in self.groups()? {
+            self.join_feed(&group).await?;
+        }
+        Ok(())
     }
 
     /// Joins the group's live feed with presence to `group/<device-id>`.
@@ -569,6 +584,7 @@ impl GroupClient {
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);
         let group = group_jid(&self.service, &id);
+        self.device.remember_group(&id, group.as_str(), true).map_err(mls)?;
         self.join_feed(&group).await
     }
 
@@ -638,6 +654,7 @@ impl GroupClient {
                 let removed = staged.self_removed();
                 load_group(&mut self.groups, &self.device, &gid)?.merge_staged_commit(provider, *staged).map_err(mls)?;
                 if removed {
+                    self.device.remember_group(&gid, group.as_str(), false).map_err(mls)?;
                     self.events.push_back(GroupEvent::Removed { group });
                     return Ok(());
                 }
@@ -693,6 +710,7 @@ impl GroupClient {
         let accepted = accepted(reply)?;
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);
+        self.device.remember_group(&id, group.as_str(), true).map_err(mls)?;
         self.join_feed(group).await?;
         self.after_commit(&id, group).await?;
         Ok(accepted)

@@ -10,7 +10,8 @@ use rusqlite_migration::{Migrations, M};
 use super::StoreError;
 pub use super::mls::{open_mls_storage, MlsStorage};
 
-const MIGRATIONS: &[M<'static>] = &[M::up(
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(
     "CREATE TABLE device (
         one           INTEGER PRIMARY KEY CHECK (one = 1),
         account       TEXT NOT NULL,
@@ -24,7 +25,10 @@ const MIGRATIONS: &[M<'static>] = &[M::up(
         kp_ref     TEXT NOT NULL,
         created_at INTEGER NOT NULL
     ) STRICT;",
-)];
+    ),
+    // 2: the groups this device is in (their state is in openmls' tables).
+    M::up("CREATE TABLE groups (group_id BLOB PRIMARY KEY, jid TEXT NOT NULL) STRICT;"),
+];
 
 /// Who a device is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,27 @@ impl LocalStore {
             params![d.account, d.device_id, d.signature_key, d.label, now],
         )?;
         Ok(())
+    }
+
+    /// Remembers a group this device is in.
+    pub fn add_group(&self, group_id: &[u8], jid: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO groups (group_id, jid) VALUES (?1, ?2)",
+            params![group_id, jid],
+        )?;
+        Ok(())
+    }
+
+    pub fn forget_group(&self, group_id: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM groups WHERE group_id = ?1", [group_id])?;
+        Ok(())
+    }
+
+    /// The JIDs of the groups this device is in.
+    pub fn groups(&self) -> Result<Vec<String>, StoreError> {
+        let mut st = self.conn.prepare("SELECT jid FROM groups ORDER BY jid")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The current last-resort package's reference and creation time.

@@ -1,0 +1,132 @@
+//! Three people, one with two devices, talking in an MLS group through an
+//! xmpp-mls service. Used by `scripts/demo`; every line it prints is what a
+//! device actually received.
+//!
+//! `cargo run --example group_chat -- SERVER SERVICE` where SERVER is the
+//! c2s address (host:port) and the accounts alice, bob and carol (password
+//! `<name>-password`) exist on the service's domain.
+
+use std::time::Duration;
+
+use xmpp_mls::client::{ConnectOptions, Device, GroupClient, GroupEvent, Session};
+use xmpp_parsers::jid::{BareJid, Jid};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+async fn device(server: &str, service: &Jid, dir: &std::path::Path, user: &str, resource: &str) -> Result<GroupClient> {
+    let domain = service.domain().as_str().split_once('.').map(|(_, d)| d).unwrap_or("example.org");
+    let account = BareJid::new(&format!("{user}@{domain}"))?;
+    let mut opts = ConnectOptions::new(account.clone(), format!("{user}-password"));
+    opts.server = Some(server.to_owned());
+    opts.resource = Some(resource.to_owned());
+    let session = Session::connect(opts).await?;
+    let device = Device::create(&dir.join(format!("{user}-{resource}.sqlite3")), account, Some(resource.into()))?;
+    session.publish_device(service, &device.item(None)).await?;
+    device.refill(&session, service, 5, true).await?;
+    println!("  {user}/{resource}: device {} published with 5 KeyPackages", device.id());
+    Ok(GroupClient::start(session, device, service.clone()).await?)
+}
+
+/// Prints what each device receives until every one has seen `n` messages
+/// (its own message counts through its echo).
+async fn show(devices: &mut [(&str, GroupClient)], n: usize) -> Result<()> {
+    for (label, d) in devices.iter_mut() {
+        let mut seen = 0;
+        while seen < n {
+            match d.next_event(Duration::from_secs(10)).await? {
+                Some(GroupEvent::Message { account, body, .. }) => {
+                    seen += 1;
+                    println!("    {label:<14} got from {account}: {}", String::from_utf8_lossy(&body));
+                }
+                Some(GroupEvent::Delivered { stanza_id, .. }) => {
+                    seen += 1;
+                    println!("    {label:<14} echo of its own message (stanza-id {stanza_id})");
+                }
+                Some(GroupEvent::Removed { .. }) => {
+                    println!("    {label:<14} was removed from the group");
+                    break;
+                }
+                Some(_) => {}
+                None => return Err(format!("{label} heard nothing for 10 s").into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (server, service) = (args.get(1).ok_or("SERVER")?, Jid::new(args.get(2).ok_or("SERVICE")?)?);
+    let dir = tempfile::tempdir()?;
+
+    println!("Four devices come online:");
+    let mut laptop = device(server, &service, dir.path(), "alice", "laptop").await?;
+    let phone = device(server, &service, dir.path(), "alice", "phone").await?;
+    let bob = device(server, &service, dir.path(), "bob", "phone").await?;
+    let carol = device(server, &service, dir.path(), "carol", "pc").await?;
+
+    let group = laptop.create().await?;
+    println!("\nalice's laptop creates the group {group}");
+    let domain = service.domain().as_str().split_once('.').map(|(_, d)| d).unwrap_or("example.org").to_owned();
+    let people: Vec<BareJid> =
+        ["alice", "bob", "carol"].iter().map(|u| BareJid::new(&format!("{u}@{domain}")).unwrap()).collect();
+    let accepted = laptop.add(&group, &people).await?;
+    println!("...and adds bob, carol and her own other devices in one commit (epoch {})", accepted.epoch);
+    let mut all = vec![("alice/laptop", laptop), ("alice/phone", phone), ("bob/phone", bob), ("carol/pc", carol)];
+    for (label, d) in all.iter_mut().skip(1) {
+        loop {
+            if let Some(GroupEvent::Joined { .. }) = d.next_event(Duration::from_secs(10)).await? {
+                println!("  {label} received its Welcome and joined the live feed");
+                break;
+            }
+        }
+    }
+    println!("  members: {}", {
+        let m = all[0].1.members(&group).await?;
+        m.iter().map(|(a, d)| format!("{a}/{d}")).collect::<Vec<_>>().join(", ")
+    });
+
+    println!("\nalice writes from her laptop; everyone else, her phone included, receives it:");
+    all[0].1.send(&group, b"Hi all, welcome to the group!").await?;
+    show(&mut all, 1).await?;
+
+    println!("\nbob and carol answer:");
+    all[2].1.send(&group, b"Hello alice (and alice's phone)").await?;
+    all[3].1.send(&group, b"Hi! Nobody but us can read this.").await?;
+    show(&mut all, 2).await?;
+
+    println!("\nbob renews his keys (a commit); every device follows the new epoch:");
+    let a = all[2].1.update(&group).await?;
+    println!("  epoch {} accepted as {}", a.epoch, a.stanza_id);
+    let checks: Vec<String> = {
+        let mut v = Vec::new();
+        for (label, d) in all.iter_mut() {
+            while d.epoch(&group)? < a.epoch {
+                d.next_event(Duration::from_secs(10)).await?;
+            }
+            v.push(format!("{label}={}", &d.epoch_check(&group)?[..8]));
+        }
+        v
+    };
+    println!("  epoch checks agree: {}", checks.join(" "));
+
+    println!("\ncarol leaves; alice's phone commits her removal with its next message:");
+    all[3].1.leave(&group).await?;
+    loop {
+        if let Some(GroupEvent::Proposed { .. }) = all[1].1.next_event(Duration::from_secs(10)).await? {
+            break;
+        }
+    }
+    all[1].1.send(&group, b"Bye carol!").await?;
+    show(&mut all[..3], 1).await?;
+    show(&mut all[3..], 1).await?;
+    println!("  members now: {}", {
+        let m = all[1].1.members(&group).await?;
+        m.iter().map(|(a, d)| format!("{a}/{d}")).collect::<Vec<_>>().join(", ")
+    });
+    for (_, d) in all {
+        d.session.close().await;
+    }
+    Ok(())
+}
