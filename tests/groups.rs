@@ -60,7 +60,13 @@ async fn two_accounts_create_add_and_talk() {
     assert_eq!(body, b"hello bob");
     let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     assert_eq!(echo, GroupEvent::Delivered { group: group.clone(), id, stanza_id });
-    let _ = component;
+
+    // The group now exists for discovery, as xep/ describes.
+    let query = minidom::Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build();
+    let info = alice.session.iq(&group.clone().into(), "get", query).await.unwrap().unwrap();
+    let identity = info.get_child("identity", xmpp_parsers::ns::DISCO_INFO).unwrap();
+    assert_eq!((identity.attr("category"), identity.attr("type")), (Some("conference"), Some("mls")));
+    drop(component);
 }
 
 /// Collects `n` events matching `pred`.
@@ -352,4 +358,26 @@ async fn proposals_leaving_and_a_new_device_by_external_commit() {
     assert_eq!((account, body), (bare("bob@example.org"), b"hi alice's phone".to_vec()));
     reach(&mut alice, &group, phone.epoch(&group).unwrap()).await;
     assert_eq!(alice.epoch_check(&group).unwrap(), phone.epoch_check(&group).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_is_reported_and_nothing_is_sent_into_it() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+
+    // A commit whose published epoch check is not what its epoch yields:
+    // what members see when they do not share the epoch (a partition).
+    let mut bundle = alice.stage_add(&group, Vec::new()).await.unwrap();
+    bundle.epoch_check = "00".repeat(16);
+    alice.submit(&group, &bundle).await.unwrap();
+    let fork = expect(&mut bob, "fork", |e| matches!(e, GroupEvent::Fork { .. })).await;
+    assert_eq!(fork, GroupEvent::Fork { group: group.clone(), epoch: 2 });
+    let refused = bob.send(&group, b"into the fork?").await;
+    assert!(matches!(refused, Err(xmpp_mls::client::GroupError::Forked(_))), "{refused:?}");
 }

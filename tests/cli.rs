@@ -1,0 +1,44 @@
+//! The CLI a person uses, end to end: device setup, a group, a message.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Component, Prosody, COMPONENT};
+
+fn client(prosody: &Prosody, dir: &std::path::Path, user: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+        .args(["client", "--jid", &format!("{user}@example.org"), "--server"])
+        .arg(format!("127.0.0.1:{}", prosody.c2s_port))
+        .args(["--service", COMPONENT, "--state"])
+        .arg(dir.join(format!("{user}.sqlite3")))
+        .args(args)
+        .env("XMPP_MLS_PASSWORD", user)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn a_person_sets_up_a_device_creates_a_group_and_sends() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    prosody.register("alice", "alice");
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["device", "init", "--label", "Laptop"]);
+    assert!(ok && out.contains("uploaded 20 KeyPackages"), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["keypackages", "status"]);
+    assert!(ok && out.contains(": 20 KeyPackages, last-resort present"), "{out}");
+    let (ok, group) = client(&prosody, dir.path(), "alice", &["group", "create"]);
+    assert!(ok, "{group}");
+    let group = group.trim().to_owned();
+    assert!(group.ends_with(&format!("@{COMPONENT}")), "{group}");
+    let (ok, members) = client(&prosody, dir.path(), "alice", &["group", "members", &group]);
+    assert!(ok && members.trim().starts_with("alice@example.org/"), "{members}");
+    assert_eq!(members.trim().lines().count(), 1);
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["group", "send", &group, "hello"]);
+    assert!(ok && out.starts_with("delivered as "), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["group", "list"]);
+    assert!(ok && out.trim() == group, "{out}");
+}
