@@ -34,6 +34,8 @@ pub struct AnnouncedLimits {
     /// Seconds.
     pub max_key_package_lifetime: u64,
     pub cipher_suites: Vec<u16>,
+    /// Past epochs whose application messages are still accepted.
+    pub max_past_epochs: u64,
 }
 
 fn field(var: &str, value: impl ToString) -> Field {
@@ -52,6 +54,7 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             field("max-key-packages-per-device", limits.max_key_packages_per_device),
             field("max-key-package-lifetime", limits.max_key_package_lifetime),
             suites,
+            field("max-past-epochs", limits.max_past_epochs),
         ],
     );
     info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])
