@@ -84,6 +84,8 @@ pub struct Limits {
     pub max_payload_size: usize,
     /// Stanzas handled concurrently; further input waits (TCP backpressure).
     pub max_in_flight: usize,
+    /// Largest page of a MAM query.
+    pub max_page_size: usize,
 }
 
 /// Device lists and KeyPackages (advertised in disco where clients need them).
@@ -186,7 +188,7 @@ impl Default for Limits {
     fn default() -> Self {
         // 16 KiB below Prosody's default c2s stanza limit (262144), so the
         // sender gets a stanza error rather than a closed stream.
-        Self { max_payload_size: 240 * 1024, max_in_flight: 256 }
+        Self { max_payload_size: 240 * 1024, max_in_flight: 256, max_page_size: 100 }
     }
 }
 
@@ -254,6 +256,7 @@ impl Config {
             ("store.readers", self.store.readers as u64),
             ("limits.max_payload_size", self.limits.max_payload_size as u64),
             ("limits.max_in_flight", self.limits.max_in_flight as u64),
+            ("limits.max_page_size", self.limits.max_page_size as u64),
             ("directory.max_devices_per_account", self.directory.max_devices_per_account as u64),
             ("directory.max_device_lifetime_days", self.directory.max_device_lifetime_days),
             ("directory.max_key_packages_per_device", self.directory.max_key_packages_per_device as u64),

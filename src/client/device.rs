@@ -168,6 +168,15 @@ impl Device {
         Ok(if member { self.local.add_group(group_id, jid)? } else { self.local.forget_group(group_id)? })
     }
 
+    /// The last archive item of the group this device applied.
+    pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<String>, DeviceError> {
+        Ok(self.local.last_seen(group_id)?)
+    }
+
+    pub fn set_last_seen(&self, group_id: &[u8], stanza_id: &str) -> Result<(), DeviceError> {
+        Ok(self.local.set_last_seen(group_id, stanza_id)?)
+    }
+
     /// The JIDs of the groups the device is in.
     pub fn groups(&self) -> Result<Vec<String>, DeviceError> {
         Ok(self.local.groups()?)

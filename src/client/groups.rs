@@ -95,6 +95,8 @@ pub struct GroupClient {
     events: VecDeque<GroupEvent>,
     /// Stanzas read while waiting for something else, handled next.
     stashed: VecDeque<Element>,
+    /// Archive items applied in this session (stanza ids).
+    applied: HashSet<String>,
     forked: HashSet<Vec<u8>>,
 }
 
@@ -134,12 +136,32 @@ impl GroupClient {
             devices: HashMap::new(),
             events: VecDeque::new(),
             stashed: VecDeque::new(),
+            applied: HashSet::new(),
             forked: HashSet::new(),
         })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn service(&self) -> &Jid {
+        &self.service
+    }
+
+    /// Keeps a stanza for the event loop.
+    pub(super) fn stash(&mut self, stanza: Element) {
+        self.stashed.push_back(stanza);
+    }
+
+    /// The last archive item of `group` this device applied.
+    pub(super) fn last_seen(&self, group: &BareJid) -> Result<Option<String>, GroupError> {
+        self.device.last_seen(&group_id_of(group)?).map_err(mls)
+    }
+
+    /// Applies one stanza from an archive, as if it had come live.
+    pub(super) async fn apply_archived(&mut self, stanza: Element) -> Result<(), GroupError> {
+        self.handle(stanza).await
     }
 
     /// Creates a group with this device as its only member and joins its feed.
@@ -319,7 +341,7 @@ impl GroupClient {
                     let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
                         return Err(ClientError::Stanza(e).into());
                     };
-                    self.catch_up(&id, wrong.epoch).await?;
+                    self.await_epoch(group, wrong.epoch).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -352,7 +374,7 @@ impl GroupClient {
                     let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
                         return Err(ClientError::Stanza(e).into());
                     };
-                    self.catch_up(&id, wrong.epoch).await?;
+                    self.await_epoch(group, wrong.epoch).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -482,12 +504,14 @@ impl GroupClient {
         Ok(())
     }
 
-    /// Processes the feed until the group reaches `epoch`.
-    async fn catch_up(&mut self, id: &[u8], epoch: u64) -> Result<(), GroupError> {
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
-        while load_group(&mut self.groups, &self.device, id)?.epoch().as_u64() < epoch {
-            let stanza = self.next_stanza(deadline).await?;
-            self.handle(stanza).await?;
+    /// Brings the group to `epoch` after losing it: the winning commit is
+    /// in the archive already (it was committed before we were refused).
+    async fn await_epoch(&mut self, group: &BareJid, epoch: u64) -> Result<(), GroupError> {
+        self.catch_up(group, &mut |_, _, _| {}).await?;
+        let id = group_id_of(group)?;
+        let now = load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64();
+        if now < epoch {
+            return Err(GroupError::Other(format!("still at epoch {now} after catching up to {epoch}")));
         }
         Ok(())
     }
@@ -531,7 +555,7 @@ impl GroupClient {
     }
 
     /// One stanza from the server: feed messages, Welcomes, presences.
-    async fn handle(&mut self, stanza: Element) -> Result<(), GroupError> {
+    pub(super) async fn handle(&mut self, stanza: Element) -> Result<(), GroupError> {
         if stanza.name() == "presence" {
             return self.handle_presence(&stanza);
         }
@@ -599,6 +623,13 @@ impl GroupClient {
         let Ok(gid) = group_id_of(&group) else { return Ok(()) };
         if !self.groups.contains_key(&gid) && load_group(&mut self.groups, &self.device, &gid).is_err() {
             return Ok(());
+        }
+        // The same item may come from the archive and the live feed.
+        if !stanza_id.is_empty() {
+            if !self.applied.insert(stanza_id.clone()) {
+                return Ok(());
+            }
+            self.device.set_last_seen(&gid, &stanza_id).map_err(mls)?;
         }
         let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
         if own {

@@ -4,11 +4,13 @@
 mod device;
 mod devices;
 mod groups;
+mod history;
 mod keypackages;
 mod session;
 
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
 pub use groups::{GroupClient, GroupError, GroupEvent};
+pub use history::ArchivePage;
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};

@@ -164,6 +164,11 @@ impl Session {
         self.events.recv().await
     }
 
+    /// An event already received, without waiting.
+    pub fn try_next_event(&mut self) -> Option<Element> {
+        self.events.try_recv().ok()
+    }
+
     /// Like [`Self::next_event`] but gives up after `timeout`.
     pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Element> {
         tokio::time::timeout(timeout, self.events.recv()).await.ok().flatten()

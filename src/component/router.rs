@@ -80,12 +80,16 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
 /// The service's response as stanzas, or the stanza's error reply.
 fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed {
     match outcome {
-        Ok(Response { payload, messages, order }) => {
-            let mut stanzas = Vec::new();
-            if stanza.name() == "iq" {
-                stanzas.push(result_reply(stanza, payload));
+        Ok(Response { payload, messages, order, reply_last }) => {
+            let reply = (stanza.name() == "iq").then(|| result_reply(stanza, payload));
+            let mut stanzas = Vec::with_capacity(messages.len() + 1);
+            if !reply_last {
+                stanzas.extend(reply.clone());
             }
             stanzas.extend(messages);
+            if reply_last {
+                stanzas.extend(reply);
+            }
             Routed { stanzas, order }
         }
         Err(e) => {

@@ -7,6 +7,7 @@ pub mod disco;
 pub mod error;
 pub mod groups;
 pub mod keypackages;
+pub mod mam;
 pub mod mls;
 pub mod notices;
 pub mod pubsub;

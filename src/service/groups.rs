@@ -174,7 +174,7 @@ fn apply_commit(
     let epoch = pg.group_context().epoch().as_u64();
     let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
     tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
-    tx.set_members(&members_of(&pg))?;
+    tx.set_members(&members_of(&pg), archived.seq)?;
     let removed = tx.prune_feed()?;
     let mut welcome = None;
     if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
@@ -274,7 +274,7 @@ impl Service {
                     return Err(ServiceError::NotAMember);
                 }
                 tx.create(pg.group_context().epoch().as_u64(), &create.group_info)?;
-                tx.set_members(&members)?;
+                tx.set_members(&members, 0)?;
                 Ok(())
             })
             .await?;
@@ -336,6 +336,7 @@ impl Service {
             payload: Some(accepted.to_element()),
             messages,
             order: Some((group_id.to_vec(), d.archived.seq)),
+            reply_last: false,
         }
     }
 

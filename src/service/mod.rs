@@ -2,6 +2,7 @@
 //! its own module; the router calls [`Service::handle_iq`] and maps
 //! [`ServiceError`] to a stanza error.
 
+mod archive;
 mod devices;
 mod disco;
 mod feed;
@@ -27,6 +28,7 @@ use crate::config::Config;
 use crate::protocol::address::Address;
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::Rejection;
+use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::{disco::PING, ProtocolError, NS};
 use crate::store::{Store, StoreError};
@@ -59,6 +61,8 @@ pub struct Response {
     /// (group_id, archive position): the messages must go out after those
     /// of every earlier position of the group ([`Order`]).
     pub order: Option<(Vec<u8>, u64)>,
+    /// Send the messages before the IQ result (MAM results precede `<fin/>`).
+    pub reply_last: bool,
 }
 
 impl Response {
@@ -167,6 +171,10 @@ impl Service {
                 Address::Directory(account) => self.claim(req, account).await,
                 _ => Err(ServiceError::Unsupported),
             },
+            (IqKind::Set, "query", NS_MAM) => self.mam_query(req).await,
+            (IqKind::Get, "query", NS_MAM) => self.mam_form(req).await,
+            (IqKind::Get, "metadata", NS_MAM) => self.mam_metadata(req).await,
+            (IqKind::Set, "ack", NS) => self.ack(req).await,
             (kind, name @ ("create" | "commit" | "proposal" | "group-info"), NS) => {
                 let Address::Group(group_id) = address else { return Err(ServiceError::Unsupported) };
                 match (kind, name) {

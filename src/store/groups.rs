@@ -121,7 +121,13 @@ impl<'c> GroupTx<'c> {
         Ok(())
     }
 
-    pub fn set_members(&self, members: &[Member]) -> Result<(), StoreError> {
+    /// Records the group's leaves; `seq` is the archive position of the
+    /// change (0 at creation), from which accounts may read the archive.
+    pub fn set_members(&self, members: &[Member], seq: u64) -> Result<(), StoreError> {
+        let mut accounts: Vec<String> = members.iter().map(|m| m.account.clone()).collect();
+        accounts.sort();
+        accounts.dedup();
+        super::archive::record_membership(self.c, &self.group_id, &accounts, seq)?;
         self.c.execute("DELETE FROM members WHERE group_id = ?1", [&self.group_id])?;
         let mut st = self.c.prepare_cached(
             "INSERT INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",

@@ -28,6 +28,8 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // 2: the groups this device is in (their state is in openmls' tables).
     M::up("CREATE TABLE groups (group_id BLOB PRIMARY KEY, jid TEXT NOT NULL) STRICT;"),
+    // 3: the last archive item applied per group (catch-up resumes after it).
+    M::up("ALTER TABLE groups ADD COLUMN last_seen TEXT;"),
 ];
 
 /// Who a device is.
@@ -77,6 +79,19 @@ impl LocalStore {
             params![group_id, jid],
         )?;
         Ok(())
+    }
+
+    pub fn set_last_seen(&self, group_id: &[u8], stanza_id: &str) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE groups SET last_seen = ?2 WHERE group_id = ?1", params![group_id, stanza_id])?;
+        Ok(())
+    }
+
+    pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT last_seen FROM groups WHERE group_id = ?1", [group_id], |r| r.get(0))
+            .optional()?
+            .flatten())
     }
 
     pub fn forget_group(&self, group_id: &[u8]) -> Result<(), StoreError> {

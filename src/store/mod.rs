@@ -7,6 +7,7 @@
 //! answered only after its batch is committed. Reads run on a small pool of
 //! separate connections, off the writer's path.
 
+mod archive;
 mod devices;
 mod groups;
 mod inbox;
@@ -15,6 +16,7 @@ pub mod local;
 pub mod mls;
 mod schema;
 
+pub use archive::{Filter, Item, Page, PageStart, Source};
 pub use devices::DevicePublish;
 pub use groups::{AppendOutcome, Archived, FeedEntry, GroupState, GroupTx, Member};
 pub use inbox::{new_stanza_id, StoredNotice};

@@ -93,6 +93,25 @@ const MIGRATIONS: &[M<'static>] = &[
         ) STRICT;
         CREATE INDEX feed_by_jid ON feed (group_id, full_jid);",
     ),
+    // 4: history: when each account was in each group (what its devices
+    // may read of the archive), and how far each device has applied.
+    M::up(
+        "CREATE TABLE group_accounts (
+            group_id   BLOB NOT NULL,
+            account    TEXT NOT NULL,
+            joined_seq INTEGER NOT NULL,
+            left_seq   INTEGER,
+            PRIMARY KEY (group_id, account, joined_seq)
+        ) STRICT;
+        CREATE TABLE acks (
+            scope     BLOB NOT NULL,
+            account   TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            seq       INTEGER NOT NULL,
+            PRIMARY KEY (scope, account, device_id)
+        ) STRICT;
+        CREATE INDEX archive_by_time ON archive (group_id, created_at);",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
