@@ -1,0 +1,268 @@
+//! History end to end through Prosody: catch-up after being offline,
+//! XEP-0313 paging, access, inbox acknowledgements.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Component, Prosody, COMPONENT};
+use xmpp_mls::client::{ConnectOptions, Device, GroupClient, GroupEvent, Session};
+use xmpp_mls::protocol::mam::Cursor;
+use xmpp_parsers::jid::{BareJid, Jid};
+
+fn service() -> Jid {
+    Jid::new(COMPONENT).unwrap()
+}
+
+fn bare(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
+}
+
+async fn login(prosody: &Prosody, user: &str, resource: &str) -> Session {
+    prosody.register(user, user);
+    let mut opts = ConnectOptions::new(bare(&format!("{user}@example.org")), user);
+    opts.server = Some(format!("127.0.0.1:{}", prosody.c2s_port));
+    opts.resource = Some(resource.to_owned());
+    Session::connect(opts).await.unwrap()
+}
+
+/// A device with a published key and KeyPackages, state in `dir`.
+async fn member(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
+    let session = login(prosody, user, resource).await;
+    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
+    let account = bare(&format!("{user}@example.org"));
+    let device = Device::create(&path, account, None).unwrap();
+    session.publish_device(&service(), &device.item(None)).await.unwrap();
+    device.refill(&session, &service(), 5, true).await.unwrap();
+    GroupClient::start(session, device, service()).await.unwrap()
+}
+
+/// The same device, back online from its state file.
+async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
+    let session = login(prosody, user, resource).await;
+    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
+    let device = Device::open(&path, &bare(&format!("{user}@example.org"))).unwrap();
+    GroupClient::start(session, device, service()).await.unwrap()
+}
+
+async fn expect(client: &mut GroupClient, what: &str, pred: impl Fn(&GroupEvent) -> bool) -> GroupEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await.unwrap() {
+            Some(e) if pred(&e) => return e,
+            Some(_) => continue,
+            None => panic!("no {what} in time"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_catches_up_across_epochs_and_decrypts_everything_in_order() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut carol = member(&prosody, &dir, "carol", "pc").await;
+    let mut tablet = member(&prosody, &dir, "bob", "tablet").await;
+    let _dave = member(&prosody, &dir, "dave", "pc").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org"), bare("carol@example.org")]).await.unwrap();
+    for d in [&mut bob, &mut carol, &mut tablet] {
+        expect(d, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    }
+    let start_epoch = alice.epoch(&group).unwrap();
+
+    // bob's tablet goes offline.
+    tablet.session.close().await;
+
+    // 5 epochs (an add, a removal, self-updates) among 200 messages.
+    let mut sent = Vec::new();
+    let senders = ["alice", "bob", "carol"];
+    for i in 0..200 {
+        let who = i % 3;
+        let body = format!("{} #{i}", senders[who]);
+        let client = match who {
+            0 => &mut alice,
+            1 => &mut bob,
+            _ => &mut carol,
+        };
+        client.send(&group, body.as_bytes()).await.unwrap();
+        expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+        sent.push(body);
+        match i {
+            40 => drop(alice.add(&group, &[bare("dave@example.org")]).await.unwrap()),
+            80 => drop(bob.update(&group).await.unwrap()),
+            120 => drop(alice.remove_account(&group, &bare("dave@example.org")).await.unwrap()),
+            150 => drop(carol.update(&group).await.unwrap()),
+            180 => drop(alice.update(&group).await.unwrap()),
+            _ => {}
+        }
+    }
+    let final_epoch = alice.epoch(&group).unwrap();
+    assert_eq!(final_epoch, start_epoch + 5);
+
+    // The tablet comes back and catches up from the archive.
+    let mut tablet = reconnect(&prosody, &dir, "bob", "tablet").await;
+    let mut pages = 0;
+    tablet.catch_up_all(&mut |_, _, _| pages += 1).await.unwrap();
+    assert!(pages >= 3, "200+ items come in pages of 100");
+    let mut got = Vec::new();
+    while let Some(e) = tablet.next_event(Duration::from_millis(500)).await.unwrap() {
+        if let GroupEvent::Message { body, .. } = e {
+            got.push(String::from_utf8(body).unwrap());
+        }
+    }
+    // bob's own messages reach his tablet like everyone else's.
+    assert_eq!(got, sent, "every message, once, in order");
+    assert_eq!(tablet.epoch(&group).unwrap(), final_epoch);
+    assert_eq!(tablet.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap());
+}
+
+/// A client that knows only XEP-0313: raw queries on the archive.
+fn ids(page: &xmpp_mls::client::ArchivePage) -> Vec<String> {
+    page.stanzas
+        .iter()
+        .map(|m| m.get_child("stanza-id", "urn:xmpp:sid:0").unwrap().attr("id").unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_follows_xep_0313_on_every_edge() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let group = alice.create().await.unwrap();
+    let archive = Jid::from(group.clone());
+    for i in 0..25 {
+        alice.send(&group, format!("m{i}").as_bytes()).await.unwrap();
+        expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    }
+    let all = alice.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!((all.stanzas.len(), all.complete, all.count), (25, true, 25));
+    let all_ids = ids(&all);
+
+    // Forward pages of 10: complete on the last one only, no gaps.
+    let mut seen = Vec::new();
+    let mut cursor = Cursor::First;
+    let mut completes = Vec::new();
+    loop {
+        let page = alice.archive_page(&archive, &[], 10, &cursor, false).await.unwrap();
+        assert_eq!(page.count, 25);
+        completes.push(page.complete);
+        seen.extend(ids(&page));
+        if page.complete {
+            break;
+        }
+        cursor = Cursor::After(page.last.clone().unwrap());
+    }
+    assert_eq!(seen, all_ids);
+    assert_eq!(completes, vec![false, false, true]);
+
+    // Empty <before/>: the last page; flip-page reverses it.
+    let last = alice.archive_page(&archive, &[], 10, &Cursor::Last, false).await.unwrap();
+    assert_eq!(ids(&last), all_ids[15..].to_vec());
+    assert!(!last.complete, "earlier items remain");
+    let flipped = alice.archive_page(&archive, &[], 10, &Cursor::Last, true).await.unwrap();
+    let mut reversed = all_ids[15..].to_vec();
+    reversed.reverse();
+    assert_eq!(ids(&flipped), reversed);
+    // Before an id; after-id and before-id form fields; ids.
+    let before = alice.archive_page(&archive, &[], 10, &Cursor::Before(all_ids[5].clone()), false).await.unwrap();
+    assert_eq!((ids(&before), before.complete), (all_ids[..5].to_vec(), true));
+    let window = alice
+        .archive_page(&archive, &[("after-id", &all_ids[2]), ("before-id", &all_ids[6])], 10, &Cursor::First, false)
+        .await
+        .unwrap();
+    assert_eq!((ids(&window), window.count), (all_ids[3..6].to_vec(), 3));
+
+    // Unknown ids are item-not-found, not an empty page.
+    for cursor in [Cursor::After("nope".into()), Cursor::Before("nope".into())] {
+        let e = alice.archive_page(&archive, &[], 10, &cursor, false).await.err().expect("an error");
+        assert!(format!("{e}").contains("item-not-found"), "{e}");
+    }
+    let e = alice.archive_page(&archive, &[("after-id", "nope")], 10, &Cursor::First, false).await.err().unwrap();
+    assert!(format!("{e}").contains("item-not-found"), "{e}");
+
+    // Resuming while messages keep arriving: no gap, no duplicate.
+    let first = alice.archive_page(&archive, &[], 10, &Cursor::First, false).await.unwrap();
+    for i in 25..30 {
+        alice.send(&group, format!("m{i}").as_bytes()).await.unwrap();
+        expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    }
+    let mut resumed = ids(&first);
+    let mut cursor = Cursor::After(first.last.unwrap());
+    loop {
+        let page = alice.archive_page(&archive, &[], 10, &cursor, false).await.unwrap();
+        resumed.extend(ids(&page));
+        if page.complete {
+            break;
+        }
+        cursor = Cursor::After(page.last.unwrap());
+    }
+    assert_eq!(resumed.len(), 30);
+    assert_eq!(resumed[..25].to_vec(), all_ids);
+    let unique: std::collections::HashSet<_> = resumed.iter().collect();
+    assert_eq!(unique.len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_read_and_removed_members_see_nothing_after_their_removal() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut mallory = member(&prosody, &dir, "mallory", "pc").await;
+    let group = alice.create().await.unwrap();
+    let archive = Jid::from(group.clone());
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    alice.send(&group, b"before").await.unwrap();
+    expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+
+    let e = mallory.archive_page(&archive, &[], 10, &Cursor::First, false).await.err().unwrap();
+    assert!(format!("{e}").contains("forbidden"), "{e}");
+    let inbox = xmpp_mls::client::directory_jid(&bare("alice@example.org"), &service());
+    let e = mallory.archive_page(&inbox, &[], 10, &Cursor::First, false).await.err().unwrap();
+    assert!(format!("{e}").contains("forbidden"), "{e}");
+
+    let seen_before = bob.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap().count;
+    alice.remove_account(&group, &bare("bob@example.org")).await.unwrap();
+    alice.send(&group, b"after").await.unwrap();
+    let after = bob.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(after.count, seen_before + 1, "bob sees his removal, nothing after it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_entry_stays_until_every_live_device_acknowledged_it() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let phone = member(&prosody, &dir, "alice", "phone").await;
+    let claimer = login(&prosody, "bob", "phone").await;
+    claimer
+        .claim(&service(), &bare("alice@example.org"), &xmpp_mls::protocol::keypackages::Claim::default())
+        .await
+        .unwrap();
+    let inbox = xmpp_mls::client::directory_jid(&bare("alice@example.org"), &service());
+    let entries = |p: &xmpp_mls::client::ArchivePage| p.count;
+    let page = alice.archive_page(&inbox, &[], 100, &Cursor::First, false).await.unwrap();
+    let n = entries(&page);
+    assert!(n >= 2, "device-list events and claim notices are kept");
+    let again = alice.archive_page(&inbox, &[], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(entries(&again), n, "fetching deletes nothing");
+    let last = page.last.clone().unwrap();
+    let ack = |device: &str| {
+        xmpp_mls::protocol::mam::Ack { device: device.to_owned(), id: last.clone() }.to_element()
+    };
+    let laptop_id = alice.device().id().to_owned();
+    alice.session.iq(&inbox, "set", ack(&laptop_id)).await.unwrap();
+    assert_eq!(entries(&alice.archive_page(&inbox, &[], 100, &Cursor::First, false).await.unwrap()), n, "one device acked");
+    let phone_id = phone.device().id().to_owned();
+    phone.session.iq(&inbox, "set", ack(&phone_id)).await.unwrap();
+    assert_eq!(entries(&alice.archive_page(&inbox, &[], 100, &Cursor::First, false).await.unwrap()), 0, "all acked");
+}
