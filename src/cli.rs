@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_mls::client::{describe, ClientError, Device, GroupClient, GroupEvent, Session, POOL_TARGET};
-use xmpp_mls::protocol::format_time;
+use xmpp_mls::protocol::mam::Cursor;
+use xmpp_mls::protocol::{format_time, NS, NS_SID};
 use xmpp_mls::protocol::keypackages::{Claim, ClaimOutcome};
 use xmpp_parsers::disco::DiscoInfoResult;
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -26,10 +27,21 @@ pub enum ClientAction {
     /// This device's KeyPackages on the service.
     #[command(subcommand)]
     Keypackages(KeyPackagesAction),
-    /// Groups of this device. Until history lands, a device follows a group
-    /// only while it runs: keep `group listen` running to stay current.
+    /// Groups of this device. Every group command first catches up from the
+    /// inbox and the archives (progress on stderr).
     #[command(subcommand)]
     Group(GroupAction),
+    /// Page through a group's archive (newest page first by default).
+    History {
+        group: BareJid,
+        /// Show the page before this stanza id.
+        #[arg(long)]
+        before: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        max: usize,
+    },
+    /// This account's inbox: Welcomes and notices kept until acknowledged.
+    Inbox,
     /// Claim one KeyPackage per device of ACCOUNT and verify each against
     /// ACCOUNT's device list.
     Claim {
@@ -121,16 +133,73 @@ impl Context {
 }
 
 pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
-    let ClientAction::Group(group) = action else {
+    if !matches!(action, ClientAction::Group(_) | ClientAction::History { .. } | ClientAction::Inbox) {
         let result = run_directory(&ctx, action).await;
         ctx.session.close().await;
         return result;
-    };
+    }
     let device = ctx.device()?;
     let mut client = GroupClient::start(ctx.session, device, ctx.service).await?;
-    let result = run_group(&mut client, group).await;
+    let result = match action {
+        ClientAction::Group(group) => run_group(&mut client, group).await,
+        ClientAction::History { group, before, max } => history(&mut client, &group, before, max).await,
+        ClientAction::Inbox => inbox(&mut client).await,
+        _ => unreachable!("directory actions are handled above"),
+    };
     client.session.close().await;
     result
+}
+
+/// Catches up, showing progress on long catch-ups.
+async fn catch_up(client: &mut GroupClient) -> CliResult {
+    let mut shown = false;
+    client
+        .catch_up_all(&mut |what, done, total| {
+            if total > 100 || shown {
+                eprint!("\rcatching up {what}: {done}/{total}   ");
+                shown = true;
+            }
+        })
+        .await?;
+    if shown {
+        eprintln!();
+    }
+    Ok(())
+}
+
+async fn history(client: &mut GroupClient, group: &BareJid, before: Option<String>, max: usize) -> CliResult {
+    let cursor = before.map(Cursor::Before).unwrap_or(Cursor::Last);
+    let page = client.archive_page(&group.clone().into(), &[], max, &cursor, false).await?;
+    for m in &page.stanzas {
+        let id = m.get_child("stanza-id", NS_SID).and_then(|s| s.attr("id")).unwrap_or("?");
+        let device = m.attr("from").and_then(|f| f.split_once('/')).map(|(_, d)| d).unwrap_or("?");
+        let mls = m.get_child("mls", NS);
+        let kind = mls.and_then(|x| x.attr("kind")).unwrap_or("?");
+        let epoch = mls.and_then(|x| x.attr("epoch")).unwrap_or("?");
+        println!("{id}  {device:<14} {kind:<12} epoch {epoch}");
+    }
+    println!("({} of {} items{})", page.stanzas.len(), page.count, if page.complete { ", oldest reached" } else { "" });
+    Ok(())
+}
+
+async fn inbox(client: &mut GroupClient) -> CliResult {
+    let inbox = xmpp_mls::client::directory_jid(client.device().account(), client.service());
+    let page = client.archive_page(&inbox, &[], 100, &Cursor::First, false).await?;
+    for m in &page.stanzas {
+        let id = m.get_child("stanza-id", NS_SID).and_then(|s| s.attr("id")).unwrap_or("?");
+        let what = m
+            .children()
+            .find(|c| c.name() != "stanza-id")
+            .map(|c| match (c.name(), c.attr("group"), c.attr("device")) {
+                ("welcome", Some(g), _) => format!("Welcome to {g}"),
+                (name, _, Some(d)) => format!("{name} (device {d})"),
+                (name, _, _) => name.to_owned(),
+            })
+            .unwrap_or_default();
+        println!("{id}  {what}");
+    }
+    println!("({} entries kept until every device of the account acknowledged them)", page.count);
+    Ok(())
 }
 
 async fn run_directory(ctx: &Context, action: ClientAction) -> CliResult {
@@ -153,11 +222,16 @@ async fn run_directory(ctx: &Context, action: ClientAction) -> CliResult {
         ClientAction::Claim { account, devices, cipher_suite } => {
             claim(ctx, &account, Claim { cipher_suite, devices }).await
         }
-        ClientAction::Group(_) => unreachable!("handled by run"),
+        ClientAction::Group(_) | ClientAction::History { .. } | ClientAction::Inbox => {
+            unreachable!("handled by run")
+        }
     }
 }
 
 async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
+    if !matches!(action, GroupAction::Create) {
+        catch_up(client).await?;
+    }
     match action {
         GroupAction::Create => println!("{}", client.create().await?),
         GroupAction::List => {

@@ -41,4 +41,22 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     assert!(ok && out.starts_with("delivered as "), "{out}");
     let (ok, out) = client(&prosody, dir.path(), "alice", &["group", "list"]);
     assert!(ok && out.trim() == group, "{out}");
+
+    // bob, offline when added, finds the Welcome in his inbox and catches up.
+    prosody.register("bob", "bob");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["device", "init"]);
+    assert!(ok, "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["group", "add", &group, "bob@example.org"]);
+    assert!(ok && out.contains("added; epoch 1"), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["inbox"]);
+    assert!(ok && out.contains(&format!("Welcome to {group}")), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["group", "list"]);
+    assert!(ok && out.trim() == group, "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["group", "send", &group, "hi alice"]);
+    assert!(ok && out.starts_with("delivered as "), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["group", "members", &group]);
+    assert!(ok && out.contains("bob@example.org/"), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "alice", &["history", &group]);
+    assert!(ok && out.contains("(3 of 3 items, oldest reached)"), "{out}");
+    assert_eq!(out.matches(" application ").count(), 2, "{out}");
 }

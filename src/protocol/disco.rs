@@ -6,6 +6,7 @@ use xmpp_parsers::disco::{DiscoInfoResult, DiscoItemsResult, Identity, Item};
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
 
+use super::mam::{NS_MAM, NS_MAM_EXTENDED};
 use super::{devices, keypackages, NS};
 
 pub const PING: &str = "urn:xmpp:ping";
@@ -23,6 +24,8 @@ pub const DIRECTORY_FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-items",
     "http://jabber.org/protocol/pubsub#subscribe",
+    NS_MAM,
+    NS_MAM_EXTENDED,
     NS,
 ];
 
@@ -36,6 +39,8 @@ pub struct AnnouncedLimits {
     pub cipher_suites: Vec<u16>,
     /// Past epochs whose application messages are still accepted.
     pub max_past_epochs: u64,
+    /// Largest page of a MAM query.
+    pub max_page_size: usize,
 }
 
 fn field(var: &str, value: impl ToString) -> Field {
@@ -55,6 +60,7 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             field("max-key-package-lifetime", limits.max_key_package_lifetime),
             suites,
             field("max-past-epochs", limits.max_past_epochs),
+            field("max-page-size", limits.max_page_size),
         ],
     );
     info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])
@@ -81,7 +87,7 @@ pub fn directory_items(directory: Jid) -> DiscoItemsResult {
 }
 
 pub fn group_info() -> DiscoInfoResult {
-    info(identity("conference", "mls", None), &[ns::DISCO_INFO], vec![])
+    info(identity("conference", "mls", None), &[ns::DISCO_INFO, NS_MAM, NS_MAM_EXTENDED], vec![])
 }
 
 fn info(identity: Identity, features: &[&str], extensions: Vec<DataForm>) -> DiscoInfoResult {

@@ -65,6 +65,7 @@ impl Service {
             max_key_package_lifetime: d.max_key_package_lifetime_days * DAY,
             cipher_suites: d.cipher_suites.clone(),
             max_past_epochs: self.config.groups.past_epochs,
+            max_page_size: l.max_page_size,
         }
     }
 }
