@@ -27,6 +27,8 @@ pub struct Config {
     #[serde(default)]
     pub groups: GroupsConfig,
     #[serde(default)]
+    pub history: HistoryConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -142,6 +144,23 @@ pub struct GroupsConfig {
 impl Default for GroupsConfig {
     fn default() -> Self {
         Self { past_epochs: 3 }
+    }
+}
+
+/// Archives: retention and housekeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Application messages older than this are pruned; handshakes too,
+    /// once every member device has acknowledged past them.
+    pub retention_secs: u64,
+    /// How often housekeeping (retention, expiry) runs.
+    pub maintenance_secs: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { retention_secs: 30 * 24 * 3600, maintenance_secs: 60 }
     }
 }
 
@@ -264,6 +283,8 @@ impl Config {
             ("directory.claim_burst", self.directory.claim_burst as u64),
             ("directory.claim_refill_secs", self.directory.claim_refill_secs),
             ("directory.max_subscribers", self.directory.max_subscribers as u64),
+            ("history.retention_secs", self.history.retention_secs),
+            ("history.maintenance_secs", self.history.maintenance_secs),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0"));
@@ -325,12 +346,13 @@ fn schema() -> toml::Table {
         limits: Limits::default(),
         directory: DirectoryConfig::default(),
         groups: GroupsConfig::default(),
+        history: HistoryConfig::default(),
         log: LogConfig::default(),
     };
     toml::Table::try_from(&shape).expect("the default config serialises")
 }
 
-const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "log"];
+const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "history", "log"];
 /// Variables of the CLI that share the prefix but are not config keys.
 const CLI_VARIABLES: &[&str] = &["XMPP_MLS_CONFIG", "XMPP_MLS_PASSWORD"];
 

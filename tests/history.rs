@@ -266,3 +266,61 @@ async fn an_inbox_entry_stays_until_every_live_device_acknowledged_it() {
     phone.session.iq(&inbox, "set", ack(&phone_id)).await.unwrap();
     assert_eq!(entries(&alice.archive_page(&inbox, &[], 100, &Cursor::First, false).await.unwrap()), 0, "all acked");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_from_the_oldest_end_and_a_device_behind_it_recovers() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[history]\nretention_secs = 1\nmaintenance_secs = 1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    let archive = Jid::from(group.clone());
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    alice.send(&group, b"one").await.unwrap();
+    expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    // Both devices acknowledge what they applied; bob goes offline.
+    alice.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    bob.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    bob.session.close().await;
+
+    // A commit nobody offline has acknowledged holds everything after it.
+    alice.update(&group).await.unwrap();
+    for i in 0..3 {
+        alice.send(&group, format!("while bob is away {i}").as_bytes()).await.unwrap();
+    }
+    let held = |c: &Component| {
+        let conn = rusqlite::Connection::open_with_flags(c.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let seqs: Vec<i64> = conn
+            .prepare("SELECT seq FROM archive ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        seqs
+    };
+    assert!(common::wait_until(Duration::from_secs(10), || held(&component).first() == Some(&3)), "{:?}", held(&component));
+    let kept = held(&component);
+    assert_eq!(kept, (3..=kept[kept.len() - 1]).collect::<Vec<_>>(), "pruned from the oldest end, no hole");
+
+    // The commit bob has not acknowledged is the oldest item kept.
+    let page = alice.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(page.stanzas[0].get_child("mls", "urn:xmpp:mls:0").unwrap().attr("kind"), Some("commit"));
+
+    // bob's position (the first message) is gone: he is told, and rejoins
+    // from the latest GroupInfo by external commit.
+    // alice, online, has applied everything the feed brought her.
+    while alice.next_event(Duration::from_millis(300)).await.unwrap().is_some() {}
+    let mut bob = reconnect(&prosody, &dir, "bob", "phone").await;
+    bob.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    // bob's recovery is one external commit: one epoch more than alice had.
+    assert_eq!(bob.epoch(&group).unwrap(), alice.epoch(&group).unwrap() + 1);
+    alice.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    assert_eq!(alice.epoch(&group).unwrap(), bob.epoch(&group).unwrap(), "alice applied bob's external commit");
+    assert_eq!(bob.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap());
+    alice.send(&group, b"welcome back").await.unwrap();
+    let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(got, GroupEvent::Message { body, .. } if body == b"welcome back"));
+}

@@ -609,6 +609,9 @@ impl GroupClient {
         self.groups.insert(id.clone(), g);
         let group = group_jid(&self.service, &id);
         self.device.remember_group(&id, group.as_str(), true).map_err(mls)?;
+        if let Some(commit) = &welcome.commit {
+            self.device.set_last_seen(&id, commit).map_err(mls)?;
+        }
         self.join_feed(&group).await
     }
 
@@ -742,6 +745,9 @@ impl GroupClient {
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);
         self.device.remember_group(&id, group.as_str(), true).map_err(mls)?;
+        // Nothing before our own commit is ours to apply.
+        self.device.set_last_seen(&id, &accepted.stanza_id).map_err(mls)?;
+        self.applied.insert(accepted.stanza_id.clone());
         self.join_feed(group).await?;
         self.after_commit(&id, group).await?;
         Ok(accepted)

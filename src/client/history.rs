@@ -21,6 +21,10 @@ pub struct ArchivePage {
     pub count: usize,
 }
 
+fn is_pruned(e: &xmpp_parsers::stanza_error::StanzaError) -> bool {
+    e.other.as_ref().is_some_and(|a| a.is("history-pruned", crate::protocol::NS_ERRORS))
+}
+
 fn unwrap_result(message: &Element, queryid: &str) -> Option<Element> {
     let result = message.get_child("result", NS_MAM)?;
     if result.attr("queryid") != Some(queryid) {
@@ -107,11 +111,21 @@ impl GroupClient {
     }
 
     /// Applies `group`'s archive after the last item this device applied.
+    /// If retention pruned that item, the device rejoins from the latest
+    /// GroupInfo with an external commit (its old leaf is replaced).
     pub async fn catch_up(&mut self, group: &BareJid, progress: &mut dyn FnMut(&str, usize, usize)) -> Result<(), GroupError> {
         let archive = Jid::from(group.clone());
         let after = self.last_seen(group)?;
         let label = group.to_string();
-        if let Some(id) = self.replay(&archive, after, &mut |d, t| progress(&label, d, t)).await? {
+        let last = match self.replay(&archive, after, &mut |d, t| progress(&label, d, t)).await {
+            Err(GroupError::Client(ClientError::Stanza(e))) if is_pruned(&e) => {
+                tracing::warn!(%group, "history pruned past this device: rejoining by external commit");
+                let accepted = self.join_external(group).await?;
+                Some(accepted.stanza_id)
+            }
+            other => other?,
+        };
+        if let Some(id) = last {
             self.acknowledge(&archive, &id).await?;
         }
         Ok(())

@@ -35,7 +35,8 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let store = Store::open(&config.store)?;
     let positions = store.group_seqs().await?;
     let service = Arc::new(Service::new(config.clone(), store.clone(), positions));
-    let maintenance = tokio::spawn(maintain(service.clone(), shutdown.clone()));
+    let every = Duration::from_secs(config.history.maintenance_secs);
+    let maintenance = tokio::spawn(maintain(service.clone(), every, shutdown.clone()));
     let result = connection_loop(&config, &service, &mut shutdown).await;
     maintenance.abort();
     store.close().await;
@@ -132,8 +133,8 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Periodic housekeeping until shutdown.
-async fn maintain(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+async fn maintain(service: Arc<Service>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => return,
@@ -145,8 +146,6 @@ async fn maintain(service: Arc<Service>, mut shutdown: watch::Receiver<bool>) {
         }
     }
 }
-
-const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// XEP-0199 ping to the server host: any answer proves the stream alive.
 fn keepalive(config: &Config) -> impl Fn() -> Element + Send + 'static {

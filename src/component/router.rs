@@ -141,6 +141,7 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
         E::PayloadTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::PayloadTooBig), None),
         E::UnknownGroup => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::UnknownGroup), None),
         E::NotFound => stanza_error(T::Cancel, C::ItemNotFound, None, None),
+        E::HistoryPruned => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::HistoryPruned), None),
         E::Forbidden => stanza_error(T::Auth, C::Forbidden, None, None),
         E::Limit(a) => stanza_error(T::Modify, C::PolicyViolation, app(*a), None),
         E::KeyInUse => stanza_error(T::Cancel, C::Conflict, app(AppCondition::SignatureKeyInUse), None),

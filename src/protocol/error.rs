@@ -29,6 +29,9 @@ pub enum AppCondition {
     NotAMember,
     /// With `not-acceptable`: the sender has not joined the group's feed.
     NotJoined,
+    /// With `item-not-found`: the archive was pruned; recover from the
+    /// latest GroupInfo with an external commit.
+    HistoryPruned,
 }
 
 impl AppCondition {
@@ -43,6 +46,7 @@ impl AppCondition {
             AppCondition::GroupExists => "group-exists",
             AppCondition::NotAMember => "not-a-member",
             AppCondition::NotJoined => "not-joined",
+            AppCondition::HistoryPruned => "history-pruned",
         }
     }
 

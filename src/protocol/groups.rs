@@ -244,17 +244,24 @@ impl GroupMessage {
     }
 }
 
-/// `<welcome group>`: a Welcome for the account, from its inbox.
+/// `<welcome group commit>`: a Welcome for the account, from its inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
     /// The group JID.
     pub group: String,
+    /// Stanza id of the commit that added the account: where the joiner's
+    /// part of the archive starts (it catches up after it).
+    pub commit: Option<String>,
     pub message: Vec<u8>,
 }
 
 impl Welcome {
     pub fn to_element(&self) -> Element {
-        Element::builder("welcome", NS).attr(n("group"), self.group.as_str()).append(b64_encode(&self.message)).build()
+        let mut b = Element::builder("welcome", NS).attr(n("group"), self.group.as_str());
+        if let Some(c) = &self.commit {
+            b = b.attr(n("commit"), c.as_str());
+        }
+        b.append(b64_encode(&self.message)).build()
     }
 
     pub fn find(stanza: &Element) -> Option<Result<Self, ProtocolError>> {
@@ -262,6 +269,7 @@ impl Welcome {
         Some((|| {
             Ok(Welcome {
                 group: attr(el, "group", "welcome without group")?.to_owned(),
+                commit: el.attr("commit").map(str::to_owned),
                 message: b64_decode(&el.text())?,
             })
         })())

@@ -39,10 +39,18 @@ impl Service {
         }
     }
 
-    /// The archive position of `id`, or item-not-found.
+    /// The archive position of `id`, or item-not-found (with
+    /// history-pruned when the group's archive was pruned: the id may be
+    /// gone, and the device must recover from the latest GroupInfo).
     async fn position(&self, source: &Source, id: &str) -> Result<u64, ServiceError> {
         let found = self.store.positions(source.clone(), vec![id.to_owned()]).await?;
-        found.into_iter().next().flatten().ok_or(ServiceError::NotFound)
+        if let Some(seq) = found.into_iter().next().flatten() {
+            return Ok(seq);
+        }
+        match source {
+            Source::Group(g) if self.store.pruned_through(g.clone()).await? > 0 => Err(ServiceError::HistoryPruned),
+            _ => Err(ServiceError::NotFound),
+        }
     }
 
     pub(super) async fn mam_query(&self, req: &IqRequest) -> Result<Response, ServiceError> {

@@ -38,8 +38,9 @@ pub(super) struct Delivered {
     pub feed: Vec<FeedEntry>,
     /// Devices that left the group with this commit, to take off the feed.
     pub removed: Vec<FeedEntry>,
-    /// The Welcome, and (account, inbox stanza id) for each account it is for.
-    pub welcome: Option<(Vec<u8>, Vec<(String, String)>)>,
+    /// The Welcome as kept in the inboxes, and (account, inbox stanza id)
+    /// for each account it is for.
+    pub welcome: Option<(Element, Vec<(String, String)>)>,
 }
 
 fn rejected(r: Rejection) -> ServiceError {
@@ -179,9 +180,11 @@ fn apply_commit(
     let mut welcome = None;
     if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
         mls::welcome(&w).map_err(ServiceError::InvalidMessage)?;
-        let payload = Welcome { group: group_jid.to_owned(), message: w.clone() }.to_element();
+        let payload =
+            Welcome { group: group_jid.to_owned(), commit: Some(archived.stanza_id.clone()), message: w.clone() }
+                .to_element();
         let inboxes = added.into_iter().map(|a| Ok((tx.inbox(&a, &payload)?, a))).collect::<Result<Vec<_>, ServiceError>>()?;
-        welcome = Some((w, inboxes.into_iter().map(|(id, a)| (a, id)).collect()));
+        welcome = Some((payload, inboxes.into_iter().map(|(id, a)| (a, id)).collect()));
     }
     Ok(Delivered {
         archived,
@@ -321,8 +324,7 @@ impl Service {
         let new_epoch = if d.kind == Kind::Commit { d.epoch + 1 } else { d.epoch };
         let accepted = Accepted { epoch: new_epoch, stanza_id: d.archived.stanza_id.clone() };
         let mut messages = fan_out(&group_jid, &d, Some(&req.id));
-        if let Some((welcome, inboxes)) = &d.welcome {
-            let payload = Welcome { group: group_jid.clone(), message: welcome.clone() }.to_element();
+        if let Some((payload, inboxes)) = &d.welcome {
             for (account, stanza_id) in inboxes {
                 let Ok(account) = BareJid::new(account) else { continue };
                 let from = self.directory_jid(&account);

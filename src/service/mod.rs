@@ -99,6 +99,8 @@ pub enum ServiceError {
     InvalidJid,
     #[error("not subscribed")]
     NotSubscribed,
+    #[error("the archive was pruned past this point")]
+    HistoryPruned,
     #[error("pubsub feature not implemented: {0}")]
     PubsubUnsupported(&'static str),
     #[error("invalid MLS message: {}", .0.reason())]
@@ -145,7 +147,13 @@ impl Service {
     pub async fn maintain(&self) -> Result<(), StoreError> {
         self.claims.retain_recent();
         self.claims.shrink_to_fit();
-        self.store.prune_directory(crate::protocol::now()).await
+        let now = crate::protocol::now();
+        self.store.prune_directory(now).await?;
+        let pruned = self.store.prune_history(now - self.config.history.retention_secs as i64).await?;
+        if pruned > 0 {
+            tracing::info!(pruned, "history retention");
+        }
+        Ok(())
     }
 
     /// Answers one IQ get/set: `Ok(None)` is an empty result. The checks run

@@ -289,3 +289,60 @@ pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[Str
     }
     Ok(())
 }
+
+/// The lowest archive position of `group_id` that retention must keep: an
+/// application message younger than `cutoff`, or a handshake that a member
+/// device has not acknowledged (or that is younger than `cutoff`).
+fn first_kept(c: &Connection, group_id: &[u8], cutoff: i64) -> Result<Option<u64>, StoreError> {
+    // Devices whose keys are leaves; one that never acknowledged holds everything.
+    let min_ack: i64 = c.query_row(
+        "SELECT coalesce(min(coalesce(a.seq, 0)), 0) FROM members m
+         JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
+         LEFT JOIN acks a ON a.scope = m.group_id AND a.account = d.account AND a.device_id = d.device_id
+         WHERE m.group_id = ?1",
+        [group_id],
+        |r| r.get(0),
+    )?;
+    Ok(c.query_row(
+        "SELECT min(seq) FROM archive WHERE group_id = ?1
+           AND (created_at >= ?2 OR (kind <> 'application' AND seq > ?3))",
+        params![group_id, cutoff, min_ack],
+        |r| r.get::<_, Option<i64>>(0),
+    )?
+    .map(|s| s as u64))
+}
+
+impl Store {
+    /// Prunes every group's archive from its oldest end (never leaving a
+    /// hole); returns how many items went.
+    pub async fn prune_history(&self, cutoff: i64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let groups: Vec<(Vec<u8>, i64)> = {
+                let mut st = c.prepare("SELECT group_id, seq FROM groups")?;
+                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut pruned = 0;
+            for (group_id, last) in groups {
+                let keep = first_kept(c, &group_id, cutoff)?.unwrap_or(last as u64 + 1);
+                pruned += c.execute("DELETE FROM archive WHERE group_id = ?1 AND seq < ?2", params![group_id, keep as i64])?;
+                c.execute(
+                    "UPDATE groups SET pruned_seq = max(pruned_seq, ?2) WHERE group_id = ?1",
+                    params![group_id, keep as i64 - 1],
+                )?;
+            }
+            Ok(pruned)
+        })
+        .await
+    }
+
+    /// How far a group's archive has been pruned (0: never).
+    pub async fn pruned_through(&self, group_id: Vec<u8>) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row("SELECT pruned_seq FROM groups WHERE group_id = ?1", [group_id], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0) as u64)
+        })
+        .await
+    }
+}

@@ -112,6 +112,8 @@ const MIGRATIONS: &[M<'static>] = &[
         ) STRICT;
         CREATE INDEX archive_by_time ON archive (group_id, created_at);",
     ),
+    // 5: retention: how far each group's archive has been pruned.
+    M::up("ALTER TABLE groups ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
