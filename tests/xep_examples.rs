@@ -21,6 +21,7 @@ use xmpp_mls::protocol::groups::{
     group_info_element, joined_element, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Proposal,
     Welcome, WrongEpoch,
 };
+use xmpp_mls::protocol::mam::{Ack, MamQuery, NS_MAM};
 use xmpp_mls::protocol::mls::Invalid;
 use xmpp_mls::protocol::notices::Notice;
 use xmpp_mls::protocol::pubsub::{Event, PubsubRequest, NS_EVENT, NS_PUBSUB};
@@ -28,7 +29,8 @@ use xmpp_mls::protocol::{b64_decode, NS, NS_ERRORS};
 
 /// Requests whose replies carry fresh key material (KeyPackageRefs,
 /// packages): checked by the round-trip test, not replayed.
-const NOT_REPLAYED: &[&str] = &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6"];
+const NOT_REPLAYED: &[&str] =
+    &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6", "mam-1", "mam-4", "ack-1"];
 
 #[test]
 fn the_xep_is_well_formed_xml() {
@@ -111,6 +113,11 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
             let invalid = Invalid::ALL.into_iter().find(|i| i.reason() == reason).expect("a known reason");
             same(invalid_message(invalid), "invalid-message")
         }
+        ("ack", NS) => same(Ack::parse(el).expect("ack parses").to_element(), "ack"),
+        ("query", NS_MAM) if parent.is_some_and(|p| p.attr("type") == Some("set")) => {
+            MamQuery::parse(el).expect("MAM query parses");
+            Some("mam query")
+        }
         ("x", NS) => same(joined_element(el.attr("epoch").expect("epoch").parse().unwrap()), "joined"),
         ("pubsub", NS_PUBSUB) if parent.is_some_and(|p| matches!(p.attr("type"), Some("get" | "set"))) => {
             PubsubRequest::try_from(el).expect("pubsub request parses");
@@ -155,6 +162,8 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "wrong-epoch",
         "invalid-message",
         "joined",
+        "ack",
+        "mam query",
     ] {
         assert!(seen.contains_key(kind), "the XEP has no example of {kind}: {seen:?}");
     }

@@ -54,8 +54,8 @@ impl Service {
     }
 
     pub(super) async fn mam_query(&self, req: &IqRequest) -> Result<Response, ServiceError> {
-        let q = MamQuery::parse(&req.payload)?;
         let (source, mut filter, archive) = self.archive_for(&req.address, &req.from.to_bare()).await?;
+        let q = MamQuery::parse(&req.payload)?;
         filter.start = q.start;
         filter.end = q.end;
         if let Some(with) = &q.with {
