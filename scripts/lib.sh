@@ -27,3 +27,12 @@ wait_port() {
     sleep 0.1
   done
 }
+
+# Installs slixmpp (a stock XMPP client library, for the interoperability
+# test) from PyPI into target/py.
+ensure_slixmpp() {
+  target/py/bin/python -c "import slixmpp" 2>/dev/null && return 0
+  echo "Installing slixmpp from PyPI into target/py..." >&2
+  python3 -m venv target/py
+  target/py/bin/pip install --quiet "slixmpp==1.17.0"
+}

@@ -324,3 +324,41 @@ async fn retention_prunes_from_the_oldest_end_and_a_device_behind_it_recovers() 
     let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     assert!(matches!(got, GroupEvent::Message { body, .. } if body == b"welcome back"));
 }
+
+/// slixmpp, installed by scripts/test into target/py (a venv).
+fn slixmpp_python() -> std::path::PathBuf {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
+    assert!(python.exists(), "slixmpp is not installed: run scripts/test, which installs it from PyPI");
+    python
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_xmpp_library_pages_through_a_group_archive() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let group = alice.create().await.unwrap();
+    for i in 0..23 {
+        alice.send(&group, format!("m{i}").as_bytes()).await.unwrap();
+        expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    }
+    let archive = Jid::from(group.clone());
+    let ours = alice.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
+    let expected: Vec<String> = ours
+        .stanzas
+        .iter()
+        .map(|m| m.get_child("stanza-id", "urn:xmpp:sid:0").unwrap().attr("id").unwrap().to_owned())
+        .collect();
+    let out = std::process::Command::new(slixmpp_python())
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/slixmpp_mam.py"))
+        .args(["alice@example.org", "alice", "127.0.0.1", &prosody.c2s_port.to_string(), group.as_str(), "7"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let mut lines = stdout.lines();
+    assert_eq!(lines.next(), Some("23"), "{stdout}");
+    let got: Vec<String> = lines.map(str::to_owned).collect();
+    assert_eq!(got, expected, "slixmpp paged (7 per page) through every item, in order");
+}
