@@ -125,8 +125,48 @@ async fn main() -> Result<()> {
         let m = all[1].1.members(&group).await?;
         m.iter().map(|(a, d)| format!("{a}/{d}")).collect::<Vec<_>>().join(", ")
     });
+
+    println!("\nalice's phone goes offline; bob and alice's laptop go on, and bob renews his keys:");
+    let (_, phone) = all.remove(1);
+    let phone_state = phone.device().id().to_owned();
+    phone.session.close().await;
+    all[1].1.send(&group, b"Is alice's phone still with us?").await?;
+    all[0].1.send(&group, b"It will read this later.").await?;
+    show(&mut all[..2], 2).await?;
+    let a = all[1].1.update(&group).await?;
+    println!("  epoch {} while the phone is away", a.epoch);
+    all[0].1.send(&group, b"Even after a new epoch.").await?;
+    show(&mut all[..2], 1).await?;
+
+    println!("\nthe phone comes back and catches up from the archive (XEP-0313):");
+    let mut phone = reconnect(server, &service, dir.path(), "alice", "phone").await?;
+    assert_eq!(phone.device().id(), phone_state);
+    phone.catch_up_all(&mut |what, done, total| println!("  {what}: {done}/{total} archived items")).await?;
+    while let Some(e) = phone.next_event(Duration::from_millis(500)).await? {
+        match e {
+            GroupEvent::Message { account, body, .. } => {
+                println!("    alice/phone    got from {account}: {}", String::from_utf8_lossy(&body))
+            }
+            GroupEvent::Epoch { epoch, .. } => println!("    alice/phone    applied the commit of epoch {epoch}"),
+            _ => {}
+        }
+    }
+    println!("  epoch checks agree: {}", phone.epoch_check(&group)? == all[0].1.epoch_check(&group)?);
+    phone.session.close().await;
     for (_, d) in all {
         d.session.close().await;
     }
     Ok(())
+}
+
+/// A device back online from its state file.
+async fn reconnect(server: &str, service: &Jid, dir: &std::path::Path, user: &str, resource: &str) -> Result<GroupClient> {
+    let domain = service.domain().as_str().split_once('.').map(|(_, d)| d).unwrap_or("example.org");
+    let account = BareJid::new(&format!("{user}@{domain}"))?;
+    let mut opts = ConnectOptions::new(account.clone(), format!("{user}-password"));
+    opts.server = Some(server.to_owned());
+    opts.resource = Some(resource.to_owned());
+    let session = Session::connect(opts).await?;
+    let device = Device::open(&dir.join(format!("{user}-{resource}.sqlite3")), &account)?;
+    Ok(GroupClient::start(session, device, service.clone()).await?)
 }
