@@ -362,3 +362,65 @@ async fn a_standard_xmpp_library_pages_through_a_group_archive() {
     let got: Vec<String> = lines.map(str::to_owned).collect();
     assert_eq!(got, expected, "slixmpp paged (7 per page) through every item, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_metadata_and_the_exact_shape_of_results() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    let archive = Jid::from(group.clone());
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap(); // commit, epoch 0
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    alice.send(&group, b"a1").await.unwrap(); // epoch 1
+    expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    bob.send(&group, b"b1").await.unwrap(); // epoch 1
+    expect(&mut alice, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    bob.update(&group).await.unwrap(); // commit, epoch 1
+    expect(&mut alice, "bob's commit", |e| matches!(e, GroupEvent::Epoch { epoch: 2, .. })).await;
+    alice.send(&group, b"a2").await.unwrap(); // epoch 2
+    expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+
+    let all = alice.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(all.count, 5);
+    let id = |m: &minidom::Element| m.get_child("stanza-id", "urn:xmpp:sid:0").unwrap().attr("id").unwrap().to_owned();
+    let kinds = |p: &xmpp_mls::client::ArchivePage| {
+        p.stanzas.iter().map(|m| m.get_child("mls", "urn:xmpp:mls:0").unwrap().attr("kind").unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    // Each result: from group/<device>, groupchat, exactly one stanza-id.
+    for m in &all.stanzas {
+        assert!(m.attr("from").unwrap().starts_with(&format!("{group}/")));
+        assert_eq!(m.attr("type"), Some("groupchat"));
+        assert_eq!(m.children().filter(|c| c.is("stanza-id", "urn:xmpp:sid:0")).count(), 1);
+    }
+    let handshakes = alice.archive_page(&archive, &[("urn:xmpp:mls:0#kind", "handshake")], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(kinds(&handshakes), ["commit", "commit"]);
+    let epoch1 = alice
+        .archive_page(&archive, &[("urn:xmpp:mls:0#epoch-from", "1"), ("urn:xmpp:mls:0#epoch-to", "1")], 100, &Cursor::First, false)
+        .await
+        .unwrap();
+    assert_eq!(kinds(&epoch1), ["application", "application", "commit"]);
+    let bob_device = format!("{group}/{}", bob.device().id());
+    let from_bob = alice.archive_page(&archive, &[("with", &bob_device)], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(kinds(&from_bob), ["application", "commit"]);
+    let picked = alice.archive_page(&archive, &[("ids", &id(&all.stanzas[3]))], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(picked.stanzas.iter().map(id).collect::<Vec<_>>(), vec![id(&all.stanzas[3])]);
+    let future = alice.archive_page(&archive, &[("start", "2099-01-01T00:00:00Z")], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!((future.count, future.complete), (0, true));
+    let past = alice.archive_page(&archive, &[("end", "2000-01-01T00:00:00Z")], 100, &Cursor::First, false).await.unwrap();
+    assert_eq!(past.count, 0);
+    let unknown = alice.archive_page(&archive, &[("colour", "blue")], 100, &Cursor::First, false).await.err().unwrap();
+    assert!(format!("{unknown}").contains("bad-request"), "{unknown}");
+
+    // #extended metadata: first and last item.
+    let meta = alice
+        .session
+        .iq(&archive, "get", minidom::Element::builder("metadata", "urn:xmpp:mam:2").build())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meta.get_child("start", "urn:xmpp:mam:2").unwrap().attr("id"), Some(id(&all.stanzas[0]).as_str()));
+    assert_eq!(meta.get_child("end", "urn:xmpp:mam:2").unwrap().attr("id"), Some(id(&all.stanzas[4]).as_str()));
+}
