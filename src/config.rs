@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default)]
     pub history: HistoryConfig,
     #[serde(default)]
+    pub vault: VaultConfig,
+    #[serde(default)]
     pub log: LogConfig,
 }
 
@@ -164,6 +166,24 @@ impl Default for HistoryConfig {
     }
 }
 
+/// The vault: client-encrypted blobs per account (advertised in disco).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VaultConfig {
+    /// Largest blob; keep it below limits.max_payload_size.
+    pub max_blob_size: usize,
+    /// Bytes one account may keep.
+    pub quota_bytes: usize,
+    /// Blobs one account may keep.
+    pub max_blobs: usize,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        Self { max_blob_size: 160 * 1024, quota_bytes: 64 * 1024 * 1024, max_blobs: 4096 }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -285,6 +305,9 @@ impl Config {
             ("directory.max_subscribers", self.directory.max_subscribers as u64),
             ("history.retention_secs", self.history.retention_secs),
             ("history.maintenance_secs", self.history.maintenance_secs),
+            ("vault.max_blob_size", self.vault.max_blob_size as u64),
+            ("vault.quota_bytes", self.vault.quota_bytes as u64),
+            ("vault.max_blobs", self.vault.max_blobs as u64),
         ] {
             if v == 0 {
                 return Err(err(key, "must be greater than 0"));
@@ -347,12 +370,13 @@ fn schema() -> toml::Table {
         directory: DirectoryConfig::default(),
         groups: GroupsConfig::default(),
         history: HistoryConfig::default(),
+        vault: VaultConfig::default(),
         log: LogConfig::default(),
     };
     toml::Table::try_from(&shape).expect("the default config serialises")
 }
 
-const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "history", "log"];
+const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "history", "vault", "log"];
 /// Variables of the CLI that share the prefix but are not config keys.
 const CLI_VARIABLES: &[&str] = &["XMPP_MLS_CONFIG", "XMPP_MLS_PASSWORD"];
 

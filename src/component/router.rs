@@ -13,6 +13,7 @@ use crate::protocol::address::Address;
 use crate::protocol::error::{invalid_message, pubsub_condition, rate_limited, stanza_error, AppCondition};
 use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
+use crate::protocol::vault::version_mismatch;
 use crate::protocol::ProtocolError;
 use crate::service::{IqKind, IqRequest, Response, Service, ServiceError};
 use crate::xmpp::namespace::CLIENT;
@@ -141,6 +142,9 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
         E::PayloadTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::PayloadTooBig), None),
         E::UnknownGroup => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::UnknownGroup), None),
         E::NotFound => stanza_error(T::Cancel, C::ItemNotFound, None, None),
+        E::VersionMismatch { current } => {
+            stanza_error(T::Cancel, C::Conflict, Some(version_mismatch(*current)), None)
+        }
         E::HistoryPruned => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::HistoryPruned), None),
         E::Forbidden => stanza_error(T::Auth, C::Forbidden, None, None),
         E::Limit(a) => stanza_error(T::Modify, C::PolicyViolation, app(*a), None),

@@ -14,7 +14,9 @@ const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 
 /// Features of the service JID: exactly what is implemented.
 pub const SERVICE_FEATURES: &[&str] =
-    &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS, devices::NODE, keypackages::NODE, PING];
+    &[ns::DISCO_INFO, ns::DISCO_ITEMS, NS, devices::NODE, keypackages::NODE, VAULT, PING];
+/// The vault at directory JIDs (xep/ §Vault).
+pub const VAULT: &str = "urn:xmpp:mls:0:vault";
 /// Features of an account's directory JID: the XEP-0060 subset it speaks.
 pub const DIRECTORY_FEATURES: &[&str] = &[
     ns::DISCO_INFO,
@@ -41,6 +43,8 @@ pub struct AnnouncedLimits {
     pub max_past_epochs: u64,
     /// Largest page of a MAM query.
     pub max_page_size: usize,
+    pub max_vault_blob_size: usize,
+    pub vault_quota: usize,
 }
 
 fn field(var: &str, value: impl ToString) -> Field {
@@ -61,6 +65,8 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             suites,
             field("max-past-epochs", limits.max_past_epochs),
             field("max-page-size", limits.max_page_size),
+            field("max-vault-blob-size", limits.max_vault_blob_size),
+            field("vault-quota", limits.vault_quota),
         ],
     );
     info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])

@@ -32,6 +32,12 @@ pub enum AppCondition {
     /// With `item-not-found`: the archive was pruned; recover from the
     /// latest GroupInfo with an external commit.
     HistoryPruned,
+    /// With `policy-violation`: a vault blob larger than max-vault-blob-size.
+    BlobTooBig,
+    /// With `policy-violation`: the account's vault quota would be exceeded.
+    QuotaExceeded,
+    /// With `policy-violation`: the account has the maximum of vault blobs.
+    TooManyBlobs,
 }
 
 impl AppCondition {
@@ -47,6 +53,9 @@ impl AppCondition {
             AppCondition::NotAMember => "not-a-member",
             AppCondition::NotJoined => "not-joined",
             AppCondition::HistoryPruned => "history-pruned",
+            AppCondition::BlobTooBig => "blob-too-big",
+            AppCondition::QuotaExceeded => "quota-exceeded",
+            AppCondition::TooManyBlobs => "too-many-blobs",
         }
     }
 

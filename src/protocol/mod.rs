@@ -11,6 +11,7 @@ pub mod mam;
 pub mod mls;
 pub mod notices;
 pub mod pubsub;
+pub mod vault;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

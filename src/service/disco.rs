@@ -66,6 +66,8 @@ impl Service {
             cipher_suites: d.cipher_suites.clone(),
             max_past_epochs: self.config.groups.past_epochs,
             max_page_size: l.max_page_size,
+            max_vault_blob_size: self.config.vault.max_blob_size,
+            vault_quota: self.config.vault.quota_bytes,
         }
     }
 }

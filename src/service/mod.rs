@@ -10,6 +10,7 @@ mod groups;
 mod keypackages;
 mod order;
 mod pubsub;
+mod vault;
 
 pub use order::Order;
 
@@ -99,6 +100,8 @@ pub enum ServiceError {
     InvalidJid,
     #[error("not subscribed")]
     NotSubscribed,
+    #[error("the vault item is at version {current}")]
+    VersionMismatch { current: u64 },
     #[error("the archive was pruned past this point")]
     HistoryPruned,
     #[error("pubsub feature not implemented: {0}")]
@@ -183,6 +186,10 @@ impl Service {
             (IqKind::Get, "query", NS_MAM) => self.mam_form(req).await,
             (IqKind::Get, "metadata", NS_MAM) => self.mam_metadata(req).await,
             (IqKind::Set, "ack", NS) => self.ack(req).await,
+            (_, "vault", NS) => match address {
+                Address::Directory(account) => self.vault(req, account).await,
+                _ => Err(ServiceError::Unsupported),
+            },
             (kind, name @ ("create" | "commit" | "proposal" | "group-info"), NS) => {
                 let Address::Group(group_id) = address else { return Err(ServiceError::Unsupported) };
                 match (kind, name) {

@@ -15,12 +15,14 @@ mod keypackages;
 pub mod local;
 pub mod mls;
 mod schema;
+mod vault;
 
 pub use archive::{Filter, Item, Page, PageStart, Source};
 pub use devices::DevicePublish;
 pub use groups::{AppendOutcome, Archived, FeedEntry, GroupState, GroupTx, Member};
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
+pub use vault::{VaultLimits, VaultWrite};
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

@@ -114,6 +114,17 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // 5: retention: how far each group's archive has been pruned.
     M::up("ALTER TABLE groups ADD COLUMN pruned_seq INTEGER NOT NULL DEFAULT 0;"),
+    // 6: the vault: opaque, client-encrypted blobs per account.
+    M::up(
+        "CREATE TABLE vault (
+            account    TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            version    INTEGER NOT NULL,
+            data       BLOB NOT NULL,
+            updated_at INTEGER NOT NULL,
+            PRIMARY KEY (account, name)
+        ) STRICT;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
