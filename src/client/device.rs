@@ -63,6 +63,7 @@ impl OpenMlsProvider for DeviceProvider {
 }
 
 pub struct Device {
+    path: std::path::PathBuf,
     account: BareJid,
     record: DeviceRecord,
     signer: SignatureKeyPair,
@@ -89,7 +90,7 @@ impl Device {
             label,
         };
         local.save_device(&record, now())?;
-        Ok(Self { account, record, signer, provider, local })
+        Ok(Self { path: path.to_owned(), account, record, signer, provider, local })
     }
 
     /// Opens the device kept in `path`, which must belong to `account`.
@@ -106,7 +107,12 @@ impl Device {
         let provider = open_provider(path)?;
         let signer = SignatureKeyPair::read(provider.storage(), &record.signature_key, SignatureScheme::ED25519)
             .ok_or_else(|| DeviceError::Storage("signature key missing".into()))?;
-        Ok(Self { account: account.clone(), record, signer, provider, local })
+        Ok(Self { path: path.to_owned(), account: account.clone(), record, signer, provider, local })
+    }
+
+    /// A consistent copy of the device's state file.
+    pub fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
+        Ok(self.local.snapshot(&self.path.with_extension("snapshot"))?)
     }
 
     pub fn id(&self) -> &str {

@@ -7,6 +7,7 @@ mod groups;
 mod history;
 mod keypackages;
 mod session;
+mod vault;
 
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
@@ -14,3 +15,4 @@ pub use groups::{GroupClient, GroupError, GroupEvent};
 pub use history::ArchivePage;
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
+pub use vault::{backed_up_devices, backup_device, restore_device, KdfParams, Vault, VaultError, KEYS};

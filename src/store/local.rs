@@ -106,6 +106,16 @@ impl LocalStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// A consistent copy of the whole device file (openmls' tables
+    /// included), for a backup.
+    pub fn snapshot(&self, scratch: &Path) -> Result<Vec<u8>, StoreError> {
+        let _ = std::fs::remove_file(scratch);
+        self.conn.execute("VACUUM INTO ?1", [scratch.to_string_lossy()])?;
+        let bytes = std::fs::read(scratch)?;
+        std::fs::remove_file(scratch)?;
+        Ok(bytes)
+    }
+
     /// The current last-resort package's reference and creation time.
     pub fn last_resort(&self) -> Result<Option<(String, i64)>, StoreError> {
         Ok(self

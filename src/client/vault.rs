@@ -1,0 +1,381 @@
+//! The vault on the client (xep/ §Vault): everything the service stores is
+//! sealed here first. A key-encryption key is derived from the passphrase
+//! with Argon2id (salt and parameters kept beside the wrapped keys); it
+//! wraps random data keys; every blob is sealed with XChaCha20-Poly1305
+//! under the current data key, its associated data binding the account,
+//! the blob's name and its version. Changing the passphrase rewraps the data
+//! keys only; rotating adds a data key and re-seals every blob.
+
+use argon2::{Algorithm, Argon2, Params, Version};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use xmpp_parsers::jid::{BareJid, Jid};
+
+use super::devices::directory_jid;
+use super::session::{ClientError, Session};
+use crate::protocol::vault::{parse_vault_result, parse_version_mismatch, VaultItem, VaultRequest};
+
+/// The record of the wrapped data keys.
+pub const KEYS: &str = "keys";
+const KEYS_MAGIC: &[u8; 4] = b"XMK1";
+const BLOB_MAGIC: &[u8; 4] = b"XMB1";
+const NONCE: usize = 24;
+const KEY: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    #[error("the vault is not set up: run `vault init`")]
+    NotInitialised,
+    #[error("the vault is set up already")]
+    Exists,
+    #[error("blob {0} does not open: tampered with, or from another account or version")]
+    Corrupt(String),
+    #[error("{0} changed meanwhile (now version {1}); read it again")]
+    Conflict(String, u64),
+    #[error("key derivation: {0}")]
+    Kdf(String),
+}
+
+/// Argon2id cost: memory in KiB, passes, lanes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KdfParams {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes: affordable on a phone, costly to guess at scale.
+    fn default() -> Self {
+        KdfParams { m_kib: 64 * 1024, t: 3, p: 1 }
+    }
+}
+
+/// The unwrapped key ring: data keys by id, and which one seals new blobs.
+struct KeyRing {
+    params: KdfParams,
+    salt: [u8; 16],
+    current: u32,
+    keys: Vec<(u32, [u8; KEY])>,
+}
+
+fn kek(passphrase: &str, salt: &[u8; 16], p: KdfParams) -> Result<[u8; KEY], VaultError> {
+    let params = Params::new(p.m_kib, p.t, p.p, Some(KEY)).map_err(|e| VaultError::Kdf(e.to_string()))?;
+    let mut out = [0u8; KEY];
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
+        .map_err(|e| VaultError::Kdf(e.to_string()))?;
+    Ok(out)
+}
+
+fn seal(key: &[u8; KEY], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let nonce: [u8; NONCE] = rand::random();
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad }).expect("in-memory encryption");
+    [nonce.as_slice(), &ct].concat()
+}
+
+fn open(key: &[u8; KEY], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    let (nonce, ct) = (sealed.get(..NONCE)?, sealed.get(NONCE..)?);
+    XChaCha20Poly1305::new(key.into()).decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
+}
+
+fn keys_aad(account: &BareJid) -> Vec<u8> {
+    [b"xmpp-mls vault keys v1\0".as_slice(), account.as_str().as_bytes()].concat()
+}
+
+fn blob_aad(account: &BareJid, name: &str, version: u64) -> Vec<u8> {
+    [
+        b"xmpp-mls vault blob v1\0".as_slice(),
+        account.as_str().as_bytes(),
+        b"\0",
+        name.as_bytes(),
+        b"\0",
+        &version.to_be_bytes(),
+    ]
+    .concat()
+}
+
+impl KeyRing {
+    /// `XMK1 | m t p | salt | current | n | (id, sealed key)*`, each sealed
+    /// key bound to the account.
+    fn encode(&self, passphrase: &str, account: &BareJid) -> Result<Vec<u8>, VaultError> {
+        let kek = kek(passphrase, &self.salt, self.params)?;
+        let mut out = KEYS_MAGIC.to_vec();
+        for v in [self.params.m_kib, self.params.t, self.params.p] {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out.extend_from_slice(&self.salt);
+        out.extend_from_slice(&self.current.to_be_bytes());
+        out.extend_from_slice(&(self.keys.len() as u16).to_be_bytes());
+        for (id, key) in &self.keys {
+            out.extend_from_slice(&id.to_be_bytes());
+            out.extend_from_slice(&seal(&kek, &keys_aad(account), key));
+        }
+        Ok(out)
+    }
+
+    fn decode(bytes: &[u8], passphrase: &str, account: &BareJid) -> Result<Self, VaultError> {
+        let corrupt = || VaultError::Corrupt(KEYS.into());
+        let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
+        if bytes.get(..4) != Some(KEYS_MAGIC) {
+            return Err(corrupt());
+        }
+        let params = KdfParams { m_kib: u32_at(4).ok_or_else(corrupt)?, t: u32_at(8).ok_or_else(corrupt)?, p: u32_at(12).ok_or_else(corrupt)? };
+        let salt: [u8; 16] = bytes.get(16..32).ok_or_else(corrupt)?.try_into().expect("16 bytes");
+        let current = u32_at(32).ok_or_else(corrupt)?;
+        let n = u16::from_be_bytes(bytes.get(36..38).ok_or_else(corrupt)?.try_into().expect("2 bytes"));
+        let kek = kek(passphrase, &salt, params)?;
+        let entry = 4 + NONCE + KEY + 16;
+        let mut keys = Vec::new();
+        for i in 0..n as usize {
+            let at = 38 + i * entry;
+            let id = u32_at(at).ok_or_else(corrupt)?;
+            let sealed = bytes.get(at + 4..at + entry).ok_or_else(corrupt)?;
+            let key = open(&kek, &keys_aad(account), sealed).ok_or(VaultError::WrongPassphrase)?;
+            keys.push((id, key.try_into().map_err(|_| corrupt())?));
+        }
+        Ok(KeyRing { params, salt, current, keys })
+    }
+
+    fn key(&self, id: u32) -> Option<&[u8; KEY]> {
+        self.keys.iter().find(|(i, _)| *i == id).map(|(_, k)| k)
+    }
+}
+
+/// An open vault: the account's keys, unwrapped.
+pub struct Vault {
+    account: BareJid,
+    at: Jid,
+    ring: KeyRing,
+    keys_version: u64,
+}
+
+fn vault_error(e: ClientError, name: &str) -> VaultError {
+    match &e {
+        ClientError::Stanza(s) => match s.other.as_ref().and_then(parse_version_mismatch) {
+            Some(current) => VaultError::Conflict(name.to_owned(), current),
+            None => VaultError::Client(e),
+        },
+        _ => VaultError::Client(e),
+    }
+}
+
+async fn request(session: &Session, at: &Jid, req: VaultRequest) -> Result<Vec<VaultItem>, ClientError> {
+    let type_ = if matches!(req, VaultRequest::Get { .. } | VaultRequest::List) { "get" } else { "set" };
+    let reply = session.iq(at, type_, req.to_element()).await?;
+    match reply {
+        Some(el) => parse_vault_result(&el).map(|(items, _)| items).map_err(|e| ClientError::Malformed(e.to_string())),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// A blob's current version and data (None: absent).
+async fn fetch(session: &Session, at: &Jid, name: &str) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+    match request(session, at, VaultRequest::Get { name: name.to_owned() }).await {
+        Ok(items) => Ok(items.into_iter().next().and_then(|i| Some((i.version, i.data?)))),
+        Err(ClientError::Stanza(e))
+            if e.defined_condition == xmpp_parsers::stanza_error::DefinedCondition::ItemNotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Vault {
+    /// Sets the account's vault up: a first data key, wrapped under the passphrase.
+    pub async fn create(session: &Session, service: &Jid, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
+        let account = session.jid().to_bare();
+        let at = directory_jid(&account, service);
+        let ring = KeyRing { params, salt: rand::random(), current: 1, keys: vec![(1, rand::random())] };
+        let data = ring.encode(passphrase, &account)?;
+        let put = VaultRequest::Put { name: KEYS.into(), if_version: 0, data };
+        request(session, &at, put).await.map_err(|e| match vault_error(e, KEYS) {
+            VaultError::Conflict(..) => VaultError::Exists,
+            other => other,
+        })?;
+        Ok(Vault { account, at, ring, keys_version: 1 })
+    }
+
+    /// Opens the vault; a wrong passphrase fails without changing anything.
+    pub async fn open(session: &Session, service: &Jid, passphrase: &str) -> Result<Self, VaultError> {
+        let account = session.jid().to_bare();
+        let at = directory_jid(&account, service);
+        let (version, data) = fetch(session, &at, KEYS).await?.ok_or(VaultError::NotInitialised)?;
+        let ring = KeyRing::decode(&data, passphrase, &account)?;
+        Ok(Vault { account, at, ring, keys_version: version })
+    }
+
+    /// Seals and stores `plaintext` under `name`, replacing version
+    /// `if_version` (0: new); returns the new version.
+    pub async fn put(&self, session: &Session, name: &str, if_version: u64, plaintext: &[u8]) -> Result<u64, VaultError> {
+        let key = self.ring.key(self.ring.current).expect("the current key is in the ring");
+        let mut data = BLOB_MAGIC.to_vec();
+        data.extend_from_slice(&self.ring.current.to_be_bytes());
+        data.extend_from_slice(&seal(key, &blob_aad(&self.account, name, if_version + 1), plaintext));
+        let put = VaultRequest::Put { name: name.to_owned(), if_version, data };
+        let items = request(session, &self.at, put).await.map_err(|e| vault_error(e, name))?;
+        Ok(items.first().map_or(if_version + 1, |i| i.version))
+    }
+
+    /// Stores `plaintext` under `name` whatever its current version.
+    pub async fn put_latest(&self, session: &Session, name: &str, plaintext: &[u8]) -> Result<u64, VaultError> {
+        let current = fetch(session, &self.at, name).await?.map_or(0, |(v, _)| v);
+        self.put(session, name, current, plaintext).await
+    }
+
+    /// The blob's version and plaintext (None: absent).
+    pub async fn get(&self, session: &Session, name: &str) -> Result<Option<(u64, Vec<u8>)>, VaultError> {
+        let Some((version, data)) = fetch(session, &self.at, name).await? else { return Ok(None) };
+        let corrupt = || VaultError::Corrupt(name.to_owned());
+        if data.get(..4) != Some(BLOB_MAGIC) {
+            return Err(corrupt());
+        }
+        let id = u32::from_be_bytes(data.get(4..8).ok_or_else(corrupt)?.try_into().expect("4 bytes"));
+        let key = self.ring.key(id).ok_or_else(corrupt)?;
+        let plaintext = open(key, &blob_aad(&self.account, name, version), &data[8..]).ok_or_else(corrupt)?;
+        Ok(Some((version, plaintext)))
+    }
+
+    /// Names and versions of the blobs (the key record excluded).
+    pub async fn list(&self, session: &Session) -> Result<Vec<(String, u64)>, VaultError> {
+        let items = request(session, &self.at, VaultRequest::List).await?;
+        Ok(items.into_iter().filter(|i| i.name != KEYS).map(|i| (i.name, i.version)).collect())
+    }
+
+    pub async fn delete(&self, session: &Session, name: &str, if_version: u64) -> Result<(), VaultError> {
+        let delete = VaultRequest::Delete { name: name.to_owned(), if_version };
+        request(session, &self.at, delete).await.map_err(|e| vault_error(e, name))?;
+        Ok(())
+    }
+
+    /// Rewraps the data keys under a new passphrase: one write, whatever the
+    /// vault's size. Fails (changing nothing) if the keys changed meanwhile.
+    pub async fn change_passphrase(&mut self, session: &Session, new: &str, params: KdfParams) -> Result<(), VaultError> {
+        let ring = KeyRing { params, salt: rand::random(), current: self.ring.current, keys: self.ring.keys.clone() };
+        self.write_keys(session, ring, new).await
+    }
+
+    /// A new data key for new blobs, then every blob re-sealed under it,
+    /// then the old keys dropped; a crash in between loses nothing (blobs
+    /// name their key, and the ring keeps old keys until the end).
+    pub async fn rotate(&mut self, session: &Session, passphrase: &str) -> Result<(), VaultError> {
+        let next = self.ring.keys.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
+        let mut keys = self.ring.keys.clone();
+        keys.push((next, rand::random()));
+        let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
+        self.write_keys(session, ring, passphrase).await?;
+        for (name, _) in self.list(session).await? {
+            if let Some((version, plaintext)) = self.get(session, &name).await? {
+                self.put(session, &name, version, &plaintext).await?;
+            }
+        }
+        let keys = self.ring.keys.iter().filter(|(i, _)| *i == next).cloned().collect();
+        let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
+        self.write_keys(session, ring, passphrase).await
+    }
+
+    async fn write_keys(&mut self, session: &Session, ring: KeyRing, passphrase: &str) -> Result<(), VaultError> {
+        let data = ring.encode(passphrase, &self.account)?;
+        let put = VaultRequest::Put { name: KEYS.into(), if_version: self.keys_version, data };
+        let items = request(session, &self.at, put).await.map_err(|e| vault_error(e, KEYS))?;
+        self.keys_version = items.first().map_or(self.keys_version + 1, |i| i.version);
+        self.ring = ring;
+        Ok(())
+    }
+
+    /// Data keys in the ring (1 except during a rotation).
+    pub fn key_count(&self) -> usize {
+        self.ring.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
+
+    #[test]
+    fn key_ring_round_trip_and_wrong_passphrase() {
+        let account = BareJid::new("alice@example.org").unwrap();
+        let ring = KeyRing { params: FAST, salt: [3; 16], current: 2, keys: vec![(1, [1; 32]), (2, [2; 32])] };
+        let bytes = ring.encode("right", &account).unwrap();
+        let back = KeyRing::decode(&bytes, "right", &account).unwrap();
+        assert_eq!((back.current, back.keys.clone()), (2, ring.keys.clone()));
+        assert!(matches!(KeyRing::decode(&bytes, "wrong", &account), Err(VaultError::WrongPassphrase)));
+        let bob = BareJid::new("bob@example.org").unwrap();
+        assert!(KeyRing::decode(&bytes, "right", &bob).is_err(), "bound to the account");
+    }
+
+    #[test]
+    fn blobs_are_bound_to_account_name_and_version() {
+        let account = BareJid::new("alice@example.org").unwrap();
+        let key = [9u8; 32];
+        let sealed = seal(&key, &blob_aad(&account, "a", 1), b"secret");
+        assert_eq!(open(&key, &blob_aad(&account, "a", 1), &sealed).unwrap(), b"secret");
+        assert!(open(&key, &blob_aad(&account, "b", 1), &sealed).is_none());
+        assert!(open(&key, &blob_aad(&account, "a", 2), &sealed).is_none());
+    }
+}
+
+/// Largest chunk of a device backup (below the service's blob limit).
+const CHUNK: usize = 120 * 1024;
+
+fn manifest_name(device_id: &str) -> String {
+    format!("device/{device_id}/manifest")
+}
+
+/// Backs the device's whole state up (its key, its KeyPackages' private
+/// keys, its groups): a zstd-compressed copy of its file, sealed in chunks,
+/// then a manifest naming their count, size and SHA-256.
+pub async fn backup_device(vault: &Vault, session: &Session, device: &super::Device) -> Result<usize, VaultError> {
+    use sha2::{Digest, Sha256};
+    let snapshot = device.snapshot().map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let packed = zstd::encode_all(snapshot.as_slice(), 9).map_err(|e| VaultError::Corrupt(e.to_string()))?;
+    let chunks: Vec<&[u8]> = packed.chunks(CHUNK).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        vault.put_latest(session, &format!("device/{}/{i}", device.id()), chunk).await?;
+    }
+    let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(&packed));
+    let manifest = format!("{}\n{}\n{hash}", chunks.len(), packed.len());
+    vault.put_latest(session, &manifest_name(device.id()), manifest.as_bytes()).await?;
+    Ok(packed.len())
+}
+
+/// The devices with a backup in the vault.
+pub async fn backed_up_devices(vault: &Vault, session: &Session) -> Result<Vec<String>, VaultError> {
+    let names = vault.list(session).await?;
+    Ok(names
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix("device/")?.strip_suffix("/manifest").map(str::to_owned))
+        .collect())
+}
+
+/// Writes the backed-up state of `device_id` to `path` (which must not
+/// exist); open it with [`super::Device::open`] and catch up.
+pub async fn restore_device(vault: &Vault, session: &Session, device_id: &str, path: &std::path::Path) -> Result<(), VaultError> {
+    use sha2::{Digest, Sha256};
+    let corrupt = || VaultError::Corrupt(manifest_name(device_id));
+    let (_, manifest) = vault.get(session, &manifest_name(device_id)).await?.ok_or_else(corrupt)?;
+    let manifest = String::from_utf8(manifest).map_err(|_| corrupt())?;
+    let mut lines = manifest.lines();
+    let count: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(corrupt)?;
+    let _size: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(corrupt)?;
+    let hash = lines.next().ok_or_else(corrupt)?;
+    let mut packed = Vec::new();
+    for i in 0..count {
+        let (_, chunk) = vault.get(session, &format!("device/{device_id}/{i}")).await?.ok_or_else(corrupt)?;
+        packed.extend_from_slice(&chunk);
+    }
+    if data_encoding::HEXLOWER.encode(&Sha256::digest(&packed)) != hash {
+        return Err(corrupt());
+    }
+    let snapshot = zstd::decode_all(packed.as_slice()).map_err(|_| corrupt())?;
+    std::fs::write(path, snapshot).map_err(|e| VaultError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,183 @@
+//! The vault end to end through Prosody: compare-and-swap blobs, quotas,
+//! owner-only access, passphrases, and recovery of a wiped device.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Component, Prosody, COMPONENT};
+use xmpp_mls::client::{
+    backed_up_devices, backup_device, restore_device, ClientError, ConnectOptions, Device, GroupClient, GroupEvent,
+    KdfParams, Session, Vault, VaultError,
+};
+use xmpp_mls::protocol::vault::VaultRequest;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
+
+fn service() -> Jid {
+    Jid::new(COMPONENT).unwrap()
+}
+
+fn bare(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
+}
+
+async fn login(prosody: &Prosody, user: &str, resource: &str) -> Session {
+    prosody.register(user, user);
+    let mut opts = ConnectOptions::new(bare(&format!("{user}@example.org")), user);
+    opts.server = Some(format!("127.0.0.1:{}", prosody.c2s_port));
+    opts.resource = Some(resource.to_owned());
+    Session::connect(opts).await.unwrap()
+}
+
+fn condition(e: VaultError) -> (DefinedCondition, Option<String>) {
+    match e {
+        VaultError::Client(ClientError::Stanza(s)) => (s.defined_condition, s.other.map(|o| o.name().to_owned())),
+        other => panic!("expected a stanza error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_compare_and_swap_within_quota_for_their_owner_only() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "[vault]\nmax_blob_size = 1000\nquota_bytes = 3000\nmax_blobs = 4");
+    let alice = login(&prosody, "alice", "laptop").await;
+    let bob = login(&prosody, "bob", "phone").await;
+    let vault = Vault::create(&alice, &service(), "correct horse", FAST).await.unwrap();
+    assert!(matches!(Vault::create(&alice, &service(), "again", FAST).await, Err(VaultError::Exists)));
+
+    assert_eq!(vault.put(&alice, "notes", 0, b"first").await.unwrap(), 1);
+    assert_eq!(vault.put(&alice, "notes", 1, b"second").await.unwrap(), 2);
+    match vault.put(&alice, "notes", 1, b"stale").await {
+        Err(VaultError::Conflict(name, current)) => assert_eq!((name.as_str(), current), ("notes", 2)),
+        other => panic!("a stale write must lose: {other:?}"),
+    }
+    assert_eq!(vault.get(&alice, "notes").await.unwrap(), Some((2, b"second".to_vec())));
+    assert_eq!(vault.list(&alice).await.unwrap(), vec![("notes".to_string(), 2)]);
+
+    let big = vec![7u8; 1100];
+    assert_eq!(condition(vault.put(&alice, "big", 0, &big).await.unwrap_err()).1.as_deref(), Some("blob-too-big"));
+    vault.put(&alice, "a", 0, &[1u8; 900]).await.unwrap();
+    vault.put(&alice, "b", 0, &[1u8; 900]).await.unwrap();
+    let over = condition(vault.put(&alice, "c", 0, &[1u8; 900]).await.unwrap_err());
+    assert_eq!(over, (DefinedCondition::PolicyViolation, Some("quota-exceeded".into())));
+
+    // bob cannot read, list or write alice's vault.
+    let at = xmpp_mls::client::directory_jid(&bare("alice@example.org"), &service());
+    for (type_, req) in [
+        ("get", VaultRequest::Get { name: "notes".into() }),
+        ("get", VaultRequest::List),
+        ("set", VaultRequest::Put { name: "notes".into(), if_version: 2, data: vec![0] }),
+    ] {
+        match bob.iq(&at, type_, req.to_element()).await {
+            Err(ClientError::Stanza(e)) => assert_eq!(e.defined_condition, DefinedCondition::Forbidden),
+            other => panic!("bob got {other:?}"),
+        }
+    }
+    // A wrong passphrase opens nothing and changes nothing.
+    let keys_before = raw_keys(&alice).await;
+    assert!(matches!(Vault::open(&alice, &service(), "wrong horse").await, Err(VaultError::WrongPassphrase)));
+    assert_eq!(raw_keys(&alice).await, keys_before);
+    vault.delete(&alice, "notes", 2).await.unwrap();
+    assert_eq!(vault.get(&alice, "notes").await.unwrap(), None);
+}
+
+async fn raw_keys(session: &Session) -> minidom::Element {
+    let at = xmpp_mls::client::directory_jid(&session.jid().to_bare(), &service());
+    session.iq(&at, "get", VaultRequest::Get { name: "keys".into() }.to_element()).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changing_the_passphrase_rewraps_and_rotation_reseals() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let alice = login(&prosody, "alice", "laptop").await;
+    let mut vault = Vault::create(&alice, &service(), "old pass", FAST).await.unwrap();
+    for i in 0..3 {
+        vault.put(&alice, &format!("blob{i}"), 0, format!("secret {i}").as_bytes()).await.unwrap();
+    }
+    let versions_before = vault.list(&alice).await.unwrap();
+    vault.change_passphrase(&alice, "new pass", FAST).await.unwrap();
+    assert_eq!(vault.list(&alice).await.unwrap(), versions_before, "only the keys were rewritten");
+    assert!(matches!(Vault::open(&alice, &service(), "old pass").await, Err(VaultError::WrongPassphrase)));
+    let mut reopened = Vault::open(&alice, &service(), "new pass").await.unwrap();
+    assert_eq!(reopened.get(&alice, "blob1").await.unwrap().unwrap().1, b"secret 1");
+
+    reopened.rotate(&alice, "new pass").await.unwrap();
+    assert_eq!(reopened.key_count(), 1);
+    let after = Vault::open(&alice, &service(), "new pass").await.unwrap();
+    for (i, (name, version)) in after.list(&alice).await.unwrap().into_iter().enumerate() {
+        assert_eq!(version, 2, "{name} re-sealed under the new key");
+        assert_eq!(after.get(&alice, &name).await.unwrap().unwrap().1, format!("secret {i}").as_bytes());
+    }
+}
+
+async fn expect(client: &mut GroupClient, what: &str, pred: impl Fn(&GroupEvent) -> bool) -> GroupEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await.unwrap() {
+            Some(e) if pred(&e) => return e,
+            Some(_) => continue,
+            None => panic!("no {what} in time"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let session = login(&prosody, user, "d").await;
+        let device = Device::create(&dir.path().join(format!("{user}.sqlite3")), bare(&format!("{user}@example.org")), None).unwrap();
+        session.publish_device(&service(), &device.item(None)).await.unwrap();
+        device.refill(&session, &service(), 3, true).await.unwrap();
+        clients.push(GroupClient::start(session, device, service()).await.unwrap());
+    }
+    let mut bob = clients.pop().unwrap();
+    let mut alice = clients.pop().unwrap();
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    alice.send(&group, b"before the backup").await.unwrap();
+    expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+
+    let vault = Vault::create(&bob.session, &service(), "bob's passphrase", FAST).await.unwrap();
+    let size = backup_device(&vault, &bob.session, bob.device()).await.unwrap();
+    assert!(size > 0);
+    let device_id = bob.device().id().to_owned();
+
+    // bob's device loses its state; alice goes on, with a new epoch.
+    bob.session.close().await;
+    std::fs::remove_file(dir.path().join("bob.sqlite3")).unwrap();
+    alice.send(&group, b"while bob is gone").await.unwrap();
+    alice.update(&group).await.unwrap();
+    alice.send(&group, b"after a new epoch").await.unwrap();
+
+    // With only his password and passphrase, bob restores and catches up.
+    let session = login(&prosody, "bob", "d").await;
+    let vault = Vault::open(&session, &service(), "bob's passphrase").await.unwrap();
+    assert_eq!(backed_up_devices(&vault, &session).await.unwrap(), vec![device_id.clone()]);
+    let path = dir.path().join("bob-restored.sqlite3");
+    restore_device(&vault, &session, &device_id, &path).await.unwrap();
+    let device = Device::open(&path, &bare("bob@example.org")).unwrap();
+    assert_eq!(device.id(), device_id);
+    let mut bob = GroupClient::start(session, device, service()).await.unwrap();
+    bob.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    let mut got = Vec::new();
+    while let Some(e) = bob.next_event(Duration::from_millis(500)).await.unwrap() {
+        if let GroupEvent::Message { body, .. } = e {
+            got.push(String::from_utf8(body).unwrap());
+        }
+    }
+    assert_eq!(got, vec!["while bob is gone", "after a new epoch"]);
+    assert_eq!(bob.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap());
+    bob.send(&group, b"I'm back").await.unwrap();
+    let back = expect(&mut alice, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(back, GroupEvent::Message { body, .. } if body == b"I'm back"));
+}
