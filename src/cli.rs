@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
-use xmpp_mls::client::{describe, ClientError, Device, GroupClient, GroupEvent, Session, POOL_TARGET};
+use xmpp_mls::client::{
+    backed_up_devices, backup_device, describe, restore_device, ClientError, Device, GroupClient, GroupEvent, KdfParams,
+    Session, Vault, POOL_TARGET,
+};
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::protocol::{format_time, NS, NS_SID};
 use xmpp_mls::protocol::keypackages::{Claim, ClaimOutcome};
@@ -42,6 +45,10 @@ pub enum ClientAction {
     },
     /// This account's inbox: Welcomes and notices kept until acknowledged.
     Inbox,
+    /// The account's vault of client-encrypted state. The passphrase comes
+    /// from XMPP_MLS_PASSPHRASE.
+    #[command(subcommand)]
+    Vault(VaultAction),
     /// Claim one KeyPackage per device of ACCOUNT and verify each against
     /// ACCOUNT's device list.
     Claim {
@@ -102,6 +109,26 @@ pub enum GroupAction {
     },
     /// List the groups this device is in.
     List,
+}
+
+#[derive(Subcommand)]
+pub enum VaultAction {
+    /// Set the vault up: a data key wrapped under the passphrase (Argon2id).
+    Init,
+    /// List the blobs and the quota used.
+    Status,
+    /// Back this device's state up (sealed, compressed, in chunks).
+    Backup,
+    /// Restore a device's backup into --state (which must not exist), then
+    /// catch up with any group command.
+    Restore {
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Rewrap the data keys under the passphrase in XMPP_MLS_NEW_PASSPHRASE.
+    Passphrase,
+    /// Replace the data key and re-seal every blob.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -222,6 +249,7 @@ async fn run_directory(ctx: &Context, action: ClientAction) -> CliResult {
         ClientAction::Claim { account, devices, cipher_suite } => {
             claim(ctx, &account, Claim { cipher_suite, devices }).await
         }
+        ClientAction::Vault(action) => vault(ctx, action).await,
         ClientAction::Group(_) | ClientAction::History { .. } | ClientAction::Inbox => {
             unreachable!("handled by run")
         }
@@ -431,4 +459,53 @@ pub fn explain(e: &(dyn std::error::Error + 'static)) -> String {
         Some(ClientError::Stanza(s)) => format!("refused: {}", describe(s)),
         _ => e.to_string(),
     }
+}
+
+fn passphrase(var: &str) -> Result<String, Box<dyn std::error::Error>> {
+    std::env::var(var).map_err(|_| format!("set {var} to the vault passphrase").into())
+}
+
+async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
+    let (session, service) = (&ctx.session, &ctx.service);
+    let pass = passphrase("XMPP_MLS_PASSPHRASE")?;
+    if let VaultAction::Init = action {
+        Vault::create(session, service, &pass, KdfParams::default()).await?;
+        println!("vault ready: a random data key, wrapped under your passphrase (Argon2id, 64 MiB, t=3)");
+        return Ok(());
+    }
+    let mut vault = Vault::open(session, service, &pass).await?;
+    match action {
+        VaultAction::Init => unreachable!("handled above"),
+        VaultAction::Status => {
+            for (name, version) in vault.list(session).await? {
+                println!("{name}  (version {version})");
+            }
+        }
+        VaultAction::Backup => {
+            let bytes = backup_device(&vault, session, &ctx.device()?).await?;
+            println!("device state backed up: {bytes} bytes compressed, sealed");
+        }
+        VaultAction::Restore { device } => {
+            if ctx.state.exists() {
+                return Err(format!("{} exists: restore into a new --state file", ctx.state.display()).into());
+            }
+            let devices = backed_up_devices(&vault, session).await?;
+            let id = match (device, devices.as_slice()) {
+                (Some(d), _) => d,
+                (None, [only]) => only.clone(),
+                (None, many) => return Err(format!("choose one with --device: {}", many.join(", ")).into()),
+            };
+            restore_device(&vault, session, &id, &ctx.state).await?;
+            println!("device {id} restored into {}; any group command now catches up", ctx.state.display());
+        }
+        VaultAction::Passphrase => {
+            vault.change_passphrase(session, &passphrase("XMPP_MLS_NEW_PASSPHRASE")?, KdfParams::default()).await?;
+            println!("passphrase changed (the data keys were rewrapped; no blob was rewritten)");
+        }
+        VaultAction::Rotate => {
+            vault.rotate(session, &pass).await?;
+            println!("data key replaced; every blob re-sealed");
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ fn client(prosody: &Prosody, dir: &std::path::Path, user: &str, args: &[&str]) -
         .arg(dir.join(format!("{user}.sqlite3")))
         .args(args)
         .env("XMPP_MLS_PASSWORD", user)
+        .env("XMPP_MLS_PASSPHRASE", format!("{user}'s passphrase"))
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -59,4 +60,15 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     let (ok, out) = client(&prosody, dir.path(), "alice", &["history", &group]);
     assert!(ok && out.contains("(3 of 3 items, oldest reached)"), "{out}");
     assert_eq!(out.matches(" application ").count(), 2, "{out}");
+
+    // bob backs his device up, loses it, and restores it from the vault.
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "init"]);
+    assert!(ok, "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "backup"]);
+    assert!(ok && out.contains("backed up"), "{out}");
+    std::fs::remove_file(dir.path().join("bob.sqlite3")).unwrap();
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "restore"]);
+    assert!(ok && out.contains("restored"), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["group", "send", &group, "restored and back"]);
+    assert!(ok && out.starts_with("delivered as "), "{out}");
 }

@@ -24,13 +24,14 @@ use xmpp_mls::protocol::groups::{
 use xmpp_mls::protocol::mam::{Ack, MamQuery, NS_MAM};
 use xmpp_mls::protocol::mls::Invalid;
 use xmpp_mls::protocol::notices::Notice;
+use xmpp_mls::protocol::vault::{parse_vault_result, parse_version_mismatch, vault_result, version_mismatch, VaultRequest};
 use xmpp_mls::protocol::pubsub::{Event, PubsubRequest, NS_EVENT, NS_PUBSUB};
 use xmpp_mls::protocol::{b64_decode, NS, NS_ERRORS};
 
 /// Requests whose replies carry fresh key material (KeyPackageRefs,
 /// packages): checked by the round-trip test, not replayed.
 const NOT_REPLAYED: &[&str] =
-    &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6", "mam-1", "mam-4", "ack-1"];
+    &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6", "mam-1", "mam-4", "ack-1", "v-3", "v-4", "v-5"];
 
 #[test]
 fn the_xep_is_well_formed_xml() {
@@ -113,6 +114,16 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
             let invalid = Invalid::ALL.into_iter().find(|i| i.reason() == reason).expect("a known reason");
             same(invalid_message(invalid), "invalid-message")
         }
+        ("vault", NS) if parent.is_some_and(|p| matches!(p.attr("type"), Some("get" | "set"))) => {
+            same(VaultRequest::parse(el).expect("vault request parses").to_element(), "vault request")
+        }
+        ("vault", NS) => {
+            let (items, quota) = parse_vault_result(el).expect("vault result parses");
+            same(vault_result(&items, quota), "vault result")
+        }
+        ("version-mismatch", NS_ERRORS) => {
+            same(version_mismatch(parse_version_mismatch(el).expect("current")), "version-mismatch")
+        }
         ("ack", NS) => same(Ack::parse(el).expect("ack parses").to_element(), "ack"),
         ("query", NS_MAM) if parent.is_some_and(|p| p.attr("type") == Some("set")) => {
             MamQuery::parse(el).expect("MAM query parses");
@@ -164,6 +175,9 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "joined",
         "ack",
         "mam query",
+        "vault request",
+        "vault result",
+        "version-mismatch",
     ] {
         assert!(seen.contains_key(kind), "the XEP has no example of {kind}: {seen:?}");
     }
