@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Component, Prosody, COMPONENT};
 use xmpp_mls::client::{
     backed_up_devices, backup_device, restore_device, ClientError, ConnectOptions, Device, GroupClient, GroupEvent,
-    KdfParams, Session, Vault, VaultError,
+    KdfParams, Session, Unreadable, Vault, VaultError,
 };
 use xmpp_mls::protocol::vault::VaultRequest;
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -180,4 +180,67 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
     bob.send(&group, b"I'm back").await.unwrap();
     let back = expect(&mut alice, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     assert!(matches!(back, GroupEvent::Message { body, .. } if body == b"I'm back"));
+}
+
+/// alice (who keeps `keep` epochs of snapshots) and bob talk over three
+/// epochs; then a brand-new device of alice's reads the history.
+async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmpp_mls::client::History) {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let session = login(&prosody, user, "d").await;
+        let device = Device::create(&dir.path().join(format!("{user}.sqlite3")), bare(&format!("{user}@example.org")), None).unwrap();
+        session.publish_device(&service(), &device.item(None)).await.unwrap();
+        device.refill(&session, &service(), 3, true).await.unwrap();
+        clients.push(GroupClient::start(session, device, service()).await.unwrap());
+    }
+    let mut bob = clients.pop().unwrap();
+    let mut alice = clients.pop().unwrap();
+    let vault = Vault::create(&alice.session, &service(), "alice's passphrase", FAST).await.unwrap();
+    alice.attach_vault(vault, keep);
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let mut sent = Vec::new();
+    for round in 0..3u64 {
+        for who in ["alice", "bob"] {
+            let text = format!("{who} {round}");
+            let client = if who == "alice" { &mut alice } else { &mut bob };
+            client.send(&group, text.as_bytes()).await.unwrap();
+            expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+            sent.push((format!("{who}@example.org"), text, round + 1));
+        }
+        if round < 2 {
+            bob.update(&group).await.unwrap(); // a new epoch between rounds
+            expect(&mut alice, "bob's commit", |e| matches!(e, GroupEvent::Epoch { .. })).await;
+        }
+    }
+    // A new device of alice's, never in the group: her password and passphrase only.
+    let session = login(&prosody, "alice", "new").await;
+    let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
+    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
+    let mut new = GroupClient::start(session, device, service()).await.unwrap();
+    (sent, new.read_history(&group, &vault).await.unwrap())
+}
+
+fn read(history: &xmpp_mls::client::History) -> Vec<(String, String, u64)> {
+    history.entries.iter().map(|h| (h.account.to_string(), String::from_utf8(h.body.clone()).unwrap(), h.epoch)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brand_new_device_reads_three_epochs_of_history_own_messages_included() {
+    let (sent, history) = new_device_reads_history(10).await;
+    assert_eq!(read(&history), sent, "every message since alice joined, hers included, in order");
+    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_epoch_kept_a_new_device_reads_that_epoch_and_is_told_why_not_the_rest() {
+    let (sent, history) = new_device_reads_history(1).await;
+    let last_epoch: Vec<_> = sent.iter().filter(|(_, _, e)| *e == 3).cloned().collect();
+    assert_eq!(read(&history), last_epoch);
+    let why: Vec<_> = history.unreadable.iter().map(|(_, epoch, why)| (*epoch, *why)).collect();
+    assert_eq!(why, vec![(1, Unreadable::NoSnapshot), (1, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot)]);
 }

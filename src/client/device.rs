@@ -110,6 +110,11 @@ impl Device {
         Ok(Self { path: path.to_owned(), account: account.clone(), record, signer, provider, local })
     }
 
+    /// One group's data rows in the device's openmls storage.
+    pub fn group_rows(&self, group_id: &[u8]) -> Result<Vec<(u16, String, Vec<u8>)>, DeviceError> {
+        Ok(self.local.group_rows(&group_key(group_id)?)?)
+    }
+
     /// A consistent copy of the device's state file.
     pub fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
         Ok(self.local.snapshot(&self.path.with_extension("snapshot"))?)
@@ -208,5 +213,19 @@ impl Device {
         let kp_ref = ref_hex(kp.hash_ref(self.provider.crypto()).map_err(mls)?.as_slice());
         let message = MlsMessageOut::from(kp).tls_serialize_detached().map_err(mls)?;
         Ok((message, kp_ref))
+    }
+}
+
+/// A group id as openmls' storage encodes it (its key in the tables).
+pub fn group_key(group_id: &[u8]) -> Result<Vec<u8>, DeviceError> {
+    use openmls_sqlite_storage::Codec;
+    crate::store::mls::JsonCodec::to_vec(&openmls::prelude::GroupId::from_slice(group_id)).map_err(mls)
+}
+
+impl DeviceProvider {
+    /// A provider over a scratch copy of one group's rows (decrypt-only).
+    pub fn scratch(path: &Path, group_id: &[u8], rows: &[(u16, String, Vec<u8>)]) -> Result<Self, DeviceError> {
+        let storage = crate::store::mls::storage_from_rows(path, &group_key(group_id)?, rows)?;
+        Ok(DeviceProvider { crypto: RustCrypto::default(), storage })
     }
 }

@@ -97,6 +97,11 @@ pub struct GroupClient {
     stashed: VecDeque<Element>,
     /// Archive items applied in this session (stanza ids).
     applied: HashSet<String>,
+    /// Where epoch snapshots and sent messages go, if attached, and how
+    /// many epochs of them to keep.
+    pub(super) vault: Option<(super::vault::Vault, u64)>,
+    /// Own messages awaiting their echo: id -> (group id, epoch, plaintext).
+    pub(super) unconfirmed: HashMap<String, (Vec<u8>, u64, Vec<u8>)>,
     forked: HashSet<Vec<u8>>,
 }
 
@@ -137,6 +142,8 @@ impl GroupClient {
             events: VecDeque::new(),
             stashed: VecDeque::new(),
             applied: HashSet::new(),
+            vault: None,
+            unconfirmed: HashMap::new(),
             forked: HashSet::new(),
         })
     }
@@ -187,6 +194,7 @@ impl GroupClient {
         self.session.iq(&jid.clone().into(), "set", Create { group_info: bytes(&info)? }.to_element()).await?;
         self.groups.insert(id.to_vec(), group);
         self.device.remember_group(&id, jid.as_str(), true).map_err(mls)?;
+        self.snapshot(&id).await?;
         self.join_feed(&jid).await?;
         Ok(jid)
     }
@@ -492,12 +500,17 @@ impl GroupClient {
         Ok(out)
     }
 
+    pub(super) fn epoch_of(&mut self, id: &[u8]) -> Result<u64, GroupError> {
+        Ok(load_group(&mut self.groups, &self.device, id)?.epoch().as_u64())
+    }
+
     pub fn epoch(&mut self, group: &BareJid) -> Result<u64, GroupError> {
         let id = group_id_of(group)?;
         Ok(load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64())
     }
 
     async fn after_commit(&mut self, id: &[u8], group: &BareJid) -> Result<(), GroupError> {
+        self.snapshot(id).await?;
         let epoch = load_group(&mut self.groups, &self.device, id)?.epoch().as_u64();
         let members = self.members(group).await?;
         self.events.push_back(GroupEvent::Epoch { group: group.clone(), epoch, members });
@@ -530,6 +543,10 @@ impl GroupClient {
         let provider = self.device.provider();
         let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), body).map_err(mls)?;
         let stanza_id = self.session.next_id();
+        let epoch = load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64();
+        if self.vault.is_some() {
+            self.unconfirmed.insert(stanza_id.clone(), (id.clone(), epoch, body.to_vec()));
+        }
         let stanza = Element::builder("message", CLIENT)
             .attr(n("to"), group.as_str())
             .attr(n("type"), "groupchat")
@@ -612,6 +629,7 @@ impl GroupClient {
         if let Some(commit) = &welcome.commit {
             self.device.set_last_seen(&id, commit).map_err(mls)?;
         }
+        self.snapshot(&id).await?;
         self.join_feed(&group).await
     }
 
@@ -637,6 +655,7 @@ impl GroupClient {
         let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
         if own {
             if msg.kind == Some(Kind::Application) {
+                self.keep_sent(id, &stanza_id).await?;
                 self.events.push_back(GroupEvent::Delivered { group, id: id.to_owned(), stanza_id });
             }
             return Ok(()); // our own handshakes were merged when accepted

@@ -136,3 +136,230 @@ impl GroupClient {
         self.session.iq(archive, "set", ack.to_element()).await.map(drop)
     }
 }
+
+/// Why a message of the history cannot be read here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// The vault keeps no snapshot of its epoch (retention, or the account's
+    /// devices kept none then).
+    NoSnapshot,
+    /// The snapshot does not open it (e.g. a message of the snapshot's own leaf without a sent copy).
+    Undecryptable,
+}
+
+/// A group's history as a new device reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct History {
+    pub entries: Vec<HistoryEntry>,
+    /// (stanza id, epoch, why) of the messages that could not be read.
+    pub unreadable: Vec<(String, u64, Unreadable)>,
+}
+
+/// A message of a group's history, as a device of the account reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub stanza_id: String,
+    pub epoch: u64,
+    /// The sender's account (verified by MLS, or this account's own vault).
+    pub account: BareJid,
+    pub body: Vec<u8>,
+}
+
+fn snapshot_name(group_id: &[u8], epoch: u64) -> String {
+    format!("history/{}/{epoch}", crate::protocol::address::group_node(group_id))
+}
+
+fn sent_name(group_id: &[u8], epoch: u64) -> String {
+    format!("sent/{}/{epoch}", crate::protocol::address::group_node(group_id))
+}
+
+/// `n | (version, type, data)*`, lengths big-endian.
+fn encode_rows(rows: &[(u16, String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = (rows.len() as u16).to_be_bytes().to_vec();
+    for (version, kind, data) in rows {
+        out.extend_from_slice(&version.to_be_bytes());
+        out.extend_from_slice(&(kind.len() as u16).to_be_bytes());
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+/// Reads length-prefixed fields from a byte string.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn bytes16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+    fn bytes32(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+fn decode_rows(bytes: &[u8]) -> Option<Vec<(u16, String, Vec<u8>)>> {
+    let mut r = Reader(bytes);
+    (0..r.u16()?)
+        .map(|_| Some((r.u16()?, String::from_utf8(r.bytes16()?.to_vec()).ok()?, r.bytes32()?.to_vec())))
+        .collect()
+}
+
+/// `(stanza id, plaintext)*`.
+fn decode_sent(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut r = Reader(bytes);
+    let mut out = Vec::new();
+    while let (Some(id), Some(body)) = (r.bytes16(), r.bytes32()) {
+        out.push((String::from_utf8_lossy(id).into_owned(), body.to_vec()));
+    }
+    out
+}
+
+fn vault_failure(e: super::vault::VaultError) -> GroupError {
+    GroupError::Other(e.to_string())
+}
+
+impl GroupClient {
+    /// Keeps, from now on, a decrypt-only snapshot of each group at every
+    /// epoch and a copy of every message this device sends, in the vault:
+    /// what a new device of the account needs to read the history.
+    /// `keep_epochs`: how many epochs of snapshots to keep (the user's
+    /// choice between history and forward secrecy); older ones are deleted.
+    pub fn attach_vault(&mut self, vault: super::vault::Vault, keep_epochs: u64) {
+        self.vault = Some((vault, keep_epochs.max(1)));
+    }
+
+    /// The group's state at its current epoch, without the HPKE private
+    /// keys (decrypt-only), compressed and sealed in the vault.
+    pub(super) async fn snapshot(&mut self, group_id: &[u8]) -> Result<(), GroupError> {
+        if self.vault.is_none() {
+            return Ok(());
+        }
+        let epoch = self.epoch_of(group_id)?;
+        let rows = self.device().group_rows(group_id).map_err(|e| GroupError::Other(e.to_string()))?;
+        let (vault, keep) = self.vault.as_ref().expect("checked above");
+        let packed = zstd::encode_all(encode_rows(&rows).as_slice(), 9).map_err(|e| GroupError::Other(e.to_string()))?;
+        vault.put_latest(&self.session, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
+        if let Some(old) = epoch.checked_sub(*keep) {
+            for name in [snapshot_name(group_id, old), sent_name(group_id, old)] {
+                vault.delete_any(&self.session, &name).await.map_err(vault_failure)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a confirmed own message to the epoch's sent record.
+    pub(super) async fn keep_sent(&mut self, id: &str, stanza_id: &str) -> Result<(), GroupError> {
+        let (Some((vault, _)), Some((group_id, epoch, body))) = (&self.vault, self.unconfirmed.remove(id)) else {
+            return Ok(());
+        };
+        let name = sent_name(&group_id, epoch);
+        let current = vault.get(&self.session, &name).await.map_err(vault_failure)?;
+        let (version, mut data) = current.unwrap_or((0, Vec::new()));
+        data.extend_from_slice(&(stanza_id.len() as u16).to_be_bytes());
+        data.extend_from_slice(stanza_id.as_bytes());
+        data.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        data.extend_from_slice(&body);
+        vault.put(&self.session, &name, version, &data).await.map_err(vault_failure)?;
+        Ok(())
+    }
+
+    /// Reads a group's history with the vault's snapshots (and the sent
+    /// copies of this account's own messages), as a device that was not in
+    /// the group can: every application message since the account joined,
+    /// of every epoch the account's devices kept a snapshot of.
+    pub async fn read_history(&mut self, group: &BareJid, vault: &super::vault::Vault) -> Result<History, GroupError> {
+        use openmls::prelude::{GroupId, MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProcessedMessageContent};
+        use tls_codec::Deserialize;
+        let group_id = match crate::protocol::address::Address::parse(&Jid::from(group.clone())) {
+            Ok(crate::protocol::address::Address::Group(id)) => id,
+            _ => return Err(GroupError::UnknownGroup(group.to_string())),
+        };
+        let archive = Jid::from(group.clone());
+        let mut messages = Vec::new();
+        let mut cursor = Cursor::First;
+        loop {
+            let page = self.archive_page(&archive, &[("urn:xmpp:mls:0#kind", "application")], PAGE, &cursor, false).await?;
+            messages.extend(page.stanzas);
+            match (page.complete, page.last) {
+                (false, Some(last)) => cursor = Cursor::After(last),
+                _ => break,
+            }
+        }
+        let own = self.device().account().clone();
+        let scratch = tempfile_dir()?;
+        let mut out = History::default();
+        let mut loaded: Option<(u64, super::device::DeviceProvider, MlsGroup)> = None;
+        let mut sent: std::collections::HashMap<u64, Vec<(String, Vec<u8>)>> = std::collections::HashMap::new();
+        for m in messages {
+            let Some(Ok(gm)) = crate::protocol::groups::GroupMessage::find(&m) else { continue };
+            let (Some(epoch), Some(stanza_id)) = (gm.epoch, m.get_child("stanza-id", crate::protocol::NS_SID).and_then(|s| s.attr("id")))
+            else {
+                continue;
+            };
+            if !sent.contains_key(&epoch) {
+                let record = vault.get(&self.session, &sent_name(&group_id, epoch)).await.map_err(vault_failure)?;
+                sent.insert(epoch, record.map(|(_, d)| decode_sent(&d)).unwrap_or_default());
+            }
+            if let Some((_, body)) = sent[&epoch].iter().find(|(id, _)| id == stanza_id) {
+                out.entries.push(HistoryEntry { stanza_id: stanza_id.to_owned(), epoch, account: own.clone(), body: body.clone() });
+                continue;
+            }
+            if loaded.as_ref().map(|(e, ..)| *e) != Some(epoch) {
+                let Some((_, packed)) = vault.get(&self.session, &snapshot_name(&group_id, epoch)).await.map_err(vault_failure)? else {
+                    out.unreadable.push((stanza_id.to_owned(), epoch, Unreadable::NoSnapshot));
+                    continue;
+                };
+                let rows = zstd::decode_all(packed.as_slice())
+                    .ok()
+                    .and_then(|b| decode_rows(&b))
+                    .ok_or_else(|| GroupError::Other("a corrupt snapshot".into()))?;
+                let path = scratch.join(format!("epoch-{epoch}.sqlite3"));
+                let provider = super::device::DeviceProvider::scratch(&path, &group_id, &rows).map_err(|e| GroupError::Other(e.to_string()))?;
+                let g = MlsGroup::load(openmls_traits::OpenMlsProvider::storage(&provider), &GroupId::from_slice(&group_id))
+                    .map_err(|e| GroupError::Mls(e.to_string()))?
+                    .ok_or_else(|| GroupError::Other("an empty snapshot".into()))?;
+                loaded = Some((epoch, provider, g));
+            }
+            let (_, provider, g) = loaded.as_mut().expect("loaded above");
+            let processed = MlsMessageIn::tls_deserialize_exact(&gm.message).ok().and_then(|parsed| match parsed.extract() {
+                MlsMessageBodyIn::PrivateMessage(pm) => g.process_message(&*provider, pm).ok(),
+                _ => None,
+            });
+            let read = processed.and_then(|p| {
+                let account = crate::protocol::keypackages::account_of(p.credential())?;
+                match p.into_content() {
+                    ProcessedMessageContent::ApplicationMessage(app) => Some((account, app.into_bytes())),
+                    _ => None,
+                }
+            });
+            match read {
+                Some((account, body)) => out.entries.push(HistoryEntry { stanza_id: stanza_id.to_owned(), epoch, account, body }),
+                None => out.unreadable.push((stanza_id.to_owned(), epoch, Unreadable::Undecryptable)),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(out)
+    }
+}
+
+/// A private scratch directory for decrypt-only copies.
+fn tempfile_dir() -> Result<std::path::PathBuf, GroupError> {
+    let name: [u8; 8] = rand::random();
+    let dir = std::env::temp_dir().join(format!("xmpp-mls-history-{}", data_encoding::HEXLOWER.encode(&name)));
+    std::fs::create_dir_all(&dir).map_err(|e| GroupError::Other(e.to_string()))?;
+    Ok(dir)
+}

@@ -254,6 +254,14 @@ impl Vault {
         Ok(())
     }
 
+    /// Deletes `name` whatever its version (no-op if absent).
+    pub async fn delete_any(&self, session: &Session, name: &str) -> Result<(), VaultError> {
+        match fetch(session, &self.at, name).await? {
+            Some((version, _)) => self.delete(session, name, version).await,
+            None => Ok(()),
+        }
+    }
+
     /// Rewraps the data keys under a new passphrase: one write, whatever the
     /// vault's size. Fails (changing nothing) if the keys changed meanwhile.
     pub async fn change_passphrase(&mut self, session: &Session, new: &str, params: KdfParams) -> Result<(), VaultError> {

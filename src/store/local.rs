@@ -116,6 +116,17 @@ impl LocalStore {
         Ok(bytes)
     }
 
+    /// The rows of one group in openmls' table of group data, as
+    /// (provider version, data type, data); `group_key` is the group id as
+    /// openmls' storage encodes it.
+    pub fn group_rows(&self, group_key: &[u8]) -> Result<Vec<(u16, String, Vec<u8>)>, StoreError> {
+        let mut st = self.conn.prepare(
+            "SELECT provider_version, data_type, group_data FROM openmls_group_data WHERE group_id = ?1",
+        )?;
+        let rows = st.query_map([group_key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// The current last-resort package's reference and creation time.
     pub fn last_resort(&self) -> Result<Option<(String, i64)>, StoreError> {
         Ok(self

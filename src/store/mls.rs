@@ -46,3 +46,18 @@ pub fn open_mls_storage(path: &Path) -> Result<MlsStorage, StoreError> {
     storage.run_migrations().map_err(migrate_error)?;
     Ok(storage)
 }
+
+/// A scratch openmls storage in `path` holding only one group's data rows:
+/// a decrypt-only copy of that group at one epoch.
+pub fn storage_from_rows(path: &Path, group_key: &[u8], rows: &[(u16, String, Vec<u8>)]) -> Result<MlsStorage, StoreError> {
+    let storage = open_mls_storage(path)?;
+    let conn = Connection::open(path)?;
+    for (version, data_type, data) in rows {
+        conn.execute(
+            "INSERT OR REPLACE INTO openmls_group_data (provider_version, group_id, data_type, group_data)
+             VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![version, group_key, data_type, data],
+        )?;
+    }
+    Ok(storage)
+}
