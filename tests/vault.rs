@@ -244,3 +244,85 @@ async fn with_one_epoch_kept_a_new_device_reads_that_epoch_and_is_told_why_not_t
     let why: Vec<_> = history.unreadable.iter().map(|(_, epoch, why)| (*epoch, *why)).collect();
     assert_eq!(why, vec![(1, Unreadable::NoSnapshot), (1, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot)]);
 }
+
+/// Rewrites the vault row `name` of alice's vault in the component's store.
+fn tamper(store: &std::path::Path, sql: &str, params: &[&dyn rusqlite::ToSql]) {
+    let conn = rusqlite::Connection::open(store).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute(sql, params).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_is_detected_and_the_passphrase_change_rewrites_one_blob() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let alice = login(&prosody, "alice", "laptop").await;
+    let mut vault = Vault::create(&alice, &service(), "old", FAST).await.unwrap();
+    vault.put(&alice, "a", 0, b"alpha v1").await.unwrap();
+    vault.put(&alice, "b", 0, b"beta").await.unwrap();
+    let store = component.store_path();
+    let v1: Vec<u8> = rusqlite::Connection::open(&store)
+        .unwrap()
+        .query_row("SELECT data FROM vault WHERE name = 'a'", [], |r| r.get(0))
+        .unwrap();
+    vault.put(&alice, "a", 1, b"alpha v2").await.unwrap();
+
+    // An old version replayed under the current version number.
+    tamper(&store, "UPDATE vault SET data = ?1 WHERE name = 'a'", &[&v1]);
+    assert!(matches!(vault.get(&alice, "a").await, Err(VaultError::Corrupt(_))), "replay detected");
+    // A blob moved to another name.
+    tamper(&store, "UPDATE vault SET data = (SELECT data FROM vault WHERE name = 'b') WHERE name = 'a'", &[]);
+    assert!(matches!(vault.get(&alice, "a").await, Err(VaultError::Corrupt(_))), "move detected");
+    // A flipped byte.
+    let mut b: Vec<u8> = rusqlite::Connection::open(&store)
+        .unwrap()
+        .query_row("SELECT data FROM vault WHERE name = 'b'", [], |r| r.get(0))
+        .unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    tamper(&store, "UPDATE vault SET data = ?1 WHERE name = 'b'", &[&b]);
+    assert!(matches!(vault.get(&alice, "b").await, Err(VaultError::Corrupt(_))), "flip detected");
+
+    // A passphrase change writes exactly one blob: the keys.
+    let versions = |s: &std::path::Path| -> Vec<(String, i64)> {
+        let conn = rusqlite::Connection::open(s).unwrap();
+        let mut st = conn.prepare("SELECT name, version FROM vault ORDER BY name").unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    let before = versions(&store);
+    vault.change_passphrase(&alice, "new", FAST).await.unwrap();
+    let after = versions(&store);
+    let changed: Vec<_> = before.iter().zip(&after).filter(|(x, y)| x != y).map(|(x, _)| x.0.clone()).collect();
+    assert_eq!(changed, vec!["keys".to_string()]);
+    assert!(matches!(Vault::open(&alice, &service(), "old").await, Err(VaultError::WrongPassphrase)));
+    assert!(Vault::open(&alice, &service(), "new").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_updating_concurrently_lose_no_update() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let laptop = login(&prosody, "alice", "laptop").await;
+    let phone = login(&prosody, "alice", "phone").await;
+    let vault = Vault::create(&laptop, &service(), "pass", FAST).await.unwrap();
+    vault.put(&laptop, "counter", 0, &0u64.to_be_bytes()).await.unwrap();
+    let other = Vault::open(&phone, &service(), "pass").await.unwrap();
+    async fn bump(vault: &Vault, session: &Session, times: usize) -> usize {
+        let mut conflicts = 0;
+        for _ in 0..times {
+            loop {
+                let (version, data) = vault.get(session, "counter").await.unwrap().unwrap();
+                let n = u64::from_be_bytes(data.try_into().unwrap());
+                match vault.put(session, "counter", version, &(n + 1).to_be_bytes()).await {
+                    Ok(_) => break,
+                    Err(VaultError::Conflict(..)) => conflicts += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        conflicts
+    }
+    let (c1, c2) = tokio::join!(bump(&vault, &laptop, 100), bump(&other, &phone, 100));
+    let (_, data) = vault.get(&laptop, "counter").await.unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(data.try_into().unwrap()), 200, "no update lost ({} conflicts retried)", c1 + c2);
+}
