@@ -6,7 +6,7 @@ use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_mls::client::{
     backed_up_devices, backup_device, describe, restore_device, ClientError, Device, GroupClient, GroupEvent, KdfParams,
-    Session, Vault, POOL_TARGET,
+    Session, Vault, VaultError, POOL_TARGET,
 };
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::protocol::{format_time, NS, NS_SID};
@@ -34,7 +34,9 @@ pub enum ClientAction {
     /// inbox and the archives (progress on stderr).
     #[command(subcommand)]
     Group(GroupAction),
-    /// Page through a group's archive (newest page first by default).
+    /// Page through a group's archive (newest page first by default); with
+    /// XMPP_MLS_PASSPHRASE set, read it decrypted with the vault's snapshots
+    /// (works on a new device of the account).
     History {
         group: BareJid,
         /// Show the page before this stanza id.
@@ -126,7 +128,7 @@ pub enum VaultAction {
         device: Option<String>,
     },
     /// Rewrap the data keys under the passphrase in XMPP_MLS_NEW_PASSPHRASE.
-    Passphrase,
+    Passwd,
     /// Replace the data key and re-seal every blob.
     Rotate,
 }
@@ -166,7 +168,24 @@ pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
         return result;
     }
     let device = ctx.device()?;
+    // With a passphrase, a set-up vault keeps snapshots and reads history.
+    let vault = match std::env::var("XMPP_MLS_PASSPHRASE") {
+        Ok(pass) => match Vault::open(&ctx.session, &ctx.service, &pass).await {
+            Ok(v) => Some(v),
+            Err(VaultError::NotInitialised) => None,
+            Err(e) => return Err(e.into()),
+        },
+        Err(_) => None,
+    };
     let mut client = GroupClient::start(ctx.session, device, ctx.service).await?;
+    if let (Some(vault), ClientAction::History { group, .. }) = (&vault, &action) {
+        let result = decrypted_history(&mut client, group, vault).await;
+        client.session.close().await;
+        return result;
+    }
+    if let Some(vault) = vault {
+        client.attach_vault(vault, KEEP_EPOCHS);
+    }
     let result = match action {
         ClientAction::Group(group) => run_group(&mut client, group).await,
         ClientAction::History { group, before, max } => history(&mut client, &group, before, max).await,
@@ -190,6 +209,20 @@ async fn catch_up(client: &mut GroupClient) -> CliResult {
         .await?;
     if shown {
         eprintln!();
+    }
+    Ok(())
+}
+
+/// Epochs of group snapshots a CLI device keeps in the vault.
+const KEEP_EPOCHS: u64 = 1000;
+
+async fn decrypted_history(client: &mut GroupClient, group: &BareJid, vault: &Vault) -> CliResult {
+    let history = client.read_history(group, vault).await?;
+    for e in &history.entries {
+        println!("[epoch {}] {}: {}", e.epoch, e.account, String::from_utf8_lossy(&e.body));
+    }
+    if !history.unreadable.is_empty() {
+        println!("({} messages unreadable here: no snapshot of their epoch in the vault)", history.unreadable.len());
     }
     Ok(())
 }
@@ -498,7 +531,7 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
             restore_device(&vault, session, &id, &ctx.state).await?;
             println!("device {id} restored into {}; any group command now catches up", ctx.state.display());
         }
-        VaultAction::Passphrase => {
+        VaultAction::Passwd => {
             vault.change_passphrase(session, &passphrase("XMPP_MLS_NEW_PASSPHRASE")?, KdfParams::default()).await?;
             println!("passphrase changed (the data keys were rewrapped; no blob was rewritten)");
         }

@@ -71,4 +71,12 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     assert!(ok && out.contains("restored"), "{out}");
     let (ok, out) = client(&prosody, dir.path(), "bob", &["group", "send", &group, "restored and back"]);
     assert!(ok && out.starts_with("delivered as "), "{out}");
+
+    // A brand-new device of bob's reads the history with the passphrase.
+    let new_state = dir.path().join("bob-new");
+    std::fs::create_dir_all(&new_state).unwrap();
+    let (ok, out) = client(&prosody, &new_state, "bob", &["device", "init"]);
+    assert!(ok, "{out}");
+    let (ok, out) = client(&prosody, &new_state, "bob", &["history", &group]);
+    assert!(ok && out.contains("bob@example.org: restored and back"), "{out}");
 }

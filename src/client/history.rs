@@ -128,6 +128,10 @@ impl GroupClient {
         if let Some(id) = last {
             self.acknowledge(&archive, &id).await?;
         }
+        // The state reached is what a new device will need for this epoch.
+        if let Ok(crate::protocol::address::Address::Group(gid)) = crate::protocol::address::Address::parse(&archive) {
+            self.snapshot(&gid).await?;
+        }
         Ok(())
     }
 
