@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use xmpp_mls::client::{ConnectOptions, Device, GroupClient, GroupEvent, Session};
+use xmpp_mls::client::{ConnectOptions, Device, GroupClient, GroupEvent, KdfParams, Session, Vault};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -66,6 +66,9 @@ async fn main() -> Result<()> {
     let bob = device(server, &service, dir.path(), "bob", "phone").await?;
     let carol = device(server, &service, dir.path(), "carol", "pc").await?;
 
+    let vault = Vault::create(&laptop.session, &service, "alice's long passphrase", KdfParams::default()).await?;
+    laptop.attach_vault(vault, 1000);
+    println!("\nalice's laptop keeps per-epoch snapshots and its sent messages in her vault (sealed)");
     let group = laptop.create().await?;
     println!("\nalice's laptop creates the group {group}");
     let domain = service.domain().as_str().split_once('.').map(|(_, d)| d).unwrap_or("example.org").to_owned();
@@ -153,6 +156,26 @@ async fn main() -> Result<()> {
     }
     println!("  epoch checks agree: {}", phone.epoch_check(&group)? == all[0].1.epoch_check(&group)?);
     phone.session.close().await;
+
+    println!("\nalice buys a tablet: with only her password and passphrase, it reads the group's history:");
+    let session = {
+        let domain = service.domain().as_str().split_once('.').map(|(_, d)| d).unwrap_or("example.org");
+        let account = BareJid::new(&format!("alice@{domain}"))?;
+        let mut opts = ConnectOptions::new(account.clone(), "alice-password");
+        opts.server = Some(server.to_owned());
+        opts.resource = Some("tablet".into());
+        Session::connect(opts).await?
+    };
+    let vault = Vault::open(&session, &service, "alice's long passphrase").await?;
+    let account = session.jid().to_bare();
+    let tablet = Device::create(&dir.path().join("alice-tablet.sqlite3"), account, Some("Tablet".into()))?;
+    let mut tablet = GroupClient::start(session, tablet, service.clone()).await?;
+    let history = tablet.read_history(&group, &vault).await?;
+    for e in &history.entries {
+        println!("    [epoch {}] {}: {}", e.epoch, e.account, String::from_utf8_lossy(&e.body));
+    }
+    println!("  ({} messages read, {} unreadable)", history.entries.len(), history.unreadable.len());
+    tablet.session.close().await;
     for (_, d) in all {
         d.session.close().await;
     }
