@@ -190,6 +190,11 @@ fn encode_rows(rows: &[(u16, String, Vec<u8>)]) -> Vec<u8> {
     out
 }
 
+/// A snapshot as stored (before sealing): the rows, length-prefixed, zstd.
+pub fn pack_snapshot(rows: &[(u16, String, Vec<u8>)]) -> std::io::Result<Vec<u8>> {
+    zstd::encode_all(encode_rows(rows).as_slice(), 9)
+}
+
 /// Reads length-prefixed fields from a byte string.
 struct Reader<'a>(&'a [u8]);
 
@@ -255,7 +260,7 @@ impl GroupClient {
         let epoch = self.epoch_of(group_id)?;
         let rows = self.device().group_rows(group_id).map_err(|e| GroupError::Other(e.to_string()))?;
         let (vault, keep) = self.vault.as_ref().expect("checked above");
-        let packed = zstd::encode_all(encode_rows(&rows).as_slice(), 9).map_err(|e| GroupError::Other(e.to_string()))?;
+        let packed = pack_snapshot(&rows).map_err(|e| GroupError::Other(e.to_string()))?;
         vault.put_latest(&self.session, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
         if let Some(old) = epoch.checked_sub(*keep) {
             for name in [snapshot_name(group_id, old), sent_name(group_id, old)] {

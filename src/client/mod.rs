@@ -12,7 +12,7 @@ mod vault;
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
 pub use groups::{GroupClient, GroupError, GroupEvent};
-pub use history::{ArchivePage, History, HistoryEntry, Unreadable};
+pub use history::{pack_snapshot, ArchivePage, History, HistoryEntry, Unreadable};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
 pub use vault::{backed_up_devices, backup_device, restore_device, KdfParams, Vault, VaultError, KEYS};
