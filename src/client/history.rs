@@ -251,8 +251,9 @@ impl GroupClient {
         self.vault = Some((vault, keep_epochs.max(1)));
     }
 
-    /// The group's state at its current epoch, without the HPKE private
-    /// keys (decrypt-only), compressed and sealed in the vault.
+    /// After an epoch change: the group's state at its current epoch without
+    /// the HPKE private keys (decrypt-only, for new devices), and a backup
+    /// of the whole device (for this device's recovery), sealed in the vault.
     pub(super) async fn snapshot(&mut self, group_id: &[u8]) -> Result<(), GroupError> {
         if self.vault.is_none() {
             return Ok(());
@@ -262,6 +263,8 @@ impl GroupClient {
         let (vault, keep) = self.vault.as_ref().expect("checked above");
         let packed = pack_snapshot(&rows).map_err(|e| GroupError::Other(e.to_string()))?;
         vault.put_latest(&self.session, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
+        // The device's own full state too, for recovery after state loss.
+        super::vault::backup_device(vault, &self.session, self.device()).await.map_err(vault_failure)?;
         if let Some(old) = epoch.checked_sub(*keep) {
             for name in [snapshot_name(group_id, old), sent_name(group_id, old)] {
                 vault.delete_any(&self.session, &name).await.map_err(vault_failure)?;
