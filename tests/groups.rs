@@ -5,39 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Component, Prosody, COMPONENT};
-use xmpp_mls::client::{Device, GroupClient, GroupEvent};
-use xmpp_parsers::jid::{BareJid, Jid};
-
-fn service() -> Jid {
-    Jid::new(COMPONENT).unwrap()
-}
+use common::{expect, member, Component, Prosody};
+use xmpp_mls::client::{GroupClient, GroupEvent};
+use xmpp_parsers::jid::BareJid;
 
 fn bare(s: &str) -> BareJid {
     BareJid::new(s).unwrap()
-}
-
-/// A logged-in device with a published key and a pool of KeyPackages.
-async fn member(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
-    let session = prosody.client(user, resource).await;
-    let account = bare(&format!("{user}@example.org"));
-    let device = Device::create(&dir.path().join(format!("{user}-{resource}.sqlite3")), account, None).unwrap();
-    session.publish_device(&service(), &device.item(None)).await.unwrap();
-    device.refill(&session, &service(), 5, true).await.unwrap();
-    GroupClient::start(session, device, service()).await.unwrap()
-}
-
-/// Waits for the first event matching `pred`, skipping others.
-async fn expect(client: &mut GroupClient, what: &str, pred: impl Fn(&GroupEvent) -> bool) -> GroupEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event(left).await.unwrap() {
-            Some(e) if pred(&e) => return e,
-            Some(_) => continue,
-            None => panic!("no {what} in time"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Component, Prosody, COMPONENT};
+use common::{expect, member, Component, Prosody, COMPONENT};
 use xmpp_mls::client::{ConnectOptions, Device, GroupClient, GroupEvent, Session};
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -26,35 +26,12 @@ async fn login(prosody: &Prosody, user: &str, resource: &str) -> Session {
     Session::connect(opts).await.unwrap()
 }
 
-/// A device with a published key and KeyPackages, state in `dir`.
-async fn member(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
-    let session = login(prosody, user, resource).await;
-    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
-    let account = bare(&format!("{user}@example.org"));
-    let device = Device::create(&path, account, None).unwrap();
-    session.publish_device(&service(), &device.item(None)).await.unwrap();
-    device.refill(&session, &service(), 5, true).await.unwrap();
-    GroupClient::start(session, device, service()).await.unwrap()
-}
-
 /// The same device, back online from its state file.
 async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
     let session = login(prosody, user, resource).await;
     let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
     let device = Device::open(&path, &bare(&format!("{user}@example.org"))).unwrap();
     GroupClient::start(session, device, service()).await.unwrap()
-}
-
-async fn expect(client: &mut GroupClient, what: &str, pred: impl Fn(&GroupEvent) -> bool) -> GroupEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event(left).await.unwrap() {
-            Some(e) if pred(&e) => return e,
-            Some(_) => continue,
-            None => panic!("no {what} in time"),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Component, Prosody, COMPONENT};
+use common::{expect, Component, Prosody, COMPONENT};
 use xmpp_mls::client::{
     backed_up_devices, backup_device, restore_device, ClientError, ConnectOptions, Device, GroupClient, GroupEvent,
     KdfParams, Session, Unreadable, Vault, VaultError,
@@ -111,18 +111,6 @@ async fn changing_the_passphrase_rewraps_and_rotation_reseals() {
     for (i, (name, version)) in after.list(&alice).await.unwrap().into_iter().enumerate() {
         assert_eq!(version, 2, "{name} re-sealed under the new key");
         assert_eq!(after.get(&alice, &name).await.unwrap().unwrap().1, format!("secret {i}").as_bytes());
-    }
-}
-
-async fn expect(client: &mut GroupClient, what: &str, pred: impl Fn(&GroupEvent) -> bool) -> GroupEvent {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match client.next_event(left).await.unwrap() {
-            Some(e) if pred(&e) => return e,
-            Some(_) => continue,
-            None => panic!("no {what} in time"),
-        }
     }
 }
 

@@ -20,8 +20,21 @@ pub mod xep;
 
 const TEMPLATE: &str = include_str!("../fixtures/prosody.cfg.lua.template");
 
+/// A free loopback port. Ports come from a per-process sequence (starting
+/// at a place derived from the process id) rather than from the kernel's
+/// ephemeral range, so that a port just released by one test is not handed
+/// to another test of the same run.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() * 7_919) % 25_000, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = 20_000 + (port - 20_000) % 40_000;
+        if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
 }
 
 /// Polls `check` every 50 ms until it holds or `timeout` passes.
@@ -280,4 +293,34 @@ pub fn store_digest(path: &Path) -> String {
         out.push_str(&format!("{table}: {}\n", rows.join("; ")));
     }
     out
+}
+
+/// A logged-in device of `user` with a published key and `pool`
+/// KeyPackages, its state in `dir/<user>-<resource>.sqlite3`.
+pub async fn member(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> xmpp_mls::client::GroupClient {
+    let session = prosody.client(user, resource).await;
+    let account = BareJid::new(&format!("{user}@{DOMAIN}")).unwrap();
+    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
+    let device = xmpp_mls::client::Device::create(&path, account, None).unwrap();
+    let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();
+    session.publish_device(&service, &device.item(None)).await.unwrap();
+    device.refill(&session, &service, 5, true).await.unwrap();
+    xmpp_mls::client::GroupClient::start(session, device, service).await.unwrap()
+}
+
+/// Waits (20 s at most) for the first event matching `pred`, skipping others.
+pub async fn expect(
+    client: &mut xmpp_mls::client::GroupClient,
+    what: &str,
+    pred: impl Fn(&xmpp_mls::client::GroupEvent) -> bool,
+) -> xmpp_mls::client::GroupEvent {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_event(left).await.unwrap() {
+            Some(e) if pred(&e) => return e,
+            Some(_) => continue,
+            None => panic!("no {what} in time"),
+        }
+    }
 }
