@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{expect, member, Component, Prosody, COMPONENT};
-use xmpp_mls::client::{ConnectOptions, Device, GroupClient, GroupEvent, Session};
+use xmpp_mls::client::{Device, GroupClient, GroupEvent};
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_parsers::jid::{BareJid, Jid};
 
@@ -18,17 +18,9 @@ fn bare(s: &str) -> BareJid {
     BareJid::new(s).unwrap()
 }
 
-async fn login(prosody: &Prosody, user: &str, resource: &str) -> Session {
-    prosody.register(user, user);
-    let mut opts = ConnectOptions::new(bare(&format!("{user}@example.org")), user);
-    opts.server = Some(format!("127.0.0.1:{}", prosody.c2s_port));
-    opts.resource = Some(resource.to_owned());
-    Session::connect(opts).await.unwrap()
-}
-
 /// The same device, back online from its state file.
 async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
-    let session = login(prosody, user, resource).await;
+    let session = prosody.client(user, resource).await;
     let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
     let device = Device::open(&path, &bare(&format!("{user}@example.org"))).unwrap();
     GroupClient::start(session, device, service()).await.unwrap()
@@ -220,7 +212,7 @@ async fn an_inbox_entry_stays_until_every_live_device_acknowledged_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let phone = member(&prosody, &dir, "alice", "phone").await;
-    let claimer = login(&prosody, "bob", "phone").await;
+    let claimer = prosody.client("bob", "phone").await;
     claimer
         .claim(&service(), &bare("alice@example.org"), &xmpp_mls::protocol::keypackages::Claim::default())
         .await

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect, Component, Prosody, COMPONENT};
+use common::{expect, member, Component, Prosody, COMPONENT};
 use xmpp_mls::client::{
-    backed_up_devices, backup_device, restore_device, ClientError, ConnectOptions, Device, GroupClient, GroupEvent,
+    backed_up_devices, backup_device, restore_device, ClientError, Device, GroupClient, GroupEvent,
     KdfParams, Session, Unreadable, Vault, VaultError,
 };
 use xmpp_mls::protocol::vault::VaultRequest;
@@ -24,14 +24,6 @@ fn bare(s: &str) -> BareJid {
     BareJid::new(s).unwrap()
 }
 
-async fn login(prosody: &Prosody, user: &str, resource: &str) -> Session {
-    prosody.register(user, user);
-    let mut opts = ConnectOptions::new(bare(&format!("{user}@example.org")), user);
-    opts.server = Some(format!("127.0.0.1:{}", prosody.c2s_port));
-    opts.resource = Some(resource.to_owned());
-    Session::connect(opts).await.unwrap()
-}
-
 fn condition(e: VaultError) -> (DefinedCondition, Option<String>) {
     match e {
         VaultError::Client(ClientError::Stanza(s)) => (s.defined_condition, s.other.map(|o| o.name().to_owned())),
@@ -43,8 +35,8 @@ fn condition(e: VaultError) -> (DefinedCondition, Option<String>) {
 async fn blobs_compare_and_swap_within_quota_for_their_owner_only() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "[vault]\nmax_blob_size = 1000\nquota_bytes = 3000\nmax_blobs = 4");
-    let alice = login(&prosody, "alice", "laptop").await;
-    let bob = login(&prosody, "bob", "phone").await;
+    let alice = prosody.client("alice", "laptop").await;
+    let bob = prosody.client("bob", "phone").await;
     let vault = Vault::create(&alice, &service(), "correct horse", FAST).await.unwrap();
     assert!(matches!(Vault::create(&alice, &service(), "again", FAST).await, Err(VaultError::Exists)));
 
@@ -93,7 +85,7 @@ async fn raw_keys(session: &Session) -> minidom::Element {
 async fn changing_the_passphrase_rewraps_and_rotation_reseals() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
-    let alice = login(&prosody, "alice", "laptop").await;
+    let alice = prosody.client("alice", "laptop").await;
     let mut vault = Vault::create(&alice, &service(), "old pass", FAST).await.unwrap();
     for i in 0..3 {
         vault.put(&alice, &format!("blob{i}"), 0, format!("secret {i}").as_bytes()).await.unwrap();
@@ -119,16 +111,8 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut clients = Vec::new();
-    for user in ["alice", "bob"] {
-        let session = login(&prosody, user, "d").await;
-        let device = Device::create(&dir.path().join(format!("{user}.sqlite3")), bare(&format!("{user}@example.org")), None).unwrap();
-        session.publish_device(&service(), &device.item(None)).await.unwrap();
-        device.refill(&session, &service(), 3, true).await.unwrap();
-        clients.push(GroupClient::start(session, device, service()).await.unwrap());
-    }
-    let mut bob = clients.pop().unwrap();
-    let mut alice = clients.pop().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "d").await;
+    let mut bob = member(&prosody, &dir, "bob", "d").await;
     let group = alice.create().await.unwrap();
     alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
@@ -142,13 +126,13 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
 
     // bob's device loses its state; alice goes on, with a new epoch.
     bob.session.close().await;
-    std::fs::remove_file(dir.path().join("bob.sqlite3")).unwrap();
+    std::fs::remove_file(dir.path().join("bob-d.sqlite3")).unwrap();
     alice.send(&group, b"while bob is gone").await.unwrap();
     alice.update(&group).await.unwrap();
     alice.send(&group, b"after a new epoch").await.unwrap();
 
     // With only his password and passphrase, bob restores and catches up.
-    let session = login(&prosody, "bob", "d").await;
+    let session = prosody.client("bob", "d").await;
     let vault = Vault::open(&session, &service(), "bob's passphrase").await.unwrap();
     assert_eq!(backed_up_devices(&vault, &session).await.unwrap(), vec![device_id.clone()]);
     let path = dir.path().join("bob-restored.sqlite3");
@@ -176,16 +160,8 @@ async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmp
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut clients = Vec::new();
-    for user in ["alice", "bob"] {
-        let session = login(&prosody, user, "d").await;
-        let device = Device::create(&dir.path().join(format!("{user}.sqlite3")), bare(&format!("{user}@example.org")), None).unwrap();
-        session.publish_device(&service(), &device.item(None)).await.unwrap();
-        device.refill(&session, &service(), 3, true).await.unwrap();
-        clients.push(GroupClient::start(session, device, service()).await.unwrap());
-    }
-    let mut bob = clients.pop().unwrap();
-    let mut alice = clients.pop().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "d").await;
+    let mut bob = member(&prosody, &dir, "bob", "d").await;
     let vault = Vault::create(&alice.session, &service(), "alice's passphrase", FAST).await.unwrap();
     alice.attach_vault(vault, keep);
     let group = alice.create().await.unwrap();
@@ -206,7 +182,7 @@ async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmp
         }
     }
     // A new device of alice's, never in the group: her password and passphrase only.
-    let session = login(&prosody, "alice", "new").await;
+    let session = prosody.client("alice", "new").await;
     let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
     let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
     let mut new = GroupClient::start(session, device, service()).await.unwrap();
@@ -244,7 +220,7 @@ fn tamper(store: &std::path::Path, sql: &str, params: &[&dyn rusqlite::ToSql]) {
 async fn tampering_is_detected_and_the_passphrase_change_rewrites_one_blob() {
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "");
-    let alice = login(&prosody, "alice", "laptop").await;
+    let alice = prosody.client("alice", "laptop").await;
     let mut vault = Vault::create(&alice, &service(), "old", FAST).await.unwrap();
     vault.put(&alice, "a", 0, b"alpha v1").await.unwrap();
     vault.put(&alice, "b", 0, b"beta").await.unwrap();
@@ -290,8 +266,8 @@ async fn tampering_is_detected_and_the_passphrase_change_rewrites_one_blob() {
 async fn two_devices_updating_concurrently_lose_no_update() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
-    let laptop = login(&prosody, "alice", "laptop").await;
-    let phone = login(&prosody, "alice", "phone").await;
+    let laptop = prosody.client("alice", "laptop").await;
+    let phone = prosody.client("alice", "phone").await;
     let vault = Vault::create(&laptop, &service(), "pass", FAST).await.unwrap();
     vault.put(&laptop, "counter", 0, &0u64.to_be_bytes()).await.unwrap();
     let other = Vault::open(&phone, &service(), "pass").await.unwrap();
