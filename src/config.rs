@@ -90,6 +90,10 @@ pub struct Limits {
     pub max_in_flight: usize,
     /// Largest page of a MAM query.
     pub max_page_size: usize,
+    /// Stanzas per second one account (bare JID) may send, sustained...
+    pub account_rate: u32,
+    /// ...after a burst of this many.
+    pub account_burst: u32,
 }
 
 /// Device lists and KeyPackages (advertised in disco where clients need them).
@@ -141,11 +145,15 @@ pub struct GroupsConfig {
     /// Application messages of this many epochs before the current one are
     /// still accepted (they were in flight during a commit).
     pub past_epochs: u64,
+    /// Leaves one group may have.
+    pub max_members: usize,
+    /// Groups one account may be a member of.
+    pub max_groups_per_account: usize,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        Self { past_epochs: 3 }
+        Self { past_epochs: 3, max_members: 1024, max_groups_per_account: 512 }
     }
 }
 
@@ -227,7 +235,7 @@ impl Default for Limits {
     fn default() -> Self {
         // 16 KiB below Prosody's default c2s stanza limit (262144), so the
         // sender gets a stanza error rather than a closed stream.
-        Self { max_payload_size: 240 * 1024, max_in_flight: 256, max_page_size: 100 }
+        Self { max_payload_size: 240 * 1024, max_in_flight: 256, max_page_size: 100, account_rate: 50, account_burst: 200 }
     }
 }
 
@@ -296,6 +304,10 @@ impl Config {
             ("limits.max_payload_size", self.limits.max_payload_size as u64),
             ("limits.max_in_flight", self.limits.max_in_flight as u64),
             ("limits.max_page_size", self.limits.max_page_size as u64),
+            ("limits.account_rate", u64::from(self.limits.account_rate)),
+            ("limits.account_burst", u64::from(self.limits.account_burst)),
+            ("groups.max_members", self.groups.max_members as u64),
+            ("groups.max_groups_per_account", self.groups.max_groups_per_account as u64),
             ("directory.max_devices_per_account", self.directory.max_devices_per_account as u64),
             ("directory.max_device_lifetime_days", self.directory.max_device_lifetime_days),
             ("directory.max_key_packages_per_device", self.directory.max_key_packages_per_device as u64),

@@ -51,12 +51,13 @@ pub async fn route(service: &Service, stanza: Element) -> Routed {
 
 /// Group messages; anything else is bounced so the sender knows.
 async fn route_message(service: &Service, msg: &Element, from: &Jid, to: &Jid) -> Routed {
-    let outcome = match Address::parse(to) {
-        Ok(Address::Group(id)) if to.resource().is_none() && msg.attr("type") == Some("groupchat") => {
+    let outcome = match (service.admit(from), Address::parse(to)) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Ok(Address::Group(id))) if to.resource().is_none() && msg.attr("type") == Some("groupchat") => {
             service.group_message(from, &id, msg).await
         }
-        Ok(_) => Err(ServiceError::Unsupported),
-        Err(e) => Err(e.into()),
+        (Ok(()), Ok(_)) => Err(ServiceError::Unsupported),
+        (Ok(()), Err(e)) => Err(e.into()),
     };
     respond(msg, outcome)
 }
@@ -71,7 +72,12 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
         Some("unavailable") => true,
         _ => return Routed::default(), // probes, subscriptions: not ours
     };
-    let outcome = service.feed_presence(from, &id, device.as_str(), unavailable).await;
+    // Leaving is never rate-limited: it only frees resources.
+    let admitted = if unavailable { Ok(()) } else { service.admit(from) };
+    let outcome = match admitted {
+        Ok(()) => service.feed_presence(from, &id, device.as_str(), unavailable).await,
+        Err(e) => Err(e),
+    };
     if unavailable && outcome.is_err() {
         return Routed::default();
     }
@@ -107,12 +113,13 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
         _ => return Routed::default(), // result or invalid: never answered
     };
     let Some(id) = iq.attr("id").map(str::to_owned) else { return Routed::default() };
-    let outcome = match (Address::parse(&to), single_child(iq)) {
-        (Err(e), _) => Err(e.into()),
-        (Ok(_), None) => {
+    let outcome = match (service.admit(&from), Address::parse(&to), single_child(iq)) {
+        (Err(e), _, _) => Err(e),
+        (Ok(()), Err(e), _) => Err(e.into()),
+        (Ok(()), Ok(_), None) => {
             Err(ProtocolError::Malformed("an IQ get or set carries exactly one child element").into())
         }
-        (Ok(address), Some(payload)) => {
+        (Ok(()), Ok(address), Some(payload)) => {
             let req = IqRequest { id, from, to, address, kind, payload: payload.clone() };
             service.handle_iq(&req).await
         }

@@ -45,6 +45,16 @@ pub struct AnnouncedLimits {
     pub max_page_size: usize,
     pub max_vault_blob_size: usize,
     pub vault_quota: usize,
+    pub max_vault_blobs: usize,
+    pub max_members: usize,
+    pub max_groups_per_account: usize,
+    /// Claims of one account's KeyPackages in a row, then one per
+    /// `claim_refill` seconds.
+    pub claim_burst: u32,
+    pub claim_refill: u64,
+    /// Stanzas per second one account may send, after `account_burst`.
+    pub account_rate: u32,
+    pub account_burst: u32,
 }
 
 fn field(var: &str, value: impl ToString) -> Field {
@@ -67,6 +77,13 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             field("max-page-size", limits.max_page_size),
             field("max-vault-blob-size", limits.max_vault_blob_size),
             field("vault-quota", limits.vault_quota),
+            field("max-vault-blobs", limits.max_vault_blobs),
+            field("max-members", limits.max_members),
+            field("max-groups-per-account", limits.max_groups_per_account),
+            field("claim-burst", limits.claim_burst),
+            field("claim-refill", limits.claim_refill),
+            field("account-rate", limits.account_rate),
+            field("account-burst", limits.account_burst),
         ],
     );
     info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])

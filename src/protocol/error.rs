@@ -38,6 +38,11 @@ pub enum AppCondition {
     QuotaExceeded,
     /// With `policy-violation`: the account has the maximum of vault blobs.
     TooManyBlobs,
+    /// With `policy-violation`: the group would have more than max-members leaves.
+    TooManyMembers,
+    /// With `policy-violation`: an account would be in more than
+    /// max-groups-per-account groups.
+    TooManyGroups,
 }
 
 impl AppCondition {
@@ -56,6 +61,8 @@ impl AppCondition {
             AppCondition::BlobTooBig => "blob-too-big",
             AppCondition::QuotaExceeded => "quota-exceeded",
             AppCondition::TooManyBlobs => "too-many-blobs",
+            AppCondition::TooManyMembers => "too-many-members",
+            AppCondition::TooManyGroups => "too-many-groups",
         }
     }
 

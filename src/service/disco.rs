@@ -57,17 +57,24 @@ impl Service {
     }
 
     fn announced_limits(&self) -> AnnouncedLimits {
-        let (l, d) = (&self.config.limits, &self.config.directory);
+        let (l, d, g, v) = (&self.config.limits, &self.config.directory, &self.config.groups, &self.config.vault);
         AnnouncedLimits {
             max_payload_size: l.max_payload_size,
             max_devices_per_account: d.max_devices_per_account,
             max_key_packages_per_device: d.max_key_packages_per_device,
             max_key_package_lifetime: d.max_key_package_lifetime_days * DAY,
             cipher_suites: d.cipher_suites.clone(),
-            max_past_epochs: self.config.groups.past_epochs,
+            max_past_epochs: g.past_epochs,
             max_page_size: l.max_page_size,
-            max_vault_blob_size: self.config.vault.max_blob_size,
-            vault_quota: self.config.vault.quota_bytes,
+            max_vault_blob_size: v.max_blob_size,
+            vault_quota: v.quota_bytes,
+            max_vault_blobs: v.max_blobs,
+            max_members: g.max_members,
+            max_groups_per_account: g.max_groups_per_account,
+            claim_burst: d.claim_burst,
+            claim_refill: d.claim_refill_secs,
+            account_rate: l.account_rate,
+            account_burst: l.account_burst,
         }
     }
 }

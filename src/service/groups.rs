@@ -18,6 +18,8 @@ use tls_codec::Serialize as _;
 use xmpp_parsers::jid::BareJid;
 
 use super::{IqRequest, Response, Service, ServiceError};
+use crate::config::GroupsConfig;
+use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{
     group_info_element, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome, WrongEpoch,
 };
@@ -109,6 +111,27 @@ fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Resu
     (ours == theirs).then_some(()).ok_or(ServiceError::InvalidMessage(Invalid::GroupInfoMismatch))
 }
 
+/// The group's size limits: at most `max_members` leaves, and no account
+/// that joins with this change in more than `max_groups_per_account` groups.
+fn check_size(tx: &GroupTx<'_>, members: &[Member], before: &[Member], limits: &GroupsConfig) -> Result<(), ServiceError> {
+    if members.len() > limits.max_members {
+        return Err(ServiceError::Limit(AppCondition::TooManyMembers));
+    }
+    let mut joining: Vec<&str> = members
+        .iter()
+        .map(|m| m.account.as_str())
+        .filter(|a| !before.iter().any(|b| b.account == *a))
+        .collect();
+    joining.sort_unstable();
+    joining.dedup();
+    for account in joining {
+        if tx.other_groups(account)? >= limits.max_groups_per_account {
+            return Err(ServiceError::Limit(AppCondition::TooManyGroups));
+        }
+    }
+    Ok(())
+}
+
 fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
     PublicGroup::load(&tx.mls(), &GroupId::from_slice(group_id))
         .map_err(library)?
@@ -119,6 +142,7 @@ fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> 
 fn apply_commit(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
+    limits: &GroupsConfig,
     group_id: &[u8],
     group_jid: &str,
     account: &BareJid,
@@ -171,11 +195,13 @@ fn apply_commit(
     }
     let sender_device = device_of(tx, account.as_str(), &committer_key)?;
     pg.merge_commit(&tx.mls(), *staged).map_err(library)?;
+    let members = members_of(&pg);
+    check_size(tx, &members, &before, limits)?;
     check_group_info(crypto, &bundle.group_info, &pg)?;
     let epoch = pg.group_context().epoch().as_u64();
     let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
     tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
-    tx.set_members(&members_of(&pg), archived.seq)?;
+    tx.set_members(&members, archived.seq)?;
     let removed = tx.prune_feed()?;
     let mut welcome = None;
     if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
@@ -257,9 +283,8 @@ impl Service {
     /// check and one of them is the creator's.
     pub(super) async fn create_group(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let create = Create::parse(&req.payload)?;
-        let account = req.from.to_bare();
-        let crypto = self.crypto.clone();
-        let gid = group_id.to_vec();
+        let (account, crypto, gid) = (req.from.to_bare(), self.crypto.clone(), group_id.to_vec());
+        let limits = self.config.groups.clone();
         self.store
             .group_tx(group_id.to_vec(), move |tx| {
                 if tx.state()?.is_some() {
@@ -276,6 +301,7 @@ impl Service {
                 if !members.iter().any(|m| m.account == account.as_str()) {
                     return Err(ServiceError::NotAMember);
                 }
+                check_size(tx, &members, &[], &limits)?;
                 tx.create(pg.group_context().epoch().as_u64(), &create.group_info)?;
                 tx.set_members(&members, 0)?;
                 Ok(())
@@ -288,9 +314,10 @@ impl Service {
         let bundle = CommitBundle::parse(&req.payload)?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
+        let limits = self.config.groups.clone();
         let delivered = self
             .store
-            .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &gid, &jid, &account, bundle))
+            .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &limits, &gid, &jid, &account, bundle))
             .await?;
         Ok(self.deliver(group_id, delivered, req))
     }

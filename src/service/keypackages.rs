@@ -1,6 +1,5 @@
 //! The KeyPackage node (owner uploads and listings) and claims.
 
-use governor::clock::{Clock, DefaultClock};
 use xmpp_parsers::jid::BareJid;
 
 use super::pubsub::{headline, Caller};
@@ -93,10 +92,6 @@ impl Service {
     }
 
     fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid) -> Result<(), ServiceError> {
-        let key = (claimer.to_string(), account.to_string());
-        self.claims.check_key(&key).map_err(|not_until| {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
-        })
+        super::check_rate(&self.claims, &(claimer.to_string(), account.to_string()))
     }
 }

@@ -132,17 +132,33 @@ pub struct Service {
     pub order: Order,
     /// Claims per (claimer, account): bounded by `maintain`.
     claims: DefaultKeyedRateLimiter<(String, String)>,
+    /// Stanzas per sending account: bounded by `maintain`.
+    accounts: DefaultKeyedRateLimiter<String>,
 }
 
 impl Service {
     /// `positions`: the store's archive position of every group.
     pub fn new(config: Arc<Config>, store: Store, positions: Vec<(Vec<u8>, u64)>) -> Self {
-        let d = &config.directory;
-        let burst = NonZeroU32::new(d.claim_burst).unwrap_or(NonZeroU32::MIN);
-        let quota = Quota::with_period(Duration::from_secs(d.claim_refill_secs))
+        let (d, l) = (&config.directory, &config.limits);
+        let claims = Quota::with_period(Duration::from_secs(d.claim_refill_secs))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
-        Self { config, store, crypto: Arc::default(), order: Order::new(positions), claims: RateLimiter::keyed(quota) }
+            .allow_burst(NonZeroU32::new(d.claim_burst).unwrap_or(NonZeroU32::MIN));
+        let accounts = Quota::per_second(NonZeroU32::new(l.account_rate).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(l.account_burst).unwrap_or(NonZeroU32::MIN));
+        Self {
+            config,
+            store,
+            crypto: Arc::default(),
+            order: Order::new(positions),
+            claims: RateLimiter::keyed(claims),
+            accounts: RateLimiter::keyed(accounts),
+        }
+    }
+
+    /// The per-account stanza rate (limits.account_rate): checked by the
+    /// router before any work, for every stanza that may be answered.
+    pub fn admit(&self, from: &Jid) -> Result<(), ServiceError> {
+        check_rate(&self.accounts, &from.to_bare().to_string())
     }
 
     /// Periodic housekeeping: forget idle rate-limit state, drop expired
@@ -150,6 +166,8 @@ impl Service {
     pub async fn maintain(&self) -> Result<(), StoreError> {
         self.claims.retain_recent();
         self.claims.shrink_to_fit();
+        self.accounts.retain_recent();
+        self.accounts.shrink_to_fit();
         let now = crate::protocol::now();
         self.store.prune_directory(now).await?;
         let pruned = self.store.prune_history(now - self.config.history.retention_secs as i64).await?;
@@ -205,6 +223,18 @@ impl Service {
             _ => Err(ServiceError::Unsupported),
         }
     }
+}
+
+/// One token from `limiter` for `key`, or how long to wait for it.
+fn check_rate<K: Clone + Eq + std::hash::Hash>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+) -> Result<(), ServiceError> {
+    use governor::clock::{Clock, DefaultClock};
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
+    })
 }
 
 /// Bytes of `el` as XML, counted without building the string.

@@ -142,6 +142,15 @@ impl<'c> GroupTx<'c> {
         members(self.c, &self.group_id)
     }
 
+    /// How many groups other than this one `account` is a member of.
+    pub fn other_groups(&self, account: &str) -> Result<usize, StoreError> {
+        let n: i64 = self.c.prepare_cached(
+            "SELECT COUNT(DISTINCT group_id) FROM members WHERE account = ?1 AND group_id != ?2",
+        )?
+        .query_row(params![account, self.group_id], |r| r.get(0))?;
+        Ok(n as usize)
+    }
+
     pub fn feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
         feed(self.c, &self.group_id)
     }

@@ -125,6 +125,8 @@ const MIGRATIONS: &[M<'static>] = &[
             PRIMARY KEY (account, name)
         ) STRICT;",
     ),
+    // 7: groups per account (groups.max_groups_per_account).
+    M::up("CREATE INDEX members_of_account ON members (account, group_id);"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

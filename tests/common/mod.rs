@@ -14,6 +14,8 @@ use xmpp_parsers::jid::BareJid;
 
 pub const DOMAIN: &str = "example.org";
 pub const COMPONENT: &str = "mls.example.org";
+/// The fixture's second VirtualHost: accounts of another domain.
+pub const OTHER_DOMAIN: &str = "other.example";
 const SECRET: &str = "component-secret";
 pub mod mls;
 pub mod xep;
@@ -113,10 +115,16 @@ impl Prosody {
     }
 
     pub fn register(&self, user: &str, password: &str) {
+        self.register_on(DOMAIN, user, password)
+    }
+
+    /// Registers `user@domain` on one of the configuration's VirtualHosts
+    /// ([`DOMAIN`] or [`OTHER_DOMAIN`]).
+    pub fn register_on(&self, domain: &str, user: &str, password: &str) {
         let out = Command::new("prosodyctl")
             .arg("--config")
             .arg(self.config_path())
-            .args(["register", user, DOMAIN, password])
+            .args(["register", user, domain, password])
             .output()
             .unwrap();
         assert!(out.status.success(), "register {user}: {}", String::from_utf8_lossy(&out.stderr));
@@ -128,8 +136,13 @@ impl Prosody {
 
     /// Registers `user` (password = user) and logs in as `user@DOMAIN/resource`.
     pub async fn client(&self, user: &str, resource: &str) -> Session {
-        self.register(user, user);
-        let mut opts = ConnectOptions::new(BareJid::new(&format!("{user}@{DOMAIN}")).unwrap(), user);
+        self.client_on(DOMAIN, user, resource).await
+    }
+
+    /// Registers `user@domain` (password = user) and logs in with `resource`.
+    pub async fn client_on(&self, domain: &str, user: &str, resource: &str) -> Session {
+        self.register_on(domain, user, user);
+        let mut opts = ConnectOptions::new(BareJid::new(&format!("{user}@{domain}")).unwrap(), user);
         opts.server = Some(format!("127.0.0.1:{}", self.c2s_port));
         opts.resource = Some(resource.to_owned());
         opts.iq_timeout = Duration::from_secs(10);
@@ -168,7 +181,13 @@ impl Component {
     }
 
     fn launch(&mut self) {
-        let log = std::fs::File::create(self.log_path()).unwrap();
+        std::fs::File::create(self.log_path()).unwrap();
+        self.launch_appending();
+    }
+
+    /// Starts the process; its log goes after what the log file holds.
+    fn launch_appending(&mut self) {
+        let log = std::fs::OpenOptions::new().append(true).open(self.log_path()).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
             .args(["serve", "--config"])
             .arg(self.dir.path().join("xmpp-mls.toml"))
@@ -207,6 +226,31 @@ impl Component {
 
     pub fn store_path(&self) -> PathBuf {
         self.dir.path().join("store.sqlite3")
+    }
+
+    /// SIGKILL: no shutdown, no final commit or checkpoint.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same config and store (after [`Self::kill`] or
+    /// [`Self::terminate`]) and waits for the connection.
+    pub fn restart(&mut self) {
+        let connected = self.count_in_log("component connected");
+        self.launch_appending();
+        let up = self.wait_log("component connected", connected + 1, Duration::from_secs(15));
+        assert!(up, "{}", self.log());
+    }
+
+    /// The peak resident set size of the running process, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 }
 
@@ -298,8 +342,19 @@ pub fn store_digest(path: &Path) -> String {
 /// A logged-in device of `user` with a published key and `pool`
 /// KeyPackages, its state in `dir/<user>-<resource>.sqlite3`.
 pub async fn member(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> xmpp_mls::client::GroupClient {
-    let session = prosody.client(user, resource).await;
-    let account = BareJid::new(&format!("{user}@{DOMAIN}")).unwrap();
+    member_on(prosody, dir, DOMAIN, user, resource).await
+}
+
+/// [`member`] for an account of `domain`.
+pub async fn member_on(
+    prosody: &Prosody,
+    dir: &tempfile::TempDir,
+    domain: &str,
+    user: &str,
+    resource: &str,
+) -> xmpp_mls::client::GroupClient {
+    let session = prosody.client_on(domain, user, resource).await;
+    let account = BareJid::new(&format!("{user}@{domain}")).unwrap();
     let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
     let device = xmpp_mls::client::Device::create(&path, account, None).unwrap();
     let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();

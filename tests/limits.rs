@@ -1,0 +1,141 @@
+//! Limits end to end: group size, groups per account, the per-account
+//! stanza rate, and memory under a flood. Every refusal is the documented
+//! stanza error and leaves the store unchanged.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{member, store_digest, Component, Prosody, COMPONENT};
+use minidom::Element;
+use xmpp_mls::client::{describe, ClientError, GroupClient, GroupError};
+use xmpp_parsers::jid::{BareJid, Jid};
+
+fn bare(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
+}
+
+/// Submits a Commit by `by` adding every device of `account` (claimed
+/// first) and returns the refusal; the store must not change.
+async fn refused_add(by: &mut GroupClient, group: &BareJid, account: &str, component: &Component) -> String {
+    let account = bare(account);
+    let devices = by.session.devices(by.service(), &account).await.unwrap();
+    let kps = by.key_packages_for(&account, devices.into_iter().map(|d| d.id).collect()).await.unwrap();
+    let before = store_digest(&component.store_path());
+    let bundle = by.stage_add(group, kps).await.unwrap();
+    let refusal = match by.submit(group, &bundle).await {
+        Err(ClientError::Stanza(e)) => describe(&e),
+        other => panic!("expected a stanza error, got {other:?}"),
+    };
+    by.discard_pending(group).unwrap();
+    assert!(store_digest(&component.store_path()) == before, "the refused Commit changed the store");
+    refusal
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_size_and_groups_per_account_are_policy_violations() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[groups]\nmax_members = 2\nmax_groups_per_account = 1");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let _bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut carol = member(&prosody, &dir, "carol", "pc").await;
+
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    // A third leaf: the Commit is refused whole.
+    assert_eq!(refused_add(&mut alice, &group, "carol@example.org", &component).await, "modify/policy-violation (too-many-members)");
+
+    // alice is in one group already: she cannot register a second...
+    let before = store_digest(&component.store_path());
+    let Err(GroupError::Client(ClientError::Stanza(e))) = alice.create().await else { panic!("created") };
+    assert_eq!(describe(&e), "modify/policy-violation (too-many-groups)");
+    assert!(store_digest(&component.store_path()) == before, "the refused create changed the store");
+
+    // ...and nobody can bring bob, who is in one too, into another.
+    let other = carol.create().await.unwrap();
+    assert_eq!(refused_add(&mut carol, &other, "bob@example.org", &component).await, "modify/policy-violation (too-many-groups)");
+}
+
+fn disco_info() -> Element {
+    Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build()
+}
+
+/// (accepted, refusals as text) of `n` disco#info requests sent at once.
+async fn burst(session: &xmpp_mls::client::Session, n: usize) -> (usize, Vec<String>) {
+    let service = Jid::new(COMPONENT).unwrap();
+    let replies = futures::future::join_all((0..n).map(|_| session.iq(&service, "get", disco_info()))).await;
+    let mut accepted = 0;
+    let mut refused = Vec::new();
+    for reply in replies {
+        match reply {
+            Ok(_) => accepted += 1,
+            Err(ClientError::Stanza(e)) => {
+                let retry = e.other.as_ref().and_then(|o| o.attr("retry-after")).unwrap_or("-").to_owned();
+                refused.push(format!("{} retry-after={retry}", describe(&e)));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    (accepted, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_over_its_stanza_rate_is_told_when_to_retry() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "[limits]\naccount_rate = 1\naccount_burst = 5");
+    let alice = prosody.client("alice", "laptop").await;
+    let alice_phone = prosody.client("alice", "phone").await;
+    let bob = prosody.client("bob", "pc").await;
+
+    let start = Instant::now();
+    let (laptop_ok, laptop_refused) = burst(&alice, 8).await;
+    let (phone_ok, phone_refused) = burst(&alice_phone, 4).await;
+    let elapsed = start.elapsed().as_secs() as usize;
+    // The burst of 5 is the account's, not the device's: both devices
+    // together got 5, plus one per second that passed.
+    assert!((5..=6 + elapsed).contains(&(laptop_ok + phone_ok)), "{laptop_ok} + {phone_ok} in {elapsed} s");
+    let refused: Vec<String> = laptop_refused.into_iter().chain(phone_refused).collect();
+    assert_eq!(refused.len(), 12 - laptop_ok - phone_ok);
+    assert!(refused.iter().all(|r| r == "wait/resource-constraint (rate-limited) retry-after=1"), "{refused:?}");
+
+    // Another account is not slowed down by alice's flood.
+    assert_eq!(burst(&bob, 5).await, (5, vec![]));
+}
+
+/// A client floods the component with group messages it may not send and
+/// IQs it may: the component answers each (most with rate-limited) and its
+/// peak memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_answered_and_memory_stays_bounded() {
+    const FLOOD: usize = 5_000;
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let group = alice.create().await.unwrap();
+    let mut mallory = prosody.client("mallory", "bot").await;
+    let idle = component.peak_rss_kib();
+
+    let body = "A".repeat(16 * 1024);
+    let payload = format!("<mls xmlns='urn:xmpp:mls:0'>{body}</mls>");
+    for i in 0..FLOOD {
+        let msg = format!("<message xmlns='jabber:client' type='groupchat' id='f{i}' to='{group}'>{payload}</message>");
+        mallory.send(msg.parse().unwrap()).await.unwrap();
+    }
+    let mut errors = std::collections::BTreeMap::<String, usize>::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while errors.values().sum::<usize>() < FLOOD && Instant::now() < deadline {
+        let Some(reply) = mallory.next_event_within(Duration::from_secs(30)).await else { break };
+        let error = reply.get_child("error", "jabber:client").expect("an error reply");
+        let e = xmpp_parsers::stanza_error::StanzaError::try_from(error.clone()).unwrap();
+        *errors.entry(describe(&e)).or_default() += 1;
+    }
+    let peak = component.peak_rss_kib();
+    eprintln!("flood of {FLOOD} x 16 KiB: peak RSS {idle} KiB idle -> {peak} KiB; replies {errors:?}");
+    assert_eq!(errors.values().sum::<usize>(), FLOOD, "every stanza answered: {errors:?}");
+    assert!(errors.keys().all(|k| k == "wait/resource-constraint (rate-limited)" || k.contains("not-acceptable")), "{errors:?}");
+    assert!(peak < idle + 64 * 1024, "peak RSS grew from {idle} to {peak} KiB");
+    // The service still serves its members.
+    alice.send(&group, b"still here").await.unwrap();
+}
