@@ -337,6 +337,9 @@ async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
                         println!("delivered as {stanza_id}");
                         break;
                     }
+                    Some(GroupEvent::Refused { id: got, error, .. }) if got == id => {
+                        return Err(format!("not delivered: {error}").into())
+                    }
                     Some(_) => continue,
                     None => return Err("no echo from the service within 10 s".into()),
                 }
@@ -374,6 +377,7 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>) -> CliResult {
             Some(GroupEvent::Fork { group, epoch }) => {
                 eprintln!("FORK DETECTED in {group} at epoch {epoch}: not sending into it")
             }
+            Some(GroupEvent::Refused { group, id, error }) => eprintln!("{group}: message {id} not delivered: {error}"),
             Some(GroupEvent::Delivered { .. }) | None => {}
         }
     }

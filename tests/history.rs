@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect, member, Component, Prosody, COMPONENT};
-use xmpp_mls::client::{Device, GroupClient, GroupEvent};
+use common::{expect, member, reconnect, Component, Prosody, COMPONENT};
+use xmpp_mls::client::GroupEvent;
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_parsers::jid::{BareJid, Jid};
 
@@ -16,14 +16,6 @@ fn service() -> Jid {
 
 fn bare(s: &str) -> BareJid {
     BareJid::new(s).unwrap()
-}
-
-/// The same device, back online from its state file.
-async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> GroupClient {
-    let session = prosody.client(user, resource).await;
-    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
-    let device = Device::open(&path, &bare(&format!("{user}@example.org"))).unwrap();
-    GroupClient::start(session, device, service()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use openmls::prelude::LeafNodeParameters;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
 use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::stanza_error::StanzaError;
 
 use super::device::Device;
 use super::session::{ClientError, Session};
@@ -74,6 +75,10 @@ pub enum GroupEvent {
     Removed { group: BareJid },
     /// The committer's epoch check differs from ours: the group forked.
     Fork { group: BareJid, epoch: u64 },
+    /// A message this device sent was not delivered: the service refused it
+    /// or the XMPP server bounced it (the service was unreachable). `error`
+    /// is the stanza error as `type/condition (app-condition)`.
+    Refused { group: BareJid, id: String, error: String },
 }
 
 /// A membership change.
@@ -365,6 +370,7 @@ impl GroupClient {
         if self.forked.contains(&id) {
             return Err(GroupError::Forked(group.to_string()));
         }
+        self.settle(group).await?;
         for _ in 0..ATTEMPTS {
             let bundle = self.stage(&id, &change).await?;
             let reply = self.session.iq(&group.clone().into(), "set", bundle.to_element()).await;
@@ -384,10 +390,29 @@ impl GroupClient {
                     };
                     self.await_epoch(group, wrong.epoch).await?;
                 }
+                // No answer: the Commit may have won. It stays pending
+                // until [`Self::settle`] finds out from the archive.
                 Err(e) => return Err(e.into()),
             }
         }
         Err(GroupError::Other(format!("gave up after {ATTEMPTS} lost epochs")))
+    }
+
+    /// Resolves a Commit left pending by a submission that got no answer
+    /// (the service or the connection went away): the archive shows whether
+    /// it won its epoch (it is merged when met there) or not (it is dropped).
+    async fn settle(&mut self, group: &BareJid) -> Result<(), GroupError> {
+        let id = group_id_of(group)?;
+        if load_group(&mut self.groups, &self.device, &id)?.pending_commit().is_none() {
+            return Ok(());
+        }
+        self.catch_up(group, &mut |_, _, _| {}).await?;
+        let g = load_group(&mut self.groups, &self.device, &id)?;
+        if g.pending_commit().is_some() {
+            tracing::info!(%group, "an unanswered Commit did not win its epoch: dropped");
+            g.clear_pending_commit(self.device.provider().storage()).map_err(mls)?;
+        }
+        Ok(())
     }
 
     /// The commit bundle for `change` at the group's current epoch.
@@ -537,6 +562,7 @@ impl GroupClient {
         if self.forked.contains(&id) {
             return Err(GroupError::Forked(group.to_string()));
         }
+        self.settle(group).await?;
         if load_group(&mut self.groups, &self.device, &id)?.pending_proposals().next().is_some() {
             self.commit_pending(group).await?;
         }
@@ -579,6 +605,10 @@ impl GroupClient {
         if stanza.name() != "message" {
             return Ok(());
         }
+        if stanza.attr("type") == Some("error") {
+            self.handle_refusal(&stanza);
+            return Ok(());
+        }
         if let Some(Ok(welcome)) = Welcome::find(&stanza) {
             return self.handle_welcome(welcome).await;
         }
@@ -590,6 +620,21 @@ impl GroupClient {
             .unwrap_or_default()
             .to_owned();
         self.handle_group_message(from, msg, stanza.attr("id").unwrap_or_default(), stanza_id).await
+    }
+
+    /// A message of ours that came back as an error, from a group we are in.
+    fn handle_refusal(&mut self, stanza: &Element) {
+        let group = stanza.attr("from").and_then(|f| BareJid::new(f).ok());
+        let Some(group) = group.filter(|g| group_id_of(g).is_ok_and(|id| self.groups.contains_key(&id))) else {
+            return;
+        };
+        let id = stanza.attr("id").unwrap_or_default().to_owned();
+        self.unconfirmed.remove(&id);
+        let error = match stanza.get_child("error", CLIENT).map(|e| StanzaError::try_from(e.clone())) {
+            Some(Ok(e)) => super::describe(&e),
+            _ => "malformed error".to_owned(),
+        };
+        self.events.push_back(GroupEvent::Refused { group, id, error });
     }
 
     fn handle_presence(&mut self, stanza: &Element) -> Result<(), GroupError> {
@@ -654,9 +699,13 @@ impl GroupClient {
         }
         let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
         if own {
-            if msg.kind == Some(Kind::Application) {
-                self.keep_sent(id, &stanza_id).await?;
-                self.events.push_back(GroupEvent::Delivered { group, id: id.to_owned(), stanza_id });
+            match msg.kind {
+                Some(Kind::Application) => {
+                    self.keep_sent(id, &stanza_id).await?;
+                    self.events.push_back(GroupEvent::Delivered { group, id: id.to_owned(), stanza_id });
+                }
+                Some(Kind::Commit) => self.merge_own_commit(&gid, &group, msg.epoch).await?,
+                _ => {}
             }
             return Ok(()); // our own handshakes were merged when accepted
         }
@@ -722,6 +771,17 @@ impl GroupClient {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Our Commit of `epoch` won although its answer was lost: the pending
+    /// Commit is that one (only this device signs with this leaf).
+    async fn merge_own_commit(&mut self, gid: &[u8], group: &BareJid, epoch: Option<u64>) -> Result<(), GroupError> {
+        let g = load_group(&mut self.groups, &self.device, gid)?;
+        if g.pending_commit().is_none() || epoch != Some(g.epoch().as_u64()) {
+            return Ok(()); // merged when it was accepted
+        }
+        g.merge_pending_commit(self.device.provider()).map_err(mls)?;
+        self.after_commit(gid, group).await
     }
 
     /// Joins `group` with a new device of a member account: fetches the

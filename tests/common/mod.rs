@@ -363,6 +363,15 @@ pub async fn member_on(
     xmpp_mls::client::GroupClient::start(session, device, service).await.unwrap()
 }
 
+/// The device of [`member`], back online from its state file.
+pub async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> xmpp_mls::client::GroupClient {
+    let session = prosody.client(user, resource).await;
+    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
+    let device = xmpp_mls::client::Device::open(&path, &BareJid::new(&format!("{user}@{DOMAIN}")).unwrap()).unwrap();
+    let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();
+    xmpp_mls::client::GroupClient::start(session, device, service).await.unwrap()
+}
+
 /// Waits (20 s at most) for the first event matching `pred`, skipping others.
 pub async fn expect(
     client: &mut xmpp_mls::client::GroupClient,

@@ -1,0 +1,244 @@
+//! Durability end to end: the component is SIGKILLed during sustained
+//! group traffic, and Prosody is restarted under it. A message counts as
+//! accepted once its sender has the echo with its stanza-id; every accepted
+//! message must be in the archive and reach a catching-up device exactly
+//! once, Commits must stay in epoch order, and the store must stay sound.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{expect, member, reconnect, Component, Prosody};
+use xmpp_mls::client::{GroupClient, GroupEvent};
+use xmpp_parsers::jid::BareJid;
+
+const CONFIG: &str = "[limits]\naccount_rate = 1000\naccount_burst = 1000";
+
+fn bare(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
+}
+
+/// A small deterministic PRNG (xorshift64*): the seed is printed so that a
+/// failing schedule can be replayed with `DURABILITY_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn new() -> Self {
+        let seed = std::env::var("DURABILITY_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        eprintln!("DURABILITY_SEED={seed}");
+        Rng(seed)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// What a device saw: echoes of its own messages (id -> stanza id),
+/// refusals, and messages of others (stanza id -> times received).
+#[derive(Default)]
+struct Seen {
+    delivered: HashMap<String, String>,
+    refused: BTreeMap<String, usize>,
+    received: HashMap<String, usize>,
+    bodies: HashMap<String, Vec<u8>>,
+}
+
+impl Seen {
+    fn record(&mut self, event: GroupEvent) {
+        match event {
+            GroupEvent::Delivered { id, stanza_id, .. } => {
+                self.delivered.insert(id, stanza_id);
+            }
+            GroupEvent::Refused { error, .. } => *self.refused.entry(error).or_default() += 1,
+            GroupEvent::Message { stanza_id, body, .. } => {
+                *self.received.entry(stanza_id.clone()).or_default() += 1;
+                self.bodies.insert(stanza_id, body);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Handles whatever `client` has received within `wait`.
+async fn drain(client: &mut GroupClient, seen: &mut Seen, wait: Duration) {
+    while let Ok(Some(event)) = client.next_event(wait).await {
+        seen.record(event);
+    }
+}
+
+/// Reads `client`'s archive of every group from where it stopped.
+async fn catch_up(client: &mut GroupClient, seen: &mut Seen) {
+    client.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    drain(client, seen, Duration::from_millis(300)).await;
+}
+
+/// (epoch, kind) of every archived handshake, in archive order.
+fn archived_handshakes(component: &Component) -> Vec<(i64, String)> {
+    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
+    let mut st = conn.prepare("SELECT epoch, kind FROM archive WHERE kind != 'application' ORDER BY seq").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+}
+
+fn integrity(component: &Component) -> String {
+    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+}
+
+/// Three devices in one group: alice's laptop sends, bob's phone commits
+/// and listens, bob's tablet is offline until the end.
+async fn group_of_three(prosody: &Prosody, dir: &tempfile::TempDir) -> (GroupClient, GroupClient, BareJid) {
+    let mut alice = member(prosody, dir, "alice", "laptop").await;
+    let mut bob = member(prosody, dir, "bob", "phone").await;
+    let mut tablet = member(prosody, dir, "bob", "tablet").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    for device in [&mut bob, &mut tablet] {
+        expect(device, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    }
+    tablet.session.close().await;
+    (alice, bob, group)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_messages_survive_ten_sigkills_during_traffic() {
+    const KILLS: usize = 10;
+    let prosody = Prosody::start();
+    let component = Arc::new(Mutex::new(Component::start(&prosody, CONFIG)));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = group_of_three(&prosody, &dir).await;
+
+    let mut rng = Rng::new();
+    let schedule: Vec<(u64, u64)> = (0..KILLS).map(|_| (300 + rng.below(1200), rng.below(400))).collect();
+    let killer = {
+        let component = component.clone();
+        std::thread::spawn(move || {
+            for (run_ms, down_ms) in schedule {
+                std::thread::sleep(Duration::from_millis(run_ms));
+                component.lock().unwrap().kill();
+                std::thread::sleep(Duration::from_millis(down_ms));
+                component.lock().unwrap().restart();
+            }
+        })
+    };
+
+    let (mut from_alice, mut at_bob) = (Seen::default(), Seen::default());
+    let (mut sent, mut commits_answered) = (0, 0);
+    while !killer.is_finished() {
+        sent += 1;
+        let _ = alice.send(&group, format!("message {sent}").as_bytes()).await;
+        if sent % 10 == 0 {
+            // An unanswered Commit is settled from the archive before the next one.
+            commits_answered += usize::from(bob.update(&group).await.is_ok());
+        }
+        drain(&mut alice, &mut from_alice, Duration::from_millis(20)).await;
+        drain(&mut bob, &mut at_bob, Duration::from_millis(1)).await;
+        if from_alice.refused.keys().any(|e| e.contains("wrong-epoch")) {
+            // A Commit's fan-out was lost in a crash: alice catches up.
+            let _ = alice.catch_up_all(&mut |_, _, _| {}).await;
+            from_alice.refused.retain(|e, _| !e.contains("wrong-epoch"));
+        }
+    }
+    killer.join().unwrap();
+    drain(&mut alice, &mut from_alice, Duration::from_millis(500)).await;
+
+    // The store survived the last SIGKILL intact.
+    let mut component = Arc::try_unwrap(component).ok().unwrap().into_inner().unwrap();
+    component.kill();
+    assert_eq!(integrity(&component), "ok");
+    component.restart();
+
+    // Commits: one per epoch, in epoch order, with no gap.
+    let handshakes = archived_handshakes(&component);
+    let epochs: Vec<i64> = handshakes.iter().map(|(e, _)| *e).collect();
+    assert_eq!(epochs, (0..handshakes.len() as i64).collect::<Vec<_>>(), "{handshakes:?}");
+    assert!(handshakes.iter().all(|(_, k)| k == "commit"));
+    assert!(handshakes.len() > commits_answered, "every answered Commit (and the add) is archived");
+
+    // The offline tablet and the live phone get every accepted message once.
+    let mut tablet = reconnect(&prosody, &dir, "bob", "tablet").await;
+    let mut at_tablet = Seen::default();
+    catch_up(&mut tablet, &mut at_tablet).await;
+    catch_up(&mut bob, &mut at_bob).await;
+    let accepted: HashSet<&String> = from_alice.delivered.values().collect();
+    eprintln!(
+        "{sent} sent, {} accepted, refused {:?}; {} Commits ({commits_answered} answered); kills: {KILLS}",
+        accepted.len(),
+        from_alice.refused,
+        handshakes.len()
+    );
+    assert!(accepted.len() >= KILLS, "traffic flowed between the kills");
+    for device in [&at_tablet, &at_bob] {
+        for id in &accepted {
+            assert_eq!(device.received.get(*id), Some(&1), "accepted message {id}");
+        }
+        assert!(device.received.values().all(|n| *n == 1), "no message twice");
+    }
+    let expected: HashMap<&String, Vec<u8>> = from_alice
+        .delivered
+        .iter()
+        .map(|(_, sid)| (sid, at_bob.bodies[sid].clone()))
+        .collect();
+    for (sid, body) in expected {
+        assert_eq!(at_tablet.bodies[sid], body, "both devices decrypt the same plaintext");
+    }
+    assert_eq!(tablet.epoch_check(&group).unwrap(), bob.epoch_check(&group).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prosody_restart_bounces_with_an_error_then_traffic_resumes() {
+    let mut prosody = Prosody::start();
+    let mut component = Component::start(&prosody, CONFIG);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = group_of_three(&prosody, &dir).await;
+    let mut from_alice = Seen::default();
+
+    // While the component is away, the server bounces what alice sends
+    // (Prosody: remote-server-timeout), and the client reports it.
+    component.kill();
+    let id = alice.send(&group, b"into the void").await.unwrap();
+    let refused = expect(&mut alice, "bounce", |e| matches!(e, GroupEvent::Refused { .. })).await;
+    let bounced = GroupEvent::Refused { group: group.clone(), id, error: "wait/remote-server-timeout (not-connected): Component unavailable".into() };
+    assert_eq!(refused, bounced);
+    component.restart();
+
+    // Traffic, then Prosody dies under it and comes back.
+    for i in 0..20 {
+        alice.send(&group, format!("before {i}").as_bytes()).await.unwrap();
+    }
+    drain(&mut alice, &mut from_alice, Duration::from_millis(5)).await;
+    let connected = component.count_in_log("component connected");
+    prosody.restart();
+    let back = Instant::now();
+    assert!(component.wait_log("component connected", connected + 1, Duration::from_secs(40)), "{}", component.log());
+    eprintln!("component reconnected {:?} after Prosody restarted", back.elapsed());
+
+    let mut alice = reconnect(&prosody, &dir, "alice", "laptop").await;
+    drop(bob); // its stream died with Prosody
+    let mut bob = reconnect(&prosody, &dir, "bob", "phone").await;
+    alice.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    drain(&mut alice, &mut from_alice, Duration::from_millis(300)).await;
+    let mut after = Vec::new();
+    for i in 0..5 {
+        after.push(alice.send(&group, format!("after {i}").as_bytes()).await.unwrap());
+    }
+    while !after.iter().all(|id| from_alice.delivered.contains_key(id)) {
+        let Ok(Some(e)) = alice.next_event(Duration::from_secs(20)).await else { panic!("no echo after the restart") };
+        from_alice.record(e);
+    }
+    let mut at_bob = Seen::default();
+    catch_up(&mut bob, &mut at_bob).await;
+    for sid in from_alice.delivered.values() {
+        assert_eq!(at_bob.received.get(sid), Some(&1), "accepted message {sid} reached bob once");
+    }
+    let bodies: HashSet<String> = at_bob.bodies.values().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    assert!((0..5).all(|i| bodies.contains(&format!("after {i}"))), "traffic resumed: {bodies:?}");
+    assert_eq!(alice.epoch_check(&group).unwrap(), bob.epoch_check(&group).unwrap());
+}
