@@ -190,6 +190,10 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
         assert_eq!(at_tablet.bodies[sid], body, "both devices decrypt the same plaintext");
     }
     assert_eq!(tablet.epoch_check(&group).unwrap(), bob.epoch_check(&group).unwrap());
+    // No plaintext at rest or in the log, crashes or not.
+    for body in at_tablet.bodies.values() {
+        assert_eq!(common::found_in(&component, body), Vec::<String>::new(), "{}", String::from_utf8_lossy(body));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

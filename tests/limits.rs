@@ -139,3 +139,24 @@ async fn a_flood_is_answered_and_memory_stays_bounded() {
     // The service still serves its members.
     alice.send(&group, b"still here").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_over_the_payload_limit_is_refused_unread() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[limits]\nmax_payload_size = 16384");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let group = alice.create().await.unwrap();
+    let before = store_digest(&component.store_path());
+    let body = "A".repeat(16 * 1024);
+    let msg = format!("<message xmlns='jabber:client' type='groupchat' id='big' to='{group}'><mls xmlns='urn:xmpp:mls:0'>{body}</mls></message>");
+    alice.session.send(msg.parse().unwrap()).await.unwrap();
+    let refused = common::expect(&mut alice, "refusal", |e| matches!(e, xmpp_mls::client::GroupEvent::Refused { .. })).await;
+    let expected = xmpp_mls::client::GroupEvent::Refused {
+        group,
+        id: "big".into(),
+        error: "modify/policy-violation (payload-too-big)".into(),
+    };
+    assert_eq!(refused, expected);
+    assert!(store_digest(&component.store_path()) == before, "the refused message changed the store");
+}

@@ -158,7 +158,7 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
 /// epochs; then a brand-new device of alice's reads the history.
 async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmpp_mls::client::History) {
     let prosody = Prosody::start();
-    let _component = Component::start(&prosody, "");
+    let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "d").await;
     let mut bob = member(&prosody, &dir, "bob", "d").await;
@@ -186,7 +186,22 @@ async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmp
     let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
     let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
     let mut new = GroupClient::start(session, device, service()).await.unwrap();
-    (sent, new.read_history(&group, &vault).await.unwrap())
+    let history = new.read_history(&group, &vault).await.unwrap();
+    // At rest and in the log: public keys yes (the scan works), but no
+    // plaintext, passphrase or private key.
+    assert!(!common::found_in(&component, alice.device().signature_key()).is_empty());
+    let mut secrets: Vec<(String, Vec<u8>)> = sent.iter().map(|(_, text, _)| (text.clone(), text.clone().into_bytes())).collect();
+    secrets.push(("passphrase".into(), b"alice's passphrase".to_vec()));
+    for client in [&alice, &bob] {
+        let pair = serde_json::to_value(client.device().signer()).unwrap();
+        let private: Vec<u8> = serde_json::from_value(pair["private"].clone()).unwrap();
+        assert_eq!(private.len(), 32, "an Ed25519 private key");
+        secrets.push((format!("{} private key", client.device().account()), private));
+    }
+    for (name, secret) in secrets {
+        assert_eq!(common::found_in(&component, &secret), Vec::<String>::new(), "{name}");
+    }
+    (sent, history)
 }
 
 fn read(history: &xmpp_mls::client::History) -> Vec<(String, String, u64)> {

@@ -210,13 +210,16 @@ pub struct GroupMessage {
 }
 
 impl GroupMessage {
+    /// The element's name, in [`NS`].
+    pub const NAME: &'static str = "mls";
+
     pub fn new(message: Vec<u8>) -> Self {
         GroupMessage { message, kind: None, epoch: None, epoch_check: None }
     }
 
     /// Finds the `<mls/>` child of a message stanza.
     pub fn find(stanza: &Element) -> Option<Result<Self, ProtocolError>> {
-        stanza.get_child("mls", NS).map(Self::parse)
+        stanza.get_child(Self::NAME, NS).map(Self::parse)
     }
 
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {

@@ -44,6 +44,9 @@ impl Service {
     /// (group, epoch window) and its sender's place on the feed, archived,
     /// then fanned out.
     pub async fn group_message(&self, from: &Jid, group_id: &[u8], stanza: &Element) -> Result<Response, ServiceError> {
+        if let Some(payload) = stanza.get_child(GroupMessage::NAME, crate::protocol::NS) {
+            self.check_size(payload)?;
+        }
         let message = GroupMessage::find(stanza).ok_or(ServiceError::Unsupported)??.message;
         let epoch = mls::application_epoch(&message, group_id).map_err(ServiceError::InvalidMessage)?;
         let window = self.config.groups.past_epochs;

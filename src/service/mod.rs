@@ -181,9 +181,7 @@ impl Service {
     /// in the order xep/ §Order of Checks fixes (the router did the first).
     pub async fn handle_iq(&self, req: &IqRequest) -> Result<Response, ServiceError> {
         let p = &req.payload;
-        if serialized_size(p) > self.config.limits.max_payload_size {
-            return Err(ServiceError::PayloadTooBig);
-        }
+        self.check_size(p)?;
         if req.to.resource().is_some() {
             return Err(ServiceError::Unsupported);
         }
@@ -221,6 +219,16 @@ impl Service {
             // Our namespace, but no element we define: it does not parse.
             (_, _, NS) => Err(ProtocolError::Malformed("unknown element in urn:xmpp:mls:0").into()),
             _ => Err(ServiceError::Unsupported),
+        }
+    }
+}
+
+impl Service {
+    /// limits.max_payload_size, checked before a payload is parsed.
+    fn check_size(&self, payload: &Element) -> Result<(), ServiceError> {
+        match serialized_size(payload) > self.config.limits.max_payload_size {
+            true => Err(ServiceError::PayloadTooBig),
+            false => Ok(()),
         }
     }
 }
