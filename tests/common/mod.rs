@@ -388,3 +388,19 @@ pub async fn expect(
         }
     }
 }
+
+/// Where in the component's files (store, its WAL, its log) `needle`
+/// occurs, raw or base64-encoded: the at-rest check for secrets.
+pub fn found_in(component: &Component, needle: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(needle);
+    let store = component.store_path();
+    let mut files = vec![("log".to_owned(), component.log().into_bytes())];
+    for path in [store.clone(), store.with_extension("sqlite3-wal")] {
+        if let Ok(bytes) = std::fs::read(&path) {
+            files.push((path.display().to_string(), bytes));
+        }
+    }
+    let has = |hay: &[u8], n: &[u8]| hay.windows(n.len()).any(|w| w == n);
+    files.into_iter().filter(|(_, bytes)| has(bytes, needle) || has(bytes, b64.as_bytes())).map(|(f, _)| f).collect()
+}
