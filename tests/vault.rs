@@ -305,3 +305,22 @@ async fn two_devices_updating_concurrently_lose_no_update() {
     let (_, data) = vault.get(&laptop, "counter").await.unwrap().unwrap();
     assert_eq!(u64::from_be_bytes(data.try_into().unwrap()), 200, "no update lost ({} conflicts retried)", c1 + c2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_blob_is_overwritten_on_disk() {
+    let prosody = Prosody::start();
+    let mut component = Component::start(&prosody, "");
+    let alice = prosody.client("alice", "laptop").await;
+    let at = xmpp_mls::client::directory_jid(&bare("alice@example.org"), &service());
+    let put = |name: &str, data: &[u8]| VaultRequest::Put { name: name.into(), if_version: 0, data: data.to_vec() }.to_element();
+    let (kept, erased) = (b"KEPT-BLOB-0123456789".repeat(8), b"ERASED-BLOB-9876543210".repeat(8));
+    alice.iq(&at, "set", put("kept", &kept)).await.unwrap();
+    alice.iq(&at, "set", put("erased", &erased)).await.unwrap();
+    alice.iq(&at, "set", VaultRequest::Delete { name: "erased".into(), if_version: 1 }.to_element()).await.unwrap();
+    // A clean stop checkpoints the WAL into the database file.
+    assert_eq!(component.terminate(), Some(0));
+    let file = std::fs::read(component.store_path()).unwrap();
+    let has = |n: &[u8]| file.windows(n.len()).any(|w| w == n);
+    assert!(has(&kept), "the live blob is in the file (the scan works)");
+    assert!(!has(&erased[..22]), "secure_delete overwrote the deleted blob");
+}
