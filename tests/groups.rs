@@ -354,3 +354,29 @@ async fn a_fork_is_reported_and_nothing_is_sent_into_it() {
     let refused = bob.send(&group, b"into the fork?").await;
     assert!(matches!(refused, Err(xmpp_mls::client::GroupError::Forked(_))), "{refused:?}");
 }
+
+/// bob's phone misses a Commit live (it was off the feed); the next message,
+/// of the new epoch, makes it read the gap from the archive, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_missed_a_commit_live_reads_the_gap_from_the_archive() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+
+    let off = format!("<presence xmlns='jabber:client' type='unavailable' to='{group}/{}'/>", bob.device().id());
+    bob.session.send(off.parse().unwrap()).await.unwrap();
+    while bob.next_event(Duration::from_millis(300)).await.unwrap().is_some() {}
+    alice.update(&group).await.unwrap();
+    bob.join_feed(&group).await.unwrap();
+    alice.send(&group, b"after the gap").await.unwrap();
+
+    let got = expect(&mut bob, "the message after the gap", |e| matches!(e, GroupEvent::Message { .. })).await;
+    let GroupEvent::Message { body, .. } = got else { unreachable!() };
+    assert_eq!(body, b"after the gap");
+    assert_eq!((bob.epoch(&group).unwrap(), bob.epoch_check(&group).unwrap()), (2, alice.epoch_check(&group).unwrap()));
+}

@@ -108,13 +108,15 @@ pub struct GroupClient {
     /// Own messages awaiting their echo: id -> (group id, epoch, plaintext).
     pub(super) unconfirmed: HashMap<String, (Vec<u8>, u64, Vec<u8>)>,
     forked: HashSet<Vec<u8>>,
+    /// Groups with a gap before an item received live: read from the archive.
+    pub(super) behind: HashSet<Vec<u8>>,
 }
 
 fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
     BareJid::new(&format!("{}@{}", group_node(group_id), service.domain())).expect("a valid group JID")
 }
 
-fn group_id_of(group: &BareJid) -> Result<Vec<u8>, GroupError> {
+pub(super) fn group_id_of(group: &BareJid) -> Result<Vec<u8>, GroupError> {
     match crate::protocol::address::Address::parse(&Jid::from(group.clone())) {
         Ok(crate::protocol::address::Address::Group(id)) => Ok(id),
         _ => Err(GroupError::UnknownGroup(group.to_string())),
@@ -150,6 +152,7 @@ impl GroupClient {
             vault: None,
             unconfirmed: HashMap::new(),
             forked: HashSet::new(),
+            behind: HashSet::new(),
         })
     }
 
@@ -590,6 +593,15 @@ impl GroupClient {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
+            if let Some(gid) = self.behind.iter().next().cloned() {
+                self.behind.remove(&gid);
+                let group = group_jid(&self.service, &gid);
+                if let Err(e) = self.catch_up(&group, &mut |_, _, _| {}).await {
+                    self.behind.insert(gid);
+                    return Err(e);
+                }
+                continue;
+            }
             match self.next_stanza(deadline).await {
                 Ok(stanza) => self.handle(stanza).await?,
                 Err(_) => return Ok(None),
@@ -691,10 +703,20 @@ impl GroupClient {
             return Ok(());
         }
         // The same item may come from the archive and the live feed.
+        if self.applied.contains(&stanza_id) {
+            return Ok(());
+        }
+        // An item of a later epoch: a Commit before it has not reached us
+        // (lost with a crash or a connection). The archive has both, from
+        // where this device stopped, which this item must not move.
+        let current = load_group(&mut self.groups, &self.device, &gid)?.epoch().as_u64();
+        if msg.epoch.is_some_and(|e| e > current) {
+            tracing::info!(%group, current, "missed a Commit: catching up from the archive");
+            self.behind.insert(gid);
+            return Ok(());
+        }
         if !stanza_id.is_empty() {
-            if !self.applied.insert(stanza_id.clone()) {
-                return Ok(());
-            }
+            self.applied.insert(stanza_id.clone());
             self.device.set_last_seen(&gid, &stanza_id).map_err(mls)?;
         }
         let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
@@ -709,7 +731,6 @@ impl GroupClient {
             }
             return Ok(()); // our own handshakes were merged when accepted
         }
-        let current = load_group(&mut self.groups, &self.device, &gid)?.epoch().as_u64();
         if msg.kind == Some(Kind::Commit) && msg.epoch.is_some_and(|e| e < current) {
             return Ok(()); // already applied
         }

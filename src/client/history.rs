@@ -114,6 +114,7 @@ impl GroupClient {
     /// If retention pruned that item, the device rejoins from the latest
     /// GroupInfo with an external commit (its old leaf is replaced).
     pub async fn catch_up(&mut self, group: &BareJid, progress: &mut dyn FnMut(&str, usize, usize)) -> Result<(), GroupError> {
+        let gid = super::groups::group_id_of(group)?;
         let archive = Jid::from(group.clone());
         let after = self.last_seen(group)?;
         let label = group.to_string();
@@ -125,14 +126,13 @@ impl GroupClient {
             }
             other => other?,
         };
+        // The archive was read: a gap seen while reading it is not one to chase.
+        self.behind.remove(&gid);
         if let Some(id) = last {
             self.acknowledge(&archive, &id).await?;
         }
         // The state reached is what a new device will need for this epoch.
-        if let Ok(crate::protocol::address::Address::Group(gid)) = crate::protocol::address::Address::parse(&archive) {
-            self.snapshot(&gid).await?;
-        }
-        Ok(())
+        self.snapshot(&gid).await
     }
 
     async fn acknowledge(&mut self, archive: &Jid, id: &str) -> Result<(), ClientError> {
