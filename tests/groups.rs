@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect, member, Component, Prosody};
+use common::{alice_and_bob, expect, member, Component, Prosody};
 use xmpp_mls::client::{GroupClient, GroupEvent};
 use xmpp_parsers::jid::BareJid;
 
@@ -338,11 +338,7 @@ async fn a_fork_is_reported_and_nothing_is_sent_into_it() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
-    let mut bob = member(&prosody, &dir, "bob", "phone").await;
-    let group = alice.create().await.unwrap();
-    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
-    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
 
     // A commit whose published epoch check is not what its epoch yields:
     // what members see when they do not share the epoch (a partition).
@@ -362,11 +358,7 @@ async fn a_device_that_missed_a_commit_live_reads_the_gap_from_the_archive() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
-    let mut bob = member(&prosody, &dir, "bob", "phone").await;
-    let group = alice.create().await.unwrap();
-    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
-    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
 
     let off = format!("<presence xmlns='jabber:client' type='unavailable' to='{group}/{}'/>", bob.device().id());
     bob.session.send(off.parse().unwrap()).await.unwrap();

@@ -404,3 +404,17 @@ pub fn found_in(component: &Component, needle: &[u8]) -> Vec<String> {
     let has = |hay: &[u8], n: &[u8]| hay.windows(n.len()).any(|w| w == n);
     files.into_iter().filter(|(_, bytes)| has(bytes, needle) || has(bytes, b64.as_bytes())).map(|(f, _)| f).collect()
 }
+
+/// alice's laptop and bob's phone ([`member`]s) in a group alice created,
+/// bob's Welcome applied.
+pub async fn alice_and_bob(
+    prosody: &Prosody,
+    dir: &tempfile::TempDir,
+) -> (xmpp_mls::client::GroupClient, xmpp_mls::client::GroupClient, BareJid) {
+    let mut alice = member(prosody, dir, "alice", "laptop").await;
+    let mut bob = member(prosody, dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[BareJid::new(&format!("bob@{DOMAIN}")).unwrap()]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, xmpp_mls::client::GroupEvent::Joined { .. })).await;
+    (alice, bob, group)
+}
