@@ -4,13 +4,13 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use minidom::Element;
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio_xmpp::xmlstream::{initiate_stream, ReadError, StreamHeader, Timeouts, XmlStream};
 use xmpp_parsers::component::Handshake;
 
 use crate::config::Config;
+use crate::xmpp::bounded::Bounded;
 use crate::xmpp::header::HeaderPatch;
 use crate::xmpp::link::{stream_error_condition, Stream};
 use crate::xmpp::namespace::COMPONENT;
@@ -36,7 +36,7 @@ impl ConnectError {
     }
 }
 
-pub async fn connect(config: &Config) -> Result<Stream, ConnectError> {
+pub async fn connect(config: &Config) -> Result<Stream<Bounded>, ConnectError> {
     let c = &config.component;
     let tcp = TcpStream::connect(config.server_addr().await?).await?;
     tcp.set_nodelay(true)?;
@@ -51,15 +51,15 @@ pub async fn connect(config: &Config) -> Result<Stream, ConnectError> {
         .take_header()
         .id
         .ok_or_else(|| ConnectError::Protocol("stream header without id".into()))?;
-    let mut stream: XmlStream<_, Element> = pending.skip_features();
+    let mut stream: XmlStream<_, Bounded> = pending.skip_features();
     stream.send(&Handshake::from_stream_id_and_password(stream_id.into_owned(), &c.secret)).await?;
     loop {
         match stream.next().await {
-            Some(Ok(el)) if el.name() == "handshake" => return Ok(stream.box_stream()),
-            Some(Ok(el)) if el.name() == "error" => {
+            Some(Ok(Bounded(el))) if el.name() == "handshake" => return Ok(stream.box_stream()),
+            Some(Ok(Bounded(el))) if el.name() == "error" => {
                 return Err(ConnectError::Refused(stream_error_condition(&el)))
             }
-            Some(Ok(el)) => {
+            Some(Ok(Bounded(el))) => {
                 return Err(ConnectError::Protocol(format!("unexpected <{}/>", el.name())))
             }
             Some(Err(ReadError::SoftTimeout)) => continue,

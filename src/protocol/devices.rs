@@ -37,6 +37,7 @@ impl Device {
         if !payload.is("device", NS) {
             return Err(malformed("a device item carries <device xmlns='urn:xmpp:mls:0'/>"));
         }
+        super::known_children(payload, &[])?;
         let id = item_id.ok_or(malformed("a device item needs the device id as item id"))?;
         if !valid_device_id(id) {
             return Err(malformed("invalid device id"));

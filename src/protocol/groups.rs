@@ -3,7 +3,7 @@
 
 use minidom::Element;
 
-use super::{attr, b64_decode, b64_encode, malformed, n, ProtocolError, NS, NS_ERRORS};
+use super::{attr, b64_decode, b64_encode, known_children, malformed, n, ProtocolError, NS, NS_ERRORS};
 
 /// `<create><group-info/></create>`: a new group from its creator's GroupInfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,9 @@ pub struct Proposal {
 }
 
 fn child_bytes(el: &Element, name: &str, why: &'static str) -> Result<Option<Vec<u8>>, ProtocolError> {
-    el.get_child(name, NS).map(|c| b64_decode(&c.text())).transpose().map_err(|_| malformed(why))
+    let Some(child) = el.get_child(name, NS) else { return Ok(None) };
+    known_children(child, &[])?;
+    b64_decode(&child.text()).map(Some).map_err(|_| malformed(why))
 }
 
 fn required(bytes: Option<Vec<u8>>, why: &'static str) -> Result<Vec<u8>, ProtocolError> {
@@ -44,6 +46,7 @@ fn bytes_child(name: &str, bytes: &[u8]) -> Element {
 
 impl Create {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &["group-info"])?;
         let gi = child_bytes(el, "group-info", "invalid base64 in <group-info/>")?;
         Ok(Create { group_info: required(gi, "create without <group-info/>")? })
     }
@@ -55,6 +58,7 @@ impl Create {
 
 impl CommitBundle {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &["message", "welcome", "group-info"])?;
         Ok(CommitBundle {
             commit: required(child_bytes(el, "message", "invalid base64 in <message/>")?, "commit without <message/>")?,
             welcome: child_bytes(el, "welcome", "invalid base64 in <welcome/>")?,
@@ -79,6 +83,7 @@ impl CommitBundle {
 
 impl Proposal {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &["message"])?;
         let m = child_bytes(el, "message", "invalid base64 in <message/>")?;
         Ok(Proposal { message: required(m, "proposal without <message/>")? })
     }
@@ -223,6 +228,7 @@ impl GroupMessage {
     }
 
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &[])?;
         let kind = el.attr("kind").map(|k| Kind::from_name(k).ok_or(malformed("unknown kind"))).transpose()?;
         Ok(GroupMessage {
             message: b64_decode(&el.text())?,

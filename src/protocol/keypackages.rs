@@ -200,6 +200,7 @@ pub fn upload_texts(items: &[ItemIn]) -> Result<Vec<String>, ProtocolError> {
         .iter()
         .map(|i| {
             if i.payload.is("key-package", NS) {
+                super::known_children(&i.payload, &[])?;
                 Ok(i.payload.text())
             } else {
                 Err(malformed("a KeyPackage item carries <key-package xmlns='urn:xmpp:mls:0'/>"))
@@ -291,6 +292,7 @@ pub struct Claim {
 
 impl Claim {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        super::known_children(el, &["device"])?;
         let cipher_suite = el.attr("cipher-suite").map(parse_u16).transpose()?;
         let devices = el
             .children()

@@ -63,6 +63,16 @@ fn single(values: Vec<String>, why: &'static str) -> Result<String, ProtocolErro
     }
 }
 
+/// RSM `<max/>`: a non-negative decimal integer. It is capped at
+/// max-page-size anyway, so one too large for `usize` is not an error.
+fn page_max(text: &str) -> Result<usize, ProtocolError> {
+    let digits = text.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(malformed("RSM max is a number"));
+    }
+    Ok(digits.parse().unwrap_or(usize::MAX))
+}
+
 impl MamQuery {
     pub fn parse(query: &Element) -> Result<Self, ProtocolError> {
         let mut q = MamQuery { queryid: query.attr("queryid").map(str::to_owned), ..Default::default() };
@@ -86,7 +96,7 @@ impl MamQuery {
         }
         if let Some(set) = query.get_child("set", NS_RSM) {
             if let Some(max) = set.get_child("max", NS_RSM) {
-                q.max = Some(max.text().trim().parse().map_err(|_| malformed("RSM max is a number"))?);
+                q.max = Some(page_max(&max.text())?);
             }
             if let Some(after) = set.get_child("after", NS_RSM) {
                 q.cursor = Cursor::After(after.text());
@@ -222,6 +232,7 @@ pub struct Ack {
 
 impl Ack {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        super::known_children(el, &[])?;
         Ok(Ack {
             device: super::attr(el, "device", "ack without device")?.to_owned(),
             id: super::attr(el, "id", "ack without id")?.to_owned(),

@@ -72,6 +72,16 @@ pub fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// xep/ §General Rules: a child in `urn:xmpp:mls:0` that the XEP does not
+/// define for `el` (one of `allowed`) makes a request non-conforming;
+/// children in other namespaces are extensions, and ignored.
+fn known_children(el: &minidom::Element, allowed: &[&str]) -> Result<(), ProtocolError> {
+    match el.children().find(|c| c.ns() == NS && !allowed.contains(&c.name())) {
+        Some(_) => Err(malformed("unknown element in urn:xmpp:mls:0")),
+        None => Ok(()),
+    }
+}
+
 /// A required attribute.
 fn attr<'a>(el: &'a minidom::Element, name: &'a str, why: &'static str) -> Result<&'a str, ProtocolError> {
     el.attr(name).ok_or(malformed(why))

@@ -3,7 +3,7 @@
 
 use minidom::Element;
 
-use super::{attr, b64_decode, b64_encode, malformed, n, ProtocolError, NS, NS_ERRORS};
+use super::{attr, b64_decode, b64_encode, known_children, malformed, n, ProtocolError, NS, NS_ERRORS};
 
 pub const MAX_NAME: usize = 128;
 
@@ -41,6 +41,7 @@ impl VaultRequest {
         if action.ns() != NS {
             return Err(malformed("vault action in a foreign namespace"));
         }
+        known_children(action, &[])?;
         Ok(match action.name() {
             "put" => VaultRequest::Put { name: name_of(action)?, if_version: version_of(action)?, data: b64_decode(&action.text())? },
             "get" => VaultRequest::Get { name: name_of(action)? },

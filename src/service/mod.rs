@@ -201,7 +201,10 @@ impl Service {
             (IqKind::Set, "query", NS_MAM) => self.mam_query(req).await,
             (IqKind::Get, "query", NS_MAM) => self.mam_form(req).await,
             (IqKind::Get, "metadata", NS_MAM) => self.mam_metadata(req).await,
-            (IqKind::Set, "ack", NS) => self.ack(req).await,
+            (IqKind::Set, "ack", NS) => match address {
+                Address::Service => Err(ServiceError::Unsupported),
+                _ => self.ack(req).await,
+            },
             (_, "vault", NS) => match address {
                 Address::Directory(account) => self.vault(req, account).await,
                 _ => Err(ServiceError::Unsupported),

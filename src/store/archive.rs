@@ -106,11 +106,13 @@ fn conditions(source: &Source, f: &Filter) -> (String, Vec<Value>) {
         if let Some(d) = &f.sender_device {
             add("sender_device = ?", Value::Text(d.clone()));
         }
+        // Epochs above i64::MAX exist in no archive (nor in practice): the
+        // bounds are clamped, not wrapped to negative numbers.
         if let Some(e) = f.epoch_from {
-            add("epoch >= ?", Value::Integer(e as i64));
+            add("epoch >= ?", Value::Integer(i64::try_from(e).unwrap_or(i64::MAX)));
         }
         if let Some(e) = f.epoch_to {
-            add("epoch <= ?", Value::Integer(e as i64));
+            add("epoch <= ?", Value::Integer(i64::try_from(e).unwrap_or(i64::MAX)));
         }
         if !f.kinds.is_empty() {
             let marks = vec!["?"; f.kinds.len()].join(", ");

@@ -12,10 +12,14 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_xmpp::connect::AsyncReadAndWrite;
 use tokio_xmpp::xmlstream::{ReadError, XmlStream};
+use xso::FromXml;
 
+use super::bounded::Bounded;
 use super::namespace;
 
-pub type Stream = XmlStream<Box<dyn AsyncReadAndWrite + Send + 'static>, Element>;
+/// A stream of elements of type `T`: [`Bounded`] where the peer is not
+/// trusted (the component reads stanzas of every client and server).
+pub type Stream<T = Element> = XmlStream<Box<dyn AsyncReadAndWrite + Send + 'static>, T>;
 
 const STREAM_NS: &str = "http://etherx.jabber.org/streams";
 const QUEUE: usize = 256;
@@ -47,25 +51,25 @@ pub enum StanzaNs {
 /// Starts the task. `keepalive` builds the element sent when the stream has
 /// been silent for the read timeout (a XEP-0199 ping): any answer resets the
 /// peer-silence timer, so the stream survives idle periods.
-pub fn spawn(
-    stream: Stream,
-    ns: StanzaNs,
-    keepalive: impl Fn() -> Element + Send + 'static,
-) -> Link {
+pub fn spawn<T>(stream: Stream<T>, ns: StanzaNs, keepalive: impl Fn() -> Element + Send + 'static) -> Link
+where
+    T: FromXml + Into<Element> + std::fmt::Debug + Send + 'static,
+    T::Builder: Send,
+{
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let task = tokio::spawn(drive(stream, ns, out_rx, in_tx, keepalive));
     Link { outgoing: out_tx, incoming: in_rx, task }
 }
 
-enum Event {
+enum Event<T> {
     Send(Option<Element>),
-    Read(Option<Result<Element, ReadError>>),
+    Read(Option<Result<T, ReadError>>),
     Delivered,
 }
 
-async fn drive(
-    mut stream: Stream,
+async fn drive<T: FromXml + Into<Element> + std::fmt::Debug>(
+    mut stream: Stream<T>,
     ns: StanzaNs,
     mut out_rx: mpsc::Receiver<Element>,
     in_tx: mpsc::Sender<Element>,
@@ -94,7 +98,7 @@ async fn drive(
                 let _ = stream.shutdown().await;
                 return Ok(());
             }
-            Event::Read(Some(Ok(el))) => undelivered = Some(inbound(el, ns)?),
+            Event::Read(Some(Ok(el))) => undelivered = Some(inbound(el.into(), ns)?),
             Event::Read(Some(Err(ReadError::SoftTimeout))) => {
                 send(&mut stream, ns, keepalive()).await?
             }
@@ -109,7 +113,7 @@ async fn drive(
     }
 }
 
-async fn send(stream: &mut Stream, ns: StanzaNs, el: Element) -> Result<(), LinkError> {
+async fn send<T: FromXml>(stream: &mut Stream<T>, ns: StanzaNs, el: Element) -> Result<(), LinkError> {
     let el = match ns {
         StanzaNs::Component => namespace::rename(el, namespace::CLIENT, namespace::COMPONENT),
         StanzaNs::Client => el,
@@ -126,6 +130,12 @@ fn inbound(el: Element, ns: StanzaNs) -> Result<Element, LinkError> {
         StanzaNs::Component => namespace::rename(el, namespace::COMPONENT, namespace::CLIENT),
         StanzaNs::Client => el,
     })
+}
+
+impl From<Bounded> for Element {
+    fn from(stanza: Bounded) -> Element {
+        stanza.0
+    }
 }
 
 /// The defined condition of a `<stream:error/>`, e.g. `not-authorized`.

@@ -1,5 +1,6 @@
 //! XML stream plumbing shared by the component and the client library.
 
+pub mod bounded;
 pub mod header;
 pub mod link;
 pub mod namespace;
