@@ -125,19 +125,33 @@ impl Session {
     }
 
     /// Sends an IQ get or set and returns the result's payload, if any.
+    /// A request refused for the service's rate limit is sent again after
+    /// the `retry-after` it names (a few times, for short waits only).
     pub async fn iq(
         &self,
         to: &Jid,
         type_: &str,
         payload: Element,
     ) -> Result<Option<Element>, ClientError> {
-        let id = self.next_id();
-        let iq = iq_element(type_, &id, to.as_str(), Some(payload));
-        let reply = self.request(iq).await?;
-        match reply.attr("type") {
-            Some("result") => Ok(reply.children().next().cloned()),
-            Some("error") => Err(ClientError::Stanza(Box::new(stanza_error_of(&reply)?))),
-            other => Err(ClientError::Malformed(format!("IQ reply of type {other:?}"))),
+        let mut retries = 0;
+        loop {
+            let id = self.next_id();
+            let iq = iq_element(type_, &id, to.as_str(), Some(payload.clone()));
+            let reply = self.request(iq).await?;
+            match reply.attr("type") {
+                Some("result") => return Ok(reply.children().next().cloned()),
+                Some("error") => {
+                    let error = stanza_error_of(&reply)?;
+                    match retry_after(&error) {
+                        Some(wait) if retries < RATE_RETRIES && wait <= MAX_RATE_WAIT => {
+                            retries += 1;
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return Err(ClientError::Stanza(Box::new(error))),
+                    }
+                }
+                other => return Err(ClientError::Malformed(format!("IQ reply of type {other:?}"))),
+            }
         }
     }
 
@@ -229,6 +243,16 @@ fn answer_iq(iq: &Element) -> Option<Element> {
     let mut reply = iq_element("error", id, to, None);
     reply.append_child(stanza_error(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, None, None).into());
     Some(reply)
+}
+
+/// How often, and for how long at most, [`Session::iq`] waits out a rate limit.
+const RATE_RETRIES: usize = 5;
+const MAX_RATE_WAIT: Duration = Duration::from_secs(10);
+
+/// The wait a `<rate-limited/>` error asks for.
+fn retry_after(error: &StanzaError) -> Option<Duration> {
+    let limited = error.other.as_ref().filter(|o| o.is("rate-limited", crate::protocol::NS_ERRORS))?;
+    limited.attr("retry-after")?.parse().ok().map(Duration::from_secs)
 }
 
 fn stanza_error_of(reply: &Element) -> Result<StanzaError, ClientError> {
