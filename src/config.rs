@@ -31,7 +31,11 @@ pub struct Config {
     #[serde(default)]
     pub vault: VaultConfig,
     #[serde(default)]
+    pub federation: FederationConfig,
+    #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
 }
 
 /// How to reach the XMPP server's component port (XEP-0114).
@@ -192,6 +196,34 @@ impl Default for VaultConfig {
     }
 }
 
+/// Accounts of other domains than the component's own (federation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// If not empty, the only other domains whose accounts may use the service.
+    pub allow_domains: Vec<String>,
+    /// Other domains whose accounts may not use the service.
+    pub deny_domains: Vec<String>,
+    /// Stanzas per second all accounts of one other domain may send...
+    pub domain_rate: u32,
+    /// ...after a burst of this many.
+    pub domain_burst: u32,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self { allow_domains: Vec::new(), deny_domains: Vec::new(), domain_rate: 500, domain_burst: 2000 }
+    }
+}
+
+impl FederationConfig {
+    /// Whether accounts of `domain`, which is not the home domain, may use the service.
+    pub fn admits(&self, domain: &str) -> bool {
+        let listed = |list: &[String]| list.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        !listed(&self.deny_domains) && (self.allow_domains.is_empty() || listed(&self.allow_domains))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -205,6 +237,14 @@ pub struct LogConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// The HTTP endpoint for Prometheus (`/metrics`) and health checks (`/health`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `ip:port` to listen on; empty (the default) turns the endpoint off.
+    pub listen: String,
 }
 
 fn default_server() -> String {
@@ -308,6 +348,8 @@ impl Config {
             ("limits.account_burst", u64::from(self.limits.account_burst)),
             ("groups.max_members", self.groups.max_members as u64),
             ("groups.max_groups_per_account", self.groups.max_groups_per_account as u64),
+            ("federation.domain_rate", u64::from(self.federation.domain_rate)),
+            ("federation.domain_burst", u64::from(self.federation.domain_burst)),
             ("directory.max_devices_per_account", self.directory.max_devices_per_account as u64),
             ("directory.max_device_lifetime_days", self.directory.max_device_lifetime_days),
             ("directory.max_key_packages_per_device", self.directory.max_key_packages_per_device as u64),
@@ -335,16 +377,31 @@ impl Config {
             .level
             .parse::<tracing_subscriber::EnvFilter>()
             .map_err(|e| err("log.level", e.to_string()))?;
+        self.metrics_addr()?;
         Ok(())
     }
 
-    /// The keepalive ping target: the configured one or the parent domain.
+    /// The keepalive ping target: the configured one or the home domain.
     pub fn ping_target(&self) -> String {
-        let c = &self.component;
-        if !c.ping_to.is_empty() {
-            return c.ping_to.clone();
+        match self.component.ping_to.is_empty() {
+            true => self.home_domain().to_owned(),
+            false => self.component.ping_to.clone(),
         }
-        c.jid.split_once('.').map(|(_, parent)| parent).unwrap_or(&c.jid).to_owned()
+    }
+
+    /// The domain of the server the component is attached to: the parent
+    /// of the component's JID. Every other domain is federated.
+    pub fn home_domain(&self) -> &str {
+        let jid = &self.component.jid;
+        jid.split_once('.').map(|(_, parent)| parent).unwrap_or(jid)
+    }
+
+    /// Where the metrics endpoint listens, if it is on.
+    pub fn metrics_addr(&self) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.metrics.listen.as_str() {
+            "" => Ok(None),
+            listen => listen.parse().map(Some).map_err(|_| err("metrics.listen", "expected ip:port, or empty for off")),
+        }
     }
 
     /// Resolves `component.server`.
@@ -383,12 +440,14 @@ fn schema() -> toml::Table {
         groups: GroupsConfig::default(),
         history: HistoryConfig::default(),
         vault: VaultConfig::default(),
+        federation: FederationConfig::default(),
         log: LogConfig::default(),
+        metrics: MetricsConfig::default(),
     };
     toml::Table::try_from(&shape).expect("the default config serialises")
 }
 
-const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "history", "vault", "log"];
+const SECTIONS: &[&str] = &["component", "store", "limits", "directory", "groups", "history", "vault", "federation", "log", "metrics"];
 /// Variables of the CLI that share the prefix but are not config keys.
 const CLI_VARIABLES: &[&str] = &["XMPP_MLS_CONFIG", "XMPP_MLS_PASSWORD"];
 
@@ -432,13 +491,14 @@ fn typed_env_value(
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
             value.parse().map_err(|_| err(name, format!("expected an integer, got {value:?}")))?,
         ),
-        Some(toml::Value::Array(_)) => toml::Value::Array(
-            value
-                .split(',')
-                .map(|v| v.trim().parse().map(toml::Value::Integer))
-                .collect::<Result<_, _>>()
-                .map_err(|_| err(name, format!("expected comma-separated integers, got {value:?}")))?,
-        ),
+        // Comma-separated: integers (cipher suites) or names (domains).
+        Some(toml::Value::Array(_)) => {
+            let items: Vec<&str> = value.split(',').map(str::trim).filter(|v| !v.is_empty()).collect();
+            match items.iter().map(|v| v.parse().map(toml::Value::Integer)).collect::<Result<_, _>>() {
+                Ok(numbers) => toml::Value::Array(numbers),
+                Err(_) => toml::Value::Array(items.into_iter().map(|v| toml::Value::String(v.to_owned())).collect()),
+            }
+        }
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
             value.parse().map_err(|_| err(name, format!("expected true or false, got {value:?}")))?,
         ),
@@ -523,6 +583,7 @@ mod tests {
             (&format!("{MINIMAL}[store]\ncolour = 1\n"), "store.colour"),
             ("[component\n", "line 1"),
             (&format!("{MINIMAL}[directory]\ncipher_suites = [2]\n"), "directory.cipher_suites"),
+            (&format!("{MINIMAL}[metrics]\nlisten = \"localhost:9464\"\n"), "metrics.listen"),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text, no_env()).unwrap_err();
@@ -536,5 +597,17 @@ mod tests {
         let env = vec![("XMPP_MLS_COMPONENTS_JID".into(), "x".into())];
         let e = Config::from_toml(MINIMAL, env).unwrap_err();
         assert_eq!(e.key, "XMPP_MLS_COMPONENTS_JID");
+    }
+
+    #[test]
+    fn domain_lists_come_from_the_environment_and_decide_admission() {
+        let env = vec![("XMPP_MLS_FEDERATION_DENY_DOMAINS".into(), "evil.test, Worse.test".into())];
+        let c = Config::from_toml(MINIMAL, env).unwrap();
+        assert_eq!(c.federation.deny_domains, vec!["evil.test", "Worse.test"]);
+        assert_eq!(c.home_domain(), "localhost");
+        let admitted: Vec<bool> = ["b.test", "worse.test"].iter().map(|d| c.federation.admits(d)).collect();
+        assert_eq!(admitted, [true, false]);
+        let only = FederationConfig { allow_domains: vec!["b.test".into()], ..FederationConfig::default() };
+        assert_eq!((only.admits("b.test"), only.admits("c.test")), (true, false));
     }
 }

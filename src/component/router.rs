@@ -179,6 +179,7 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
             stanza_error(T::Modify, C::NotAcceptable, Some(w.to_element()), None)
         }
         E::Unsupported => stanza_error(T::Cancel, C::ServiceUnavailable, None, None),
+        E::DomainNotAllowed => stanza_error(T::Auth, C::Forbidden, app(AppCondition::DomainNotAllowed), None),
         E::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),
     }
 }

@@ -43,6 +43,8 @@ pub enum AppCondition {
     /// With `policy-violation`: an account would be in more than
     /// max-groups-per-account groups.
     TooManyGroups,
+    /// With `forbidden`: the operator does not admit the requester's domain.
+    DomainNotAllowed,
 }
 
 impl AppCondition {
@@ -63,6 +65,7 @@ impl AppCondition {
             AppCondition::TooManyBlobs => "too-many-blobs",
             AppCondition::TooManyMembers => "too-many-members",
             AppCondition::TooManyGroups => "too-many-groups",
+            AppCondition::DomainNotAllowed => "domain-not-allowed",
         }
     }
 

@@ -120,6 +120,8 @@ pub enum ServiceError {
     StaleEpoch { current: u64 },
     #[error("request not supported by this entity")]
     Unsupported,
+    #[error("the requester's domain may not use this service")]
+    DomainNotAllowed,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -134,6 +136,8 @@ pub struct Service {
     claims: DefaultKeyedRateLimiter<(String, String)>,
     /// Stanzas per sending account: bounded by `maintain`.
     accounts: DefaultKeyedRateLimiter<String>,
+    /// Stanzas per other (federated) domain: bounded by `maintain`.
+    domains: DefaultKeyedRateLimiter<String>,
 }
 
 impl Service {
@@ -143,8 +147,8 @@ impl Service {
         let claims = Quota::with_period(Duration::from_secs(d.claim_refill_secs))
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(d.claim_burst).unwrap_or(NonZeroU32::MIN));
-        let accounts = Quota::per_second(NonZeroU32::new(l.account_rate).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(l.account_burst).unwrap_or(NonZeroU32::MIN));
+        let accounts = per_second(l.account_rate, l.account_burst);
+        let domains = per_second(config.federation.domain_rate, config.federation.domain_burst);
         Self {
             config,
             store,
@@ -152,12 +156,21 @@ impl Service {
             order: Order::new(positions),
             claims: RateLimiter::keyed(claims),
             accounts: RateLimiter::keyed(accounts),
+            domains: RateLimiter::keyed(domains),
         }
     }
 
-    /// The per-account stanza rate (limits.account_rate): checked by the
-    /// router before any work, for every stanza that may be answered.
+    /// Admission, checked by the router before any work for every stanza
+    /// that may be answered: the federation policy and per-domain rate for
+    /// accounts of other domains, then the per-account rate.
     pub fn admit(&self, from: &Jid) -> Result<(), ServiceError> {
+        let domain = from.domain().as_str();
+        if !domain.eq_ignore_ascii_case(self.config.home_domain()) {
+            if !self.config.federation.admits(domain) {
+                return Err(ServiceError::DomainNotAllowed);
+            }
+            check_rate(&self.domains, &domain.to_ascii_lowercase())?;
+        }
         check_rate(&self.accounts, &from.to_bare().to_string())
     }
 
@@ -166,8 +179,10 @@ impl Service {
     pub async fn maintain(&self) -> Result<(), StoreError> {
         self.claims.retain_recent();
         self.claims.shrink_to_fit();
-        self.accounts.retain_recent();
-        self.accounts.shrink_to_fit();
+        for limiter in [&self.accounts, &self.domains] {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
         let now = crate::protocol::now();
         self.store.prune_directory(now).await?;
         let pruned = self.store.prune_history(now - self.config.history.retention_secs as i64).await?;
@@ -234,6 +249,11 @@ impl Service {
             false => Ok(()),
         }
     }
+}
+
+fn per_second(rate: u32, burst: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
 /// One token from `limiter` for `key`, or how long to wait for it.
