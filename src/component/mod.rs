@@ -13,6 +13,7 @@ use minidom::Element;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
+use crate::metrics::{self, metrics};
 use crate::protocol::disco::PING;
 use crate::service::Service;
 use crate::store::{Store, StoreError};
@@ -26,6 +27,10 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on metrics.listen: {0}")]
+    Metrics(std::io::Error),
 }
 
 /// Runs the component until `shutdown` turns true (or the secret is wrong).
@@ -36,9 +41,18 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let positions = store.group_seqs().await?;
     let service = Arc::new(Service::new(config.clone(), store.clone(), positions));
     let every = Duration::from_secs(config.history.maintenance_secs);
+    let endpoint = match config.metrics_addr()? {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
+            tracing::info!(%addr, "metrics endpoint listening");
+            Some(tokio::spawn(metrics::http::serve(listener, store.clone(), config.directory.low_water)))
+        }
+        None => None,
+    };
     let maintenance = tokio::spawn(maintain(service.clone(), every, shutdown.clone()));
     let result = connection_loop(&config, &service, &mut shutdown).await;
     maintenance.abort();
+    endpoint.inspect(|e| e.abort());
     store.close().await;
     tracing::info!("stopped");
     result
@@ -50,6 +64,7 @@ async fn connection_loop(
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let mut backoff = Backoff::new(Duration::from_secs(config.component.reconnect_max_secs));
+    let mut first = true;
     loop {
         let connected = tokio::select! {
             _ = stopped(shutdown) => return Ok(()),
@@ -57,10 +72,16 @@ async fn connection_loop(
         };
         match connected {
             Ok(stream) => {
+                if !std::mem::take(&mut first) {
+                    metrics().reconnects.inc();
+                }
+                metrics().set_connected(true);
                 tracing::info!(jid = %config.component.jid, "component connected");
                 backoff.reset();
                 let link = link::spawn(stream, StanzaNs::Component, keepalive(config));
-                match run_session(link, config, service, shutdown).await {
+                let lost = run_session(link, config, service, shutdown).await;
+                metrics().set_connected(false);
+                match lost {
                     None => return Ok(()),
                     Some(e) => tracing::warn!(error = %e, "connection lost"),
                 }

@@ -1,20 +1,22 @@
 //! The router: every stanza from the server goes through [`route`], which
 //! returns at most one reply. It is the one place where service errors
-//! become stanza errors.
+//! become stanza errors, and where stanzas and errors are counted.
 //!
 //! Rules (RFC 6120 §8.2.3, §8.3.1): every IQ get/set gets exactly one reply;
 //! an error, or an IQ result, is never answered.
 
 use minidom::Element;
 use xmpp_parsers::jid::Jid;
+use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition as C, ErrorType as T, StanzaError};
 
+use crate::metrics::{metrics, Condition, Outcome, StanzaKind};
 use crate::protocol::address::Address;
 use crate::protocol::error::{invalid_message, pubsub_condition, rate_limited, stanza_error, AppCondition};
 use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
 use crate::protocol::vault::version_mismatch;
-use crate::protocol::ProtocolError;
+use crate::protocol::{ProtocolError, NS};
 use crate::service::{IqKind, IqRequest, Response, Service, ServiceError};
 use crate::xmpp::namespace::CLIENT;
 
@@ -34,6 +36,16 @@ impl From<Vec<Element>> for Routed {
 }
 
 pub async fn route(service: &Service, stanza: Element) -> Routed {
+    let m = metrics();
+    m.stanzas_received.inc(StanzaKind::of(stanza.name()));
+    let routed = dispatch(service, stanza).await;
+    for out in &routed.stanzas {
+        m.stanzas_sent.inc(StanzaKind::of(out.name()));
+    }
+    routed
+}
+
+async fn dispatch(service: &Service, stanza: Element) -> Routed {
     if stanza.attr("type") == Some("error") {
         return Routed::default(); // never answer an error
     }
@@ -101,7 +113,9 @@ fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed 
         }
         Err(e) => {
             log_error(&e);
-            vec![error_reply(stanza, &to_stanza_error(&e))].into()
+            let reply = error_reply(stanza, &to_stanza_error(&e));
+            metrics().stanza_errors.inc(condition(&reply));
+            vec![reply].into()
         }
     }
 }
@@ -113,7 +127,8 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
         _ => return Routed::default(), // result or invalid: never answered
     };
     let Some(id) = iq.attr("id").map(str::to_owned) else { return Routed::default() };
-    let outcome = match (service.admit(&from), Address::parse(&to), single_child(iq)) {
+    let payload = single_child(iq);
+    let outcome = match (service.admit(&from), Address::parse(&to), payload) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Err(e), _) => Err(e.into()),
         (Ok(()), Ok(_), None) => {
@@ -124,6 +139,9 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
             service.handle_iq(&req).await
         }
     };
+    if kind == IqKind::Set && payload.is_some_and(|p| p.is("commit", NS)) {
+        metrics().commits.inc(if outcome.is_ok() { Outcome::Accepted } else { Outcome::Rejected });
+    }
     respond(iq, outcome)
 }
 
@@ -182,6 +200,13 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
         E::DomainNotAllowed => stanza_error(T::Auth, C::Forbidden, app(AppCondition::DomainNotAllowed), None),
         E::Store(_) => stanza_error(T::Wait, C::InternalServerError, None, None),
     }
+}
+
+/// The defined condition of an error reply, as a metrics label.
+fn condition(reply: &Element) -> Condition {
+    let error = reply.get_child("error", CLIENT);
+    let defined = error.and_then(|e| e.children().find(|c| c.ns() == ns::XMPP_STANZAS && c.name() != "text"));
+    Condition::named(defined.map(|c| c.name()).unwrap_or_default())
 }
 
 fn log_error(e: &ServiceError) {

@@ -4,9 +4,11 @@ use xmpp_parsers::jid::BareJid;
 
 use super::pubsub::{headline, Caller};
 use super::{IqRequest, Response, Service, ServiceError};
+use crate::metrics::metrics;
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::{
-    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, Policy, VerifiedKeyPackage, NODE,
+    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, VerifiedKeyPackage,
+    NODE,
 };
 use crate::protocol::pubsub::{items_result, publish_result, ItemIn};
 use crate::protocol::now;
@@ -55,7 +57,10 @@ impl Service {
         let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
         let max = self.config.directory.max_key_packages_per_device;
         match self.store.store_key_packages(caller.account.to_string(), kps, max, now).await? {
-            KeyPackageUpload::Stored => Ok(Response::result(publish_result(NODE, &ids))),
+            KeyPackageUpload::Stored => {
+                metrics().key_packages_uploaded.add(ids.len() as u64);
+                Ok(Response::result(publish_result(NODE, &ids)))
+            }
             KeyPackageUpload::Refused(refused) => Err(ServiceError::InvalidKeyPackages(refused)),
             KeyPackageUpload::TooMany { .. } => Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)),
         }
@@ -82,6 +87,8 @@ impl Service {
             now: now(),
         };
         let result = self.store.claim(ctx, claim).await?;
+        let claimed = result.outcomes.iter().filter(|o| matches!(o, ClaimOutcome::Claimed { .. })).count();
+        metrics().key_packages_claimed.add(claimed as u64);
         let from = self.directory_jid(account);
         let messages = result
             .notices

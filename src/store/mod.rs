@@ -7,6 +7,7 @@
 //! answered only after its batch is committed. Reads run on a small pool of
 //! separate connections, off the writer's path.
 
+mod admin;
 mod archive;
 mod devices;
 mod groups;
@@ -17,6 +18,7 @@ pub mod mls;
 mod schema;
 mod vault;
 
+pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedAccount, Stats};
 pub use archive::{Filter, Item, Page, PageStart, Source};
 pub use devices::DevicePublish;
 pub use groups::{AppendOutcome, Archived, FeedEntry, GroupState, GroupTx, Member};
@@ -179,6 +181,7 @@ fn write_loop(conn: Connection, jobs: mpsc::Receiver<Job>, batch_max: usize) {
 
 fn run_batch(conn: &Connection, batch: Vec<Job>) {
     let size = batch.len();
+    let started = std::time::Instant::now();
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         tracing::error!(error = %e, "cannot begin a write batch");
         let msg = e.to_string();
@@ -208,6 +211,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         let _ = conn.execute_batch("ROLLBACK");
     }
     tracing::trace!(size, ok = committed.is_ok(), "write batch");
+    crate::metrics::metrics().write_batch(size, started.elapsed());
     for finish in finishes {
         finish(match &committed {
             Ok(()) => Ok(()),

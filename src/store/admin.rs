@@ -1,0 +1,296 @@
+//! What operators read and do through `xmpp-mls admin`, and the figures the
+//! metrics endpoint reads at scrape time. Safe beside a running component:
+//! reads see a WAL snapshot, writes queue behind the component's batches.
+
+use std::path::PathBuf;
+
+use openmls::group::PublicGroup;
+use openmls::prelude::hash_ref::ProposalRef;
+use openmls::prelude::GroupId;
+use openmls_traits::public_storage::PublicStorageProvider;
+use rusqlite::{params, Connection};
+
+use super::mls::TxStorage;
+use super::{Store, StoreError};
+use crate::metrics::StoreGauges;
+
+/// Totals of the whole store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Accounts with a device list or a vault.
+    pub accounts: u64,
+    pub devices: u64,
+    pub key_packages: u64,
+    pub groups: u64,
+    pub archive_messages: u64,
+    pub inbox_notices: u64,
+    pub vault_blobs: u64,
+    pub vault_bytes: u64,
+    /// The database file's pages (the WAL not included).
+    pub database_bytes: u64,
+}
+
+/// One group as the Delivery Service holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSummary {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    /// Leaves of the ratchet tree.
+    pub members: u64,
+    pub accounts: u64,
+    pub archive_messages: u64,
+    /// The last archive position, and how far retention pruned.
+    pub last_seq: u64,
+    pub pruned_seq: u64,
+    pub created_at: i64,
+    /// When the newest archived message arrived (the creation if none is left).
+    pub last_activity: i64,
+}
+
+/// A leaf of a group; `device_id` is None once the account dropped the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberDevice {
+    pub leaf: u32,
+    pub account: String,
+    pub device_id: Option<String>,
+    /// Whether the device is on the group's live feed.
+    pub online: bool,
+}
+
+/// A device and its KeyPackage stock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceStock {
+    pub device_id: String,
+    pub label: Option<String>,
+    pub expires_at: i64,
+    /// Unexpired ordinary KeyPackages.
+    pub key_packages: u64,
+    pub last_resort: bool,
+}
+
+/// What the store keeps for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountSummary {
+    pub devices: Vec<DeviceStock>,
+    /// Groups with a leaf of the account.
+    pub groups: Vec<Vec<u8>>,
+    pub inbox_notices: u64,
+    pub vault_blobs: u64,
+    pub vault_bytes: u64,
+}
+
+/// Rows deleted by [`Store::purge_account`], by table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PurgedAccount {
+    pub devices: u64,
+    pub key_packages: u64,
+    pub subscriptions: u64,
+    pub inbox_notices: u64,
+    pub vault_blobs: u64,
+    pub feed_entries: u64,
+    pub acks: u64,
+}
+
+fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<u64, StoreError> {
+    Ok(c.query_row(sql, p, |r| r.get::<_, i64>(0))? as u64)
+}
+
+fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT g.group_id, g.epoch, g.seq, g.pruned_seq, g.created_at,
+                (SELECT count(*) FROM members m WHERE m.group_id = g.group_id),
+                (SELECT count(DISTINCT account) FROM members m WHERE m.group_id = g.group_id),
+                (SELECT count(*) FROM archive a WHERE a.group_id = g.group_id),
+                (SELECT max(created_at) FROM archive a WHERE a.group_id = g.group_id)
+         FROM groups g WHERE ?1 IS NULL OR g.group_id = ?1
+         ORDER BY g.created_at, g.group_id",
+    )?;
+    let rows = st.query_map([only], |r| {
+        let created_at: i64 = r.get(4)?;
+        Ok(GroupSummary {
+            group_id: r.get(0)?,
+            epoch: r.get::<_, i64>(1)? as u64,
+            last_seq: r.get::<_, i64>(2)? as u64,
+            pruned_seq: r.get::<_, i64>(3)? as u64,
+            created_at,
+            members: r.get::<_, i64>(5)? as u64,
+            accounts: r.get::<_, i64>(6)? as u64,
+            archive_messages: r.get::<_, i64>(7)? as u64,
+            last_activity: r.get::<_, Option<i64>>(8)?.unwrap_or(created_at),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn member_devices(c: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT m.leaf, m.account, d.device_id,
+                EXISTS (SELECT 1 FROM feed f WHERE f.group_id = m.group_id AND f.device_id = d.device_id)
+         FROM members m LEFT JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
+         WHERE m.group_id = ?1 ORDER BY m.leaf",
+    )?;
+    let rows = st.query_map([group_id], |r| {
+        Ok(MemberDevice { leaf: r.get(0)?, account: r.get(1)?, device_id: r.get(2)?, online: r.get(3)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn device_stock(c: &Connection, account: &str, now: i64) -> Result<Vec<DeviceStock>, StoreError> {
+    let mut st = c.prepare(
+        "SELECT d.device_id, d.label, d.expires_at,
+                (SELECT count(*) FROM key_packages k
+                 WHERE k.account = d.account AND k.device_id = d.device_id AND k.last_resort = 0 AND k.not_after > ?2),
+                EXISTS (SELECT 1 FROM key_packages k
+                        WHERE k.account = d.account AND k.device_id = d.device_id AND k.last_resort = 1 AND k.not_after > ?2)
+         FROM devices d WHERE d.account = ?1 ORDER BY d.published_at, d.device_id",
+    )?;
+    let rows = st.query_map(params![account, now], |r| {
+        Ok(DeviceStock {
+            device_id: r.get(0)?,
+            label: r.get(1)?,
+            expires_at: r.get(2)?,
+            key_packages: r.get::<_, i64>(3)? as u64,
+            last_resort: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// openmls' PublicGroup of `group_id` and its queued proposals.
+fn delete_public_group(c: &Connection, group_id: &[u8]) -> Result<(), StoreError> {
+    let storage = TxStorage::new(c);
+    let gid = GroupId::from_slice(group_id);
+    fn failed(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Batch(format!("openmls storage: {e}"))
+    }
+    PublicGroup::delete(&storage, &gid).map_err(failed)?;
+    storage.clear_proposal_queue::<GroupId, ProposalRef>(&gid).map_err(failed)
+}
+
+impl Store {
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        self.read(|c| {
+            Ok(Stats {
+                accounts: count(c, "SELECT count(*) FROM (SELECT account FROM devices UNION SELECT account FROM vault)", [])?,
+                devices: count(c, "SELECT count(*) FROM devices", [])?,
+                key_packages: count(c, "SELECT count(*) FROM key_packages", [])?,
+                groups: count(c, "SELECT count(*) FROM groups", [])?,
+                archive_messages: count(c, "SELECT count(*) FROM archive", [])?,
+                inbox_notices: count(c, "SELECT count(*) FROM inbox", [])?,
+                vault_blobs: count(c, "SELECT count(*) FROM vault", [])?,
+                vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault", [])?,
+                database_bytes: count(c, "SELECT p.page_count * s.page_size FROM pragma_page_count() p, pragma_page_size() s", [])?,
+            })
+        })
+        .await
+    }
+
+    /// The figures of the metrics endpoint that live in the store.
+    pub async fn gauges(&self, low_water: u32, now: i64) -> Result<StoreGauges, StoreError> {
+        self.read(move |c| {
+            Ok(StoreGauges {
+                archive_messages: count(c, "SELECT count(*) FROM archive", [])?,
+                low_key_package_devices: count(
+                    c,
+                    "SELECT count(*) FROM devices d WHERE d.expires_at > ?1
+                       AND (SELECT count(*) FROM key_packages k
+                            WHERE k.account = d.account AND k.device_id = d.device_id AND k.last_resort = 0 AND k.not_after > ?1) <= ?2",
+                    params![now, low_water],
+                )?,
+            })
+        })
+        .await
+    }
+
+    /// Every group, oldest first.
+    pub async fn group_summaries(&self) -> Result<Vec<GroupSummary>, StoreError> {
+        self.read(|c| group_summaries(c, None)).await
+    }
+
+    /// One group and its leaves.
+    pub async fn group_detail(&self, group_id: Vec<u8>) -> Result<Option<(GroupSummary, Vec<MemberDevice>)>, StoreError> {
+        self.read(move |c| {
+            let Some(summary) = group_summaries(c, Some(&group_id))?.pop() else { return Ok(None) };
+            Ok(Some((summary, member_devices(c, &group_id)?)))
+        })
+        .await
+    }
+
+    pub async fn account_summary(&self, account: String, now: i64) -> Result<AccountSummary, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare("SELECT DISTINCT group_id FROM members WHERE account = ?1 ORDER BY group_id")?;
+            let groups = st.query_map([&account], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(AccountSummary {
+                devices: device_stock(c, &account, now)?,
+                groups,
+                inbox_notices: count(c, "SELECT count(*) FROM inbox WHERE account = ?1", [&account])?,
+                vault_blobs: count(c, "SELECT count(*) FROM vault WHERE account = ?1", [&account])?,
+                vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault WHERE account = ?1", [&account])?,
+            })
+        })
+        .await
+    }
+
+    /// Deletes a group: its state, openmls' PublicGroup, members, archive,
+    /// feed and acknowledgements. False if there was no such group.
+    pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
+                return Ok(false);
+            }
+            for table in ["members", "archive", "feed", "group_accounts"] {
+                c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
+            }
+            c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
+            delete_public_group(c, &group_id)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Deletes what the store keeps for an account: devices (with their
+    /// KeyPackages), subscriptions by and to it, inbox, vault, feed entries
+    /// and acknowledgements. Its leaves stay in groups' ratchet trees: only
+    /// a member's commit can remove them.
+    pub async fn purge_account(&self, account: String) -> Result<PurgedAccount, StoreError> {
+        self.write(move |c| {
+            let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", [&account])?;
+            let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, [&account])? as u64) };
+            Ok(PurgedAccount {
+                key_packages,
+                devices: delete("DELETE FROM devices WHERE account = ?1")?,
+                subscriptions: delete(
+                    "DELETE FROM subscriptions WHERE account = ?1
+                        OR subscriber = ?1 OR substr(subscriber, 1, length(?1) + 1) = ?1 || '/'",
+                )?,
+                inbox_notices: delete("DELETE FROM inbox WHERE account = ?1")?,
+                vault_blobs: delete("DELETE FROM vault WHERE account = ?1")?,
+                feed_entries: delete("DELETE FROM feed WHERE account = ?1")?,
+                acks: delete("DELETE FROM acks WHERE account = ?1")?,
+            })
+        })
+        .await
+    }
+
+    /// `PRAGMA integrity_check` ("ok" when sound) and the schema version.
+    pub async fn integrity(&self) -> Result<(Vec<String>, u32), StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare("PRAGMA integrity_check")?;
+            let problems = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let version = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            Ok((problems, version))
+        })
+        .await
+    }
+
+    /// A consistent, compacted copy of the database in `path` (which must
+    /// not exist), taken while the component may be writing.
+    pub async fn backup(&self, path: PathBuf) -> Result<(), StoreError> {
+        self.read(move |c| {
+            let path = path.to_str().ok_or_else(|| StoreError::Batch("backup path is not UTF-8".into()))?;
+            c.execute("VACUUM INTO ?1", [path])?;
+            Ok(())
+        })
+        .await
+    }
+}

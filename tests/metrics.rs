@@ -1,0 +1,367 @@
+//! The metrics endpoint end to end: /metrics parses strictly as the
+//! Prometheus text format and its counters move by exactly what the traffic
+//! a test sends should cause; /health follows the component connection;
+//! JSON logs are JSON and carry no payload.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{expect, free_port, member, wait_until, Component, Prosody, COMPONENT};
+use minidom::Element;
+use xmpp_mls::client::GroupEvent;
+use xmpp_mls::protocol::keypackages::Claim;
+use xmpp_parsers::jid::{BareJid, Jid};
+
+/// A string that only ever travels inside stanza payloads.
+const MARKER: &str = "payload-marker-5c1d9e";
+
+/// (status code, Content-Type, body) of `GET path`, with the response
+/// framing checked.
+fn get(port: u16, path: &str) -> (u16, String, String) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a blank line after the head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap();
+    let code = status.strip_prefix("HTTP/1.1 ").and_then(|s| s.split(' ').next()).expect("status line");
+    let headers: HashMap<String, String> = lines
+        .map(|l| l.split_once(": ").expect("header: value"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+        .collect();
+    assert_eq!(headers["content-length"].parse::<usize>().unwrap(), body.len(), "{raw}");
+    (code.parse().unwrap(), headers["content-type"].clone(), body.to_owned())
+}
+
+fn health(port: u16) -> (u16, String) {
+    let (code, _, body) = get(port, "/health");
+    (code, body)
+}
+
+/// The samples of one scrape, keyed `name{label="value",…}` (or `name`),
+/// after a strict parse of the text format (version 0.0.4).
+fn scrape(port: u16) -> HashMap<String, f64> {
+    let (code, content_type, body) = get(port, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    parse_exposition(&body)
+}
+
+fn parse_exposition(text: &str) -> HashMap<String, f64> {
+    assert!(text.ends_with('\n'), "the last line ends with a newline");
+    let mut types: HashMap<String, String> = HashMap::new();
+    let mut helped = HashSet::new();
+    let mut sampled = HashSet::new();
+    let mut samples = HashMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or_else(|| panic!("HELP without text: {line}"));
+            assert!(valid_name(name) && !help.trim().is_empty(), "{line}");
+            assert!(helped.insert(name.to_owned()), "second HELP for {name}");
+            assert!(!sampled.contains(name), "HELP after samples of {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("TYPE without type: {line}"));
+            assert!(valid_name(name), "{line}");
+            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
+            assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "second TYPE for {name}");
+            assert!(!sampled.contains(name), "TYPE after samples of {name}");
+        } else {
+            assert!(!line.starts_with('#') && !line.trim().is_empty(), "unexpected line {line:?}");
+            let (name, labels, value) = parse_sample(line);
+            let family = family_of(&name, &types);
+            if types[&family] == "counter" {
+                assert!(name.ends_with("_total"), "counter {name} ends in _total");
+            }
+            sampled.insert(family);
+            let key = match labels.is_empty() {
+                true => name,
+                false => {
+                    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+                    format!("{name}{{{}}}", l.join(","))
+                }
+            };
+            assert!(samples.insert(key.clone(), value).is_none(), "duplicate sample {key}");
+        }
+    }
+    check_histograms(&types, &samples);
+    samples
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// The declared family a sample belongs to (histograms have `_bucket`,
+/// `_sum` and `_count` samples).
+fn family_of(name: &str, types: &HashMap<String, String>) -> String {
+    if types.contains_key(name) {
+        return name.to_owned();
+    }
+    let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s));
+    match base {
+        Some(b) if types.get(b).is_some_and(|t| t == "histogram" || t == "summary") => b.to_owned(),
+        _ => panic!("sample {name} has no TYPE"),
+    }
+}
+
+/// `name{label="value",…} value`: escapes in values are \\, \" and \n.
+fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
+    let end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
+    let name = &line[..end];
+    assert!(valid_name(name), "bad metric name in {line}");
+    let mut rest = &line[end..];
+    let mut labels = Vec::new();
+    if let Some(mut r) = rest.strip_prefix('{') {
+        loop {
+            let (label, after) = r.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line}"));
+            assert!(valid_name(label) && !label.contains(':'), "bad label name in {line}");
+            let mut value = String::new();
+            let mut chars = after.char_indices();
+            let close = loop {
+                match chars.next() {
+                    Some((_, '\\')) => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, c @ ('\\' | '"'))) => value.push(c),
+                        _ => panic!("bad escape in {line}"),
+                    },
+                    Some((i, '"')) => break i,
+                    Some((_, c)) => value.push(c),
+                    None => panic!("unterminated label value in {line}"),
+                }
+            };
+            labels.push((label.to_owned(), value));
+            r = &after[close + 1..];
+            if let Some(more) = r.strip_prefix(',') {
+                r = more;
+            } else {
+                rest = r.strip_prefix('}').unwrap_or_else(|| panic!("labels not closed in {line}"));
+                break;
+            }
+        }
+    }
+    let mut fields = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before the value: {line}")).split(' ');
+    let value = match fields.next().unwrap() {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
+    };
+    if let Some(timestamp) = fields.next() {
+        timestamp.parse::<i64>().unwrap_or_else(|_| panic!("bad timestamp in {line}"));
+    }
+    assert!(fields.next().is_none(), "trailing fields in {line}");
+    (name.to_owned(), labels, value)
+}
+
+/// Buckets are cumulative, end with +Inf, and +Inf equals _count.
+fn check_histograms(types: &HashMap<String, String>, samples: &HashMap<String, f64>) {
+    for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
+        let mut buckets: Vec<(f64, f64)> = samples
+            .iter()
+            .filter_map(|(k, v)| {
+                let le = k.strip_prefix(&format!("{family}_bucket{{le=\""))?.strip_suffix("\"}")?;
+                Some((if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, *v))
+            })
+            .collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(buckets.len() > 1 && buckets.last().unwrap().0.is_infinite(), "{family} buckets");
+        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{family} buckets are cumulative");
+        assert_eq!(buckets.last().unwrap().1, samples[&format!("{family}_count")]);
+        assert!(samples.contains_key(&format!("{family}_sum")));
+    }
+}
+
+/// What moved between two scrapes, leaving out the latency histogram's
+/// buckets and sum (they depend on the machine; its count is kept).
+fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap<String, f64> {
+    let keys: HashSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !k.starts_with("xmpp_mls_store_write_batch_seconds_bucket") && *k != "xmpp_mls_store_write_batch_seconds_sum")
+        .filter_map(|k| {
+            let d = after.get(k).copied().unwrap_or(f64::NAN) - before.get(k).copied().unwrap_or(f64::NAN);
+            (d != 0.0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+fn expected(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+/// The moves of one write batch of one request.
+const ONE_BATCH: &[(&str, f64)] = &[
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"1\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"2\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"4\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"8\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"16\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"32\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"64\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"128\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"256\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"512\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"1024\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_bucket{le=\"+Inf\"}", 1.0),
+    ("xmpp_mls_store_write_batch_size_sum", 1.0),
+    ("xmpp_mls_store_write_batch_size_count", 1.0),
+    ("xmpp_mls_store_write_batch_seconds_count", 1.0),
+];
+
+fn with_one_batch(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
+    let mut all = expected(pairs);
+    all.extend(expected(ONE_BATCH));
+    all
+}
+
+/// Devices with directory.low_water (10) ordinary KeyPackages or fewer,
+/// counted in the store file.
+fn low_devices_in_store(component: &Component) -> f64 {
+    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
+    let devices: Vec<(String, String)> = conn
+        .prepare("SELECT account, device_id FROM devices WHERE expires_at > unixepoch()")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let pool = |(a, d): &(String, String)| -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM key_packages WHERE account = ?1 AND device_id = ?2
+               AND last_resort = 0 AND not_after > unixepoch()",
+            [a, d],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    devices.iter().filter(|d| pool(d) <= 10).count() as f64
+}
+
+fn archive_rows(component: &Component) -> f64 {
+    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
+    conn.query_row("SELECT count(*) FROM archive", [], |r| r.get::<_, i64>(0)).unwrap() as f64
+}
+
+fn raw_iq(session: &xmpp_mls::client::Session, to: &str, type_: &str, children: &str) -> Element {
+    let xml = format!("<iq xmlns='jabber:client' type='{type_}' id='{}' to='{to}'>{children}</iq>", session.next_id());
+    xml.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() {
+    let mut prosody = Prosody::start();
+    let port = free_port();
+    // No keepalive pings during the test: only its own stanzas are counted.
+    let extra = format!("keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n");
+    let component = Component::start(&prosody, &extra);
+    assert_eq!(health(port), (200, "connected\n".into()));
+    assert_eq!(get(port, "/nothing").0, 404);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let carol = prosody.client("carol", "desk").await;
+    let service = Jid::new(COMPONENT).unwrap();
+
+    // A disco query and a malformed request (no such element).
+    let before = scrape(port);
+    let disco = raw_iq(&carol, COMPONENT, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>");
+    assert_eq!(carol.request(disco).await.unwrap().attr("type"), Some("result"));
+    let unknown = format!("<frob xmlns='urn:xmpp:mls:0' note='{MARKER}'/>");
+    let bad = carol.request(raw_iq(&carol, COMPONENT, "get", &unknown)).await.unwrap();
+    assert_eq!(bad.attr("type"), Some("error"));
+    let after = scrape(port);
+    assert_eq!(
+        moved(&before, &after),
+        expected(&[
+            ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 2.0),
+            ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 2.0),
+            ("xmpp_mls_stanza_errors_total{condition=\"bad-request\"}", 1.0),
+        ])
+    );
+
+    // alice uploads three KeyPackages: one write batch.
+    let before = after;
+    let kps = alice.device().key_packages(3).unwrap();
+    alice.session.upload_key_packages(&service, &kps).await.unwrap();
+    let after = scrape(port);
+    assert_eq!(
+        moved(&before, &after),
+        with_one_batch(&[
+            ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_key_packages_uploaded_total", 3.0),
+        ])
+    );
+
+    // carol claims one of alice's: the owner gets a notice.
+    let before = after;
+    let alice_jid = BareJid::new("alice@example.org").unwrap();
+    let claim = Claim { cipher_suite: None, devices: Vec::new() };
+    assert_eq!(carol.claim(&service, &alice_jid, &claim).await.unwrap().len(), 1);
+    let after = scrape(port);
+    assert_eq!(
+        moved(&before, &after),
+        with_one_batch(&[
+            ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanzas_sent_total{kind=\"message\"}", 1.0),
+            ("xmpp_mls_key_packages_claimed_total", 1.0),
+        ])
+    );
+
+    // A group: one accepted commit (the add), then a malformed one.
+    let before = after;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[BareJid::new("bob@example.org").unwrap()]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let after = scrape(port);
+    let m = moved(&before, &after);
+    assert_eq!(m.get("xmpp_mls_commits_total{outcome=\"accepted\"}"), Some(&1.0), "{m:?}");
+    assert_eq!(m.get("xmpp_mls_key_packages_claimed_total"), Some(&1.0), "bob's package: {m:?}");
+    assert!(!m.keys().any(|k| k.starts_with("xmpp_mls_stanza_errors_total") || k.contains("rejected")), "{m:?}");
+    let before = after;
+    let empty = raw_iq(&alice.session, group.as_str(), "set", "<commit xmlns='urn:xmpp:mls:0'/>");
+    assert_eq!(alice.session.request(empty).await.unwrap().attr("type"), Some("error"));
+    let after = scrape(port);
+    assert_eq!(
+        moved(&before, &after),
+        expected(&[
+            ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanza_errors_total{condition=\"bad-request\"}", 1.0),
+            ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
+        ])
+    );
+
+    // Gauges read from the store.
+    assert_eq!(after["xmpp_mls_archive_messages"], archive_rows(&component));
+    assert!(after["xmpp_mls_archive_messages"] >= 1.0);
+    assert_eq!(after["xmpp_mls_key_package_low_devices"], low_devices_in_store(&component));
+    assert_eq!(after["xmpp_mls_key_package_low_devices"], 2.0, "alice holds 7, bob 4");
+    assert_eq!((after["xmpp_mls_connected"], after["xmpp_mls_reconnects_total"]), (1.0, 0.0));
+    assert!(!get(port, "/metrics").2.contains("example.org"), "no JID in a label");
+
+    // The server goes away and comes back.
+    prosody.kill();
+    assert!(wait_until(Duration::from_secs(20), || health(port) == (503, "disconnected\n".into())));
+    assert_eq!(scrape(port)["xmpp_mls_connected"], 0.0);
+    prosody.restart();
+    assert!(component.wait_log("component connected", 2, Duration::from_secs(30)), "{}", component.log());
+    assert_eq!(health(port), (200, "connected\n".into()));
+    let last = scrape(port);
+    assert_eq!((last["xmpp_mls_connected"], last["xmpp_mls_reconnects_total"]), (1.0, 1.0));
+
+    // The log is JSON, one object a line, and never carries a payload.
+    let log = component.log();
+    for line in log.lines() {
+        let entry: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(entry["level"].is_string() && entry["fields"].is_object(), "{line}");
+    }
+    assert!(log.lines().any(|l| l.contains("\"message\":\"request refused\"")), "debug logs were written");
+    assert!(!log.contains(MARKER), "a payload reached the log");
+}
