@@ -1,9 +1,11 @@
-//! `xmpp-mls`: run the component (`serve`) or act as a client (`client`).
+//! `xmpp-mls`: run the component (`serve`), look after its store (`admin`)
+//! or act as a client (`client`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod admin;
 mod cli;
 
 use clap::{Parser, Subcommand};
@@ -30,6 +32,18 @@ enum Command {
         /// The TOML configuration file.
         #[arg(long, short, env = "XMPP_MLS_CONFIG")]
         config: PathBuf,
+    },
+    /// Inspect and maintain the component's store (the component may be
+    /// running).
+    Admin {
+        /// The component's TOML configuration file.
+        #[arg(long, short, env = "XMPP_MLS_CONFIG")]
+        config: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: admin::AdminAction,
     },
     /// Act as a client of an MLS service through an XMPP account.
     Client {
@@ -59,6 +73,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Admin { config, json, action } => runtime.block_on(admin(config, json, action)),
         Command::Client { jid, password, server, service, state, action } => {
             init_logging(LogFormat::Text, "warn");
             let service = service.unwrap_or_else(|| Jid::new(&format!("mls.{}", jid.domain())).expect("a domain"));
@@ -71,12 +86,9 @@ fn main() -> ExitCode {
 }
 
 async fn serve(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+    let config = match load_config(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     init_logging(config.log.format, &config.log.level);
     let (tx, rx) = watch::channel(false);
@@ -89,6 +101,30 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config file, or exit code 2 with the problem on stderr.
+fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn admin(path: PathBuf, json: bool, action: admin::AdminAction) -> ExitCode {
+    let config = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(config.log.format, "warn");
+    match admin::run(&config, json, action).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

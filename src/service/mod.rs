@@ -183,9 +183,7 @@ impl Service {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        let now = crate::protocol::now();
-        self.store.prune_directory(now).await?;
-        let pruned = self.store.prune_history(now - self.config.history.retention_secs as i64).await?;
+        let pruned = retention(&self.store, &self.config, crate::protocol::now()).await?;
         if pruned > 0 {
             tracing::info!(pruned, "history retention");
         }
@@ -254,6 +252,13 @@ impl Service {
 fn per_second(rate: u32, burst: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
+
+/// Retention as of `now`: drops expired devices and KeyPackages, and prunes
+/// archives past history.retention_secs; returns how many archived items went.
+pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<usize, StoreError> {
+    store.prune_directory(now).await?;
+    store.prune_history(now - config.history.retention_secs as i64).await
 }
 
 /// One token from `limiter` for `key`, or how long to wait for it.
