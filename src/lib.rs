@@ -4,6 +4,7 @@
 pub mod client;
 pub mod component;
 pub mod config;
+pub mod fuzz;
 pub mod metrics;
 pub mod protocol;
 pub mod service;

@@ -16,3 +16,4 @@ pub use history::{pack_snapshot, ArchivePage, History, HistoryEntry, Unreadable}
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
 pub use vault::{backed_up_devices, backup_device, restore_device, KdfParams, Vault, VaultError, KEYS};
+pub(crate) use vault::KeyRing;

@@ -56,12 +56,17 @@ impl Default for KdfParams {
 }
 
 /// The unwrapped key ring: data keys by id, and which one seals new blobs.
-struct KeyRing {
+pub(crate) struct KeyRing {
     params: KdfParams,
     salt: [u8; 16],
     current: u32,
     keys: Vec<(u32, [u8; KEY])>,
 }
+
+/// The costliest derivation a key record may ask for: a few times the
+/// defaults (xep/ §Security Considerations: the service must not make the
+/// client allocate or compute at will, nor reach argon2's overflow on lanes).
+const MAX_KDF: KdfParams = KdfParams { m_kib: 256 * 1024, t: 10, p: 8 };
 
 fn kek(passphrase: &str, salt: &[u8; 16], p: KdfParams) -> Result<[u8; KEY], VaultError> {
     let params = Params::new(p.m_kib, p.t, p.p, Some(KEY)).map_err(|e| VaultError::Kdf(e.to_string()))?;
@@ -101,9 +106,14 @@ fn blob_aad(account: &BareJid, name: &str, version: u64) -> Vec<u8> {
 }
 
 impl KeyRing {
+    /// A ring of one data key, id 1.
+    pub(crate) fn new(params: KdfParams, salt: [u8; 16], key: [u8; KEY]) -> Self {
+        KeyRing { params, salt, current: 1, keys: vec![(1, key)] }
+    }
+
     /// `XMK1 | m t p | salt | current | n | (id, sealed key)*`, each sealed
     /// key bound to the account.
-    fn encode(&self, passphrase: &str, account: &BareJid) -> Result<Vec<u8>, VaultError> {
+    pub(crate) fn encode(&self, passphrase: &str, account: &BareJid) -> Result<Vec<u8>, VaultError> {
         let kek = kek(passphrase, &self.salt, self.params)?;
         let mut out = KEYS_MAGIC.to_vec();
         for v in [self.params.m_kib, self.params.t, self.params.p] {
@@ -119,13 +129,16 @@ impl KeyRing {
         Ok(out)
     }
 
-    fn decode(bytes: &[u8], passphrase: &str, account: &BareJid) -> Result<Self, VaultError> {
+    pub(crate) fn decode(bytes: &[u8], passphrase: &str, account: &BareJid) -> Result<Self, VaultError> {
         let corrupt = || VaultError::Corrupt(KEYS.into());
         let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
         if bytes.get(..4) != Some(KEYS_MAGIC) {
             return Err(corrupt());
         }
         let params = KdfParams { m_kib: u32_at(4).ok_or_else(corrupt)?, t: u32_at(8).ok_or_else(corrupt)?, p: u32_at(12).ok_or_else(corrupt)? };
+        if params.m_kib > MAX_KDF.m_kib || params.t > MAX_KDF.t || params.p > MAX_KDF.p {
+            return Err(corrupt());
+        }
         let salt: [u8; 16] = bytes.get(16..32).ok_or_else(corrupt)?.try_into().expect("16 bytes");
         let current = u32_at(32).ok_or_else(corrupt)?;
         let n = u16::from_be_bytes(bytes.get(36..38).ok_or_else(corrupt)?.try_into().expect("2 bytes"));
@@ -139,11 +152,34 @@ impl KeyRing {
             let key = open(&kek, &keys_aad(account), sealed).ok_or(VaultError::WrongPassphrase)?;
             keys.push((id, key.try_into().map_err(|_| corrupt())?));
         }
-        Ok(KeyRing { params, salt, current, keys })
+        let ring = KeyRing { params, salt, current, keys };
+        // New blobs are sealed with the current key: a ring without it (or
+        // without any key, which no passphrase check guards) does not open.
+        ring.key(current).ok_or_else(corrupt)?;
+        Ok(ring)
     }
 
     fn key(&self, id: u32) -> Option<&[u8; KEY]> {
         self.keys.iter().find(|(i, _)| *i == id).map(|(_, k)| k)
+    }
+
+    /// A blob record, `XMB1 | key id | sealed`, under the current key.
+    pub(crate) fn seal_blob(&self, account: &BareJid, name: &str, version: u64, plaintext: &[u8]) -> Vec<u8> {
+        let key = self.key(self.current).expect("the current key is in the ring");
+        let mut data = BLOB_MAGIC.to_vec();
+        data.extend_from_slice(&self.current.to_be_bytes());
+        data.extend_from_slice(&seal(key, &blob_aad(account, name, version), plaintext));
+        data
+    }
+
+    pub(crate) fn open_blob(&self, account: &BareJid, name: &str, version: u64, data: &[u8]) -> Result<Vec<u8>, VaultError> {
+        let corrupt = || VaultError::Corrupt(name.to_owned());
+        if data.get(..4) != Some(BLOB_MAGIC) {
+            return Err(corrupt());
+        }
+        let id = u32::from_be_bytes(data.get(4..8).ok_or_else(corrupt)?.try_into().expect("4 bytes"));
+        let key = self.key(id).ok_or_else(corrupt)?;
+        open(key, &blob_aad(account, name, version), &data[8..]).ok_or_else(corrupt)
     }
 }
 
@@ -192,7 +228,7 @@ impl Vault {
     pub async fn create(session: &Session, service: &Jid, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
         let account = session.jid().to_bare();
         let at = directory_jid(&account, service);
-        let ring = KeyRing { params, salt: rand::random(), current: 1, keys: vec![(1, rand::random())] };
+        let ring = KeyRing::new(params, rand::random(), rand::random());
         let data = ring.encode(passphrase, &account)?;
         let put = VaultRequest::Put { name: KEYS.into(), if_version: 0, data };
         request(session, &at, put).await.map_err(|e| match vault_error(e, KEYS) {
@@ -214,10 +250,7 @@ impl Vault {
     /// Seals and stores `plaintext` under `name`, replacing version
     /// `if_version` (0: new); returns the new version.
     pub async fn put(&self, session: &Session, name: &str, if_version: u64, plaintext: &[u8]) -> Result<u64, VaultError> {
-        let key = self.ring.key(self.ring.current).expect("the current key is in the ring");
-        let mut data = BLOB_MAGIC.to_vec();
-        data.extend_from_slice(&self.ring.current.to_be_bytes());
-        data.extend_from_slice(&seal(key, &blob_aad(&self.account, name, if_version + 1), plaintext));
+        let data = self.ring.seal_blob(&self.account, name, if_version + 1, plaintext);
         let put = VaultRequest::Put { name: name.to_owned(), if_version, data };
         let items = request(session, &self.at, put).await.map_err(|e| vault_error(e, name))?;
         Ok(items.first().map_or(if_version + 1, |i| i.version))
@@ -232,14 +265,7 @@ impl Vault {
     /// The blob's version and plaintext (None: absent).
     pub async fn get(&self, session: &Session, name: &str) -> Result<Option<(u64, Vec<u8>)>, VaultError> {
         let Some((version, data)) = fetch(session, &self.at, name).await? else { return Ok(None) };
-        let corrupt = || VaultError::Corrupt(name.to_owned());
-        if data.get(..4) != Some(BLOB_MAGIC) {
-            return Err(corrupt());
-        }
-        let id = u32::from_be_bytes(data.get(4..8).ok_or_else(corrupt)?.try_into().expect("4 bytes"));
-        let key = self.ring.key(id).ok_or_else(corrupt)?;
-        let plaintext = open(key, &blob_aad(&self.account, name, version), &data[8..]).ok_or_else(corrupt)?;
-        Ok(Some((version, plaintext)))
+        Ok(Some((version, self.ring.open_blob(&self.account, name, version, &data)?)))
     }
 
     /// Names and versions of the blobs (the key record excluded).
@@ -319,6 +345,31 @@ mod tests {
         assert!(matches!(KeyRing::decode(&bytes, "wrong", &account), Err(VaultError::WrongPassphrase)));
         let bob = BareJid::new("bob@example.org").unwrap();
         assert!(KeyRing::decode(&bytes, "right", &bob).is_err(), "bound to the account");
+    }
+
+    /// Found by fuzzing (fuzz/regressions/vault_record): the service hands
+    /// the key record back, so its costs and contents are not trusted.
+    #[test]
+    fn key_records_that_must_not_open() {
+        let account = BareJid::new("alice@example.org").unwrap();
+        let ring = KeyRing { params: FAST, salt: [3; 16], current: 1, keys: vec![] };
+        assert!(matches!(KeyRing::decode(&ring.encode("any", &account).unwrap(), "other", &account), Err(VaultError::Corrupt(k)) if k == KEYS));
+        let ring = KeyRing { current: 2, ..KeyRing::new(FAST, [3; 16], [1; 32]) };
+        assert!(matches!(KeyRing::decode(&ring.encode("right", &account).unwrap(), "right", &account), Err(VaultError::Corrupt(_))));
+        let above = [
+            KdfParams { m_kib: MAX_KDF.m_kib + 1, ..FAST },
+            KdfParams { t: MAX_KDF.t + 1, ..FAST },
+            KdfParams { p: MAX_KDF.p + 1, ..FAST },
+            KdfParams { p: 0xfb00_0000, ..FAST }, // argon2's 8 * p overflowed
+        ];
+        let valid = KeyRing::new(FAST, [3; 16], [1; 32]).encode("right", &account).unwrap();
+        for costly in above {
+            let mut bytes = valid.clone();
+            for (at, v) in [(4, costly.m_kib), (8, costly.t), (12, costly.p)] {
+                bytes[at..at + 4].copy_from_slice(&v.to_be_bytes());
+            }
+            assert!(matches!(KeyRing::decode(&bytes, "right", &account), Err(VaultError::Corrupt(_))));
+        }
     }
 
     #[test]
