@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{expect, member, normalise, store_digest, strip_whitespace, Component, Prosody, COMPONENT};
+use common::{expect, member, normalise, store_digest, strip_whitespace, Component, Kind, Prosody, COMPONENT};
 use minidom::Element;
 use xmpp_mls::client::{GroupClient, GroupEvent, Session};
 use xmpp_mls::protocol::address::{group_node, Address};
@@ -23,7 +23,14 @@ const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 const CLIENT: &str = "jabber:client";
 /// Elements nested in the deep-nesting cases: the recursive element builder
 /// of xso that the component used overflowed a 2 MiB stack below 5000.
-const DEPTH: usize = 5_000;
+/// ejabberd 23.01 itself dies (its Erlang VM segfaults) on a stanza some
+/// 3000 deep, so the cases that pass through it nest 2000 deep.
+fn depth() -> usize {
+    match Kind::chosen() {
+        Kind::Prosody => 5_000,
+        Kind::Ejabberd => 2_000,
+    }
+}
 
 /// Who sends a case: alice's or bob's raw session (not on any feed).
 #[derive(Clone, Copy)]
@@ -110,9 +117,9 @@ fn oversized() -> String {
     "A".repeat(250_000)
 }
 
-/// `DEPTH` nested elements around nothing.
+/// [`depth`] nested elements around nothing.
 fn nest() -> String {
-    format!("{}{}", "<x>".repeat(DEPTH), "</x>".repeat(DEPTH))
+    format!("{}{}", "<x>".repeat(depth()), "</x>".repeat(depth()))
 }
 
 fn cases() -> Vec<Case> {
@@ -341,7 +348,9 @@ fn vault() -> Vec<Case> {
 }
 
 /// The sender is the authenticated account, whatever 'from' says:
-/// Prosody stamps alice's full JID over it (RFC 6120 §8.1.2.1).
+/// Prosody stamps alice's full JID over it (RFC 6120 §8.1.2.1), and the
+/// component answers alice. ejabberd closes alice's stream with
+/// `<invalid-from/>` instead: the stanza never reaches the component.
 fn impersonation() -> Vec<Case> {
     use By::A;
     let key = b64_encode(&[9u8; 32]); // nobody's key
@@ -534,7 +543,8 @@ async fn run() {
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
     let (vars, _devices) = set_up(&prosody, &dir).await;
-    let mut sessions = [prosody.client("alice", "raw").await, prosody.client("bob", "raw").await];
+    let users = ["alice", "bob"]; // indexed by `By`
+    let mut sessions = [prosody.client(users[0], "raw").await, prosody.client(users[1], "raw").await];
     let cases = cases();
     assert!(cases.len() >= 60, "{} cases", cases.len());
     for (i, case) in cases.iter().enumerate() {
@@ -543,13 +553,18 @@ async fn run() {
         let to = stanza.attr("to").map(str::to_owned);
         let want = expected(&substitute(case.expect, &vars));
         let before = store_digest(&component.store_path());
-        let reply = exchange(session, stanza, want != "none").await;
-        assert_eq!(outcome(reply.as_ref()), want, "case {:?}", case.name);
-        if let Some(reply) = &reply {
-            assert_eq!(reply.attr("from"), to.as_deref(), "case {:?}: answered by the addressed entity", case.name);
+        if stanza.attr("from").is_some() && !prosody.stamps_spoofed_from() {
+            prosody.assert_closed_for_invalid_from(session, stanza).await;
+            sessions[case.by as usize] = prosody.client(users[case.by as usize], "raw").await;
+        } else {
+            let reply = exchange(session, stanza, want != "none").await;
+            assert_eq!(outcome(reply.as_ref()), want, "case {:?}", case.name);
+            if let Some(reply) = &reply {
+                assert_eq!(reply.attr("from"), to.as_deref(), "case {:?}: answered by the addressed entity", case.name);
+            }
+            let stray = session.try_next_event();
+            assert!(stray.is_none(), "case {:?}: unexpected {stray:?}", case.name);
         }
-        let stray = session.try_next_event();
-        assert!(stray.is_none(), "case {:?}: unexpected {stray:?}", case.name);
         let after = store_digest(&component.store_path());
         assert!(before == after, "case {:?} changed the store: {:?}", case.name, changed_tables(&before, &after));
     }
@@ -560,7 +575,7 @@ async fn run() {
     assert!(!log.contains("panicked") && !log.contains("overflowed"), "the component crashed");
 }
 
-/// Our own side builds, sends and drops elements nested `DEPTH` deep, with
+/// Our own side builds, sends and drops elements nested [`depth`] deep, with
 /// recursive code: its threads get stacks large enough for that. The
 /// component keeps its defaults.
 #[test]

@@ -1,6 +1,7 @@
-//! End-to-end harness: a private Prosody on free loopback ports in a temp
-//! dir, the real `xmpp-mls` binary as its component, and logged-in c2s
-//! clients. Every test gets its own instances, so tests run in parallel.
+//! End-to-end harness: a private XMPP server (Prosody, or ejabberd with
+//! `XMPP_TEST_SERVER=ejabberd`) on free loopback ports in a temp dir,
+//! the real `xmpp-mls` binary as its component, and logged-in c2s clients.
+//! Every test gets its own instances, so tests run in parallel.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::net::TcpListener;
@@ -17,22 +18,26 @@ pub const COMPONENT: &str = "mls.example.org";
 /// The fixture's second VirtualHost: accounts of another domain.
 pub const OTHER_DOMAIN: &str = "other.example";
 const SECRET: &str = "component-secret";
+mod ejabberd;
 pub mod mls;
+mod prosody;
 pub mod xep;
-
-const TEMPLATE: &str = include_str!("../fixtures/prosody.cfg.lua.template");
 
 /// A free loopback port. Ports come from a per-process sequence (starting
 /// at a place derived from the process id) rather than from the kernel's
 /// ephemeral range, so that a port just released by one test is not handed
-/// to another test of the same run.
+/// to another test of the same run; and from below that range (32768 and
+/// up on Linux), so that no connection's or server's kernel-chosen port
+/// takes it before the server that it is meant for binds it.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_768;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() * 7_919) % 25_000, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(0, FIRST + std::process::id().wrapping_mul(7_919) % COUNT, Ordering::SeqCst, Ordering::SeqCst);
     loop {
         let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        let port = 20_000 + (port - 20_000) % 40_000;
+        let port = FIRST + (port - FIRST) % COUNT;
         if TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
             return port as u16;
         }
@@ -51,58 +56,77 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     check()
 }
 
-pub struct Prosody {
+/// The XMPP servers the suite runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Prosody,
+    Ejabberd,
+}
+
+impl Kind {
+    /// The server that `XMPP_TEST_SERVER` names: `prosody` (the default)
+    /// or `ejabberd`. (Not `XMPP_MLS_…`: the component, which inherits the
+    /// environment, refuses unknown variables of its own prefix.)
+    pub fn chosen() -> Self {
+        match std::env::var("XMPP_TEST_SERVER").as_deref() {
+            Err(_) | Ok("" | "prosody") => Kind::Prosody,
+            Ok("ejabberd") => Kind::Ejabberd,
+            Ok(other) => panic!("XMPP_TEST_SERVER={other}: expected prosody or ejabberd"),
+        }
+    }
+}
+
+/// A private XMPP server of the [`Kind::chosen`] kind, serving [`DOMAIN`]
+/// and [`OTHER_DOMAIN`], with [`COMPONENT`] on its component port.
+pub struct Server {
+    pub kind: Kind,
     pub dir: tempfile::TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// ejabberd's admin API, through which accounts are registered.
+    api_port: u16,
     child: Option<Child>,
 }
 
-impl Prosody {
-    pub fn start() -> Self {
-        assert!(
-            Command::new("prosodyctl").arg("about").output().is_ok(),
-            "prosody is not installed: run scripts/test, which installs it"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
-        std::fs::create_dir_all(dir.path().join("certs")).unwrap();
-        let mut p = Prosody { dir, c2s_port: free_port(), component_port: free_port(), child: None };
-        let config = TEMPLATE
-            .replace("@DIR@", p.dir.path().to_str().unwrap())
-            .replace("@C2S_PORT@", &p.c2s_port.to_string())
-            .replace("@COMPONENT_PORT@", &p.component_port.to_string())
-            .replace("@DOMAIN@", DOMAIN)
-            .replace("@COMPONENT@", COMPONENT)
-            .replace("@SECRET@", SECRET);
-        std::fs::write(p.config_path(), config).unwrap();
-        p.launch();
-        p
-    }
+/// The tests' name for [`Server`], from when Prosody was the only one.
+pub type Prosody = Server;
 
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("prosody.cfg.lua")
+impl Server {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (c2s_port, component_port, api_port) = (free_port(), free_port(), free_port());
+        let mut server = Server { kind: Kind::chosen(), dir, c2s_port, component_port, api_port, child: None };
+        match server.kind {
+            Kind::Prosody => prosody::configure(&server),
+            Kind::Ejabberd => ejabberd::configure(&server),
+        }
+        server.launch();
+        server
     }
 
     fn launch(&mut self) {
-        let child = Command::new("prosody")
-            .arg("--config")
-            .arg(self.config_path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prosody");
-        self.child = Some(child);
-        let ports = [self.c2s_port, self.component_port];
-        let up = wait_until(Duration::from_secs(15), || {
+        let mut command = match self.kind {
+            Kind::Prosody => prosody::command(self),
+            Kind::Ejabberd => ejabberd::command(self),
+        };
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
+        self.child = Some(child.unwrap_or_else(|e| panic!("start {:?}: {e} (scripts/test installs it)", self.kind)));
+        let ports = match self.kind {
+            Kind::Prosody => vec![self.c2s_port, self.component_port],
+            Kind::Ejabberd => vec![self.c2s_port, self.component_port, self.api_port],
+        };
+        let up = wait_until(Duration::from_secs(30), || {
             ports.iter().all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
         });
-        assert!(up, "prosody did not listen: {}", self.log());
+        assert!(up, "{:?} did not listen: {}", self.kind, self.log());
     }
 
-    /// SIGKILL: Prosody sends no stream close, the component sees an I/O error.
+    /// SIGKILL: the server sends no stream close, the component sees an I/O error.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            if self.kind == Kind::Ejabberd {
+                ejabberd::kill(self);
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -118,20 +142,20 @@ impl Prosody {
         self.register_on(DOMAIN, user, password)
     }
 
-    /// Registers `user@domain` on one of the configuration's VirtualHosts
-    /// ([`DOMAIN`] or [`OTHER_DOMAIN`]).
+    /// Registers `user@domain` on one of the server's domains ([`DOMAIN`]
+    /// or [`OTHER_DOMAIN`]), or sets the password of an existing account.
     pub fn register_on(&self, domain: &str, user: &str, password: &str) {
-        let out = Command::new("prosodyctl")
-            .arg("--config")
-            .arg(self.config_path())
-            .args(["register", user, domain, password])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "register {user}: {}", String::from_utf8_lossy(&out.stderr));
+        match self.kind {
+            Kind::Prosody => prosody::register(self, domain, user, password),
+            Kind::Ejabberd => ejabberd::register(self, domain, user, password),
+        }
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prosody.log")).unwrap_or_default()
+        match self.kind {
+            Kind::Prosody => prosody::log(self),
+            Kind::Ejabberd => ejabberd::log(self),
+        }
     }
 
     /// Registers `user` (password = user) and logs in as `user@DOMAIN/resource`.
@@ -148,15 +172,36 @@ impl Prosody {
         opts.iq_timeout = Duration::from_secs(10);
         Session::connect(opts).await.expect("client login")
     }
+
+    /// Whether the server replaces a client's 'from' that names another
+    /// account with the client's own full JID (Prosody), rather than
+    /// closing the client's stream with `<invalid-from/>` (ejabberd). RFC
+    /// 6120 §8.1.2.1 allows either.
+    pub fn stamps_spoofed_from(&self) -> bool {
+        self.kind == Kind::Prosody
+    }
+
+    /// Sends `stanza`, whose 'from' names another account, and checks
+    /// ejabberd's answer: it closes the stream with `<invalid-from/>`
+    /// (which only its log names: the session does not report why its
+    /// stream ended). `session` is closed afterwards.
+    pub async fn assert_closed_for_invalid_from(&self, session: &mut Session, stanza: Element) {
+        let jid = session.jid().to_string();
+        session.send(stanza).await.unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(10), async { while session.next_event().await.is_some() {} });
+        assert!(closed.await.is_ok(), "{jid}'s stream is still open");
+        let line = format!("Closing c2s session for {jid}: Stream closed by local host: Improper 'from' attribute (invalid-from)");
+        assert!(wait_until(Duration::from_secs(5), || self.log().contains(&line)), "no {line:?} in the log");
+    }
 }
 
-impl Drop for Prosody {
+impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
     }
 }
 
-/// The `xmpp-mls serve` process, connected to a [`Prosody`].
+/// The `xmpp-mls serve` process, connected to a [`Server`].
 pub struct Component {
     pub dir: tempfile::TempDir,
     child: Option<Child>,

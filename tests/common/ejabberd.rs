@@ -1,0 +1,100 @@
+//! ejabberd's part of [`super::Server`]: its configuration, command line,
+//! accounts (through its admin API over HTTP, which is much faster than an
+//! `ejabberdctl` call per account) and log.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::{Server, COMPONENT, DOMAIN, SECRET};
+
+const TEMPLATE: &str = include_str!("../fixtures/ejabberd.yml.template");
+
+/// The layout that ejabberdctl wants: `conf/` (with its own ejabberdctl.cfg,
+/// or /etc/ejabberd's overrides ours), `log/` and `db/`, all owned by the
+/// ejabberd user, as which ejabberdctl runs the server.
+pub fn configure(server: &Server) {
+    let dir = server.dir.path();
+    for sub in ["conf", "log", "db"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    let config = TEMPLATE
+        .replace("@C2S_PORT@", &server.c2s_port.to_string())
+        .replace("@COMPONENT_PORT@", &server.component_port.to_string())
+        .replace("@API_PORT@", &server.api_port.to_string())
+        .replace("@DOMAIN@", DOMAIN)
+        .replace("@COMPONENT@", COMPONENT)
+        .replace("@SECRET@", SECRET);
+    std::fs::write(dir.join("conf/ejabberd.yml"), config).unwrap();
+    std::fs::write(dir.join("conf/ejabberdctl.cfg"), "").unwrap();
+    std::fs::copy("/etc/ejabberd/inetrc", dir.join("conf/inetrc"))
+        .expect("ejabberd is not installed: run scripts/test, which installs it");
+    let chown = Command::new("chown").arg("-R").arg("ejabberd").arg(dir).status().unwrap();
+    assert!(chown.success(), "chown -R ejabberd {}", dir.display());
+}
+
+/// `ejabberdctl foreground` runs the Erlang VM as the ejabberd user under
+/// `su`; the VM writes its own process id to `ejabberd.pid` for [`kill`].
+/// The node name is unique among the instances running at once.
+pub fn command(server: &Server) -> Command {
+    let dir = server.dir.path();
+    let mut command = Command::new("ejabberdctl");
+    command
+        .arg("--config-dir")
+        .arg(dir.join("conf"))
+        .arg("--logs")
+        .arg(dir.join("log"))
+        .arg("--spool")
+        .arg(dir.join("db"))
+        .args(["--node", &format!("xmppmls{}_{}@localhost", std::process::id(), server.api_port)])
+        .arg("foreground")
+        .env("EJABBERD_PID_PATH", pid_path(server));
+    command
+}
+
+fn pid_path(server: &Server) -> PathBuf {
+    server.dir.path().join("ejabberd.pid")
+}
+
+/// SIGKILL to the Erlang VM itself: killing `su` would leave it running.
+pub fn kill(server: &Server) {
+    if let Ok(pid) = std::fs::read_to_string(pid_path(server)) {
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        let _ = std::fs::remove_file(pid_path(server));
+    }
+}
+
+/// Registers the account, or sets its password if it exists already (as
+/// `prosodyctl register` does).
+pub fn register(server: &Server, domain: &str, user: &str, password: &str) {
+    let account = format!(r#""user":"{user}","host":"{domain}""#);
+    let (status, body) = api(server, "register", &format!(r#"{{{account},"password":"{password}"}}"#));
+    let (status, body) = match status {
+        409 => api(server, "change_password", &format!(r#"{{{account},"newpass":"{password}"}}"#)),
+        _ => (status, body),
+    };
+    assert_eq!(status, 200, "register {user}@{domain}: {body}");
+}
+
+/// POSTs a command's JSON arguments to the admin API; returns the HTTP
+/// status and the body.
+fn api(server: &Server, command: &str, json: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.api_port)).unwrap();
+    write!(
+        stream,
+        "POST /api/{command} HTTP/1.0\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{json}",
+        server.api_port,
+        json.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+pub fn log(server: &Server) -> String {
+    std::fs::read_to_string(server.dir.path().join("log/ejabberd.log")).unwrap_or_default()
+}
