@@ -189,32 +189,27 @@ fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap
         .collect()
 }
 
+/// Scrapes; what moved since `last`, which becomes this scrape.
+fn moved_since(port: u16, last: &mut HashMap<String, f64>) -> HashMap<String, f64> {
+    let now = scrape(port);
+    let m = moved(last, &now);
+    *last = now;
+    m
+}
+
 fn expected(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
-/// The moves of one write batch of one request.
-const ONE_BATCH: &[(&str, f64)] = &[
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"1\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"2\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"4\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"8\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"16\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"32\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"64\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"128\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"256\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"512\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"1024\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_bucket{le=\"+Inf\"}", 1.0),
-    ("xmpp_mls_store_write_batch_size_sum", 1.0),
-    ("xmpp_mls_store_write_batch_size_count", 1.0),
-    ("xmpp_mls_store_write_batch_seconds_count", 1.0),
-];
-
+/// `pairs` and the moves of one write batch of one request.
 fn with_one_batch(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
     let mut all = expected(pairs);
-    all.extend(expected(ONE_BATCH));
+    for le in ["1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "1024", "+Inf"] {
+        all.insert(format!("xmpp_mls_store_write_batch_size_bucket{{le=\"{le}\"}}"), 1.0);
+    }
+    for sample in ["size_sum", "size_count", "seconds_count"] {
+        all.insert(format!("xmpp_mls_store_write_batch_{sample}"), 1.0);
+    }
     all
 }
 
@@ -268,15 +263,14 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     let service = Jid::new(COMPONENT).unwrap();
 
     // A disco query and a malformed request (no such element).
-    let before = scrape(port);
+    let mut last = scrape(port);
     let disco = raw_iq(&carol, COMPONENT, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>");
     assert_eq!(carol.request(disco).await.unwrap().attr("type"), Some("result"));
     let unknown = format!("<frob xmlns='urn:xmpp:mls:0' note='{MARKER}'/>");
     let bad = carol.request(raw_iq(&carol, COMPONENT, "get", &unknown)).await.unwrap();
     assert_eq!(bad.attr("type"), Some("error"));
-    let after = scrape(port);
     assert_eq!(
-        moved(&before, &after),
+        moved_since(port, &mut last),
         expected(&[
             ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 2.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 2.0),
@@ -285,12 +279,10 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     );
 
     // alice uploads three KeyPackages: one write batch.
-    let before = after;
     let kps = alice.device().key_packages(3).unwrap();
     alice.session.upload_key_packages(&service, &kps).await.unwrap();
-    let after = scrape(port);
     assert_eq!(
-        moved(&before, &after),
+        moved_since(port, &mut last),
         with_one_batch(&[
             ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
@@ -299,13 +291,11 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     );
 
     // carol claims one of alice's: the owner gets a notice.
-    let before = after;
     let alice_jid = BareJid::new("alice@example.org").unwrap();
     let claim = Claim { cipher_suite: None, devices: Vec::new() };
     assert_eq!(carol.claim(&service, &alice_jid, &claim).await.unwrap().len(), 1);
-    let after = scrape(port);
     assert_eq!(
-        moved(&before, &after),
+        moved_since(port, &mut last),
         with_one_batch(&[
             ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
@@ -315,21 +305,17 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     );
 
     // A group: one accepted commit (the add), then a malformed one.
-    let before = after;
     let group = alice.create().await.unwrap();
     alice.add(&group, &[BareJid::new("bob@example.org").unwrap()]).await.unwrap();
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    let after = scrape(port);
-    let m = moved(&before, &after);
+    let m = moved_since(port, &mut last);
     assert_eq!(m.get("xmpp_mls_commits_total{outcome=\"accepted\"}"), Some(&1.0), "{m:?}");
     assert_eq!(m.get("xmpp_mls_key_packages_claimed_total"), Some(&1.0), "bob's package: {m:?}");
     assert!(!m.keys().any(|k| k.starts_with("xmpp_mls_stanza_errors_total") || k.contains("rejected")), "{m:?}");
-    let before = after;
     let empty = raw_iq(&alice.session, group.as_str(), "set", "<commit xmlns='urn:xmpp:mls:0'/>");
     assert_eq!(alice.session.request(empty).await.unwrap().attr("type"), Some("error"));
-    let after = scrape(port);
     assert_eq!(
-        moved(&before, &after),
+        moved_since(port, &mut last),
         expected(&[
             ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
@@ -339,11 +325,11 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     );
 
     // Gauges read from the store.
-    assert_eq!(after["xmpp_mls_archive_messages"], archive_rows(&component));
-    assert!(after["xmpp_mls_archive_messages"] >= 1.0);
-    assert_eq!(after["xmpp_mls_key_package_low_devices"], low_devices_in_store(&component));
-    assert_eq!(after["xmpp_mls_key_package_low_devices"], 2.0, "alice holds 7, bob 4");
-    assert_eq!((after["xmpp_mls_connected"], after["xmpp_mls_reconnects_total"]), (1.0, 0.0));
+    assert_eq!(last["xmpp_mls_archive_messages"], archive_rows(&component));
+    assert!(last["xmpp_mls_archive_messages"] >= 1.0);
+    assert_eq!(last["xmpp_mls_key_package_low_devices"], low_devices_in_store(&component));
+    assert_eq!(last["xmpp_mls_key_package_low_devices"], 2.0, "alice holds 7, bob 4");
+    assert_eq!((last["xmpp_mls_connected"], last["xmpp_mls_reconnects_total"]), (1.0, 0.0));
     assert!(!get(port, "/metrics").2.contains("example.org"), "no JID in a label");
 
     // The server goes away and comes back.
@@ -353,8 +339,8 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     prosody.restart();
     assert!(component.wait_log("component connected", 2, Duration::from_secs(30)), "{}", component.log());
     assert_eq!(health(port), (200, "connected\n".into()));
-    let last = scrape(port);
-    assert_eq!((last["xmpp_mls_connected"], last["xmpp_mls_reconnects_total"]), (1.0, 1.0));
+    let again = scrape(port);
+    assert_eq!((again["xmpp_mls_connected"], again["xmpp_mls_reconnects_total"]), (1.0, 1.0));
 
     // The log is JSON, one object a line, and never carries a payload.
     let log = component.log();
