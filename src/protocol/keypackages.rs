@@ -176,7 +176,8 @@ pub fn verify(
     if not_after <= now {
         return Err(Rejection::Expired);
     }
-    if not_after - not_before > policy.max_lifetime_secs + policy.clock_skew_secs {
+    // Saturating: the lifetime comes from the package, the policy from a service.
+    if not_after.saturating_sub(not_before) > policy.max_lifetime_secs.saturating_add(policy.clock_skew_secs) {
         return Err(Rejection::LifetimeTooLong);
     }
     let kp_ref = kp.hash_ref(crypto).map_err(|_| Rejection::Invalid)?.as_slice().to_vec();

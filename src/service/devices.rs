@@ -19,7 +19,7 @@ impl Service {
         let [item] = <[ItemIn; 1]>::try_from(items).map_err(|_| malformed("publish one device per request"))?;
         let mut device = Device::parse(item.id.as_deref(), &item.payload)?;
         let now = now();
-        let latest = now + self.config.directory.max_device_lifetime_days as i64 * DAY;
+        let latest = now.saturating_add((self.config.directory.max_device_lifetime_days as i64).saturating_mul(DAY));
         let expires = device.expires.unwrap_or(latest);
         if expires <= now {
             return Err(malformed("expires is in the past").into());

@@ -62,7 +62,7 @@ impl Service {
             max_payload_size: l.max_payload_size,
             max_devices_per_account: d.max_devices_per_account,
             max_key_packages_per_device: d.max_key_packages_per_device,
-            max_key_package_lifetime: d.max_key_package_lifetime_days * DAY,
+            max_key_package_lifetime: d.max_key_package_lifetime_days.saturating_mul(DAY),
             cipher_suites: d.cipher_suites.clone(),
             max_past_epochs: g.past_epochs,
             max_page_size: l.max_page_size,

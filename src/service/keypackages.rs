@@ -21,7 +21,7 @@ impl Service {
         let d = &self.config.directory;
         Policy {
             cipher_suites: d.cipher_suites.clone(),
-            max_lifetime_secs: d.max_key_package_lifetime_days as i64 * DAY,
+            max_lifetime_secs: (d.max_key_package_lifetime_days as i64).saturating_mul(DAY),
             clock_skew_secs: d.clock_skew_secs as i64,
         }
     }

@@ -19,6 +19,7 @@ pub const COMPONENT: &str = "mls.example.org";
 pub const OTHER_DOMAIN: &str = "other.example";
 const SECRET: &str = "component-secret";
 mod ejabberd;
+pub mod federation;
 pub mod mls;
 mod prosody;
 pub mod xep;
@@ -211,11 +212,15 @@ impl Component {
     /// Starts the binary with a config for `prosody`; `extra` is appended
     /// to the `[component]` section (more sections may follow it).
     pub fn start(prosody: &Prosody, extra: &str) -> Self {
+        Self::start_with(&format!("127.0.0.1:{}", prosody.component_port), COMPONENT, SECRET, extra)
+    }
+
+    /// [`Self::start`] as `jid` on any server's component port.
+    pub fn start_with(server: &str, jid: &str, secret: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "[component]\njid = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\nserver = \"127.0.0.1:{}\"\n{extra}\n\
+            "[component]\njid = \"{jid}\"\nsecret = \"{secret}\"\nserver = \"{server}\"\n{extra}\n\
              [store]\npath = \"{}\"\n",
-            prosody.component_port,
             dir.path().join("store.sqlite3").display(),
         );
         std::fs::write(dir.path().join("xmpp-mls.toml"), config).unwrap();
@@ -398,22 +403,35 @@ pub async fn member_on(
     user: &str,
     resource: &str,
 ) -> xmpp_mls::client::GroupClient {
-    let session = prosody.client_on(domain, user, resource).await;
-    let account = BareJid::new(&format!("{user}@{domain}")).unwrap();
-    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
-    let device = xmpp_mls::client::Device::create(&path, account, None).unwrap();
-    let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();
+    new_device(prosody.client_on(domain, user, resource).await, dir, COMPONENT).await
+}
+
+/// The device of [`member`], back online from its state file.
+pub async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> xmpp_mls::client::GroupClient {
+    old_device(prosody.client(user, resource).await, dir, COMPONENT).await
+}
+
+/// Where the device of `session` keeps its state in `dir`.
+fn device_path(session: &Session, dir: &tempfile::TempDir) -> PathBuf {
+    let jid = session.jid();
+    dir.path().join(format!("{}-{}.sqlite3", jid.node().map(|n| n.as_str()).unwrap_or(""), jid.resource()))
+}
+
+/// A new device of `session`'s account: its key published at `service`,
+/// with KeyPackages; its state in `dir/<user>-<resource>.sqlite3`.
+pub async fn new_device(session: Session, dir: &tempfile::TempDir, service: &str) -> xmpp_mls::client::GroupClient {
+    let path = device_path(&session, dir);
+    let device = xmpp_mls::client::Device::create(&path, session.jid().to_bare(), None).unwrap();
+    let service = xmpp_parsers::jid::Jid::new(service).unwrap();
     session.publish_device(&service, &device.item(None)).await.unwrap();
     device.refill(&session, &service, 5, true).await.unwrap();
     xmpp_mls::client::GroupClient::start(session, device, service).await.unwrap()
 }
 
-/// The device of [`member`], back online from its state file.
-pub async fn reconnect(prosody: &Prosody, dir: &tempfile::TempDir, user: &str, resource: &str) -> xmpp_mls::client::GroupClient {
-    let session = prosody.client(user, resource).await;
-    let path = dir.path().join(format!("{user}-{resource}.sqlite3"));
-    let device = xmpp_mls::client::Device::open(&path, &BareJid::new(&format!("{user}@{DOMAIN}")).unwrap()).unwrap();
-    let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();
+/// The device of [`new_device`], back online on `session`.
+pub async fn old_device(session: Session, dir: &tempfile::TempDir, service: &str) -> xmpp_mls::client::GroupClient {
+    let device = xmpp_mls::client::Device::open(&device_path(&session, dir), &session.jid().to_bare()).unwrap();
+    let service = xmpp_parsers::jid::Jid::new(service).unwrap();
     xmpp_mls::client::GroupClient::start(session, device, service).await.unwrap()
 }
 
