@@ -1,15 +1,24 @@
 # Shared by scripts/test and scripts/demo. Source it; do not run it.
 
-# Installs Prosody from Debian's packages if it is missing.
-ensure_prosody() {
-  command -v prosody >/dev/null 2>&1 && return 0
-  echo "Installing Prosody from Debian's packages..." >&2
+# Installs Debian's package $2 if the command $1 is missing.
+ensure_debian_package() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "Installing $2 from Debian's packages..." >&2
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq prosody >/dev/null
-  command -v prosody >/dev/null 2>&1 || { echo "prosody did not install" >&2; return 1; }
+  $sudo apt-get install -y -qq "$2" >/dev/null
+  command -v "$1" >/dev/null 2>&1 || { echo "$2 did not install" >&2; return 1; }
+}
+
+ensure_prosody() { ensure_debian_package prosody prosody; }
+
+# ejabberdctl is in /usr/sbin, and runs the server as the ejabberd user:
+# only root (or that user) may call it.
+ensure_ejabberd() {
+  [[ :$PATH: == *:/usr/sbin:* ]] || export PATH=$PATH:/usr/sbin
+  ensure_debian_package ejabberdctl ejabberd
 }
 
 # Prints a TCP port on 127.0.0.1 that nothing listens on, from $1 upwards.
@@ -35,4 +44,66 @@ ensure_slixmpp() {
   echo "Installing slixmpp from PyPI into target/py..." >&2
   python3 -m venv target/py
   target/py/bin/pip install --quiet "slixmpp==1.17.0"
+}
+
+# A private XMPP server on free loopback ports, for the demo:
+#   start_server prosody|ejabberd DIR DOMAIN COMPONENT SECRET
+# serves DOMAIN from DIR with the component COMPONENT (shared secret
+# SECRET), configured as the tests' fixtures are, and sets c2s_port and
+# component_port. register_user USER PASSWORD and stop_server act on it.
+start_server() {
+  server_kind=$1 server_dir=$2 server_domain=$3
+  local component=$4 secret=$5 template config api_port
+  c2s_port=$(free_port 15222)
+  component_port=$(free_port 15347)
+  api_port=$(free_port 15280)
+  case $server_kind in
+    prosody) template=tests/fixtures/prosody.cfg.lua.template config=$server_dir/prosody.cfg.lua
+             mkdir -p "$server_dir/data" "$server_dir/certs" ;;
+    ejabberd) template=tests/fixtures/ejabberd.yml.template config=$server_dir/conf/ejabberd.yml
+              mkdir -p "$server_dir/conf" "$server_dir/log" "$server_dir/db" ;;
+    *) echo "unknown server '$server_kind': prosody or ejabberd" >&2; return 2 ;;
+  esac
+  sed -e "s#@DIR@#$server_dir#g; s/@C2S_PORT@/$c2s_port/g; s/@COMPONENT_PORT@/$component_port/g" \
+      -e "s/@API_PORT@/$api_port/g; s/@DOMAIN@/$server_domain/g; s/@COMPONENT@/$component/g" \
+      -e "s/@SECRET@/$secret/g" "$template" > "$config"
+  if [ "$server_kind" = prosody ]; then
+    prosody --config "$config" >/dev/null 2>&1 &
+    server_pid=$!
+  else
+    # ejabberdctl's layout: its own ejabberdctl.cfg (or /etc/ejabberd's
+    # applies) and inetrc, all owned by the ejabberd user.
+    : > "$server_dir/conf/ejabberdctl.cfg"
+    cp /etc/ejabberd/inetrc "$server_dir/conf/"
+    chown -R ejabberd "$server_dir"
+    ejabberd_node=xmppmls-demo-$$@localhost
+    ejabberd_ctl start
+  fi
+  wait_port "$c2s_port" 30 && wait_port "$component_port" 30 || {
+    echo "$server_kind did not start" >&2
+    cat "$server_dir/prosody.err" "$server_dir/log/ejabberd.log" 2>/dev/null >&2
+    return 1
+  }
+}
+
+# ejabberdctl for the server of start_server.
+ejabberd_ctl() {
+  ejabberdctl --config-dir "$server_dir/conf" --logs "$server_dir/log" --spool "$server_dir/db" \
+    --node "$ejabberd_node" "$@"
+}
+
+register_user() {
+  case $server_kind in
+    prosody) prosodyctl --config "$server_dir/prosody.cfg.lua" register "$1" "$server_domain" "$2" ;;
+    ejabberd) ejabberd_ctl register "$1" "$server_domain" "$2" >/dev/null ;;
+  esac
+}
+
+# Stops the server of start_server, if one runs.
+stop_server() {
+  case ${server_kind:-} in
+    prosody) kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true ;;
+    ejabberd) ejabberd_ctl stop >/dev/null 2>&1 || true ;;
+  esac
+  server_kind=
 }

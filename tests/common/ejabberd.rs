@@ -30,7 +30,7 @@ pub fn configure(server: &Server) {
     std::fs::copy("/etc/ejabberd/inetrc", dir.join("conf/inetrc"))
         .expect("ejabberd is not installed: run scripts/test, which installs it");
     let chown = Command::new("chown").arg("-R").arg("ejabberd").arg(dir).status().unwrap();
-    assert!(chown.success(), "chown -R ejabberd {}", dir.display());
+    assert!(chown.success(), "chown -R ejabberd {}: the ejabberd tests run as root", dir.display());
 }
 
 /// `ejabberdctl foreground` runs the Erlang VM as the ejabberd user under
