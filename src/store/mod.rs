@@ -142,6 +142,17 @@ impl Store {
         .map_err(|_| StoreError::Closed)?
     }
 
+    /// Bytes of the database's pages in use (free pages left out): what the
+    /// stored data costs on disk, for benchmarks.
+    pub async fn used_bytes(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let sql = "SELECT (p.page_count - f.freelist_count) * s.page_size
+                       FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s";
+            Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
     /// Stops taking writes, commits what is queued and waits for the writer.
     pub async fn close(&self) {
         drop(self.inner.jobs.lock().expect("jobs lock").take());

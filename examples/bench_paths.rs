@@ -1,0 +1,668 @@
+//! The component's hot paths, each beside the raw library cost measured in
+//! the same run (absolute times on a shared machine are noisy, ratios less
+//! so):
+//!
+//! - commit acceptance through `Service::handle_iq` (parse, the durable
+//!   store transaction with openmls' `PublicGroup` loaded from and saved to
+//!   the store, the GroupInfo check, archive, fan-out to every member
+//!   device) against openmls `PublicGroup` alone (process + merge, in
+//!   memory) on the same commits;
+//! - KeyPackage uploads through the service against raw Ed25519
+//!   verification of the packages' two signatures;
+//! - KeyPackage claims through the service against a bare SQLite
+//!   `DELETE … RETURNING` per transaction with the same durability;
+//! - a 50-item MAM page from the middle and the end of a growing archive,
+//!   against the same page at the smallest size;
+//! - stored bytes per message and per KeyPackage against the MLS object;
+//! - peak RSS of the idle `xmpp-mls serve` binary on a full store against
+//!   an empty one.
+//!
+//! `cargo run --release --example bench_paths -- [--quick] [--json PATH] [--only SECTION]`
+//! (sections: commits, keypackages, archive, rss) prints one line per
+//! figure, `name: value unit (ratio vs baseline)`, each a median of several
+//! runs; `--json` also writes them as `{"bench", "quick", "figures": [{"name",
+//! "value", "unit", "ratio", "baseline"}]}`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use futures::StreamExt;
+use minidom::Element;
+use openmls::group::{MlsGroup, MlsGroupCreateConfig, ProposalStore, PublicGroup, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
+use openmls::prelude::{
+    BasicCredential, Capabilities, ContentType, CredentialWithKey, ExtensionType, GroupId, KeyPackage,
+    MlsMessageOut, ProcessedMessageContent, ProtocolMessage,
+};
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_memory_storage::MemoryStorage;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::types::SignatureScheme;
+use openmls_traits::OpenMlsProvider;
+use tls_codec::{Serialize, VLBytes};
+use xmpp_mls::client::CIPHERSUITE;
+use xmpp_mls::config::Config;
+use xmpp_mls::protocol::address::{directory_node, group_node, Address};
+use xmpp_mls::protocol::devices::Device;
+use xmpp_mls::protocol::groups::{epoch_check, CommitBundle, Create};
+use xmpp_mls::protocol::keypackages::{key_package_element, parse_claimed, Claim, ClaimOutcome, NODE};
+use xmpp_mls::protocol::mam::{query_element, Cursor};
+use xmpp_mls::protocol::mls;
+use xmpp_mls::protocol::pubsub::publish_request;
+use xmpp_mls::service::{IqKind, IqRequest, Response, Service};
+use xmpp_mls::store::{AppendOutcome, FeedEntry, Filter, Member, PageStart, Source, Store};
+use xmpp_parsers::jid::{BareJid, Jid};
+
+const DOMAIN: &str = "mls.example.org";
+/// Plaintext of a benchmark chat message: a typical line of text.
+const CHAT_LINE: usize = 100;
+
+/// One printed figure.
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    ratio: f64,
+    baseline: String,
+}
+
+impl Figure {
+    fn new(name: impl Into<String>, value: f64, unit: &'static str, ratio: f64, baseline: impl Into<String>) -> Self {
+        let f = Figure { name: name.into(), value, unit, ratio, baseline: baseline.into() };
+        println!("{}: {} {} ({:.2}x {})", f.name, number(f.value), f.unit, f.ratio, f.baseline);
+        f
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "value": self.value, "unit": self.unit,
+            "ratio": self.ratio, "baseline": self.baseline,
+        })
+    }
+}
+
+/// Three significant digits or so, without noise digits on big values.
+fn number(v: f64) -> String {
+    match v.abs() {
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// What the run covers: `--quick` keeps it under two minutes.
+struct Plan {
+    group_sizes: Vec<usize>,
+    commits: usize,
+    uploaders: usize,
+    archive_sizes: Vec<usize>,
+    runs: usize,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        match quick {
+            true => Plan {
+                group_sizes: vec![2, 32, 256],
+                commits: 5,
+                uploaders: 50,
+                archive_sizes: vec![10_000, 100_000],
+                runs: 3,
+            },
+            false => Plan {
+                group_sizes: vec![2, 8, 32, 128, 512, 1024],
+                commits: 9,
+                uploaders: 100,
+                archive_sizes: vec![10_000, 100_000, 1_000_000],
+                runs: 5,
+            },
+        }
+    }
+}
+
+/// A device of its own account `<prefix><i>@example.org`, with a key and
+/// an in-memory provider. Device ids differ across accounts too: the feed
+/// knows a device by its id within the group.
+struct Person {
+    account: BareJid,
+    device_id: String,
+    signer: SignatureKeyPair,
+    provider: OpenMlsRustCrypto,
+}
+
+impl Person {
+    fn new(prefix: &str, i: usize) -> Self {
+        Person {
+            account: BareJid::new(&format!("{prefix}{i}@example.org")).unwrap(),
+            device_id: format!("{prefix}{i}"),
+            signer: SignatureKeyPair::new(SignatureScheme::ED25519).unwrap(),
+            provider: OpenMlsRustCrypto::default(),
+        }
+    }
+
+    fn jid(&self) -> Jid {
+        Jid::new(&format!("{}/{}", self.account, self.device_id)).unwrap()
+    }
+
+    fn device(&self) -> Device {
+        Device { id: self.device_id.clone(), signature_key: self.signer.to_public_vec(), label: None, expires: Some(i64::MAX / 2) }
+    }
+
+    fn credential(&self) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(format!("xmpp:{}", self.account).into_bytes()).into(),
+            signature_key: self.signer.to_public_vec().into(),
+        }
+    }
+
+    fn key_package(&self) -> KeyPackage {
+        let caps = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
+        let bundle = KeyPackage::builder()
+            .leaf_node_capabilities(caps)
+            .build(CIPHERSUITE, &self.provider, &self.signer, self.credential())
+            .unwrap();
+        bundle.key_package().clone()
+    }
+}
+
+fn bytes(m: &MlsMessageOut) -> Vec<u8> {
+    m.tls_serialize_detached().unwrap()
+}
+
+/// A service on a fresh store in `dir`, with the default configuration
+/// but for `extra` TOML.
+fn service(dir: &Path, extra: &str) -> (Arc<Service>, Store) {
+    let text = format!(
+        "[component]\njid = \"{DOMAIN}\"\nsecret = \"bench\"\n[store]\npath = \"{}\"\n{extra}",
+        dir.join("store.sqlite3").display()
+    );
+    let config = Config::from_toml(&text, std::iter::empty()).unwrap();
+    let store = Store::open(&config.store).unwrap();
+    (Arc::new(Service::new(Arc::new(config), store.clone(), Vec::new())), store)
+}
+
+fn iq(from: &Jid, to: String, kind: IqKind, payload: Element) -> IqRequest {
+    let to = Jid::new(&to).unwrap();
+    IqRequest { id: "bench".into(), from: from.clone(), address: Address::parse(&to).unwrap(), to, kind, payload }
+}
+
+async fn handle(service: &Service, req: IqRequest) -> Response {
+    match service.handle_iq(&req).await {
+        Ok(r) => r,
+        Err(e) => panic!("{} refused: {e}", req.payload.name()),
+    }
+}
+
+/// Requests handled as the component handles stanzas: each in its own
+/// task, at most `limits.max_in_flight` (256) at once; answers in order.
+async fn handle_all(service: &Arc<Service>, requests: Vec<IqRequest>) -> Vec<Response> {
+    let tasks = futures::stream::iter(requests).map(|req| {
+        let service = service.clone();
+        tokio::spawn(async move { handle(&service, req).await })
+    });
+    tasks.buffered(256).map(|r| r.expect("request task")).collect().await
+}
+
+fn group_jid(id: &[u8]) -> String {
+    format!("{}@{DOMAIN}", group_node(id))
+}
+
+fn directory_jid(account: &BareJid) -> String {
+    format!("{}@{DOMAIN}", directory_node(account))
+}
+
+/// Lists every person's device in the store (the AS check needs it).
+async fn publish(store: &Store, people: &[Person]) {
+    let now = xmpp_mls::protocol::now();
+    for chunk in people.chunks(512) {
+        join_all(chunk.iter().map(|p| {
+            store.publish_device(p.account.to_string(), p.device(), Element::bare("event", "urn:x"), 16, now)
+        }))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    }
+}
+
+fn create_config() -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .ciphersuite(CIPHERSUITE)
+        .build()
+}
+
+/// A group of `people`, created at the service by the first of them.
+async fn create_group(service: &Service, people: &[Person], id: [u8; 16]) -> MlsGroup {
+    let owner = &people[0];
+    let mut group =
+        MlsGroup::new_with_group_id(&owner.provider, &owner.signer, &create_config(), GroupId::from_slice(&id), owner.credential())
+            .unwrap();
+    if people.len() > 1 {
+        let kps: Vec<KeyPackage> = people[1..].iter().map(Person::key_package).collect();
+        group.add_members(&owner.provider, &owner.signer, &kps).unwrap();
+        group.merge_pending_commit(&owner.provider).unwrap();
+    }
+    let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
+    handle(service, iq(&owner.jid(), group_jid(&id), IqKind::Set, Create { group_info: bytes(&info) }.to_element())).await;
+    group
+}
+
+/// The owner's next self-update, as a client would send it.
+fn self_update(group: &mut MlsGroup, owner: &Person) -> CommitBundle {
+    let staged = group
+        .commit_builder()
+        .force_self_update(true)
+        .consume_proposal_store(true)
+        .load_psks(owner.provider.storage())
+        .unwrap()
+        .use_ratchet_tree_extension(true)
+        .build(owner.provider.rand(), owner.provider.crypto(), &owner.signer, |_| true)
+        .unwrap()
+        .stage_commit(&owner.provider)
+        .unwrap();
+    let check = group.pending_commit().and_then(|c| c.epoch_authenticator()).map(|a| epoch_check(a.as_slice())).unwrap();
+    let (commit, welcome, info) = staged.into_messages();
+    CommitBundle {
+        commit: bytes(&commit),
+        welcome: welcome.as_ref().map(bytes),
+        group_info: bytes(&info.unwrap()),
+        epoch_check: check,
+    }
+}
+
+/// openmls alone: the commit processed and merged by an in-memory PublicGroup.
+fn public_group_apply(pg: &mut PublicGroup, crypto: &impl OpenMlsCrypto, storage: &MemoryStorage, commit: &[u8], id: &[u8]) {
+    let message = mls::public_message(commit, id, ContentType::Commit).unwrap();
+    let processed = pg.process_message(crypto, ProtocolMessage::from(message)).unwrap();
+    let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else { panic!("not a commit") };
+    pg.merge_commit(storage, *staged).unwrap();
+}
+
+/// Commit acceptance per group size, every device on the live feed.
+async fn bench_commits(plan: &Plan, figures: &mut Vec<Figure>) {
+    for &size in &plan.group_sizes {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, store) = service(dir.path(), "[limits]\nmax_payload_size = 16777216\n");
+        let people: Vec<Person> = (0..size).map(|i| Person::new("m", i)).collect();
+        publish(&store, &people).await;
+        let id: [u8; 16] = rand::random();
+        let mut group = create_group(&service, &people, id).await;
+        for p in &people {
+            let entry =
+                FeedEntry { device_id: p.device_id.clone(), full_jid: p.jid().to_string(), account: p.account.to_string() };
+            store.join_feed(id.to_vec(), entry).await.unwrap();
+        }
+        let owner = &people[0];
+        let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
+        let (gi, tree) = mls::group_info(&bytes(&info), &id).unwrap();
+        let storage = MemoryStorage::default();
+        let (mut pg, _) = PublicGroup::from_external(owner.provider.crypto(), &storage, tree, gi, ProposalStore::new()).unwrap();
+        let (mut ours, mut raw) = (Vec::new(), Vec::new());
+        // One unmeasured commit first: caches, and a tree as commits leave it.
+        for i in 0..=plan.commits {
+            let bundle = self_update(&mut group, owner);
+            let t = Instant::now();
+            public_group_apply(&mut pg, owner.provider.crypto(), &storage, &bundle.commit, &id);
+            let raw_time = t.elapsed();
+            let req = iq(&owner.jid(), group_jid(&id), IqKind::Set, bundle.to_element());
+            let t = Instant::now();
+            let response = handle(&service, req).await;
+            let our_time = t.elapsed();
+            assert_eq!(response.messages.len(), size, "one copy per device on the feed");
+            group.merge_pending_commit(&owner.provider).unwrap();
+            if i > 0 {
+                ours.push(ms(our_time));
+                raw.push(ms(raw_time));
+            }
+        }
+        store.close().await;
+        let (ours, raw) = (median(ours), median(raw));
+        figures.push(Figure::new(format!("commit_accept_{size}"), ours, "ms", ours / raw, "openmls PublicGroup"));
+    }
+}
+
+/// Signature-input of an RFC 9420 SignWithLabel.
+fn sign_content(label: &str, content: &[u8]) -> Vec<u8> {
+    let mut out = VLBytes::new(format!("MLS 1.0 {label}").into_bytes()).tls_serialize_detached().unwrap();
+    out.extend(VLBytes::new(content.to_vec()).tls_serialize_detached().unwrap());
+    out
+}
+
+/// The two signatures of a KeyPackage (its own and its leaf node's), as
+/// (signed content, signature), for a bare Ed25519 check.
+fn signatures(kp: &KeyPackage, message: &[u8]) -> [(Vec<u8>, Vec<u8>); 2] {
+    // A signature is the last field, a 64-byte vector (2-byte length).
+    let split = |encoded: &[u8]| {
+        let at = encoded.len() - 66;
+        (encoded[..at].to_vec(), encoded[at + 2..].to_vec())
+    };
+    let (kp_tbs, kp_sig) = split(&message[4..]); // after version and wire format
+    let (leaf_tbs, leaf_sig) = split(&kp.leaf_node().tls_serialize_detached().unwrap());
+    [(sign_content("KeyPackageTBS", &kp_tbs), kp_sig), (sign_content("LeafNodeTBS", &leaf_tbs), leaf_sig)]
+}
+
+/// Per-second rate of `n` items done by `f` on every core.
+fn parallel_rate<T: Sync>(items: &[T], f: impl Fn(&T) + Sync) -> f64 {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for chunk in items.chunks(items.len().div_ceil(threads)) {
+            s.spawn(|| chunk.iter().for_each(&f));
+        }
+    });
+    items.len() as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Bytes the store's file would have with its free pages reclaimed.
+async fn used_bytes(store: &Store) -> f64 {
+    store.used_bytes().await.unwrap() as f64
+}
+
+/// Uploads (verify + store) and then claims of the same packages, through
+/// the service, concurrently as on a busy service; and stored bytes per package.
+async fn bench_key_packages(plan: &Plan, figures: &mut Vec<Figure>) {
+    const PER_UPLOAD: usize = 20;
+    let people: Vec<Person> = (0..plan.uploaders).map(|i| Person::new("k", i)).collect();
+    let uploads: Vec<Vec<(KeyPackage, Vec<u8>)>> = people
+        .iter()
+        .map(|p| {
+            (0..PER_UPLOAD)
+                .map(|_| {
+                    let kp = p.key_package();
+                    let m = bytes(&MlsMessageOut::from(kp.clone()));
+                    (kp, m)
+                })
+                .collect()
+        })
+        .collect();
+    let total = plan.uploaders * PER_UPLOAD;
+    let checks: Vec<_> = people
+        .iter()
+        .zip(&uploads)
+        .flat_map(|(p, u)| u.iter().map(|(kp, m)| (p.signer.to_public_vec(), signatures(kp, m))))
+        .collect();
+    let crypto = OpenMlsRustCrypto::default();
+    let verify = |(key, sigs): &(Vec<u8>, [(Vec<u8>, Vec<u8>); 2])| {
+        for (content, sig) in sigs {
+            crypto.crypto().verify_signature(SignatureScheme::ED25519, content, key, sig).unwrap();
+        }
+    };
+    let (mut up, mut raw_up, mut claims, mut raw_claims, mut stored) = (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..plan.runs {
+        raw_up.push(parallel_rate(&checks, verify));
+        let dir = tempfile::tempdir().unwrap();
+        let (service, store) = service(dir.path(), "[directory]\nclaim_burst = 1000000\n");
+        publish(&store, &people).await;
+        let before = used_bytes(&store).await;
+        let requests = people.iter().zip(&uploads).map(|(p, u)| {
+            let items = u.iter().map(|(_, m)| (None, key_package_element(m))).collect();
+            iq(&p.jid(), directory_jid(&p.account), IqKind::Set, publish_request(NODE, items))
+        });
+        let requests = requests.collect();
+        let t = Instant::now();
+        handle_all(&service, requests).await;
+        up.push(total as f64 / t.elapsed().as_secs_f64());
+        let message_bytes: usize = uploads.iter().flatten().map(|(_, m)| m.len()).sum();
+        stored.push((used_bytes(&store).await - before) / message_bytes as f64);
+
+        // Each claim from its own claimer: one package of the account's one device.
+        let requests = (0..total).map(|i| {
+            let claimer = Jid::new(&format!("c{i}@example.org/x")).unwrap();
+            let account = &people[i % people.len()].account;
+            iq(&claimer, directory_jid(account), IqKind::Set, Claim::default().to_element())
+        });
+        let requests = requests.collect();
+        let t = Instant::now();
+        let responses = handle_all(&service, requests).await;
+        claims.push(total as f64 / t.elapsed().as_secs_f64());
+        for r in responses {
+            let outcomes = parse_claimed(&r.payload.unwrap()).unwrap();
+            assert!(matches!(outcomes[..], [ClaimOutcome::Claimed { last_resort: false, .. }]), "{outcomes:?}");
+        }
+        store.close().await;
+        raw_claims.push(raw_sqlite_claims(dir.path(), uploads.iter().flatten().map(|(_, m)| m.as_slice())));
+    }
+    let (up, raw_up) = (median(up), median(raw_up));
+    figures.push(Figure::new("keypackage_uploads", up, "/s", up / raw_up, "raw Ed25519 verify"));
+    let (claims, raw_claims) = (median(claims), median(raw_claims));
+    figures.push(Figure::new("keypackage_claims", claims, "/s", claims / raw_claims, "SQLite DELETE RETURNING per transaction"));
+    let stored = median(stored);
+    let per_kp = uploads.iter().flatten().map(|(_, m)| m.len()).sum::<usize>() as f64 / total as f64;
+    figures.push(Figure::new("stored_bytes_per_keypackage", stored * per_kp, "bytes", stored, "KeyPackage"));
+}
+
+/// A bare SQLite claim per transaction (WAL, synchronous=FULL, as the store).
+fn raw_sqlite_claims<'a>(dir: &Path, messages: impl Iterator<Item = &'a [u8]>) -> f64 {
+    let conn = rusqlite::Connection::open(dir.join("raw.sqlite3")).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
+         CREATE TABLE kp (id INTEGER PRIMARY KEY, data BLOB NOT NULL);",
+    )
+    .unwrap();
+    let mut n = 0;
+    for m in messages {
+        conn.execute("INSERT INTO kp (data) VALUES (?1)", [m]).unwrap();
+        n += 1;
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let _: Vec<u8> =
+            conn.query_row("DELETE FROM kp WHERE id = (SELECT min(id) FROM kp) RETURNING data", [], |r| r.get(0)).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Appends `n` application messages through the store's append path, in
+/// concurrent waves as live traffic would arrive.
+async fn fill_archive(store: &Store, id: &[u8], sender: &str, messages: &[Vec<u8>], n: usize) {
+    const WAVE: usize = 2048;
+    for start in (0..n).step_by(WAVE) {
+        join_all((start..n.min(start + WAVE)).map(|i| {
+            let message = messages[i % messages.len()].clone();
+            store.append_application(id.to_vec(), sender.to_owned(), 0, 0, message)
+        }))
+        .await
+        .into_iter()
+        .for_each(|r| assert!(matches!(r.unwrap(), AppendOutcome::Archived { .. })));
+    }
+}
+
+/// Median time of a 50-item MAM query through the service.
+async fn page_time(service: &Service, owner: &Person, id: &[u8], cursor: &Cursor, runs: usize) -> f64 {
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let req = iq(&owner.jid(), group_jid(id), IqKind::Set, query_element("q", &[], 50, cursor, false));
+        let t = Instant::now();
+        let response = handle(service, req).await;
+        times.push(ms(t.elapsed()));
+        assert_eq!(response.messages.len(), 50);
+    }
+    median(times)
+}
+
+/// MAM pages as one group's archive grows, and stored bytes per message.
+async fn bench_archive(plan: &Plan, figures: &mut Vec<Figure>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, store) = service(dir.path(), "");
+    let owner = Person::new("a", 0);
+    publish(&store, std::slice::from_ref(&owner)).await;
+    let id: [u8; 16] = rand::random();
+    let mut group = create_group(&service, std::slice::from_ref(&owner), id).await;
+    let sender = owner.jid().to_string();
+    let entry = FeedEntry { device_id: owner.device_id.clone(), full_jid: sender.clone(), account: owner.account.to_string() };
+    store.join_feed(id.to_vec(), entry).await.unwrap();
+    let messages: Vec<Vec<u8>> = (0..64)
+        .map(|i| bytes(&group.create_message(&owner.provider, &owner.signer, &[b'a' + i as u8; CHAT_LINE]).unwrap()))
+        .collect();
+    let ciphertext = messages.iter().map(Vec::len).sum::<usize>() as f64 / messages.len() as f64;
+    let (mut archived, mut first) = (0, None::<[f64; 2]>);
+    for &size in &plan.archive_sizes {
+        let before = used_bytes(&store).await;
+        fill_archive(&store, &id, &sender, &messages, size - archived).await;
+        let per_message = (used_bytes(&store).await - before) / (size - archived) as f64;
+        if archived == 0 {
+            figures.push(Figure::new("stored_bytes_per_message", per_message, "bytes", per_message / ciphertext, "MLS ciphertext"));
+        }
+        archived = size;
+        let middle = store
+            .archive_page(Source::Group(id.to_vec()), Filter::default(), PageStart::After(size as u64 / 2), 1)
+            .await
+            .unwrap();
+        let middle = Cursor::After(middle.items[0].stanza_id.clone());
+        let times = [
+            page_time(&service, &owner, &id, &middle, 20).await,
+            page_time(&service, &owner, &id, &Cursor::Last, 20).await,
+        ];
+        let base = *first.get_or_insert(times);
+        let small = plan.archive_sizes[0];
+        for ((place, t), b) in ["middle", "end"].iter().zip(times).zip(base) {
+            figures.push(Figure::new(format!("mam_page_{place}_{size}"), t, "ms", t / b, format!("mam_page_{place}_{small}")));
+        }
+    }
+    store.close().await;
+}
+
+/// A store with `groups` groups of 10 members and `devices` devices
+/// (10 per account), written through the store's own paths.
+async fn fill_directory(path: &Path, groups: usize, devices: usize) {
+    let text = format!("[component]\njid = \"{DOMAIN}\"\nsecret = \"bench\"\n[store]\npath = \"{}\"\n", path.display());
+    let config = Config::from_toml(&text, std::iter::empty()).unwrap();
+    let store = Store::open(&config.store).unwrap();
+    let now = xmpp_mls::protocol::now();
+    let key = |i: usize| {
+        let mut k = [0u8; 32];
+        k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        k.to_vec()
+    };
+    let account = |i: usize| format!("u{}@example.org", i / 10);
+    for chunk in (0..devices).collect::<Vec<_>>().chunks(2048) {
+        join_all(chunk.iter().map(|&i| {
+            let device = Device { id: format!("d{}", i % 10), signature_key: key(i), label: None, expires: Some(i64::MAX / 2) };
+            store.publish_device(account(i), device, Element::bare("event", "urn:x"), 16, now)
+        }))
+        .await
+        .into_iter()
+        .for_each(|r| {
+            r.unwrap();
+        });
+    }
+    let group_info = vec![0u8; 1024];
+    for chunk in (0..groups).collect::<Vec<_>>().chunks(2048) {
+        join_all(chunk.iter().map(|&g| {
+            let members: Vec<Member> = (0..10)
+                .map(|l| {
+                    let i = (g * 10 + l) % devices;
+                    Member { leaf: l as u32, account: account(i), signature_key: key(i) }
+                })
+                .collect();
+            let group_info = group_info.clone();
+            store.group_tx((g as u64).to_be_bytes().to_vec(), move |tx| {
+                tx.create(0, &group_info)?;
+                tx.set_members(&members, 0)
+            })
+        }))
+        .await
+        .into_iter()
+        .for_each(|r: Result<(), xmpp_mls::store::StoreError>| r.unwrap());
+    }
+    store.close().await;
+}
+
+/// The release `xmpp-mls` binary beside this example, built if needed.
+fn server_binary() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--release", "--locked", "--quiet", "--bin", "xmpp-mls"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cannot build xmpp-mls");
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(Path::parent).unwrap().join("xmpp-mls")
+}
+
+/// Peak RSS (VmHWM) in KiB of `xmpp-mls serve` on the store at `path`,
+/// idle: its component port has no listener, so it keeps reconnecting.
+fn idle_peak_rss(binary: &Path, dir: &Path, path: &Path) -> f64 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("serve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[component]\njid = \"{DOMAIN}\"\nsecret = \"bench\"\nserver = \"127.0.0.1:{port}\"\n[store]\npath = \"{}\"\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(binary)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn bench_rss(figures: &mut Vec<Figure>) {
+    let binary = server_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.sqlite3");
+    fill_directory(&full, 10_000, 100_000).await;
+    let empty = idle_peak_rss(&binary, dir.path(), &dir.path().join("empty.sqlite3"));
+    let loaded = idle_peak_rss(&binary, dir.path(), &full);
+    figures.push(Figure::new("idle_peak_rss_10k_groups_100k_devices", loaded / 1024.0, "MiB", loaded / empty, "empty store"));
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let json = args.iter().position(|a| a == "--json").map(|i| PathBuf::from(args.get(i + 1).expect("--json PATH")));
+    let plan = Plan::new(quick);
+    let only = args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).expect("--only SECTION").as_str());
+    let run = |section: &str| only.is_none_or(|o| o == section);
+    let mut figures = Vec::new();
+    if run("commits") {
+        bench_commits(&plan, &mut figures).await;
+    }
+    if run("keypackages") {
+        bench_key_packages(&plan, &mut figures).await;
+    }
+    if run("archive") {
+        bench_archive(&plan, &mut figures).await;
+    }
+    if run("rss") {
+        bench_rss(&mut figures).await;
+    }
+    if let Some(path) = json {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        let all = serde_json::json!({
+            "bench": "paths",
+            "quick": quick,
+            "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
+    }
+}
