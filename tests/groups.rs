@@ -206,8 +206,10 @@ async fn invalid_commits_are_refused_and_the_group_carries_on() {
         (key_package(&stranger, Some("xmpp:bob@example.org")), "unknown-signature-key"),
         (key_package(&stranger, Some("mallory")), "foreign-identity"),
     ];
+    let mut foreign_info = Vec::new();
     for (kp, reason) in cases {
         let bundle = alice.stage_add(&group, vec![kp]).await.unwrap();
+        foreign_info = bundle.group_info.clone();
         let e = error_of(alice.submit(&group, &bundle).await);
         assert_eq!(e.defined_condition, xmpp_parsers::stanza_error::DefinedCondition::NotAcceptable);
         assert_eq!(invalid_reason(&e), reason);
@@ -224,6 +226,13 @@ async fn invalid_commits_are_refused_and_the_group_carries_on() {
     assert_eq!(invalid_reason(&error_of(alice.submit(&group, &tampered).await)), "bad-signature");
     // ...and the untouched bundle sent to another group.
     assert_eq!(invalid_reason(&error_of(alice.submit(&other_group, &bundle).await)), "wrong-group");
+    // With the GroupInfo of another commit's epoch, and with its own
+    // GroupInfo's signature (its last bytes) broken.
+    let mismatched = xmpp_mls::protocol::groups::CommitBundle { group_info: foreign_info, ..bundle.clone() };
+    assert_eq!(invalid_reason(&error_of(alice.submit(&group, &mismatched).await)), "group-info-mismatch");
+    let mut unsigned = bundle.clone();
+    *unsigned.group_info.last_mut().unwrap() ^= 1;
+    assert_eq!(invalid_reason(&error_of(alice.submit(&group, &unsigned).await)), "group-info-mismatch");
     // Without its Welcome.
     bundle.welcome = None;
     assert_eq!(invalid_reason(&error_of(alice.submit(&group, &bundle).await)), "missing-welcome");

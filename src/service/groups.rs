@@ -8,13 +8,11 @@
 use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup};
 use openmls::prelude::{
-    ContentType, GroupId, LeafNode, ProcessedMessage, ProcessedMessageContent, ProtocolMessage, Sender,
-    ValidationError,
+    ContentType, GroupId, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage,
+    ProcessedMessageContent, ProtocolMessage, Sender, ValidationError, Verifiable,
 };
 use openmls::prelude::PublicProcessMessageError;
-use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::RustCrypto;
-use tls_codec::Serialize as _;
 use xmpp_parsers::jid::BareJid;
 
 use super::{IqRequest, Response, Service, ServiceError};
@@ -100,15 +98,29 @@ fn device_of(tx: &GroupTx<'_>, account: &str, key: &[u8]) -> Result<String, Serv
         .ok_or(ServiceError::InvalidMessage(Invalid::UnknownSignatureKey))
 }
 
-/// Checks that `bytes` is a GroupInfo of exactly the state `pg` is in.
+fn encoded(v: &impl tls_codec::Serialize) -> Result<Vec<u8>, ServiceError> {
+    v.tls_serialize_detached().map_err(library)
+}
+
+/// Checks that `bytes` is a GroupInfo of exactly the state `pg` is in: our
+/// group context and our ratchet tree, signed by one of its leaves. The
+/// tree is compared, not verified again: every change to it was validated
+/// when it was merged (a second verification costs a signature per leaf).
 fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Result<(), ServiceError> {
+    let mismatch = || ServiceError::InvalidMessage(Invalid::GroupInfoMismatch);
     let (gi, tree) = mls::group_info(bytes, pg.group_id().as_slice()).map_err(ServiceError::InvalidMessage)?;
-    let scratch = MemoryStorage::default();
-    let (theirs, _) = PublicGroup::from_external(crypto, &scratch, tree, gi, ProposalStore::new())
-        .map_err(|_| ServiceError::InvalidMessage(Invalid::GroupInfoMismatch))?;
-    let ours = pg.group_context().tls_serialize_detached().map_err(library)?;
-    let theirs = theirs.group_context().tls_serialize_detached().map_err(library)?;
-    (ours == theirs).then_some(()).ok_or(ServiceError::InvalidMessage(Invalid::GroupInfoMismatch))
+    if encoded(gi.group_context())? != encoded(pg.group_context())?
+        || encoded(&tree)? != encoded(&pg.export_ratchet_tree())?
+    {
+        return Err(mismatch());
+    }
+    // GroupInfoTBS ends with the signer's leaf index (RFC 9420 §12.4.3).
+    let tbs = gi.unsigned_payload().map_err(library)?;
+    let signer = tbs.len().checked_sub(4).and_then(|at| tbs[at..].try_into().ok()).map(u32::from_be_bytes);
+    let leaf = signer.and_then(|i| pg.leaf(LeafNodeIndex::new(i))).ok_or_else(mismatch)?;
+    let key = OpenMlsSignaturePublicKey::new(leaf.signature_key().as_slice().into(), pg.ciphersuite().signature_algorithm())
+        .map_err(|_| mismatch())?;
+    gi.verify_no_out(crypto, &key).map_err(|_| mismatch())
 }
 
 /// The group's size limits: at most `max_members` leaves, and no account
