@@ -54,6 +54,20 @@ pub struct Filter {
     pub ids: Vec<String>,
 }
 
+impl Filter {
+    /// Narrowed to positions after `seq`. Each side keeps one bound, so that
+    /// SQLite's index range starts at the page, not at the lower bound.
+    fn after(&self, seq: u64) -> Filter {
+        Filter { after_seq: Some(self.after_seq.map_or(seq, |a| a.max(seq))), ..self.clone() }
+    }
+
+    /// Narrowed to positions before `seq`.
+    fn before(&self, seq: u64) -> Filter {
+        let last = seq.saturating_sub(1);
+        Filter { through_seq: Some(self.through_seq.map_or(last, |t| t.min(last))), ..self.clone() }
+    }
+}
+
 /// One archived item.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Item {
@@ -149,32 +163,42 @@ fn item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     })
 }
 
-fn count(c: &Connection, source: &Source, f: &Filter, extra: Option<(&str, u64)>) -> Result<usize, StoreError> {
-    let (table, ..) = source.table();
-    let (mut cond, mut values) = conditions(source, f);
-    if let Some((op, seq)) = extra {
-        cond.push_str(&format!(" AND seq {op} ?"));
-        values.push(Value::Integer(seq as i64));
+/// Items of a group's archive at positions in (after, through], counted
+/// with two index lookups instead of a scan of the range (which grows with
+/// the archive): positions have no holes, since an append takes the next
+/// position in its own transaction and retention removes from the oldest end.
+fn count_positions(c: &Connection, group_id: &[u8], after: u64, through: Option<u64>) -> Result<usize, StoreError> {
+    let through = through.map_or(i64::MAX, |t| i64::try_from(t).unwrap_or(i64::MAX));
+    let (first, last): (Option<i64>, Option<i64>) = c.query_row(
+        "SELECT (SELECT min(seq) FROM archive WHERE group_id = ?1 AND seq > ?2 AND seq <= ?3),
+                (SELECT max(seq) FROM archive WHERE group_id = ?1 AND seq > ?2 AND seq <= ?3)",
+        params![group_id, after as i64, through],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(first.zip(last).map_or(0, |(first, last)| (last - first + 1) as usize))
+}
+
+/// Items matching `f`.
+fn count(c: &Connection, source: &Source, f: &Filter) -> Result<usize, StoreError> {
+    let positions_only = Filter { after_seq: None, through_seq: None, ..f.clone() } == Filter::default();
+    if let (Source::Group(id), true) = (source, positions_only) {
+        return count_positions(c, id, f.after_seq.unwrap_or(0), f.through_seq);
     }
+    let (table, ..) = source.table();
+    let (cond, values) = conditions(source, f);
     let sql = format!("SELECT count(*) FROM {table} WHERE {cond}");
     Ok(c.query_row(&sql, params_from_iter(values), |r| r.get(0))?)
 }
 
 fn page(c: &Connection, source: &Source, f: &Filter, start: PageStart, max: usize) -> Result<Page, StoreError> {
     let (table, ..) = source.table();
-    let (mut cond, mut values) = conditions(source, f);
+    let window = match start {
+        PageStart::After(s) => f.after(s),
+        PageStart::Before(s) => f.before(s),
+        PageStart::First | PageStart::Last => f.clone(),
+    };
+    let (cond, values) = conditions(source, &window);
     let backwards = matches!(start, PageStart::Before(_) | PageStart::Last);
-    match start {
-        PageStart::After(s) => {
-            cond.push_str(" AND seq > ?");
-            values.push(Value::Integer(s as i64));
-        }
-        PageStart::Before(s) => {
-            cond.push_str(" AND seq < ?");
-            values.push(Value::Integer(s as i64));
-        }
-        PageStart::First | PageStart::Last => {}
-    }
     let order = if backwards { "DESC" } else { "ASC" };
     let sql = format!("SELECT {} FROM {table} WHERE {cond} ORDER BY seq {order} LIMIT {}", columns(source), max + 1);
     let mut st = c.prepare(&sql)?;
@@ -185,10 +209,10 @@ fn page(c: &Connection, source: &Source, f: &Filter, start: PageStart, max: usiz
         items.reverse();
     }
     let first_index = match items.first() {
-        Some(first) => count(c, source, f, Some(("<", first.seq)))?,
+        Some(first) => count(c, source, &f.before(first.seq))?,
         None => 0,
     };
-    Ok(Page { items, complete, count: count(c, source, f, None)?, first_index })
+    Ok(Page { items, complete, count: count(c, source, f)?, first_index })
 }
 
 impl Store {
