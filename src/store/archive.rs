@@ -1,6 +1,8 @@
 //! History: pages of a group's archive or an account's inbox (XEP-0313
 //! queries), who may read which part, and acknowledgements.
 
+use std::collections::HashSet;
+
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
@@ -294,20 +296,20 @@ impl Store {
 }
 
 /// Opens and closes accounts' membership intervals after a change of the
-/// group's leaves, at archive position `seq`.
+/// group's leaves, at archive position `seq`; `accounts` is sorted.
 pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {
-    let open: Vec<String> = {
+    let open: HashSet<String> = {
         let mut st = c.prepare_cached("SELECT account FROM group_accounts WHERE group_id = ?1 AND left_seq IS NULL")?;
         let rows = st.query_map([group_id], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
-    for gone in open.iter().filter(|a| !accounts.contains(a)) {
+    for gone in open.iter().filter(|a| accounts.binary_search(a).is_err()) {
         c.execute(
             "UPDATE group_accounts SET left_seq = ?3 WHERE group_id = ?1 AND account = ?2 AND left_seq IS NULL",
             params![group_id, gone, seq as i64],
         )?;
     }
-    for new in accounts.iter().filter(|a| !open.contains(a)) {
+    for new in accounts.iter().filter(|a| !open.contains(*a)) {
         c.execute(
             "INSERT OR IGNORE INTO group_accounts (group_id, account, joined_seq) VALUES (?1, ?2, ?3)",
             params![group_id, new, seq as i64],

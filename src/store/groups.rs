@@ -5,6 +5,8 @@
 //! [`GroupTx::mls`], so the epoch's winner, the merged group state, the
 //! archive entry and the Welcomes land together or not at all.
 
+use std::collections::{HashMap, HashSet};
+
 use minidom::Element;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -123,17 +125,23 @@ impl<'c> GroupTx<'c> {
 
     /// Records the group's leaves; `seq` is the archive position of the
     /// change (0 at creation), from which accounts may read the archive.
+    /// Only changed leaves are written: a commit usually changes few.
     pub fn set_members(&self, members: &[Member], seq: u64) -> Result<(), StoreError> {
         let mut accounts: Vec<String> = members.iter().map(|m| m.account.clone()).collect();
         accounts.sort();
         accounts.dedup();
         super::archive::record_membership(self.c, &self.group_id, &accounts, seq)?;
-        self.c.execute("DELETE FROM members WHERE group_id = ?1", [&self.group_id])?;
-        let mut st = self.c.prepare_cached(
-            "INSERT INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
+        let old: HashMap<u32, Member> = self.members()?.into_iter().map(|m| (m.leaf, m)).collect();
+        let leaves: HashSet<u32> = members.iter().map(|m| m.leaf).collect();
+        let mut gone = self.c.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND leaf = ?2")?;
+        for leaf in old.keys().filter(|l| !leaves.contains(l)) {
+            gone.execute(params![self.group_id, leaf])?;
+        }
+        let mut put = self.c.prepare_cached(
+            "INSERT OR REPLACE INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        for m in members {
-            st.execute(params![self.group_id, m.leaf, m.account, m.signature_key])?;
+        for m in members.iter().filter(|m| old.get(&m.leaf) != Some(m)) {
+            put.execute(params![self.group_id, m.leaf, m.account, m.signature_key])?;
         }
         Ok(())
     }
