@@ -71,11 +71,10 @@ impl<'c> GroupTx<'c> {
     pub fn state(&self) -> Result<Option<GroupState>, StoreError> {
         Ok(self
             .c
-            .query_row(
-                "SELECT epoch, last_commit, group_info FROM groups WHERE group_id = ?1",
-                [&self.group_id],
-                |r| Ok(GroupState { epoch: r.get::<_, i64>(0)? as u64, last_commit: r.get(1)?, group_info: r.get(2)? }),
-            )
+            .prepare_cached("SELECT epoch, last_commit, group_info FROM groups WHERE group_id = ?1")?
+            .query_row([&self.group_id], |r| {
+                Ok(GroupState { epoch: r.get::<_, i64>(0)? as u64, last_commit: r.get(1)?, group_info: r.get(2)? })
+            })
             .optional()?)
     }
 
@@ -100,17 +99,19 @@ impl<'c> GroupTx<'c> {
         epoch_check: Option<&str>,
         message: &[u8],
     ) -> Result<Archived, StoreError> {
-        let seq: i64 = self.c.query_row(
-            "UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq",
-            [&self.group_id],
-            |r| r.get(0),
-        )?;
+        let seq: i64 = self
+            .c
+            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq")?
+            .query_row([&self.group_id], |r| r.get(0))?;
         let stanza_id = new_stanza_id();
-        self.c.execute(
-            "INSERT INTO archive (group_id, seq, stanza_id, epoch, kind, sender_device, epoch_check, message, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now],
-        )?;
+        self.c
+            .prepare_cached(
+                "INSERT INTO archive (group_id, seq, stanza_id, epoch, kind, sender_device, epoch_check, message, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now
+            ])?;
         Ok(Archived { seq: seq as u64, stanza_id })
     }
 

@@ -24,10 +24,8 @@ pub fn new_stanza_id() -> String {
 /// returns its stanza id.
 pub(super) fn insert_inbox(c: &Connection, account: &str, payload: &Element, now: i64) -> Result<String, StoreError> {
     let stanza_id = new_stanza_id();
-    c.execute(
-        "INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)",
-        params![account, stanza_id, now, String::from(payload)],
-    )?;
+    c.prepare_cached("INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![account, stanza_id, now, String::from(payload)])?;
     Ok(stanza_id)
 }
 

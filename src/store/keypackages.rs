@@ -37,12 +37,11 @@ pub struct ClaimContext {
 const MIN_REMAINING_LIFETIME: i64 = 60;
 
 fn ordinary_count(c: &Connection, account: &str, device: &str, now: i64) -> Result<usize, StoreError> {
-    Ok(c.query_row(
+    Ok(c.prepare_cached(
         "SELECT count(*) FROM key_packages
          WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3",
-        params![account, device, now + MIN_REMAINING_LIFETIME],
-        |r| r.get(0),
-    )?)
+    )?
+    .query_row(params![account, device, now + MIN_REMAINING_LIFETIME], |r| r.get(0))?)
 }
 
 /// Checks an upload against the store: devices still live, no duplicates.
@@ -162,25 +161,23 @@ impl Store {
 fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
     let fresh = ctx.now + MIN_REMAINING_LIFETIME;
     let ordinary: Option<(Vec<u8>, Vec<u8>)> = c
-        .query_row(
+        .prepare_cached(
             "DELETE FROM key_packages WHERE kp_ref = (
                 SELECT kp_ref FROM key_packages
                 WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3
                   AND (?4 IS NULL OR cipher_suite = ?4)
                 ORDER BY seq LIMIT 1)
              RETURNING kp_ref, message",
-            params![ctx.account, device, fresh, suite],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?
+        .query_row(params![ctx.account, device, fresh, suite], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let last_resort = || {
-        c.query_row(
+    let last_resort = || -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        c.prepare_cached(
             "SELECT kp_ref, message FROM key_packages
              WHERE account = ?1 AND device_id = ?2 AND last_resort = 1 AND not_after > ?3
                AND (?4 IS NULL OR cipher_suite = ?4)",
-            params![ctx.account, device, fresh, suite],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        )?
+        .query_row(params![ctx.account, device, fresh, suite], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
     };
     let (found, is_last_resort) = match ordinary {

@@ -82,6 +82,8 @@ impl Store {
         // overwritten, not left in free pages.
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Room for every statement of the hot paths (the default keeps 16).
+        conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         mls::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
