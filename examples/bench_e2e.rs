@@ -16,8 +16,9 @@
 //! starts; receivers count raw stanzas without decrypting, so the figures
 //! measure delivery (DS or MUC), not the clients' crypto. Given the pids,
 //! the CPU time Prosody and the system's component spent per message in
-//! the loaded phase is reported too: unlike rates, it hardly depends on
-//! what else the machine runs.
+//! the loaded phase is reported too: it says which process saturates,
+//! and depends less than rates on what else the machine runs (though
+//! contention inflates it too).
 //!
 //! `scripts/bench` starts Prosody (with `conference.<domain>` and
 //! `null.<domain>`), the component (`mls.<domain>`) and the null component,
