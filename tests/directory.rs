@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::mls::{KpOptions, TestSigner};
-use common::{store_digest, Component, Prosody, COMPONENT};
+use common::{bare, store_digest, COMPONENT, Component, Prosody};
 use minidom::Element;
 use openmls::prelude::{Ciphersuite, Lifetime};
 use openmls_rust_crypto::RustCrypto;
@@ -16,15 +16,11 @@ use xmpp_mls::protocol::keypackages::{parse_rejections, Claim, ClaimOutcome, Pol
 use xmpp_mls::protocol::notices::Notice;
 use xmpp_mls::protocol::pubsub::{Event, NS_EVENT};
 use xmpp_mls::protocol::{now, NS_ERRORS};
-use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::{DefinedCondition, StanzaError};
 
 fn service() -> Jid {
     Jid::new(COMPONENT).unwrap()
-}
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
 }
 
 fn stanza_error<T: std::fmt::Debug>(r: Result<T, ClientError>) -> StanzaError {

@@ -10,15 +10,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{expect, member, reconnect, Component, Kind, Prosody};
+use common::{bare, expect, member, reconnect, Component, Kind, Prosody};
 use xmpp_mls::client::{GroupClient, GroupEvent};
 use xmpp_parsers::jid::BareJid;
 
 const CONFIG: &str = "[limits]\naccount_rate = 1000\naccount_burst = 1000";
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
-}
 
 /// A small deterministic PRNG (xorshift64*): the seed is printed so that a
 /// failing schedule can be replayed with `DURABILITY_SEED`.

@@ -5,13 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{alice_and_bob, expect, member, Component, Prosody};
+use common::{alice_and_bob, bare, expect, member, Component, Prosody};
 use xmpp_mls::client::{GroupClient, GroupEvent};
 use xmpp_parsers::jid::BareJid;
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_accounts_create_add_and_talk() {

@@ -5,17 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect, member, reconnect, Component, Prosody, COMPONENT};
+use common::{bare, expect, member, reconnect, COMPONENT, Component, Prosody};
 use xmpp_mls::client::GroupEvent;
 use xmpp_mls::protocol::mam::Cursor;
-use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::jid::Jid;
 
 fn service() -> Jid {
     Jid::new(COMPONENT).unwrap()
-}
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{expect, member, normalise, store_digest, strip_whitespace, Component, Kind, Prosody, COMPONENT};
+use common::{bare, expect, member, normalise, store_digest, strip_whitespace, COMPONENT, Component, Kind, Prosody};
 use minidom::Element;
 use xmpp_mls::client::{GroupClient, GroupEvent, Session};
 use xmpp_mls::protocol::address::{group_node, Address};
@@ -431,10 +431,6 @@ fn changed_tables(before: &str, after: &str) -> Vec<String> {
     let lines = |s: &str| s.lines().map(str::to_owned).collect::<std::collections::HashSet<_>>();
     let (b, a) = (lines(before), lines(after));
     b.symmetric_difference(&a).filter_map(|l| l.split(':').next()).map(str::to_owned).collect()
-}
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
 }
 
 fn group_id(group: &BareJid) -> Vec<u8> {

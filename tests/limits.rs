@@ -6,14 +6,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{member, store_digest, Component, Prosody, COMPONENT};
+use common::{bare, member, store_digest, COMPONENT, Component, Prosody};
 use minidom::Element;
 use xmpp_mls::client::{describe, iq_element, ClientError, GroupClient, GroupError};
 use xmpp_parsers::jid::BareJid;
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
-}
 
 /// Submits a Commit by `by` adding every device of `account` (claimed
 /// first) and returns the refusal; the store must not change.

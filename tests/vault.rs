@@ -5,23 +5,19 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect, member, Component, Prosody, COMPONENT};
+use common::{bare, expect, member, COMPONENT, Component, Prosody};
 use xmpp_mls::client::{
     backed_up_devices, backup_device, restore_device, ClientError, Device, GroupClient, GroupEvent,
     KdfParams, Session, Unreadable, Vault, VaultError,
 };
 use xmpp_mls::protocol::vault::VaultRequest;
-use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
 
 fn service() -> Jid {
     Jid::new(COMPONENT).unwrap()
-}
-
-fn bare(s: &str) -> BareJid {
-    BareJid::new(s).unwrap()
 }
 
 fn condition(e: VaultError) -> (DefinedCondition, Option<String>) {

@@ -45,6 +45,11 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `user@domain` as a bare JID.
+pub fn bare(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
+}
+
 /// Polls `check` every 50 ms until it holds or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
