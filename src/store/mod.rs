@@ -43,10 +43,12 @@ pub enum StoreError {
     Migration(#[from] rusqlite_migration::Error),
     #[error("the write batch failed: {0}")]
     Batch(String),
-    #[error("cannot start the writer: {0}")]
+    #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error("the store is closed")]
     Closed,
+    #[error("a write request panicked: {0}")]
+    Panicked(String),
 }
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -103,14 +105,15 @@ impl Store {
     }
 
     /// Runs `f` in the next write batch; resolves once the batch is durable.
-    /// If `f` fails, its changes are rolled back and its error returned.
+    /// If `f` fails or panics, its changes are rolled back and its error
+    /// returned; the writer and the batch's other requests go on.
     async fn write<R: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<R, E> + Send + 'static,
     ) -> Result<R, E> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = f(conn);
+            let result = contain(|| f(conn)).unwrap_or_else(|e| Err(E::from(e)));
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |committed| {
                 let _ = tx.send(committed.map_err(E::from).and(result));
@@ -163,6 +166,21 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// Runs one write request, turning a panic into an error. Unwinding out of
+/// `f` is safe to stop here: the caller rolls the request's savepoint back,
+/// and the statements that `f` held were reset when they were dropped.
+fn contain<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        tracing::error!(panic = %what, "a write request panicked: rolled back");
+        StoreError::Panicked(what)
+    })
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -289,6 +307,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows, vec![1, 3], "the failed request's first insert is rolled back");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_is_rolled_back_and_the_writer_goes_on() {
+        let (_dir, store) = temp_store();
+        store
+            .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?))
+            .await
+            .unwrap();
+        let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?));
+        let panics = store.write(|c| -> Result<usize, StoreError> {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            panic!("injected")
+        });
+        let ok3 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (3)", [])?));
+        let (a, b, c) = tokio::join!(ok1, panics, ok3);
+        assert_eq!((a.unwrap(), c.unwrap()), (1, 1), "the batch's other requests are committed");
+        assert!(matches!(b, Err(StoreError::Panicked(ref what)) if what == "injected"), "{b:?}");
+        let later = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (4)", [])?)).await;
+        assert_eq!(later.unwrap(), 1, "the writer survived");
+        let rows: Vec<i64> = store
+            .read(|c| {
+                let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
+                let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, vec![1, 3, 4], "the panicking request's insert is rolled back");
     }
 
     #[tokio::test]
