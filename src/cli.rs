@@ -378,6 +378,7 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>) -> CliResult {
                 eprintln!("FORK DETECTED in {group} at epoch {epoch}: not sending into it")
             }
             Some(GroupEvent::Refused { group, id, error }) => eprintln!("{group}: message {id} not delivered: {error}"),
+            Some(GroupEvent::Refilled(r)) => println!("KeyPackages ran low: uploaded {}, {} on the service", r.uploaded, r.pool),
             Some(GroupEvent::Delivered { .. }) | None => {}
         }
     }

@@ -2,21 +2,34 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
-use common::{Component, Prosody, COMPONENT};
+use common::{wait_until, Component, Prosody, COMPONENT};
 
-fn client(prosody: &Prosody, dir: &std::path::Path, user: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+/// `xmpp-mls client` as `user` with its state in `state`, under umask 022.
+fn command(prosody: &Prosody, state: &Path, user: &str, args: &[&str]) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_xmpp-mls")])
         .args(["client", "--jid", &format!("{user}@example.org"), "--server"])
         .arg(format!("127.0.0.1:{}", prosody.c2s_port))
         .args(["--service", COMPONENT, "--state"])
-        .arg(dir.join(format!("{user}.sqlite3")))
+        .arg(state)
         .args(args)
         .env("XMPP_MLS_PASSWORD", user)
-        .env("XMPP_MLS_PASSPHRASE", format!("{user}'s passphrase"))
-        .output()
-        .unwrap();
+        .env("XMPP_MLS_PASSPHRASE", format!("{user}'s passphrase"));
+    command
+}
+
+fn client(prosody: &Prosody, dir: &Path, user: &str, args: &[&str]) -> (bool, String) {
+    client_at(prosody, &dir.join(format!("{user}.sqlite3")), user, args)
+}
+
+fn client_at(prosody: &Prosody, state: &Path, user: &str, args: &[&str]) -> (bool, String) {
+    let out = command(prosody, state, user, args).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
@@ -79,4 +92,66 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     assert!(ok, "{out}");
     let (ok, out) = client(&prosody, &new_state, "bob", &["history", &group]);
     assert!(ok && out.contains("bob@example.org: restored and back"), "{out}");
+}
+
+/// (path relative to `root`, permission bits) of everything under `root`.
+fn modes(root: &Path) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::metadata(&path).unwrap();
+            out.push((path.strip_prefix(root).unwrap().display().to_string(), meta.permissions().mode() & 0o777));
+            if meta.is_dir() {
+                dirs.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_device_s_files_are_private_whatever_the_umask() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    prosody.register("alice", "alice");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("home/xmpp-mls/alice.sqlite3");
+    let (ok, out) = client_at(&prosody, &state, "alice", &["device", "init"]);
+    assert!(ok, "{out}");
+    let (ok, out) = client_at(&prosody, &state, "alice", &["vault", "init"]);
+    assert!(ok, "{out}");
+    let (ok, out) = client_at(&prosody, &state, "alice", &["vault", "backup"]);
+    assert!(ok && out.contains("backed up"), "{out}");
+
+    // While a client runs, SQLite's -wal and -shm files exist beside the state.
+    let mut listening = command(&prosody, &state, "alice", &["group", "listen", "--seconds", "60"]).spawn().unwrap();
+    let wal = dir.path().join("home/xmpp-mls/alice.sqlite3-wal");
+    let shm = dir.path().join("home/xmpp-mls/alice.sqlite3-shm");
+    let open = wait_until(Duration::from_secs(20), || wal.exists() && shm.exists());
+    let running = modes(dir.path());
+    listening.kill().unwrap();
+    listening.wait().unwrap();
+    assert!(open, "no -wal and -shm files: {running:?}");
+    let expected: Vec<(String, u32)> = [
+        ("home", 0o700),
+        ("home/xmpp-mls", 0o700),
+        ("home/xmpp-mls/alice.sqlite3", 0o600),
+        ("home/xmpp-mls/alice.sqlite3-shm", 0o600),
+        ("home/xmpp-mls/alice.sqlite3-wal", 0o600),
+    ]
+    .iter()
+    .map(|(p, m)| (p.to_string(), *m))
+    .collect();
+    assert_eq!(running, expected);
+
+    // A device restored from the vault into a new directory: private too.
+    let restored = dir.path().join("new/alice.sqlite3");
+    let (ok, out) = client_at(&prosody, &restored, "alice", &["vault", "restore"]);
+    assert!(ok && out.contains("restored"), "{out}");
+    assert_eq!(modes(&dir.path().join("new")), vec![("alice.sqlite3".to_string(), 0o600)]);
+    let new = std::fs::metadata(dir.path().join("new")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(new, 0o700);
 }

@@ -336,6 +336,53 @@ async fn a_client_device_keeps_its_pool_topped_up_and_verifies_what_it_claims() 
     assert_eq!(infos.len(), xmpp_mls::client::POOL_TARGET + 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listening_device_refills_its_pool_at_low_water_and_ignores_forged_notices() {
+    use xmpp_mls::client::{GroupEvent, RefillReport, POOL_TARGET};
+    use xmpp_mls::protocol::notices::KeyPackageClaimed;
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "[directory]\nlow_water = 3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = common::member(&prosody, &dir, "bob", "phone").await; // 5 KeyPackages and a last-resort one
+    let phone = bob.device().id().to_owned();
+    let alice = prosody.client("alice", "laptop").await;
+    let mut watch = prosody.client("bob", "watch").await; // sees what bob's devices are sent
+    watch.send(presence()).await.unwrap();
+    watch.devices(&service(), &bare("bob@example.org")).await.unwrap(); // the presence was handled
+    let last_resort = bob.device().last_resort().unwrap().unwrap().0;
+
+    // A notice that alice sends herself is no notice: bob's client ignores it
+    // (else it would replace its last-resort package).
+    let notice = Notice::KeyPackageClaimed(KeyPackageClaimed {
+        device: phone.clone(),
+        kp_ref: last_resort.clone(),
+        by: bare("alice@example.org"),
+        remaining: 0,
+        last_resort: true,
+    });
+    let forged = Element::builder("message", "jabber:client")
+        .attr("to".try_into().unwrap(), "bob@example.org")
+        .attr("type".try_into().unwrap(), "headline")
+        .append(notice.to_element())
+        .build();
+    alice.send(forged).await.unwrap();
+    let delivered = next_message(&mut watch, is_notice).await;
+    assert_eq!(delivered.attr("from"), Some(alice.jid().to_string().as_str()), "the forged notice reaches bob");
+
+    // alice's claims bring the pool to the low-water mark (3).
+    for _ in 0..2 {
+        let outcomes = alice.claim(&service(), &bare("bob@example.org"), &Claim::default()).await.unwrap();
+        assert!(matches!(&outcomes[..], [ClaimOutcome::Claimed { device, last_resort: false, .. }] if *device == phone), "{outcomes:?}");
+    }
+    let refilled = common::expect(&mut bob, "a refill", |e| matches!(e, GroupEvent::Refilled(_))).await;
+    let report = RefillReport { uploaded: POOL_TARGET - 3, last_resort_replaced: false, pool: POOL_TARGET };
+    assert_eq!(refilled, GroupEvent::Refilled(report), "one refill, at the service's warning, not at the forged one");
+    let infos = bob.session.key_package_infos(&service()).await.unwrap();
+    let ordinary = infos.iter().filter(|i| i.device_id == phone && !i.last_resort).count();
+    let last_resorts: Vec<&str> = infos.iter().filter(|i| i.last_resort).map(|i| i.kp_ref.as_str()).collect();
+    assert_eq!((ordinary, last_resorts, infos.len()), (POOL_TARGET, vec![last_resort.as_str()], POOL_TARGET + 1));
+}
+
 /// One request per documented directory error, and the exact condition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_errors_have_their_documented_conditions() {

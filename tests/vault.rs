@@ -320,3 +320,47 @@ async fn a_deleted_blob_is_overwritten_on_disk() {
     assert!(has(&kept), "the live blob is in the file (the scan works)");
     assert!(!has(&erased[..22]), "secure_delete overwrote the deleted blob");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored() {
+    let max_blob = 8192;
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, &format!("[vault]\nmax_blob_size = {max_blob}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "d").await;
+    let vault = Vault::create(&alice.session, &service(), "alice's passphrase", FAST).await.unwrap();
+    alice.attach_vault(vault, 10);
+    let group = alice.create().await.unwrap();
+    let epoch = alice.epoch(&group).unwrap();
+    // 30 messages of 1000 octets in one epoch: several blobs' worth.
+    let sent: Vec<String> = (0..30).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
+    for body in &sent {
+        alice.send(&group, body.as_bytes()).await.unwrap();
+        expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    }
+
+    // Chunks sent/<group>/<epoch>/0, 1, ..., each within the blob limit,
+    // and each message cost exactly one write (versions add up to 30).
+    let session = prosody.client("alice", "new").await;
+    let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
+    let prefix = format!("sent/{}/{epoch}/", group.node().unwrap());
+    let chunks: Vec<(String, u64)> = vault.list(&session).await.unwrap().into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect();
+    let mut names: Vec<String> = chunks.iter().map(|(n, _)| n.clone()).collect();
+    names.sort_by_key(|n| n[prefix.len()..].parse::<u32>().unwrap());
+    let expected: Vec<String> = (0..chunks.len()).map(|i| format!("{prefix}{i}")).collect();
+    assert_eq!(names, expected);
+    assert!(chunks.len() >= 4, "30 000 octets in blobs of at most {max_blob}: {chunks:?}");
+    assert_eq!(chunks.iter().map(|(_, v)| v).sum::<u64>(), 30, "one write per message: {chunks:?}");
+    for name in &names {
+        let (_, plaintext) = vault.get(&session, name).await.unwrap().unwrap();
+        assert!(plaintext.len() + 48 <= max_blob, "{name}: {} octets", plaintext.len());
+    }
+
+    // A brand-new device of alice's reads every one of them.
+    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
+    let mut new = GroupClient::start(session, device, service()).await.unwrap();
+    let history = new.read_history(&group, &vault).await.unwrap();
+    let own: Vec<(String, String, u64)> = sent.iter().map(|b| ("alice@example.org".to_string(), b.clone(), epoch)).collect();
+    assert_eq!(read(&history), own);
+    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+}

@@ -30,6 +30,7 @@ use crate::protocol::groups::{
     WrongEpoch,
 };
 use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome};
+use crate::protocol::notices::Notice;
 use crate::protocol::{n, NS, NS_SID};
 use crate::xmpp::namespace::CLIENT;
 
@@ -79,6 +80,9 @@ pub enum GroupEvent {
     /// or the XMPP server bounced it (the service was unreachable). `error`
     /// is the stanza error as `type/condition (app-condition)`.
     Refused { group: BareJid, id: String, error: String },
+    /// A notice from the service said this device's KeyPackages ran low
+    /// (or its last-resort package was handed out): the pool was refilled.
+    Refilled(super::RefillReport),
 }
 
 /// A membership change.
@@ -102,9 +106,8 @@ pub struct GroupClient {
     stashed: VecDeque<Element>,
     /// Archive items applied in this session (stanza ids).
     applied: HashSet<String>,
-    /// Where epoch snapshots and sent messages go, if attached, and how
-    /// many epochs of them to keep.
-    pub(super) vault: Option<(super::vault::Vault, u64)>,
+    /// Where epoch snapshots and sent messages go, if attached.
+    pub(super) vault: Option<super::history::Keeper>,
     /// Own messages awaiting their echo: id -> (group id, epoch, plaintext).
     pub(super) unconfirmed: HashMap<String, (Vec<u8>, u64, Vec<u8>)>,
     forked: HashSet<Vec<u8>>,
@@ -624,6 +627,10 @@ impl GroupClient {
         if let Some(Ok(welcome)) = Welcome::find(&stanza) {
             return self.handle_welcome(welcome).await;
         }
+        if let Some(Ok(notice)) = Notice::find(&stanza) {
+            self.handle_notice(stanza.attr("from"), &notice).await;
+            return Ok(());
+        }
         let Some(Ok(msg)) = GroupMessage::find(&stanza) else { return Ok(()) };
         let Some(from) = stanza.attr("from").and_then(|f| Jid::new(f).ok()) else { return Ok(()) };
         let stanza_id = stanza
@@ -661,6 +668,22 @@ impl GroupClient {
             }
         }
         Ok(())
+    }
+
+    /// A notice about the account's KeyPackages, live or from the inbox:
+    /// refills this device's pool if the notice is about it and asks for it
+    /// ([`Device::on_notice`]). Only the account's directory sends notices.
+    /// A failed refill is logged, not fatal: the next notice tries again.
+    async fn handle_notice(&mut self, from: Option<&str>, notice: &Notice) {
+        let directory = super::devices::directory_jid(self.device.account(), &self.service);
+        if from.and_then(|f| Jid::new(f).ok()) != Some(directory) {
+            return;
+        }
+        match self.device.on_notice(&self.session, &self.service, notice).await {
+            Ok(Some(report)) => self.events.push_back(GroupEvent::Refilled(report)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot refill this device's KeyPackages"),
+        }
     }
 
     async fn handle_welcome(&mut self, welcome: Welcome) -> Result<(), GroupError> {

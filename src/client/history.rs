@@ -7,7 +7,8 @@ use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::devices::directory_jid;
 use super::groups::{GroupClient, GroupError};
-use super::session::ClientError;
+use super::session::{ClientError, Session};
+use super::vault::VaultError;
 use crate::protocol::mam::{query_element, Ack, Cursor, NS_FORWARD, NS_MAM, NS_RSM};
 
 /// Items per page when catching up.
@@ -173,8 +174,103 @@ fn snapshot_name(group_id: &[u8], epoch: u64) -> String {
     format!("history/{}/{epoch}", crate::protocol::address::group_node(group_id))
 }
 
-fn sent_name(group_id: &[u8], epoch: u64) -> String {
-    format!("sent/{}/{epoch}", crate::protocol::address::group_node(group_id))
+fn sent_name(group_id: &[u8], epoch: u64, chunk: u32) -> String {
+    format!("sent/{}/{epoch}/{chunk}", crate::protocol::address::group_node(group_id))
+}
+
+/// One sent copy as a chunk holds it: `len16 | stanza id | len32 | plaintext`.
+fn sent_entry(stanza_id: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = (stanza_id.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(stanza_id.as_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Most plaintext in one chunk of sent copies (less if the service's blob
+/// limit is smaller): each own message rewrites the last chunk, so this
+/// bounds what keeping one copy costs, however many came before.
+const SENT_CHUNK: usize = 16 * 1024;
+
+/// Writes of one sent copy lost to other devices of the account, then give up.
+const SENT_ATTEMPTS: usize = 10;
+
+/// A chunk of a group's sent copies, as this device last read or wrote it.
+struct SentChunk {
+    epoch: u64,
+    index: u32,
+    version: u64,
+    data: Vec<u8>,
+}
+
+/// What a device that keeps history needs: the vault, how many epochs to
+/// keep, and per group the last chunk of sent copies that it wrote.
+pub(super) struct Keeper {
+    vault: super::vault::Vault,
+    keep_epochs: u64,
+    tails: std::collections::HashMap<Vec<u8>, SentChunk>,
+}
+
+impl Keeper {
+    /// The last chunk of the sent copies of (group, epoch) from chunk `index`
+    /// on; an empty chunk `index` if there is none.
+    async fn last_chunk(&self, session: &Session, group_id: &[u8], epoch: u64, mut index: u32) -> Result<SentChunk, VaultError> {
+        let mut last = SentChunk { epoch, index, version: 0, data: Vec::new() };
+        while let Some((version, data)) = self.vault.get(session, &sent_name(group_id, epoch, index)).await? {
+            last = SentChunk { epoch, index, version, data };
+            index += 1;
+        }
+        Ok(last)
+    }
+
+    /// Appends `entry` to the sent copies of (group, epoch): one write, to
+    /// the last chunk or to a new one if it would outgrow the chunk size.
+    /// A write lost to another device of the account reads the chunks again.
+    async fn append_sent(&mut self, session: &Session, group_id: &[u8], epoch: u64, entry: &[u8]) -> Result<(), VaultError> {
+        let max = SENT_CHUNK.min(self.vault.max_plaintext());
+        let mut tail = match self.tails.remove(group_id) {
+            Some(tail) if tail.epoch == epoch => tail,
+            _ => self.last_chunk(session, group_id, epoch, 0).await?,
+        };
+        let mut lost = 0;
+        loop {
+            if !tail.data.is_empty() && tail.data.len() + entry.len() > max {
+                tail = SentChunk { epoch, index: tail.index + 1, version: 0, data: Vec::new() };
+            }
+            let data = [tail.data.as_slice(), entry].concat();
+            match self.vault.put(session, &sent_name(group_id, epoch, tail.index), tail.version, &data).await {
+                Ok(version) => {
+                    self.tails.insert(group_id.to_vec(), SentChunk { version, data, ..tail });
+                    return Ok(());
+                }
+                Err(VaultError::Conflict(..)) if lost < SENT_ATTEMPTS => {
+                    lost += 1;
+                    tail = self.last_chunk(session, group_id, epoch, tail.index).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Deletes every chunk of the sent copies of (group, epoch).
+    async fn delete_sent(&self, session: &Session, group_id: &[u8], epoch: u64) -> Result<(), VaultError> {
+        let mut index = 0;
+        while self.vault.delete_any(session, &sent_name(group_id, epoch, index)).await? {
+            index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Every sent copy of (group, epoch), from all its chunks.
+async fn read_sent(vault: &super::vault::Vault, session: &Session, group_id: &[u8], epoch: u64) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+    let mut out = Vec::new();
+    let mut index = 0;
+    while let Some((_, data)) = vault.get(session, &sent_name(group_id, epoch, index)).await? {
+        out.extend(decode_sent(&data));
+        index += 1;
+    }
+    Ok(out)
 }
 
 /// `n | (version, type, data)*`, lengths big-endian.
@@ -248,7 +344,7 @@ impl GroupClient {
     /// `keep_epochs`: how many epochs of snapshots to keep (the user's
     /// choice between history and forward secrecy); older ones are deleted.
     pub fn attach_vault(&mut self, vault: super::vault::Vault, keep_epochs: u64) {
-        self.vault = Some((vault, keep_epochs.max(1)));
+        self.vault = Some(Keeper { vault, keep_epochs: keep_epochs.max(1), tails: Default::default() });
     }
 
     /// After an epoch change: the group's state at its current epoch without
@@ -260,33 +356,25 @@ impl GroupClient {
         }
         let epoch = self.epoch_of(group_id)?;
         let rows = self.device().group_rows(group_id).map_err(|e| GroupError::Other(e.to_string()))?;
-        let (vault, keep) = self.vault.as_ref().expect("checked above");
+        let keeper = self.vault.as_ref().expect("checked above");
         let packed = pack_snapshot(&rows).map_err(|e| GroupError::Other(e.to_string()))?;
-        vault.put_latest(&self.session, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
+        keeper.vault.put_latest(&self.session, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
         // The device's own full state too, for recovery after state loss.
-        super::vault::backup_device(vault, &self.session, self.device()).await.map_err(vault_failure)?;
-        if let Some(old) = epoch.checked_sub(*keep) {
-            for name in [snapshot_name(group_id, old), sent_name(group_id, old)] {
-                vault.delete_any(&self.session, &name).await.map_err(vault_failure)?;
-            }
+        super::vault::backup_device(&keeper.vault, &self.session, self.device()).await.map_err(vault_failure)?;
+        if let Some(old) = epoch.checked_sub(keeper.keep_epochs) {
+            keeper.vault.delete_any(&self.session, &snapshot_name(group_id, old)).await.map_err(vault_failure)?;
+            keeper.delete_sent(&self.session, group_id, old).await.map_err(vault_failure)?;
         }
         Ok(())
     }
 
-    /// Appends a confirmed own message to the epoch's sent record.
+    /// Appends a confirmed own message to the epoch's sent copies.
     pub(super) async fn keep_sent(&mut self, id: &str, stanza_id: &str) -> Result<(), GroupError> {
-        let (Some((vault, _)), Some((group_id, epoch, body))) = (&self.vault, self.unconfirmed.remove(id)) else {
+        let (Some(keeper), Some((group_id, epoch, body))) = (&mut self.vault, self.unconfirmed.remove(id)) else {
             return Ok(());
         };
-        let name = sent_name(&group_id, epoch);
-        let current = vault.get(&self.session, &name).await.map_err(vault_failure)?;
-        let (version, mut data) = current.unwrap_or((0, Vec::new()));
-        data.extend_from_slice(&(stanza_id.len() as u16).to_be_bytes());
-        data.extend_from_slice(stanza_id.as_bytes());
-        data.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        data.extend_from_slice(&body);
-        vault.put(&self.session, &name, version, &data).await.map_err(vault_failure)?;
-        Ok(())
+        let entry = sent_entry(stanza_id, &body);
+        keeper.append_sent(&self.session, &group_id, epoch, &entry).await.map_err(vault_failure)
     }
 
     /// Reads a group's history with the vault's snapshots (and the sent
@@ -323,8 +411,8 @@ impl GroupClient {
                 continue;
             };
             if !sent.contains_key(&epoch) {
-                let record = vault.get(&self.session, &sent_name(&group_id, epoch)).await.map_err(vault_failure)?;
-                sent.insert(epoch, record.map(|(_, d)| decode_sent(&d)).unwrap_or_default());
+                let copies = read_sent(vault, &self.session, &group_id, epoch).await.map_err(vault_failure)?;
+                sent.insert(epoch, copies);
             }
             if let Some((_, body)) = sent[&epoch].iter().find(|(id, _)| id == stanza_id) {
                 out.entries.push(HistoryEntry { stanza_id: stanza_id.to_owned(), epoch, account: own.clone(), body: body.clone() });
@@ -372,6 +460,6 @@ impl GroupClient {
 fn tempfile_dir() -> Result<std::path::PathBuf, GroupError> {
     let name: [u8; 8] = rand::random();
     let dir = std::env::temp_dir().join(format!("xmpp-mls-history-{}", data_encoding::HEXLOWER.encode(&name)));
-    std::fs::create_dir_all(&dir).map_err(|e| GroupError::Other(e.to_string()))?;
+    crate::store::local::private_dir(&dir).map_err(|e| GroupError::Other(e.to_string()))?;
     Ok(dir)
 }

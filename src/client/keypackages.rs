@@ -45,17 +45,23 @@ pub struct VerifiedClaim {
 }
 
 impl Session {
-    /// The service's KeyPackage policy, from its disco#info limits form.
-    pub async fn key_package_policy(&self, service: &Jid) -> Result<Policy, ClientError> {
+    /// The service's limits form (xep/ §Service Discovery), as field values by name.
+    pub async fn service_limits(&self, service: &Jid) -> Result<Vec<(String, Vec<String>)>, ClientError> {
         let query = minidom::Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build();
         let info = self.iq(service, "get", query).await?.ok_or_else(|| malformed("empty disco#info"))?;
         let info = DiscoInfoResult::try_from(info).map_err(|e| ClientError::Malformed(e.to_string()))?;
         let form = info
             .extensions
-            .iter()
+            .into_iter()
             .find(|f| f.form_type() == Some(crate::protocol::NS))
             .ok_or_else(|| malformed("no urn:xmpp:mls:0 limits form"))?;
-        let values = |var: &str| form.fields.iter().find(|f| f.var.as_deref() == Some(var)).map(|f| f.values.clone());
+        Ok(form.fields.into_iter().filter_map(|f| Some((f.var?, f.values))).collect())
+    }
+
+    /// The service's KeyPackage policy, from its disco#info limits form.
+    pub async fn key_package_policy(&self, service: &Jid) -> Result<Policy, ClientError> {
+        let form = self.service_limits(service).await?;
+        let values = |var: &str| form.iter().find(|(v, _)| v == var).map(|(_, values)| values.clone());
         let number = |v: Option<Vec<String>>| v.and_then(|v| v.first()?.parse::<i64>().ok());
         Ok(Policy {
             cipher_suites: values("cipher-suites").unwrap_or_default().iter().filter_map(|v| v.parse().ok()).collect(),

@@ -21,6 +21,8 @@ const KEYS_MAGIC: &[u8; 4] = b"XMK1";
 const BLOB_MAGIC: &[u8; 4] = b"XMB1";
 const NONCE: usize = 24;
 const KEY: usize = 32;
+/// Octets that sealing adds to a blob's plaintext: magic, key id, nonce, tag.
+const SEAL_OVERHEAD: usize = BLOB_MAGIC.len() + 4 + NONCE + 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -189,6 +191,18 @@ pub struct Vault {
     at: Jid,
     ring: KeyRing,
     keys_version: u64,
+    /// The service's max-vault-blob-size.
+    max_blob: usize,
+}
+
+/// The service's max-vault-blob-size, from its limits form.
+async fn max_blob_size(session: &Session, service: &Jid) -> Result<usize, ClientError> {
+    let limits = session.service_limits(service).await?;
+    limits
+        .iter()
+        .find(|(var, _)| var == "max-vault-blob-size")
+        .and_then(|(_, values)| values.first()?.parse().ok())
+        .ok_or_else(|| ClientError::Malformed("no max-vault-blob-size in the service's limits".into()))
 }
 
 fn vault_error(e: ClientError, name: &str) -> VaultError {
@@ -228,6 +242,7 @@ impl Vault {
     pub async fn create(session: &Session, service: &Jid, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
         let account = session.jid().to_bare();
         let at = directory_jid(&account, service);
+        let max_blob = max_blob_size(session, service).await?;
         let ring = KeyRing::new(params, rand::random(), rand::random());
         let data = ring.encode(passphrase, &account)?;
         let put = VaultRequest::Put { name: KEYS.into(), if_version: 0, data };
@@ -235,7 +250,7 @@ impl Vault {
             VaultError::Conflict(..) => VaultError::Exists,
             other => other,
         })?;
-        Ok(Vault { account, at, ring, keys_version: 1 })
+        Ok(Vault { account, at, ring, keys_version: 1, max_blob })
     }
 
     /// Opens the vault; a wrong passphrase fails without changing anything.
@@ -244,7 +259,8 @@ impl Vault {
         let at = directory_jid(&account, service);
         let (version, data) = fetch(session, &at, KEYS).await?.ok_or(VaultError::NotInitialised)?;
         let ring = KeyRing::decode(&data, passphrase, &account)?;
-        Ok(Vault { account, at, ring, keys_version: version })
+        let max_blob = max_blob_size(session, service).await?;
+        Ok(Vault { account, at, ring, keys_version: version, max_blob })
     }
 
     /// Seals and stores `plaintext` under `name`, replacing version
@@ -280,12 +296,17 @@ impl Vault {
         Ok(())
     }
 
-    /// Deletes `name` whatever its version (no-op if absent).
-    pub async fn delete_any(&self, session: &Session, name: &str) -> Result<(), VaultError> {
+    /// Deletes `name` whatever its version; false if it was absent.
+    pub async fn delete_any(&self, session: &Session, name: &str) -> Result<bool, VaultError> {
         match fetch(session, &self.at, name).await? {
-            Some((version, _)) => self.delete(session, name, version).await,
-            None => Ok(()),
+            Some((version, _)) => self.delete(session, name, version).await.map(|()| true),
+            None => Ok(false),
         }
+    }
+
+    /// The largest plaintext whose sealed blob the service accepts.
+    pub fn max_plaintext(&self) -> usize {
+        self.max_blob.saturating_sub(SEAL_OVERHEAD)
     }
 
     /// Rewraps the data keys under a new passphrase: one write, whatever the
@@ -383,7 +404,7 @@ mod tests {
     }
 }
 
-/// Largest chunk of a device backup (below the service's blob limit).
+/// Largest chunk of a device backup (smaller if the service's blob limit is).
 const CHUNK: usize = 120 * 1024;
 
 fn manifest_name(device_id: &str) -> String {
@@ -397,7 +418,7 @@ pub async fn backup_device(vault: &Vault, session: &Session, device: &super::Dev
     use sha2::{Digest, Sha256};
     let snapshot = device.snapshot().map_err(|e| VaultError::Corrupt(e.to_string()))?;
     let packed = zstd::encode_all(snapshot.as_slice(), 9).map_err(|e| VaultError::Corrupt(e.to_string()))?;
-    let chunks: Vec<&[u8]> = packed.chunks(CHUNK).collect();
+    let chunks: Vec<&[u8]> = packed.chunks(CHUNK.min(vault.max_plaintext()).max(1)).collect();
     for (i, chunk) in chunks.iter().enumerate() {
         vault.put_latest(session, &format!("device/{}/{i}", device.id()), chunk).await?;
     }
@@ -436,5 +457,5 @@ pub async fn restore_device(vault: &Vault, session: &Session, device_id: &str, p
         return Err(corrupt());
     }
     let snapshot = zstd::decode_all(packed.as_slice()).map_err(|_| corrupt())?;
-    std::fs::write(path, snapshot).map_err(|e| VaultError::Corrupt(e.to_string()))
+    crate::store::local::write_private(path, &snapshot).map_err(|e| VaultError::Corrupt(e.to_string()))
 }

@@ -2,7 +2,11 @@
 //! openmls_sqlite_storage) and the device's records beside them — who the
 //! device is, and its current last-resort KeyPackage.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::fs::{OpenOptions, Permissions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
@@ -41,12 +45,64 @@ pub struct DeviceRecord {
     pub label: Option<String>,
 }
 
+/// Creates `dir` and its missing parents, each readable by its owner only
+/// (0700, whatever the umask); an existing directory is left as it is.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        private_dir(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    }?;
+    std::fs::set_permissions(dir, Permissions::from_mode(0o700))
+}
+
+/// The files of the SQLite database `path`: itself and its journals.
+fn database_files(path: &Path) -> [PathBuf; 4] {
+    let with = |suffix: &str| {
+        let mut name = OsString::from(path.as_os_str());
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    [path.to_owned(), with("-wal"), with("-shm"), with("-journal")]
+}
+
+/// Makes the file `path` (created if missing, in a [`private_dir`]) and the
+/// journals beside it readable by their owner only (0600, whatever the
+/// umask): a device's files hold its private keys. SQLite creates a
+/// database's -wal, -shm and -journal files later with the database file's
+/// mode, so they are private too.
+pub fn private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        private_dir(dir)?;
+    }
+    OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path)?;
+    for file in database_files(path) {
+        match std::fs::set_permissions(&file, Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to a new [`private_file`] at `path`.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    private_file(path)?;
+    std::fs::write(path, bytes)
+}
+
 pub struct LocalStore {
     conn: Connection,
 }
 
 impl LocalStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        private_file(path)?;
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
@@ -110,6 +166,7 @@ impl LocalStore {
     /// included), for a backup.
     pub fn snapshot(&self, scratch: &Path) -> Result<Vec<u8>, StoreError> {
         let _ = std::fs::remove_file(scratch);
+        private_file(scratch)?; // empty: VACUUM INTO fills it, keeping its mode
         self.conn.execute("VACUUM INTO ?1", [scratch.to_string_lossy()])?;
         let bytes = std::fs::read(scratch)?;
         std::fs::remove_file(scratch)?;

@@ -40,6 +40,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// Opens openmls' storage in `path`, creating its tables if needed.
 pub fn open_mls_storage(path: &Path) -> Result<MlsStorage, StoreError> {
+    super::local::private_file(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let mut storage = MlsStorage::new(conn);
