@@ -90,7 +90,7 @@ pub fn private_file(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to a new [`private_file`] at `path`.
+/// Writes `bytes` to `path`, made a [`private_file`] first.
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     private_file(path)?;
     std::fs::write(path, bytes)
