@@ -26,7 +26,12 @@ fn is_pruned(e: &xmpp_parsers::stanza_error::StanzaError) -> bool {
     e.other.as_ref().is_some_and(|a| a.is("history-pruned", crate::protocol::NS_ERRORS))
 }
 
-fn unwrap_result(message: &Element, queryid: &str) -> Option<Element> {
+/// The archived stanza of a result of query `queryid` to `archive`; None
+/// for anything else, such as a result that another entity sent.
+fn unwrap_result(message: &Element, queryid: &str, archive: &Jid) -> Option<Element> {
+    if message.attr("from").and_then(|f| Jid::new(f).ok()).as_ref() != Some(archive) {
+        return None;
+    }
     let result = message.get_child("result", NS_MAM)?;
     if result.attr("queryid") != Some(queryid) {
         return None;
@@ -50,7 +55,7 @@ impl GroupClient {
         let fin = self.session.iq(archive, "set", query).await?.ok_or_else(|| GroupError::Other("no <fin/>".into()))?;
         let mut stanzas = Vec::new();
         while let Some(stanza) = self.session.try_next_event() {
-            match unwrap_result(&stanza, &queryid) {
+            match unwrap_result(&stanza, &queryid, archive) {
                 Some(inner) => stanzas.push(inner),
                 None => self.stash(stanza),
             }
@@ -462,4 +467,25 @@ fn tempfile_dir() -> Result<std::path::PathBuf, GroupError> {
     let dir = std::env::temp_dir().join(format!("xmpp-mls-history-{}", data_encoding::HEXLOWER.encode(&name)));
     crate::store::local::private_dir(&dir).map_err(|e| GroupError::Other(e.to_string()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xmpp::namespace::CLIENT;
+
+    #[test]
+    fn only_the_queried_archive_delivers_results() {
+        let archive = Jid::new("alice\\40example.org@mls.example.org").unwrap();
+        let notice = Element::builder("message", CLIENT)
+            .attr(crate::protocol::n("from"), archive.as_str())
+            .append(Element::builder("key-packages-low", crate::protocol::NS).build())
+            .build();
+        let result = |from: &str, queryid: &str| {
+            crate::protocol::mam::result_message("alice@example.org/d", from, Some(queryid), "s1", 0, notice.clone())
+        };
+        assert_eq!(unwrap_result(&result(archive.as_str(), "q1"), "q1", &archive), Some(notice.clone()));
+        assert_eq!(unwrap_result(&result(archive.as_str(), "q2"), "q1", &archive), None, "another query");
+        assert_eq!(unwrap_result(&result("mallory@example.org/x", "q1"), "q1", &archive), None, "forged by an account");
+    }
 }
