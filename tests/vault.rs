@@ -364,3 +364,41 @@ async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored
     assert_eq!(read(&history), own);
     assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut laptop = member(&prosody, &dir, "alice", "laptop").await;
+    let mut phone = member(&prosody, &dir, "alice", "phone").await;
+    let vault = Vault::create(&laptop.session, &service(), "pass", FAST).await.unwrap();
+    laptop.attach_vault(vault, 10);
+    phone.attach_vault(Vault::open(&phone.session, &service(), "pass").await.unwrap(), 10);
+    let group = laptop.create().await.unwrap();
+    laptop.add(&group, &[bare("alice@example.org")]).await.unwrap(); // the phone
+    expect(&mut phone, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let epoch = laptop.epoch(&group).unwrap();
+
+    // Turn by turn: each device's last chunk is stale when it writes again,
+    // so every write after the first loses once and is merged.
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        for (name, client) in [("laptop", &mut laptop), ("phone", &mut phone)] {
+            let body = format!("{name} {i}");
+            client.send(&group, body.as_bytes()).await.unwrap();
+            expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+            sent.push(("alice@example.org".to_string(), body, epoch));
+        }
+    }
+    let session = prosody.client("alice", "new").await;
+    let vault = Vault::open(&session, &service(), "pass").await.unwrap();
+    let prefix = format!("sent/{}/{epoch}/", group.node().unwrap());
+    let chunks: Vec<(String, u64)> = vault.list(&session).await.unwrap().into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect();
+    assert_eq!(chunks, vec![(format!("{prefix}0"), 20)], "one chunk, one successful write per message");
+    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
+    let mut new = GroupClient::start(session, device, service()).await.unwrap();
+    let history = new.read_history(&group, &vault).await.unwrap();
+    assert_eq!(read(&history), sent);
+    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+}
