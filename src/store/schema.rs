@@ -127,6 +127,35 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // 7: groups per account (groups.max_groups_per_account).
     M::up("CREATE INDEX members_of_account ON members (account, group_id);"),
+    // 8: the live feed keyed by (group, account, device): device ids are
+    // unique only within an account (rows whose full JID is not of their
+    // account are dropped: devices join again). `group_joins`: the groups
+    // an account has itself joined (counted by
+    // groups.max_groups_per_account) or has left (`left_group` = 1).
+    M::up(
+        "CREATE TABLE feed_by_account (
+            group_id  BLOB NOT NULL,
+            account   TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            full_jid  TEXT NOT NULL,
+            PRIMARY KEY (group_id, account, device_id)
+        ) STRICT;
+        INSERT INTO feed_by_account (group_id, account, device_id, full_jid)
+            SELECT group_id, account, device_id, full_jid FROM feed
+            WHERE substr(full_jid, 1, length(account) + 1) = account || '/';
+        DROP TABLE feed;
+        ALTER TABLE feed_by_account RENAME TO feed;
+        CREATE INDEX feed_by_jid ON feed (group_id, full_jid);
+        CREATE INDEX feed_by_device ON feed (account, device_id);
+        CREATE TABLE group_joins (
+            group_id   BLOB NOT NULL,
+            account    TEXT NOT NULL,
+            left_group INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (group_id, account)
+        ) STRICT;
+        CREATE INDEX group_joins_by_account ON group_joins (account, left_group);
+        INSERT INTO group_joins (group_id, account) SELECT DISTINCT group_id, account FROM feed;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
