@@ -258,7 +258,7 @@ impl<'c> GroupTx<'c> {
                SELECT 1 FROM members m WHERE m.group_id = group_joins.group_id AND m.account = group_joins.account)",
             [&self.group_id],
         )?;
-        let gone = drop_stale_feed(self.c, Some(&self.group_id), None, self.now)?;
+        let gone = drop_stale_feed(self.c, Some(self.group_id.as_slice()), None, self.now)?;
         Ok(gone.into_iter().map(|d| d.entry).collect())
     }
 
