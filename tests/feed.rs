@@ -368,13 +368,13 @@ async fn an_external_commit_cannot_remove_another_account() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaving_nothing_costs_nothing() {
     let prosody = Prosody::start();
-    let component = Component::start(&prosody, "[limits]\naccount_rate = 1\naccount_burst = 2");
+    let component = Component::start(&prosody, "[limits]\naccount_rate = 5\naccount_burst = 10");
     let dir = tempfile::tempdir().unwrap();
     let (_alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
     let mut mallory = prosody.client("mallory", "pc").await;
     let before = store_digest(&component.store_path());
     let nowhere = format!("aaaaaaaaaaaaaaaaaaaaaaaaaa@{COMPONENT}/x");
-    for i in 0..40 {
+    for i in 0..60 {
         let to = if i % 2 == 0 { nowhere.clone() } else { format!("{group}/{}", bob.device().id()) };
         mallory.send(presence_to(&to, Some("unavailable"))).await.unwrap();
     }
