@@ -239,6 +239,27 @@ async fn an_expired_device_leaves_the_feed() {
     assert_still_connected(&component);
 }
 
+/// Finding 4: a device that has expired is refused at once, before the
+/// maintenance (60 s by default) takes it off the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_device_cannot_post_before_maintenance() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
+    let device = bob.device().id().to_owned();
+    let message = last_application_or_own(&mut alice, &component, &group).await;
+    let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 2;
+    bob.session.publish_device(&service(), &bob.device().item(Some(expires))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(feed_rows(&component, &group, &device).len(), 1, "still on the feed: no maintenance yet");
+    let before = (archived(&component, &group), store_digest(&component.store_path()));
+    let refused = post(&mut bob.session, &group, message).await;
+    assert_eq!(error_of(&refused), not_joined());
+    assert_eq!((archived(&component, &group), store_digest(&component.store_path())), before);
+    assert_still_connected(&component);
+}
+
 /// An application message of the group, sent by alice.
 async fn last_application_or_own(alice: &mut GroupClient, component: &Component, group: &BareJid) -> Vec<u8> {
     let id = alice.send(group, b"an application message").await.unwrap();
