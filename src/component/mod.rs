@@ -178,6 +178,7 @@ async fn maintain(
                     let out = link.borrow().clone();
                     if let Some(out) = out {
                         for stanza in stanzas {
+                            metrics().stanzas_sent.inc(metrics::StanzaKind::of(stanza.name()));
                             if out.send(stanza).await.is_err() {
                                 break;
                             }
