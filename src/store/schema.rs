@@ -169,4 +169,32 @@ mod tests {
     fn migrations_are_valid() {
         rusqlite_migration::Migrations::from_slice(super::MIGRATIONS).validate().unwrap();
     }
+
+    /// Migration 8 keeps the feed entries whose full JID is of their
+    /// account, drops those taken over by another account's full JID, and
+    /// counts the groups of the kept ones as joined.
+    #[test]
+    fn the_feed_is_rekeyed_by_account() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        let migrations = rusqlite_migration::Migrations::from_slice(super::MIGRATIONS);
+        migrations.to_version(&mut c, 7).unwrap();
+        c.execute_batch(
+            "INSERT INTO feed (group_id, device_id, full_jid, account) VALUES
+               (x'01', 'phone', 'bob@example.org/phone', 'bob@example.org'),
+               (x'01', 'laptop', 'mallory@example.org/pc', 'alice@example.org');",
+        )
+        .unwrap();
+        migrations.to_latest(&mut c).unwrap();
+        let feed: Vec<(String, String, String)> = c
+            .prepare("SELECT account, device_id, full_jid FROM feed")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(feed, [("bob@example.org".into(), "phone".into(), "bob@example.org/phone".into())]);
+        let joined: Vec<String> =
+            c.prepare("SELECT account FROM group_joins WHERE left_group = 0").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(joined, ["bob@example.org"]);
+    }
 }
