@@ -183,7 +183,7 @@ async fn dispatch(store: &Store, config: &Config, action: AdminAction) -> Result
                 .field("groups_with_its_leaves", account.groups.len())
         }
         AdminAction::Retention => {
-            let pruned = xmpp_mls::service::retention(store, config, now()).await?;
+            let (pruned, _) = xmpp_mls::service::retention(store, config, now()).await?;
             Report::default().field("pruned_messages", pruned).field("archive_messages", store.stats().await?.archive_messages)
         }
         AdminAction::Check => {

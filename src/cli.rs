@@ -98,7 +98,8 @@ pub enum GroupAction {
         #[arg(long)]
         proposal: bool,
     },
-    /// Leave the group (a self-remove proposal another member commits).
+    /// Leave the group (a self-remove proposal another member commits; the
+    /// service stops delivering it to the whole account at once).
     Leave { group: BareJid },
     /// List the members as account/device.
     Members { group: BareJid },
@@ -321,7 +322,7 @@ async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
         GroupAction::Leave { group } => {
             client.join_feed(&group).await?;
             client.leave(&group).await?;
-            println!("leaving: a member's next commit removes this device");
+            println!("left: nothing more is delivered to this account; a member's next commit removes this device");
         }
         GroupAction::Members { group } => {
             for (account, device) in client.members(&group).await? {

@@ -151,7 +151,8 @@ pub struct GroupsConfig {
     pub past_epochs: u64,
     /// Leaves one group may have.
     pub max_members: usize,
-    /// Groups one account may be a member of.
+    /// Groups one account may have joined itself (created, or joined the
+    /// live feed of); groups it was only added to do not count.
     pub max_groups_per_account: usize,
 }
 

@@ -93,6 +93,8 @@ enum Op {
     CreateGroup,
     FetchGroupInfo,
     JoinFeed,
+    /// Joins with the owner's device ID: only the owner's account may.
+    JoinFeedAsOwnerDevice,
     SendMessage,
     QueryArchive,
     ArchiveMetadata,
@@ -106,6 +108,8 @@ enum Op {
     DiscoService,
     DiscoDirectory,
     DiscoGroup,
+    /// Last: the requester's account leaves the group.
+    LeaveGroup,
 }
 
 /// Operation × requester → outcome, as xep/ §Authorization states it.
@@ -125,6 +129,7 @@ const MATRIX: &[(Op, [Expect; 6])] = &[
     (Op::CreateGroup,         [ALLOW, NOT_A_MEMBER, ALLOW,        NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
     (Op::FetchGroupInfo,      [ALLOW, ALLOW,        ALLOW,        NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
     (Op::JoinFeed,            [ALLOW, ALLOW,        NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
+    (Op::JoinFeedAsOwnerDevice, [ALLOW, NOT_A_MEMBER, ALLOW,      NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
     (Op::SendMessage,         [ALLOW, ALLOW,        NOT_JOINED,   NOT_JOINED,   NOT_JOINED,   NOT_JOINED]),
     (Op::QueryArchive,        [ALLOW, ALLOW,        ALLOW,        NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
     (Op::ArchiveMetadata,     [ALLOW, ALLOW,        ALLOW,        NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
@@ -138,6 +143,7 @@ const MATRIX: &[(Op, [Expect; 6])] = &[
     (Op::DiscoService,        [ALLOW, ALLOW,        ALLOW,        ALLOW,        ALLOW,        ALLOW]),
     (Op::DiscoDirectory,      [ALLOW, ALLOW,        ALLOW,        ALLOW,        ALLOW,        ALLOW]),
     (Op::DiscoGroup,          [ALLOW, ALLOW,        ALLOW,        ALLOW,        ALLOW,        ALLOW]),
+    (Op::LeaveGroup,          [ALLOW, ALLOW,        ALLOW,        NOT_A_MEMBER, NOT_A_MEMBER, NOT_A_MEMBER]),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,6 +322,22 @@ impl Fixture {
                     self.query("SELECT full_jid FROM feed WHERE group_id = ?1 AND device_id = ?2", rusqlite::params![self.group_id(), device]);
                 assert_eq!(on_feed, self.full_jid(actor));
             }
+            Op::JoinFeedAsOwnerDevice => {
+                let device = self.owner.device().id().to_owned();
+                let presence = Element::builder("presence", CLIENT)
+                    .attr(n("to"), format!("{}/{device}", self.group))
+                    .attr(n("id"), self.fresh("join"))
+                    .build();
+                self.stanza(actor, presence).await?;
+                let sql = "SELECT full_jid FROM feed WHERE group_id = ?1 AND account = 'alice@example.org' AND device_id = ?2";
+                let on_feed: String = self.query(sql, rusqlite::params![self.group_id(), device]);
+                assert_eq!(on_feed, self.full_jid(actor));
+                let feeds: i64 = self.query("SELECT count(*) FROM feed WHERE device_id = ?1", [&device]);
+                assert_eq!(feeds, 1, "one entry for the laptop, of alice's account");
+                // The later cells send from the laptop: it joins again.
+                let group = self.group.clone();
+                self.owner.join_feed(&group).await.unwrap();
+            }
             Op::SendMessage => self.send_message(actor).await?,
             Op::QueryArchive => {
                 let fin = self.iq(actor, &group, "set", query_element("archive", &[], 100, &Cursor::First, false)).await?;
@@ -370,6 +392,16 @@ impl Fixture {
             Op::DiscoService => self.disco(actor, self.service.clone(), ("component", "mls"), 0).await?,
             Op::DiscoDirectory => self.disco(actor, directory, ("pubsub", "pep"), 2).await?,
             Op::DiscoGroup => self.disco(actor, group, ("conference", "mls"), 0).await?,
+            Op::LeaveGroup => {
+                self.iq(actor, &group, "set", Element::builder("leave", NS).build()).await?;
+                let account = self.account(actor).to_string();
+                let sql = "SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2";
+                let left: i64 = self.query(sql, rusqlite::params![self.group_id(), account]);
+                assert_eq!(left, 1, "{account} has not left");
+                let on_feed: i64 =
+                    self.query("SELECT count(*) FROM feed WHERE group_id = ?1 AND account = ?2", rusqlite::params![self.group_id(), account]);
+                assert_eq!(on_feed, 0, "{account} is still on the feed");
+            }
         }
         Ok(())
     }

@@ -34,7 +34,7 @@ async fn group_size_and_groups_per_account_are_policy_violations() {
     let component = Component::start(&prosody, "[groups]\nmax_members = 2\nmax_groups_per_account = 1");
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
-    let _bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
     let mut carol = member(&prosody, &dir, "carol", "pc").await;
 
     let group = alice.create().await.unwrap();
@@ -48,9 +48,23 @@ async fn group_size_and_groups_per_account_are_policy_violations() {
     assert_eq!(describe(&e), "modify/policy-violation (too-many-groups)");
     assert!(store_digest(&component.store_path()) == before, "the refused create changed the store");
 
-    // ...and nobody can bring bob, who is in one too, into another.
+    // bob joins alice's group: that is his one. carol can still add him to
+    // another (being added counts for nobody), but he cannot join it.
+    bob.join_feed(&group).await.unwrap();
     let other = carol.create().await.unwrap();
-    assert_eq!(refused_add(&mut carol, &other, "bob@example.org", &component).await, "modify/policy-violation (too-many-groups)");
+    carol.add(&other, &[bare("bob@example.org")]).await.unwrap();
+    let before = store_digest(&component.store_path());
+    let to = format!("{other}/{}", bob.device().id());
+    bob.session.send(Element::builder("presence", "jabber:client").attr(xmpp_mls::protocol::n("to"), to.as_str()).build()).await.unwrap();
+    let reply = loop {
+        let stanza = bob.session.next_event_within(Duration::from_secs(10)).await.expect("an answer to the join");
+        if stanza.name() == "presence" && stanza.attr("from") == Some(to.as_str()) {
+            break stanza;
+        }
+    };
+    let error = xmpp_parsers::stanza_error::StanzaError::try_from(reply.get_child("error", "jabber:client").expect("an error").clone());
+    assert_eq!(describe(&error.unwrap()), "modify/policy-violation (too-many-groups)");
+    assert!(store_digest(&component.store_path()) == before, "the refused join changed the store");
 }
 
 fn disco_info() -> Element {

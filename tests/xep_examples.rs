@@ -31,7 +31,7 @@ use xmpp_mls::protocol::{b64_decode, NS, NS_ERRORS};
 /// Requests whose replies carry fresh key material (KeyPackageRefs,
 /// packages): checked by the round-trip test, not replayed.
 const NOT_REPLAYED: &[&str] =
-    &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6", "mam-1", "mam-4", "ack-1", "v-3", "v-4", "v-5"];
+    &["kp-1", "kp-3", "claim-1", "grp-1", "grp-2", "grp-5", "grp-6", "mam-1", "mam-4", "ack-1", "v-3", "v-4", "v-5", "leave-1"];
 
 #[test]
 fn the_xep_is_well_formed_xml() {

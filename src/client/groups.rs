@@ -335,9 +335,13 @@ impl GroupClient {
         self.propose(group, false).await
     }
 
-    /// Leaves: a self-remove proposal; another member's next commit removes us.
+    /// Leaves: a self-remove proposal, which another member's next commit
+    /// carries out, and `<leave/>`, after which the service delivers the
+    /// group to this account no more and stops counting it for it.
     pub async fn leave(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
-        self.propose(group, true).await
+        let accepted = self.propose(group, true).await?;
+        self.session.iq(&group.clone().into(), "set", Element::builder("leave", NS).build()).await?;
+        Ok(accepted)
     }
 
     /// Submits a proposal of this epoch; after losing the epoch, catches up

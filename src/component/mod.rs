@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use minidom::Element;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::config::Config;
 use crate::metrics::{self, metrics};
@@ -49,8 +49,9 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
         }
         None => None,
     };
-    let maintenance = tokio::spawn(maintain(service.clone(), every, shutdown.clone()));
-    let result = connection_loop(&config, &service, &mut shutdown).await;
+    let (link_tx, link_rx) = watch::channel(None);
+    let maintenance = tokio::spawn(maintain(service.clone(), every, link_rx, shutdown.clone()));
+    let result = connection_loop(&config, &service, &link_tx, &mut shutdown).await;
     maintenance.abort();
     endpoint.inspect(|e| e.abort());
     store.close().await;
@@ -58,9 +59,14 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     result
 }
 
+/// The current connection's outgoing queue, for stanzas that no incoming
+/// stanza caused (maintenance).
+type CurrentLink = watch::Sender<Option<mpsc::Sender<Element>>>;
+
 async fn connection_loop(
     config: &Arc<Config>,
     service: &Arc<Service>,
+    current: &CurrentLink,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let mut backoff = Backoff::new(Duration::from_secs(config.component.reconnect_max_secs));
@@ -79,7 +85,9 @@ async fn connection_loop(
                 tracing::info!(jid = %config.component.jid, "component connected");
                 backoff.reset();
                 let link = link::spawn(stream, StanzaNs::Component, keepalive(config));
+                current.send_replace(Some(link.outgoing.clone()));
                 let lost = run_session(link, config, service, shutdown).await;
+                current.send_replace(None);
                 metrics().set_connected(false);
                 match lost {
                     None => return Ok(()),
@@ -153,17 +161,32 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Periodic housekeeping until shutdown.
-async fn maintain(service: Arc<Service>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+/// Periodic housekeeping until shutdown; what it has to say goes out on
+/// the current connection (none: the devices it concerns are unreachable).
+async fn maintain(
+    service: Arc<Service>,
+    every: Duration,
+    link: watch::Receiver<Option<mpsc::Sender<Element>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => return,
-            _ = tick.tick() => {
-                if let Err(e) = service.maintain().await {
-                    tracing::warn!(error = %e, "maintenance failed");
+            _ = tick.tick() => match service.maintain().await {
+                Ok(stanzas) => {
+                    let out = link.borrow().clone();
+                    if let Some(out) = out {
+                        for stanza in stanzas {
+                            metrics().stanzas_sent.inc(metrics::StanzaKind::of(stanza.name()));
+                            if out.send(stanza).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
                 }
-            }
+                Err(e) => tracing::warn!(error = %e, "maintenance failed"),
+            },
         }
     }
 }

@@ -84,11 +84,16 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
         Some("unavailable") => true,
         _ => return Routed::default(), // probes, subscriptions: not ours
     };
-    // Leaving is never rate-limited: it only frees resources.
-    let admitted = if unavailable { Ok(()) } else { service.admit(from) };
-    let outcome = match admitted {
-        Ok(()) => service.feed_presence(from, &id, device.as_str(), unavailable).await,
-        Err(e) => Err(e),
+    // Leaving is not refused for the rate: a full JID that is not on the
+    // feed costs one read and no answer, and one that is got there by a
+    // join, which was rate-limited.
+    let outcome = if unavailable {
+        service.leave_feed(from, &id, device.as_str()).await
+    } else {
+        match service.admit(from) {
+            Ok(()) => service.join_feed(from, &id, device.as_str()).await,
+            Err(e) => Err(e),
+        }
     };
     if unavailable && outcome.is_err() {
         return Routed::default();

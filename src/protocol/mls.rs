@@ -29,12 +29,14 @@ pub enum Invalid {
     GroupInfoMismatch,
     /// Members are added but no Welcome comes with the commit.
     MissingWelcome,
+    /// An external Commit removes a leaf of another account than the joiner's.
+    ForeignRemoval,
     /// Breaks another RFC 9420 rule (openmls' validation).
     Invalid,
 }
 
 impl Invalid {
-    pub const ALL: [Invalid; 10] = [
+    pub const ALL: [Invalid; 11] = [
         Invalid::Malformed,
         Invalid::WrongGroup,
         Invalid::WrongWireFormat,
@@ -44,6 +46,7 @@ impl Invalid {
         Invalid::UnknownSignatureKey,
         Invalid::GroupInfoMismatch,
         Invalid::MissingWelcome,
+        Invalid::ForeignRemoval,
         Invalid::Invalid,
     ];
 
@@ -58,6 +61,7 @@ impl Invalid {
             Invalid::UnknownSignatureKey => "unknown-signature-key",
             Invalid::GroupInfoMismatch => "group-info-mismatch",
             Invalid::MissingWelcome => "missing-welcome",
+            Invalid::ForeignRemoval => "foreign-removal",
             Invalid::Invalid => "invalid",
         }
     }

@@ -42,12 +42,13 @@ impl Service {
         caller.require_owner()?;
         let [id] = <[String; 1]>::try_from(ids).map_err(|_| malformed("retract one device per request"))?;
         let event = Event::Retracted { node: NODE.into(), ids: vec![id.clone()] };
-        let stanza_id = self
+        let (stanza_id, departed) = self
             .store
             .retract_device(caller.account.to_string(), id, event.to_element(), now())
             .await?
             .ok_or(ServiceError::NotFound)?;
-        let messages = self.device_event(caller, event, Some(&stanza_id)).await?;
+        let mut messages = self.device_event(caller, event, Some(&stanza_id)).await?;
+        messages.extend(self.departures(&departed));
         Ok(Response { payload: None, messages, ..Default::default() })
     }
 

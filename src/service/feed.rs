@@ -5,39 +5,61 @@ use minidom::Element;
 use xmpp_parsers::jid::Jid;
 
 use super::groups::{presence, Delivered};
-use super::{Response, Service, ServiceError};
+use super::{IqRequest, Response, Service, ServiceError};
+use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{joined_element, GroupMessage, Kind};
 use crate::protocol::mls::{self, Invalid};
-use crate::protocol::now;
-use crate::store::{AppendOutcome, FeedEntry};
+use crate::store::{Departed, FeedEntry, FeedJoin, GroupLeave, AppendOutcome};
 
 impl Service {
-    /// Presence to `group/<device-id>`: join (available) or leave (unavailable).
-    pub async fn feed_presence(
-        &self,
-        from: &Jid,
-        group_id: &[u8],
-        device_id: &str,
-        unavailable: bool,
-    ) -> Result<Response, ServiceError> {
-        let group_jid = self.group_jid(group_id);
-        let me = format!("{group_jid}/{device_id}");
-        if unavailable {
-            self.store.leave_feed(Some(group_id.to_vec()), from.to_string()).await?;
-            return Ok(Response::messages(vec![presence(&me, from.as_str(), Some("unavailable"), None)]));
-        }
-        let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
-        let account = from.to_bare();
-        let devices = self.store.live_devices(account.to_string(), now()).await?;
-        let device = devices.iter().find(|d| d.id == device_id).ok_or(ServiceError::NotAMember)?;
-        let members = self.store.group_members(group_id.to_vec()).await?;
-        if !members.iter().any(|m| m.account == account.as_str() && m.signature_key == device.signature_key) {
-            return Err(ServiceError::NotAMember);
-        }
+    /// Available presence to `group/<device-id>`: the device joins the feed.
+    pub async fn join_feed(&self, from: &Jid, group_id: &[u8], device_id: &str) -> Result<Response, ServiceError> {
         let entry =
-            FeedEntry { device_id: device_id.to_owned(), full_jid: from.to_string(), account: account.to_string() };
-        self.store.join_feed(group_id.to_vec(), entry).await?;
-        Ok(Response::messages(vec![presence(&me, from.as_str(), None, Some(joined_element(state.epoch)))]))
+            FeedEntry { device_id: device_id.to_owned(), full_jid: from.to_string(), account: from.to_bare().to_string() };
+        let max = self.config.groups.max_groups_per_account;
+        let epoch = match self.store.join_feed(group_id.to_vec(), entry, max).await? {
+            FeedJoin::Joined { epoch } => epoch,
+            FeedJoin::UnknownGroup => return Err(ServiceError::UnknownGroup),
+            FeedJoin::NotAMember => return Err(ServiceError::NotAMember),
+            FeedJoin::TooManyGroups => return Err(ServiceError::Limit(AppCondition::TooManyGroups)),
+        };
+        let me = format!("{}/{device_id}", self.group_jid(group_id));
+        Ok(Response::messages(vec![presence(&me, from.as_str(), None, Some(joined_element(epoch)))]))
+    }
+
+    /// Unavailable presence to `group/<device-id>`: `from` leaves the feed.
+    /// A full JID that is not on the feed costs a read and gets no answer.
+    pub async fn leave_feed(&self, from: &Jid, group_id: &[u8], device_id: &str) -> Result<Response, ServiceError> {
+        if !self.store.on_feed(group_id.to_vec(), from.to_string()).await? {
+            return Ok(Response::default());
+        }
+        self.store.leave_feed(Some(group_id.to_vec()), from.to_string()).await?;
+        let me = format!("{}/{device_id}", self.group_jid(group_id));
+        Ok(Response::messages(vec![presence(&me, from.as_str(), Some("unavailable"), None)]))
+    }
+
+    /// `<leave/>`: the requester's account leaves the group. Its devices
+    /// leave the feed at once; the removal of its leaves is a member's Commit.
+    pub(super) async fn leave_group(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
+        let account = req.from.to_bare().to_string();
+        let gone = match self.store.leave_group(group_id.to_vec(), account).await? {
+            GroupLeave::Left(gone) => gone,
+            GroupLeave::UnknownGroup => return Err(ServiceError::UnknownGroup),
+            GroupLeave::NotAMember => return Err(ServiceError::NotAMember),
+        };
+        let departed: Vec<Departed> = gone.into_iter().map(|entry| Departed { group_id: group_id.to_vec(), entry }).collect();
+        Ok(Response::messages(self.departures(&departed)))
+    }
+
+    /// Unavailable presence from its device JID to each device taken off a feed.
+    pub(super) fn departures(&self, departed: &[Departed]) -> Vec<Element> {
+        departed
+            .iter()
+            .map(|d| {
+                let from = format!("{}/{}", self.group_jid(&d.group_id), d.entry.device_id);
+                presence(&from, &d.entry.full_jid, Some("unavailable"), None)
+            })
+            .collect()
     }
 
     /// An application message to the group: checked on its public header

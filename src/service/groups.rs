@@ -6,7 +6,7 @@
 //! Welcomes commit together, so exactly one commit wins each epoch.
 
 use minidom::Element;
-use openmls::group::{ProposalStore, PublicGroup};
+use openmls::group::{ProposalStore, PublicGroup, StagedCommit};
 use openmls::prelude::{
     ContentType, GroupId, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage,
     ProcessedMessageContent, ProtocolMessage, Sender, ValidationError, Verifiable,
@@ -24,7 +24,7 @@ use crate::protocol::groups::{
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::n;
-use crate::store::{Archived, FeedEntry, GroupTx, Member};
+use crate::store::{Archived, FeedEntry, GroupTx, Join, Member};
 use crate::xmpp::namespace::CLIENT;
 
 /// A handshake that took its place in a group's archive.
@@ -123,22 +123,23 @@ fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Resu
     gi.verify_no_out(crypto, &key).map_err(|_| mismatch())
 }
 
-/// The group's size limits: at most `max_members` leaves, and no account
-/// that joins with this change in more than `max_groups_per_account` groups.
-fn check_size(tx: &GroupTx<'_>, members: &[Member], before: &[Member], limits: &GroupsConfig) -> Result<(), ServiceError> {
-    if members.len() > limits.max_members {
-        return Err(ServiceError::Limit(AppCondition::TooManyMembers));
+/// The group's size limit: at most `max_members` leaves. (Groups count
+/// against `max_groups_per_account` only for accounts that joined them
+/// themselves: see [`GroupTx::join`].)
+fn check_size(members: &[Member], limits: &GroupsConfig) -> Result<(), ServiceError> {
+    match members.len() > limits.max_members {
+        true => Err(ServiceError::Limit(AppCondition::TooManyMembers)),
+        false => Ok(()),
     }
-    let mut joining: Vec<&str> = members
-        .iter()
-        .map(|m| m.account.as_str())
-        .filter(|a| !before.iter().any(|b| b.account == *a))
-        .collect();
-    joining.sort_unstable();
-    joining.dedup();
-    for account in joining {
-        if tx.other_groups(account)? >= limits.max_groups_per_account {
-            return Err(ServiceError::Limit(AppCondition::TooManyGroups));
+}
+
+/// RFC 9420 §12.4.3.2 leaves to the application which leaves an external
+/// Commit may remove: only leaves of the joiner's own account.
+fn check_own_removals(staged: &StagedCommit, before: &[Member], account: &BareJid) -> Result<(), ServiceError> {
+    for remove in staged.remove_proposals() {
+        let leaf = remove.remove_proposal().removed().u32();
+        if !before.iter().any(|m| m.leaf == leaf && m.account == account.as_str()) {
+            return Err(ServiceError::InvalidMessage(Invalid::ForeignRemoval));
         }
     }
     Ok(())
@@ -181,8 +182,9 @@ fn apply_commit(
     let committer_key = match sender {
         Sender::Member(index) => pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec()),
         // External commit: only an account that is already a member may
-        // bring in a new device of its own.
+        // bring in a new device of its own, replacing only its own leaves.
         Sender::NewMemberCommit if before.iter().any(|m| m.account == account.as_str()) => {
+            check_own_removals(&staged, &before, account)?;
             staged.update_path_leaf_node().map(|l| l.signature_key().as_slice().to_vec())
         }
         _ => return Err(ServiceError::Forbidden),
@@ -208,7 +210,7 @@ fn apply_commit(
     let sender_device = device_of(tx, account.as_str(), &committer_key)?;
     pg.merge_commit(&tx.mls(), *staged).map_err(library)?;
     let members = members_of(&pg);
-    check_size(tx, &members, &before, limits)?;
+    check_size(&members, limits)?;
     check_group_info(crypto, &bundle.group_info, &pg)?;
     let epoch = pg.group_context().epoch().as_u64();
     let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
@@ -313,8 +315,11 @@ impl Service {
                 if !members.iter().any(|m| m.account == account.as_str()) {
                     return Err(ServiceError::NotAMember);
                 }
-                check_size(tx, &members, &[], &limits)?;
+                check_size(&members, &limits)?;
                 tx.create(pg.group_context().epoch().as_u64(), &create.group_info)?;
+                if tx.join(account.as_str(), limits.max_groups_per_account)? != Join::Joined {
+                    return Err(ServiceError::Limit(AppCondition::TooManyGroups));
+                }
                 tx.set_members(&members, 0)?;
                 Ok(())
             })

@@ -32,7 +32,7 @@ use crate::protocol::keypackages::Rejection;
 use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::{disco::PING, ProtocolError, NS};
-use crate::store::{Store, StoreError};
+use crate::store::{Departed, Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IqKind {
@@ -175,19 +175,20 @@ impl Service {
     }
 
     /// Periodic housekeeping: forget idle rate-limit state, drop expired
-    /// devices and KeyPackages.
-    pub async fn maintain(&self) -> Result<(), StoreError> {
+    /// devices and KeyPackages; returns the unavailable presences of the
+    /// devices that this took off feeds.
+    pub async fn maintain(&self) -> Result<Vec<Element>, StoreError> {
         self.claims.retain_recent();
         self.claims.shrink_to_fit();
         for limiter in [&self.accounts, &self.domains] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        let pruned = retention(&self.store, &self.config, crate::protocol::now()).await?;
+        let (pruned, departed) = retention(&self.store, &self.config, crate::protocol::now()).await?;
         if pruned > 0 {
             tracing::info!(pruned, "history retention");
         }
-        Ok(())
+        Ok(self.departures(&departed))
     }
 
     /// Answers one IQ get/set: `Ok(None)` is an empty result. The checks run
@@ -222,13 +223,14 @@ impl Service {
                 Address::Directory(account) => self.vault(req, account).await,
                 _ => Err(ServiceError::Unsupported),
             },
-            (kind, name @ ("create" | "commit" | "proposal" | "group-info"), NS) => {
+            (kind, name @ ("create" | "commit" | "proposal" | "group-info" | "leave"), NS) => {
                 let Address::Group(group_id) = address else { return Err(ServiceError::Unsupported) };
                 match (kind, name) {
                     (IqKind::Set, "create") => self.create_group(req, group_id).await,
                     (IqKind::Set, "commit") => self.commit(req, group_id).await,
                     (IqKind::Set, "proposal") => self.propose(req, group_id).await,
                     (IqKind::Get, "group-info") => self.group_info(req, group_id).await,
+                    (IqKind::Set, "leave") => self.leave_group(req, group_id).await,
                     _ => Err(ProtocolError::Malformed("wrong IQ type for this request").into()),
                 }
             }
@@ -254,11 +256,13 @@ fn per_second(rate: u32, burst: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
-/// Retention as of `now`: drops expired devices and KeyPackages, and prunes
-/// archives past history.retention_secs; returns how many archived items went.
-pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<usize, StoreError> {
-    store.prune_directory(now).await?;
-    store.prune_history(now - config.history.retention_secs as i64).await
+/// Retention as of `now`: drops expired devices and KeyPackages (and takes
+/// devices without a live leaf off the feeds), and prunes archives past
+/// history.retention_secs; returns how many archived items went, and the
+/// devices taken off feeds.
+pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usize, Vec<Departed>), StoreError> {
+    let departed = store.prune_directory(now).await?;
+    Ok((store.prune_history(now - config.history.retention_secs as i64).await?, departed))
 }
 
 /// One token from `limiter` for `key`, or how long to wait for it.

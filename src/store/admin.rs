@@ -125,7 +125,7 @@ fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSumma
 fn member_devices(c: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>, StoreError> {
     let mut st = c.prepare(
         "SELECT m.leaf, m.account, d.device_id,
-                EXISTS (SELECT 1 FROM feed f WHERE f.group_id = m.group_id AND f.device_id = d.device_id)
+                EXISTS (SELECT 1 FROM feed f WHERE f.group_id = m.group_id AND f.account = d.account AND f.device_id = d.device_id)
          FROM members m LEFT JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
          WHERE m.group_id = ?1 ORDER BY m.leaf",
     )?;
@@ -238,7 +238,7 @@ impl Store {
             if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
                 return Ok(false);
             }
-            for table in ["members", "archive", "feed", "group_accounts"] {
+            for table in ["members", "archive", "feed", "group_accounts", "group_joins"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
@@ -256,6 +256,7 @@ impl Store {
         self.write(move |c| {
             let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", [&account])?;
             let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, [&account])? as u64) };
+            c.execute("DELETE FROM group_joins WHERE account = ?1", [&account])?;
             Ok(PurgedAccount {
                 key_packages,
                 devices: delete("DELETE FROM devices WHERE account = ?1")?,

@@ -4,8 +4,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use minidom::Element;
 
+use super::groups::drop_stale_feed;
 use super::inbox::insert_inbox;
-use super::{Store, StoreError};
+use super::{Departed, Store, StoreError};
 use crate::protocol::devices::Device;
 
 /// What publishing a device did.
@@ -94,15 +95,16 @@ impl Store {
         .await
     }
 
-    /// Removes a live device and its KeyPackages and keeps `event` in the
-    /// owner's inbox; `None` if there was no such device.
+    /// Removes a live device and its KeyPackages, takes it off every feed
+    /// and keeps `event` in the owner's inbox; returns the inbox entry's
+    /// stanza id and the feeds it left, `None` if there was no such device.
     pub async fn retract_device(
         &self,
         account: String,
         device_id: String,
         event: Element,
         now: i64,
-    ) -> Result<Option<String>, StoreError> {
+    ) -> Result<Option<(String, Vec<Departed>)>, StoreError> {
         self.write(move |c| {
             let n = c.execute(
                 "DELETE FROM devices WHERE account = ?1 AND device_id = ?2 AND expires_at > ?3",
@@ -111,17 +113,20 @@ impl Store {
             if n == 0 {
                 return Ok(None);
             }
-            Ok(Some(insert_inbox(c, &account, &event, now)?))
+            let departed = drop_stale_feed(c, None, Some(&account), now)?;
+            Ok(Some((insert_inbox(c, &account, &event, now)?, departed)))
         })
         .await
     }
 
-    /// Deletes expired devices (with their KeyPackages) and expired packages.
-    pub async fn prune_directory(&self, now: i64) -> Result<(), StoreError> {
+    /// Deletes expired devices (with their KeyPackages) and expired
+    /// packages, and takes devices without a live leaf off every feed;
+    /// returns those.
+    pub async fn prune_directory(&self, now: i64) -> Result<Vec<Departed>, StoreError> {
         self.write(move |c| {
             c.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
             c.execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
-            Ok(())
+            drop_stale_feed(c, None, None, now)
         })
         .await
     }

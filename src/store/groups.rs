@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 
 use minidom::Element;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{named_params, params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
 use super::inbox::{insert_inbox, new_stanza_id};
@@ -41,6 +41,49 @@ pub struct FeedEntry {
     pub device_id: String,
     pub full_jid: String,
     pub account: String,
+}
+
+/// A device taken off a group's feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    pub group_id: Vec<u8>,
+    pub entry: FeedEntry,
+}
+
+/// Whether an account may count a group as joined (see [`GroupTx::join`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    Joined,
+    /// The account left the group and has leaves in it still.
+    Left,
+    /// The account has joined `groups.max_groups_per_account` other groups.
+    TooManyGroups,
+}
+
+/// SQL: the feed row `f` is of a live device (at `:now`) of its own
+/// account whose signature key is a leaf of the group.
+const LIVE_LEAF: &str = "EXISTS (SELECT 1 FROM members m JOIN devices d
+    ON d.account = m.account AND d.signature_key = m.signature_key
+    WHERE m.group_id = f.group_id AND d.account = f.account AND d.device_id = f.device_id AND d.expires_at > :now)";
+
+/// Takes off the feeds (of one group, of one account's devices, or all)
+/// every device that has no live leaf in the group; returns them.
+pub(super) fn drop_stale_feed(
+    c: &Connection,
+    group_id: Option<&[u8]>,
+    account: Option<&str>,
+    now: i64,
+) -> Result<Vec<Departed>, StoreError> {
+    let sql = format!(
+        "DELETE FROM feed AS f WHERE (:group IS NULL OR f.group_id = :group)
+           AND (:account IS NULL OR f.account = :account) AND NOT {LIVE_LEAF}
+         RETURNING group_id, device_id, full_jid, account"
+    );
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map(named_params! {":group": group_id, ":account": account, ":now": now}, |r| {
+        Ok(Departed { group_id: r.get(0)?, entry: FeedEntry { device_id: r.get(1)?, full_jid: r.get(2)?, account: r.get(3)? } })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A message appended to a group's archive.
@@ -151,36 +194,92 @@ impl<'c> GroupTx<'c> {
         members(self.c, &self.group_id)
     }
 
-    /// How many groups other than this one `account` is a member of.
-    pub fn other_groups(&self, account: &str) -> Result<usize, StoreError> {
-        let n: i64 = self.c.prepare_cached(
-            "SELECT COUNT(DISTINCT group_id) FROM members WHERE account = ?1 AND group_id != ?2",
-        )?
-        .query_row(params![account, self.group_id], |r| r.get(0))?;
-        Ok(n as usize)
+    /// Counts this group as joined by `account` (it created the group or
+    /// one of its devices joins the feed), unless the account left it or
+    /// has joined `max_groups` other groups.
+    pub fn join(&self, account: &str, max_groups: usize) -> Result<Join, StoreError> {
+        let left: Option<bool> = self
+            .c
+            .prepare_cached("SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2")?
+            .query_row(params![self.group_id, account], |r| r.get(0))
+            .optional()?;
+        match left {
+            Some(true) => return Ok(Join::Left),
+            Some(false) => return Ok(Join::Joined),
+            None => {}
+        }
+        let joined: i64 = self
+            .c
+            .prepare_cached("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0")?
+            .query_row([account], |r| r.get(0))?;
+        if joined as usize >= max_groups {
+            return Ok(Join::TooManyGroups);
+        }
+        self.c
+            .prepare_cached("INSERT INTO group_joins (group_id, account) VALUES (?1, ?2)")?
+            .execute(params![self.group_id, account])?;
+        Ok(Join::Joined)
+    }
+
+    /// Whether `device_id` of `account` is live and its key a leaf here.
+    pub fn has_live_leaf(&self, account: &str, device_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .c
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM members m JOIN devices d
+                   ON d.account = m.account AND d.signature_key = m.signature_key
+                 WHERE m.group_id = ?1 AND d.account = ?2 AND d.device_id = ?3 AND d.expires_at > ?4)",
+            )?
+            .query_row(params![self.group_id, account, device_id, self.now], |r| r.get(0))?)
+    }
+
+    /// The feed entry of `full_jid` if its device still has a live leaf.
+    pub fn sender(&self, full_jid: &str) -> Result<Option<FeedEntry>, StoreError> {
+        let sql = format!(
+            "SELECT device_id, full_jid, account FROM feed AS f
+             WHERE f.group_id = :group AND f.full_jid = :jid AND {LIVE_LEAF}"
+        );
+        Ok(self
+            .c
+            .prepare_cached(&sql)?
+            .query_row(named_params! {":group": self.group_id, ":jid": full_jid, ":now": self.now}, feed_row)
+            .optional()?)
     }
 
     pub fn feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
         feed(self.c, &self.group_id)
     }
 
-    /// Takes devices whose keys are no longer leaves off the feed; returns them.
+    /// Takes devices that no longer have a live leaf off the feed, and
+    /// forgets the joins of accounts left without leaves; returns the devices.
     pub fn prune_feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
-        let gone: Vec<FeedEntry> = {
-            let mut st = self.c.prepare_cached(
-                "SELECT f.device_id, f.full_jid, f.account FROM feed f
-                 WHERE f.group_id = ?1 AND NOT EXISTS (
-                   SELECT 1 FROM members m JOIN devices d
-                     ON d.account = m.account AND d.signature_key = m.signature_key
-                   WHERE m.group_id = f.group_id AND d.account = f.account AND d.device_id = f.device_id)",
-            )?;
-            let rows = st.query_map([&self.group_id], feed_row)?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for g in &gone {
-            self.c.execute("DELETE FROM feed WHERE group_id = ?1 AND device_id = ?2", params![self.group_id, g.device_id])?;
+        self.c.execute(
+            "DELETE FROM group_joins WHERE group_id = ?1 AND NOT EXISTS (
+               SELECT 1 FROM members m WHERE m.group_id = group_joins.group_id AND m.account = group_joins.account)",
+            [&self.group_id],
+        )?;
+        let gone = drop_stale_feed(self.c, Some(self.group_id.as_slice()), None, self.now)?;
+        Ok(gone.into_iter().map(|d| d.entry).collect())
+    }
+
+    /// `account` leaves the group: the group stops counting for it and its
+    /// devices leave the feed (returned) until its last leaf is removed.
+    /// `None` if the account has no leaf in the group.
+    pub fn leave(&self, account: &str) -> Result<Option<Vec<FeedEntry>>, StoreError> {
+        if !self.members()?.iter().any(|m| m.account == account) {
+            return Ok(None);
         }
-        Ok(gone)
+        self.c
+            .prepare_cached(
+                "INSERT INTO group_joins (group_id, account, left_group) VALUES (?1, ?2, 1)
+                 ON CONFLICT (group_id, account) DO UPDATE SET left_group = 1",
+            )?
+            .execute(params![self.group_id, account])?;
+        let mut st = self.c.prepare_cached(
+            "DELETE FROM feed WHERE group_id = ?1 AND account = ?2 RETURNING device_id, full_jid, account",
+        )?;
+        let gone = st.query_map(params![self.group_id, account], feed_row)?;
+        Ok(Some(gone.collect::<Result<_, _>>()?))
     }
 
     /// Keeps `payload` in `account`'s inbox; returns its stanza id.
@@ -202,10 +301,29 @@ fn members(c: &Connection, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
 
 fn feed(c: &Connection, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
     let mut st = c.prepare_cached(
-        "SELECT device_id, full_jid, account FROM feed WHERE group_id = ?1 ORDER BY device_id",
+        "SELECT device_id, full_jid, account FROM feed WHERE group_id = ?1 ORDER BY device_id, account",
     )?;
     let rows = st.query_map([group_id], feed_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// What joining a feed did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedJoin {
+    Joined { epoch: u64 },
+    UnknownGroup,
+    /// The device is not live, its key is not a leaf, or its account left.
+    NotAMember,
+    TooManyGroups,
+}
+
+/// What leaving a group did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupLeave {
+    /// The devices of the account that were on the feed.
+    Left(Vec<FeedEntry>),
+    UnknownGroup,
+    NotAMember,
 }
 
 /// What appending an application message did.
@@ -213,7 +331,8 @@ fn feed(c: &Connection, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
 pub enum AppendOutcome {
     Archived { archived: Archived, sender_device: String, feed: Vec<FeedEntry> },
     UnknownGroup,
-    /// The sending full JID has not joined the live feed.
+    /// The sending full JID is not on the live feed with a device that
+    /// still has a live leaf.
     NotJoined,
     /// The message's epoch is neither current nor in the window.
     StaleEpoch { current: u64 },
@@ -264,7 +383,7 @@ impl Store {
     }
 
     /// Archives an application message from `full_jid` (which must be on
-    /// the feed) at `epoch`, if that is the current epoch or one of the
+    /// the feed with a device that has a live leaf) at `epoch`, if that is the current epoch or one of the
     /// `window` before it.
     pub async fn append_application(
         &self,
@@ -276,8 +395,7 @@ impl Store {
     ) -> Result<AppendOutcome, StoreError> {
         self.group_tx(group_id, move |tx| {
             let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
-            let sender = tx.feed()?.into_iter().find(|f| f.full_jid == full_jid);
-            let Some(sender) = sender else { return Ok(AppendOutcome::NotJoined) };
+            let Some(sender) = tx.sender(&full_jid)? else { return Ok(AppendOutcome::NotJoined) };
             if epoch > state.epoch || epoch + window < state.epoch {
                 return Ok(AppendOutcome::StaleEpoch { current: state.epoch });
             }
@@ -287,15 +405,47 @@ impl Store {
         .await
     }
 
-    /// Puts a device on a group's feed (replacing its previous full JID).
-    pub async fn join_feed(&self, group_id: Vec<u8>, entry: FeedEntry) -> Result<(), StoreError> {
-        self.write(move |c| {
-            c.execute(
-                "INSERT INTO feed (group_id, device_id, full_jid, account) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (group_id, device_id) DO UPDATE SET full_jid = excluded.full_jid",
-                params![group_id, entry.device_id, entry.full_jid, entry.account],
-            )?;
-            Ok(())
+    /// Puts a device of `entry.account` with a live leaf on a group's feed
+    /// (replacing its previous full JID), counting the group as joined by
+    /// the account (at most `max_groups`).
+    pub async fn join_feed(&self, group_id: Vec<u8>, entry: FeedEntry, max_groups: usize) -> Result<FeedJoin, StoreError> {
+        self.group_tx(group_id, move |tx| {
+            let Some(state) = tx.state()? else { return Ok(FeedJoin::UnknownGroup) };
+            if !tx.has_live_leaf(&entry.account, &entry.device_id)? {
+                return Ok(FeedJoin::NotAMember);
+            }
+            match tx.join(&entry.account, max_groups)? {
+                Join::Joined => {}
+                Join::Left => return Ok(FeedJoin::NotAMember),
+                Join::TooManyGroups => return Ok(FeedJoin::TooManyGroups),
+            }
+            tx.c.prepare_cached(
+                "INSERT INTO feed (group_id, account, device_id, full_jid) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (group_id, account, device_id) DO UPDATE SET full_jid = excluded.full_jid",
+            )?
+            .execute(params![tx.group_id, entry.account, entry.device_id, entry.full_jid])?;
+            Ok(FeedJoin::Joined { epoch: state.epoch })
+        })
+        .await
+    }
+
+    /// Whether `full_jid` is on the group's feed (a read: leaving a feed one
+    /// is not on costs no write).
+    pub async fn on_feed(&self, group_id: Vec<u8>, full_jid: String) -> Result<bool, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM feed WHERE group_id = ?1 AND full_jid = ?2)")?
+                .query_row(params![group_id, full_jid], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    /// `account` leaves the group (see [`GroupTx::leave`]).
+    pub async fn leave_group(&self, group_id: Vec<u8>, account: String) -> Result<GroupLeave, StoreError> {
+        self.group_tx(group_id, move |tx| {
+            if tx.state()?.is_none() {
+                return Ok(GroupLeave::UnknownGroup);
+            }
+            Ok(tx.leave(&account)?.map_or(GroupLeave::NotAMember, GroupLeave::Left))
         })
         .await
     }

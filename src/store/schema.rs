@@ -127,6 +127,35 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // 7: groups per account (groups.max_groups_per_account).
     M::up("CREATE INDEX members_of_account ON members (account, group_id);"),
+    // 8: the live feed keyed by (group, account, device): device ids are
+    // unique only within an account (rows whose full JID is not of their
+    // account are dropped: devices join again). `group_joins`: the groups
+    // an account has itself joined (counted by
+    // groups.max_groups_per_account) or has left (`left_group` = 1).
+    M::up(
+        "CREATE TABLE feed_by_account (
+            group_id  BLOB NOT NULL,
+            account   TEXT NOT NULL,
+            device_id TEXT NOT NULL,
+            full_jid  TEXT NOT NULL,
+            PRIMARY KEY (group_id, account, device_id)
+        ) STRICT;
+        INSERT INTO feed_by_account (group_id, account, device_id, full_jid)
+            SELECT group_id, account, device_id, full_jid FROM feed
+            WHERE substr(full_jid, 1, length(account) + 1) = account || '/';
+        DROP TABLE feed;
+        ALTER TABLE feed_by_account RENAME TO feed;
+        CREATE INDEX feed_by_jid ON feed (group_id, full_jid);
+        CREATE INDEX feed_by_device ON feed (account, device_id);
+        CREATE TABLE group_joins (
+            group_id   BLOB NOT NULL,
+            account    TEXT NOT NULL,
+            left_group INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (group_id, account)
+        ) STRICT;
+        CREATE INDEX group_joins_by_account ON group_joins (account, left_group);
+        INSERT INTO group_joins (group_id, account) SELECT DISTINCT group_id, account FROM feed;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -139,5 +168,33 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         rusqlite_migration::Migrations::from_slice(super::MIGRATIONS).validate().unwrap();
+    }
+
+    /// Migration 8 keeps the feed entries whose full JID is of their
+    /// account, drops those taken over by another account's full JID, and
+    /// counts the groups of the kept ones as joined.
+    #[test]
+    fn the_feed_is_rekeyed_by_account() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        let migrations = rusqlite_migration::Migrations::from_slice(super::MIGRATIONS);
+        migrations.to_version(&mut c, 7).unwrap();
+        c.execute_batch(
+            "INSERT INTO feed (group_id, device_id, full_jid, account) VALUES
+               (x'01', 'phone', 'bob@example.org/phone', 'bob@example.org'),
+               (x'01', 'laptop', 'mallory@example.org/pc', 'alice@example.org');",
+        )
+        .unwrap();
+        migrations.to_latest(&mut c).unwrap();
+        let feed: Vec<(String, String, String)> = c
+            .prepare("SELECT account, device_id, full_jid FROM feed")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(feed, [("bob@example.org".into(), "phone".into(), "bob@example.org/phone".into())]);
+        let joined: Vec<String> =
+            c.prepare("SELECT account FROM group_joins WHERE left_group = 0").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(joined, ["bob@example.org"]);
     }
 }
