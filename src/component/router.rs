@@ -17,8 +17,8 @@ use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
 use crate::protocol::vault::version_mismatch;
 use crate::protocol::{ProtocolError, NS};
-use crate::service::{IqKind, IqRequest, Response, Service, ServiceError};
-use crate::xmpp::namespace::CLIENT;
+use crate::service::{serialized_size, IqKind, IqRequest, Response, Service, ServiceError};
+use crate::xmpp::namespace::{CLIENT, COMPONENT};
 
 /// What to send in answer to one stanza.
 #[derive(Debug, Default)]
@@ -38,12 +38,39 @@ impl From<Vec<Element>> for Routed {
 pub async fn route(service: &Service, stanza: Element) -> Routed {
     let m = metrics();
     m.stanzas_received.inc(StanzaKind::of(stanza.name()));
-    let routed = dispatch(service, stanza).await;
+    let mut routed = dispatch(service, stanza).await;
+    routed.stanzas = bound_sizes(routed.stanzas, service.max_stanza_out());
     for out in &routed.stanzas {
         m.stanzas_sent.inc(StanzaKind::of(out.name()));
     }
     routed
 }
+
+/// The last line of defence (xep/ §Stanza Size Limits): a stanza over the
+/// server's limit would close the component stream. An IQ result over `max`
+/// bytes becomes an error reply; any other stanza over it is dropped. Both
+/// are logged and counted.
+fn bound_sizes(stanzas: Vec<Element>, max: usize) -> Vec<Element> {
+    stanzas
+        .into_iter()
+        .filter_map(|stanza| {
+            let size = serialized_size(&stanza) + NS_GROWTH;
+            if size <= max {
+                return Some(stanza);
+            }
+            metrics().stanzas_too_big.inc(StanzaKind::of(stanza.name()));
+            tracing::warn!(kind = stanza.name(), size, max, "stanza over limits.max_stanza_out not sent");
+            (stanza.name() == "iq" && stanza.attr("type") == Some("result")).then(|| {
+                let reply = addressed(&stanza, "error", SAME_ADDRESSES);
+                with_error(reply, &ServiceError::ReplyTooBig)
+            })
+        })
+        .collect()
+}
+
+/// The component stream's namespace is longer than `jabber:client`, which
+/// stanzas carry inside the component (DESIGN §5).
+const NS_GROWTH: usize = COMPONENT.len() - CLIENT.len();
 
 async fn dispatch(service: &Service, stanza: Element) -> Routed {
     if stanza.attr("type") == Some("error") {
@@ -113,9 +140,7 @@ fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed 
         }
         Err(e) => {
             log_error(&e);
-            let reply = error_reply(stanza, &to_stanza_error(&e));
-            metrics().stanza_errors.inc(condition(&reply));
-            vec![reply].into()
+            vec![with_error(addressed(stanza, "error", SWAPPED_ADDRESSES), &e)].into()
         }
     }
 }
@@ -164,7 +189,11 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
     match e {
         E::Protocol(ProtocolError::BadAddress) => stanza_error(T::Modify, C::JidMalformed, None, None),
         E::Protocol(ProtocolError::Malformed(why)) => stanza_error(T::Modify, C::BadRequest, None, Some(why)),
+        E::Protocol(ProtocolError::DuplicateDevice) => {
+            stanza_error(T::Modify, C::BadRequest, app(AppCondition::DuplicateDevice), None)
+        }
         E::PayloadTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::PayloadTooBig), None),
+        E::ReplyTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::ReplyTooBig), None),
         E::UnknownGroup => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::UnknownGroup), None),
         E::NotFound => stanza_error(T::Cancel, C::ItemNotFound, None, None),
         E::VersionMismatch { current } => {
@@ -216,10 +245,15 @@ fn log_error(e: &ServiceError) {
     }
 }
 
-/// A reply stanza of the same kind: addresses swapped, same id.
-fn reply_to(stanza: &Element, type_: &str) -> Element {
+/// (attribute, source attribute) of a reply: addresses swapped, same id.
+const SWAPPED_ADDRESSES: [(&str, &str); 3] = [("id", "id"), ("from", "to"), ("to", "from")];
+/// ...and of a stanza that replaces another one.
+const SAME_ADDRESSES: [(&str, &str); 3] = [("id", "id"), ("from", "from"), ("to", "to")];
+
+/// An empty stanza of the same kind, with `type_` and the addresses of `stanza`.
+fn addressed(stanza: &Element, type_: &str, addresses: [(&str, &str); 3]) -> Element {
     let mut b = Element::builder(stanza.name(), CLIENT).attr("type".try_into().expect("ncname"), type_);
-    for (attr, source) in [("id", "id"), ("from", "to"), ("to", "from")] {
+    for (attr, source) in addresses {
         if let Some(v) = stanza.attr(source) {
             b = b.attr(attr.try_into().expect("ncname"), v);
         }
@@ -228,16 +262,17 @@ fn reply_to(stanza: &Element, type_: &str) -> Element {
 }
 
 fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
-    let mut reply = reply_to(iq, "result");
+    let mut reply = addressed(iq, "result", SWAPPED_ADDRESSES);
     if let Some(p) = payload {
         reply.append_child(p);
     }
     reply
 }
 
-fn error_reply(stanza: &Element, error: &StanzaError) -> Element {
-    let mut reply = reply_to(stanza, "error");
-    reply.append_child(error.clone().into());
+/// `reply` with the stanza error of `e`, counted.
+fn with_error(mut reply: Element, e: &ServiceError) -> Element {
+    reply.append_child(to_stanza_error(e).into());
+    metrics().stanza_errors.inc(condition(&reply));
     reply
 }
 
@@ -275,6 +310,28 @@ mod tests {
             let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
             assert_eq!(error.defined_condition, C::BadRequest);
         }
+    }
+
+    #[test]
+    fn no_stanza_over_max_stanza_out_is_sent() {
+        let big = "A".repeat(1000);
+        let result = stanza(&format!(
+            "<iq xmlns='jabber:client' type='result' id='7' from='mls.example.org' to='a@example.org/r'><x xmlns='urn:x'>{big}</x></iq>"
+        ));
+        let message = stanza(&format!("<message xmlns='jabber:client' to='a@example.org'><x xmlns='urn:x'>{big}</x></message>"));
+        let small = stanza("<message xmlns='jabber:client' to='a@example.org'/>");
+        let limit = serialized_size(&result) + NS_GROWTH - 1;
+        let sent = bound_sizes(vec![result.clone(), message, small.clone()], limit);
+        let [error, kept] = <[Element; 2]>::try_from(sent).expect("the message over the limit is dropped");
+        assert_eq!(kept, small);
+        assert_eq!(
+            (error.attr("type"), error.attr("id"), error.attr("from"), error.attr("to")),
+            (Some("error"), Some("7"), Some("mls.example.org"), Some("a@example.org/r"))
+        );
+        let e = StanzaError::try_from(error.get_child("error", CLIENT).unwrap().clone()).unwrap();
+        assert_eq!(e.defined_condition, C::PolicyViolation);
+        assert!(e.other.unwrap().is("reply-too-big", crate::protocol::NS_ERRORS));
+        assert_eq!(bound_sizes(vec![result.clone()], limit + 1), vec![result]);
     }
 
     #[tokio::test]

@@ -1,5 +1,7 @@
 //! KeyPackage pools: uploads, owner listings and atomic claims.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
@@ -30,6 +32,8 @@ pub struct ClaimContext {
     pub account: String,
     pub claimer: String,
     pub low_water: u32,
+    /// Devices the claim may hand out to: the rate tokens it paid.
+    pub max_devices: usize,
     pub now: i64,
 }
 
@@ -129,17 +133,22 @@ impl Store {
     }
 
     /// Hands out one package per live device (or per requested device) and
-    /// deletes it, in one transaction: no package is ever handed out twice.
-    /// A last-resort package is handed out only when the device has no
-    /// other, and is kept. Every hand-out leaves a notice in the owner's inbox.
+    /// deletes it, in one transaction: no package is ever handed out twice,
+    /// no device gets more than one per claim, and no more than
+    /// `ctx.max_devices` devices get one. A last-resort package is handed out
+    /// only when the device has no other, and is kept. Every hand-out leaves
+    /// a notice in the owner's inbox.
     pub async fn claim(&self, ctx: ClaimContext, claim: Claim) -> Result<ClaimResult, StoreError> {
         self.write(move |c| {
             let devices = live_devices(c, &ctx.account, ctx.now)?;
-            let wanted: Vec<String> = if claim.devices.is_empty() {
+            let mut wanted: Vec<String> = if claim.devices.is_empty() {
                 devices.iter().map(|d| d.id.clone()).collect()
             } else {
                 claim.devices.clone()
             };
+            let mut seen = HashSet::new();
+            wanted.retain(|d| seen.insert(d.clone()));
+            wanted.truncate(ctx.max_devices);
             let mut result = ClaimResult { outcomes: Vec::new(), notices: Vec::new() };
             for device in wanted {
                 if !devices.iter().any(|d| d.id == device) {
