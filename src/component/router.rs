@@ -318,7 +318,7 @@ mod tests {
         let result = stanza(&format!(
             "<iq xmlns='jabber:client' type='result' id='7' from='mls.example.org' to='a@example.org/r'><x xmlns='urn:x'>{big}</x></iq>"
         ));
-        let message = stanza(&format!("<message xmlns='jabber:client' to='a@example.org'><x xmlns='urn:x'>{big}</x></message>"));
+        let message = stanza(&format!("<message xmlns='jabber:client' to='a@example.org'><x xmlns='urn:x'>{big}{big}</x></message>"));
         let small = stanza("<message xmlns='jabber:client' to='a@example.org'/>");
         let limit = serialized_size(&result) + NS_GROWTH - 1;
         let sent = bound_sizes(vec![result.clone(), message, small.clone()], limit);
