@@ -82,6 +82,8 @@ async fn a_claim_naming_a_device_twice_or_too_many_devices_is_refused_unwritten(
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "[directory]\nmax_devices_per_account = 2\nclaim_burst = 2");
     let (mut alice, _) = account(&prosody, "alice", &["d1", "d2"], 2).await;
+    // Available, so that notices to the bare JID reach this session.
+    alice.send(Element::builder("presence", "jabber:client").build()).await.unwrap();
     let bob = prosody.client("bob", "phone").await;
     let at = directory_jid(&bare("alice@example.org"), &service());
 
@@ -184,18 +186,21 @@ async fn list(session: &Session, account: &xmpp_parsers::jid::BareJid, max: Opti
 }
 
 /// The audit's other attack: a vault of a few thousand small blobs, listed
-/// in one stanza, was over Prosody's component stanza limit. Now every
+/// in one stanza, was over Prosody's component stanza limit, which closed
+/// the component's stream. Now every
 /// listing is a page, and the pages reach every blob.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vault_of_thousands_of_blobs_is_listed_page_by_page() {
-    const BLOBS: usize = 3000;
+    // 4000 names of 120 characters: one listing of them all would be about
+    // 640 KB, over Prosody's component_stanza_size_limit (512 KiB).
+    const BLOBS: usize = 4000;
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "[limits]\naccount_rate = 100000\naccount_burst = 100000");
     let alice = prosody.client("alice", "laptop").await;
     let bob = prosody.client("bob", "phone").await;
     let account = bare("alice@example.org");
     let vault = Vault::create(&alice, &service(), "pass", FAST).await.unwrap();
-    let names: Vec<String> = (0..BLOBS).map(|i| format!("backup/chunk-{i:05}")).collect();
+    let names: Vec<String> = (0..BLOBS).map(|i| format!("backup/{}-{i:05}", "x".repeat(107))).collect();
     let to = at(&account);
     for chunk in names.chunks(500) {
         let puts = chunk.iter().map(|name| {
