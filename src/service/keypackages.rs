@@ -102,6 +102,7 @@ impl Service {
             claimer: claimer.to_string(),
             low_water: self.config.directory.low_water,
             max_devices: asked,
+            max_key_package_size: self.config.directory.max_key_package_size,
             now,
         };
         let result = self.store.claim(ctx, claim).await?;
