@@ -204,7 +204,7 @@ mod tests {
             out.len()
         };
         assert!(size(2) - size(1) <= MAX_LIST_ITEM, "{}", size(2) - size(1));
-        let page = list_result(&[item.clone()], (5, 10), 3, 7);
+        let page = list_result(std::slice::from_ref(&item), (5, 10), 3, 7);
         assert_eq!(parse_list_page(&page), Some((3, 7)));
         assert_eq!(parse_vault_result(&page).unwrap(), (vec![item], Some((5, 10))));
     }
