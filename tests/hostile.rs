@@ -130,7 +130,14 @@ fn cases() -> Vec<Case> {
 /// never answered.
 fn addressing() -> Vec<Case> {
     use By::A;
+    // Every answer echoes the id: a longer one than 1024 octets is refused
+    // before the request is handled.
+    let long = |stanza: String| stanza.replace("{ID}", &format!("long-{}", "i".repeat(1020)));
     vec![
+        c("claim with an id of 1025 octets", A, long(set("{BDIR}", "<claim xmlns='urn:xmpp:mls:0'/>")), "modify/bad-request"),
+        c("vault put with an id of 1025 octets", A, long(set("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><put name='long' if-version='0'>AAAA</put></vault>")), "modify/bad-request"),
+        c("application message with an id of 1025 octets", A, long(groupchat("{G}", "<mls xmlns='urn:xmpp:mls:0'>{G_APP}</mls>")), "modify/bad-request"),
+        c("feed join with an id of 1025 octets", A, long(presence("{G}/{ADEV}", "", "")), "modify/bad-request"),
         c("disco of an unknown group", A, get("{U}", "<query xmlns='http://jabber.org/protocol/disco#info'/>"), "cancel/item-not-found unknown-group"),
         c("disco node on a group", A, get("{G}", "<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>"), "cancel/item-not-found"),
         c("disco#items node on a directory", A, get("{ADIR}", "<query xmlns='http://jabber.org/protocol/disco#items' node='urn:xmpp:mls:0:devices'/>"), "cancel/item-not-found"),

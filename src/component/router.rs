@@ -60,12 +60,22 @@ fn bound_sizes(stanzas: Vec<Element>, max: usize) -> Vec<Element> {
             }
             metrics().stanzas_too_big.inc(StanzaKind::of(stanza.name()));
             tracing::warn!(kind = stanza.name(), size, max, "stanza over limits.max_stanza_out not sent");
-            (stanza.name() == "iq" && stanza.attr("type") == Some("result")).then(|| {
-                let reply = addressed(&stanza, "error", SAME_ADDRESSES);
-                with_error(reply, &ServiceError::ReplyTooBig)
-            })
+            let error = (stanza.name() == "iq" && stanza.attr("type") == Some("result"))
+                .then(|| with_error(addressed(&stanza, "error", SAME_ADDRESSES), &ServiceError::ReplyTooBig));
+            error.filter(|e| serialized_size(e) + NS_GROWTH <= max)
         })
         .collect()
+}
+
+/// Longest 'id' the service answers: every answer echoes it, so a longer
+/// one would make the size of answers unbounded (xep/ §Stanza Size Limits).
+const MAX_ID: usize = 1024;
+
+fn check_id(stanza: &Element) -> Result<(), ServiceError> {
+    match stanza.attr("id").is_some_and(|id| id.len() > MAX_ID) {
+        true => Err(ProtocolError::Malformed("an id is at most 1024 octets").into()),
+        false => Ok(()),
+    }
 }
 
 /// The component stream's namespace is longer than `jabber:client`, which
@@ -90,7 +100,7 @@ async fn dispatch(service: &Service, stanza: Element) -> Routed {
 
 /// Group messages; anything else is bounced so the sender knows.
 async fn route_message(service: &Service, msg: &Element, from: &Jid, to: &Jid) -> Routed {
-    let outcome = match (service.admit(from), Address::parse(to)) {
+    let outcome = match (service.admit(from).and_then(|()| check_id(msg)), Address::parse(to)) {
         (Err(e), _) => Err(e),
         (Ok(()), Ok(Address::Group(id))) if to.resource().is_none() && msg.attr("type") == Some("groupchat") => {
             service.group_message(from, &id, msg).await
@@ -112,7 +122,7 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
         _ => return Routed::default(), // probes, subscriptions: not ours
     };
     // Leaving is never rate-limited: it only frees resources.
-    let admitted = if unavailable { Ok(()) } else { service.admit(from) };
+    let admitted = if unavailable { Ok(()) } else { service.admit(from).and_then(|()| check_id(presence)) };
     let outcome = match admitted {
         Ok(()) => service.feed_presence(from, &id, device.as_str(), unavailable).await,
         Err(e) => Err(e),
@@ -153,7 +163,7 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
     };
     let Some(id) = iq.attr("id").map(str::to_owned) else { return Routed::default() };
     let payload = single_child(iq);
-    let outcome = match (service.admit(&from), Address::parse(&to), payload) {
+    let outcome = match (service.admit(&from).and_then(|()| check_id(iq)), Address::parse(&to), payload) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Err(e), _) => Err(e.into()),
         (Ok(()), Ok(_), None) => {
@@ -331,7 +341,23 @@ mod tests {
         let e = StanzaError::try_from(error.get_child("error", CLIENT).unwrap().clone()).unwrap();
         assert_eq!(e.defined_condition, C::PolicyViolation);
         assert!(e.other.unwrap().is("reply-too-big", crate::protocol::NS_ERRORS));
+        // An error that would be over the limit too is not sent either.
+        assert_eq!(bound_sizes(vec![result.clone()], 100), vec![]);
         assert_eq!(bound_sizes(vec![result.clone()], limit + 1), vec![result]);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_id_is_too_long_to_echo_is_refused_unhandled() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let ping = |id: &str| {
+            format!("<iq xmlns='jabber:client' type='get' id='{id}' from='a@example.org/r' to='mls.example.org'><ping xmlns='urn:xmpp:ping'/></iq>")
+        };
+        let [ok] = <[Element; 1]>::try_from(route(&service, stanza(&ping(&"i".repeat(MAX_ID)))).await.stanzas).unwrap();
+        assert_eq!(ok.attr("type"), Some("result"));
+        let [refused] = <[Element; 1]>::try_from(route(&service, stanza(&ping(&"i".repeat(MAX_ID + 1)))).await.stanzas).unwrap();
+        let error = StanzaError::try_from(refused.get_child("error", CLIENT).unwrap().clone()).unwrap();
+        assert_eq!(error.defined_condition, C::BadRequest);
     }
 
     #[tokio::test]
