@@ -7,11 +7,11 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::mls::TestSigner;
+use common::mls::{KpOptions, TestSigner};
 use common::{bare, store_digest, COMPONENT, Component, Prosody};
 use minidom::Element;
 use xmpp_mls::client::{describe, directory_jid, iq_element, KdfParams, Session, Vault};
-use xmpp_mls::protocol::keypackages::{parse_claimed, Claim, ClaimOutcome};
+use xmpp_mls::protocol::keypackages::{parse_claimed, parse_rejections, Claim, ClaimOutcome, Rejection};
 use xmpp_mls::protocol::mam::{Cursor, NS_RSM};
 use xmpp_mls::protocol::notices::{KeyPackageClaimed, Notice};
 use xmpp_mls::protocol::vault::{parse_list_page, parse_vault_result, VaultRequest};
@@ -169,6 +169,59 @@ async fn the_largest_legal_answers_arrive_whole_or_paged() {
     let field = form.children().find(|f| f.attr("var") == Some("max-stanza-out")).expect("max-stanza-out");
     assert_eq!(field.children().next().map(Element::text).as_deref(), Some("458752"));
     assert_never_reconnected(&component);
+}
+
+/// The largest claim: every device of an account with a KeyPackage of
+/// max-key-package-size, under a max-stanza-out the configuration admits
+/// only because those limits fit in it. A package one octet larger is
+/// refused at upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_of_the_largest_packages_of_every_device_fits() {
+    const MAX_KP: usize = 18_000;
+    let prosody = Prosody::start();
+    let config = "[limits]\nmax_stanza_out = 65536\nmax_payload_size = 49152\n[vault]\nmax_blob_size = 36000\n\
+                  [directory]\nmax_devices_per_account = 2\nclaim_burst = 2\nmax_key_packages_per_device = 10\n\
+                  max_key_package_size = 18000";
+    let component = Component::start(&prosody, config);
+    let owner = prosody.client("alice", "owner").await;
+    let bob = prosody.client("bob", "phone").await;
+    let account = bare("alice@example.org");
+    let mut uploaded = Vec::new();
+    for id in ["d1", "d2"] {
+        let signer = TestSigner::new("alice@example.org");
+        owner.publish_device(&service(), &signer.device(id, None)).await.unwrap();
+        let (largest, over) = (sized_kp(&signer, MAX_KP), sized_kp(&signer, MAX_KP + 1));
+        let refused = owner.upload_key_packages(&service(), &[over]).await.unwrap_err();
+        let xmpp_mls::client::ClientError::Stanza(e) = refused else { panic!("{refused:?}") };
+        assert_eq!(parse_rejections(e.other.as_ref().unwrap()), vec![(0, Rejection::TooBig)]);
+        owner.upload_key_packages(&service(), std::slice::from_ref(&largest)).await.unwrap();
+        uploaded.push(largest);
+    }
+    let reply = raw(&bob, &at(&account), "set", claim_of(&[])).await;
+    let outcomes = parse_claimed(reply.children().next().unwrap_or_else(|| panic!("{}", outcome(&reply)))).unwrap();
+    let messages: Vec<Vec<u8>> = outcomes
+        .into_iter()
+        .map(|o| match o {
+            ClaimOutcome::Claimed { message, .. } => message,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(messages, uploaded);
+    assert!(String::from(&reply).len() > 48_000, "the answer is near the limit: {}", String::from(&reply).len());
+    assert_never_reconnected(&component);
+}
+
+/// A valid KeyPackage of exactly `size` octets, padded with a private extension.
+fn sized_kp(signer: &TestSigner, size: usize) -> Vec<u8> {
+    let mut padding = size;
+    loop {
+        let kp = signer.kp(KpOptions { padding, ..KpOptions::default() });
+        match kp.len().cmp(&size) {
+            std::cmp::Ordering::Equal => return kp,
+            std::cmp::Ordering::Greater => padding -= kp.len() - size,
+            std::cmp::Ordering::Less => padding += size - kp.len(),
+        }
+    }
 }
 
 fn at(account: &xmpp_parsers::jid::BareJid) -> Jid {
