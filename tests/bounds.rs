@@ -161,6 +161,12 @@ async fn the_largest_legal_answers_arrive_whole_or_paged() {
     assert_eq!(list(&alice, &account, None, Cursor::Last).await, (vec!["d".to_string(), "keys".into()], 3, 5));
     let names: Vec<String> = vault.list(&alice).await.unwrap().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["a", "b", "c", "d"]);
+    // A blob of max-vault-blob-size (160 KiB by default) is read back whole.
+    let largest = VaultRequest::Put { name: "a".into(), if_version: 1, data: vec![7; 160 * 1024] };
+    assert_eq!(outcome(&raw(&alice, &at(&account), "set", largest.to_element()).await), "result");
+    let read = raw(&alice, &at(&account), "get", VaultRequest::Get { name: "a".into() }.to_element()).await;
+    let (items, _) = parse_vault_result(read.children().next().expect("a vault result")).unwrap();
+    assert_eq!(items[0].data.as_ref().map(Vec::len), Some(160 * 1024));
 
     // The service advertises the limit.
     let info = alice.iq(&service(), "get", Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build()).await;
