@@ -59,7 +59,7 @@ impl GroupClient {
             stanzas,
             complete: fin.attr("complete") == Some("true"),
             last: set.and_then(|s| s.get_child("last", NS_RSM)).map(Element::text),
-            count: set.map_or(0, |s| parse_rsm_result(s).0),
+            count: set.map_or(0, |s| parse_rsm_result(s).1),
         })
     }
 

@@ -115,12 +115,12 @@ pub fn rsm_result(first: Option<(&str, usize)>, last: Option<&str>, count: usize
     set.append(Element::builder("count", NS_RSM).append(count.to_string()).build()).build()
 }
 
-/// `<count/>` and the `<first index/>` of a result's `<set/>` (0 if absent).
+/// The `<first index/>` and `<count/>` of a result's `<set/>` (0 if absent).
 pub fn parse_rsm_result(set: &Element) -> (usize, usize) {
     let number = |text: Option<String>| text.and_then(|t| t.trim().parse().ok()).unwrap_or_default();
-    let count = number(set.get_child("count", NS_RSM).map(Element::text));
     let index = number(set.get_child("first", NS_RSM).and_then(|f| f.attr("index")).map(str::to_owned));
-    (count, index)
+    let count = number(set.get_child("count", NS_RSM).map(Element::text));
+    (index, count)
 }
 
 impl MamQuery {

@@ -145,10 +145,7 @@ pub fn list_result(items: &[VaultItem], quota: (usize, usize), first_index: usiz
 
 /// (first index, count) of a `<list/>` result; None for other results.
 pub fn parse_list_page(el: &Element) -> Option<(usize, usize)> {
-    el.get_child("set", NS_RSM).map(|set| {
-        let (count, index) = parse_rsm_result(set);
-        (index, count)
-    })
+    el.get_child("set", NS_RSM).map(parse_rsm_result)
 }
 
 pub fn parse_vault_result(el: &Element) -> Result<(Vec<VaultItem>, Option<(usize, usize)>), ProtocolError> {
