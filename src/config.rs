@@ -14,8 +14,9 @@ pub const ENV_PREFIX: &str = "XMPP_MLS_";
 /// and that the crypto backend implements.
 pub const SUPPORTED_CIPHER_SUITES: &[u16] = &[1, 3];
 /// What a stanza may add around the largest payload it carries: addresses
-/// (a full JID is at most 3071 bytes), ids, and the MAM wrapping of an
-/// archived stanza.
+/// (a full JID is at most 3071 bytes before escaping), the echoed id (at
+/// most 1024 bytes, see the router), and the MAM wrapping of an archived
+/// stanza.
 pub const STANZA_OVERHEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
