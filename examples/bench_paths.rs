@@ -296,7 +296,7 @@ fn public_group_apply(pg: &mut PublicGroup, crypto: &impl OpenMlsCrypto, storage
 async fn bench_commits(plan: &Plan, figures: &mut Vec<Figure>) {
     for &size in &plan.group_sizes {
         let dir = tempfile::tempdir().unwrap();
-        let (service, store) = service(dir.path(), "[limits]\nmax_payload_size = 16777216\n");
+        let (service, store) = service(dir.path(), "[limits]\nmax_payload_size = 16777216\nmax_stanza_out = 17825792\n");
         let people: Vec<Person> = (0..size).map(|i| Person::new("m", i)).collect();
         publish(&store, &people).await;
         let id: [u8; 16] = rand::random();

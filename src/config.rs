@@ -13,6 +13,11 @@ pub const ENV_PREFIX: &str = "XMPP_MLS_";
 /// Cipher suites whose signature scheme is Ed25519 (the device-list scheme)
 /// and that the crypto backend implements.
 pub const SUPPORTED_CIPHER_SUITES: &[u16] = &[1, 3];
+/// What a stanza may add around the largest payload it carries: addresses
+/// (a full JID is at most 3071 bytes before escaping), the echoed id (at
+/// most 1024 bytes, see the router), and the MAM wrapping of an archived
+/// stanza.
+pub const STANZA_OVERHEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,8 +97,11 @@ pub struct Limits {
     pub max_payload_size: usize,
     /// Stanzas handled concurrently; further input waits (TCP backpressure).
     pub max_in_flight: usize,
-    /// Largest page of a MAM query.
+    /// Largest page of a MAM query or a vault listing.
     pub max_page_size: usize,
+    /// Largest stanza the component sends, in bytes of serialised XML: keep
+    /// it below the server's limit for component streams.
+    pub max_stanza_out: usize,
     /// Stanzas per second one account (bare JID) may send, sustained...
     pub account_rate: u32,
     /// ...after a burst of this many.
@@ -111,13 +119,15 @@ pub struct DirectoryConfig {
     pub max_key_packages_per_device: usize,
     /// Longest KeyPackage lifetime (not_after - not_before) accepted.
     pub max_key_package_lifetime_days: u64,
+    /// Largest KeyPackage accepted, in bytes of its MLSMessage.
+    pub max_key_package_size: usize,
     /// Tolerance for clocks that disagree, in lifetime checks.
     pub clock_skew_secs: u64,
     /// RFC 9420 cipher suite code points accepted (1 and 3: X25519 + Ed25519).
     pub cipher_suites: Vec<u16>,
     /// The owner is warned when a device's pool falls to this many.
     pub low_water: u32,
-    /// Claims one claimer may make on one account in a burst...
+    /// KeyPackages one claimer may claim of one account in a burst...
     pub claim_burst: u32,
     /// ...and then one more every this many seconds.
     pub claim_refill_secs: u64,
@@ -132,11 +142,12 @@ impl Default for DirectoryConfig {
             max_device_lifetime_days: 365,
             max_key_packages_per_device: 100,
             max_key_package_lifetime_days: 90,
+            max_key_package_size: 16 * 1024,
             clock_skew_secs: 300,
             cipher_suites: vec![1, 3],
             low_water: 10,
-            claim_burst: 10,
-            claim_refill_secs: 30,
+            claim_burst: 32,
+            claim_refill_secs: 10,
             max_subscribers: 256,
         }
     }
@@ -274,9 +285,18 @@ impl Default for StoreConfig {
 
 impl Default for Limits {
     fn default() -> Self {
-        // 16 KiB below Prosody's default c2s stanza limit (262144), so the
-        // sender gets a stanza error rather than a closed stream.
-        Self { max_payload_size: 240 * 1024, max_in_flight: 256, max_page_size: 100, account_rate: 50, account_burst: 200 }
+        // max_payload_size: 16 KiB below Prosody's default c2s stanza limit
+        // (262144), so the sender gets a stanza error rather than a closed
+        // stream. max_stanza_out: 64 KiB below Prosody's component and s2s
+        // limits (524288); ejabberd_service has none by default.
+        Self {
+            max_payload_size: 240 * 1024,
+            max_in_flight: 256,
+            max_page_size: 100,
+            max_stanza_out: 448 * 1024,
+            account_rate: 50,
+            account_burst: 200,
+        }
     }
 }
 
@@ -345,6 +365,7 @@ impl Config {
             ("limits.max_payload_size", self.limits.max_payload_size as u64),
             ("limits.max_in_flight", self.limits.max_in_flight as u64),
             ("limits.max_page_size", self.limits.max_page_size as u64),
+            ("limits.max_stanza_out", self.limits.max_stanza_out as u64),
             ("limits.account_rate", u64::from(self.limits.account_rate)),
             ("limits.account_burst", u64::from(self.limits.account_burst)),
             ("groups.max_members", self.groups.max_members as u64),
@@ -355,6 +376,7 @@ impl Config {
             ("directory.max_device_lifetime_days", self.directory.max_device_lifetime_days),
             ("directory.max_key_packages_per_device", self.directory.max_key_packages_per_device as u64),
             ("directory.max_key_package_lifetime_days", self.directory.max_key_package_lifetime_days),
+            ("directory.max_key_package_size", self.directory.max_key_package_size as u64),
             ("directory.claim_burst", self.directory.claim_burst as u64),
             ("directory.claim_refill_secs", self.directory.claim_refill_secs),
             ("directory.max_subscribers", self.directory.max_subscribers as u64),
@@ -374,12 +396,47 @@ impl Config {
         if let Some(cs) = self.directory.cipher_suites.iter().find(|cs| !SUPPORTED_CIPHER_SUITES.contains(cs)) {
             return Err(err("directory.cipher_suites", format!("{cs} is not supported (supported: 1, 3)")));
         }
+        if (self.directory.claim_burst as usize) < self.directory.max_devices_per_account {
+            return Err(err("directory.claim_burst", "must be at least directory.max_devices_per_account"));
+        }
+        self.check_largest_answers()?;
         self.log
             .level
             .parse::<tracing_subscriber::EnvFilter>()
             .map_err(|e| err("log.level", e.to_string()))?;
         self.metrics_addr()?;
         Ok(())
+    }
+
+    /// The largest answer to any legal request must fit in one stanza of
+    /// limits.max_stanza_out bytes (xep/ §Stanza Size Limits).
+    fn check_largest_answers(&self) -> Result<(), ConfigError> {
+        use crate::protocol::{devices, keypackages, vault};
+        let (l, d) = (&self.limits, &self.directory);
+        let b64 = |n: usize| n.div_ceil(3).saturating_mul(4);
+        let pools = d.max_devices_per_account.saturating_mul(d.max_key_packages_per_device.saturating_add(1));
+        let answers = [
+            ("limits.max_payload_size (a pushed group message)", l.max_payload_size),
+            ("vault.max_blob_size (a vault read)", b64(self.vault.max_blob_size)),
+            (
+                "directory.max_devices_per_account x directory.max_key_package_size (a claim)",
+                d.max_devices_per_account
+                    .saturating_mul(b64(d.max_key_package_size).saturating_add(keypackages::MAX_CLAIMED_OVERHEAD)),
+            ),
+            (
+                "directory.max_devices_per_account x directory.max_key_packages_per_device (the owner's pool listing)",
+                pools.saturating_mul(keypackages::MAX_INFO_ITEM),
+            ),
+            ("directory.max_devices_per_account (a device list)", d.max_devices_per_account.saturating_mul(devices::MAX_ITEM)),
+            ("limits.max_page_size (a vault listing)", l.max_page_size.saturating_mul(vault::MAX_LIST_ITEM)),
+        ];
+        match answers.into_iter().find(|(_, bytes)| bytes.saturating_add(STANZA_OVERHEAD) > l.max_stanza_out) {
+            Some((what, bytes)) => Err(err(
+                "limits.max_stanza_out",
+                format!("{} bytes cannot carry the largest answer allowed by {what}: {bytes} bytes plus {STANZA_OVERHEAD} of stanza", l.max_stanza_out),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The keepalive ping target: the configured one or the home domain.
@@ -591,6 +648,31 @@ mod tests {
             assert_eq!(e.key, key, "{text:?} gave {e}");
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn the_largest_answers_must_fit_in_max_stanza_out() {
+        let e = Config::from_toml(&format!("{MINIMAL}[limits]\nmax_stanza_out = 200000\n"), no_env()).unwrap_err();
+        assert_eq!(e.key, "limits.max_stanza_out");
+        assert!(e.problem.contains("limits.max_payload_size"), "{e}");
+        let fitted = format!(
+            "{MINIMAL}[limits]\nmax_stanza_out = 200000\nmax_payload_size = 100000\n[vault]\nmax_blob_size = 100000\n\
+             [directory]\nmax_key_package_size = 8192\nmax_key_packages_per_device = 40\n"
+        );
+        assert_eq!(Config::from_toml(&fitted, no_env()).unwrap().limits.max_stanza_out, 200000);
+        let pools = fitted.replace("max_key_packages_per_device = 40", "max_key_packages_per_device = 50");
+        let e = Config::from_toml(&pools, no_env()).unwrap_err();
+        assert!(e.problem.contains("pool listing"), "{e}");
+        let claims = fitted.replace("max_key_package_size = 8192", "max_key_package_size = 9000");
+        assert!(Config::from_toml(&claims, no_env()).unwrap_err().problem.contains("(a claim)"));
+    }
+
+    #[test]
+    fn a_claim_of_every_device_fits_in_the_claim_burst() {
+        let e = Config::from_toml(&format!("{MINIMAL}[directory]\nclaim_burst = 15\n"), no_env()).unwrap_err();
+        assert_eq!(e.key, "directory.claim_burst");
+        let c = Config::from_toml(&format!("{MINIMAL}[directory]\nclaim_burst = 2\nmax_devices_per_account = 2\n"), no_env());
+        assert_eq!(c.unwrap().directory.claim_burst, 2);
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn element(el: &Element) {
             let _ = Device::parse(item.id.as_deref(), &item.payload);
         }
         for text in upload_texts(&items).unwrap_or_default() {
-            let _ = upload_bytes(&text);
+            let _ = upload_bytes(&text, usize::MAX);
         }
     }
     let _ = (Event::parse(el), parse_items(el, NS_PUBSUB), Notice::find(el));

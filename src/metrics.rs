@@ -189,6 +189,8 @@ pub struct Metrics {
     pub stanzas_received: Family<StanzaKind>,
     pub stanzas_sent: Family<StanzaKind>,
     pub stanza_errors: Family<Condition>,
+    /// Stanzas not sent because they were over limits.max_stanza_out.
+    pub stanzas_too_big: Family<StanzaKind>,
     pub commits: Family<Outcome>,
     pub key_packages_uploaded: Counter,
     pub key_packages_claimed: Counter,
@@ -218,6 +220,7 @@ impl Metrics {
             stanzas_received: Family::new(),
             stanzas_sent: Family::new(),
             stanza_errors: Family::new(),
+            stanzas_too_big: Family::new(),
             commits: Family::new(),
             key_packages_uploaded: Counter::default(),
             key_packages_claimed: Counter::default(),
@@ -249,6 +252,8 @@ impl Metrics {
         family(r, "xmpp_mls_stanzas_received_total", "Stanzas received from the XMPP server.", &self.stanzas_received);
         family(r, "xmpp_mls_stanzas_sent_total", "Stanzas sent to the XMPP server (replies and fan-out).", &self.stanzas_sent);
         family(r, "xmpp_mls_stanza_errors_total", "Stanza errors returned, by RFC 6120 condition.", &self.stanza_errors);
+        let too_big = "Stanzas over limits.max_stanza_out not sent (an IQ result is replaced by an error).";
+        family(r, "xmpp_mls_stanzas_too_big_total", too_big, &self.stanzas_too_big);
         family(r, "xmpp_mls_commits_total", "Commits submitted to the Delivery Service.", &self.commits);
         single(r, "xmpp_mls_key_packages_uploaded_total", "counter", "KeyPackages stored.", self.key_packages_uploaded.get());
         single(r, "xmpp_mls_key_packages_claimed_total", "counter", "KeyPackages handed out to claimers.", self.key_packages_claimed.get());
@@ -339,6 +344,6 @@ mod tests {
         assert!(text.contains("xmpp_mls_stanza_errors_total{condition=\"conflict\"} 0\n"));
         assert!(text.contains("xmpp_mls_stanzas_received_total{kind=\"presence\"} 2\n"));
         assert!(text.contains("xmpp_mls_archive_messages 7\n"));
-        assert_eq!(text.matches("# TYPE ").count(), 12);
+        assert_eq!(text.matches("# TYPE ").count(), 13);
     }
 }

@@ -380,7 +380,7 @@ impl Fixture {
             }
             Op::VaultList => {
                 let name = self.owner_blob().await;
-                let reply = self.iq(actor, &directory, "get", VaultRequest::List.to_element()).await?;
+                let reply = self.iq(actor, &directory, "get", VaultRequest::List { max: None, cursor: Cursor::First }.to_element()).await?;
                 let names: Vec<_> = reply.iter().flat_map(|v| v.children()).filter_map(|c| c.attr("name")).collect();
                 assert!(names.contains(&name.as_str()), "{names:?}");
             }

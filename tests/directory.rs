@@ -247,7 +247,7 @@ fn presence() -> Element {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_are_refused_after_the_burst_and_allowed_again_later() {
     let prosody = Prosody::start();
-    let _component = Component::start(&prosody, "[directory]\nclaim_burst = 2\nclaim_refill_secs = 2");
+    let _component = Component::start(&prosody, "[directory]\nclaim_burst = 2\nclaim_refill_secs = 2\nmax_devices_per_account = 2");
     let bob = prosody.client("bob", "phone").await;
     let carol = prosody.client("carol", "pc").await;
     let alice = bare("alice@example.org");

@@ -130,7 +130,14 @@ fn cases() -> Vec<Case> {
 /// never answered.
 fn addressing() -> Vec<Case> {
     use By::A;
+    // Every answer echoes the id: a longer one than 1024 octets is refused
+    // before the request is handled.
+    let long = |stanza: String| stanza.replace("{ID}", &format!("long-{}", "i".repeat(1020)));
     vec![
+        c("claim with an id of 1025 octets", A, long(set("{BDIR}", "<claim xmlns='urn:xmpp:mls:0'/>")), "modify/bad-request"),
+        c("vault put with an id of 1025 octets", A, long(set("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><put name='long' if-version='0'>AAAA</put></vault>")), "modify/bad-request"),
+        c("application message with an id of 1025 octets", A, long(groupchat("{G}", "<mls xmlns='urn:xmpp:mls:0'>{G_APP}</mls>")), "modify/bad-request"),
+        c("feed join with an id of 1025 octets", A, long(presence("{G}/{ADEV}", "", "")), "modify/bad-request"),
         c("disco of an unknown group", A, get("{U}", "<query xmlns='http://jabber.org/protocol/disco#info'/>"), "cancel/item-not-found unknown-group"),
         c("disco node on a group", A, get("{G}", "<query xmlns='http://jabber.org/protocol/disco#info' node='x'/>"), "cancel/item-not-found"),
         c("disco#items node on a directory", A, get("{ADIR}", "<query xmlns='http://jabber.org/protocol/disco#items' node='urn:xmpp:mls:0:devices'/>"), "cancel/item-not-found"),
@@ -188,6 +195,7 @@ fn directory() -> Vec<Case> {
         c("re-uploaded KeyPackage", A, set("{ADIR}", &upload(&["{A_KP}"])), "modify/not-acceptable invalid-key-packages{key-package[index=0,reason=duplicate]}"),
         c("one KeyPackage twice in an upload", A, set("{ADIR}", &upload(&["{A_KP2}", "{A_KP2}"])), "modify/not-acceptable invalid-key-packages{key-package[index=1,reason=duplicate]}"),
         c("bob's KeyPackage in alice's pool", A, set("{ADIR}", &upload(&["{B_KP}"])), "modify/not-acceptable invalid-key-packages{key-package[index=0,reason=foreign-identity]}"),
+        c("KeyPackage over max-key-package-size", A, set("{ADIR}", &upload(&["{A_KP2}", &b64_encode(&[7u8; 16385])])), "modify/not-acceptable invalid-key-packages{key-package[index=1,reason=too-big]}"),
         c("a Welcome as a KeyPackage", A, set("{ADIR}", &upload(&["{H_WELCOME}"])), "modify/not-acceptable invalid-key-packages{key-package[index=0,reason=malformed]}"),
         c("a device as a KeyPackage item", A, set("{ADIR}", &pubsub(&format!("<publish node='urn:xmpp:mls:0:keypackages'><item>{}</item></publish>", dev(&key, "")))), "modify/bad-request"),
         c("retract a KeyPackage", A, set("{ADIR}", &pubsub("<retract node='urn:xmpp:mls:0:keypackages'><item id='00'/></retract>")), "cancel/feature-not-implemented pubsub#unsupported[feature=retract-items]"),
@@ -202,6 +210,8 @@ fn directory() -> Vec<Case> {
         c("claim of an unknown device", A, set("{BDIR}", "<claim xmlns='urn:xmpp:mls:0'><device id='nope'/></claim>"), "result <claimed xmlns='urn:xmpp:mls:0'><unknown-device device='nope'/></claimed>"),
         c("claim of an unadvertised suite", A, set("{BDIR}", "<claim xmlns='urn:xmpp:mls:0' cipher-suite='2'/>"), "result <claimed xmlns='urn:xmpp:mls:0'><nothing-compatible device='{BDEV}'/></claimed>"),
         c("claim at a group", A, set("{G}", "<claim xmlns='urn:xmpp:mls:0'/>"), "cancel/service-unavailable"),
+        c("claim of one device fifty times", A, set("{BDIR}", &format!("<claim xmlns='urn:xmpp:mls:0'>{}</claim>", "<device id='{BDEV}'/>".repeat(50))), "modify/bad-request duplicate-device"),
+        c("claim of more devices than an account may have", A, set("{BDIR}", &format!("<claim xmlns='urn:xmpp:mls:0'>{}</claim>", (0..17).map(|i| format!("<device id='d{i}'/>")).collect::<String>())), "modify/policy-violation too-many-devices"),
     ]
 }
 
@@ -348,6 +358,8 @@ fn vault() -> Vec<Case> {
         c("get an unknown blob", A, get("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><get name='nope'/></vault>"), "cancel/item-not-found"),
         c("delete an unknown blob", A, set("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><delete name='nope' if-version='1'/></vault>"), "cancel/item-not-found"),
         c("delete at a stale version", A, set("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><delete name='notes' if-version='2'/></vault>"), "cancel/conflict version-mismatch[current=1]"),
+        c("vault listing after an invalid name", A, get("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><list><set xmlns='http://jabber.org/protocol/rsm'><after>a b</after></set></list></vault>"), "modify/bad-request"),
+        c("vault listing with a page size that is not a number", A, get("{ADIR}", "<vault xmlns='urn:xmpp:mls:0'><list><set xmlns='http://jabber.org/protocol/rsm'><max>-1</max></set></list></vault>"), "modify/bad-request"),
         c("vault at a group", A, get("{G}", "<vault xmlns='urn:xmpp:mls:0'><list/></vault>"), "cancel/service-unavailable"),
         c("vault at a directory resource", A, get("{ADIR}/x", "<vault xmlns='urn:xmpp:mls:0'><list/></vault>"), "cancel/service-unavailable"),
     ]

@@ -56,7 +56,7 @@ async fn blobs_compare_and_swap_within_quota_for_their_owner_only() {
     let at = xmpp_mls::client::directory_jid(&bare("alice@example.org"), &service());
     for (type_, req) in [
         ("get", VaultRequest::Get { name: "notes".into() }),
-        ("get", VaultRequest::List),
+        ("get", VaultRequest::List { max: None, cursor: xmpp_mls::protocol::mam::Cursor::First }),
         ("set", VaultRequest::Put { name: "notes".into(), if_version: 2, data: vec![0] }),
     ] {
         match bob.iq(&at, type_, req.to_element()).await {

@@ -9,7 +9,7 @@ use super::devices::directory_jid;
 use super::groups::{GroupClient, GroupError};
 use super::session::{ClientError, Session};
 use super::vault::VaultError;
-use crate::protocol::mam::{query_element, Ack, Cursor, NS_FORWARD, NS_MAM, NS_RSM};
+use crate::protocol::mam::{parse_rsm_result, query_element, Ack, Cursor, NS_FORWARD, NS_MAM, NS_RSM};
 
 /// Items per page when catching up.
 const PAGE: usize = 100;
@@ -65,10 +65,7 @@ impl GroupClient {
             stanzas,
             complete: fin.attr("complete") == Some("true"),
             last: set.and_then(|s| s.get_child("last", NS_RSM)).map(Element::text),
-            count: set
-                .and_then(|s| s.get_child("count", NS_RSM))
-                .and_then(|c| c.text().parse().ok())
-                .unwrap_or_default(),
+            count: set.map_or(0, |s| parse_rsm_result(s).1),
         })
     }
 

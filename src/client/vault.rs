@@ -13,7 +13,8 @@ use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::devices::directory_jid;
 use super::session::{ClientError, Session};
-use crate::protocol::vault::{parse_vault_result, parse_version_mismatch, VaultItem, VaultRequest};
+use crate::protocol::mam::Cursor;
+use crate::protocol::vault::{parse_list_page, parse_vault_result, parse_version_mismatch, VaultItem, VaultRequest};
 
 /// The record of the wrapped data keys.
 pub const KEYS: &str = "keys";
@@ -216,11 +217,37 @@ fn vault_error(e: ClientError, name: &str) -> VaultError {
 }
 
 async fn request(session: &Session, at: &Jid, req: VaultRequest) -> Result<Vec<VaultItem>, ClientError> {
-    let type_ = if matches!(req, VaultRequest::Get { .. } | VaultRequest::List) { "get" } else { "set" };
+    let type_ = if matches!(req, VaultRequest::Get { .. } | VaultRequest::List { .. }) { "get" } else { "set" };
     let reply = session.iq(at, type_, req.to_element()).await?;
     match reply {
         Some(el) => parse_vault_result(&el).map(|(items, _)| items).map_err(|e| ClientError::Malformed(e.to_string())),
         None => Ok(Vec::new()),
+    }
+}
+
+/// Every blob of the vault, page by page (xep/ §Listing the Vault): each
+/// page starts after the last name of the one before, until the count is
+/// reached or a page is empty.
+async fn list_all(session: &Session, at: &Jid) -> Result<Vec<VaultItem>, ClientError> {
+    let malformed = |e: crate::protocol::ProtocolError| ClientError::Malformed(e.to_string());
+    let mut all: Vec<VaultItem> = Vec::new();
+    loop {
+        let cursor = all.last().map_or(Cursor::First, |i| Cursor::After(i.name.clone()));
+        let page = VaultRequest::List { max: None, cursor };
+        let reply = session.iq(at, "get", page.to_element()).await?;
+        let reply = reply.ok_or_else(|| ClientError::Malformed("empty vault listing".into()))?;
+        let (items, _) = parse_vault_result(&reply).map_err(malformed)?;
+        let count = parse_list_page(&reply).map_or(0, |(_, count)| count);
+        if items.is_empty() {
+            return Ok(all);
+        }
+        if all.last().is_some_and(|prev| items[0].name <= prev.name) {
+            return Err(ClientError::Malformed("a vault listing page does not advance".into()));
+        }
+        all.extend(items);
+        if all.len() >= count {
+            return Ok(all);
+        }
     }
 }
 
@@ -286,7 +313,7 @@ impl Vault {
 
     /// Names and versions of the blobs (the key record excluded).
     pub async fn list(&self, session: &Session) -> Result<Vec<(String, u64)>, VaultError> {
-        let items = request(session, &self.at, VaultRequest::List).await?;
+        let items = list_all(session, &self.at).await?;
         Ok(items.into_iter().filter(|i| i.name != KEYS).map(|i| (i.name, i.version)).collect())
     }
 

@@ -17,8 +17,8 @@ use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
 use crate::protocol::vault::version_mismatch;
 use crate::protocol::{ProtocolError, NS};
-use crate::service::{IqKind, IqRequest, Response, Service, ServiceError};
-use crate::xmpp::namespace::CLIENT;
+use crate::service::{serialized_size, IqKind, IqRequest, Response, Service, ServiceError};
+use crate::xmpp::namespace::{CLIENT, COMPONENT};
 
 /// What to send in answer to one stanza.
 #[derive(Debug, Default)]
@@ -38,12 +38,49 @@ impl From<Vec<Element>> for Routed {
 pub async fn route(service: &Service, stanza: Element) -> Routed {
     let m = metrics();
     m.stanzas_received.inc(StanzaKind::of(stanza.name()));
-    let routed = dispatch(service, stanza).await;
+    let mut routed = dispatch(service, stanza).await;
+    routed.stanzas = bound_sizes(routed.stanzas, service.max_stanza_out());
     for out in &routed.stanzas {
         m.stanzas_sent.inc(StanzaKind::of(out.name()));
     }
     routed
 }
+
+/// The last line of defence (xep/ §Stanza Size Limits): a stanza over the
+/// server's limit would close the component stream. An IQ result over `max`
+/// bytes becomes an error reply; any other stanza over it is dropped. Both
+/// are logged and counted.
+fn bound_sizes(stanzas: Vec<Element>, max: usize) -> Vec<Element> {
+    stanzas
+        .into_iter()
+        .filter_map(|stanza| {
+            let size = serialized_size(&stanza) + NS_GROWTH;
+            if size <= max {
+                return Some(stanza);
+            }
+            metrics().stanzas_too_big.inc(StanzaKind::of(stanza.name()));
+            tracing::warn!(kind = stanza.name(), size, max, "stanza over limits.max_stanza_out not sent");
+            let error = (stanza.name() == "iq" && stanza.attr("type") == Some("result"))
+                .then(|| with_error(addressed(&stanza, "error", SAME_ADDRESSES), &ServiceError::ReplyTooBig));
+            error.filter(|e| serialized_size(e) + NS_GROWTH <= max)
+        })
+        .collect()
+}
+
+/// Longest 'id' the service answers: every answer echoes it, so a longer
+/// one would make the size of answers unbounded (xep/ §Stanza Size Limits).
+const MAX_ID: usize = 1024;
+
+fn check_id(stanza: &Element) -> Result<(), ServiceError> {
+    match stanza.attr("id").is_some_and(|id| id.len() > MAX_ID) {
+        true => Err(ProtocolError::Malformed("an id is at most 1024 octets").into()),
+        false => Ok(()),
+    }
+}
+
+/// The component stream's namespace is longer than `jabber:client`, which
+/// stanzas carry inside the component (DESIGN §5).
+const NS_GROWTH: usize = COMPONENT.len() - CLIENT.len();
 
 async fn dispatch(service: &Service, stanza: Element) -> Routed {
     if stanza.attr("type") == Some("error") {
@@ -63,7 +100,7 @@ async fn dispatch(service: &Service, stanza: Element) -> Routed {
 
 /// Group messages; anything else is bounced so the sender knows.
 async fn route_message(service: &Service, msg: &Element, from: &Jid, to: &Jid) -> Routed {
-    let outcome = match (service.admit(from), Address::parse(to)) {
+    let outcome = match (service.admit(from).and_then(|()| check_id(msg)), Address::parse(to)) {
         (Err(e), _) => Err(e),
         (Ok(()), Ok(Address::Group(id))) if to.resource().is_none() && msg.attr("type") == Some("groupchat") => {
             service.group_message(from, &id, msg).await
@@ -90,7 +127,7 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
     let outcome = if unavailable {
         service.leave_feed(from, &id, device.as_str()).await
     } else {
-        match service.admit(from) {
+        match service.admit(from).and_then(|()| check_id(presence)) {
             Ok(()) => service.join_feed(from, &id, device.as_str()).await,
             Err(e) => Err(e),
         }
@@ -118,9 +155,7 @@ fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed 
         }
         Err(e) => {
             log_error(&e);
-            let reply = error_reply(stanza, &to_stanza_error(&e));
-            metrics().stanza_errors.inc(condition(&reply));
-            vec![reply].into()
+            vec![with_error(addressed(stanza, "error", SWAPPED_ADDRESSES), &e)].into()
         }
     }
 }
@@ -133,7 +168,7 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
     };
     let Some(id) = iq.attr("id").map(str::to_owned) else { return Routed::default() };
     let payload = single_child(iq);
-    let outcome = match (service.admit(&from), Address::parse(&to), payload) {
+    let outcome = match (service.admit(&from).and_then(|()| check_id(iq)), Address::parse(&to), payload) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Err(e), _) => Err(e.into()),
         (Ok(()), Ok(_), None) => {
@@ -169,7 +204,11 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
     match e {
         E::Protocol(ProtocolError::BadAddress) => stanza_error(T::Modify, C::JidMalformed, None, None),
         E::Protocol(ProtocolError::Malformed(why)) => stanza_error(T::Modify, C::BadRequest, None, Some(why)),
+        E::Protocol(ProtocolError::DuplicateDevice) => {
+            stanza_error(T::Modify, C::BadRequest, app(AppCondition::DuplicateDevice), None)
+        }
         E::PayloadTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::PayloadTooBig), None),
+        E::ReplyTooBig => stanza_error(T::Modify, C::PolicyViolation, app(AppCondition::ReplyTooBig), None),
         E::UnknownGroup => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::UnknownGroup), None),
         E::NotFound => stanza_error(T::Cancel, C::ItemNotFound, None, None),
         E::VersionMismatch { current } => {
@@ -221,10 +260,15 @@ fn log_error(e: &ServiceError) {
     }
 }
 
-/// A reply stanza of the same kind: addresses swapped, same id.
-fn reply_to(stanza: &Element, type_: &str) -> Element {
+/// (attribute, source attribute) of a reply: addresses swapped, same id.
+const SWAPPED_ADDRESSES: [(&str, &str); 3] = [("id", "id"), ("from", "to"), ("to", "from")];
+/// ...and of a stanza that replaces another one.
+const SAME_ADDRESSES: [(&str, &str); 3] = [("id", "id"), ("from", "from"), ("to", "to")];
+
+/// An empty stanza of the same kind, with `type_` and the addresses of `stanza`.
+fn addressed(stanza: &Element, type_: &str, addresses: [(&str, &str); 3]) -> Element {
     let mut b = Element::builder(stanza.name(), CLIENT).attr("type".try_into().expect("ncname"), type_);
-    for (attr, source) in [("id", "id"), ("from", "to"), ("to", "from")] {
+    for (attr, source) in addresses {
         if let Some(v) = stanza.attr(source) {
             b = b.attr(attr.try_into().expect("ncname"), v);
         }
@@ -233,16 +277,17 @@ fn reply_to(stanza: &Element, type_: &str) -> Element {
 }
 
 fn result_reply(iq: &Element, payload: Option<Element>) -> Element {
-    let mut reply = reply_to(iq, "result");
+    let mut reply = addressed(iq, "result", SWAPPED_ADDRESSES);
     if let Some(p) = payload {
         reply.append_child(p);
     }
     reply
 }
 
-fn error_reply(stanza: &Element, error: &StanzaError) -> Element {
-    let mut reply = reply_to(stanza, "error");
-    reply.append_child(error.clone().into());
+/// `reply` with the stanza error of `e`, counted.
+fn with_error(mut reply: Element, e: &ServiceError) -> Element {
+    reply.append_child(to_stanza_error(e).into());
+    metrics().stanza_errors.inc(condition(&reply));
     reply
 }
 
@@ -280,6 +325,44 @@ mod tests {
             let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
             assert_eq!(error.defined_condition, C::BadRequest);
         }
+    }
+
+    #[test]
+    fn no_stanza_over_max_stanza_out_is_sent() {
+        let big = "A".repeat(1000);
+        let result = stanza(&format!(
+            "<iq xmlns='jabber:client' type='result' id='7' from='mls.example.org' to='a@example.org/r'><x xmlns='urn:x'>{big}</x></iq>"
+        ));
+        let message = stanza(&format!("<message xmlns='jabber:client' to='a@example.org'><x xmlns='urn:x'>{big}{big}</x></message>"));
+        let small = stanza("<message xmlns='jabber:client' to='a@example.org'/>");
+        let limit = serialized_size(&result) + NS_GROWTH - 1;
+        let sent = bound_sizes(vec![result.clone(), message, small.clone()], limit);
+        let [error, kept] = <[Element; 2]>::try_from(sent).expect("the message over the limit is dropped");
+        assert_eq!(kept, small);
+        assert_eq!(
+            (error.attr("type"), error.attr("id"), error.attr("from"), error.attr("to")),
+            (Some("error"), Some("7"), Some("mls.example.org"), Some("a@example.org/r"))
+        );
+        let e = StanzaError::try_from(error.get_child("error", CLIENT).unwrap().clone()).unwrap();
+        assert_eq!(e.defined_condition, C::PolicyViolation);
+        assert!(e.other.unwrap().is("reply-too-big", crate::protocol::NS_ERRORS));
+        // An error that would be over the limit too is not sent either.
+        assert_eq!(bound_sizes(vec![result.clone()], 100), vec![]);
+        assert_eq!(bound_sizes(vec![result.clone()], limit + 1), vec![result]);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_id_is_too_long_to_echo_is_refused_unhandled() {
+        let dir = tempfile::tempdir().unwrap();
+        let service = service(dir.path());
+        let ping = |id: &str| {
+            format!("<iq xmlns='jabber:client' type='get' id='{id}' from='a@example.org/r' to='mls.example.org'><ping xmlns='urn:xmpp:ping'/></iq>")
+        };
+        let [ok] = <[Element; 1]>::try_from(route(&service, stanza(&ping(&"i".repeat(MAX_ID)))).await.stanzas).unwrap();
+        assert_eq!(ok.attr("type"), Some("result"));
+        let [refused] = <[Element; 1]>::try_from(route(&service, stanza(&ping(&"i".repeat(MAX_ID + 1)))).await.stanzas).unwrap();
+        let error = StanzaError::try_from(refused.get_child("error", CLIENT).unwrap().clone()).unwrap();
+        assert_eq!(error.defined_condition, C::BadRequest);
     }
 
     #[tokio::test]

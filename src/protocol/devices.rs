@@ -11,6 +11,8 @@ pub const SCHEME_ED25519: &str = "ed25519";
 const ED25519_KEY_LEN: usize = 32;
 pub const MAX_DEVICE_ID: usize = 64;
 pub const MAX_LABEL: usize = 64;
+/// Bytes one `<item/>` of a device list takes at most (tested below).
+pub const MAX_ITEM: usize = 640;
 
 /// A device of an account: what the directory stores and publishes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +75,23 @@ impl Device {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_item_with_the_longest_fields_fits_the_bound() {
+        let d = Device {
+            id: "d".repeat(MAX_DEVICE_ID),
+            signature_key: vec![7; 32],
+            label: Some("\"".repeat(MAX_LABEL)),
+            expires: Some(253_402_300_799),
+        };
+        let size = |n: usize| {
+            let el = super::super::pubsub::items_result(NODE, vec![(d.id.clone(), d.to_element()); n]);
+            let mut out = Vec::new();
+            el.write_to(&mut out).unwrap();
+            out.len()
+        };
+        assert!(size(2) - size(1) <= MAX_ITEM, "{}", size(2) - size(1));
+    }
 
     #[test]
     fn round_trip_and_rejections() {

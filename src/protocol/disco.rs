@@ -34,8 +34,11 @@ pub const DIRECTORY_FEATURES: &[&str] = &[
 /// Limits announced in the XEP-0128 form (FORM_TYPE `urn:xmpp:mls:0`).
 pub struct AnnouncedLimits {
     pub max_payload_size: usize,
+    /// Largest stanza the service sends.
+    pub max_stanza_out: usize,
     pub max_devices_per_account: usize,
     pub max_key_packages_per_device: usize,
+    pub max_key_package_size: usize,
     /// Seconds.
     pub max_key_package_lifetime: u64,
     pub cipher_suites: Vec<u16>,
@@ -48,8 +51,8 @@ pub struct AnnouncedLimits {
     pub max_vault_blobs: usize,
     pub max_members: usize,
     pub max_groups_per_account: usize,
-    /// Claims of one account's KeyPackages in a row, then one per
-    /// `claim_refill` seconds.
+    /// KeyPackages of one account one claimer may claim in a row, then one
+    /// per `claim_refill` seconds.
     pub claim_burst: u32,
     pub claim_refill: u64,
     /// Stanzas per second one account may send, after `account_burst`.
@@ -69,8 +72,10 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
         NS,
         vec![
             field("max-payload-size", limits.max_payload_size),
+            field("max-stanza-out", limits.max_stanza_out),
             field("max-devices-per-account", limits.max_devices_per_account),
             field("max-key-packages-per-device", limits.max_key_packages_per_device),
+            field("max-key-package-size", limits.max_key_package_size),
             field("max-key-package-lifetime", limits.max_key_package_lifetime),
             suites,
             field("max-past-epochs", limits.max_past_epochs),

@@ -45,6 +45,10 @@ pub enum AppCondition {
     TooManyGroups,
     /// With `forbidden`: the operator does not admit the requester's domain.
     DomainNotAllowed,
+    /// With `policy-violation`: the answer would be larger than max-stanza-out.
+    ReplyTooBig,
+    /// With `bad-request`: a claim names a device more than once.
+    DuplicateDevice,
 }
 
 impl AppCondition {
@@ -66,6 +70,8 @@ impl AppCondition {
             AppCondition::TooManyMembers => "too-many-members",
             AppCondition::TooManyGroups => "too-many-groups",
             AppCondition::DomainNotAllowed => "domain-not-allowed",
+            AppCondition::ReplyTooBig => "reply-too-big",
+            AppCondition::DuplicateDevice => "duplicate-device",
         }
     }
 

@@ -18,6 +18,10 @@ use super::pubsub::ItemIn;
 use super::{b64_decode, b64_encode, format_time, malformed, n, parse_time, ProtocolError, NS, NS_ERRORS};
 
 pub const NODE: &str = "urn:xmpp:mls:0:keypackages";
+/// Bytes one `<item/>` of the owner's listing takes at most (tested below).
+pub const MAX_INFO_ITEM: usize = 272;
+/// Bytes a claimed `<key-package/>` takes at most besides its base64 (tested below).
+pub const MAX_CLAIMED_OVERHEAD: usize = 256;
 
 /// The MLS BasicCredential identity of an account: its `xmpp:` URI.
 pub fn credential_identity(account: &BareJid) -> Vec<u8> {
@@ -38,6 +42,8 @@ pub fn account_of(credential: &Credential) -> Option<BareJid> {
 pub enum Rejection {
     /// Not base64 of a TLS-encoded MLSMessage carrying a KeyPackage.
     Malformed,
+    /// Larger than the service's max-key-package-size.
+    TooBig,
     /// Breaks an RFC 9420 validity rule other than those below.
     Invalid,
     UnsupportedCipherSuite,
@@ -56,8 +62,9 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 11] = [
+    pub const ALL: [Rejection; 12] = [
         Rejection::Malformed,
+        Rejection::TooBig,
         Rejection::Invalid,
         Rejection::UnsupportedCipherSuite,
         Rejection::ForeignIdentity,
@@ -73,6 +80,7 @@ impl Rejection {
     pub fn reason(self) -> &'static str {
         match self {
             Rejection::Malformed => "malformed",
+            Rejection::TooBig => "too-big",
             Rejection::Invalid => "invalid",
             Rejection::UnsupportedCipherSuite => "unsupported-cipher-suite",
             Rejection::ForeignIdentity => "foreign-identity",
@@ -210,9 +218,14 @@ pub fn upload_texts(items: &[ItemIn]) -> Result<Vec<String>, ProtocolError> {
         .collect()
 }
 
-/// Decodes an upload item: malformed base64 is a per-package rejection.
-pub fn upload_bytes(text: &str) -> Result<Vec<u8>, Rejection> {
-    b64_decode(text).map_err(|_| Rejection::Malformed)
+/// Decodes an upload item: malformed base64, or more than `max_size`
+/// bytes, is a per-package rejection.
+pub fn upload_bytes(text: &str, max_size: usize) -> Result<Vec<u8>, Rejection> {
+    let bytes = b64_decode(text).map_err(|_| Rejection::Malformed)?;
+    if bytes.len() > max_size {
+        return Err(Rejection::TooBig);
+    }
+    Ok(bytes)
 }
 
 /// The item payload of an upload (client side).
@@ -284,7 +297,7 @@ fn parse_u16(s: &str) -> Result<u16, ProtocolError> {
 }
 
 /// A claim request: one KeyPackage per live device of the account,
-/// optionally only for some devices and one cipher suite.
+/// optionally only for some devices, each named once, and one cipher suite.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Claim {
     pub cipher_suite: Option<u16>,
@@ -299,7 +312,11 @@ impl Claim {
             .children()
             .filter(|c| c.is("device", NS))
             .map(|d| super::attr(d, "id", "device filter without id").map(str::to_owned))
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = std::collections::HashSet::new();
+        if !devices.iter().all(|d| seen.insert(d.as_str())) {
+            return Err(ProtocolError::DuplicateDevice);
+        }
         Ok(Claim { cipher_suite, devices })
     }
 
@@ -379,6 +396,8 @@ mod tests {
     fn claims_round_trip() {
         let claim = Claim { cipher_suite: Some(1), devices: vec!["a".into(), "b".into()] };
         assert_eq!(Claim::parse(&claim.to_element()).unwrap(), claim);
+        let twice = Claim { cipher_suite: None, devices: vec!["a".into(), "b".into(), "a".into()] };
+        assert_eq!(Claim::parse(&twice.to_element()), Err(ProtocolError::DuplicateDevice));
         let outcomes = vec![
             ClaimOutcome::Claimed { device: "a".into(), kp_ref: "00ff".into(), last_resort: true, message: vec![1, 2] },
             ClaimOutcome::Exhausted { device: "b".into() },
@@ -386,6 +405,34 @@ mod tests {
             ClaimOutcome::UnknownDevice { device: "d".into() },
         ];
         assert_eq!(parse_claimed(&claimed_element(&outcomes)).unwrap(), outcomes);
+    }
+
+    fn size(el: &Element) -> usize {
+        let mut out = Vec::new();
+        el.write_to(&mut out).unwrap();
+        out.len()
+    }
+
+    #[test]
+    fn the_size_bounds_hold_for_the_longest_fields() {
+        use super::super::devices::MAX_DEVICE_ID;
+        use super::super::pubsub::items_result;
+        let info = KeyPackageInfo {
+            kp_ref: "f".repeat(64),
+            device_id: "d".repeat(MAX_DEVICE_ID),
+            cipher_suite: 3,
+            not_after: 253_402_300_799,
+            last_resort: false,
+        };
+        let listing = |n: usize| size(&items_result(NODE, vec![(info.kp_ref.clone(), info.to_element()); n]));
+        assert!(listing(2) - listing(1) <= MAX_INFO_ITEM, "{}", listing(2) - listing(1));
+        let claimed = |message: Vec<u8>| {
+            let outcome = ClaimOutcome::Claimed { device: info.device_id.clone(), kp_ref: info.kp_ref.clone(), last_resort: false, message };
+            size(&claimed_element(&[outcome.clone(), outcome]))
+        };
+        let b64 = claimed(vec![7; 300]) - claimed(Vec::new());
+        assert!(claimed(Vec::new()) - size(&claimed_element(&[])) <= 2 * MAX_CLAIMED_OVERHEAD);
+        assert_eq!(b64, 2 * 400);
     }
 
     #[test]

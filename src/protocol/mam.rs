@@ -73,6 +73,56 @@ fn page_max(text: &str) -> Result<usize, ProtocolError> {
     Ok(digits.parse().unwrap_or(usize::MAX))
 }
 
+/// A XEP-0059 `<set/>` of a request: its `<max/>` and where the page starts.
+pub fn parse_rsm(set: &Element) -> Result<(Option<usize>, Cursor), ProtocolError> {
+    let max = set.get_child("max", NS_RSM).map(|m| page_max(&m.text())).transpose()?;
+    let mut cursor = Cursor::First;
+    if let Some(after) = set.get_child("after", NS_RSM) {
+        cursor = Cursor::After(after.text());
+    }
+    if let Some(before) = set.get_child("before", NS_RSM) {
+        let id = before.text();
+        cursor = if id.is_empty() { Cursor::Last } else { Cursor::Before(id) };
+    }
+    Ok((max, cursor))
+}
+
+/// The `<set/>` of a request (client side).
+pub fn rsm_request(max: Option<usize>, cursor: &Cursor) -> Element {
+    let mut set = Element::builder("set", NS_RSM);
+    if let Some(max) = max {
+        set = set.append(Element::builder("max", NS_RSM).append(max.to_string()).build());
+    }
+    match cursor {
+        Cursor::First => set,
+        Cursor::After(id) => set.append(Element::builder("after", NS_RSM).append(id.as_str()).build()),
+        Cursor::Before(id) => set.append(Element::builder("before", NS_RSM).append(id.as_str()).build()),
+        Cursor::Last => set.append(Element::builder("before", NS_RSM).build()),
+    }
+    .build()
+}
+
+/// The `<set/>` of a result page: `<first index/>`, `<last/>` (absent for an
+/// empty page) and `<count/>`.
+pub fn rsm_result(first: Option<(&str, usize)>, last: Option<&str>, count: usize) -> Element {
+    let mut set = Element::builder("set", NS_RSM);
+    if let Some((id, index)) = first {
+        set = set.append(Element::builder("first", NS_RSM).attr(n("index"), index.to_string()).append(id).build());
+    }
+    if let Some(last) = last {
+        set = set.append(Element::builder("last", NS_RSM).append(last).build());
+    }
+    set.append(Element::builder("count", NS_RSM).append(count.to_string()).build()).build()
+}
+
+/// The `<first index/>` and `<count/>` of a result's `<set/>` (0 if absent).
+pub fn parse_rsm_result(set: &Element) -> (usize, usize) {
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse().ok()).unwrap_or_default();
+    let index = number(set.get_child("first", NS_RSM).and_then(|f| f.attr("index")).map(str::to_owned));
+    let count = number(set.get_child("count", NS_RSM).map(Element::text));
+    (index, count)
+}
+
 impl MamQuery {
     pub fn parse(query: &Element) -> Result<Self, ProtocolError> {
         let mut q = MamQuery { queryid: query.attr("queryid").map(str::to_owned), ..Default::default() };
@@ -95,16 +145,7 @@ impl MamQuery {
             }
         }
         if let Some(set) = query.get_child("set", NS_RSM) {
-            if let Some(max) = set.get_child("max", NS_RSM) {
-                q.max = Some(page_max(&max.text())?);
-            }
-            if let Some(after) = set.get_child("after", NS_RSM) {
-                q.cursor = Cursor::After(after.text());
-            }
-            if let Some(before) = set.get_child("before", NS_RSM) {
-                let id = before.text();
-                q.cursor = if id.is_empty() { Cursor::Last } else { Cursor::Before(id) };
-            }
+            (q.max, q.cursor) = parse_rsm(set)?;
         }
         q.flip_page = query.has_child("flip-page", NS_MAM);
         Ok(q)
@@ -128,15 +169,10 @@ pub fn query_element(queryid: &str, fields: &[(&str, &str)], max: usize, cursor:
                 .build(),
         );
     }
-    let mut set =
-        Element::builder("set", NS_RSM).append(Element::builder("max", NS_RSM).append(max.to_string()).build());
-    set = match cursor {
-        Cursor::First => set,
-        Cursor::After(id) => set.append(Element::builder("after", NS_RSM).append(id.as_str()).build()),
-        Cursor::Before(id) => set.append(Element::builder("before", NS_RSM).append(id.as_str()).build()),
-        Cursor::Last => set.append(Element::builder("before", NS_RSM).build()),
-    };
-    let mut q = Element::builder("query", NS_MAM).attr(n("queryid"), queryid).append(form.build()).append(set.build());
+    let mut q = Element::builder("query", NS_MAM)
+        .attr(n("queryid"), queryid)
+        .append(form.build())
+        .append(rsm_request(Some(max), cursor));
     if flip {
         q = q.append(Element::builder("flip-page", NS_MAM).build());
     }
@@ -171,19 +207,13 @@ pub struct Fin {
 
 impl Fin {
     pub fn to_element(&self) -> Element {
-        let mut set = Element::builder("set", NS_RSM);
-        if let Some((id, index)) = &self.first {
-            set = set.append(Element::builder("first", NS_RSM).attr(n("index"), index.to_string()).append(id.as_str()).build());
-        }
-        if let Some(last) = &self.last {
-            set = set.append(Element::builder("last", NS_RSM).append(last.as_str()).build());
-        }
-        set = set.append(Element::builder("count", NS_RSM).append(self.count.to_string()).build());
+        let first = self.first.as_ref().map(|(id, index)| (id.as_str(), *index));
+        let set = rsm_result(first, self.last.as_deref(), self.count);
         let mut fin = Element::builder("fin", NS_MAM);
         if self.complete {
             fin = fin.attr(n("complete"), "true");
         }
-        fin.append(set.build()).build()
+        fin.append(set).build()
     }
 }
 

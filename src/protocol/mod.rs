@@ -31,6 +31,8 @@ pub enum ProtocolError {
     BadAddress,
     #[error("malformed request: {0}")]
     Malformed(&'static str),
+    #[error("a claim names a device more than once")]
+    DuplicateDevice,
 }
 
 pub fn malformed(why: &'static str) -> ProtocolError {

@@ -3,9 +3,12 @@
 
 use minidom::Element;
 
+use super::mam::{parse_rsm, parse_rsm_result, rsm_request, rsm_result, Cursor, NS_RSM};
 use super::{attr, b64_decode, b64_encode, known_children, malformed, n, ProtocolError, NS, NS_ERRORS};
 
 pub const MAX_NAME: usize = 128;
+/// Bytes one `<item/>` of a listing takes at most (tested below).
+pub const MAX_LIST_ITEM: usize = 256;
 
 /// Blob names: 1 to 128 of `A-Z a-z 0-9 . _ - /`.
 pub fn valid_name(name: &str) -> bool {
@@ -18,7 +21,8 @@ pub enum VaultRequest {
     /// Write `data` if the blob's current version is `if_version` (0: absent).
     Put { name: String, if_version: u64, data: Vec<u8> },
     Get { name: String },
-    List,
+    /// One page of the listing (XEP-0059): at most `max` blobs from `cursor`.
+    List { max: Option<usize>, cursor: Cursor },
     /// Delete if the current version is `if_version`.
     Delete { name: String, if_version: u64 },
 }
@@ -45,7 +49,7 @@ impl VaultRequest {
         Ok(match action.name() {
             "put" => VaultRequest::Put { name: name_of(action)?, if_version: version_of(action)?, data: b64_decode(&action.text())? },
             "get" => VaultRequest::Get { name: name_of(action)? },
-            "list" => VaultRequest::List,
+            "list" => list_page(action)?,
             "delete" => VaultRequest::Delete { name: name_of(action)?, if_version: version_of(action)? },
             _ => return Err(malformed("unknown vault action")),
         })
@@ -58,13 +62,33 @@ impl VaultRequest {
                 .attr(n("if-version"), if_version.to_string())
                 .append(b64_encode(data)),
             VaultRequest::Get { name } => Element::builder("get", NS).attr(n("name"), name.as_str()),
-            VaultRequest::List => Element::builder("list", NS),
+            VaultRequest::List { max, cursor } => {
+                let list = Element::builder("list", NS);
+                match (max, cursor) {
+                    (None, Cursor::First) => list,
+                    _ => list.append(rsm_request(*max, cursor)),
+                }
+            }
             VaultRequest::Delete { name, if_version } => Element::builder("delete", NS)
                 .attr(n("name"), name.as_str())
                 .attr(n("if-version"), if_version.to_string()),
         };
         Element::builder("vault", NS).append(action.build()).build()
     }
+}
+
+/// `<list/>` with an optional RSM `<set/>`, whose cursors are blob names.
+fn list_page(list: &Element) -> Result<VaultRequest, ProtocolError> {
+    let Some(set) = list.get_child("set", NS_RSM) else {
+        return Ok(VaultRequest::List { max: None, cursor: Cursor::First });
+    };
+    let (max, cursor) = parse_rsm(set)?;
+    if let Cursor::After(name) | Cursor::Before(name) = &cursor {
+        if !valid_name(name) {
+            return Err(malformed("an RSM cursor of a vault listing is a blob name"));
+        }
+    }
+    Ok(VaultRequest::List { max, cursor })
 }
 
 /// A blob as the service describes it; `data` only in `get` results.
@@ -110,6 +134,20 @@ pub fn vault_result(items: &[VaultItem], quota: Option<(usize, usize)>) -> Eleme
     b.build()
 }
 
+/// A `<list/>` result: the page's items, the quota, and the RSM `<set/>`
+/// with the index of the page's first blob among all `count` blobs.
+pub fn list_result(items: &[VaultItem], quota: (usize, usize), first_index: usize, count: usize) -> Element {
+    let mut el = vault_result(items, Some(quota));
+    let first = items.first().map(|i| (i.name.as_str(), first_index));
+    el.append_child(rsm_result(first, items.last().map(|i| i.name.as_str()), count));
+    el
+}
+
+/// (first index, count) of a `<list/>` result; None for other results.
+pub fn parse_list_page(el: &Element) -> Option<(usize, usize)> {
+    el.get_child("set", NS_RSM).map(parse_rsm_result)
+}
+
 pub fn parse_vault_result(el: &Element) -> Result<(Vec<VaultItem>, Option<(usize, usize)>), ProtocolError> {
     if !el.is("vault", NS) {
         return Err(malformed("expected <vault/>"));
@@ -137,7 +175,9 @@ mod tests {
         for r in [
             VaultRequest::Put { name: "device/state.0".into(), if_version: 3, data: vec![1, 2] },
             VaultRequest::Get { name: "keys".into() },
-            VaultRequest::List,
+            VaultRequest::List { max: None, cursor: Cursor::First },
+            VaultRequest::List { max: Some(2), cursor: Cursor::After("keys".into()) },
+            VaultRequest::List { max: None, cursor: Cursor::Last },
             VaultRequest::Delete { name: "keys".into(), if_version: 1 },
         ] {
             assert_eq!(VaultRequest::parse(&r.to_element()).unwrap(), r);
@@ -148,5 +188,21 @@ mod tests {
         let (items, quota) = parse_vault_result(&vault_result(&[item.clone()], Some((3, 10)))).unwrap();
         assert_eq!((items, quota), (vec![item], Some((3, 10))));
         assert_eq!(parse_version_mismatch(&version_mismatch(4)), Some(4));
+        let bad = VaultRequest::List { max: None, cursor: Cursor::After("a b".into()) };
+        assert!(VaultRequest::parse(&bad.to_element()).is_err());
+    }
+
+    #[test]
+    fn a_listing_item_with_the_longest_fields_fits_the_bound() {
+        let item = VaultItem { name: "n".repeat(MAX_NAME), version: u64::MAX, size: usize::MAX, data: None };
+        let size = |n: usize| {
+            let mut out = Vec::new();
+            list_result(&vec![item.clone(); n], (0, 0), 0, n).write_to(&mut out).unwrap();
+            out.len()
+        };
+        assert!(size(2) - size(1) <= MAX_LIST_ITEM, "{}", size(2) - size(1));
+        let page = list_result(std::slice::from_ref(&item), (5, 10), 3, 7);
+        assert_eq!(parse_list_page(&page), Some((3, 7)));
+        assert_eq!(parse_vault_result(&page).unwrap(), (vec![item], Some((5, 10))));
     }
 }

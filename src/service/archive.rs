@@ -13,7 +13,7 @@ use crate::store::{Filter, Item, PageStart, Source};
 use crate::xmpp::namespace::CLIENT;
 
 /// Default page size when the query names none.
-const DEFAULT_PAGE: usize = 50;
+pub(super) const DEFAULT_PAGE: usize = 50;
 
 impl Service {
     /// The archive behind `address` for `requester`, with what they may see.

@@ -60,8 +60,10 @@ impl Service {
         let (l, d, g, v) = (&self.config.limits, &self.config.directory, &self.config.groups, &self.config.vault);
         AnnouncedLimits {
             max_payload_size: l.max_payload_size,
+            max_stanza_out: l.max_stanza_out,
             max_devices_per_account: d.max_devices_per_account,
             max_key_packages_per_device: d.max_key_packages_per_device,
+            max_key_package_size: d.max_key_package_size,
             max_key_package_lifetime: d.max_key_package_lifetime_days.saturating_mul(DAY),
             cipher_suites: d.cipher_suites.clone(),
             max_past_epochs: g.past_epochs,

@@ -31,6 +31,10 @@ impl Service {
     /// A full JID that is not on the feed costs a read and gets no answer.
     pub async fn leave_feed(&self, from: &Jid, group_id: &[u8], device_id: &str) -> Result<Response, ServiceError> {
         if !self.store.on_feed(group_id.to_vec(), from.to_string()).await? {
+            // Nothing to leave: no write and no answer, but it costs the
+            // sender's stanza rate like any other stanza (a flood of such
+            // presences exhausts the sender's own budget, no one else's).
+            let _ = self.admit(from);
             return Ok(Response::default());
         }
         self.store.leave_feed(Some(group_id.to_vec()), from.to_string()).await?;

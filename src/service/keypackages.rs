@@ -7,14 +7,23 @@ use super::{IqRequest, Response, Service, ServiceError};
 use crate::metrics::metrics;
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::{
-    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, VerifiedKeyPackage,
-    NODE,
+    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, Rejection,
+    VerifiedKeyPackage, NODE,
 };
 use crate::protocol::pubsub::{items_result, publish_result, ItemIn};
 use crate::protocol::now;
 use crate::store::{ClaimContext, KeyPackageUpload};
 
 const DAY: i64 = 24 * 3600;
+
+/// The upload is refused whole if any package is, listing every refusal.
+fn refuse_any<T>(results: &[Result<T, Rejection>]) -> Result<(), ServiceError> {
+    let refused: Vec<_> = results.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, *e))).collect();
+    match refused.is_empty() {
+        true => Ok(()),
+        false => Err(ServiceError::InvalidKeyPackages(refused)),
+    }
+}
 
 impl Service {
     fn key_package_policy(&self) -> Policy {
@@ -34,6 +43,11 @@ impl Service {
     ) -> Result<Response, ServiceError> {
         caller.require_owner()?;
         let texts = upload_texts(&items)?;
+        // Decoding and size come before any signature check.
+        let max_size = self.config.directory.max_key_package_size;
+        let decoded: Vec<_> = texts.iter().map(|t| upload_bytes(t, max_size)).collect();
+        refuse_any(&decoded)?;
+        let messages: Vec<Vec<u8>> = decoded.into_iter().flatten().collect();
         let now = now();
         let account = caller.account.clone();
         let devices = self.store.live_devices(account.to_string(), now).await?;
@@ -41,18 +55,11 @@ impl Service {
         let crypto = self.crypto.clone();
         // Signature checks are CPU work: keep them off the async workers.
         let verified = tokio::task::spawn_blocking(move || {
-            texts
-                .iter()
-                .map(|t| upload_bytes(t).and_then(|b| verify(crypto.as_ref(), &b, &account, &devices, &policy, now)))
-                .collect::<Vec<_>>()
+            messages.iter().map(|b| verify(crypto.as_ref(), b, &account, &devices, &policy, now)).collect::<Vec<_>>()
         })
         .await
         .map_err(|_| ServiceError::Unsupported)?;
-        let refused: Vec<_> =
-            verified.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, *e))).collect();
-        if !refused.is_empty() {
-            return Err(ServiceError::InvalidKeyPackages(refused));
-        }
+        refuse_any(&verified)?;
         let kps: Vec<VerifiedKeyPackage> = verified.into_iter().flatten().collect();
         let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
         let max = self.config.directory.max_key_packages_per_device;
@@ -75,16 +82,28 @@ impl Service {
     }
 
     /// Hands out one package per device, rate-limited per (claimer,
-    /// account), and tells the owner.
+    /// account) in hand-outs, and tells the owner. Every refusal comes
+    /// before the store is written.
     pub(super) async fn claim(&self, req: &IqRequest, account: &BareJid) -> Result<Response, ServiceError> {
         let claim = Claim::parse(&req.payload)?;
+        let max = self.config.directory.max_devices_per_account;
+        if claim.devices.len() > max {
+            return Err(ServiceError::Limit(AppCondition::TooManyDevices));
+        }
+        let now = now();
+        let asked = match claim.devices.len() {
+            0 => self.store.live_devices(account.to_string(), now).await?.len().min(max),
+            n => n,
+        };
         let claimer = req.from.to_bare();
-        self.check_claim_rate(&claimer, account)?;
+        self.check_claim_rate(&claimer, account, asked)?;
         let ctx = ClaimContext {
             account: account.to_string(),
             claimer: claimer.to_string(),
             low_water: self.config.directory.low_water,
-            now: now(),
+            max_devices: asked,
+            max_key_package_size: self.config.directory.max_key_package_size,
+            now,
         };
         let result = self.store.claim(ctx, claim).await?;
         let claimed = result.outcomes.iter().filter(|o| matches!(o, ClaimOutcome::Claimed { .. })).count();
@@ -98,7 +117,9 @@ impl Service {
         Ok(Response { payload: Some(claimed_element(&result.outcomes)), messages, ..Default::default() })
     }
 
-    fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid) -> Result<(), ServiceError> {
-        super::check_rate(&self.claims, &(claimer.to_string(), account.to_string()))
+    /// One token per device asked for; a claim that asks for none costs one.
+    fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid, devices: usize) -> Result<(), ServiceError> {
+        let tokens = u32::try_from(devices.max(1)).unwrap_or(u32::MAX);
+        super::check_rate_n(&self.claims, &(claimer.to_string(), account.to_string()), tokens)
     }
 }

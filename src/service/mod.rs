@@ -88,6 +88,8 @@ pub enum ServiceError {
     Forbidden,
     #[error("payload larger than limits.max_payload_size")]
     PayloadTooBig,
+    #[error("answer larger than limits.max_stanza_out")]
+    ReplyTooBig,
     #[error("a configured limit was reached: {}", .0.name())]
     Limit(AppCondition),
     #[error("another device of the account has this signature key")]
@@ -172,6 +174,11 @@ impl Service {
             check_rate(&self.domains, &domain.to_ascii_lowercase())?;
         }
         check_rate(&self.accounts, &from.to_bare().to_string())
+    }
+
+    /// limits.max_stanza_out: no stanza the component sends is larger.
+    pub fn max_stanza_out(&self) -> usize {
+        self.config.limits.max_stanza_out
     }
 
     /// Periodic housekeeping: forget idle rate-limit state, drop expired
@@ -270,15 +277,30 @@ fn check_rate<K: Clone + Eq + std::hash::Hash>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
 ) -> Result<(), ServiceError> {
+    check_rate_n(limiter, key, 1)
+}
+
+/// `n` tokens at once, or how long to wait for all of them; more than the
+/// burst never fit (config validation keeps claims below it).
+fn check_rate_n<K: Clone + Eq + std::hash::Hash>(
+    limiter: &DefaultKeyedRateLimiter<K>,
+    key: &K,
+    n: u32,
+) -> Result<(), ServiceError> {
     use governor::clock::{Clock, DefaultClock};
-    limiter.check_key(key).map_err(|not_until| {
-        let wait = not_until.wait_time_from(DefaultClock::default().now());
-        ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
-    })
+    let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+    match limiter.check_key_n(key, n) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(not_until)) => {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            Err(ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) })
+        }
+        Err(_) => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
+    }
 }
 
 /// Bytes of `el` as XML, counted without building the string.
-fn serialized_size(el: &Element) -> usize {
+pub(crate) fn serialized_size(el: &Element) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -5,7 +5,8 @@ use xmpp_parsers::jid::BareJid;
 use super::{IqKind, IqRequest, Response, Service, ServiceError};
 use crate::protocol::error::AppCondition;
 use crate::protocol::now;
-use crate::protocol::vault::{vault_result, VaultItem, VaultRequest};
+use super::archive::DEFAULT_PAGE;
+use crate::protocol::vault::{list_result, vault_result, VaultItem, VaultRequest};
 use crate::protocol::ProtocolError;
 use crate::store::{VaultLimits, VaultWrite};
 
@@ -16,7 +17,7 @@ impl Service {
         }
         let request = VaultRequest::parse(&req.payload)?;
         let expected = match request {
-            VaultRequest::Get { .. } | VaultRequest::List => IqKind::Get,
+            VaultRequest::Get { .. } | VaultRequest::List { .. } => IqKind::Get,
             _ => IqKind::Set,
         };
         if req.kind != expected {
@@ -43,10 +44,12 @@ impl Service {
                 let (version, data) = self.store.vault_get(owner, name.clone()).await?.ok_or(ServiceError::NotFound)?;
                 return Ok(Response::result(vault_result(&[item(name, version, data.len(), Some(data))], None)));
             }
-            VaultRequest::List => {
-                let (items, used) = self.store.vault_list(owner).await?;
-                let items: Vec<_> = items.into_iter().map(|(n, ver, size)| item(n, ver, size, None)).collect();
-                return Ok(Response::result(vault_result(&items, Some((used, v.quota_bytes)))));
+            VaultRequest::List { max, cursor } => {
+                let max = max.unwrap_or(DEFAULT_PAGE).min(self.config.limits.max_page_size);
+                let page = self.store.vault_list(owner, cursor, max).await?;
+                let items: Vec<_> = page.items.into_iter().map(|(n, ver, size)| item(n, ver, size, None)).collect();
+                let quota = (page.used, v.quota_bytes);
+                return Ok(Response::result(list_result(&items, quota, page.first_index, page.count)));
             }
         };
         let (name, size, outcome) = written;

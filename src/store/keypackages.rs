@@ -1,5 +1,7 @@
 //! KeyPackage pools: uploads, owner listings and atomic claims.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
@@ -30,6 +32,11 @@ pub struct ClaimContext {
     pub account: String,
     pub claimer: String,
     pub low_water: u32,
+    /// Devices the claim may hand out to: the rate tokens it paid.
+    pub max_devices: usize,
+    /// Larger packages (stored before the limit was lowered) are not
+    /// handed out, so that the answer fits in one stanza.
+    pub max_key_package_size: usize,
     pub now: i64,
 }
 
@@ -129,17 +136,22 @@ impl Store {
     }
 
     /// Hands out one package per live device (or per requested device) and
-    /// deletes it, in one transaction: no package is ever handed out twice.
-    /// A last-resort package is handed out only when the device has no
-    /// other, and is kept. Every hand-out leaves a notice in the owner's inbox.
+    /// deletes it, in one transaction: no package is ever handed out twice,
+    /// no device gets more than one per claim, and no more than
+    /// `ctx.max_devices` devices get one. A last-resort package is handed out
+    /// only when the device has no other, and is kept. Every hand-out leaves
+    /// a notice in the owner's inbox.
     pub async fn claim(&self, ctx: ClaimContext, claim: Claim) -> Result<ClaimResult, StoreError> {
         self.write(move |c| {
             let devices = live_devices(c, &ctx.account, ctx.now)?;
-            let wanted: Vec<String> = if claim.devices.is_empty() {
+            let mut wanted: Vec<String> = if claim.devices.is_empty() {
                 devices.iter().map(|d| d.id.clone()).collect()
             } else {
                 claim.devices.clone()
             };
+            let mut seen = HashSet::new();
+            wanted.retain(|d| seen.insert(d.clone()));
+            wanted.truncate(ctx.max_devices);
             let mut result = ClaimResult { outcomes: Vec::new(), notices: Vec::new() };
             for device in wanted {
                 if !devices.iter().any(|d| d.id == device) {
@@ -160,24 +172,25 @@ impl Store {
 
 fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
     let fresh = ctx.now + MIN_REMAINING_LIFETIME;
+    let max_size = i64::try_from(ctx.max_key_package_size).unwrap_or(i64::MAX);
     let ordinary: Option<(Vec<u8>, Vec<u8>)> = c
         .prepare_cached(
             "DELETE FROM key_packages WHERE kp_ref = (
                 SELECT kp_ref FROM key_packages
                 WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3
-                  AND (?4 IS NULL OR cipher_suite = ?4)
+                  AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5
                 ORDER BY seq LIMIT 1)
              RETURNING kp_ref, message",
         )?
-        .query_row(params![ctx.account, device, fresh, suite], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![ctx.account, device, fresh, suite, max_size], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let last_resort = || -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
         c.prepare_cached(
             "SELECT kp_ref, message FROM key_packages
              WHERE account = ?1 AND device_id = ?2 AND last_resort = 1 AND not_after > ?3
-               AND (?4 IS NULL OR cipher_suite = ?4)",
+               AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5",
         )?
-        .query_row(params![ctx.account, device, fresh, suite], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(params![ctx.account, device, fresh, suite, max_size], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
     };
     let (found, is_last_resort) = match ordinary {
@@ -229,4 +242,49 @@ fn notify_claim(
         notices.push(insert_notice(c, &ctx.account, low, ctx.now)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use minidom::Element;
+
+    use super::*;
+    use crate::protocol::devices::Device;
+    use crate::store::tests::temp_store;
+
+    fn package(n: u8, last_resort: bool, size: usize) -> VerifiedKeyPackage {
+        let device_id = "d".to_string();
+        VerifiedKeyPackage { kp_ref: vec![n; 32], device_id, cipher_suite: 1, last_resort, not_after: 9_000, message: vec![n; size] }
+    }
+
+    fn context(max_devices: usize, max_key_package_size: usize) -> ClaimContext {
+        let (account, claimer) = ("alice@example.org".into(), "bob@example.org".into());
+        ClaimContext { account, claimer, low_water: 0, max_devices, max_key_package_size, now: 1_000 }
+    }
+
+    #[tokio::test]
+    async fn a_claim_hands_out_once_per_device_within_its_limits() {
+        let (_d, store) = temp_store();
+        let alice = || "alice@example.org".to_string();
+        let device = Device { id: "d".into(), signature_key: vec![1; 32], label: None, expires: Some(5_000) };
+        store.publish_device(alice(), device, Element::builder("e", "urn:x").build(), 2, 1_000).await.unwrap();
+        let kps = vec![package(1, false, 10), package(2, false, 10), package(3, false, 10), package(4, true, 500)];
+        assert_eq!(store.store_key_packages(alice(), kps, 10, 1_000).await.unwrap(), KeyPackageUpload::Stored);
+
+        // The same device three times: one hand-out, one notice.
+        let thrice = Claim { cipher_suite: None, devices: vec!["d".into(); 3] };
+        let result = store.claim(context(3, 100), thrice).await.unwrap();
+        assert_eq!((result.outcomes.len(), result.notices.len()), (1, 1));
+        // No more devices than paid for.
+        assert!(store.claim(context(0, 100), Claim::default()).await.unwrap().outcomes.is_empty());
+        // Two ordinary packages are left; the last resort one is over the size limit.
+        for _ in 0..2 {
+            let one = store.claim(context(1, 100), Claim::default()).await.unwrap();
+            assert!(matches!(&one.outcomes[..], [ClaimOutcome::Claimed { last_resort: false, .. }]), "{one:?}");
+        }
+        let none = store.claim(context(1, 100), Claim::default()).await.unwrap();
+        assert_eq!(none.outcomes, vec![ClaimOutcome::NothingCompatible { device: "d".into() }]);
+        let last = store.claim(context(1, 500), Claim::default()).await.unwrap();
+        assert!(matches!(&last.outcomes[..], [ClaimOutcome::Claimed { last_resort: true, .. }]), "{last:?}");
+    }
 }

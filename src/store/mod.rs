@@ -24,7 +24,7 @@ pub use devices::DevicePublish;
 pub use groups::{AppendOutcome, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member};
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
-pub use vault::{VaultLimits, VaultWrite};
+pub use vault::{VaultLimits, VaultPage, VaultWrite};
 
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};

@@ -4,6 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Store, StoreError};
+use crate::protocol::mam::Cursor;
 
 /// What a write did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,16 @@ pub enum VaultWrite {
     QuotaExceeded,
     TooManyBlobs,
     NotFound,
+}
+
+/// One page of a listing: (name, version, size) of its blobs, the bytes
+/// and blobs of the whole vault, and the index of the page's first blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultPage {
+    pub items: Vec<(String, u64, usize)>,
+    pub used: usize,
+    pub count: usize,
+    pub first_index: usize,
 }
 
 /// Limits of one account's vault.
@@ -101,17 +112,39 @@ impl Store {
         .await
     }
 
-    /// (name, version, size) of every blob, and the bytes used.
-    pub async fn vault_list(&self, account: String) -> Result<(Vec<(String, u64, usize)>, usize), StoreError> {
+    /// One page of the account's blobs in name order, from `cursor`.
+    pub async fn vault_list(&self, account: String, cursor: Cursor, max: usize) -> Result<VaultPage, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT name, version, length(data) FROM vault WHERE account = ?1 ORDER BY name",
-            )?;
-            let rows = st.query_map([&account], |r| {
+            let (after, before, descending) = match &cursor {
+                Cursor::First => (None, None, false),
+                Cursor::After(name) => (Some(name.as_str()), None, false),
+                Cursor::Before(name) => (None, Some(name.as_str()), true),
+                Cursor::Last => (None, None, true),
+            };
+            let order = if descending { "DESC" } else { "ASC" };
+            let mut st = c.prepare_cached(&format!(
+                "SELECT name, version, length(data) FROM vault
+                 WHERE account = ?1 AND (?2 IS NULL OR name > ?2) AND (?3 IS NULL OR name < ?3)
+                 ORDER BY name {order} LIMIT ?4"
+            ))?;
+            let limit = i64::try_from(max).unwrap_or(i64::MAX);
+            let rows = st.query_map(params![account, after, before, limit], |r| {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as usize))
             })?;
-            let items: Vec<_> = rows.collect::<Result<_, _>>()?;
-            Ok((items, usage(c, &account)?.0))
+            let mut items: Vec<(String, u64, usize)> = rows.collect::<Result<_, _>>()?;
+            if descending {
+                items.reverse();
+            }
+            let first_index = match items.first() {
+                Some((name, ..)) => c.query_row(
+                    "SELECT count(*) FROM vault WHERE account = ?1 AND name < ?2",
+                    params![account, name],
+                    |r| r.get::<_, i64>(0),
+                )? as usize,
+                None => 0,
+            };
+            let (used, count) = usage(c, &account)?;
+            Ok(VaultPage { items, used, count, first_index })
         })
         .await
     }

@@ -2,8 +2,8 @@
 //! also make the invalid ones a real client never would.
 
 use openmls::prelude::{
-    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, ExtensionType, KeyPackage, Lifetime,
-    MlsMessageOut,
+    BasicCredential, Capabilities, Ciphersuite, CredentialWithKey, Extension, ExtensionType, Extensions, KeyPackage,
+    Lifetime, MlsMessageOut, UnknownExtension,
 };
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -28,11 +28,16 @@ pub struct KpOptions {
     pub lifetime: Option<Lifetime>,
     pub suite: Ciphersuite,
     pub last_resort: bool,
+    /// Octets of a private KeyPackage extension, to make large packages.
+    pub padding: usize,
 }
+
+/// A private-use extension type (RFC 9420 §17.3) for padding.
+const PADDING: u16 = 0xff00;
 
 impl Default for KpOptions {
     fn default() -> Self {
-        Self { identity: None, lifetime: None, suite: SUITE, last_resort: false }
+        Self { identity: None, lifetime: None, suite: SUITE, last_resort: false, padding: 0 }
     }
 }
 
@@ -56,8 +61,16 @@ impl TestSigner {
             credential: BasicCredential::new(identity.into_bytes()).into(),
             signature_key: self.signer.to_public_vec().into(),
         };
-        let capabilities = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
+        let mut extensions = vec![ExtensionType::LastResort];
+        if opts.padding > 0 {
+            extensions.push(ExtensionType::Unknown(PADDING));
+        }
+        let capabilities = Capabilities::builder().extensions(extensions).build();
         let mut b = KeyPackage::builder().leaf_node_capabilities(capabilities);
+        if opts.padding > 0 {
+            let padding = Extension::Unknown(PADDING, UnknownExtension(vec![0; opts.padding]));
+            b = b.key_package_extensions(Extensions::single(padding).unwrap());
+        }
         if let Some(l) = opts.lifetime {
             b = b.key_package_lifetime(l);
         }
