@@ -45,6 +45,9 @@ pub enum AppCondition {
     TooManyGroups,
     /// With `forbidden`: the operator does not admit the requester's domain.
     DomainNotAllowed,
+    /// With `policy-violation`: the group's or the sender's archive bytes
+    /// of the day are used up.
+    ArchiveBudgetExceeded,
 }
 
 impl AppCondition {
@@ -66,6 +69,7 @@ impl AppCondition {
             AppCondition::TooManyMembers => "too-many-members",
             AppCondition::TooManyGroups => "too-many-groups",
             AppCondition::DomainNotAllowed => "domain-not-allowed",
+            AppCondition::ArchiveBudgetExceeded => "archive-budget-exceeded",
         }
     }
 

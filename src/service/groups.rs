@@ -9,7 +9,7 @@ use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup};
 use openmls::prelude::{
     ContentType, GroupId, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage,
-    ProcessedMessageContent, ProtocolMessage, Sender, ValidationError, Verifiable,
+    ProcessedMessageContent, ProtocolMessage, PublicMessageIn, Sender, ValidationError, Verifiable,
 };
 use openmls::prelude::PublicProcessMessageError;
 use openmls_rust_crypto::RustCrypto;
@@ -24,7 +24,7 @@ use crate::protocol::groups::{
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::n;
-use crate::store::{Archived, FeedEntry, GroupTx, Member};
+use crate::store::{ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Member};
 use crate::xmpp::namespace::CLIENT;
 
 /// A handshake that took its place in a group's archive.
@@ -144,6 +144,29 @@ fn check_size(tx: &GroupTx<'_>, members: &[Member], before: &[Member], limits: &
     Ok(())
 }
 
+/// Decodes a handshake and checks it is for the group's current epoch: the
+/// check before any signature is verified or the PublicGroup is loaded.
+fn current_epoch(
+    state: &GroupState,
+    bytes: &[u8],
+    group_id: &[u8],
+    content: ContentType,
+) -> Result<PublicMessageIn, ServiceError> {
+    let message = mls::public_message(bytes, group_id, content).map_err(ServiceError::InvalidMessage)?;
+    if message.epoch().as_u64() != state.epoch {
+        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit.clone() }));
+    }
+    Ok(message)
+}
+
+/// Charges an archived handshake to the committer's archive budget.
+fn charge(tx: &GroupTx<'_>, account: &BareJid, kind: Kind, bytes: &[u8], budget: ArchiveBudget) -> Result<(), ServiceError> {
+    match tx.charge_archive(account.as_str(), kind, bytes.len(), budget)? {
+        true => Ok(()),
+        false => Err(ServiceError::Limit(AppCondition::ArchiveBudgetExceeded)),
+    }
+}
+
 fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
     PublicGroup::load(&tx.mls(), &GroupId::from_slice(group_id))
         .map_err(library)?
@@ -155,17 +178,14 @@ fn apply_commit(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
     limits: &GroupsConfig,
+    budget: ArchiveBudget,
     group_id: &[u8],
     group_jid: &str,
     account: &BareJid,
     bundle: CommitBundle,
 ) -> Result<Delivered, ServiceError> {
     let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
-    let message =
-        mls::public_message(&bundle.commit, group_id, ContentType::Commit).map_err(ServiceError::InvalidMessage)?;
-    if message.epoch().as_u64() != state.epoch {
-        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit }));
-    }
+    let message = current_epoch(&state, &bundle.commit, group_id, ContentType::Commit)?;
     let mut pg = load(tx, group_id)?;
     let before = members_of(&pg);
     let processed: ProcessedMessage =
@@ -211,6 +231,7 @@ fn apply_commit(
     check_size(tx, &members, &before, limits)?;
     check_group_info(crypto, &bundle.group_info, &pg)?;
     let epoch = pg.group_context().epoch().as_u64();
+    charge(tx, account, Kind::Commit, &bundle.commit, budget)?;
     let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
     tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
     tx.set_members(&members, archived.seq)?;
@@ -241,16 +262,13 @@ fn apply_commit(
 fn apply_proposal(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
+    budget: ArchiveBudget,
     group_id: &[u8],
     account: &BareJid,
     proposal: Proposal,
 ) -> Result<Delivered, ServiceError> {
     let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
-    let message = mls::public_message(&proposal.message, group_id, ContentType::Proposal)
-        .map_err(ServiceError::InvalidMessage)?;
-    if message.epoch().as_u64() != state.epoch {
-        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit }));
-    }
+    let message = current_epoch(&state, &proposal.message, group_id, ContentType::Proposal)?;
     let mut pg = load(tx, group_id)?;
     let processed = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
     if account_of(processed.credential()).as_ref() != Some(account) {
@@ -272,6 +290,7 @@ fn apply_proposal(
         _ => {}
     }
     pg.add_proposal(&tx.mls(), *queued).map_err(library)?;
+    charge(tx, account, Kind::Proposal, &proposal.message, budget)?;
     let archived = tx.append(state.epoch, Kind::Proposal, &sender_device, None, &proposal.message)?;
     Ok(Delivered {
         archived,
@@ -324,24 +343,37 @@ impl Service {
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let bundle = CommitBundle::parse(&req.payload)?;
+        self.precheck_epoch(group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
-        let limits = self.config.groups.clone();
+        let (limits, budget) = (self.config.groups.clone(), self.archive_budget());
         let delivered = self
             .store
-            .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &limits, &gid, &jid, &account, bundle))
+            .group_tx(group_id.to_vec(), move |tx| {
+                apply_commit(tx, &crypto, &limits, budget, &gid, &jid, &account, bundle)
+            })
             .await?;
         Ok(self.deliver(group_id, delivered, req))
     }
 
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let proposal = Proposal::parse(&req.payload)?;
-        let (crypto, account, gid) = (self.crypto.clone(), req.from.to_bare(), group_id.to_vec());
+        self.precheck_epoch(group_id, &proposal.message, ContentType::Proposal).await?;
+        let (crypto, account, gid, budget) =
+            (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.archive_budget());
         let delivered = self
             .store
-            .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, &gid, &account, proposal))
+            .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, budget, &gid, &account, proposal))
             .await?;
         Ok(self.deliver(group_id, delivered, req))
+    }
+
+    /// The unknown-group, decoding and epoch checks against the stored
+    /// state, outside the writer: a handshake that would lose costs a read.
+    /// The writer checks the epoch again, deciding.
+    async fn precheck_epoch(&self, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<(), ServiceError> {
+        let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
+        current_epoch(&state, bytes, group_id, content).map(|_| ())
     }
 
     /// The latest GroupInfo, for members (and their accounts' new devices).

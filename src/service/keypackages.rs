@@ -1,5 +1,7 @@
 //! The KeyPackage node (owner uploads and listings) and claims.
 
+use std::num::NonZeroU32;
+
 use xmpp_parsers::jid::BareJid;
 
 use super::pubsub::{headline, Caller};
@@ -7,7 +9,7 @@ use super::{IqRequest, Response, Service, ServiceError};
 use crate::metrics::metrics;
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::{
-    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, VerifiedKeyPackage,
+    claimed_element, inspect, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, Rejection,
     NODE,
 };
 use crate::protocol::pubsub::{items_result, publish_result, ItemIn};
@@ -26,7 +28,8 @@ impl Service {
         }
     }
 
-    /// Verifies every package (all or nothing) and stores them.
+    /// Checks every package (all or nothing), cheap checks first and
+    /// signatures last (xep/ §Validation), and stores them.
     pub(super) async fn upload_key_packages(
         &self,
         caller: &Caller<'_>,
@@ -38,31 +41,47 @@ impl Service {
         let account = caller.account.clone();
         let devices = self.store.live_devices(account.to_string(), now).await?;
         let policy = self.key_package_policy();
+        let messages: Vec<Result<Vec<u8>, Rejection>> = texts.iter().map(|t| upload_bytes(t)).collect();
+        let inspected = all_or_refused(messages.iter().map(|m| {
+            m.as_ref().map_err(|e| *e).and_then(|b| inspect(self.crypto.as_ref(), b, &account, &devices, &policy))
+        }))?;
+        let max = self.config.directory.max_key_packages_per_device;
+        if let Some(refused) = self.store.precheck_key_packages(account.to_string(), inspected, max, now).await? {
+            return Err(upload_refused(refused));
+        }
+        self.charge_verifications(&account, messages.len())?;
+        metrics().key_package_verifications.add(messages.len() as u64);
         let crypto = self.crypto.clone();
         // Signature checks are CPU work: keep them off the async workers.
         let verified = tokio::task::spawn_blocking(move || {
-            texts
-                .iter()
-                .map(|t| upload_bytes(t).and_then(|b| verify(crypto.as_ref(), &b, &account, &devices, &policy, now)))
+            messages
+                .into_iter()
+                .flatten()
+                .map(|b| verify(crypto.as_ref(), &b, &account, &devices, &policy, now))
                 .collect::<Vec<_>>()
         })
         .await
         .map_err(|_| ServiceError::Unsupported)?;
-        let refused: Vec<_> =
-            verified.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, *e))).collect();
-        if !refused.is_empty() {
-            return Err(ServiceError::InvalidKeyPackages(refused));
-        }
-        let kps: Vec<VerifiedKeyPackage> = verified.into_iter().flatten().collect();
+        let kps = all_or_refused(verified.into_iter())?;
         let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
-        let max = self.config.directory.max_key_packages_per_device;
         match self.store.store_key_packages(caller.account.to_string(), kps, max, now).await? {
             KeyPackageUpload::Stored => {
                 metrics().key_packages_uploaded.add(ids.len() as u64);
                 Ok(Response::result(publish_result(NODE, &ids)))
             }
-            KeyPackageUpload::Refused(refused) => Err(ServiceError::InvalidKeyPackages(refused)),
-            KeyPackageUpload::TooMany { .. } => Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)),
+            refused => Err(upload_refused(refused)),
+        }
+    }
+
+    /// Takes `n` signature verifications from the account's budget: an
+    /// upload larger than the burst can never pass.
+    fn charge_verifications(&self, account: &BareJid, n: usize) -> Result<(), ServiceError> {
+        let Ok(n) = u32::try_from(n) else { return Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)) };
+        let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
+        match self.verifications.check_key_n(&account.to_string(), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(super::rate_limited(&not_until)),
+            Err(_) => Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)),
         }
     }
 
@@ -100,5 +119,27 @@ impl Service {
 
     fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid) -> Result<(), ServiceError> {
         super::check_rate(&self.claims, &(claimer.to_string(), account.to_string()))
+    }
+}
+
+/// Every package's value, or the refusal that lists every refused one.
+fn all_or_refused<T>(checked: impl Iterator<Item = Result<T, Rejection>>) -> Result<Vec<T>, ServiceError> {
+    let (mut ok, mut refused) = (Vec::new(), Vec::new());
+    for (i, r) in checked.enumerate() {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => refused.push((i, e)),
+        }
+    }
+    match refused.is_empty() {
+        true => Ok(ok),
+        false => Err(ServiceError::InvalidKeyPackages(refused)),
+    }
+}
+
+fn upload_refused(refused: KeyPackageUpload) -> ServiceError {
+    match refused {
+        KeyPackageUpload::Refused(list) => ServiceError::InvalidKeyPackages(list),
+        _ => ServiceError::Limit(AppCondition::TooManyKeyPackages),
     }
 }

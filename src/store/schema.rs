@@ -127,6 +127,18 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
     // 7: groups per account (groups.max_groups_per_account).
     M::up("CREATE INDEX members_of_account ON members (account, group_id);"),
+    // 8: archive budgets: octets archived per UTC day, per group (scope
+    // 'group', owner = group_id) and per sending account (scope 'account',
+    // owner = its bare JID as UTF-8).
+    M::up(
+        "CREATE TABLE archive_bytes (
+            scope TEXT NOT NULL,
+            owner BLOB NOT NULL,
+            day   INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            PRIMARY KEY (scope, owner, day)
+        ) STRICT;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
