@@ -173,12 +173,17 @@ fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> 
         .ok_or(ServiceError::UnknownGroup)
 }
 
+/// What a commit must fit: the group limits and the archive budgets.
+struct CommitLimits {
+    groups: GroupsConfig,
+    budget: ArchiveBudget,
+}
+
 /// Validates and applies a commit bundle; runs on the store's writer.
 fn apply_commit(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
-    limits: &GroupsConfig,
-    budget: ArchiveBudget,
+    limits: &CommitLimits,
     group_id: &[u8],
     group_jid: &str,
     account: &BareJid,
@@ -228,10 +233,10 @@ fn apply_commit(
     let sender_device = device_of(tx, account.as_str(), &committer_key)?;
     pg.merge_commit(&tx.mls(), *staged).map_err(library)?;
     let members = members_of(&pg);
-    check_size(tx, &members, &before, limits)?;
+    check_size(tx, &members, &before, &limits.groups)?;
     check_group_info(crypto, &bundle.group_info, &pg)?;
     let epoch = pg.group_context().epoch().as_u64();
-    charge(tx, account, Kind::Commit, &bundle.commit, budget)?;
+    charge(tx, account, Kind::Commit, &bundle.commit, limits.budget)?;
     let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
     tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
     tx.set_members(&members, archived.seq)?;
@@ -346,12 +351,10 @@ impl Service {
         self.precheck_epoch(group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
-        let (limits, budget) = (self.config.groups.clone(), self.archive_budget());
+        let limits = CommitLimits { groups: self.config.groups.clone(), budget: self.archive_budget() };
         let delivered = self
             .store
-            .group_tx(group_id.to_vec(), move |tx| {
-                apply_commit(tx, &crypto, &limits, budget, &gid, &jid, &account, bundle)
-            })
+            .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &limits, &gid, &jid, &account, bundle))
             .await?;
         Ok(self.deliver(group_id, delivered, req))
     }
