@@ -417,3 +417,41 @@ async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() 
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
     assert_eq!(scrape(port)["xmpp_mls_reconnects_total"], 0.0);
 }
+
+/// A Commit for a past epoch is refused from the stored epoch, before the
+/// store's writer and before any signature: no write batch moves, and the
+/// store is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_for_a_past_epoch_is_refused_without_a_write() {
+    let prosody = Prosody::start();
+    let port = free_port();
+    let component = Component::start(&prosody, &format!("keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let _bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    let bob = BareJid::new("bob@example.org").unwrap();
+    let devices = alice.session.devices(&Jid::new(COMPONENT).unwrap(), &bob).await.unwrap();
+    let kps = alice.key_packages_for(&bob, devices.into_iter().map(|d| d.id).collect()).await.unwrap();
+    let bundle = alice.stage_add(&group, kps).await.unwrap();
+    alice.submit(&group, &bundle).await.unwrap();
+
+    let mut last = scrape(port);
+    let before = store_digest(&component.store_path());
+    let refusal = match alice.submit(&group, &bundle).await {
+        Err(ClientError::Stanza(e)) => describe(&e),
+        other => panic!("expected a stanza error, got {other:?}"),
+    };
+    assert_eq!(refusal, "cancel/conflict (wrong-epoch)");
+    assert_eq!(
+        moved_since(port, &mut last),
+        expected(&[
+            ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
+            ("xmpp_mls_stanza_errors_total{condition=\"conflict\"}", 1.0),
+            ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
+        ])
+    );
+    assert!(store_digest(&component.store_path()) == before, "the refused Commit changed the store");
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+}
