@@ -607,6 +607,8 @@ mod tests {
             ("[component\n", "line 1"),
             (&format!("{MINIMAL}[directory]\ncipher_suites = [2]\n"), "directory.cipher_suites"),
             (&format!("{MINIMAL}[metrics]\nlisten = \"localhost:9464\"\n"), "metrics.listen"),
+            (&format!("{MINIMAL}[directory]\nkey_package_burst = 100\n"), "directory.key_package_burst"),
+            (&format!("{MINIMAL}[history]\naccount_archive_bytes_per_day = 0\n"), "history.account_archive_bytes_per_day"),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text, no_env()).unwrap_err();
