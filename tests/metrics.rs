@@ -418,40 +418,50 @@ async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() 
     assert_eq!(scrape(port)["xmpp_mls_reconnects_total"], 0.0);
 }
 
-/// A Commit for a past epoch is refused from the stored epoch, before the
-/// store's writer and before any signature: no write batch moves, and the
-/// store is unchanged.
+/// A Commit of another account's leaf, and a Commit for a past epoch, are
+/// refused from the stored group, before the store's writer and before any
+/// signature: no write batch moves, and the store is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_for_a_past_epoch_is_refused_without_a_write() {
+async fn commits_of_another_leaf_or_a_past_epoch_are_refused_without_a_write() {
     let prosody = Prosody::start();
     let port = free_port();
     let component = Component::start(&prosody, &format!("keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
-    let _bob = member(&prosody, &dir, "bob", "phone").await;
+    let bob = member(&prosody, &dir, "bob", "phone").await;
     let group = alice.create().await.unwrap();
-    let bob = BareJid::new("bob@example.org").unwrap();
-    let devices = alice.session.devices(&Jid::new(COMPONENT).unwrap(), &bob).await.unwrap();
-    let kps = alice.key_packages_for(&bob, devices.into_iter().map(|d| d.id).collect()).await.unwrap();
+    let bob_jid = BareJid::new("bob@example.org").unwrap();
+    let devices = alice.session.devices(&Jid::new(COMPONENT).unwrap(), &bob_jid).await.unwrap();
+    let kps = alice.key_packages_for(&bob_jid, devices.into_iter().map(|d| d.id).collect()).await.unwrap();
     let bundle = alice.stage_add(&group, kps).await.unwrap();
-    alice.submit(&group, &bundle).await.unwrap();
-
-    let mut last = scrape(port);
-    let before = store_digest(&component.store_path());
-    let refusal = match alice.submit(&group, &bundle).await {
-        Err(ClientError::Stanza(e)) => describe(&e),
-        other => panic!("expected a stanza error, got {other:?}"),
+    alice.discard_pending(&group).unwrap();
+    let refused_without_a_write = |refusal: Result<Option<Element>, ClientError>, expect: &str, last: &mut HashMap<String, f64>| {
+        let before = store_digest(&component.store_path());
+        match refusal {
+            Err(ClientError::Stanza(e)) => assert_eq!(describe(&e), expect),
+            other => panic!("expected a stanza error, got {other:?}"),
+        }
+        let condition = expect.split(['/', ' ']).nth(1).unwrap();
+        assert_eq!(
+            moved_since(port, last),
+            expected(&[
+                ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
+                ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
+                (&format!("xmpp_mls_stanza_errors_total{{condition=\"{condition}\"}}"), 1.0),
+                ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
+            ]),
+            "{expect}"
+        );
+        assert!(store_digest(&component.store_path()) == before, "{expect}: the refused Commit changed the store");
     };
-    assert_eq!(refusal, "cancel/conflict (wrong-epoch)");
-    assert_eq!(
-        moved_since(port, &mut last),
-        expected(&[
-            ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
-            ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
-            ("xmpp_mls_stanza_errors_total{condition=\"conflict\"}", 1.0),
-            ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
-        ])
-    );
-    assert!(store_digest(&component.store_path()) == before, "the refused Commit changed the store");
+
+    // bob sends alice's Commit for the current epoch: her leaf is not his.
+    let mut last = scrape(port);
+    let replay = bob.session.iq(&group.clone().into(), "set", bundle.to_element()).await;
+    refused_without_a_write(replay, "auth/forbidden", &mut last);
+    // alice's own is accepted; sent again, it is for a past epoch.
+    alice.submit(&group, &bundle).await.unwrap();
+    let mut last = scrape(port);
+    refused_without_a_write(alice.submit(&group, &bundle).await, "cancel/conflict (wrong-epoch)", &mut last);
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }

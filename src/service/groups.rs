@@ -159,6 +159,20 @@ fn current_epoch(
     Ok(message)
 }
 
+/// The sender a handshake claims, before its signature is checked: a leaf
+/// of the requester's account, or for an external Commit, an account that
+/// has a leaf. A claim of another account's leaf is refused either way:
+/// forged, its signature fails; genuine, it is not the requester's.
+fn claimed_sender(message: &PublicMessageIn, members: &[Member], account: &BareJid) -> Result<(), ServiceError> {
+    let ours = |m: &Member| m.account == account.as_str();
+    let allowed = match message.sender() {
+        Sender::Member(leaf) => members.iter().any(|m| m.leaf == leaf.u32() && ours(m)),
+        Sender::NewMemberCommit => members.iter().any(ours),
+        _ => false,
+    };
+    allowed.then_some(()).ok_or(ServiceError::Forbidden)
+}
+
 /// Charges an archived handshake to the committer's archive budget.
 fn charge(tx: &GroupTx<'_>, account: &BareJid, kind: Kind, bytes: &[u8], budget: ArchiveBudget) -> Result<(), ServiceError> {
     match tx.charge_archive(account.as_str(), kind, bytes.len(), budget)? {
@@ -348,7 +362,7 @@ impl Service {
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let bundle = CommitBundle::parse(&req.payload)?;
-        self.precheck_epoch(group_id, &bundle.commit, ContentType::Commit).await?;
+        self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
         let limits = CommitLimits { groups: self.config.groups.clone(), budget: self.archive_budget() };
@@ -361,7 +375,7 @@ impl Service {
 
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let proposal = Proposal::parse(&req.payload)?;
-        self.precheck_epoch(group_id, &proposal.message, ContentType::Proposal).await?;
+        self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
         let (crypto, account, gid, budget) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.archive_budget());
         let delivered = self
@@ -371,12 +385,15 @@ impl Service {
         Ok(self.deliver(group_id, delivered, req))
     }
 
-    /// The unknown-group, decoding and epoch checks against the stored
-    /// state, outside the writer: a handshake that would lose costs a read.
-    /// The writer checks the epoch again, deciding.
-    async fn precheck_epoch(&self, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<(), ServiceError> {
+    /// The checks of a handshake that need no signature, against the
+    /// stored state, outside the writer: unknown group, decoding, epoch, and
+    /// the sender it claims. A handshake refused by them costs two reads;
+    /// the writer checks again, deciding.
+    async fn precheck(&self, req: &IqRequest, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<(), ServiceError> {
         let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
-        current_epoch(&state, bytes, group_id, content).map(|_| ())
+        let message = current_epoch(&state, bytes, group_id, content)?;
+        let members = self.store.group_members(group_id.to_vec()).await?;
+        claimed_sender(&message, &members, &req.from.to_bare())
     }
 
     /// The latest GroupInfo, for members (and their accounts' new devices).
