@@ -25,6 +25,9 @@
 //! registers accounts `bench0`… (password = name), then runs
 //! `bench_e2e run --c2s HOST:PORT [--quick] [--json FILE]`.
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -258,21 +261,10 @@ impl Pids {
             System::Muc => None,
             System::Null => self.null,
         };
-        [self.prosody, component].map(|pid| pid.and_then(cpu_secs))
+        [self.prosody, component].map(|pid| pid.and_then(cpu::cpu_secs))
     }
 }
 
-/// CPU time `pid` has used, summed over its threads, in seconds: the
-/// scheduler's nanosecond count (/proc/…/stat counts 10 ms ticks, too
-/// coarse for short runs).
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let on_cpu = |thread: std::fs::DirEntry| -> Option<u64> {
-        let stat = std::fs::read_to_string(thread.path().join("schedstat")).ok()?;
-        stat.split_whitespace().next()?.parse().ok()
-    };
-    Some(threads.filter_map(|t| on_cpu(t.ok()?)).sum::<u64>() as f64 / 1e9)
-}
 
 struct Report {
     runs: Vec<Run>,

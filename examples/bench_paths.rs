@@ -9,6 +9,11 @@
 //!   memory) on the same commits;
 //! - KeyPackage uploads through the service against raw Ed25519
 //!   verification of the packages' two signatures;
+//! - the CPU time of a refused KeyPackage upload (duplicates of stored
+//!   packages, more packages than the device has room for) against an
+//!   accepted one, and against the verify-first order (every signature
+//!   checked before the store refuses), measured as the packages'
+//!   `keypackages::verify`;
 //! - KeyPackage claims through the service against a bare SQLite
 //!   `DELETE … RETURNING` per transaction with the same durability;
 //! - a 50-item MAM page from the middle and the end of a growing archive,
@@ -18,10 +23,13 @@
 //!   an empty one.
 //!
 //! `cargo run --release --example bench_paths -- [--quick] [--json PATH] [--only SECTION]`
-//! (sections: commits, keypackages, archive, rss) prints one line per
+//! (sections: commits, keypackages, refusals, archive, rss) prints one line per
 //! figure, `name: value unit (ratio vs baseline)`, each a median of several
 //! runs; `--json` also writes them as `{"bench", "quick", "figures": [{"name",
 //! "value", "unit", "ratio", "baseline"}]}`.
+
+#[path = "common/cpu.rs"]
+mod cpu;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,12 +55,12 @@ use xmpp_mls::config::Config;
 use xmpp_mls::protocol::address::{directory_node, group_node, Address};
 use xmpp_mls::protocol::devices::Device;
 use xmpp_mls::protocol::groups::{epoch_check, CommitBundle, Create};
-use xmpp_mls::protocol::keypackages::{key_package_element, parse_claimed, Claim, ClaimOutcome, NODE};
+use xmpp_mls::protocol::keypackages::{key_package_element, parse_claimed, verify, Claim, ClaimOutcome, Policy, NODE};
 use xmpp_mls::protocol::mam::{query_element, Cursor};
 use xmpp_mls::protocol::mls;
 use xmpp_mls::protocol::pubsub::publish_request;
 use xmpp_mls::service::{IqKind, IqRequest, Response, Service};
-use xmpp_mls::store::{AppendOutcome, FeedEntry, FeedJoin, Filter, Member, PageStart, Source, Store};
+use xmpp_mls::store::{AppendOutcome, ArchiveBudget, FeedEntry, FeedJoin, Filter, Member, PageStart, Source, Store};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 const DOMAIN: &str = "mls.example.org";
@@ -106,6 +114,8 @@ struct Plan {
     group_sizes: Vec<usize>,
     commits: usize,
     uploaders: usize,
+    /// Uploads of each kind whose CPU time is measured.
+    refusals: usize,
     archive_sizes: Vec<usize>,
     runs: usize,
 }
@@ -117,6 +127,7 @@ impl Plan {
                 group_sizes: vec![2, 32, 256],
                 commits: 5,
                 uploaders: 50,
+                refusals: 20,
                 archive_sizes: vec![10_000, 100_000],
                 runs: 3,
             },
@@ -124,6 +135,7 @@ impl Plan {
                 group_sizes: vec![2, 8, 32, 128, 512, 1024],
                 commits: 9,
                 uploaders: 100,
+                refusals: 100,
                 archive_sizes: vec![10_000, 100_000, 1_000_000],
                 runs: 5,
             },
@@ -445,6 +457,65 @@ async fn bench_key_packages(plan: &Plan, figures: &mut Vec<Figure>) {
     figures.push(Figure::new("stored_bytes_per_keypackage", stored * per_kp, "bytes", stored, "KeyPackage"));
 }
 
+/// CPU seconds of this process while `work` runs.
+async fn cpu_of(work: impl std::future::Future<Output = ()>) -> f64 {
+    let cpu = || cpu::cpu_secs(std::process::id()).expect("/proc/self/task");
+    let before = cpu();
+    work.await;
+    cpu() - before
+}
+
+/// Each upload through the service, one after the other; whether each was
+/// accepted must be `accepted`.
+async fn upload_each(service: &Service, people: &[Person], uploads: &[Vec<Vec<u8>>], accepted: bool) {
+    for (p, u) in people.iter().zip(uploads) {
+        let items = u.iter().map(|m| (None, key_package_element(m))).collect();
+        let req = iq(&p.jid(), directory_jid(&p.account), IqKind::Set, publish_request(NODE, items));
+        assert_eq!(service.handle_iq(&req).await.is_ok(), accepted, "upload of {}", p.account);
+    }
+}
+
+/// CPU per upload of 20 packages: accepted; refused as duplicates of the
+/// stored ones; refused for a full pool; and the verify-first order's cost
+/// of refusing them (every package through `keypackages::verify`).
+async fn bench_refusals(plan: &Plan, figures: &mut Vec<Figure>) {
+    const PER_UPLOAD: usize = 20;
+    let people: Vec<Person> = (0..plan.refusals).map(|i| Person::new("r", i)).collect();
+    let fresh = || -> Vec<Vec<Vec<u8>>> {
+        people.iter().map(|p| (0..PER_UPLOAD).map(|_| bytes(&MlsMessageOut::from(p.key_package()))).collect()).collect()
+    };
+    let (uploads, more) = (fresh(), fresh());
+    let policy = Policy { cipher_suites: vec![1, 3], max_lifetime_secs: 90 * 24 * 3600, clock_skew_secs: 300 };
+    let crypto = OpenMlsRustCrypto::default();
+    let (mut accepted, mut duplicate, mut full, mut verify_first) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..plan.runs {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, store) = service(dir.path(), &format!("[directory]\nmax_key_packages_per_device = {PER_UPLOAD}\n"));
+        publish(&store, &people).await;
+        let per_upload = |cpu: f64| cpu * 1e6 / people.len() as f64;
+        accepted.push(per_upload(cpu_of(upload_each(&service, &people, &uploads, true)).await));
+        duplicate.push(per_upload(cpu_of(upload_each(&service, &people, &uploads, false)).await));
+        full.push(per_upload(cpu_of(upload_each(&service, &people, &more, false)).await));
+        let now = xmpp_mls::protocol::now();
+        let verify_all = async {
+            for (p, u) in people.iter().zip(&uploads) {
+                for m in u {
+                    verify(crypto.crypto(), m, &p.account, &[p.device()], &policy, now).unwrap();
+                }
+            }
+        };
+        verify_first.push(per_upload(cpu_of(verify_all).await));
+        store.close().await;
+    }
+    let accepted = median(accepted);
+    figures.push(Figure::new("keypackage_upload_accepted_cpu", accepted, "us", 1.0, "accepted upload of 20"));
+    let verify_first = median(verify_first);
+    for (name, cpu) in [("keypackage_upload_refused_duplicate_cpu", median(duplicate)), ("keypackage_upload_refused_full_pool_cpu", median(full))] {
+        figures.push(Figure::new(name, cpu, "us", cpu / accepted, "accepted upload of 20"));
+        figures.push(Figure::new(format!("{name}_vs_verify_first"), cpu, "us", cpu / verify_first, "verify-first refusal"));
+    }
+}
+
 /// A bare SQLite claim per transaction (WAL, synchronous=FULL, as the store).
 fn raw_sqlite_claims<'a>(dir: &Path, messages: impl Iterator<Item = &'a [u8]>) -> f64 {
     let conn = rusqlite::Connection::open(dir.join("raw.sqlite3")).unwrap();
@@ -475,7 +546,8 @@ async fn fill_archive(store: &Store, id: &[u8], sender: &str, messages: &[Vec<u8
     for start in (0..n).step_by(WAVE) {
         join_all((start..n.min(start + WAVE)).map(|i| {
             let message = messages[i % messages.len()].clone();
-            store.append_application(id.to_vec(), sender.to_owned(), 0, 0, message)
+            let budget = ArchiveBudget { group_bytes_per_day: u64::MAX, account_bytes_per_day: u64::MAX };
+            store.append_application(id.to_vec(), sender.to_owned(), 0, 0, message, budget)
         }))
         .await
         .into_iter()
@@ -647,6 +719,9 @@ async fn main() {
     }
     if run("keypackages") {
         bench_key_packages(&plan, &mut figures).await;
+    }
+    if run("refusals") {
+        bench_refusals(&plan, &mut figures).await;
     }
     if run("archive") {
         bench_archive(&plan, &mut figures).await;

@@ -131,8 +131,14 @@ pub struct DirectoryConfig {
     pub claim_burst: u32,
     /// ...and then one more every this many seconds.
     pub claim_refill_secs: u64,
-    /// Subscribers of one device list.
+    /// Accounts subscribed to one device list (each with at most
+    /// max_devices_per_account subscribed JIDs).
     pub max_subscribers: usize,
+    /// KeyPackages whose signatures one account may have verified in a
+    /// burst (at least max_key_packages_per_device + 1: one full upload)...
+    pub key_package_burst: u32,
+    /// ...and then one more every this many seconds.
+    pub key_package_refill_secs: u64,
 }
 
 impl Default for DirectoryConfig {
@@ -149,6 +155,8 @@ impl Default for DirectoryConfig {
             claim_burst: 32,
             claim_refill_secs: 10,
             max_subscribers: 256,
+            key_package_burst: 200,
+            key_package_refill_secs: 1,
         }
     }
 }
@@ -182,11 +190,20 @@ pub struct HistoryConfig {
     pub retention_secs: u64,
     /// How often housekeeping (retention, expiry) runs.
     pub maintenance_secs: u64,
+    /// Octets of MLS messages one group's archive may take in per UTC day.
+    pub group_archive_bytes_per_day: u64,
+    /// Octets of MLS messages one account may add to archives per UTC day.
+    pub account_archive_bytes_per_day: u64,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { retention_secs: 30 * 24 * 3600, maintenance_secs: 60 }
+        Self {
+            retention_secs: 30 * 24 * 3600,
+            maintenance_secs: 60,
+            group_archive_bytes_per_day: 64 * 1024 * 1024,
+            account_archive_bytes_per_day: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -380,8 +397,11 @@ impl Config {
             ("directory.claim_burst", self.directory.claim_burst as u64),
             ("directory.claim_refill_secs", self.directory.claim_refill_secs),
             ("directory.max_subscribers", self.directory.max_subscribers as u64),
+            ("directory.key_package_refill_secs", self.directory.key_package_refill_secs),
             ("history.retention_secs", self.history.retention_secs),
             ("history.maintenance_secs", self.history.maintenance_secs),
+            ("history.group_archive_bytes_per_day", self.history.group_archive_bytes_per_day),
+            ("history.account_archive_bytes_per_day", self.history.account_archive_bytes_per_day),
             ("vault.max_blob_size", self.vault.max_blob_size as u64),
             ("vault.quota_bytes", self.vault.quota_bytes as u64),
             ("vault.max_blobs", self.vault.max_blobs as u64),
@@ -389,6 +409,9 @@ impl Config {
             if v == 0 {
                 return Err(err(key, "must be greater than 0"));
             }
+        }
+        if (self.directory.key_package_burst as usize) <= self.directory.max_key_packages_per_device {
+            return Err(err("directory.key_package_burst", "must be greater than directory.max_key_packages_per_device"));
         }
         if self.directory.cipher_suites.is_empty() {
             return Err(err("directory.cipher_suites", "must list at least one cipher suite"));
@@ -642,6 +665,8 @@ mod tests {
             ("[component\n", "line 1"),
             (&format!("{MINIMAL}[directory]\ncipher_suites = [2]\n"), "directory.cipher_suites"),
             (&format!("{MINIMAL}[metrics]\nlisten = \"localhost:9464\"\n"), "metrics.listen"),
+            (&format!("{MINIMAL}[directory]\nkey_package_burst = 100\n"), "directory.key_package_burst"),
+            (&format!("{MINIMAL}[history]\naccount_archive_bytes_per_day = 0\n"), "history.account_archive_bytes_per_day"),
         ];
         for (text, key) in cases {
             let e = Config::from_toml(text, no_env()).unwrap_err();

@@ -193,6 +193,7 @@ pub struct Metrics {
     pub stanzas_too_big: Family<StanzaKind>,
     pub commits: Family<Outcome>,
     pub key_packages_uploaded: Counter,
+    pub key_package_verifications: Counter,
     pub key_packages_claimed: Counter,
     pub write_batch_size: Histogram,
     pub write_batch_latency: Histogram,
@@ -223,6 +224,7 @@ impl Metrics {
             stanzas_too_big: Family::new(),
             commits: Family::new(),
             key_packages_uploaded: Counter::default(),
+            key_package_verifications: Counter::default(),
             key_packages_claimed: Counter::default(),
             write_batch_size: Histogram::new(BATCH_SIZES, 1.0),
             write_batch_latency: Histogram::new(LATENCIES_US, 1e6),
@@ -256,6 +258,7 @@ impl Metrics {
         family(r, "xmpp_mls_stanzas_too_big_total", too_big, &self.stanzas_too_big);
         family(r, "xmpp_mls_commits_total", "Commits submitted to the Delivery Service.", &self.commits);
         single(r, "xmpp_mls_key_packages_uploaded_total", "counter", "KeyPackages stored.", self.key_packages_uploaded.get());
+        single(r, "xmpp_mls_key_package_verifications_total", "counter", "KeyPackages whose signatures were verified (uploads that passed the cheap checks).", self.key_package_verifications.get());
         single(r, "xmpp_mls_key_packages_claimed_total", "counter", "KeyPackages handed out to claimers.", self.key_packages_claimed.get());
         histogram(r, "xmpp_mls_store_write_batch_size", "Write requests committed per transaction.", &self.write_batch_size);
         histogram(r, "xmpp_mls_store_write_batch_seconds", "Time to run and commit one write batch.", &self.write_batch_latency);

@@ -13,6 +13,7 @@ use minidom::Element;
 use xmpp_mls::client::{GroupClient, GroupEvent, Session};
 use xmpp_mls::protocol::address::{group_node, Address};
 use xmpp_mls::protocol::groups::Accepted;
+use xmpp_mls::protocol::keypackages::key_package_element;
 use xmpp_mls::protocol::mam::{Cursor, FIELD_KIND};
 use xmpp_mls::protocol::pubsub::NS_PUBSUB_ERRORS;
 use xmpp_mls::protocol::vault::VaultRequest;
@@ -194,6 +195,7 @@ fn directory() -> Vec<Case> {
         c("KeyPackage invalid base64", A, set("{ADIR}", &upload(&["{A_KP2}", "AAEC!AQID$$=="])), "modify/not-acceptable invalid-key-packages{key-package[index=1,reason=malformed]}"),
         c("re-uploaded KeyPackage", A, set("{ADIR}", &upload(&["{A_KP}"])), "modify/not-acceptable invalid-key-packages{key-package[index=0,reason=duplicate]}"),
         c("one KeyPackage twice in an upload", A, set("{ADIR}", &upload(&["{A_KP2}", "{A_KP2}"])), "modify/not-acceptable invalid-key-packages{key-package[index=1,reason=duplicate]}"),
+        c("more KeyPackages than the device has room for", A, set("{ADIR}", &pubsub("<publish node='urn:xmpp:mls:0:keypackages'>{A_KPS_OVER}</publish>")), "modify/policy-violation too-many-key-packages"),
         c("bob's KeyPackage in alice's pool", A, set("{ADIR}", &upload(&["{B_KP}"])), "modify/not-acceptable invalid-key-packages{key-package[index=0,reason=foreign-identity]}"),
         c("KeyPackage over max-key-package-size", A, set("{ADIR}", &upload(&["{A_KP2}", &b64_encode(&[7u8; 16385])])), "modify/not-acceptable invalid-key-packages{key-package[index=1,reason=too-big]}"),
         c("a Welcome as a KeyPackage", A, set("{ADIR}", &upload(&["{H_WELCOME}"])), "modify/not-acceptable invalid-key-packages{key-package[index=0,reason=malformed]}"),
@@ -547,6 +549,9 @@ async fn set_up(prosody: &Prosody, dir: &tempfile::TempDir) -> (HashMap<&'static
     vars.insert("A_KP", b64_encode(&kp));
     vars.insert("A_KP_CUT", cut(&b64_encode(&kp)));
     vars.insert("A_KP2", b64_encode(&alice.device().key_packages(1).unwrap()[0]));
+    // One more than max_key_packages_per_device (100) plus a last-resort one.
+    let over: String = alice.device().key_packages(102).unwrap().iter().map(|kp| format!("<item>{}</item>", String::from(&key_package_element(kp)))).collect();
+    vars.insert("A_KPS_OVER", over);
     vars.insert("B_KP", b64_encode(&bob.device().key_packages(1).unwrap()[0]));
     vars.insert("GARBAGE", b64_encode(b"\x00\x01\x00\x07 not an MLSMessage at all"));
     (vars, vec![alice, bob, carol])

@@ -1,14 +1,15 @@
 //! Limits end to end: group size, groups per account, the per-account
-//! stanza rate, and memory under a flood. Every refusal is the documented
-//! stanza error and leaves the store unchanged.
+//! stanza rate, memory under a flood, subscribers of a device list and
+//! archive budgets. Every refusal is the documented stanza error and
+//! leaves the store unchanged.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bare, member, store_digest, COMPONENT, Component, Prosody};
+use common::{bare, expect, member, store_digest, COMPONENT, Component, Prosody};
 use minidom::Element;
-use xmpp_mls::client::{describe, iq_element, ClientError, GroupClient, GroupError};
+use xmpp_mls::client::{describe, iq_element, ClientError, GroupClient, GroupError, GroupEvent};
 use xmpp_parsers::jid::BareJid;
 
 /// Submits a Commit by `by` adding every device of `account` (claimed
@@ -171,4 +172,112 @@ async fn a_group_message_over_the_payload_limit_is_refused_unread() {
     };
     assert_eq!(refused, expected);
     assert!(store_digest(&component.store_path()) == before, "the refused message changed the store");
+}
+
+/// One account cannot take every subscriber slot of another's device list
+/// from many resources: it holds at most max_devices_per_account
+/// subscriptions there, and max_subscribers counts accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_a_device_list_are_counted_per_account() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[directory]\nmax_devices_per_account = 2\nmax_subscribers = 2");
+    let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();
+    let alice = bare("alice@example.org");
+    let mut mallory = Vec::new();
+    for resource in ["a", "b", "c"] {
+        mallory.push(prosody.client("mallory", resource).await);
+    }
+    let refusal = |r: Result<(), ClientError>| match r {
+        Err(ClientError::Stanza(e)) => describe(&e),
+        other => panic!("expected a stanza error, got {other:?}"),
+    };
+    mallory[0].subscribe_devices(&service, &alice).await.unwrap();
+    mallory[1].subscribe_devices(&service, &alice).await.unwrap();
+    let before = store_digest(&component.store_path());
+    let third = refusal(mallory[2].subscribe_devices(&service, &alice).await);
+    assert_eq!(third, "modify/policy-violation (too-many-subscribers)");
+    mallory[0].subscribe_devices(&service, &alice).await.unwrap(); // again: still one
+    assert!(store_digest(&component.store_path()) == before, "a refused or repeated subscription changed the store");
+
+    // bob, a second account, still finds a slot; carol, a third, does not.
+    let bob = prosody.client("bob", "phone").await;
+    bob.subscribe_devices(&service, &alice).await.unwrap();
+    let before = store_digest(&component.store_path());
+    let carol = prosody.client("carol", "pc").await;
+    assert_eq!(refusal(carol.subscribe_devices(&service, &alice).await), "modify/policy-violation (too-many-subscribers)");
+    assert!(store_digest(&component.store_path()) == before, "the refused subscription changed the store");
+    let listed: Vec<String> = rusqlite::Connection::open(component.store_path())
+        .unwrap()
+        .prepare("SELECT subscriber FROM subscriptions ORDER BY subscriber")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(listed, ["bob@example.org/phone", "mallory@example.org/a", "mallory@example.org/b"]);
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+}
+
+/// Octets archived today for (`scope`, `owner`), read from the store.
+fn archived_today(component: &Component, scope: &str, owner: &[u8]) -> usize {
+    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
+    conn.query_row(
+        "SELECT coalesce(sum(bytes), 0) FROM archive_bytes WHERE scope = ?1 AND owner = ?2 AND day = unixepoch() / 86400",
+        rusqlite::params![scope, owner],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap() as usize
+}
+
+/// Sends `body` from `from` and returns the refusal, which must leave the
+/// store unchanged.
+async fn refused_message(from: &mut GroupClient, group: &BareJid, body: &[u8], component: &Component) -> String {
+    let before = store_digest(&component.store_path());
+    let id = from.send(group, body).await.unwrap();
+    let ours = |e: &GroupEvent| matches!(e, GroupEvent::Refused { id: i, .. } | GroupEvent::Delivered { id: i, .. } if *i == id);
+    let GroupEvent::Refused { error, .. } = expect(from, "refusal", ours).await else { panic!("the message was delivered") };
+    assert!(store_digest(&component.store_path()) == before, "the refused message changed the store");
+    error
+}
+
+/// An account cannot grow an archive by its stanza rate: messages past its
+/// own archive budget of the day, or past the group's, are refused, and
+/// nothing of them is archived or sent; other accounts and groups go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_budgets_bound_what_an_account_and_a_group_take_in_a_day() {
+    const ACCOUNT: usize = 8000;
+    const GROUP: usize = 12000;
+    let prosody = Prosody::start();
+    let extra = format!("[history]\naccount_archive_bytes_per_day = {ACCOUNT}\ngroup_archive_bytes_per_day = {GROUP}");
+    let component = Component::start(&prosody, &extra);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = common::alice_and_bob(&prosody, &dir).await;
+    let Ok(xmpp_mls::protocol::address::Address::Group(gid)) = xmpp_mls::protocol::address::Address::parse(&group.clone().into()) else {
+        panic!("{group} is a group JID")
+    };
+    let got = |e: &GroupEvent| matches!(e, GroupEvent::Message { .. });
+
+    // bob uses most of his budget; one byte more than what is left is refused.
+    bob.send(&group, &vec![b'b'; 5500]).await.unwrap();
+    expect(&mut alice, "bob's message", got).await;
+    let left = ACCOUNT - archived_today(&component, "account", b"bob@example.org");
+    let error = refused_message(&mut bob, &group, &vec![b'x'; left + 1], &component).await;
+    assert_eq!(error, "modify/policy-violation (archive-budget-exceeded)");
+    // What fits still goes, and alice gets it next: the refused one never went out.
+    bob.send(&group, b"small").await.unwrap();
+    let GroupEvent::Message { body, .. } = expect(&mut alice, "bob's next message", got).await else { unreachable!() };
+    assert_eq!(body, b"small");
+
+    // The group is nearly full although alice's own budget is not: hers is refused for the group's.
+    let group_left = GROUP - archived_today(&component, "group", &gid);
+    let alice_left = ACCOUNT - archived_today(&component, "account", b"alice@example.org");
+    assert!(group_left + 1024 < alice_left, "the group's budget is the one that refuses: {group_left} {alice_left}");
+    let error = refused_message(&mut alice, &group, &vec![b'a'; group_left + 1], &component).await;
+    assert_eq!(error, "modify/policy-violation (archive-budget-exceeded)");
+
+    // Another group of alice's takes messages; the component kept its link.
+    let other = alice.create().await.unwrap();
+    alice.send(&other, b"elsewhere").await.unwrap();
+    expect(&mut alice, "delivery", |e| matches!(e, GroupEvent::Delivered { group, .. } if *group == other)).await;
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }

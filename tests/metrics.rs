@@ -9,10 +9,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::{expect, free_port, member, wait_until, Component, Prosody, COMPONENT};
+use common::mls::TestSigner;
+use common::{expect, free_port, member, store_digest, wait_until, Component, Prosody, COMPONENT};
 use minidom::Element;
 use xmpp_mls::client::GroupEvent;
-use xmpp_mls::protocol::keypackages::Claim;
+use xmpp_mls::client::{describe, ClientError};
+use xmpp_mls::protocol::keypackages::{parse_rejections, Claim, Rejection};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 /// A string that only ever travels inside stanza payloads.
@@ -287,6 +289,7 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
             ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_key_packages_uploaded_total", 3.0),
+            ("xmpp_mls_key_package_verifications_total", 3.0),
         ])
     );
 
@@ -350,4 +353,115 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     }
     assert!(log.lines().any(|l| l.contains("\"message\":\"request refused\"")), "debug logs were written");
     assert!(!log.contains(MARKER), "a payload reached the log");
+}
+
+/// The refusal of an upload, as text, and its application condition.
+async fn refused_upload(session: &xmpp_mls::client::Session, kps: &[Vec<u8>]) -> (String, Element) {
+    match session.upload_key_packages(&Jid::new(COMPONENT).unwrap(), kps).await {
+        Err(ClientError::Stanza(e)) => (describe(&e), e.other.expect("an application condition")),
+        other => panic!("expected a stanza error, got {other:?}"),
+    }
+}
+
+/// Refused uploads cost no signature: a duplicate of a stored package and
+/// an upload larger than the device's room are refused before any is
+/// verified (the verification counter does not move), and the account's
+/// verification budget refuses the rest with <rate-limited/>; the store is
+/// unchanged by each refusal, and others are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() {
+    let prosody = Prosody::start();
+    let port = free_port();
+    let extra = format!(
+        "keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+         [directory]\nmax_key_packages_per_device = 3\nkey_package_burst = 4\nkey_package_refill_secs = 3600\n"
+    );
+    let component = Component::start(&prosody, &extra);
+    let service = Jid::new(COMPONENT).unwrap();
+    let (session, bob) = (prosody.client("alice", "laptop").await, prosody.client("bob", "phone").await);
+    let alice = TestSigner::new("alice@example.org");
+    session.publish_device(&service, &alice.device("laptop-1", None)).await.unwrap();
+    let verified = || scrape(port)["xmpp_mls_key_package_verifications_total"];
+
+    // Three packages fill the pool and spend three of the four units.
+    let stored = alice.valid_kp();
+    session.upload_key_packages(&service, &[stored.clone(), alice.valid_kp(), alice.valid_kp()]).await.unwrap();
+    assert_eq!(verified(), 3.0);
+    let before = store_digest(&component.store_path());
+
+    let (refusal, app) = refused_upload(&session, &[alice.valid_kp(), stored]).await;
+    assert_eq!(refusal, "modify/not-acceptable (invalid-key-packages)");
+    assert_eq!(parse_rejections(&app), vec![(1, Rejection::Duplicate)]);
+    // Two packages where a full pool has room for its last-resort one only.
+    let (refusal, _) = refused_upload(&session, &[alice.valid_kp(), alice.valid_kp()]).await;
+    assert_eq!(refusal, "modify/policy-violation (too-many-key-packages)");
+    assert_eq!(verified(), 3.0, "no signature was verified for either refusal");
+    assert!(store_digest(&component.store_path()) == before, "a refused upload changed the store");
+
+    // The last unit pays for a last-resort package; the next upload waits.
+    session.upload_key_packages(&service, &[alice.last_resort_kp()]).await.unwrap();
+    assert_eq!(verified(), 4.0);
+    let before = store_digest(&component.store_path());
+    let (refusal, app) = refused_upload(&session, &[alice.last_resort_kp()]).await;
+    assert_eq!(refusal, "wait/resource-constraint (rate-limited)");
+    let retry: u64 = app.attr("retry-after").expect("retry-after").parse().unwrap();
+    assert!((1..=3600).contains(&retry), "one unit an hour: retry after {retry} s");
+    assert_eq!(verified(), 4.0);
+    assert!(store_digest(&component.store_path()) == before, "the upload over budget changed the store");
+
+    // bob's budget is his own; the component never lost its link.
+    let bob_key = TestSigner::new("bob@example.org");
+    bob.publish_device(&service, &bob_key.device("phone-1", None)).await.unwrap();
+    bob.upload_key_packages(&service, &[bob_key.valid_kp(), bob_key.last_resort_kp()]).await.unwrap();
+    assert_eq!(verified(), 6.0);
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+    assert_eq!(scrape(port)["xmpp_mls_reconnects_total"], 0.0);
+}
+
+/// A Commit of another account's leaf, and a Commit for a past epoch, are
+/// refused from the stored group, before the store's writer and before any
+/// signature: no write batch moves, and the store is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_of_another_leaf_or_a_past_epoch_are_refused_without_a_write() {
+    let prosody = Prosody::start();
+    let port = free_port();
+    let component = Component::start(&prosody, &format!("keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    let bob_jid = BareJid::new("bob@example.org").unwrap();
+    let devices = alice.session.devices(&Jid::new(COMPONENT).unwrap(), &bob_jid).await.unwrap();
+    let kps = alice.key_packages_for(&bob_jid, devices.into_iter().map(|d| d.id).collect()).await.unwrap();
+    let bundle = alice.stage_add(&group, kps).await.unwrap();
+    alice.discard_pending(&group).unwrap();
+    let refused_without_a_write = |refusal: Result<Option<Element>, ClientError>, expect: &str, last: &mut HashMap<String, f64>| {
+        let before = store_digest(&component.store_path());
+        match refusal {
+            Err(ClientError::Stanza(e)) => assert_eq!(describe(&e), expect),
+            other => panic!("expected a stanza error, got {other:?}"),
+        }
+        let condition = expect.split(['/', ' ']).nth(1).unwrap();
+        assert_eq!(
+            moved_since(port, last),
+            expected(&[
+                ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 1.0),
+                ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
+                (&format!("xmpp_mls_stanza_errors_total{{condition=\"{condition}\"}}"), 1.0),
+                ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
+            ]),
+            "{expect}"
+        );
+        assert!(store_digest(&component.store_path()) == before, "{expect}: the refused Commit changed the store");
+    };
+
+    // bob sends alice's Commit for the current epoch: her leaf is not his.
+    let mut last = scrape(port);
+    let replay = bob.session.iq(&group.clone().into(), "set", bundle.to_element()).await;
+    refused_without_a_write(replay, "auth/forbidden", &mut last);
+    // alice's own is accepted; sent again, it is for a past epoch.
+    alice.submit(&group, &bundle).await.unwrap();
+    let mut last = scrape(port);
+    refused_without_a_write(alice.submit(&group, &bundle).await, "cancel/conflict (wrong-epoch)", &mut last);
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }

@@ -58,6 +58,13 @@ pub struct AnnouncedLimits {
     /// Stanzas per second one account may send, after `account_burst`.
     pub account_rate: u32,
     pub account_burst: u32,
+    /// KeyPackage verifications of one account in a row, then one per
+    /// `key_package_refill` seconds.
+    pub key_package_burst: u32,
+    pub key_package_refill: u64,
+    /// Octets of MLS messages archived per UTC day, per group and per account.
+    pub group_archive_bytes_per_day: u64,
+    pub account_archive_bytes_per_day: u64,
 }
 
 fn field(var: &str, value: impl ToString) -> Field {
@@ -89,6 +96,10 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             field("claim-refill", limits.claim_refill),
             field("account-rate", limits.account_rate),
             field("account-burst", limits.account_burst),
+            field("key-package-burst", limits.key_package_burst),
+            field("key-package-refill", limits.key_package_refill),
+            field("group-archive-bytes-per-day", limits.group_archive_bytes_per_day),
+            field("account-archive-bytes-per-day", limits.account_archive_bytes_per_day),
         ],
     );
     info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])

@@ -49,6 +49,9 @@ pub enum AppCondition {
     ReplyTooBig,
     /// With `bad-request`: a claim names a device more than once.
     DuplicateDevice,
+    /// With `policy-violation`: the group's or the sender's archive bytes
+    /// of the day are used up.
+    ArchiveBudgetExceeded,
 }
 
 impl AppCondition {
@@ -72,6 +75,7 @@ impl AppCondition {
             AppCondition::DomainNotAllowed => "domain-not-allowed",
             AppCondition::ReplyTooBig => "reply-too-big",
             AppCondition::DuplicateDevice => "duplicate-device",
+            AppCondition::ArchiveBudgetExceeded => "archive-budget-exceeded",
         }
     }
 

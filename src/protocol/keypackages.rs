@@ -4,13 +4,14 @@
 
 use data_encoding::HEXLOWER;
 use minidom::Element;
+use openmls::ciphersuite::hash_ref::make_key_package_ref;
 use openmls::prelude::{
-    BasicCredential, Credential, KeyPackageIn, KeyPackageVerifyError, MlsMessageBodyIn, MlsMessageIn,
+    BasicCredential, Ciphersuite, Credential, KeyPackageIn, KeyPackageVerifyError, MlsMessageBodyIn, MlsMessageIn,
     ProtocolVersion,
 };
 use openmls::treesync::errors::LifetimeError;
 use openmls_traits::crypto::OpenMlsCrypto;
-use tls_codec::Deserialize;
+use tls_codec::{Deserialize, Serialize as _};
 use xmpp_parsers::jid::BareJid;
 
 use super::devices::Device;
@@ -151,6 +152,50 @@ fn wire_cipher_suite(message: &[u8]) -> Option<u16> {
     Some(u16::from_be_bytes([*message.get(6)?, *message.get(7)?]))
 }
 
+/// What the checks without a signature learn of an uploaded KeyPackage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// KeyPackageRef (RFC 9420 §5.2), hashed from the package as sent.
+    pub kp_ref: Vec<u8>,
+    pub device_id: String,
+}
+
+/// The checks that verify no signature: decoding, cipher suite, credential
+/// and device (the AS check), and the KeyPackageRef.
+fn precheck<'d>(
+    crypto: &impl OpenMlsCrypto,
+    message: &[u8],
+    account: &BareJid,
+    devices: &'d [Device],
+    policy: &Policy,
+) -> Result<(KeyPackageIn, u16, &'d Device, Vec<u8>), Rejection> {
+    let kp_in = decode(message)?;
+    let cipher_suite = wire_cipher_suite(message).ok_or(Rejection::Malformed)?;
+    if !policy.cipher_suites.contains(&cipher_suite) {
+        return Err(Rejection::UnsupportedCipherSuite);
+    }
+    let unverified = kp_in.unverified_credential();
+    let device =
+        check_leaf(&unverified.credential, unverified.signature_key.as_slice(), account, devices)?;
+    let suite = Ciphersuite::try_from(cipher_suite).map_err(|_| Rejection::UnsupportedCipherSuite)?;
+    let encoded = kp_in.tls_serialize_detached().map_err(|_| Rejection::Malformed)?;
+    let kp_ref = make_key_package_ref(&encoded, suite, crypto).map_err(|_| Rejection::Invalid)?;
+    Ok((kp_in, cipher_suite, device, kp_ref.as_slice().to_vec()))
+}
+
+/// The cheap checks of an uploaded KeyPackage (xep/ §Validation, first
+/// stage): everything but signatures, RFC 9420 rules and lifetime.
+pub fn inspect(
+    crypto: &impl OpenMlsCrypto,
+    message: &[u8],
+    account: &BareJid,
+    devices: &[Device],
+    policy: &Policy,
+) -> Result<Inspected, Rejection> {
+    let (_, _, device, kp_ref) = precheck(crypto, message, account, devices, policy)?;
+    Ok(Inspected { kp_ref, device_id: device.id.clone() })
+}
+
 /// Validates one uploaded or claimed KeyPackage for `account`, cheap checks
 /// first: decoding, cipher suite, credential and device (the AS check),
 /// signatures and RFC 9420 rules, lifetime.
@@ -162,14 +207,7 @@ pub fn verify(
     policy: &Policy,
     now: i64,
 ) -> Result<VerifiedKeyPackage, Rejection> {
-    let kp_in = decode(message)?;
-    let cipher_suite = wire_cipher_suite(message).ok_or(Rejection::Malformed)?;
-    if !policy.cipher_suites.contains(&cipher_suite) {
-        return Err(Rejection::UnsupportedCipherSuite);
-    }
-    let unverified = kp_in.unverified_credential();
-    let device =
-        check_leaf(&unverified.credential, unverified.signature_key.as_slice(), account, devices)?;
+    let (kp_in, cipher_suite, device, kp_ref) = precheck(crypto, message, account, devices, policy)?;
     let kp = kp_in.validate(crypto, ProtocolVersion::Mls10).map_err(|e| match e {
         KeyPackageVerifyError::InvalidSignature | KeyPackageVerifyError::InvalidLeafNodeSignature => {
             Rejection::BadSignature
@@ -188,7 +226,10 @@ pub fn verify(
     if not_after.saturating_sub(not_before) > policy.max_lifetime_secs.saturating_add(policy.clock_skew_secs) {
         return Err(Rejection::LifetimeTooLong);
     }
-    let kp_ref = kp.hash_ref(crypto).map_err(|_| Rejection::Invalid)?.as_slice().to_vec();
+    // The reference the cheap checks used must be the verified package's.
+    if kp.hash_ref(crypto).map_err(|_| Rejection::Invalid)?.as_slice() != kp_ref.as_slice() {
+        return Err(Rejection::Invalid);
+    }
     Ok(VerifiedKeyPackage {
         kp_ref,
         device_id: device.id.clone(),

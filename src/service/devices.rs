@@ -69,8 +69,10 @@ impl Service {
             _ => return Err(ServiceError::NotFound),
         }
         own_jid(caller, &jid)?;
-        let max = self.config.directory.max_subscribers;
-        if !self.store.subscribe(caller.account.to_string(), NODE, jid.to_string(), max).await? {
+        let d = &self.config.directory;
+        let (account, by, limits) =
+            (caller.account.to_string(), jid.to_bare().to_string(), (d.max_subscribers, d.max_devices_per_account));
+        if !self.store.subscribe(account, NODE, jid.to_string(), by, limits).await? {
             return Err(ServiceError::Limit(AppCondition::TooManySubscribers));
         }
         Ok(Response::result(subscription_result(NODE, &jid)))

@@ -77,6 +77,10 @@ impl Service {
             claim_refill: d.claim_refill_secs,
             account_rate: l.account_rate,
             account_burst: l.account_burst,
+            key_package_burst: d.key_package_burst,
+            key_package_refill: d.key_package_refill_secs,
+            group_archive_bytes_per_day: self.config.history.group_archive_bytes_per_day,
+            account_archive_bytes_per_day: self.config.history.account_archive_bytes_per_day,
         }
     }
 }

@@ -6,10 +6,10 @@ use xmpp_parsers::jid::Jid;
 
 use super::groups::{presence, Delivered};
 use super::{IqRequest, Response, Service, ServiceError};
-use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{joined_element, GroupMessage, Kind};
 use crate::protocol::mls::{self, Invalid};
-use crate::store::{Departed, FeedEntry, FeedJoin, GroupLeave, AppendOutcome};
+use crate::protocol::error::AppCondition;
+use crate::store::{AppendOutcome, Departed, FeedEntry, FeedJoin, GroupLeave};
 
 impl Service {
     /// Available presence to `group/<device-id>`: the device joins the feed.
@@ -76,13 +76,14 @@ impl Service {
         let message = GroupMessage::find(stanza).ok_or(ServiceError::Unsupported)??.message;
         let epoch = mls::application_epoch(&message, group_id).map_err(ServiceError::InvalidMessage)?;
         let window = self.config.groups.past_epochs;
-        let outcome =
-            self.store.append_application(group_id.to_vec(), from.to_string(), epoch, window, message.clone()).await?;
+        let (gid, budget) = (group_id.to_vec(), self.archive_budget());
+        let outcome = self.store.append_application(gid, from.to_string(), epoch, window, message.clone(), budget).await?;
         let (archived, sender_device, feed) = match outcome {
             AppendOutcome::Archived { archived, sender_device, feed } => (archived, sender_device, feed),
             AppendOutcome::UnknownGroup => return Err(ServiceError::UnknownGroup),
             AppendOutcome::NotJoined => return Err(ServiceError::NotJoined),
             AppendOutcome::StaleEpoch { current } => return Err(ServiceError::StaleEpoch { current }),
+            AppendOutcome::OverBudget => return Err(ServiceError::Limit(AppCondition::ArchiveBudgetExceeded)),
         };
         let delivered = Delivered {
             archived,

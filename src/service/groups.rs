@@ -9,7 +9,7 @@ use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup, StagedCommit};
 use openmls::prelude::{
     ContentType, GroupId, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage,
-    ProcessedMessageContent, ProtocolMessage, Sender, ValidationError, Verifiable,
+    ProcessedMessageContent, ProtocolMessage, PublicMessageIn, Sender, ValidationError, Verifiable,
 };
 use openmls::prelude::PublicProcessMessageError;
 use openmls_rust_crypto::RustCrypto;
@@ -24,7 +24,7 @@ use crate::protocol::groups::{
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::n;
-use crate::store::{Archived, FeedEntry, GroupTx, Join, Member};
+use crate::store::{ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Join, Member};
 use crate::xmpp::namespace::CLIENT;
 
 /// A handshake that took its place in a group's archive.
@@ -145,28 +145,67 @@ fn check_own_removals(staged: &StagedCommit, before: &[Member], account: &BareJi
     Ok(())
 }
 
+/// Decodes a handshake and checks it is for the group's current epoch: the
+/// check before any signature is verified or the PublicGroup is loaded.
+fn current_epoch(
+    state: &GroupState,
+    bytes: &[u8],
+    group_id: &[u8],
+    content: ContentType,
+) -> Result<PublicMessageIn, ServiceError> {
+    let message = mls::public_message(bytes, group_id, content).map_err(ServiceError::InvalidMessage)?;
+    if message.epoch().as_u64() != state.epoch {
+        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit.clone() }));
+    }
+    Ok(message)
+}
+
+/// The sender a handshake claims, before its signature is checked: a leaf
+/// of the requester's account, or for an external Commit, an account that
+/// has a leaf. A claim of another account's leaf is refused either way:
+/// forged, its signature fails; genuine, it is not the requester's.
+fn claimed_sender(message: &PublicMessageIn, members: &[Member], account: &BareJid) -> Result<(), ServiceError> {
+    let ours = |m: &Member| m.account == account.as_str();
+    let allowed = match message.sender() {
+        Sender::Member(leaf) => members.iter().any(|m| m.leaf == leaf.u32() && ours(m)),
+        Sender::NewMemberCommit => members.iter().any(ours),
+        _ => false,
+    };
+    allowed.then_some(()).ok_or(ServiceError::Forbidden)
+}
+
+/// Charges an archived handshake to the committer's archive budget.
+fn charge(tx: &GroupTx<'_>, account: &BareJid, kind: Kind, bytes: &[u8], budget: ArchiveBudget) -> Result<(), ServiceError> {
+    match tx.charge_archive(account.as_str(), kind, bytes.len(), budget)? {
+        true => Ok(()),
+        false => Err(ServiceError::Limit(AppCondition::ArchiveBudgetExceeded)),
+    }
+}
+
 fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
     PublicGroup::load(&tx.mls(), &GroupId::from_slice(group_id))
         .map_err(library)?
         .ok_or(ServiceError::UnknownGroup)
 }
 
+/// What a commit must fit: the group limits and the archive budgets.
+struct CommitLimits {
+    groups: GroupsConfig,
+    budget: ArchiveBudget,
+}
+
 /// Validates and applies a commit bundle; runs on the store's writer.
 fn apply_commit(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
-    limits: &GroupsConfig,
+    limits: &CommitLimits,
     group_id: &[u8],
     group_jid: &str,
     account: &BareJid,
     bundle: CommitBundle,
 ) -> Result<Delivered, ServiceError> {
     let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
-    let message =
-        mls::public_message(&bundle.commit, group_id, ContentType::Commit).map_err(ServiceError::InvalidMessage)?;
-    if message.epoch().as_u64() != state.epoch {
-        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit }));
-    }
+    let message = current_epoch(&state, &bundle.commit, group_id, ContentType::Commit)?;
     let mut pg = load(tx, group_id)?;
     let before = members_of(&pg);
     let processed: ProcessedMessage =
@@ -210,9 +249,10 @@ fn apply_commit(
     let sender_device = device_of(tx, account.as_str(), &committer_key)?;
     pg.merge_commit(&tx.mls(), *staged).map_err(library)?;
     let members = members_of(&pg);
-    check_size(&members, limits)?;
+    check_size(&members, &limits.groups)?;
     check_group_info(crypto, &bundle.group_info, &pg)?;
     let epoch = pg.group_context().epoch().as_u64();
+    charge(tx, account, Kind::Commit, &bundle.commit, limits.budget)?;
     let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
     tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
     tx.set_members(&members, archived.seq)?;
@@ -243,16 +283,13 @@ fn apply_commit(
 fn apply_proposal(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
+    budget: ArchiveBudget,
     group_id: &[u8],
     account: &BareJid,
     proposal: Proposal,
 ) -> Result<Delivered, ServiceError> {
     let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
-    let message = mls::public_message(&proposal.message, group_id, ContentType::Proposal)
-        .map_err(ServiceError::InvalidMessage)?;
-    if message.epoch().as_u64() != state.epoch {
-        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit }));
-    }
+    let message = current_epoch(&state, &proposal.message, group_id, ContentType::Proposal)?;
     let mut pg = load(tx, group_id)?;
     let processed = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
     if account_of(processed.credential()).as_ref() != Some(account) {
@@ -274,6 +311,7 @@ fn apply_proposal(
         _ => {}
     }
     pg.add_proposal(&tx.mls(), *queued).map_err(library)?;
+    charge(tx, account, Kind::Proposal, &proposal.message, budget)?;
     let archived = tx.append(state.epoch, Kind::Proposal, &sender_device, None, &proposal.message)?;
     Ok(Delivered {
         archived,
@@ -329,9 +367,10 @@ impl Service {
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let bundle = CommitBundle::parse(&req.payload)?;
+        self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
-        let limits = self.config.groups.clone();
+        let limits = CommitLimits { groups: self.config.groups.clone(), budget: self.archive_budget() };
         let delivered = self
             .store
             .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &limits, &gid, &jid, &account, bundle))
@@ -341,12 +380,25 @@ impl Service {
 
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let proposal = Proposal::parse(&req.payload)?;
-        let (crypto, account, gid) = (self.crypto.clone(), req.from.to_bare(), group_id.to_vec());
+        self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
+        let (crypto, account, gid, budget) =
+            (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.archive_budget());
         let delivered = self
             .store
-            .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, &gid, &account, proposal))
+            .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, budget, &gid, &account, proposal))
             .await?;
         Ok(self.deliver(group_id, delivered, req))
+    }
+
+    /// The checks of a handshake that need no signature, against the
+    /// stored state, outside the writer: unknown group, decoding, epoch, and
+    /// the sender it claims. A handshake refused by them costs two reads;
+    /// the writer checks again, deciding.
+    async fn precheck(&self, req: &IqRequest, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<(), ServiceError> {
+        let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
+        let message = current_epoch(&state, bytes, group_id, content)?;
+        let members = self.store.group_members(group_id.to_vec()).await?;
+        claimed_sender(&message, &members, &req.from.to_bare())
     }
 
     /// The latest GroupInfo, for members (and their accounts' new devices).

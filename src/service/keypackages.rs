@@ -1,5 +1,7 @@
 //! The KeyPackage node (owner uploads and listings) and claims.
 
+use std::num::NonZeroU32;
+
 use xmpp_parsers::jid::BareJid;
 
 use super::pubsub::{headline, Caller};
@@ -7,23 +9,14 @@ use super::{IqRequest, Response, Service, ServiceError};
 use crate::metrics::metrics;
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::{
-    claimed_element, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, Rejection,
-    VerifiedKeyPackage, NODE,
+    claimed_element, inspect, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, Rejection,
+    NODE,
 };
 use crate::protocol::pubsub::{items_result, publish_result, ItemIn};
 use crate::protocol::now;
 use crate::store::{ClaimContext, KeyPackageUpload};
 
 const DAY: i64 = 24 * 3600;
-
-/// The upload is refused whole if any package is, listing every refusal.
-fn refuse_any<T>(results: &[Result<T, Rejection>]) -> Result<(), ServiceError> {
-    let refused: Vec<_> = results.iter().enumerate().filter_map(|(i, r)| r.as_ref().err().map(|e| (i, *e))).collect();
-    match refused.is_empty() {
-        true => Ok(()),
-        false => Err(ServiceError::InvalidKeyPackages(refused)),
-    }
-}
 
 impl Service {
     fn key_package_policy(&self) -> Policy {
@@ -35,7 +28,8 @@ impl Service {
         }
     }
 
-    /// Verifies every package (all or nothing) and stores them.
+    /// Checks every package (all or nothing), cheap checks first and
+    /// signatures last (xep/ §Validation), and stores them.
     pub(super) async fn upload_key_packages(
         &self,
         caller: &Caller<'_>,
@@ -45,13 +39,19 @@ impl Service {
         let texts = upload_texts(&items)?;
         // Decoding and size come before any signature check.
         let max_size = self.config.directory.max_key_package_size;
-        let decoded: Vec<_> = texts.iter().map(|t| upload_bytes(t, max_size)).collect();
-        refuse_any(&decoded)?;
-        let messages: Vec<Vec<u8>> = decoded.into_iter().flatten().collect();
+        let messages = all_or_refused(texts.iter().map(|t| upload_bytes(t, max_size)))?;
         let now = now();
         let account = caller.account.clone();
         let devices = self.store.live_devices(account.to_string(), now).await?;
         let policy = self.key_package_policy();
+        let inspected =
+            all_or_refused(messages.iter().map(|b| inspect(self.crypto.as_ref(), b, &account, &devices, &policy)))?;
+        let max = self.config.directory.max_key_packages_per_device;
+        if let Some(refused) = self.store.precheck_key_packages(account.to_string(), inspected, max, now).await? {
+            return Err(upload_refused(refused));
+        }
+        self.charge_verifications(&account, messages.len())?;
+        metrics().key_package_verifications.add(messages.len() as u64);
         let crypto = self.crypto.clone();
         // Signature checks are CPU work: keep them off the async workers.
         let verified = tokio::task::spawn_blocking(move || {
@@ -59,18 +59,23 @@ impl Service {
         })
         .await
         .map_err(|_| ServiceError::Unsupported)?;
-        refuse_any(&verified)?;
-        let kps: Vec<VerifiedKeyPackage> = verified.into_iter().flatten().collect();
+        let kps = all_or_refused(verified.into_iter())?;
         let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
-        let max = self.config.directory.max_key_packages_per_device;
         match self.store.store_key_packages(caller.account.to_string(), kps, max, now).await? {
             KeyPackageUpload::Stored => {
                 metrics().key_packages_uploaded.add(ids.len() as u64);
                 Ok(Response::result(publish_result(NODE, &ids)))
             }
-            KeyPackageUpload::Refused(refused) => Err(ServiceError::InvalidKeyPackages(refused)),
-            KeyPackageUpload::TooMany { .. } => Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)),
+            refused => Err(upload_refused(refused)),
         }
+    }
+
+    /// Takes `n` signature verifications from the account's budget: an
+    /// upload larger than the burst can never pass.
+    fn charge_verifications(&self, account: &BareJid, n: usize) -> Result<(), ServiceError> {
+        let Ok(n) = u32::try_from(n) else { return Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)) };
+        let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
+        super::check_rate_n(&self.verifications, &account.to_string(), n, AppCondition::TooManyKeyPackages)
     }
 
     /// The owner's view of the pool: references and metadata, no packages.
@@ -119,7 +124,30 @@ impl Service {
 
     /// One token per device asked for; a claim that asks for none costs one.
     fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid, devices: usize) -> Result<(), ServiceError> {
-        let tokens = u32::try_from(devices.max(1)).unwrap_or(u32::MAX);
-        super::check_rate_n(&self.claims, &(claimer.to_string(), account.to_string()), tokens)
+        let tokens = NonZeroU32::new(u32::try_from(devices).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
+        let key = (claimer.to_string(), account.to_string());
+        super::check_rate_n(&self.claims, &key, tokens, AppCondition::TooManyDevices)
+    }
+}
+
+/// Every package's value, or the refusal that lists every refused one.
+fn all_or_refused<T>(checked: impl Iterator<Item = Result<T, Rejection>>) -> Result<Vec<T>, ServiceError> {
+    let (mut ok, mut refused) = (Vec::new(), Vec::new());
+    for (i, r) in checked.enumerate() {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => refused.push((i, e)),
+        }
+    }
+    match refused.is_empty() {
+        true => Ok(ok),
+        false => Err(ServiceError::InvalidKeyPackages(refused)),
+    }
+}
+
+fn upload_refused(refused: KeyPackageUpload) -> ServiceError {
+    match refused {
+        KeyPackageUpload::Refused(list) => ServiceError::InvalidKeyPackages(list),
+        _ => ServiceError::Limit(AppCondition::TooManyKeyPackages),
     }
 }

@@ -18,7 +18,8 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use openmls_rust_crypto::RustCrypto;
 
 use minidom::Element;
@@ -32,7 +33,7 @@ use crate::protocol::keypackages::Rejection;
 use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::{disco::PING, ProtocolError, NS};
-use crate::store::{Departed, Store, StoreError};
+use crate::store::{ArchiveBudget, Departed, Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IqKind {
@@ -140,15 +141,16 @@ pub struct Service {
     accounts: DefaultKeyedRateLimiter<String>,
     /// Stanzas per other (federated) domain: bounded by `maintain`.
     domains: DefaultKeyedRateLimiter<String>,
+    /// KeyPackage signature verifications per account: bounded by `maintain`.
+    verifications: DefaultKeyedRateLimiter<String>,
 }
 
 impl Service {
     /// `positions`: the store's archive position of every group.
     pub fn new(config: Arc<Config>, store: Store, positions: Vec<(Vec<u8>, u64)>) -> Self {
         let (d, l) = (&config.directory, &config.limits);
-        let claims = Quota::with_period(Duration::from_secs(d.claim_refill_secs))
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(d.claim_burst).unwrap_or(NonZeroU32::MIN));
+        let claims = refilled(d.claim_refill_secs, d.claim_burst);
+        let verifications = refilled(d.key_package_refill_secs, d.key_package_burst);
         let accounts = per_second(l.account_rate, l.account_burst);
         let domains = per_second(config.federation.domain_rate, config.federation.domain_burst);
         Self {
@@ -159,6 +161,7 @@ impl Service {
             claims: RateLimiter::keyed(claims),
             accounts: RateLimiter::keyed(accounts),
             domains: RateLimiter::keyed(domains),
+            verifications: RateLimiter::keyed(verifications),
         }
     }
 
@@ -187,7 +190,7 @@ impl Service {
     pub async fn maintain(&self) -> Result<Vec<Element>, StoreError> {
         self.claims.retain_recent();
         self.claims.shrink_to_fit();
-        for limiter in [&self.accounts, &self.domains] {
+        for limiter in [&self.accounts, &self.domains, &self.verifications] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -249,6 +252,14 @@ impl Service {
 }
 
 impl Service {
+    fn archive_budget(&self) -> ArchiveBudget {
+        let h = &self.config.history;
+        ArchiveBudget {
+            group_bytes_per_day: h.group_archive_bytes_per_day,
+            account_bytes_per_day: h.account_archive_bytes_per_day,
+        }
+    }
+
     /// limits.max_payload_size, checked before a payload is parsed.
     fn check_size(&self, payload: &Element) -> Result<(), ServiceError> {
         match serialized_size(payload) > self.config.limits.max_payload_size {
@@ -258,17 +269,25 @@ impl Service {
     }
 }
 
+/// `burst` in a row, then one more every `refill_secs` seconds.
+fn refilled(refill_secs: u64, burst: u32) -> Quota {
+    Quota::with_period(Duration::from_secs(refill_secs))
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
+
 fn per_second(rate: u32, burst: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
 }
 
 /// Retention as of `now`: drops expired devices and KeyPackages (and takes
-/// devices without a live leaf off the feeds), and prunes archives past
-/// history.retention_secs; returns how many archived items went, and the
-/// devices taken off feeds.
+/// devices without a live leaf off the feeds), forgets archive budgets of
+/// past days, and prunes archives past history.retention_secs; returns how
+/// many archived items went, and the devices taken off feeds.
 pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usize, Vec<Departed>), StoreError> {
     let departed = store.prune_directory(now).await?;
+    store.prune_archive_budgets(now).await?;
     Ok((store.prune_history(now - config.history.retention_secs as i64).await?, departed))
 }
 
@@ -277,26 +296,28 @@ fn check_rate<K: Clone + Eq + std::hash::Hash>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
 ) -> Result<(), ServiceError> {
-    check_rate_n(limiter, key, 1)
+    limiter.check_key(key).map_err(|not_until| rate_limited(&not_until))
 }
 
-/// `n` tokens at once, or how long to wait for all of them; more than the
-/// burst never fit (config validation keeps claims below it).
+/// `n` tokens at once, or how long to wait for all of them; a request for
+/// more than the whole burst can never pass and is refused with `over_burst`.
 fn check_rate_n<K: Clone + Eq + std::hash::Hash>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
-    n: u32,
+    n: NonZeroU32,
+    over_burst: AppCondition,
 ) -> Result<(), ServiceError> {
-    use governor::clock::{Clock, DefaultClock};
-    let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
     match limiter.check_key_n(key, n) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(not_until)) => {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            Err(ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) })
-        }
-        Err(_) => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
+        Ok(Err(not_until)) => Err(rate_limited(&not_until)),
+        Err(_) => Err(ServiceError::Limit(over_burst)),
     }
+}
+
+/// The refusal of a request that has to wait for `not_until`.
+fn rate_limited(not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> ServiceError {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
 }
 
 /// Bytes of `el` as XML, counted without building the string.

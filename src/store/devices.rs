@@ -131,26 +131,39 @@ impl Store {
         .await
     }
 
-    /// Subscribes `subscriber` (a JID) to a node of `account`'s directory;
-    /// false when the node already has `max` subscribers.
+    /// Subscribes `subscriber` (a JID of the account `by`) to a node of
+    /// `account`'s directory; false when `by` already holds `per_account`
+    /// subscriptions there, or `max` other accounts do. Subscribing again
+    /// is always true.
     pub async fn subscribe(
         &self,
         account: String,
         node: &'static str,
         subscriber: String,
-        max: usize,
+        by: String,
+        limits: (usize, usize),
     ) -> Result<bool, StoreError> {
+        let (max, per_account) = limits;
         self.write(move |c| {
-            let count: usize = c.query_row(
-                "SELECT count(*) FROM subscriptions WHERE account = ?1 AND node = ?2 AND subscriber <> ?3",
-                params![account, node, subscriber],
-                |r| r.get(0),
-            )?;
-            if count >= max {
+            let (own, mine, others): (bool, usize, usize) = c
+                .prepare_cached(
+                    "SELECT coalesce(max(subscriber = ?3), 0),
+                            count(*) FILTER (WHERE s.bare = ?4),
+                            count(DISTINCT s.bare) FILTER (WHERE s.bare <> ?4)
+                     FROM (SELECT subscriber,
+                                  CASE instr(subscriber, '/') WHEN 0 THEN subscriber
+                                  ELSE substr(subscriber, 1, instr(subscriber, '/') - 1) END AS bare
+                           FROM subscriptions WHERE account = ?1 AND node = ?2) s",
+                )?
+                .query_row(params![account, node, subscriber, by], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            if own {
+                return Ok(true);
+            }
+            if mine >= per_account || (mine == 0 && others >= max) {
                 return Ok(false);
             }
             c.execute(
-                "INSERT OR IGNORE INTO subscriptions (account, node, subscriber) VALUES (?1, ?2, ?3)",
+                "INSERT INTO subscriptions (account, node, subscriber) VALUES (?1, ?2, ?3)",
                 params![account, node, subscriber],
             )?;
             Ok(true)

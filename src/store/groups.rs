@@ -94,6 +94,34 @@ pub struct Archived {
     pub stanza_id: String,
 }
 
+/// How many octets of MLS messages archives may take in per UTC day
+/// (history.*_archive_bytes_per_day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveBudget {
+    pub group_bytes_per_day: u64,
+    pub account_bytes_per_day: u64,
+}
+
+const DAY: i64 = 24 * 3600;
+
+/// Octets counted today for (`scope`, `owner`).
+fn archived_today(c: &Connection, scope: &str, owner: &[u8], day: i64) -> Result<u64, StoreError> {
+    let bytes: Option<i64> = c
+        .prepare_cached("SELECT bytes FROM archive_bytes WHERE scope = ?1 AND owner = ?2 AND day = ?3")?
+        .query_row(params![scope, owner, day], |r| r.get(0))
+        .optional()?;
+    Ok(bytes.unwrap_or(0) as u64)
+}
+
+fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u64) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT INTO archive_bytes (scope, owner, day, bytes) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = bytes + excluded.bytes",
+    )?
+    .execute(params![scope, owner, day, bytes as i64])?;
+    Ok(())
+}
+
 /// One group's rows inside a write transaction.
 pub struct GroupTx<'c> {
     c: &'c Connection,
@@ -131,6 +159,25 @@ impl<'c> GroupTx<'c> {
             params![self.group_id, self.now, epoch as i64, group_info],
         )?;
         Ok(())
+    }
+
+    /// Counts `bytes` of a message of `kind` from `account` against today's
+    /// archive budgets; false, counting nothing, if they would pass the
+    /// account's budget or, for an application message, the group's.
+    /// Handshakes are counted but never refused for the group's budget, so
+    /// that members can still remove whoever used it up.
+    pub fn charge_archive(&self, account: &str, kind: Kind, bytes: usize, budget: ArchiveBudget) -> Result<bool, StoreError> {
+        let (day, bytes) = (self.now.div_euclid(DAY), bytes as u64);
+        let group = archived_today(self.c, "group", &self.group_id, day)?;
+        let sender = archived_today(self.c, "account", account.as_bytes(), day)?;
+        if sender + bytes > budget.account_bytes_per_day
+            || (kind == Kind::Application && group + bytes > budget.group_bytes_per_day)
+        {
+            return Ok(false);
+        }
+        count_archived(self.c, "group", &self.group_id, day, bytes)?;
+        count_archived(self.c, "account", account.as_bytes(), day, bytes)?;
+        Ok(true)
     }
 
     /// Appends to the archive; returns the message's place and stanza id.
@@ -334,6 +381,8 @@ pub enum AppendOutcome {
     /// The sending full JID is not on the live feed with a device that
     /// still has a live leaf.
     NotJoined,
+    /// The group's or the sender's archive budget of the day is used up.
+    OverBudget,
     /// The message's epoch is neither current nor in the window.
     StaleEpoch { current: u64 },
 }
@@ -383,8 +432,9 @@ impl Store {
     }
 
     /// Archives an application message from `full_jid` (which must be on
-    /// the feed with a device that has a live leaf) at `epoch`, if that is the current epoch or one of the
-    /// `window` before it.
+    /// the feed with a device that has a live leaf) at `epoch`, if that is the
+    /// current epoch or one of the `window` before it, and within the archive
+    /// budgets.
     pub async fn append_application(
         &self,
         group_id: Vec<u8>,
@@ -392,12 +442,16 @@ impl Store {
         epoch: u64,
         window: u64,
         message: Vec<u8>,
+        budget: ArchiveBudget,
     ) -> Result<AppendOutcome, StoreError> {
         self.group_tx(group_id, move |tx| {
             let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
             let Some(sender) = tx.sender(&full_jid)? else { return Ok(AppendOutcome::NotJoined) };
             if epoch > state.epoch || epoch + window < state.epoch {
                 return Ok(AppendOutcome::StaleEpoch { current: state.epoch });
+            }
+            if !tx.charge_archive(&sender.account, Kind::Application, message.len(), budget)? {
+                return Ok(AppendOutcome::OverBudget);
             }
             let archived = tx.append(epoch, Kind::Application, &sender.device_id, None, &message)?;
             Ok(AppendOutcome::Archived { archived, sender_device: sender.device_id, feed: tx.feed()? })
@@ -425,6 +479,15 @@ impl Store {
             )?
             .execute(params![tx.group_id, entry.account, entry.device_id, entry.full_jid])?;
             Ok(FeedJoin::Joined { epoch: state.epoch })
+        })
+        .await
+    }
+
+    /// Forgets archive budget counts of days before `now`'s.
+    pub async fn prune_archive_budgets(&self, now: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM archive_bytes WHERE day < ?1", [now.div_euclid(DAY)])?;
+            Ok(())
         })
         .await
     }

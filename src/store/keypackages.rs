@@ -7,7 +7,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::devices::live_devices;
 use super::inbox::{insert_notice, StoredNotice};
 use super::{Store, StoreError};
-use crate::protocol::keypackages::{ref_hex, Claim, ClaimOutcome, KeyPackageInfo, Rejection, VerifiedKeyPackage};
+use crate::protocol::keypackages::{
+    ref_hex, Claim, ClaimOutcome, Inspected, KeyPackageInfo, Rejection, VerifiedKeyPackage,
+};
 use crate::protocol::notices::{KeyPackageClaimed, KeyPackagesLow, Notice};
 
 /// What an upload did; all or nothing.
@@ -51,17 +53,22 @@ fn ordinary_count(c: &Connection, account: &str, device: &str, now: i64) -> Resu
     .query_row(params![account, device, now + MIN_REMAINING_LIFETIME], |r| r.get(0))?)
 }
 
+/// Whether the `i`th of `refs` is stored already or occurs earlier in them.
+fn duplicate(c: &Connection, refs: &[&[u8]], i: usize) -> Result<bool, StoreError> {
+    let stored: Option<i64> =
+        c.prepare_cached("SELECT 1 FROM key_packages WHERE kp_ref = ?1")?.query_row([refs[i]], |r| r.get(0)).optional()?;
+    Ok(stored.is_some() || refs[..i].contains(&refs[i]))
+}
+
 /// Checks an upload against the store: devices still live, no duplicates.
 fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<Vec<(usize, Rejection)>, StoreError> {
     let devices = live_devices(c, account, now)?;
+    let refs: Vec<&[u8]> = kps.iter().map(|k| k.kp_ref.as_slice()).collect();
     let mut refused = Vec::new();
     for (i, kp) in kps.iter().enumerate() {
-        let stored: Option<i64> = c
-            .query_row("SELECT 1 FROM key_packages WHERE kp_ref = ?1", [&kp.kp_ref], |r| r.get(0))
-            .optional()?;
         if !devices.iter().any(|d| d.id == kp.device_id) {
             refused.push((i, Rejection::UnknownSignatureKey));
-        } else if stored.is_some() || kps[..i].iter().any(|k| k.kp_ref == kp.kp_ref) {
+        } else if duplicate(c, &refs, i)? {
             refused.push((i, Rejection::Duplicate));
         } else if kp.last_resort && kps[..i].iter().any(|k| k.last_resort && k.device_id == kp.device_id) {
             refused.push((i, Rejection::ExtraLastResort));
@@ -71,6 +78,43 @@ fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64)
 }
 
 impl Store {
+    /// The checks of an upload against the pool before any signature is
+    /// verified (xep/ §Validation, second stage): duplicates by
+    /// KeyPackageRef, then at most the device's room for ordinary packages
+    /// plus one (its last-resort package) per device. None: nothing against.
+    pub async fn precheck_key_packages(
+        &self,
+        account: String,
+        inspected: Vec<Inspected>,
+        max_per_device: usize,
+        now: i64,
+    ) -> Result<Option<KeyPackageUpload>, StoreError> {
+        self.read(move |c| {
+            let refs: Vec<&[u8]> = inspected.iter().map(|k| k.kp_ref.as_slice()).collect();
+            let mut refused = Vec::new();
+            for i in 0..refs.len() {
+                if duplicate(c, &refs, i)? {
+                    refused.push((i, Rejection::Duplicate));
+                }
+            }
+            if !refused.is_empty() {
+                return Ok(Some(KeyPackageUpload::Refused(refused)));
+            }
+            for (i, kp) in inspected.iter().enumerate() {
+                let device = kp.device_id.as_str();
+                if inspected[..i].iter().any(|k| k.device_id == device) {
+                    continue;
+                }
+                let new = inspected.iter().filter(|k| k.device_id == device).count();
+                if ordinary_count(c, &account, device, now)? + new > max_per_device + 1 {
+                    return Ok(Some(KeyPackageUpload::TooMany { device: device.to_owned() }));
+                }
+            }
+            Ok(None)
+        })
+        .await
+    }
+
     /// Stores verified packages (all or none). A last-resort package
     /// replaces the device's previous one.
     pub async fn store_key_packages(

@@ -21,7 +21,9 @@ mod vault;
 pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedAccount, Stats};
 pub use archive::{Filter, Item, Page, PageStart, Source};
 pub use devices::DevicePublish;
-pub use groups::{AppendOutcome, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member};
+pub use groups::{
+    AppendOutcome, ArchiveBudget, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member,
+};
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
 pub use vault::{VaultLimits, VaultPage, VaultWrite};

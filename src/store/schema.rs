@@ -156,6 +156,18 @@ const MIGRATIONS: &[M<'static>] = &[
         CREATE INDEX group_joins_by_account ON group_joins (account, left_group);
         INSERT INTO group_joins (group_id, account) SELECT DISTINCT group_id, account FROM feed;",
     ),
+    // 9: archive budgets: octets archived per UTC day, per group (scope
+    // 'group', owner = group_id) and per sending account (scope 'account',
+    // owner = its bare JID as UTF-8).
+    M::up(
+        "CREATE TABLE archive_bytes (
+            scope TEXT NOT NULL,
+            owner BLOB NOT NULL,
+            day   INTEGER NOT NULL,
+            bytes INTEGER NOT NULL,
+            PRIMARY KEY (scope, owner, day)
+        ) STRICT;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
