@@ -347,6 +347,6 @@ mod tests {
         assert!(text.contains("xmpp_mls_stanza_errors_total{condition=\"conflict\"} 0\n"));
         assert!(text.contains("xmpp_mls_stanzas_received_total{kind=\"presence\"} 2\n"));
         assert!(text.contains("xmpp_mls_archive_messages 7\n"));
-        assert_eq!(text.matches("# TYPE ").count(), 13);
+        assert_eq!(text.matches("# TYPE ").count(), 14);
     }
 }
