@@ -136,6 +136,15 @@ async fn post(session: &mut Session, group: &BareJid, message: Vec<u8>) -> Eleme
     next_matching(session, "the answer to a post", |s| s.name() == "message" && s.attr("id") == Some(id.as_str())).await
 }
 
+/// `message` from `session` to the group is refused with not-joined, and
+/// nothing is archived or changed in the store.
+async fn assert_post_refused(session: &mut Session, component: &Component, group: &BareJid, message: Vec<u8>) {
+    let before = (archived(component, group), store_digest(&component.store_path()));
+    let refused = post(session, group, message).await;
+    assert_eq!(error_of(&refused), not_joined());
+    assert_eq!((archived(component, group), store_digest(&component.store_path())), before);
+}
+
 /// The group's latest archived application message.
 fn last_application(component: &Component, group: &BareJid) -> Vec<u8> {
     let sql = "SELECT message FROM archive WHERE group_id = ?1 AND kind = 'application' ORDER BY seq DESC LIMIT 1";
@@ -185,10 +194,7 @@ async fn another_accounts_device_id_takes_over_nothing() {
     alice.remove_account(&group, &bare("mallory@example.org")).await.unwrap();
     expect_unavailable(&mut mallory.session, &group, &bob_device).await;
     assert_eq!(feed_rows(&component, &group, &bob_device), [("bob@example.org".to_owned(), bob_jid)]);
-    let before = (archived(&component, &group), store_digest(&component.store_path()));
-    let refused = post(&mut mallory.session, &group, last_application(&component, &group)).await;
-    assert_eq!(error_of(&refused), not_joined());
-    assert_eq!((archived(&component, &group), store_digest(&component.store_path())), before);
+    assert_post_refused(&mut mallory.session, &component, &group, last_application(&component, &group)).await;
     alice.send(&group, b"bob only").await.unwrap();
     message_from(&mut bob, b"bob only").await;
     assert_still_connected(&component);
@@ -207,10 +213,7 @@ async fn a_retracted_device_leaves_the_feed_at_once() {
     bob.session.retract_device(&service(), &device).await.unwrap();
     expect_unavailable(&mut bob.session, &group, &device).await;
     assert_eq!(feed_rows(&component, &group, &device), []);
-    let before = (archived(&component, &group), store_digest(&component.store_path()));
-    let refused = post(&mut bob.session, &group, message).await;
-    assert_eq!(error_of(&refused), not_joined());
-    assert_eq!((archived(&component, &group), store_digest(&component.store_path())), before);
+    assert_post_refused(&mut bob.session, &component, &group, message).await;
     let joined = join_as(&mut bob.session, &group, &device).await;
     assert_eq!(error_of(&joined), not_a_member());
     alice.send(&group, b"still here").await.unwrap();
@@ -232,10 +235,7 @@ async fn an_expired_device_leaves_the_feed() {
     bob.session.publish_device(&service(), &bob.device().item(Some(expires))).await.unwrap();
     expect_unavailable(&mut bob.session, &group, &device).await;
     assert_eq!(feed_rows(&component, &group, &device), []);
-    let before = (archived(&component, &group), store_digest(&component.store_path()));
-    let refused = post(&mut bob.session, &group, message).await;
-    assert_eq!(error_of(&refused), not_joined());
-    assert_eq!((archived(&component, &group), store_digest(&component.store_path())), before);
+    assert_post_refused(&mut bob.session, &component, &group, message).await;
     assert_still_connected(&component);
 }
 
@@ -253,10 +253,7 @@ async fn an_expired_device_cannot_post_before_maintenance() {
     bob.session.publish_device(&service(), &bob.device().item(Some(expires))).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(feed_rows(&component, &group, &device).len(), 1, "still on the feed: no maintenance yet");
-    let before = (archived(&component, &group), store_digest(&component.store_path()));
-    let refused = post(&mut bob.session, &group, message).await;
-    assert_eq!(error_of(&refused), not_joined());
-    assert_eq!((archived(&component, &group), store_digest(&component.store_path())), before);
+    assert_post_refused(&mut bob.session, &component, &group, message).await;
     assert_still_connected(&component);
 }
 
