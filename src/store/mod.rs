@@ -284,13 +284,30 @@ mod tests {
         assert_eq!(count, 200);
     }
 
-    #[tokio::test]
-    async fn a_failing_request_does_not_undo_its_batch_neighbours() {
-        let (_dir, store) = temp_store();
+    /// A store with an empty table `t (n INTEGER PRIMARY KEY)`.
+    async fn table_store() -> (tempfile::TempDir, Store) {
+        let (dir, store) = temp_store();
         store
             .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?))
             .await
             .unwrap();
+        (dir, store)
+    }
+
+    async fn rows_of_t(store: &Store) -> Vec<i64> {
+        store
+            .read(|c| {
+                let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
+                let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failing_request_does_not_undo_its_batch_neighbours() {
+        let (_dir, store) = table_store().await;
         let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?));
         let bad = store.write(|c| {
             c.execute("INSERT INTO t VALUES (2)", [])?;
@@ -300,24 +317,12 @@ mod tests {
         let (a, b, c) = tokio::join!(ok1, bad, ok3);
         assert!(a.is_ok() && c.is_ok());
         assert!(matches!(b, Err(StoreError::Sqlite(_))));
-        let rows: Vec<i64> = store
-            .read(|c| {
-                let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
-                let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok::<_, StoreError>(rows)
-            })
-            .await
-            .unwrap();
-        assert_eq!(rows, vec![1, 3], "the failed request's first insert is rolled back");
+        assert_eq!(rows_of_t(&store).await, vec![1, 3], "the failed request's first insert is rolled back");
     }
 
     #[tokio::test]
     async fn a_panicking_request_is_rolled_back_and_the_writer_goes_on() {
-        let (_dir, store) = temp_store();
-        store
-            .write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)")?))
-            .await
-            .unwrap();
+        let (_dir, store) = table_store().await;
         let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?));
         let panics = store.write(|c| -> Result<usize, StoreError> {
             c.execute("INSERT INTO t VALUES (2)", [])?;
@@ -329,15 +334,7 @@ mod tests {
         assert!(matches!(b, Err(StoreError::Panicked(ref what)) if what == "injected"), "{b:?}");
         let later = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (4)", [])?)).await;
         assert_eq!(later.unwrap(), 1, "the writer survived");
-        let rows: Vec<i64> = store
-            .read(|c| {
-                let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
-                let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok::<_, StoreError>(rows)
-            })
-            .await
-            .unwrap();
-        assert_eq!(rows, vec![1, 3, 4], "the panicking request's insert is rolled back");
+        assert_eq!(rows_of_t(&store).await, vec![1, 3, 4], "the panicking request's insert is rolled back");
     }
 
     #[tokio::test]
