@@ -1,0 +1,186 @@
+//! The second audit's probes (issue 14): an ordinary account, through a
+//! real server, making the service echo or loop over what it controls.
+//! Each is refused before any work, changes nothing, and leaves the
+//! component connected and the other members served.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect, member, store_digest, Component, Prosody};
+use minidom::rxml::NcName;
+use minidom::Element;
+use xmpp_mls::client::{describe, iq_element, GroupEvent, Session};
+use xmpp_mls::protocol::mam::{query_element, Cursor, NS_MAM};
+use xmpp_mls::protocol::{n, MAX_ID};
+use xmpp_mls::xmpp::tokens::MAX_TOKEN;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::stanza_error::StanzaError;
+
+/// The whole reply to one IQ, without the client library's retries.
+async fn raw(session: &Session, to: &Jid, type_: &str, payload: Element) -> Element {
+    session.request(iq_element(type_, &session.next_id(), to.as_str(), Some(payload))).await.unwrap()
+}
+
+/// "result", or the error as `describe` writes it.
+fn outcome(reply: &Element) -> String {
+    match reply.get_child("error", "jabber:client") {
+        None => reply.attr("type").unwrap_or_default().to_owned(),
+        Some(e) => describe(&StanzaError::try_from(e.clone()).unwrap()),
+    }
+}
+
+/// The MAM result messages that arrived before a query's answer.
+fn results(session: &mut Session) -> Vec<Element> {
+    std::iter::from_fn(|| session.try_next_event())
+        .filter(|m| m.get_child("result", NS_MAM).is_some())
+        .collect()
+}
+
+fn assert_never_reconnected(component: &Component) {
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+    assert_eq!(component.count_in_log("stanza over limits.max_stanza_out"), 0, "{}", component.log());
+}
+
+/// The probe: tokio-xmpp parses with rxml's defaults, which refuse a name
+/// or attribute value over 8192 octets as an XML error. Prosody forwards
+/// such a stanza, so one IQ with a long 'id' closed the component's stream
+/// (every reply in flight lost, every device off its live traffic), and a
+/// message with a long attribute from any contact closed a client's. Now
+/// such tokens arrive as stand-ins of MAX_TOKEN octets: the 'id' is refused
+/// as too long, other attributes are ignored, and both streams stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let g = alice.create().await.unwrap();
+    alice.add(&g, &[common::bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let mut mallory = prosody.client("mallory", "raw").await;
+    let service = common::COMPONENT;
+    let long = "i".repeat(10_000);
+
+    let before = store_digest(&component.store_path());
+    // Built, not parsed: our own parser has the same limit.
+    let ping = |id: &str, attrs: &[(&str, &str)]| {
+        let mut iq = Element::builder("iq", "jabber:client").attr(n("type"), "get").attr(n("to"), service).attr(n("id"), id);
+        for (name, value) in attrs {
+            iq = iq.attr(NcName::try_from(*name).unwrap(), *value);
+        }
+        iq.append(Element::builder("ping", "urn:xmpp:ping").build()).build()
+    };
+    mallory.send(ping(&long, &[])).await.unwrap();
+    let refused = mallory.next_event_within(Duration::from_secs(10)).await.expect("an answer to the long id");
+    assert_eq!((refused.name(), refused.attr("type")), ("iq", Some("error")));
+    assert_eq!(refused.attr("id").map(str::len), Some(MAX_TOKEN), "the id arrives as its stand-in");
+    assert_eq!(outcome(&refused), "modify/bad-request: an id is at most 1024 octets");
+    let answered = mallory.request(ping("p2", &[(&long, "1"), ("a", &long)])).await.unwrap();
+    assert_eq!(outcome(&answered), "result");
+    assert!(store_digest(&component.store_path()) == before, "a refused stanza changed the store");
+
+    // A contact's message with a long attribute: alice's client stays up.
+    let to_alice = Element::builder("message", "jabber:client")
+        .attr(n("to"), "alice@example.org/laptop")
+        .attr(n("id"), "m1")
+        .attr(n("x"), long.as_str())
+        .build();
+    mallory.send(to_alice).await.unwrap();
+    bob.send(&g, b"after").await.unwrap();
+    expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { body, .. } if body == b"after")).await;
+    assert_never_reconnected(&component);
+}
+
+/// The probe: every MAM result echoes the query's 'queryid'. A queryid of
+/// 225 000 octets on an archive item of max-payload-size made the result
+/// larger than max-stanza-out: it was dropped while `<fin/>` said the page
+/// was complete, and a small item echoed it a page's worth of times. Now a
+/// queryid longer than an 'id' may be is refused before the archive is
+/// read, and the longest one carries the largest item whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queryid_longer_than_an_id_is_refused_and_the_longest_carries_the_largest_item() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let g = alice.create().await.unwrap();
+    alice.add(&g, &[common::bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    // A PrivateMessage of some 227 KB of base64: near max-payload-size.
+    let body = vec![0x5a; 170_000];
+    alice.send(&g, &body).await.unwrap();
+    expect(&mut bob, "the large message", |e| matches!(e, GroupEvent::Message { body: b, .. } if *b == body)).await;
+    let group = Jid::from(g.clone());
+    let mut raw_alice = prosody.client("alice", "raw").await;
+
+    let before = store_digest(&component.store_path());
+    for queryid in ["q".repeat(MAX_ID + 1), "q".repeat(225_000)] {
+        let query = query_element(&queryid, &[], 100, &Cursor::First, false);
+        let reply = raw(&raw_alice, &group, "set", query).await;
+        assert_eq!(outcome(&reply), "modify/bad-request: a queryid is at most 1024 octets", "{} octets", queryid.len());
+        assert_eq!(results(&mut raw_alice), Vec::<Element>::new());
+    }
+    assert!(store_digest(&component.store_path()) == before, "a refused query changed the store");
+
+    // The longest queryid and the largest item: the whole page arrives.
+    let queryid = "q".repeat(MAX_ID);
+    let reply = raw(&raw_alice, &group, "set", query_element(&queryid, &[], 100, &Cursor::First, false)).await;
+    assert_eq!(outcome(&reply), "result");
+    let fin = reply.get_child("fin", NS_MAM).expect("a fin");
+    assert_eq!(fin.attr("complete"), Some("true"));
+    let items = results(&mut raw_alice);
+    let echoed: Vec<_> = items.iter().map(|m| m.get_child("result", NS_MAM).unwrap().attr("queryid")).collect();
+    assert_eq!(echoed.len(), 2, "the commit that added bob and the message");
+    assert!(echoed.iter().all(|q| *q == Some(queryid.as_str())));
+    assert!(String::from(&items[1]).len() > 220_000, "the message item is whole");
+
+    // Bob is still served live.
+    bob.send(&g, b"still here").await.unwrap();
+    expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { body, .. } if body == b"still here")).await;
+    assert_never_reconnected(&component);
+}
+
+/// The probe: a query's 'ids' field had no cap, so one query made the
+/// service look up thousands of stanza ids (and bind them all into one
+/// SQL statement). Now a query names at most max-page-size ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_naming_more_ids_than_a_page_is_refused() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[limits]\nmax_page_size = 3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let g = alice.create().await.unwrap();
+    alice.send(&g, b"one").await.unwrap();
+    let sid = match expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await {
+        GroupEvent::Delivered { stanza_id, .. } => stanza_id,
+        _ => unreachable!(),
+    };
+    let group = Jid::from(g.clone());
+    let mut raw_alice = prosody.client("alice", "raw").await;
+    let query = |n: usize| {
+        let values: String = (0..n).map(|_| format!("<value>{sid}</value>")).collect();
+        format!(
+            "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+             <field var='ids'>{values}</field></x></query>"
+        )
+        .parse::<Element>()
+        .unwrap()
+    };
+
+    let before = store_digest(&component.store_path());
+    for n in [4, 5_000] {
+        let reply = raw(&raw_alice, &group, "set", query(n)).await;
+        assert_eq!(outcome(&reply), "modify/bad-request: ids names at most max-page-size stanza ids", "{n} ids");
+        assert_eq!(results(&mut raw_alice), Vec::<Element>::new());
+    }
+    assert!(store_digest(&component.store_path()) == before, "a refused query changed the store");
+    let reply = raw(&raw_alice, &group, "set", query(3)).await;
+    assert_eq!(outcome(&reply), "result");
+    assert_eq!(results(&mut raw_alice).len(), 1);
+    assert!(raw_alice.next_event_within(Duration::from_millis(200)).await.is_none());
+    assert_never_reconnected(&component);
+}
