@@ -184,3 +184,59 @@ async fn a_query_naming_more_ids_than_a_page_is_refused() {
     assert!(raw_alice.next_event_within(Duration::from_millis(200)).await.is_none());
     assert_never_reconnected(&component);
 }
+
+/// The probe, on the client library: it took a Welcome from any JID, and
+/// group traffic from any JID whose localpart reads as a group's, whatever
+/// its domain. Mallory claimed one of bob's KeyPackages, staged an add
+/// without submitting it and sent the Welcome straight to bob, whose client
+/// joined a group the service never admitted him to (and would have
+/// replaced the state of a group of the same id); an account registered
+/// under a group's localpart told bob he was removed from it. Now the
+/// client listens only to the service's domain, and to Welcomes only from
+/// its own account's directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_takes_group_traffic_and_welcomes_only_from_the_service() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let mut mallory = member(&prosody, &dir, "mallory", "pc").await;
+    let g = alice.create().await.unwrap();
+    alice.add(&g, &[common::bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+
+    // A Welcome from mallory's own JID, of an add the service never saw.
+    let h = mallory.create().await.unwrap();
+    let kps = mallory.key_packages_for(&common::bare("bob@example.org"), vec![]).await.unwrap();
+    let bundle = mallory.stage_add(&h, kps).await.unwrap();
+    let welcome = Element::builder("welcome", xmpp_mls::protocol::NS)
+        .attr(n("group"), h.as_str())
+        .append(xmpp_mls::protocol::b64_encode(bundle.welcome.as_ref().unwrap()))
+        .build();
+    let to_bob = Element::builder("message", "jabber:client").attr(n("to"), "bob@example.org/phone").append(welcome).build();
+    mallory.session.send(to_bob).await.unwrap();
+    // An unavailable presence "from bob's device JID" of g, at another domain.
+    let g_node = g.node().unwrap().to_string();
+    let impostor = prosody.client(&g_node, bob.device().id()).await;
+    let gone = Element::builder("presence", "jabber:client")
+        .attr(n("to"), "bob@example.org/phone")
+        .attr(n("type"), "unavailable")
+        .build();
+    impostor.send(gone).await.unwrap();
+
+    let before = store_digest(&component.store_path());
+    alice.send(&g, b"after").await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = bob.next_event(Duration::from_secs(20)).await.unwrap().expect("alice's message");
+        if matches!(&event, GroupEvent::Message { body, .. } if body == b"after") {
+            break;
+        }
+        seen.push(event);
+    }
+    assert_eq!(seen, Vec::new(), "bob's client acted on stanzas that did not come from the service");
+    assert_eq!(bob.groups().unwrap(), vec![g.clone()]);
+    assert!(store_digest(&component.store_path()) != before, "alice's message was archived");
+    assert_never_reconnected(&component);
+}
