@@ -240,3 +240,93 @@ async fn a_client_takes_group_traffic_and_welcomes_only_from_the_service() {
     assert!(store_digest(&component.store_path()) != before, "alice's message was archived");
     assert_never_reconnected(&component);
 }
+
+/// The defined condition and the application condition of an error,
+/// with its 'reason' if any: "not-acceptable invalid-message/invalid".
+fn refusal(reply: &Element) -> String {
+    let error = reply.get_child("error", "jabber:client").unwrap_or_else(|| panic!("no error: {}", String::from(reply)));
+    let e = StanzaError::try_from(error.clone()).unwrap();
+    let defined = Element::from(e.defined_condition).name().to_owned();
+    match e.other {
+        Some(app) => match app.attr("reason") {
+            Some(reason) => format!("{defined} {}/{reason}", app.name()),
+            None => format!("{defined} {}", app.name()),
+        },
+        None => defined,
+    }
+}
+
+/// The GroupInfo, with its ratchet tree, of a group of `leaves` leaves
+/// made locally by mallory with keys that she never published, its
+/// signature broken by one bit: only a verification finds that.
+fn forged_group_info(group_id: &[u8], leaves: usize) -> Vec<u8> {
+    use openmls::prelude::{
+        BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsGroup, MlsGroupCreateConfig, OpenMlsProvider,
+    };
+    use openmls_basic_credential::SignatureKeyPair;
+    use tls_codec::Serialize as _;
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
+    let key = || SignatureKeyPair::new(openmls_traits::types::SignatureScheme::ED25519).unwrap();
+    let with_key = |s: &SignatureKeyPair| CredentialWithKey {
+        credential: BasicCredential::new(b"xmpp:mallory@example.org".to_vec()).into(),
+        signature_key: s.to_public_vec().into(),
+    };
+    let creator = key();
+    let config = MlsGroupCreateConfig::builder().ciphersuite(common::mls::SUITE).use_ratchet_tree_extension(true).build();
+    let mut group =
+        MlsGroup::new_with_group_id(&provider, &creator, &config, GroupId::from_slice(group_id), with_key(&creator)).unwrap();
+    let others: Vec<KeyPackage> = (1..leaves)
+        .map(|_| {
+            let s = key();
+            KeyPackage::builder().build(common::mls::SUITE, &provider, &s, with_key(&s)).unwrap().key_package().clone()
+        })
+        .collect();
+    if !others.is_empty() {
+        group.add_members(&provider, &creator, &others).unwrap();
+        group.merge_pending_commit(&provider).unwrap();
+    }
+    let mut bytes = group.export_group_info(provider.crypto(), &creator, true).unwrap().tls_serialize_detached().unwrap();
+    *bytes.last_mut().unwrap() ^= 1; // the last octet of the signature
+    bytes
+}
+
+/// The probe: a create verified the GroupInfo and every leaf signature of
+/// its tree (inside the store's write transaction, which every write of
+/// every account waits for) before it checked the group's size, the
+/// creator's quota and the Authentication Service check, which need no
+/// signature. A GroupInfo of many leaves with keys that no device list
+/// holds therefore cost a signature per leaf to refuse, at the requester's
+/// stanza rate. Now those checks come first: each of these forgeries, whose
+/// signature is broken, is refused for what a lookup finds, not as invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_is_refused_by_size_quota_and_keys_before_any_signature_is_verified() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[groups]\nmax_members = 8\nmax_groups_per_account = 2");
+    let dir = tempfile::tempdir().unwrap();
+    let mut mallory = member(&prosody, &dir, "mallory", "pc").await;
+    let create = |group_id: &[u8], leaves: usize| {
+        let group = Jid::new(&format!("{}@{}", xmpp_mls::protocol::address::group_node(group_id), common::COMPONENT)).unwrap();
+        let gi = forged_group_info(group_id, leaves);
+        let payload = Element::builder("create", xmpp_mls::protocol::NS)
+            .append(Element::builder("group-info", xmpp_mls::protocol::NS).append(xmpp_mls::protocol::b64_encode(&gi)).build())
+            .build();
+        (group, payload)
+    };
+
+    let before = store_digest(&component.store_path());
+    let (group, too_big) = create(&[1; 16], 9);
+    assert_eq!(refusal(&raw(&mallory.session, &group, "set", too_big).await), "policy-violation too-many-members");
+    let (group, unknown_keys) = create(&[2; 16], 8);
+    let reply = raw(&mallory.session, &group, "set", unknown_keys).await;
+    assert_eq!(refusal(&reply), "not-acceptable invalid-message/unknown-signature-key");
+    assert!(store_digest(&component.store_path()) == before, "a refused create changed the store");
+
+    // At its quota, the account is refused before its leaves are looked at.
+    mallory.create().await.unwrap();
+    mallory.create().await.unwrap();
+    let before = store_digest(&component.store_path());
+    let (group, over_quota) = create(&[3; 16], 2);
+    assert_eq!(refusal(&raw(&mallory.session, &group, "set", over_quota).await), "policy-violation too-many-groups");
+    assert!(store_digest(&component.store_path()) == before, "a refused create changed the store");
+    assert_never_reconnected(&component);
+}
