@@ -14,7 +14,8 @@
 //! JIDs at most 3071 octets, ids at most [`crate::protocol::MAX_ID`]).
 //! Text is untouched: the parser reads it in pieces.
 //!
-//! Servers re-serialise every stanza they route, so no comment, CDATA
+//! It reads the XML itself, so it sits directly on the plaintext stream
+//! (above TLS, once there is TLS). Servers re-serialise every stanza they route, so no comment, CDATA
 //! section or processing instruction reaches a stream: markup opened with
 //! `<!` or `<?` is passed through up to its first `>`.
 
