@@ -93,10 +93,11 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
     assert_never_reconnected(&component);
 }
 
-/// The probe: every MAM result echoes the query's 'queryid'. A queryid of
-/// 225 000 octets on an archive item of max-payload-size made the result
-/// larger than max-stanza-out: it was dropped while `<fin/>` said the page
-/// was complete, and a small item echoed it a page's worth of times. Now a
+/// The probe: every MAM result echoes the query's 'queryid', which had no
+/// bound. With an archive item of max-payload-size, a queryid of 225 000
+/// octets makes a result over max-stanza-out (that one closed the
+/// component's stream outright: see the test above), and any queryid is
+/// echoed a page's worth of times (100 results for one request). Now a
 /// queryid longer than an 'id' may be is refused before the archive is
 /// read, and the longest one carries the largest item whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
