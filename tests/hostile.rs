@@ -314,6 +314,8 @@ fn history() -> Vec<Case> {
         c("query for an unknown id", A, set("{G}", "<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='ids'><value>{G_LAST}</value><value>nope</value></field></x></query>"), "cancel/item-not-found"),
         c("query with a negative max", A, set("{G}", &mam(&[], "<max>-5</max>")), "modify/bad-request"),
         c("query with a huge max", A, set("{G}", &mam(&[("after-id", "{G_LAST}")], "<max>99999999999999999999999</max>")), "result <fin xmlns='urn:xmpp:mam:2' complete='true'><set xmlns='http://jabber.org/protocol/rsm'><count>0</count></set></fin>"),
+        c("query with a queryid of 1025 octets", A, set("{G}", &format!("<query xmlns='urn:xmpp:mam:2' queryid='{}'/>", "q".repeat(1025))), "modify/bad-request"),
+        c("query naming more ids than a page holds", A, set("{G}", &format!("<query xmlns='urn:xmpp:mam:2'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='ids'>{}</field></x></query>", "<value>{G_LAST}</value>".repeat(101))), "modify/bad-request"),
         c("query paging before an unknown id", A, set("{ADIR}", &mam(&[], "<before>nope</before>")), "cancel/item-not-found"),
         c("query field value nested thousands deep", A, set("{G}", &mam(&[("start", &deep)], "")), "modify/bad-request"),
         c("metadata in an IQ set", A, set("{G}", "<metadata xmlns='urn:xmpp:mam:2'/>"), "cancel/service-unavailable"),

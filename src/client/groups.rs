@@ -618,6 +618,13 @@ impl GroupClient {
 
     /// One stanza from the server: feed messages, Welcomes, presences.
     pub(super) async fn handle(&mut self, stanza: Element) -> Result<(), GroupError> {
+        // Only the service speaks for groups and directories: a stanza
+        // whose server-stamped 'from' is of another domain is not ours,
+        // whatever its localpart looks like.
+        let from = stanza.attr("from").and_then(|f| Jid::new(f).ok());
+        if from.as_ref().map(Jid::domain) != Some(self.service.domain()) {
+            return Ok(());
+        }
         if stanza.name() == "presence" {
             return self.handle_presence(&stanza);
         }
@@ -629,6 +636,10 @@ impl GroupClient {
             return Ok(());
         }
         if let Some(Ok(welcome)) = Welcome::find(&stanza) {
+            // Only for a Commit the service accepted, from this account's directory.
+            if from != Some(super::devices::directory_jid(self.device.account(), &self.service)) {
+                return Ok(());
+            }
             return self.handle_welcome(welcome).await;
         }
         if let Some(Ok(notice)) = Notice::find(&stanza) {

@@ -28,6 +28,7 @@ use crate::protocol::disco::PING;
 use crate::protocol::error::stanza_error;
 use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
 use crate::xmpp::namespace::CLIENT;
+use crate::xmpp::tokens::ShortTokens;
 
 const BIND_NS: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 
@@ -287,7 +288,7 @@ async fn login(opts: &ConnectOptions) -> Result<(link::Stream, FullJid), ClientE
     tcp.set_nodelay(true)?;
     let timeouts = Timeouts::tight();
     let header = || StreamHeader { to: Some(Cow::Owned(domain.clone())), from: None, id: None };
-    let pending = initiate_stream(BufStream::new(tcp), CLIENT, header(), timeouts).await?;
+    let pending = initiate_stream(BufStream::new(ShortTokens::new(tcp)), CLIENT, header(), timeouts).await?;
     let (features, stream) = pending
         .recv_features::<FallibleStreamElement>()
         .await

@@ -14,6 +14,7 @@ use crate::xmpp::bounded::Bounded;
 use crate::xmpp::header::HeaderPatch;
 use crate::xmpp::link::{stream_error_condition, Stream};
 use crate::xmpp::namespace::COMPONENT;
+use crate::xmpp::tokens::ShortTokens;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -45,7 +46,7 @@ pub async fn connect(config: &Config) -> Result<Stream<Bounded>, ConnectError> {
         response_timeout: Duration::from_secs(c.response_timeout_secs),
     };
     let header = StreamHeader { to: Some(Cow::Borrowed(&c.jid)), from: None, id: None };
-    let io = BufStream::new(HeaderPatch::new(tcp));
+    let io = BufStream::new(HeaderPatch::new(ShortTokens::new(tcp)));
     let mut pending = initiate_stream(io, COMPONENT, header, timeouts).await?;
     let stream_id = pending
         .take_header()

@@ -16,7 +16,7 @@ use crate::protocol::error::{invalid_message, pubsub_condition, rate_limited, st
 use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
 use crate::protocol::vault::version_mismatch;
-use crate::protocol::{ProtocolError, NS};
+use crate::protocol::{ProtocolError, MAX_ID, NS};
 use crate::service::{serialized_size, IqKind, IqRequest, Response, Service, ServiceError};
 use crate::xmpp::namespace::{CLIENT, COMPONENT};
 
@@ -66,10 +66,6 @@ fn bound_sizes(stanzas: Vec<Element>, max: usize) -> Vec<Element> {
         })
         .collect()
 }
-
-/// Longest 'id' the service answers: every answer echoes it, so a longer
-/// one would make the size of answers unbounded (xep/ §Stanza Size Limits).
-const MAX_ID: usize = 1024;
 
 fn check_id(stanza: &Element) -> Result<(), ServiceError> {
     match stanza.attr("id").is_some_and(|id| id.len() > MAX_ID) {

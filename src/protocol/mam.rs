@@ -125,7 +125,12 @@ pub fn parse_rsm_result(set: &Element) -> (usize, usize) {
 
 impl MamQuery {
     pub fn parse(query: &Element) -> Result<Self, ProtocolError> {
-        let mut q = MamQuery { queryid: query.attr("queryid").map(str::to_owned), ..Default::default() };
+        // Every result echoes the queryid: bounded like an 'id'.
+        let queryid = query.attr("queryid").map(str::to_owned);
+        if queryid.as_ref().is_some_and(|q| q.len() > super::MAX_ID) {
+            return Err(malformed("a queryid is at most 1024 octets"));
+        }
+        let mut q = MamQuery { queryid, ..Default::default() };
         if let Some(form) = query.get_child("x", ns::DATA_FORMS) {
             for (var, values) in field_values(form) {
                 let one = |why| single(values.clone(), why);

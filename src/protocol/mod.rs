@@ -23,6 +23,10 @@ pub const NS: &str = "urn:xmpp:mls:0";
 pub const NS_ERRORS: &str = "urn:xmpp:mls:0:errors";
 /// XEP-0359 stanza ids.
 pub const NS_SID: &str = "urn:xmpp:sid:0";
+/// Longest 'id' (and MAM 'queryid') the service answers: answers echo them,
+/// so a longer one would make the size of answers unbounded (xep/ §Stanza
+/// Size Limits).
+pub const MAX_ID: usize = 1024;
 
 /// Input that does not follow xep/.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

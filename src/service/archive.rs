@@ -69,6 +69,9 @@ impl Service {
             Some(k) => vec![Kind::from_name(k).ok_or(malformed("unknown kind"))?.name()],
         };
         (filter.epoch_from, filter.epoch_to) = (q.epoch_from, q.epoch_to);
+        if q.ids.len() > self.config.limits.max_page_size {
+            return Err(malformed("ids names at most max-page-size stanza ids").into());
+        }
         if !q.ids.is_empty() {
             let found = self.store.positions(source.clone(), q.ids.clone()).await?;
             if found.iter().any(Option::is_none) {

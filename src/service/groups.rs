@@ -9,8 +9,9 @@ use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup, StagedCommit};
 use openmls::prelude::{
     ContentType, GroupId, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage,
-    ProcessedMessageContent, ProtocolMessage, PublicMessageIn, Sender, ValidationError, Verifiable,
+    ProcessedMessageContent, ProtocolMessage, PublicMessageIn, RatchetTreeIn, Sender, ValidationError, Verifiable,
 };
+use openmls::prelude::Credential;
 use openmls::prelude::PublicProcessMessageError;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_parsers::jid::BareJid;
@@ -67,13 +68,42 @@ fn library(e: impl std::fmt::Display) -> ServiceError {
 /// The AS check on one leaf: its credential names `expected` (or any
 /// account if None) and its key is a live device of that account.
 fn check_group_leaf(tx: &GroupTx<'_>, leaf: &LeafNode, expected: Option<&BareJid>) -> Result<Member, ServiceError> {
-    let account = account_of(leaf.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
+    check_credential(tx, leaf.credential(), leaf.signature_key().as_slice(), expected)
+}
+
+/// [`check_group_leaf`] on a leaf's credential and signature key, which
+/// needs no signature verified (the leaf may still be unverified).
+fn check_credential(
+    tx: &GroupTx<'_>,
+    credential: &Credential,
+    signature_key: &[u8],
+    expected: Option<&BareJid>,
+) -> Result<Member, ServiceError> {
+    let account = account_of(credential).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
     if expected.is_some_and(|e| *e != account) {
         return Err(ServiceError::InvalidMessage(Invalid::ForeignIdentity));
     }
     let devices = tx.live_devices(account.as_str())?;
-    check_leaf(leaf.credential(), leaf.signature_key().as_slice(), &account, &devices).map_err(rejected)?;
-    Ok(Member { leaf: 0, account: account.to_string(), signature_key: leaf.signature_key().as_slice().to_vec() })
+    check_leaf(credential, signature_key, &account, &devices).map_err(rejected)?;
+    Ok(Member { leaf: 0, account: account.to_string(), signature_key: signature_key.to_vec() })
+}
+
+/// The checks of a create that need no signature, before any is verified
+/// (xep/ §Creating a Group): the group's size, the creator's group quota
+/// (joining it now; rolled back if the create fails), and the AS check of
+/// every leaf of the still unverified tree, one of which is the creator's.
+fn precheck_create(tx: &GroupTx<'_>, tree: &RatchetTreeIn, account: &BareJid, limits: &GroupsConfig) -> Result<(), ServiceError> {
+    if tree.leaves().count() > limits.max_members {
+        return Err(ServiceError::Limit(AppCondition::TooManyMembers));
+    }
+    if tx.join(account.as_str(), limits.max_groups_per_account)? != Join::Joined {
+        return Err(ServiceError::Limit(AppCondition::TooManyGroups));
+    }
+    let mut creator = false;
+    for leaf in tree.leaves() {
+        creator |= check_credential(tx, leaf.credential(), leaf.signature_key().as_slice(), None)?.account == account.as_str();
+    }
+    creator.then_some(()).ok_or(ServiceError::NotAMember)
 }
 
 /// The group's leaves as the DS records them (checked when they joined).
@@ -343,21 +373,11 @@ impl Service {
                     return Err(ServiceError::GroupExists);
                 }
                 let (gi, tree) = mls::group_info(&create.group_info, &gid).map_err(ServiceError::InvalidMessage)?;
+                precheck_create(tx, &tree, &account, &limits)?;
                 let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &tx.mls(), tree, gi, ProposalStore::new())
                     .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
-                let mut members = Vec::new();
-                for m in pg.members() {
-                    let leaf = pg.leaf(m.index).ok_or(ServiceError::InvalidMessage(Invalid::Invalid))?;
-                    members.push(Member { leaf: m.index.u32(), ..check_group_leaf(tx, leaf, None)? });
-                }
-                if !members.iter().any(|m| m.account == account.as_str()) {
-                    return Err(ServiceError::NotAMember);
-                }
-                check_size(&members, &limits)?;
+                let members = members_of(&pg);
                 tx.create(pg.group_context().epoch().as_u64(), &create.group_info)?;
-                if tx.join(account.as_str(), limits.max_groups_per_account)? != Join::Joined {
-                    return Err(ServiceError::Limit(AppCondition::TooManyGroups));
-                }
                 tx.set_members(&members, 0)?;
                 Ok(())
             })

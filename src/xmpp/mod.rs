@@ -4,5 +4,6 @@ pub mod bounded;
 pub mod header;
 pub mod link;
 pub mod namespace;
+pub mod tokens;
 
 pub use link::{Link, LinkError, StanzaNs};
