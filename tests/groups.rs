@@ -168,6 +168,44 @@ fn invalid_reason(e: &xmpp_parsers::stanza_error::StanzaError) -> String {
     app.attr("reason").unwrap().to_owned()
 }
 
+/// `group_info` (an MLSMessage) with its external_pub extension (type 4)
+/// removed from the GroupInfo's extensions, the rest untouched.
+fn without_external_pub(group_info: &[u8]) -> Vec<u8> {
+    use tls_codec::{Deserialize, Serialize, VLBytes};
+    let skip_vl = |rest: &mut &[u8]| VLBytes::tls_deserialize(rest).unwrap();
+    // MLSMessage header (4), GroupContext: version, suite (4), group_id,
+    // epoch (8), tree_hash, confirmed_transcript_hash, extensions.
+    let mut rest = &group_info[8..];
+    skip_vl(&mut rest);
+    rest = &rest[8..];
+    for _ in 0..3 {
+        skip_vl(&mut rest);
+    }
+    let head = &group_info[..group_info.len() - rest.len()];
+    let extensions = skip_vl(&mut rest);
+    let mut list = extensions.as_slice();
+    let mut kept = Vec::new();
+    while !list.is_empty() {
+        let kind = u16::from_be_bytes([list[0], list[1]]);
+        let start = list;
+        list = &list[2..];
+        skip_vl(&mut list);
+        if kind != 4 {
+            kept.extend_from_slice(&start[..start.len() - list.len()]);
+        }
+    }
+    assert!(kept.len() < extensions.as_slice().len(), "the GroupInfo had no external_pub");
+    let stripped = [head, &VLBytes::new(kept).tls_serialize_detached().unwrap(), rest].concat();
+    // Still a well-formed GroupInfo, with its ratchet tree.
+    let openmls::prelude::MlsMessageBodyIn::GroupInfo(gi) =
+        openmls::prelude::MlsMessageIn::tls_deserialize_exact(&stripped).unwrap().extract()
+    else {
+        panic!("not a GroupInfo")
+    };
+    assert!(gi.extensions().ratchet_tree().is_some() && gi.extensions().external_pub().is_none());
+    stripped
+}
+
 /// A KeyPackage (openmls) built by a test signer.
 fn key_package(signer: &common::mls::TestSigner, identity: Option<&str>) -> openmls::prelude::KeyPackage {
     use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion};
@@ -229,6 +267,11 @@ async fn invalid_commits_are_refused_and_the_group_carries_on() {
     let mut unsigned = bundle.clone();
     *unsigned.group_info.last_mut().unwrap() ^= 1;
     assert_eq!(invalid_reason(&error_of(alice.submit(&group, &unsigned).await)), "group-info-mismatch");
+    // Without external_pub: refused as it is decoded, before its (now
+    // broken) signature is looked at.
+    let no_external_pub =
+        xmpp_mls::protocol::groups::CommitBundle { group_info: without_external_pub(&bundle.group_info), ..bundle.clone() };
+    assert_eq!(invalid_reason(&error_of(alice.submit(&group, &no_external_pub).await)), "malformed");
     // Without its Welcome.
     bundle.welcome = None;
     assert_eq!(invalid_reason(&error_of(alice.submit(&group, &bundle).await)), "missing-welcome");

@@ -96,12 +96,15 @@ pub fn application_epoch(bytes: &[u8], group_id: &[u8]) -> Result<u64, Invalid> 
     Ok(m.epoch().as_u64())
 }
 
-/// A GroupInfo of `group_id` with its ratchet tree (the extension is required).
+/// A GroupInfo of `group_id` with its ratchet tree. Both the ratchet_tree
+/// and the external_pub extension are required (RFC 9420 §12.4.3.2): a
+/// joiner by external Commit needs both.
 pub fn group_info(bytes: &[u8], group_id: &[u8]) -> Result<(VerifiableGroupInfo, RatchetTreeIn), Invalid> {
     let MlsMessageBodyIn::GroupInfo(gi) = body(bytes)? else { return Err(Invalid::Malformed) };
     if gi.group_id().as_slice() != group_id {
         return Err(Invalid::WrongGroup);
     }
+    gi.extensions().external_pub().ok_or(Invalid::Malformed)?;
     let tree = gi.extensions().ratchet_tree().ok_or(Invalid::Malformed)?.ratchet_tree().clone();
     Ok((gi, tree))
 }
