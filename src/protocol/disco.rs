@@ -41,6 +41,8 @@ pub struct AnnouncedLimits {
     pub max_key_package_size: usize,
     /// Seconds.
     pub max_key_package_lifetime: u64,
+    /// Ordinary KeyPackages of a device at which its owner is warned.
+    pub low_water: u32,
     pub cipher_suites: Vec<u16>,
     /// Past epochs whose application messages are still accepted.
     pub max_past_epochs: u64,
@@ -84,6 +86,7 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             field("max-key-packages-per-device", limits.max_key_packages_per_device),
             field("max-key-package-size", limits.max_key_package_size),
             field("max-key-package-lifetime", limits.max_key_package_lifetime),
+            field("low-water", limits.low_water),
             suites,
             field("max-past-epochs", limits.max_past_epochs),
             field("max-page-size", limits.max_page_size),

@@ -65,6 +65,7 @@ impl Service {
             max_key_packages_per_device: d.max_key_packages_per_device,
             max_key_package_size: d.max_key_package_size,
             max_key_package_lifetime: d.max_key_package_lifetime_days.saturating_mul(DAY),
+            low_water: d.low_water,
             cipher_suites: d.cipher_suites.clone(),
             max_past_epochs: g.past_epochs,
             max_page_size: l.max_page_size,
