@@ -13,6 +13,8 @@ pub const ENV_PREFIX: &str = "XMPP_MLS_";
 /// Cipher suites whose signature scheme is Ed25519 (the device-list scheme)
 /// and that the crypto backend implements.
 pub const SUPPORTED_CIPHER_SUITES: &[u16] = &[1, 3];
+/// MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519, which every service accepts (RFC 9420 §17.1, xep/).
+pub const MANDATORY_CIPHER_SUITE: u16 = 1;
 /// What a stanza may add around the largest payload it carries: addresses
 /// (a full JID is at most 3071 bytes before escaping), the echoed id (at
 /// most 1024 bytes, see the router), and the MAM wrapping of an archived
@@ -413,8 +415,8 @@ impl Config {
         if (self.directory.key_package_burst as usize) <= self.directory.max_key_packages_per_device {
             return Err(err("directory.key_package_burst", "must be greater than directory.max_key_packages_per_device"));
         }
-        if self.directory.cipher_suites.is_empty() {
-            return Err(err("directory.cipher_suites", "must list at least one cipher suite"));
+        if !self.directory.cipher_suites.contains(&MANDATORY_CIPHER_SUITE) {
+            return Err(err("directory.cipher_suites", "must list 1, the mandatory-to-implement cipher suite (RFC 9420)"));
         }
         if let Some(cs) = self.directory.cipher_suites.iter().find(|cs| !SUPPORTED_CIPHER_SUITES.contains(cs)) {
             return Err(err("directory.cipher_suites", format!("{cs} is not supported (supported: 1, 3)")));
@@ -631,7 +633,7 @@ mod tests {
             ("XMPP_MLS_COMPONENT_JID".into(), "mls.example.org".into()),
             ("XMPP_MLS_LIMITS_MAX_PAYLOAD_SIZE".into(), "1000".into()),
             ("XMPP_MLS_STORE_PATH".into(), "/tmp/x.db".into()),
-            ("XMPP_MLS_DIRECTORY_CIPHER_SUITES".into(), "3".into()),
+            ("XMPP_MLS_DIRECTORY_CIPHER_SUITES".into(), "1,3".into()),
             ("PATH".into(), "/bin".into()),
             ("XMPP_MLS_CONFIG".into(), "/etc/xmpp-mls.toml".into()),
         ];
@@ -639,7 +641,7 @@ mod tests {
         assert_eq!(c.component.jid, "mls.example.org");
         assert_eq!(c.limits.max_payload_size, 1000);
         assert_eq!(c.store.path, PathBuf::from("/tmp/x.db"));
-        assert_eq!(c.directory.cipher_suites, vec![3]);
+        assert_eq!(c.directory.cipher_suites, vec![1, 3]);
     }
 
     #[test]
@@ -673,6 +675,15 @@ mod tests {
             assert_eq!(e.key, key, "{text:?} gave {e}");
             assert!(!e.to_string().contains('\n'), "one line: {e}");
         }
+    }
+
+    #[test]
+    fn the_mandatory_cipher_suite_is_always_accepted() {
+        let e = Config::from_toml(&format!("{MINIMAL}[directory]\ncipher_suites = [3]\n"), no_env()).unwrap_err();
+        assert_eq!(e.key, "directory.cipher_suites");
+        assert!(e.problem.contains("mandatory"), "{e}");
+        let c = Config::from_toml(&format!("{MINIMAL}[directory]\ncipher_suites = [1]\n"), no_env()).unwrap();
+        assert_eq!(c.directory.cipher_suites, [1]);
     }
 
     #[test]
