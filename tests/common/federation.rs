@@ -116,6 +116,7 @@ impl Federation {
         assert!(out.status.success(), "register {user}@{domain}: {}", String::from_utf8_lossy(&out.stderr));
         let mut opts = ConnectOptions::new(BareJid::new(&format!("{user}@{domain}")).unwrap(), user);
         opts.server = Some(format!("{}:5222", server.ip));
+        opts.insecure_tcp = true;
         opts.resource = Some(resource.to_owned());
         opts.iq_timeout = Duration::from_secs(10);
         Session::connect(opts).await.expect("client login")
