@@ -80,3 +80,18 @@ fn the_cli_logs_in_over_tls_only_with_a_trusted_certificate() {
 
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }
+
+#[test]
+fn the_cli_refuses_a_server_that_offers_no_tls() {
+    let server = Server::start();
+    let _component = Component::start(&server, "");
+    server.register("alice", "alice");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = client(&server, dir.path(), "alice", &[], &[], &["device", "init"]);
+    assert_eq!(code, 4, "{out}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.starts_with("the server did not offer TLS"), "{out}");
+    assert!(!dir.path().join("alice.sqlite3").exists(), "no device state is made before a login");
+    let (code, out) = client(&server, dir.path(), "alice", &["--insecure-tcp"], &[], &["device", "init"]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -310,6 +310,7 @@ async fn login(opts: &ConnectOptions) -> Result<(link::Stream, FullJid), ClientE
         .recv_features::<FallibleStreamElement>()
         .await
         .map_err(|e| ClientError::Login(e.to_string()))?;
+    let binding = transport::channel_binding(transport.exporter, transport.tls, &features);
     let mut mechanisms: BTreeSet<String> = features.sasl_mechanisms;
     if !transport.tls {
         mechanisms.remove("PLAIN");
@@ -318,7 +319,7 @@ async fn login(opts: &ConnectOptions) -> Result<(link::Stream, FullJid), ClientE
     let creds = Credentials::default()
         .with_username(username)
         .with_password(opts.password.clone())
-        .with_channel_binding(transport::channel_binding(transport.exporter, transport.tls, &mechanisms));
+        .with_channel_binding(binding);
     let stream = tokio_xmpp::client_login(stream, mechanisms, creds).await.map_err(|e| match e {
         tokio_xmpp::Error::Auth(e) => ClientError::Auth(e.to_string()),
         e => ClientError::Login(e.to_string()),

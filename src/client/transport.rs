@@ -7,7 +7,6 @@
 //! (`SSL_CERT_FILE` is honoured by the system-roots loader).
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,6 +21,8 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_xmpp::connect::DnsConfig;
 use tokio_xmpp::xmlstream::{initiate_stream, ReadError, StreamHeader, Timeouts};
+use xmpp_parsers::sasl_cb;
+use xmpp_parsers::stream_features::StreamFeatures;
 
 use super::session::{ClientError, ConnectOptions};
 use crate::xmpp::namespace::CLIENT;
@@ -57,14 +58,17 @@ pub async fn connect(opts: &ConnectOptions) -> Result<Transport, ClientError> {
     Ok(Transport { io: Box::new(tls), tls: true, exporter })
 }
 
-/// The channel binding SCRAM announces: the exporter data when the server
-/// offers a -PLUS mechanism, "supported but not offered" over TLS otherwise.
-pub fn channel_binding(exporter: Option<Vec<u8>>, tls: bool, mechanisms: &BTreeSet<String>) -> ChannelBinding {
-    let plus_offered = mechanisms.iter().any(|m| m.ends_with("-PLUS"));
+/// The channel binding SCRAM announces (RFC 5802 §6): `tls-exporter` when
+/// the server offers a -PLUS mechanism and lists that type (XEP-0440);
+/// "not supported by this client" when it offers -PLUS with other types
+/// only; "supported but not offered" over TLS otherwise.
+pub fn channel_binding(exporter: Option<Vec<u8>>, tls: bool, features: &StreamFeatures) -> ChannelBinding {
+    let plus_offered = features.sasl_mechanisms.iter().any(|m| m.ends_with("-PLUS"));
+    let exporter_listed = features.sasl_cb.as_ref().is_some_and(|cb| cb.types.contains(&sasl_cb::Type::TlsExporter));
     match exporter {
-        Some(data) if plus_offered => ChannelBinding::TlsExporter(data),
-        _ if tls => ChannelBinding::Unsupported,
-        _ => ChannelBinding::None,
+        Some(data) if plus_offered && exporter_listed => ChannelBinding::TlsExporter(data),
+        _ if plus_offered || !tls => ChannelBinding::None,
+        _ => ChannelBinding::Unsupported,
     }
 }
 
