@@ -13,9 +13,10 @@ use common::{Component, Server, COMPONENT};
 /// `xmpp-mls client` as `user` (password = user) with `args` after the
 /// connection options; returns (exit code, stdout + stderr).
 fn client(server: &Server, state: &Path, user: &str, connection: &[&str], env: &[(&str, &Path)], args: &[&str]) -> (i32, String) {
+    let port = if connection.contains(&"--direct-tls") { server.direct_tls_port } else { server.c2s_port };
     let out = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
         .args(["client", "--jid", &format!("{user}@example.org"), "--server"])
-        .arg(format!("127.0.0.1:{}", server.c2s_port))
+        .arg(format!("127.0.0.1:{port}"))
         .args(connection)
         .args(["--service", COMPONENT, "--state"])
         .arg(state.join(format!("{user}.sqlite3")))
@@ -55,6 +56,11 @@ fn the_cli_logs_in_over_tls_only_with_a_trusted_certificate() {
     assert!(code == 0 && out.starts_with("delivered as "), "{out}");
     let (code, out) = run("bob", &["group", "list"]);
     assert!(code == 0 && out.trim() == group, "{out}");
+
+    // Direct TLS (XEP-0368) on the server's other port.
+    let direct = ["--direct-tls", "--ca-file", ca_file.to_str().unwrap()];
+    let (code, out) = client(&server, dir.path(), "alice", &direct, &[], &["group", "send", &group, "over direct TLS"]);
+    assert!(code == 0 && out.starts_with("delivered as "), "{out}");
 
     // SSL_CERT_FILE naming the CA instead of --ca-file.
     let (code, out) = client(&server, dir.path(), "bob", &[], &[("SSL_CERT_FILE", &ca_file)], &["group", "send", &group, "via SSL_CERT_FILE"]);

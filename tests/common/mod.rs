@@ -90,6 +90,9 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// The direct TLS (XEP-0368) c2s port: listening only on a server from
+    /// [`Server::start_requiring_tls`].
+    pub direct_tls_port: u16,
     /// ejabberd's admin API, through which accounts are registered.
     api_port: u16,
     child: Option<Child>,
@@ -104,8 +107,9 @@ impl Server {
         server.launched()
     }
 
-    /// A server whose c2s port requires STARTTLS with a certificate for
-    /// [`DOMAIN`] issued by `ca`.
+    /// A server whose c2s port requires STARTTLS, and with direct TLS on
+    /// [`Server::direct_tls_port`], with a certificate for [`DOMAIN`]
+    /// issued by `ca`.
     pub fn start_requiring_tls(ca: &tls::TestCa) -> Self {
         let server = Self::configured();
         match server.kind {
@@ -118,7 +122,9 @@ impl Server {
     fn configured() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (c2s_port, component_port, api_port) = (free_port(), free_port(), free_port());
-        let server = Server { kind: Kind::chosen(), dir, c2s_port, component_port, api_port, child: None };
+        let direct_tls_port = free_port();
+        let kind = Kind::chosen();
+        let server = Server { kind, dir, c2s_port, component_port, direct_tls_port, api_port, child: None };
         match server.kind {
             Kind::Prosody => prosody::configure(&server),
             Kind::Ejabberd => ejabberd::configure(&server),
