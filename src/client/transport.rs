@@ -142,3 +142,34 @@ async fn starttls(tcp: TcpStream, domain: &str) -> Result<TcpStream, ClientError
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn features(mechanisms: &[&str], cb: Option<sasl_cb::Type>) -> StreamFeatures {
+        StreamFeatures {
+            sasl_mechanisms: mechanisms.iter().map(|m| m.to_string()).collect(),
+            sasl_cb: cb.map(|t| sasl_cb::SaslChannelBinding { types: vec![t] }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn channel_binding_is_tls_exporter_only_when_offered_and_listed() {
+        let plus = ["SCRAM-SHA-1", "SCRAM-SHA-1-PLUS"];
+        let exporter = Some(vec![7u8; 32]);
+        let listed = features(&plus, Some(sasl_cb::Type::TlsExporter));
+        assert_eq!(channel_binding(exporter.clone(), true, &listed), ChannelBinding::TlsExporter(vec![7u8; 32]));
+        // -PLUS with another type only, or none listed (ejabberd 23.01): "n".
+        let unique = features(&plus, Some(sasl_cb::Type::TlsUnique));
+        assert_eq!(channel_binding(exporter.clone(), true, &unique), ChannelBinding::None);
+        assert_eq!(channel_binding(exporter.clone(), true, &features(&plus, None)), ChannelBinding::None);
+        // TLS 1.2 (no exporter) against a -PLUS offer: "n".
+        assert_eq!(channel_binding(None, true, &listed), ChannelBinding::None);
+        // No -PLUS offered over TLS: "y" (a stripped offer is detected).
+        assert_eq!(channel_binding(exporter, true, &features(&["SCRAM-SHA-1"], None)), ChannelBinding::Unsupported);
+        // Plain TCP: "n".
+        assert_eq!(channel_binding(None, false, &features(&["SCRAM-SHA-1"], None)), ChannelBinding::None);
+    }
+}
