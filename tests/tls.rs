@@ -6,15 +6,23 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use common::tls::TestCa;
-use common::{Component, Server, COMPONENT};
+use common::{wait_until, Component, Server, COMPONENT};
 
 /// `xmpp-mls client` as `user` (password = user) with `args` after the
 /// connection options; returns (exit code, stdout + stderr).
 fn client(server: &Server, state: &Path, user: &str, connection: &[&str], env: &[(&str, &Path)], args: &[&str]) -> (i32, String) {
+    let out = command(server, state, user, connection, args).envs(env.iter().map(|(k, v)| (*k, *v))).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn command(server: &Server, state: &Path, user: &str, connection: &[&str], args: &[&str]) -> Command {
     let port = if connection.contains(&"--direct-tls") { server.direct_tls_port } else { server.c2s_port };
-    let out = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xmpp-mls"));
+    command
         .args(["client", "--jid", &format!("{user}@example.org"), "--server"])
         .arg(format!("127.0.0.1:{port}"))
         .args(connection)
@@ -22,12 +30,8 @@ fn client(server: &Server, state: &Path, user: &str, connection: &[&str], env: &
         .arg(state.join(format!("{user}.sqlite3")))
         .args(args)
         .env("XMPP_MLS_PASSWORD", user)
-        .env_remove("SSL_CERT_FILE")
-        .envs(env.iter().map(|(k, v)| (*k, *v)))
-        .output()
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().unwrap_or(-1), text)
+        .env_remove("SSL_CERT_FILE");
+    command
 }
 
 #[test]
@@ -52,10 +56,22 @@ fn the_cli_logs_in_over_tls_only_with_a_trusted_certificate() {
     let group = group.trim().to_owned();
     let (code, out) = run("alice", &["group", "add", &group, "bob@example.org"]);
     assert!(code == 0 && out.contains("added; epoch 1"), "{out}");
-    let (code, out) = run("alice", &["group", "send", &group, "over TLS"]);
-    assert!(code == 0 && out.starts_with("delivered as "), "{out}");
     let (code, out) = run("bob", &["group", "list"]);
     assert!(code == 0 && out.trim() == group, "{out}");
+    // bob listens (over TLS too) while alice sends.
+    let heard = dir.path().join("bob-listen.out");
+    let mut listener = command(&server, dir.path(), "bob", &trusted, &["group", "listen", "--seconds", "60"])
+        .stdout(std::fs::File::create(&heard).unwrap())
+        .spawn()
+        .unwrap();
+    let output = || std::fs::read_to_string(&heard).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(20), || output().contains("joined ")), "{}", output());
+    let (code, out) = run("alice", &["group", "send", &group, "over TLS"]);
+    assert!(code == 0 && out.starts_with("delivered as "), "{out}");
+    assert!(wait_until(Duration::from_secs(20), || output().contains("alice@example.org/")), "{}", output());
+    listener.kill().unwrap();
+    listener.wait().unwrap();
+    assert!(output().contains(": over TLS\n"), "{}", output());
 
     // Direct TLS (XEP-0368) on the server's other port.
     let direct = ["--direct-tls", "--ca-file", ca_file.to_str().unwrap()];
