@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -24,9 +24,9 @@ use tokio_xmpp::xmlstream::{
 use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
+use super::transport;
 use crate::protocol::disco::PING;
 use crate::protocol::error::stanza_error;
-use super::transport;
 use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
 use crate::xmpp::namespace::CLIENT;
 use crate::xmpp::tokens::ShortTokens;
