@@ -353,6 +353,7 @@ impl Bench {
         let account = BareJid::new(&format!("bench{i}@{}", self.domain))?;
         let mut opts = ConnectOptions::new(account.clone(), format!("bench{i}"));
         opts.server = Some(self.c2s.clone());
+        opts.insecure_tcp = true;
         opts.resource = Some("d".into());
         let session = Session::connect(opts).await?;
         let device = Device::create(&states.join(format!("bench{i}.sqlite3")), account, None)?;

@@ -18,6 +18,7 @@ async fn device(server: &str, service: &Jid, dir: &std::path::Path, user: &str, 
     let account = BareJid::new(&format!("{user}@{domain}"))?;
     let mut opts = ConnectOptions::new(account.clone(), format!("{user}-password"));
     opts.server = Some(server.to_owned());
+    opts.insecure_tcp = true;
     opts.resource = Some(resource.to_owned());
     let session = Session::connect(opts).await?;
     let device = Device::create(&dir.join(format!("{user}-{resource}.sqlite3")), account, Some(resource.into()))?;
@@ -163,6 +164,7 @@ async fn main() -> Result<()> {
         let account = BareJid::new(&format!("alice@{domain}"))?;
         let mut opts = ConnectOptions::new(account.clone(), "alice-password");
         opts.server = Some(server.to_owned());
+        opts.insecure_tcp = true;
         opts.resource = Some("tablet".into());
         Session::connect(opts).await?
     };
@@ -188,6 +190,7 @@ async fn reconnect(server: &str, service: &Jid, dir: &std::path::Path, user: &st
     let account = BareJid::new(&format!("{user}@{domain}"))?;
     let mut opts = ConnectOptions::new(account.clone(), format!("{user}-password"));
     opts.server = Some(server.to_owned());
+    opts.insecure_tcp = true;
     opts.resource = Some(resource.to_owned());
     let session = Session::connect(opts).await?;
     let device = Device::open(&dir.join(format!("{user}-{resource}.sqlite3")), &account)?;

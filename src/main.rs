@@ -10,7 +10,7 @@ mod cli;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
-use xmpp_mls::client::{ConnectOptions, Session};
+use xmpp_mls::client::{ClientError, ConnectOptions, Session};
 use xmpp_mls::config::{Config, LogFormat};
 use xmpp_parsers::jid::{BareJid, Jid};
 
@@ -46,6 +46,9 @@ enum Command {
         action: admin::AdminAction,
     },
     /// Act as a client of an MLS service through an XMPP account.
+    ///
+    /// Exit codes: 0 success, 1 other failure, 3 the server's certificate
+    /// was refused, 4 the server offered no TLS, 5 authentication failed.
     Client {
         /// The account's bare JID, e.g. alice@example.org.
         #[arg(long)]
@@ -53,10 +56,21 @@ enum Command {
         /// The account's password.
         #[arg(long, env = "XMPP_MLS_PASSWORD", hide_env_values = true)]
         password: String,
-        /// The XMPP server's c2s address host:port (default: the JID's
-        /// domain, port 5222). Plain TCP: loopback or test servers only.
+        /// The XMPP server's c2s address host:port (default: SRV records of
+        /// the JID's domain, else the domain itself on port 5222, 5223 with
+        /// --direct-tls).
         #[arg(long)]
         server: Option<String>,
+        /// TLS from the first byte (XEP-0368) instead of STARTTLS.
+        #[arg(long, conflicts_with = "insecure_tcp")]
+        direct_tls: bool,
+        /// PEM CA certificates trusted besides the system roots (which
+        /// SSL_CERT_FILE replaces).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Plain TCP without TLS: loopback test servers only.
+        #[arg(long)]
+        insecure_tcp: bool,
         /// The MLS service's JID (default: mls.<the JID's domain>).
         #[arg(long)]
         service: Option<Jid>,
@@ -74,12 +88,15 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
         Command::Admin { config, json, action } => runtime.block_on(admin(config, json, action)),
-        Command::Client { jid, password, server, service, state, action } => {
+        Command::Client { jid, password, server, direct_tls, ca_file, insecure_tcp, service, state, action } => {
             init_logging(LogFormat::Text, "warn");
             let service = service.unwrap_or_else(|| Jid::new(&format!("mls.{}", jid.domain())).expect("a domain"));
             let state = state.unwrap_or_else(|| PathBuf::from(format!("xmpp-mls-{jid}.sqlite3")));
             let mut opts = ConnectOptions::new(jid, password);
             opts.server = server;
+            opts.direct_tls = direct_tls;
+            opts.ca_file = ca_file;
+            opts.insecure_tcp = insecure_tcp;
             runtime.block_on(client(opts, service, state, action))
         }
     }
@@ -151,12 +168,22 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// Exit codes of a failed login, as `--help` lists them.
+fn login_exit_code(e: &ClientError) -> ExitCode {
+    match e {
+        ClientError::Certificate(_) => ExitCode::from(3),
+        ClientError::NoTls => ExitCode::from(4),
+        ClientError::Auth(_) => ExitCode::from(5),
+        _ => ExitCode::FAILURE,
+    }
+}
+
 async fn client(opts: ConnectOptions, service: Jid, state: PathBuf, action: cli::ClientAction) -> ExitCode {
     let session = match Session::connect(opts).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
+            return login_exit_code(&e);
         }
     };
     let ctx = cli::Context { session, service, state };

@@ -16,6 +16,7 @@ fn command(prosody: &Prosody, state: &Path, user: &str, args: &[&str]) -> Comman
         .args(["-c", "umask 022 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_xmpp-mls")])
         .args(["client", "--jid", &format!("{user}@example.org"), "--server"])
         .arg(format!("127.0.0.1:{}", prosody.c2s_port))
+        .arg("--insecure-tcp")
         .args(["--service", COMPONENT, "--state"])
         .arg(state)
         .args(args)

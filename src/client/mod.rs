@@ -7,6 +7,7 @@ mod groups;
 mod history;
 mod keypackages;
 mod session;
+mod transport;
 mod vault;
 
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};

@@ -9,14 +9,14 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use minidom::Element;
-use sasl::common::{ChannelBinding, Credentials};
+use sasl::common::Credentials;
 use tokio::io::BufStream;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_xmpp::xmlstream::{
     initiate_stream, FallibleStreamElement, ReadError, StreamHeader, Timeouts, XmlStream,
@@ -24,6 +24,7 @@ use tokio_xmpp::xmlstream::{
 use xmpp_parsers::jid::{BareJid, FullJid, Jid};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
+use super::transport;
 use crate::protocol::disco::PING;
 use crate::protocol::error::stanza_error;
 use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
@@ -38,6 +39,12 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("login failed: {0}")]
     Login(String),
+    #[error("the server's certificate was refused: {0}")]
+    Certificate(String),
+    #[error("the server did not offer TLS (use --insecure-tcp only for a loopback test server)")]
+    NoTls,
+    #[error("authentication failed: {0}")]
+    Auth(String),
     #[error("the connection is closed")]
     Closed,
     #[error("no answer within {0:?}")]
@@ -53,8 +60,17 @@ pub enum ClientError {
 pub struct ConnectOptions {
     pub jid: BareJid,
     pub password: String,
-    /// `host:port`; defaults to the JID's domain on port 5222.
+    /// `host:port`; by default the JID's domain is resolved through SRV
+    /// (`_xmpp-client._tcp`, or `_xmpps-client._tcp` for direct TLS) and,
+    /// failing that, used itself on port 5222 (5223).
     pub server: Option<String>,
+    /// TLS right after the TCP connect (XEP-0368) instead of STARTTLS.
+    pub direct_tls: bool,
+    /// PEM certificates trusted besides the system roots (or `SSL_CERT_FILE`).
+    pub ca_file: Option<PathBuf>,
+    /// Plain TCP without TLS: loopback test servers only. SCRAM still
+    /// works; PLAIN is never used without TLS.
+    pub insecure_tcp: bool,
     pub resource: Option<String>,
     /// How long [`Session::iq`] waits for an answer.
     pub iq_timeout: Duration,
@@ -66,6 +82,9 @@ impl ConnectOptions {
             jid,
             password: password.into(),
             server: None,
+            direct_tls: false,
+            ca_file: None,
+            insecure_tcp: false,
             resource: None,
             iq_timeout: Duration::from_secs(30),
         }
@@ -85,10 +104,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects, authenticates with SASL (SCRAM or PLAIN) and binds a resource.
-    ///
-    /// The transport is plain TCP: meant for loopback servers (tests, the
-    /// demo); TLS is not implemented yet.
+    /// Connects (STARTTLS, direct TLS or, when asked for, plain TCP),
+    /// authenticates with SASL (SCRAM-SHA-256/SHA-1, -PLUS where the TLS
+    /// connection allows, PLAIN over TLS only) and binds a resource.
     pub async fn connect(opts: ConnectOptions) -> Result<Self, ClientError> {
         let (stream, jid) = login(&opts).await?;
         let domain = jid.domain().to_string();
@@ -283,25 +301,29 @@ fn ping(id: &str, to: &str) -> Element {
 
 async fn login(opts: &ConnectOptions) -> Result<(link::Stream, FullJid), ClientError> {
     let domain = opts.jid.domain().to_string();
-    let server = opts.server.clone().unwrap_or_else(|| format!("{domain}:5222"));
-    let tcp = TcpStream::connect(&server).await?;
-    tcp.set_nodelay(true)?;
+    let transport = transport::connect(opts).await?;
     let timeouts = Timeouts::tight();
     let header = || StreamHeader { to: Some(Cow::Owned(domain.clone())), from: None, id: None };
-    let pending = initiate_stream(BufStream::new(ShortTokens::new(tcp)), CLIENT, header(), timeouts).await?;
+    let io = BufStream::new(ShortTokens::new(transport.io));
+    let pending = initiate_stream(io, CLIENT, header(), timeouts).await?;
     let (features, stream) = pending
         .recv_features::<FallibleStreamElement>()
         .await
         .map_err(|e| ClientError::Login(e.to_string()))?;
+    let binding = transport::channel_binding(transport.exporter, transport.tls, &features);
+    let mut mechanisms: BTreeSet<String> = features.sasl_mechanisms;
+    if !transport.tls {
+        mechanisms.remove("PLAIN");
+    }
     let username = opts.jid.node().map(|n| n.to_string()).unwrap_or_default();
     let creds = Credentials::default()
         .with_username(username)
         .with_password(opts.password.clone())
-        .with_channel_binding(ChannelBinding::None);
-    let mechanisms: BTreeSet<String> = features.sasl_mechanisms;
-    let stream = tokio_xmpp::client_login(stream, mechanisms, creds)
-        .await
-        .map_err(|e| ClientError::Login(e.to_string()))?;
+        .with_channel_binding(binding);
+    let stream = tokio_xmpp::client_login(stream, mechanisms, creds).await.map_err(|e| match e {
+        tokio_xmpp::Error::Auth(e) => ClientError::Auth(e.to_string()),
+        e => ClientError::Login(e.to_string()),
+    })?;
     let pending = stream.send_header(header()).await?;
     let (_, mut stream) = pending
         .recv_features::<Element>()

@@ -33,6 +33,19 @@ pub fn configure(server: &Server) {
     assert!(chown.success(), "chown -R ejabberd {}: the ejabberd tests run as root", dir.display());
 }
 
+/// STARTTLS required on c2s, direct TLS on its own port, with `ca`'s certificate for [`DOMAIN`].
+pub fn require_tls(server: &Server, ca: &super::tls::TestCa) {
+    let path = server.dir.path().join("conf/ejabberd.yml");
+    let config = std::fs::read_to_string(&path).unwrap()
+        .replace("certfiles: []", &format!("certfiles: [\"{}\"]", ca.path("server.pem").display()))
+        .replace("starttls_required: false", "starttls_required: true")
+        .replace("listen:\n", &format!(
+            "listen:\n  -\n    port: {}\n    ip: \"127.0.0.1\"\n    module: ejabberd_c2s\n    tls: true\n",
+            server.direct_tls_port
+        ));
+    std::fs::write(path, config).unwrap();
+}
+
 /// `ejabberdctl foreground` runs the Erlang VM as the ejabberd user under
 /// `su`; the VM writes its own process id to `ejabberd.pid` for [`kill`].
 /// The node name is unique among the instances running at once.

@@ -131,6 +131,7 @@ impl Federation {
         assert!(out.status.success(), "register {user}@{domain}: {}", String::from_utf8_lossy(&out.stderr));
         let mut opts = ConnectOptions::new(BareJid::new(&format!("{user}@{domain}")).unwrap(), user);
         opts.server = Some(format!("{}:{}", server.ip, server.c2s_port));
+        opts.insecure_tcp = true;
         opts.resource = Some(resource.to_owned());
         opts.iq_timeout = Duration::from_secs(10);
         Session::connect(opts).await.expect("client login")

@@ -22,6 +22,7 @@ mod ejabberd;
 pub mod federation;
 pub mod mls;
 mod prosody;
+pub mod tls;
 pub mod xep;
 
 /// A free loopback port. Ports come from a per-process sequence (starting
@@ -89,6 +90,9 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// The direct TLS (XEP-0368) c2s port: listening only on a server from
+    /// [`Server::start_requiring_tls`].
+    pub direct_tls_port: u16,
     /// ejabberd's admin API, through which accounts are registered.
     api_port: u16,
     child: Option<Child>,
@@ -99,15 +103,38 @@ pub type Prosody = Server;
 
 impl Server {
     pub fn start() -> Self {
+        let server = Self::configured();
+        server.launched()
+    }
+
+    /// A server whose c2s port requires STARTTLS, and with direct TLS on
+    /// [`Server::direct_tls_port`], with a certificate for [`DOMAIN`]
+    /// issued by `ca`.
+    pub fn start_requiring_tls(ca: &tls::TestCa) -> Self {
+        let server = Self::configured();
+        match server.kind {
+            Kind::Prosody => prosody::require_tls(&server, ca),
+            Kind::Ejabberd => ejabberd::require_tls(&server, ca),
+        }
+        server.launched()
+    }
+
+    fn configured() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (c2s_port, component_port, api_port) = (free_port(), free_port(), free_port());
-        let mut server = Server { kind: Kind::chosen(), dir, c2s_port, component_port, api_port, child: None };
+        let direct_tls_port = free_port();
+        let kind = Kind::chosen();
+        let server = Server { kind, dir, c2s_port, component_port, direct_tls_port, api_port, child: None };
         match server.kind {
             Kind::Prosody => prosody::configure(&server),
             Kind::Ejabberd => ejabberd::configure(&server),
         }
-        server.launch();
         server
+    }
+
+    fn launched(mut self) -> Self {
+        self.launch();
+        self
     }
 
     fn launch(&mut self) {
@@ -174,6 +201,7 @@ impl Server {
         self.register_on(domain, user, user);
         let mut opts = ConnectOptions::new(BareJid::new(&format!("{user}@{domain}")).unwrap(), user);
         opts.server = Some(format!("127.0.0.1:{}", self.c2s_port));
+        opts.insecure_tcp = true;
         opts.resource = Some(resource.to_owned());
         opts.iq_timeout = Duration::from_secs(10);
         Session::connect(opts).await.expect("client login")

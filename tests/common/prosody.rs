@@ -26,6 +26,20 @@ pub fn configure(server: &Server) {
     std::fs::write(config_path(server), config).unwrap();
 }
 
+/// TLS required on c2s, direct TLS on its own port, with `ca`'s certificate for [`DOMAIN`] where
+/// Prosody looks for it (`certificates` directory, `DOMAIN.crt`/`.key`).
+pub fn require_tls(server: &Server, ca: &super::tls::TestCa) {
+    let certs = server.dir.path().join("certs");
+    std::fs::copy(ca.path("server.crt"), certs.join(format!("{DOMAIN}.crt"))).unwrap();
+    std::fs::copy(ca.path("server.key"), certs.join(format!("{DOMAIN}.key"))).unwrap();
+    let config = std::fs::read_to_string(config_path(server)).unwrap()
+        .replace("c2s_require_encryption = false", "c2s_require_encryption = true")
+        .replace("c2s_direct_tls_ports = { }", &format!("c2s_direct_tls_ports = {{ {} }}", server.direct_tls_port))
+        .replace("modules_disabled = { \"s2s\"; \"tls\"; }", "modules_disabled = { \"s2s\"; }")
+        .replace("\"smacks\"; }", "\"smacks\"; \"tls\"; }");
+    std::fs::write(config_path(server), config).unwrap();
+}
+
 fn config_path(server: &Server) -> PathBuf {
     server.dir.path().join("prosody.cfg.lua")
 }
