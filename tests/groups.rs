@@ -377,3 +377,63 @@ async fn a_device_that_missed_a_commit_live_reads_the_gap_from_the_archive() {
     assert_eq!(body, b"after the gap");
     assert_eq!((bob.epoch(&group).unwrap(), bob.epoch_check(&group).unwrap()), (2, alice.epoch_check(&group).unwrap()));
 }
+
+/// Bodies of the messages from others the device decrypts (up to `n`, until
+/// none comes for 10 s), in the order it decrypted them.
+async fn bodies_in_order(client: &mut GroupClient, n: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    while bodies.len() < n {
+        match client.next_event(Duration::from_secs(10)).await.unwrap() {
+            Some(GroupEvent::Message { body, .. }) => bodies.push(String::from_utf8(body).unwrap()),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    bodies
+}
+
+/// A device sends bursts without waiting for its echoes (xep/ §Order):
+/// every other device decrypts every message, in the sender's order, and
+/// the archive holds them in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_keep_the_senders_order_for_every_device() {
+    const BURSTS: usize = 3;
+    const BURST: usize = 40;
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[limits]\naccount_rate = 1000\naccount_burst = 1000");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut phone = member(&prosody, &dir, "alice", "phone").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("alice@example.org"), bare("bob@example.org")]).await.unwrap();
+    for d in [&mut phone, &mut bob] {
+        expect(d, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    }
+
+    let mut sent = Vec::new();
+    let mut ids = Vec::new();
+    for b in 0..BURSTS {
+        for i in 0..BURST {
+            let body = format!("burst {b} message {i}");
+            ids.push(alice.send(&group, body.as_bytes()).await.unwrap());
+            sent.push(body);
+        }
+    }
+    for d in [&mut phone, &mut bob] {
+        assert_eq!(bodies_in_order(d, sent.len()).await, sent);
+    }
+    let echoes = collect(&mut alice, sent.len(), |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    let echoed: Vec<String> = echoes
+        .into_iter()
+        .map(|e| match e {
+            GroupEvent::Delivered { id, .. } => id,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(echoed, ids, "the echoes come back in the sender's order");
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
+    assert_eq!(archived as usize, sent.len(), "each message archived once");
+}
