@@ -437,3 +437,80 @@ async fn bursts_keep_the_senders_order_for_every_device() {
     let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
     assert_eq!(archived as usize, sent.len(), "each message archived once");
 }
+
+/// One column of the component's store, for the row `key` names.
+fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: &str) -> T {
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    conn.query_row(sql, [key], |r| r.get(0)).unwrap()
+}
+
+/// A resend (xep/ §Resends) of an archived application message gets its
+/// echo again with the original stanza-id, to the sender only; a resent
+/// Commit that won gets its original acceptance, not wrong-epoch. Nothing
+/// is archived or delivered again: the store is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_is_answered_as_the_original_and_archived_once() {
+    use xmpp_mls::protocol::groups::{Accepted, CommitBundle, GroupMessage, Kind};
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
+
+    let id = alice.send(&group, b"once").await.unwrap();
+    let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    let GroupEvent::Delivered { stanza_id, .. } = echo else { unreachable!() };
+    let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(got, GroupEvent::Message { stanza_id: ref s, ref body, .. } if *s == stanza_id && body == b"once"));
+    assert_eq!(alice.unechoed(), 0, "{id} was echoed");
+
+    let before = common::store_digest(&component.store_path());
+    let message: Vec<u8> = stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &stanza_id);
+    let resend = minidom::Element::builder("message", "jabber:client")
+        .attr("to".try_into().unwrap(), group.as_str())
+        .attr("type".try_into().unwrap(), "groupchat")
+        .attr("id".try_into().unwrap(), "resend-1")
+        .append(GroupMessage::new(message.clone()).to_element())
+        .build();
+    alice.session.send(resend).await.unwrap();
+    let again = alice.session.next_event_within(Duration::from_secs(20)).await.expect("the echo of the resend");
+    let payload = GroupMessage { kind: Some(Kind::Application), epoch: Some(1), ..GroupMessage::new(message) };
+    let expected = minidom::Element::builder("message", "jabber:client")
+        .attr("from".try_into().unwrap(), format!("{group}/{}", alice.device().id()))
+        .attr("to".try_into().unwrap(), alice.session.jid().to_string())
+        .attr("type".try_into().unwrap(), "groupchat")
+        .attr("id".try_into().unwrap(), "resend-1")
+        .append(payload.to_element())
+        .append(
+            minidom::Element::builder("stanza-id", "urn:xmpp:sid:0")
+                .attr("by".try_into().unwrap(), group.as_str())
+                .attr("id".try_into().unwrap(), stanza_id.as_str())
+                .build(),
+        )
+        .build();
+    assert_eq!(common::as_received(&again), expected);
+    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    // Nothing went to bob for the resend: his next message is the next one.
+    alice.send(&group, b"next").await.unwrap();
+    let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");
+
+    // A Commit resent after it won: its original acceptance.
+    let accepted = bob.update(&group).await.unwrap();
+    expect(&mut alice, "commit", |e| matches!(e, GroupEvent::Epoch { epoch: 2, .. })).await;
+    let before = common::store_digest(&component.store_path());
+    let bundle = CommitBundle {
+        commit: stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
+        welcome: None,
+        group_info: stored(&component, "SELECT group_info FROM groups WHERE last_commit = ?1", &accepted.stanza_id),
+        epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
+    };
+    let reply = bob.submit(&group, &bundle).await.unwrap().unwrap();
+    assert_eq!(Accepted::parse(&reply).unwrap(), Accepted { epoch: 2, stanza_id: accepted.stanza_id.clone() });
+    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    // From another account the same bytes are no resend: refused as stale.
+    let error = alice.submit(&group, &bundle).await.unwrap_err();
+    assert!(error.to_string().contains("wrong-epoch"), "{error}");
+    assert_eq!(common::store_digest(&component.store_path()), before);
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+}

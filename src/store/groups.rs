@@ -94,6 +94,25 @@ pub struct Archived {
     pub stanza_id: String,
 }
 
+/// What a group message was archived as, kept for [`RESEND_WINDOW`] seconds
+/// to answer a resend of it (xep/ §Resends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptance {
+    pub stanza_id: String,
+    /// The epoch the message was sent in.
+    pub epoch: u64,
+    pub sender_device: String,
+}
+
+/// How long (seconds) a resend is recognised: a day.
+pub const RESEND_WINDOW: i64 = 86_400;
+
+/// A message's identity for resends: the SHA-256 of its MLS bytes.
+fn digest(message: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(message).to_vec()
+}
+
 /// How many octets of MLS messages archives may take in per UTC day
 /// (history.*_archive_bytes_per_day).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +200,11 @@ impl<'c> GroupTx<'c> {
     }
 
     /// Appends to the archive; returns the message's place and stanza id.
+    /// Appends `message` of `account` to the archive and remembers its
+    /// acceptance (see [`Self::acceptance`]).
     pub fn append(
         &self,
+        account: &str,
         epoch: u64,
         kind: Kind,
         sender_device: &str,
@@ -202,7 +224,19 @@ impl<'c> GroupTx<'c> {
             .execute(params![
                 self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now
             ])?;
+        self.c
+            .prepare_cached(
+                "INSERT INTO acceptances (group_id, account, digest, stanza_id, epoch, sender_device, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![self.group_id, account, digest(message), stanza_id, epoch as i64, sender_device, self.now])?;
         Ok(Archived { seq: seq as u64, stanza_id })
+    }
+
+    /// How `message` of `account` was archived, if it was within the
+    /// resend window: a resend of it is answered with this.
+    pub fn acceptance(&self, account: &str, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
+        acceptance(self.c, &self.group_id, account, message)
     }
 
     /// Records a merged commit: the new epoch, its GroupInfo and commit id.
@@ -335,6 +369,17 @@ impl<'c> GroupTx<'c> {
     }
 }
 
+fn acceptance(c: &Connection, group_id: &[u8], account: &str, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
+    Ok(c
+        .prepare_cached(
+            "SELECT stanza_id, epoch, sender_device FROM acceptances WHERE group_id = ?1 AND account = ?2 AND digest = ?3",
+        )?
+        .query_row(params![group_id, account, digest(message)], |r| {
+            Ok(Acceptance { stanza_id: r.get(0)?, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
+        })
+        .optional()?)
+}
+
 fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
     Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
 }
@@ -378,6 +423,8 @@ pub enum GroupLeave {
 pub enum AppendOutcome {
     Archived { archived: Archived, sender_device: String, feed: Vec<FeedEntry> },
     UnknownGroup,
+    /// A resend of a message archived before: nothing was archived again.
+    Resent(Acceptance),
     /// The sending full JID is not on the live feed with a device that
     /// still has a live leaf.
     NotJoined,
@@ -447,13 +494,16 @@ impl Store {
         self.group_tx(group_id, move |tx| {
             let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
             let Some(sender) = tx.sender(&full_jid)? else { return Ok(AppendOutcome::NotJoined) };
+            if let Some(earlier) = tx.acceptance(&sender.account, &message)? {
+                return Ok(AppendOutcome::Resent(earlier));
+            }
             if epoch > state.epoch || epoch + window < state.epoch {
                 return Ok(AppendOutcome::StaleEpoch { current: state.epoch });
             }
             if !tx.charge_archive(&sender.account, Kind::Application, message.len(), budget)? {
                 return Ok(AppendOutcome::OverBudget);
             }
-            let archived = tx.append(epoch, Kind::Application, &sender.device_id, None, &message)?;
+            let archived = tx.append(&sender.account, epoch, Kind::Application, &sender.device_id, None, &message)?;
             Ok(AppendOutcome::Archived { archived, sender_device: sender.device_id, feed: tx.feed()? })
         })
         .await
@@ -479,6 +529,21 @@ impl Store {
             )?
             .execute(params![tx.group_id, entry.account, entry.device_id, entry.full_jid])?;
             Ok(FeedJoin::Joined { epoch: state.epoch })
+        })
+        .await
+    }
+
+    /// How `message` of `account` was archived in the group, if it was
+    /// within the resend window (a read, before any validation).
+    pub async fn acceptance(&self, group_id: Vec<u8>, account: String, message: Vec<u8>) -> Result<Option<Acceptance>, StoreError> {
+        self.read(move |c| acceptance(c, &group_id, &account, &message)).await
+    }
+
+    /// Forgets acceptances older than the resend window.
+    pub async fn prune_acceptances(&self, now: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM acceptances WHERE created_at < ?1", [now - RESEND_WINDOW])?;
+            Ok(())
         })
         .await
     }
