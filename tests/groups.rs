@@ -447,11 +447,12 @@ fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: &s
 
 /// A resend (xep/ §Resends) of an archived application message gets its
 /// echo again with the original stanza-id, to the sender only; a resent
-/// Commit that won gets its original acceptance, not wrong-epoch. Nothing
+/// Commit that won gets its original acceptance, not wrong-epoch, and a
+/// resent Proposal its original acceptance. Nothing
 /// is archived or delivered again: the store is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_is_answered_as_the_original_and_archived_once() {
-    use xmpp_mls::protocol::groups::{Accepted, CommitBundle, GroupMessage, Kind};
+    use xmpp_mls::protocol::groups::{Accepted, CommitBundle, GroupMessage, Kind, Proposal};
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
@@ -512,5 +513,13 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     let error = alice.submit(&group, &bundle).await.unwrap_err();
     assert!(error.to_string().contains("wrong-epoch"), "{error}");
     assert_eq!(common::store_digest(&component.store_path()), before);
+
+    // A resent Proposal: its original acceptance.
+    let proposed = alice.propose_update(&group).await.unwrap();
+    let before = common::store_digest(&component.store_path());
+    let message = stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &proposed.stanza_id);
+    let reply = alice.session.iq(&group.clone().into(), "set", Proposal { message }.to_element()).await.unwrap();
+    assert_eq!(Accepted::parse(&reply.unwrap()).unwrap(), proposed);
+    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }

@@ -589,3 +589,33 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    /// An archived message is remembered per (group, account, octets), and
+    /// forgotten once it is older than the resend window.
+    #[tokio::test]
+    async fn acceptances_answer_resends_of_the_same_account_for_a_day() {
+        let (_dir, store) = temp_store();
+        let archived = store
+            .group_tx(b"g".to_vec(), |tx| {
+                tx.create(0, b"info")?;
+                tx.append("alice@example.org", 0, Kind::Application, "laptop", None, b"ciphertext")
+            })
+            .await
+            .unwrap();
+        let lookup = |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), message.to_vec());
+        let expected = Acceptance { stanza_id: archived.stanza_id, epoch: 0, sender_device: "laptop".into() };
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected));
+        assert_eq!(lookup("mallory@example.org", b"ciphertext").await.unwrap(), None);
+        assert_eq!(lookup("alice@example.org", b"other").await.unwrap(), None);
+        let now = crate::protocol::now();
+        store.prune_acceptances(now + RESEND_WINDOW - 60).await.unwrap();
+        assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept within the window");
+        store.prune_acceptances(now + RESEND_WINDOW + 60).await.unwrap();
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
+    }
+}
