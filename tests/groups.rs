@@ -523,3 +523,34 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }
+
+/// A device that went away before the echo of its message arrived keeps
+/// the message in its storage and resends it once back (xep/ §Resends):
+/// the service had archived it, so the echo carries the original stanza-id
+/// and the message is archived and delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_unechoed_at_a_disconnect_is_resent_after_and_archived_once() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
+    let id = alice.send(&group, b"sent before going away").await.unwrap();
+    let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    let GroupEvent::Message { stanza_id, .. } = got else { unreachable!() };
+    drop(alice); // its echo is never read
+
+    let mut alice = common::reconnect(&prosody, &dir, "alice", "laptop").await;
+    assert_eq!(alice.unechoed(), 1);
+    alice.join_all().await.unwrap();
+    assert_eq!(alice.resend().await.unwrap(), 1);
+    let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    assert_eq!(echo, GroupEvent::Delivered { group: group.clone(), id, stanza_id });
+    assert_eq!(alice.unechoed(), 0);
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
+    assert_eq!(archived, 1);
+    alice.send(&group, b"next").await.unwrap();
+    let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");
+}

@@ -114,8 +114,8 @@ pub struct GroupClient {
     pub(super) vault: Option<super::history::Keeper>,
     /// Own messages awaiting their echo: id -> (group id, epoch, plaintext).
     pub(super) unconfirmed: HashMap<String, (Vec<u8>, u64, Vec<u8>)>,
-    /// Own messages sent and neither echoed nor refused, in sending order:
-    /// what [`Self::resend`] sends again.
+    /// Own messages sent and neither echoed nor refused, in sending order
+    /// (kept in the device's storage too): what [`Self::resend`] sends again.
     outbox: VecDeque<(String, Element)>,
     forked: HashSet<Vec<u8>>,
     /// Groups with a gap before an item received live: read from the archive.
@@ -155,6 +155,7 @@ impl GroupClient {
     /// to the account's bare JID (Welcomes, notices) reach this device.
     pub async fn start(session: Session, device: Device, service: Jid) -> Result<Self, GroupError> {
         session.send(Element::builder("presence", CLIENT).build()).await?;
+        let outbox = device.unechoed().map_err(mls)?.into();
         Ok(GroupClient {
             session,
             device,
@@ -166,7 +167,7 @@ impl GroupClient {
             applied: HashSet::new(),
             vault: None,
             unconfirmed: HashMap::new(),
-            outbox: VecDeque::new(),
+            outbox,
             forked: HashSet::new(),
             behind: HashSet::new(),
         })
@@ -604,14 +605,16 @@ impl GroupClient {
             .attr(n("id"), stanza_id.as_str())
             .append(GroupMessage::new(bytes(&msg)?).to_element())
             .build();
+        self.device.keep_unechoed(&stanza_id, &stanza).map_err(mls)?;
         self.outbox.push_back((stanza_id.clone(), stanza.clone()));
         self.session.send(stanza).await?;
         Ok(stanza_id)
     }
 
     /// Sends again, unchanged and in order, every message of this device
-    /// not echoed nor refused yet; returns how many. Call it after the
-    /// session or the service came back: the service archives a message
+    /// not echoed nor refused yet, also those of an earlier session; returns
+    /// how many. Call it after the session or the service came back and
+    /// the device joined its feeds again: the service archives a message
     /// once and answers a resend of an archived one with its echo
     /// (xep/ §Resends).
     pub async fn resend(&mut self) -> Result<usize, GroupError> {
@@ -637,8 +640,11 @@ impl GroupClient {
         self.outbox.len()
     }
 
-    fn sent_out(&mut self, id: &str) {
-        self.outbox.retain(|(sent, _)| sent != id);
+    /// Forgets a message of the outbox: it was echoed or refused.
+    fn sent_out(&mut self, id: &str) -> Result<(), GroupError> {
+        let Some(at) = self.outbox.iter().position(|(sent, _)| sent == id) else { return Ok(()) };
+        self.outbox.remove(at);
+        self.device.echoed(id).map_err(mls)
     }
 
     /// The next event, waiting at most `timeout`.
@@ -673,8 +679,7 @@ impl GroupClient {
             return Ok(());
         }
         if stanza.attr("type") == Some("error") {
-            self.handle_refusal(&stanza);
-            return Ok(());
+            return self.handle_refusal(&stanza);
         }
         if let Some(Ok(welcome)) = Welcome::find(&stanza) {
             return self.handle_welcome(welcome).await;
@@ -694,19 +699,20 @@ impl GroupClient {
     }
 
     /// A message of ours that came back as an error, from a group we are in.
-    fn handle_refusal(&mut self, stanza: &Element) {
+    fn handle_refusal(&mut self, stanza: &Element) -> Result<(), GroupError> {
         let group = stanza.attr("from").and_then(|f| BareJid::new(f).ok());
         let Some(group) = group.filter(|g| group_id_of(g).is_ok_and(|id| self.groups.contains_key(&id))) else {
-            return;
+            return Ok(());
         };
         let id = stanza.attr("id").unwrap_or_default().to_owned();
         self.unconfirmed.remove(&id);
-        self.sent_out(&id);
+        self.sent_out(&id)?;
         let error = match stanza.get_child("error", CLIENT).map(|e| StanzaError::try_from(e.clone())) {
             Some(Ok(e)) => super::describe(&e),
             _ => "malformed error".to_owned(),
         };
         self.events.push_back(GroupEvent::Refused { group, id, error });
+        Ok(())
     }
 
     fn handle_presence(&mut self, stanza: &Element) -> Result<(), GroupError> {
@@ -780,7 +786,7 @@ impl GroupClient {
         }
         let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
         if own {
-            self.sent_out(id); // echoed (a resend's echo repeats the stanza-id)
+            self.sent_out(id)?; // echoed (a resend's echo repeats the stanza-id)
         }
         // The same item may come from the archive and the live feed.
         if self.applied.contains(&stanza_id) {
