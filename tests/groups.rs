@@ -446,10 +446,11 @@ fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: &s
 }
 
 /// A resend (xep/ §Resends) of an archived application message gets its
-/// echo again with the original stanza-id, to the sender only; a resent
+/// echo again with the original stanza-id (the copies to other devices,
+/// which have it, are dropped by its stanza-id); a resent
 /// Commit that won gets its original acceptance, not wrong-epoch, and a
 /// resent Proposal its original acceptance. Nothing
-/// is archived or delivered again: the store is unchanged.
+/// is archived again: the store is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_is_answered_as_the_original_and_archived_once() {
     use xmpp_mls::protocol::groups::{Accepted, CommitBundle, GroupMessage, Kind, Proposal};
@@ -491,7 +492,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
         .build();
     assert_eq!(common::as_received(&again), expected);
     assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
-    // Nothing went to bob for the resend: his next message is the next one.
+    // bob applies the message once: his next message is the next one.
     alice.send(&group, b"next").await.unwrap();
     let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");

@@ -80,7 +80,7 @@ impl Service {
         let outcome = self.store.append_application(gid, from.to_string(), epoch, window, message.clone(), budget).await?;
         let (archived, sender_device, feed) = match outcome {
             AppendOutcome::Archived { archived, sender_device, feed } => (archived, sender_device, feed),
-            AppendOutcome::Resent(earlier) => return Ok(self.echo_again(from, group_id, earlier, message, stanza)),
+            AppendOutcome::Resent { earlier, feed } => return Ok(self.deliver_again(group_id, earlier, message, feed, stanza)),
             AppendOutcome::UnknownGroup => return Err(ServiceError::UnknownGroup),
             AppendOutcome::NotJoined => return Err(ServiceError::NotJoined),
             AppendOutcome::StaleEpoch { current } => return Err(ServiceError::StaleEpoch { current }),
@@ -101,17 +101,12 @@ impl Service {
         let messages = super::groups::fan_out(&self.group_jid(group_id), &delivered, stanza.attr("id"));
         Ok(Response { payload: None, messages, order: Some((group_id.to_vec(), seq)), reply_last: false })
     }
-}
 
-impl Service {
     /// A resend of an archived application message (xep/ §Resends): its
-    /// echo again, with its original stanza-id, to the sender only.
-    fn echo_again(&self, from: &Jid, group_id: &[u8], earlier: Acceptance, message: Vec<u8>, stanza: &Element) -> Response {
-        let sender = FeedEntry {
-            device_id: earlier.sender_device.clone(),
-            full_jid: from.to_string(),
-            account: from.to_bare().to_string(),
-        };
+    /// copies again, with its original stanza-id and epoch, the echo
+    /// included. Devices that have it drop it by its stanza-id; those that
+    /// missed it (its delivery was lost with the service) get it now.
+    fn deliver_again(&self, group_id: &[u8], earlier: Acceptance, message: Vec<u8>, feed: Vec<FeedEntry>, stanza: &Element) -> Response {
         let delivered = Delivered {
             archived: Archived { seq: 0, stanza_id: earlier.stanza_id },
             epoch: earlier.epoch,
@@ -119,7 +114,7 @@ impl Service {
             sender_device: earlier.sender_device,
             epoch_check: None,
             message,
-            feed: vec![sender],
+            feed,
             removed: Vec::new(),
             welcome: None,
         };

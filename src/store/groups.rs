@@ -424,7 +424,7 @@ pub enum AppendOutcome {
     Archived { archived: Archived, sender_device: String, feed: Vec<FeedEntry> },
     UnknownGroup,
     /// A resend of a message archived before: nothing was archived again.
-    Resent(Acceptance),
+    Resent { earlier: Acceptance, feed: Vec<FeedEntry> },
     /// The sending full JID is not on the live feed with a device that
     /// still has a live leaf.
     NotJoined,
@@ -495,7 +495,7 @@ impl Store {
             let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
             let Some(sender) = tx.sender(&full_jid)? else { return Ok(AppendOutcome::NotJoined) };
             if let Some(earlier) = tx.acceptance(&sender.account, &message)? {
-                return Ok(AppendOutcome::Resent(earlier));
+                return Ok(AppendOutcome::Resent { earlier, feed: tx.feed()? });
             }
             if epoch > state.epoch || epoch + window < state.epoch {
                 return Ok(AppendOutcome::StaleEpoch { current: state.epoch });
