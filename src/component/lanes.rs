@@ -80,7 +80,10 @@ mod tests {
     use super::*;
 
     fn stanza(from: &str, n: u64) -> Element {
-        Element::builder("message", "jabber:client").attr("from".try_into().unwrap(), from).attr("id".try_into().unwrap(), n.to_string()).build()
+        Element::builder("message", "jabber:client")
+            .attr("from".try_into().unwrap(), from)
+            .attr("id".try_into().unwrap(), n.to_string())
+            .build()
     }
 
     /// A sender's later stanza, though quicker to handle, waits for its
