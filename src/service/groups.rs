@@ -368,7 +368,7 @@ impl Service {
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let bundle = CommitBundle::parse(&req.payload)?;
-        if let Some(earlier) = self.resent(req, group_id, &bundle.commit).await? {
+        if let Some(earlier) = self.resent(req, group_id, Kind::Commit, &bundle.commit).await? {
             return Ok(Response::result(Accepted { epoch: earlier.epoch + 1, stanza_id: earlier.stanza_id }.to_element()));
         }
         self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
@@ -384,7 +384,7 @@ impl Service {
 
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let proposal = Proposal::parse(&req.payload)?;
-        if let Some(earlier) = self.resent(req, group_id, &proposal.message).await? {
+        if let Some(earlier) = self.resent(req, group_id, Kind::Proposal, &proposal.message).await? {
             return Ok(Response::result(Accepted { epoch: earlier.epoch, stanza_id: earlier.stanza_id }.to_element()));
         }
         self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
@@ -400,9 +400,9 @@ impl Service {
     /// How a handshake the requester's account sent before was accepted, if
     /// this is a resend of it (xep/ §Resends): answered as it was then,
     /// nothing archived or delivered again.
-    async fn resent(&self, req: &IqRequest, group_id: &[u8], message: &[u8]) -> Result<Option<Acceptance>, ServiceError> {
+    async fn resent(&self, req: &IqRequest, group_id: &[u8], kind: Kind, message: &[u8]) -> Result<Option<Acceptance>, ServiceError> {
         let account = req.from.to_bare().to_string();
-        Ok(self.store.acceptance(group_id.to_vec(), account, message.to_vec()).await?)
+        Ok(self.store.acceptance(group_id.to_vec(), account, kind, message.to_vec()).await?)
     }
 
     /// The checks of a handshake that need no signature, against the

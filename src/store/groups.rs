@@ -226,17 +226,19 @@ impl<'c> GroupTx<'c> {
             ])?;
         self.c
             .prepare_cached(
-                "INSERT INTO acceptances (group_id, account, digest, stanza_id, epoch, sender_device, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO acceptances (group_id, account, digest, kind, stanza_id, epoch, sender_device, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
-            .execute(params![self.group_id, account, digest(message), stanza_id, epoch as i64, sender_device, self.now])?;
+            .execute(params![
+                self.group_id, account, digest(message), kind.name(), stanza_id, epoch as i64, sender_device, self.now
+            ])?;
         Ok(Archived { seq: seq as u64, stanza_id })
     }
 
-    /// How `message` of `account` was archived, if it was within the
-    /// resend window: a resend of it is answered with this.
-    pub fn acceptance(&self, account: &str, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
-        acceptance(self.c, &self.group_id, account, message)
+    /// How `message` (of `kind`) of `account` was archived, if it was
+    /// within the resend window: a resend of it is answered with this.
+    pub fn acceptance(&self, account: &str, kind: Kind, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
+        acceptance(self.c, &self.group_id, account, kind, message)
     }
 
     /// Records a merged commit: the new epoch, its GroupInfo and commit id.
@@ -369,12 +371,19 @@ impl<'c> GroupTx<'c> {
     }
 }
 
-fn acceptance(c: &Connection, group_id: &[u8], account: &str, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
+fn acceptance(
+    c: &Connection,
+    group_id: &[u8],
+    account: &str,
+    kind: Kind,
+    message: &[u8],
+) -> Result<Option<Acceptance>, StoreError> {
     Ok(c
         .prepare_cached(
-            "SELECT stanza_id, epoch, sender_device FROM acceptances WHERE group_id = ?1 AND account = ?2 AND digest = ?3",
+            "SELECT stanza_id, epoch, sender_device FROM acceptances
+             WHERE group_id = ?1 AND account = ?2 AND digest = ?3 AND kind = ?4",
         )?
-        .query_row(params![group_id, account, digest(message)], |r| {
+        .query_row(params![group_id, account, digest(message), kind.name()], |r| {
             Ok(Acceptance { stanza_id: r.get(0)?, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
         })
         .optional()?)
@@ -494,7 +503,7 @@ impl Store {
         self.group_tx(group_id, move |tx| {
             let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
             let Some(sender) = tx.sender(&full_jid)? else { return Ok(AppendOutcome::NotJoined) };
-            if let Some(earlier) = tx.acceptance(&sender.account, &message)? {
+            if let Some(earlier) = tx.acceptance(&sender.account, Kind::Application, &message)? {
                 return Ok(AppendOutcome::Resent { earlier, feed: tx.feed()? });
             }
             if epoch > state.epoch || epoch + window < state.epoch {
@@ -533,10 +542,16 @@ impl Store {
         .await
     }
 
-    /// How `message` of `account` was archived in the group, if it was
-    /// within the resend window (a read, before any validation).
-    pub async fn acceptance(&self, group_id: Vec<u8>, account: String, message: Vec<u8>) -> Result<Option<Acceptance>, StoreError> {
-        self.read(move |c| acceptance(c, &group_id, &account, &message)).await
+    /// How `message` (of `kind`) of `account` was archived in the group, if
+    /// it was within the resend window (a read, before any validation).
+    pub async fn acceptance(
+        &self,
+        group_id: Vec<u8>,
+        account: String,
+        kind: Kind,
+        message: Vec<u8>,
+    ) -> Result<Option<Acceptance>, StoreError> {
+        self.read(move |c| acceptance(c, &group_id, &account, kind, &message)).await
     }
 
     /// Forgets acceptances older than the resend window.
@@ -595,7 +610,7 @@ mod tests {
     use super::*;
     use crate::store::tests::temp_store;
 
-    /// An archived message is remembered per (group, account, octets), and
+    /// An archived message is remembered per (group, account, kind, octets), and
     /// forgotten once it is older than the resend window.
     #[tokio::test]
     async fn acceptances_answer_resends_of_the_same_account_for_a_day() {
@@ -607,11 +622,14 @@ mod tests {
             })
             .await
             .unwrap();
-        let lookup = |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), message.to_vec());
+        let lookup =
+            |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), Kind::Application, message.to_vec());
         let expected = Acceptance { stanza_id: archived.stanza_id, epoch: 0, sender_device: "laptop".into() };
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected));
         assert_eq!(lookup("mallory@example.org", b"ciphertext").await.unwrap(), None);
         assert_eq!(lookup("alice@example.org", b"other").await.unwrap(), None);
+        let as_commit = store.acceptance(b"g".to_vec(), "alice@example.org".into(), Kind::Commit, b"ciphertext".to_vec());
+        assert_eq!(as_commit.await.unwrap(), None, "a resend is of the same kind");
         let now = crate::protocol::now();
         store.prune_acceptances(now + RESEND_WINDOW - 60).await.unwrap();
         assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept within the window");

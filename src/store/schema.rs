@@ -169,12 +169,13 @@ const MIGRATIONS: &[M<'static>] = &[
         ) STRICT;",
     ),
     // 10: resends (xep/ §Resends): every archived group message, by its
-    // sender account and the SHA-256 of its MLS bytes, for a day.
+    // sender account, kind and the SHA-256 of its MLS bytes, for a day.
     M::up(
         "CREATE TABLE acceptances (
             group_id      BLOB NOT NULL,
             account       TEXT NOT NULL,
             digest        BLOB NOT NULL,
+            kind          TEXT NOT NULL,
             stanza_id     TEXT NOT NULL,
             epoch         INTEGER NOT NULL,
             sender_device TEXT NOT NULL,
