@@ -8,33 +8,19 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::mls::{KpOptions, TestSigner};
-use common::{bare, store_digest, COMPONENT, Component, Prosody};
+use common::{bare, outcome, raw, store_digest, COMPONENT, Component, Prosody};
 use minidom::Element;
-use xmpp_mls::client::{describe, directory_jid, iq_element, KdfParams, Session, Vault};
+use xmpp_mls::client::{directory_jid, KdfParams, Session, Vault};
 use xmpp_mls::protocol::keypackages::{parse_claimed, parse_rejections, Claim, ClaimOutcome, Rejection};
 use xmpp_mls::protocol::mam::{Cursor, NS_RSM};
 use xmpp_mls::protocol::notices::{KeyPackageClaimed, Notice};
 use xmpp_mls::protocol::vault::{parse_list_page, parse_vault_result, VaultRequest};
 use xmpp_parsers::jid::Jid;
-use xmpp_parsers::stanza_error::StanzaError;
 
 const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
 
 fn service() -> Jid {
     Jid::new(COMPONENT).unwrap()
-}
-
-/// The whole reply to one IQ, without the client library's retries.
-async fn raw(session: &Session, to: &Jid, type_: &str, payload: Element) -> Element {
-    session.request(iq_element(type_, &session.next_id(), to.as_str(), Some(payload))).await.unwrap()
-}
-
-/// "result", or the error as `describe` writes it.
-fn outcome(reply: &Element) -> String {
-    match reply.get_child("error", "jabber:client") {
-        None => reply.attr("type").unwrap_or_default().to_owned(),
-        Some(e) => describe(&StanzaError::try_from(e.clone()).unwrap()),
-    }
 }
 
 fn claim_of(devices: &[&str]) -> Element {
@@ -66,11 +52,6 @@ async fn account(prosody: &Prosody, user: &str, ids: &[&str], pool: usize) -> (S
         refs.extend(owner.upload_key_packages(&service(), &kps).await.unwrap());
     }
     (owner, refs)
-}
-
-fn assert_never_reconnected(component: &Component) {
-    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
-    assert_eq!(component.count_in_log("stanza over limits.max_stanza_out"), 0, "{}", component.log());
 }
 
 /// The audit's attack: one claim naming a device fifty times handed out
@@ -105,7 +86,7 @@ async fn a_claim_naming_a_device_twice_or_too_many_devices_is_refused_unwritten(
     };
     let Notice::KeyPackageClaimed(KeyPackageClaimed { device, by, remaining, .. }) = notice else { panic!("{notice:?}") };
     assert_eq!((device.as_str(), by.as_str(), remaining), ("d1", "bob@example.org", 1));
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// The claim rate limit counts KeyPackages, one per device a claim asks for.
@@ -130,7 +111,7 @@ async fn a_claim_of_n_devices_costs_n_rate_tokens() {
     // A claim without filters asks for every live device: three tokens.
     assert_eq!(claimed(&raw(&carol, &at, "set", claim_of(&[])).await), ["d1", "d2", "d3"]);
     assert_eq!(outcome(&raw(&carol, &at, "set", claim_of(&["d1"])).await), "wait/resource-constraint (rate-limited)");
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// Every listing filled to its configured maximum comes whole, or paged.
@@ -174,7 +155,7 @@ async fn the_largest_legal_answers_arrive_whole_or_paged() {
     let form = info.get_child("x", xmpp_parsers::ns::DATA_FORMS).expect("the limits form");
     let field = form.children().find(|f| f.attr("var") == Some("max-stanza-out")).expect("max-stanza-out");
     assert_eq!(field.children().next().map(Element::text).as_deref(), Some("458752"));
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// The largest claim: every device of an account with a KeyPackage of
@@ -214,7 +195,7 @@ async fn a_claim_of_the_largest_packages_of_every_device_fits() {
         .collect();
     assert_eq!(messages, uploaded);
     assert!(String::from(&reply).len() > 48_000, "the answer is near the limit: {}", String::from(&reply).len());
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// A valid KeyPackage of exactly `size` octets, padded with a private extension.
@@ -283,5 +264,5 @@ async fn a_vault_of_thousands_of_blobs_is_listed_page_by_page() {
     // Nobody lost the service meanwhile.
     let info = bob.iq(&service(), "get", Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build()).await;
     assert!(info.unwrap().is_some());
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }

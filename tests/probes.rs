@@ -7,39 +7,21 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect, member, store_digest, Component, Prosody};
+use common::{alice_and_bob, expect, member, outcome, raw, store_digest, Component, Prosody};
 use minidom::rxml::NcName;
 use minidom::Element;
-use xmpp_mls::client::{describe, iq_element, GroupEvent, Session};
+use xmpp_mls::client::{GroupEvent, Session};
 use xmpp_mls::protocol::mam::{query_element, Cursor, NS_MAM};
 use xmpp_mls::protocol::{n, MAX_ID};
 use xmpp_mls::xmpp::tokens::MAX_TOKEN;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::StanzaError;
 
-/// The whole reply to one IQ, without the client library's retries.
-async fn raw(session: &Session, to: &Jid, type_: &str, payload: Element) -> Element {
-    session.request(iq_element(type_, &session.next_id(), to.as_str(), Some(payload))).await.unwrap()
-}
-
-/// "result", or the error as `describe` writes it.
-fn outcome(reply: &Element) -> String {
-    match reply.get_child("error", "jabber:client") {
-        None => reply.attr("type").unwrap_or_default().to_owned(),
-        Some(e) => describe(&StanzaError::try_from(e.clone()).unwrap()),
-    }
-}
-
 /// The MAM result messages that arrived before a query's answer.
 fn results(session: &mut Session) -> Vec<Element> {
     std::iter::from_fn(|| session.try_next_event())
         .filter(|m| m.get_child("result", NS_MAM).is_some())
         .collect()
-}
-
-fn assert_never_reconnected(component: &Component) {
-    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
-    assert_eq!(component.count_in_log("stanza over limits.max_stanza_out"), 0, "{}", component.log());
 }
 
 /// The probe: tokio-xmpp parses with rxml's defaults, which refuse a name
@@ -54,11 +36,7 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
-    let mut bob = member(&prosody, &dir, "bob", "phone").await;
-    let g = alice.create().await.unwrap();
-    alice.add(&g, &[common::bare("bob@example.org")]).await.unwrap();
-    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let (mut alice, mut bob, g) = alice_and_bob(&prosody, &dir).await;
     let mut mallory = prosody.client("mallory", "raw").await;
     let service = common::COMPONENT;
     let long = "i".repeat(10_000);
@@ -90,7 +68,7 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
     mallory.send(to_alice).await.unwrap();
     bob.send(&g, b"after").await.unwrap();
     expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { body, .. } if body == b"after")).await;
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// The probe: every MAM result echoes the query's 'queryid', which had no
@@ -105,11 +83,7 @@ async fn a_queryid_longer_than_an_id_is_refused_and_the_longest_carries_the_larg
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
-    let mut bob = member(&prosody, &dir, "bob", "phone").await;
-    let g = alice.create().await.unwrap();
-    alice.add(&g, &[common::bare("bob@example.org")]).await.unwrap();
-    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let (mut alice, mut bob, g) = alice_and_bob(&prosody, &dir).await;
     // A PrivateMessage of some 227 KB of base64: near max-payload-size.
     let body = vec![0x5a; 170_000];
     alice.send(&g, &body).await.unwrap();
@@ -141,7 +115,7 @@ async fn a_queryid_longer_than_an_id_is_refused_and_the_longest_carries_the_larg
     // Bob is still served live.
     bob.send(&g, b"still here").await.unwrap();
     expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { body, .. } if body == b"still here")).await;
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// The probe: a query's 'ids' field had no cap, so one query made the
@@ -183,7 +157,7 @@ async fn a_query_naming_more_ids_than_a_page_is_refused() {
     assert_eq!(outcome(&reply), "result");
     assert_eq!(results(&mut raw_alice).len(), 1);
     assert!(raw_alice.next_event_within(Duration::from_millis(200)).await.is_none());
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// The probe, on the client library: it took a Welcome from any JID, and
@@ -239,7 +213,7 @@ async fn a_client_takes_group_traffic_and_welcomes_only_from_the_service() {
     assert_eq!(seen, Vec::new(), "bob's client acted on stanzas that did not come from the service");
     assert_eq!(bob.groups().unwrap(), vec![g.clone()]);
     assert!(store_digest(&component.store_path()) != before, "alice's message was archived");
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }
 
 /// The defined condition and the application condition of an error,
@@ -329,5 +303,5 @@ async fn a_create_is_refused_by_size_quota_and_keys_before_any_signature_is_veri
     let (group, over_quota) = create(&[3; 16], 2);
     assert_eq!(refusal(&raw(&mallory.session, &group, "set", over_quota).await), "policy-violation too-many-groups");
     assert!(store_digest(&component.store_path()) == before, "a refused create changed the store");
-    assert_never_reconnected(&component);
+    component.assert_never_reconnected();
 }

@@ -29,7 +29,7 @@ use crate::protocol::disco::PING;
 use crate::protocol::error::stanza_error;
 use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
 use crate::xmpp::namespace::CLIENT;
-use crate::xmpp::tokens::ShortTokens;
+use crate::xmpp::tokens::short_tokens;
 
 const BIND_NS: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 
@@ -304,7 +304,7 @@ async fn login(opts: &ConnectOptions) -> Result<(link::Stream, FullJid), ClientE
     let transport = transport::connect(opts).await?;
     let timeouts = Timeouts::tight();
     let header = || StreamHeader { to: Some(Cow::Owned(domain.clone())), from: None, id: None };
-    let io = BufStream::new(ShortTokens::new(transport.io));
+    let io = BufStream::new(short_tokens(transport.io));
     let pending = initiate_stream(io, CLIENT, header(), timeouts).await?;
     let (features, stream) = pending
         .recv_features::<FallibleStreamElement>()

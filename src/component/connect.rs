@@ -11,10 +11,10 @@ use xmpp_parsers::component::Handshake;
 
 use crate::config::Config;
 use crate::xmpp::bounded::Bounded;
-use crate::xmpp::header::HeaderPatch;
+use crate::xmpp::header::header_patch;
 use crate::xmpp::link::{stream_error_condition, Stream};
 use crate::xmpp::namespace::COMPONENT;
-use crate::xmpp::tokens::ShortTokens;
+use crate::xmpp::tokens::short_tokens;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -46,7 +46,7 @@ pub async fn connect(config: &Config) -> Result<Stream<Bounded>, ConnectError> {
         response_timeout: Duration::from_secs(c.response_timeout_secs),
     };
     let header = StreamHeader { to: Some(Cow::Borrowed(&c.jid)), from: None, id: None };
-    let io = BufStream::new(HeaderPatch::new(ShortTokens::new(tcp)));
+    let io = BufStream::new(header_patch(short_tokens(tcp)));
     let mut pending = initiate_stream(io, COMPONENT, header, timeouts).await?;
     let stream_id = pending
         .take_header()

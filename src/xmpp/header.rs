@@ -7,27 +7,44 @@
 //! reads) and is transparent afterwards.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use super::rewrite::{Rewrite, Rewriter};
 
 /// A stream header larger than this is refused rather than buffered.
 const MAX_HEADER: usize = 8 * 1024;
 
-pub struct HeaderPatch<Io> {
-    inner: Io,
+/// `inner` whose first start tag gets `version='1.0'` if it has none.
+pub fn header_patch<Io>(inner: Io) -> Rewrite<Io, VersionPatch> {
+    Rewrite::new(inner, VersionPatch::default())
+}
+
+#[derive(Default)]
+pub struct VersionPatch {
     /// Bytes read while looking for the end of the header.
     pending: Vec<u8>,
-    /// Patched bytes not yet handed to the reader.
-    ready: Vec<u8>,
-    ready_pos: usize,
     done: bool,
 }
 
-impl<Io> HeaderPatch<Io> {
-    pub fn new(inner: Io) -> Self {
-        Self { inner, pending: Vec::new(), ready: Vec::new(), ready_pos: 0, done: false }
+impl Rewriter for VersionPatch {
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        if self.done {
+            out.extend_from_slice(input);
+            return Ok(());
+        }
+        self.pending.extend_from_slice(input);
+        if let Some(patched) = patch_header(&self.pending) {
+            out.extend_from_slice(&patched);
+            self.pending = Vec::new();
+            self.done = true;
+        } else if self.pending.len() > MAX_HEADER {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "stream header too large"));
+        }
+        Ok(())
+    }
+
+    /// The peer closed before a complete header: hand over what there is.
+    fn end(&mut self, out: &mut Vec<u8>) {
+        out.append(&mut self.pending);
     }
 }
 
@@ -52,61 +69,6 @@ fn patch_header(buf: &[u8]) -> Option<Vec<u8>> {
     }
     out.extend_from_slice(&buf[end..]);
     Some(out)
-}
-
-impl<Io: AsyncRead + Unpin> AsyncRead for HeaderPatch<Io> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if this.ready_pos < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.ready_pos);
-                buf.put_slice(&this.ready[this.ready_pos..this.ready_pos + n]);
-                this.ready_pos += n;
-                return Poll::Ready(Ok(()));
-            }
-            if this.done {
-                return Pin::new(&mut this.inner).poll_read(cx, buf);
-            }
-            let mut chunk = [0u8; 1024];
-            let mut rb = ReadBuf::new(&mut chunk);
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
-                // EOF before a complete header: hand over what we have.
-                this.done = true;
-                this.ready = std::mem::take(&mut this.pending);
-                this.ready_pos = 0;
-                continue;
-            }
-            this.pending.extend_from_slice(rb.filled());
-            if let Some(patched) = patch_header(&this.pending) {
-                this.ready = patched;
-                this.ready_pos = 0;
-                this.pending = Vec::new();
-                this.done = true;
-            } else if this.pending.len() > MAX_HEADER {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "stream header too large",
-                )));
-            }
-        }
-    }
-}
-
-impl<Io: AsyncWrite + Unpin> AsyncWrite for HeaderPatch<Io> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, b)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
@@ -139,7 +101,7 @@ mod tests {
                 server.write_all(chunk).await.unwrap();
             }
         });
-        let mut patched = HeaderPatch::new(client);
+        let mut patched = header_patch(client);
         let mut out = Vec::new();
         let mut buf = [0u8; 5];
         while out.len() < PROSODY.len() + 14 {

@@ -4,6 +4,7 @@ pub mod bounded;
 pub mod header;
 pub mod link;
 pub mod namespace;
+pub mod rewrite;
 pub mod tokens;
 
 pub use link::{Link, LinkError, StanzaNs};

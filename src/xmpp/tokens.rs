@@ -21,10 +21,8 @@
 
 use std::hash::{BuildHasher, Hasher};
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use super::rewrite::{Rewrite, Rewriter};
 
 /// Longest name or attribute value passed on as it is; the stand-in of a
 /// longer one has exactly this length (rxml refuses more than 8192).
@@ -47,7 +45,7 @@ enum State {
 
 /// The streaming scanner: bytes in, the same bytes out but for over-long
 /// tokens.
-struct Scanner {
+pub struct Scanner {
     state: State,
     /// The current token, while it is at most [`MAX_TOKEN`] octets.
     token: Vec<u8>,
@@ -59,12 +57,6 @@ struct Scanner {
 impl Scanner {
     fn new() -> Self {
         Self { state: State::Text, token: Vec::new(), long: None, keys: std::hash::RandomState::new() }
-    }
-
-    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        for &b in input {
-            self.byte(b, out);
-        }
     }
 
     fn byte(&mut self, b: u8, out: &mut Vec<u8>) {
@@ -153,54 +145,22 @@ fn stand_in(hash: u64) -> Vec<u8> {
     s
 }
 
-/// An `AsyncRead` whose names and attribute values are at most
-/// [`MAX_TOKEN`] octets; writes pass through.
-pub struct ShortTokens<Io> {
-    inner: Io,
-    scanner: Scanner,
-    ready: Vec<u8>,
-    ready_pos: usize,
+/// `inner` whose names and attribute values are at most [`MAX_TOKEN`]
+/// octets; writes pass through.
+pub fn short_tokens<Io>(inner: Io) -> Rewrite<Io, Scanner> {
+    Rewrite::new(inner, Scanner::new())
 }
 
-impl<Io> ShortTokens<Io> {
-    pub fn new(inner: Io) -> Self {
-        Self { inner, scanner: Scanner::new(), ready: Vec::new(), ready_pos: 0 }
-    }
-}
-
-impl<Io: AsyncRead + Unpin> AsyncRead for ShortTokens<Io> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        loop {
-            if this.ready_pos < this.ready.len() {
-                let n = buf.remaining().min(this.ready.len() - this.ready_pos);
-                buf.put_slice(&this.ready[this.ready_pos..this.ready_pos + n]);
-                this.ready_pos += n;
-                return Poll::Ready(Ok(()));
-            }
-            let mut chunk = [0u8; 8192];
-            let mut rb = ReadBuf::new(&mut chunk);
-            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
-                return Poll::Ready(Ok(())); // EOF
-            }
-            this.ready.clear();
-            this.ready_pos = 0;
-            this.scanner.feed(rb.filled(), &mut this.ready);
+impl Rewriter for Scanner {
+    fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        for &b in input {
+            self.byte(b, out);
         }
+        Ok(())
     }
-}
 
-impl<Io: AsyncWrite + Unpin> AsyncWrite for ShortTokens<Io> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, b)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    /// A token cut off by the end of the stream is not well-formed anyway.
+    fn end(&mut self, _out: &mut Vec<u8>) {}
 }
 
 #[cfg(test)]
@@ -211,7 +171,7 @@ mod tests {
         let mut scanner = Scanner::new();
         let mut out = Vec::new();
         for chunk in chunks {
-            scanner.feed(chunk, &mut out);
+            scanner.feed(chunk, &mut out).unwrap();
         }
         out
     }

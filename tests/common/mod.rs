@@ -295,6 +295,15 @@ impl Component {
         self.log().matches(needle).count()
     }
 
+    /// The component never lost its stream (one connection in its log) and
+    /// never dropped a stanza for its size.
+    pub fn assert_never_reconnected(&self) {
+        let log = self.log();
+        assert_eq!(log.matches("component connected").count(), 1, "{log}");
+        assert!(!log.contains("connection lost"), "{log}");
+        assert!(!log.contains("stanza over limits.max_stanza_out"), "{log}");
+    }
+
     pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
         wait_until(timeout, || self.count_in_log(needle) >= count)
     }
@@ -502,6 +511,19 @@ pub fn found_in(component: &Component, needle: &[u8]) -> Vec<String> {
 }
 
 /// alice's laptop and bob's phone ([`member`]s) in a group alice created,
+/// The whole reply to one IQ, without the client library's retries.
+pub async fn raw(session: &Session, to: &xmpp_parsers::jid::Jid, type_: &str, payload: Element) -> Element {
+    session.request(xmpp_mls::client::iq_element(type_, &session.next_id(), to.as_str(), Some(payload))).await.unwrap()
+}
+
+/// "result", or the error as `describe` writes it.
+pub fn outcome(reply: &Element) -> String {
+    match reply.get_child("error", "jabber:client") {
+        None => reply.attr("type").unwrap_or_default().to_owned(),
+        Some(e) => xmpp_mls::client::describe(&xmpp_parsers::stanza_error::StanzaError::try_from(e.clone()).unwrap()),
+    }
+}
+
 /// bob's Welcome applied.
 pub async fn alice_and_bob(
     prosody: &Prosody,
