@@ -156,3 +156,52 @@ fn a_device_s_files_are_private_whatever_the_umask() {
     let new = std::fs::metadata(dir.path().join("new")).unwrap().permissions().mode() & 0o777;
     assert_eq!(new, 0o700);
 }
+
+/// A device of the CLI, listening, decrypts a burst that a library device
+/// sends without waiting for its echoes, in the sender's order (xep/ §Order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_a_burst_in_the_senders_order() {
+    use std::io::BufRead;
+    const BURST: usize = 40;
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "[limits]\naccount_rate = 1000\naccount_burst = 1000");
+    let dir = tempfile::tempdir().unwrap();
+    prosody.register("bob", "bob");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["device", "init"]);
+    assert!(ok, "{out}");
+    let mut alice = common::member(&prosody, &dir, "alice", "laptop").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[common::bare("bob@example.org")]).await.unwrap();
+
+    let mut listening = command(&prosody, &dir.path().join("bob.sqlite3"), "bob", &["group", "listen", "--seconds", "60"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = listening.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let next_line = || lines.recv_timeout(Duration::from_secs(20)).expect("a line from the CLI");
+    while next_line() != format!("joined {group}") {}
+
+    let sent: Vec<String> = (0..BURST).map(|i| format!("burst message {i}")).collect();
+    for body in &sent {
+        alice.send(&group, body.as_bytes()).await.unwrap();
+    }
+    let mut shown = Vec::new();
+    while shown.len() < BURST {
+        let line = next_line();
+        if line.starts_with('[') {
+            shown.push(line);
+        }
+    }
+    listening.kill().unwrap();
+    listening.wait().unwrap();
+    let device = alice.device().id().to_owned();
+    let node = group.node().unwrap().as_str().to_owned();
+    let expected: Vec<String> = sent.iter().map(|b| format!("[{node}] alice@example.org/{device}: {b}")).collect();
+    assert_eq!(shown, expected);
+}

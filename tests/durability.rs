@@ -3,10 +3,13 @@
 //! accepted once its sender has the echo with its stanza-id; every accepted
 //! message must be in the archive and reach a catching-up device exactly
 //! once, Commits must stay in epoch order, and the store must stay sound.
+//! After each restart the sender resends what it saw no echo of
+//! (xep/ §Resends): no message is archived twice.
 
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,6 +86,22 @@ fn archived_handshakes(component: &Component) -> Vec<(i64, String)> {
     st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
+/// Archive items whose MLS octets another item has too.
+fn duplicates(component: &Component) -> i64 {
+    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
+    conn.query_row("SELECT count(*) - count(DISTINCT message) FROM archive", [], |r| r.get(0)).unwrap()
+}
+
+/// Waits until the component connected `times` times in all.
+fn wait_connected(component: &Mutex<Component>, times: usize) {
+    let connected = || component.lock().unwrap().count_in_log("component connected") >= times;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !connected() {
+        assert!(Instant::now() < deadline, "the component did not reconnect");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn integrity(component: &Component) -> String {
     let conn = rusqlite::Connection::open(component.store_path()).unwrap();
     conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
@@ -113,21 +132,30 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
 
     let mut rng = Rng::new();
     let schedule: Vec<(u64, u64)> = (0..KILLS).map(|_| (300 + rng.below(1200), rng.below(400))).collect();
+    let restarts = Arc::new(AtomicUsize::new(0));
     let killer = {
-        let component = component.clone();
+        let (component, restarts) = (component.clone(), restarts.clone());
         std::thread::spawn(move || {
             for (run_ms, down_ms) in schedule {
                 std::thread::sleep(Duration::from_millis(run_ms));
                 component.lock().unwrap().kill();
                 std::thread::sleep(Duration::from_millis(down_ms));
                 component.lock().unwrap().restart();
+                restarts.fetch_add(1, Ordering::SeqCst);
             }
         })
     };
 
     let (mut from_alice, mut at_bob) = (Seen::default(), Seen::default());
-    let (mut sent, mut commits_answered) = (0, 0);
+    let (mut sent, mut commits_answered, mut resent, mut restarts_seen) = (0, 0, 0, 0);
     while !killer.is_finished() {
+        let now = restarts.load(Ordering::SeqCst);
+        if now > restarts_seen {
+            // Back after a kill: alice sends again what was not echoed.
+            restarts_seen = now;
+            wait_connected(&component, now + 1);
+            resent += alice.resend().await.unwrap();
+        }
         sent += 1;
         let _ = alice.send(&group, format!("message {sent}").as_bytes()).await;
         if sent % 10 == 0 {
@@ -143,7 +171,10 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
         }
     }
     killer.join().unwrap();
+    wait_connected(&component, KILLS + 1);
+    resent += alice.resend().await.unwrap();
     drain(&mut alice, &mut from_alice, Duration::from_millis(500)).await;
+    assert_eq!(alice.unechoed(), 0, "every resend was echoed (or refused)");
 
     // The store survived the last SIGKILL intact.
     let mut component = Arc::try_unwrap(component).ok().unwrap().into_inner().unwrap();
@@ -157,6 +188,7 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
     assert_eq!(epochs, (0..handshakes.len() as i64).collect::<Vec<_>>(), "{handshakes:?}");
     assert!(handshakes.iter().all(|(_, k)| k == "commit"));
     assert!(handshakes.len() > commits_answered, "every answered Commit (and the add) is archived");
+    assert_eq!(duplicates(&component), 0, "a resent message is archived once");
 
     // The offline tablet and the live phone get every accepted message once.
     let mut tablet = reconnect(&prosody, &dir, "bob", "tablet").await;
@@ -165,7 +197,7 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
     catch_up(&mut bob, &mut at_bob).await;
     let accepted: HashSet<&String> = from_alice.delivered.values().collect();
     eprintln!(
-        "{sent} sent, {} accepted, refused {:?}; {} Commits ({commits_answered} answered); kills: {KILLS}",
+        "{sent} sent ({resent} resent), {} accepted, refused {:?}; {} Commits ({commits_answered} answered); kills: {KILLS}",
         accepted.len(),
         from_alice.refused,
         handshakes.len()

@@ -420,3 +420,181 @@ async fn a_device_that_missed_a_commit_live_reads_the_gap_from_the_archive() {
     assert_eq!(body, b"after the gap");
     assert_eq!((bob.epoch(&group).unwrap(), bob.epoch_check(&group).unwrap()), (2, alice.epoch_check(&group).unwrap()));
 }
+
+/// Bodies of the messages from others the device decrypts (up to `n`, until
+/// none comes for 10 s), in the order it decrypted them.
+async fn bodies_in_order(client: &mut GroupClient, n: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    while bodies.len() < n {
+        match client.next_event(Duration::from_secs(10)).await.unwrap() {
+            Some(GroupEvent::Message { body, .. }) => bodies.push(String::from_utf8(body).unwrap()),
+            Some(_) => continue,
+            None => break,
+        }
+    }
+    bodies
+}
+
+/// A device sends bursts without waiting for its echoes (xep/ §Order):
+/// every other device decrypts every message, in the sender's order, and
+/// the archive holds them in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_keep_the_senders_order_for_every_device() {
+    const BURSTS: usize = 3;
+    const BURST: usize = 40;
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[limits]\naccount_rate = 1000\naccount_burst = 1000");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut phone = member(&prosody, &dir, "alice", "phone").await;
+    let mut bob = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("alice@example.org"), bare("bob@example.org")]).await.unwrap();
+    for d in [&mut phone, &mut bob] {
+        expect(d, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    }
+
+    let mut sent = Vec::new();
+    let mut ids = Vec::new();
+    for b in 0..BURSTS {
+        for i in 0..BURST {
+            let body = format!("burst {b} message {i}");
+            ids.push(alice.send(&group, body.as_bytes()).await.unwrap());
+            sent.push(body);
+        }
+    }
+    for d in [&mut phone, &mut bob] {
+        assert_eq!(bodies_in_order(d, sent.len()).await, sent);
+    }
+    let echoes = collect(&mut alice, sent.len(), |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    let echoed: Vec<String> = echoes
+        .into_iter()
+        .map(|e| match e {
+            GroupEvent::Delivered { id, .. } => id,
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(echoed, ids, "the echoes come back in the sender's order");
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
+    assert_eq!(archived as usize, sent.len(), "each message archived once");
+}
+
+/// One column of the component's store, for the row `key` names.
+fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: &str) -> T {
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    conn.query_row(sql, [key], |r| r.get(0)).unwrap()
+}
+
+/// A resend (xep/ §Resends) of an archived application message gets its
+/// echo again with the original stanza-id (the copies to other devices,
+/// which have it, are dropped by its stanza-id); a resent
+/// Commit that won gets its original acceptance, not wrong-epoch, and a
+/// resent Proposal its original acceptance. Nothing
+/// is archived again: the store is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_is_answered_as_the_original_and_archived_once() {
+    use xmpp_mls::protocol::groups::{Accepted, CommitBundle, GroupMessage, Kind, Proposal};
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
+
+    let id = alice.send(&group, b"once").await.unwrap();
+    let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    let GroupEvent::Delivered { stanza_id, .. } = echo else { unreachable!() };
+    let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(got, GroupEvent::Message { stanza_id: ref s, ref body, .. } if *s == stanza_id && body == b"once"));
+    assert_eq!(alice.unechoed(), 0, "{id} was echoed");
+
+    let before = common::store_digest(&component.store_path());
+    let message: Vec<u8> = stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &stanza_id);
+    let resend = minidom::Element::builder("message", "jabber:client")
+        .attr("to".try_into().unwrap(), group.as_str())
+        .attr("type".try_into().unwrap(), "groupchat")
+        .attr("id".try_into().unwrap(), "resend-1")
+        .append(GroupMessage::new(message.clone()).to_element())
+        .build();
+    alice.session.send(resend).await.unwrap();
+    let again = alice.session.next_event_within(Duration::from_secs(20)).await.expect("the echo of the resend");
+    let payload = GroupMessage { kind: Some(Kind::Application), epoch: Some(1), ..GroupMessage::new(message) };
+    let expected = minidom::Element::builder("message", "jabber:client")
+        .attr("from".try_into().unwrap(), format!("{group}/{}", alice.device().id()))
+        .attr("to".try_into().unwrap(), alice.session.jid().to_string())
+        .attr("type".try_into().unwrap(), "groupchat")
+        .attr("id".try_into().unwrap(), "resend-1")
+        .append(payload.to_element())
+        .append(
+            minidom::Element::builder("stanza-id", "urn:xmpp:sid:0")
+                .attr("by".try_into().unwrap(), group.as_str())
+                .attr("id".try_into().unwrap(), stanza_id.as_str())
+                .build(),
+        )
+        .build();
+    assert_eq!(common::as_received(&again), expected);
+    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    // bob applies the message once: his next message is the next one.
+    alice.send(&group, b"next").await.unwrap();
+    let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");
+
+    // A Commit resent after it won: its original acceptance.
+    let accepted = bob.update(&group).await.unwrap();
+    expect(&mut alice, "commit", |e| matches!(e, GroupEvent::Epoch { epoch: 2, .. })).await;
+    let before = common::store_digest(&component.store_path());
+    let bundle = CommitBundle {
+        commit: stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
+        welcome: None,
+        group_info: stored(&component, "SELECT group_info FROM groups WHERE last_commit = ?1", &accepted.stanza_id),
+        epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
+    };
+    let reply = bob.submit(&group, &bundle).await.unwrap().unwrap();
+    assert_eq!(Accepted::parse(&reply).unwrap(), Accepted { epoch: 2, stanza_id: accepted.stanza_id.clone() });
+    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    // From another account the same bytes are no resend: refused as stale.
+    let error = alice.submit(&group, &bundle).await.unwrap_err();
+    assert!(error.to_string().contains("wrong-epoch"), "{error}");
+    assert_eq!(common::store_digest(&component.store_path()), before);
+
+    // A resent Proposal: its original acceptance.
+    let proposed = alice.propose_update(&group).await.unwrap();
+    let before = common::store_digest(&component.store_path());
+    let message = stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &proposed.stanza_id);
+    let reply = alice.session.iq(&group.clone().into(), "set", Proposal { message }.to_element()).await.unwrap();
+    assert_eq!(Accepted::parse(&reply.unwrap()).unwrap(), proposed);
+    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+}
+
+/// A device that went away before the echo of its message arrived keeps
+/// the message in its storage and resends it once back (xep/ §Resends):
+/// the service had archived it, so the echo carries the original stanza-id
+/// and the message is archived and delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_unechoed_at_a_disconnect_is_resent_after_and_archived_once() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
+    let id = alice.send(&group, b"sent before going away").await.unwrap();
+    let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    let GroupEvent::Message { stanza_id, .. } = got else { unreachable!() };
+    drop(alice); // its echo is never read
+
+    let mut alice = common::reconnect(&prosody, &dir, "alice", "laptop").await;
+    assert_eq!(alice.unechoed(), 1);
+    alice.join_all().await.unwrap();
+    assert_eq!(alice.resend().await.unwrap(), 1);
+    let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+    assert_eq!(echo, GroupEvent::Delivered { group: group.clone(), id, stanza_id });
+    assert_eq!(alice.unechoed(), 0);
+    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap();
+    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
+    assert_eq!(archived, 1);
+    alice.send(&group, b"next").await.unwrap();
+    let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");
+}

@@ -231,7 +231,10 @@ fn groups() -> Vec<Case> {
         c("create in an IQ get", A, get("{U}", "<create xmlns='urn:xmpp:mls:0'><group-info>{H_GI}</group-info></create>"), "modify/bad-request"),
         c("create at a directory", A, set("{ADIR}", "<create xmlns='urn:xmpp:mls:0'><group-info>{H_GI}</group-info></create>"), "cancel/service-unavailable"),
         // Commit bundles.
-        c("replayed commit bundle", A, set("{H}", "{H_BUNDLE}"), "cancel/conflict wrong-epoch[commit={H_SID},epoch=1]"),
+        // A resend by its committer's account gets the original acceptance
+        // (xep/ §Resends); the same bytes from another account are stale.
+        c("resent commit bundle", A, set("{H}", "{H_BUNDLE}"), "result <accepted xmlns='urn:xmpp:mls:0' epoch='1' stanza-id='{H_SID}'/>"),
+        c("commit bundle replayed by another account", B, set("{H}", "{H_BUNDLE}"), "cancel/conflict wrong-epoch[commit={H_SID},epoch=1]"),
         c("commit of another group", A, set("{G}", "{H_BUNDLE}"), "modify/not-acceptable invalid-message[reason=wrong-group]"),
         c("commit to an unknown group", A, set("{U}", "{H_BUNDLE}"), "cancel/item-not-found unknown-group"),
         c("a KeyPackage as commit", A, set("{G}", &commit("{H_CHECK}", "{A_KP2}", "{H_GI}")), "modify/not-acceptable invalid-message[reason=wrong-wire-format]"),
@@ -250,7 +253,8 @@ fn groups() -> Vec<Case> {
         c("commit with an unknown element", A, set("{H}", &commit("{H_CHECK}", "{H_COMMIT}", "{H_GI}").replace("</commit>", "<signature>AAAA</signature></commit>")), "modify/bad-request"),
         c("commit nested thousands deep", A, set("{G}", &commit("{H_CHECK}", &deep, "{H_GI}")), "modify/bad-request"),
         // Proposals.
-        c("replayed proposal of an ended epoch", B, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "cancel/conflict wrong-epoch[commit={G_SID2},epoch=2]"),
+        c("resent proposal of an ended epoch", B, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "result <accepted xmlns='urn:xmpp:mls:0' epoch='1' stanza-id='{G_PROP_SID}'/>"),
+        c("proposal of an ended epoch replayed by another account", A, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "cancel/conflict wrong-epoch[commit={G_SID2},epoch=2]"),
         c("a commit as proposal", A, set("{H}", "<proposal xmlns='urn:xmpp:mls:0'><message>{H_COMMIT}</message></proposal>"), "modify/not-acceptable invalid-message[reason=wrong-content-type]"),
         c("proposal without message", A, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'/>"), "modify/bad-request"),
         c("proposal in an IQ get", B, get("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "modify/bad-request"),
@@ -489,7 +493,7 @@ async fn set_up(prosody: &Prosody, dir: &tempfile::TempDir) -> (HashMap<&'static
     let g = alice.create().await.unwrap();
     alice.add(&g, &[bare("bob@example.org")]).await.unwrap();
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    bob.propose_update(&g).await.unwrap();
+    let proposed = bob.propose_update(&g).await.unwrap();
     expect(&mut alice, "proposal", |e| matches!(e, GroupEvent::Proposed { .. })).await;
     let second = alice.commit_pending(&g).await.unwrap();
     alice.send(&g, b"hello").await.unwrap();
@@ -536,6 +540,7 @@ async fn set_up(prosody: &Prosody, dir: &tempfile::TempDir) -> (HashMap<&'static
     vars.insert("G_APP_CUT", cut(&g_app));
     vars.insert("U_APP", b64_encode(&u_app));
     vars.insert("G_PROP", g_prop);
+    vars.insert("G_PROP_SID", proposed.stanza_id);
     vars.insert("G_SID2", second.stanza_id);
     vars.insert("G_LAST", last);
     vars.insert("H_BUNDLE", String::from(&bundle.to_element()));

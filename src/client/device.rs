@@ -188,6 +188,21 @@ impl Device {
         Ok(self.local.set_last_seen(group_id, stanza_id)?)
     }
 
+    /// Keeps a sent message until it is echoed.
+    pub fn keep_unechoed(&self, id: &str, stanza: &minidom::Element) -> Result<(), DeviceError> {
+        Ok(self.local.add_unechoed(id, &String::from(stanza))?)
+    }
+
+    pub fn echoed(&self, id: &str) -> Result<(), DeviceError> {
+        Ok(self.local.remove_unechoed(id)?)
+    }
+
+    /// The messages sent and not echoed yet, in sending order.
+    pub fn unechoed(&self) -> Result<Vec<(String, minidom::Element)>, DeviceError> {
+        let rows = self.local.unechoed()?;
+        Ok(rows.into_iter().filter_map(|(id, stanza)| Some((id, stanza.parse().ok()?))).collect())
+    }
+
     /// The JIDs of the groups the device is in.
     pub fn groups(&self) -> Result<Vec<String>, DeviceError> {
         Ok(self.local.groups()?)

@@ -13,7 +13,7 @@ use minidom::Element;
 use openmls::group::{MlsGroupCreateConfig, MlsGroupJoinConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
 use openmls::prelude::{
     GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, StagedWelcome,
+    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome,
 };
 use openmls::prelude::LeafNodeParameters;
 use openmls_traits::OpenMlsProvider;
@@ -40,6 +40,10 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 const ATTEMPTS: usize = 30;
 /// Past epochs whose application messages still decrypt (the service's window).
 const PAST_EPOCHS: usize = 3;
+/// Generations of a sender's ratchet kept for messages that arrive late, and
+/// how far ahead of the last one a message may be (xep/ §Order).
+const OUT_OF_ORDER_TOLERANCE: u32 = 64;
+const MAXIMUM_FORWARD_DISTANCE: u32 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -110,6 +114,9 @@ pub struct GroupClient {
     pub(super) vault: Option<super::history::Keeper>,
     /// Own messages awaiting their echo: id -> (group id, epoch, plaintext).
     pub(super) unconfirmed: HashMap<String, (Vec<u8>, u64, Vec<u8>)>,
+    /// Own messages sent and neither echoed nor refused, in sending order
+    /// (kept in the device's storage too): what [`Self::resend`] sends again.
+    outbox: VecDeque<(String, Element)>,
     forked: HashSet<Vec<u8>>,
     /// Groups with a gap before an item received live: read from the archive.
     pub(super) behind: HashSet<Vec<u8>>,
@@ -130,11 +137,16 @@ fn bytes(m: &MlsMessageOut) -> Result<Vec<u8>, GroupError> {
     m.tls_serialize_detached().map_err(mls)
 }
 
+fn sender_ratchet() -> SenderRatchetConfiguration {
+    SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAXIMUM_FORWARD_DISTANCE)
+}
+
 fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
         .build()
 }
 
@@ -143,6 +155,7 @@ impl GroupClient {
     /// to the account's bare JID (Welcomes, notices) reach this device.
     pub async fn start(session: Session, device: Device, service: Jid) -> Result<Self, GroupError> {
         session.send(Element::builder("presence", CLIENT).build()).await?;
+        let outbox = device.unechoed().map_err(mls)?.into();
         Ok(GroupClient {
             session,
             device,
@@ -154,6 +167,7 @@ impl GroupClient {
             applied: HashSet::new(),
             vault: None,
             unconfirmed: HashMap::new(),
+            outbox,
             forked: HashSet::new(),
             behind: HashSet::new(),
         })
@@ -189,6 +203,7 @@ impl GroupClient {
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
             .max_past_epochs(PAST_EPOCHS)
+            .sender_ratchet_configuration(sender_ratchet())
             .ciphersuite(super::device::CIPHERSUITE)
             .build();
         let id: [u8; 16] = rand::random();
@@ -576,6 +591,7 @@ impl GroupClient {
         if load_group(&mut self.groups, &self.device, &id)?.pending_proposals().next().is_some() {
             self.commit_pending(group).await?;
         }
+        self.make_room().await?;
         let provider = self.device.provider();
         let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), body).map_err(mls)?;
         let stanza_id = self.session.next_id();
@@ -589,8 +605,46 @@ impl GroupClient {
             .attr(n("id"), stanza_id.as_str())
             .append(GroupMessage::new(bytes(&msg)?).to_element())
             .build();
+        self.device.keep_unechoed(&stanza_id, &stanza).map_err(mls)?;
+        self.outbox.push_back((stanza_id.clone(), stanza.clone()));
         self.session.send(stanza).await?;
         Ok(stanza_id)
+    }
+
+    /// Sends again, unchanged and in order, every message of this device
+    /// not echoed nor refused yet, also those of an earlier session; returns
+    /// how many. Call it after the session or the service came back and
+    /// the device joined its feeds again: the service archives a message
+    /// once and answers a resend of an archived one with its echo
+    /// (xep/ §Resends).
+    pub async fn resend(&mut self) -> Result<usize, GroupError> {
+        for (_, stanza) in &self.outbox {
+            self.session.send(stanza.clone()).await?;
+        }
+        Ok(self.outbox.len())
+    }
+
+    /// Waits until fewer own messages than receivers tolerate out of
+    /// order are unechoed (xep/ §Order), handling what arrives meanwhile.
+    async fn make_room(&mut self) -> Result<(), GroupError> {
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        while self.outbox.len() >= OUT_OF_ORDER_TOLERANCE as usize {
+            let stanza = self.next_stanza(deadline).await?;
+            self.handle(stanza).await?;
+        }
+        Ok(())
+    }
+
+    /// Own messages not echoed nor refused yet.
+    pub fn unechoed(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Forgets a message of the outbox: it was echoed or refused.
+    fn sent_out(&mut self, id: &str) -> Result<(), GroupError> {
+        let Some(at) = self.outbox.iter().position(|(sent, _)| sent == id) else { return Ok(()) };
+        self.outbox.remove(at);
+        self.device.echoed(id).map_err(mls)
     }
 
     /// The next event, waiting at most `timeout`.
@@ -632,8 +686,7 @@ impl GroupClient {
             return Ok(());
         }
         if stanza.attr("type") == Some("error") {
-            self.handle_refusal(&stanza);
-            return Ok(());
+            return self.handle_refusal(&stanza);
         }
         if let Some(Ok(welcome)) = Welcome::find(&stanza) {
             // Only for a Commit the service accepted, from this account's directory.
@@ -657,18 +710,20 @@ impl GroupClient {
     }
 
     /// A message of ours that came back as an error, from a group we are in.
-    fn handle_refusal(&mut self, stanza: &Element) {
+    fn handle_refusal(&mut self, stanza: &Element) -> Result<(), GroupError> {
         let group = stanza.attr("from").and_then(|f| BareJid::new(f).ok());
         let Some(group) = group.filter(|g| group_id_of(g).is_ok_and(|id| self.groups.contains_key(&id))) else {
-            return;
+            return Ok(());
         };
         let id = stanza.attr("id").unwrap_or_default().to_owned();
         self.unconfirmed.remove(&id);
+        self.sent_out(&id)?;
         let error = match stanza.get_child("error", CLIENT).map(|e| StanzaError::try_from(e.clone())) {
             Some(Ok(e)) => super::describe(&e),
             _ => "malformed error".to_owned(),
         };
         self.events.push_back(GroupEvent::Refused { group, id, error });
+        Ok(())
     }
 
     fn handle_presence(&mut self, stanza: &Element) -> Result<(), GroupError> {
@@ -740,6 +795,10 @@ impl GroupClient {
         if !self.groups.contains_key(&gid) && load_group(&mut self.groups, &self.device, &gid).is_err() {
             return Ok(());
         }
+        let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
+        if own {
+            self.sent_out(id)?; // echoed (a resend's echo repeats the stanza-id)
+        }
         // The same item may come from the archive and the live feed.
         if self.applied.contains(&stanza_id) {
             return Ok(());
@@ -757,7 +816,6 @@ impl GroupClient {
             self.applied.insert(stanza_id.clone());
             self.device.set_last_seen(&gid, &stanza_id).map_err(mls)?;
         }
-        let own = from.resource().map(|r| r.as_str()) == Some(self.device.id());
         if own {
             match msg.kind {
                 Some(Kind::Application) => {

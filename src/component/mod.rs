@@ -3,6 +3,7 @@
 //! router with bounded concurrency.
 
 pub mod connect;
+mod lanes;
 pub mod router;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +120,10 @@ async fn run_session(
     let Link { outgoing, mut incoming, task } = link;
     let max = config.limits.max_in_flight;
     let permits = Arc::new(Semaphore::new(max));
+    let lanes = {
+        let service = service.clone();
+        lanes::Lanes::new(move |stanza| handle(service.clone(), outgoing.clone(), stanza))
+    };
     loop {
         let stanza = tokio::select! {
             _ = stopped(shutdown) => break,
@@ -132,28 +137,29 @@ async fn run_session(
         };
         // Waiting here (not queueing) keeps memory bounded under floods.
         let permit = permits.clone().acquire_owned().await.expect("semaphore open");
-        let (service, out) = (service.clone(), outgoing.clone());
-        tokio::spawn(async move {
-            let routed = router::route(&service, stanza).await;
-            if let Some((group, seq)) = &routed.order {
-                service.order.wait_turn(group, *seq).await;
-            }
-            for stanza in routed.stanzas {
-                if out.send(stanza).await.is_err() {
-                    break;
-                }
-            }
-            if let Some((group, seq)) = &routed.order {
-                service.order.done(group, *seq);
-            }
-            drop(permit);
-        });
+        lanes.push(stanza, permit);
     }
     // Shutdown: let handlers finish and send their replies, then close.
     let _ = permits.acquire_many(max as u32).await;
-    drop(outgoing);
+    drop(lanes);
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     None
+}
+
+/// Routes one stanza and sends what it caused, in its group's archive order.
+async fn handle(service: Arc<Service>, out: mpsc::Sender<Element>, stanza: Element) {
+    let routed = router::route(&service, stanza).await;
+    if let Some((group, seq)) = &routed.order {
+        service.order.wait_turn(group, *seq).await;
+    }
+    for stanza in routed.stanzas {
+        if out.send(stanza).await.is_err() {
+            break;
+        }
+    }
+    if let Some((group, seq)) = &routed.order {
+        service.order.done(group, *seq);
+    }
 }
 
 /// Resolves once shutdown is requested (or its sender is gone).

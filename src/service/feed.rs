@@ -9,7 +9,7 @@ use super::{IqRequest, Response, Service, ServiceError};
 use crate::protocol::groups::{joined_element, GroupMessage, Kind};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::error::AppCondition;
-use crate::store::{AppendOutcome, Departed, FeedEntry, FeedJoin, GroupLeave};
+use crate::store::{Acceptance, AppendOutcome, Archived, Departed, FeedEntry, FeedJoin, GroupLeave};
 
 impl Service {
     /// Available presence to `group/<device-id>`: the device joins the feed.
@@ -80,6 +80,7 @@ impl Service {
         let outcome = self.store.append_application(gid, from.to_string(), epoch, window, message.clone(), budget).await?;
         let (archived, sender_device, feed) = match outcome {
             AppendOutcome::Archived { archived, sender_device, feed } => (archived, sender_device, feed),
+            AppendOutcome::Resent { earlier, feed } => return Ok(self.deliver_again(group_id, earlier, message, feed, stanza)),
             AppendOutcome::UnknownGroup => return Err(ServiceError::UnknownGroup),
             AppendOutcome::NotJoined => return Err(ServiceError::NotJoined),
             AppendOutcome::StaleEpoch { current } => return Err(ServiceError::StaleEpoch { current }),
@@ -99,6 +100,25 @@ impl Service {
         let seq = delivered.archived.seq;
         let messages = super::groups::fan_out(&self.group_jid(group_id), &delivered, stanza.attr("id"));
         Ok(Response { payload: None, messages, order: Some((group_id.to_vec(), seq)), reply_last: false })
+    }
+
+    /// A resend of an archived application message (xep/ §Resends): its
+    /// copies again, with its original stanza-id and epoch, the echo
+    /// included. Devices that have it drop it by its stanza-id; those that
+    /// missed it (its delivery was lost with the service) get it now.
+    fn deliver_again(&self, group_id: &[u8], earlier: Acceptance, message: Vec<u8>, feed: Vec<FeedEntry>, stanza: &Element) -> Response {
+        let delivered = Delivered {
+            archived: Archived { seq: 0, stanza_id: earlier.stanza_id },
+            epoch: earlier.epoch,
+            kind: Kind::Application,
+            sender_device: earlier.sender_device,
+            epoch_check: None,
+            message,
+            feed,
+            removed: Vec::new(),
+            welcome: None,
+        };
+        Response::messages(super::groups::fan_out(&self.group_jid(group_id), &delivered, stanza.attr("id")))
     }
 }
 

@@ -25,7 +25,7 @@ use crate::protocol::groups::{
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::n;
-use crate::store::{ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Join, Member};
+use crate::store::{Acceptance, ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Join, Member};
 use crate::xmpp::namespace::CLIENT;
 
 /// A handshake that took its place in a group's archive.
@@ -283,7 +283,8 @@ fn apply_commit(
     check_group_info(crypto, &bundle.group_info, &pg)?;
     let epoch = pg.group_context().epoch().as_u64();
     charge(tx, account, Kind::Commit, &bundle.commit, limits.budget)?;
-    let archived = tx.append(state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
+    let archived =
+        tx.append(account.as_str(), state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
     tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
     tx.set_members(&members, archived.seq)?;
     let removed = tx.prune_feed()?;
@@ -342,7 +343,7 @@ fn apply_proposal(
     }
     pg.add_proposal(&tx.mls(), *queued).map_err(library)?;
     charge(tx, account, Kind::Proposal, &proposal.message, budget)?;
-    let archived = tx.append(state.epoch, Kind::Proposal, &sender_device, None, &proposal.message)?;
+    let archived = tx.append(account.as_str(), state.epoch, Kind::Proposal, &sender_device, None, &proposal.message)?;
     Ok(Delivered {
         archived,
         epoch: state.epoch,
@@ -387,6 +388,9 @@ impl Service {
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let bundle = CommitBundle::parse(&req.payload)?;
+        if let Some(earlier) = self.resent(req, group_id, Kind::Commit, &bundle.commit).await? {
+            return Ok(Response::result(Accepted { epoch: earlier.epoch + 1, stanza_id: earlier.stanza_id }.to_element()));
+        }
         self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
@@ -400,6 +404,9 @@ impl Service {
 
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let proposal = Proposal::parse(&req.payload)?;
+        if let Some(earlier) = self.resent(req, group_id, Kind::Proposal, &proposal.message).await? {
+            return Ok(Response::result(Accepted { epoch: earlier.epoch, stanza_id: earlier.stanza_id }.to_element()));
+        }
         self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
         let (crypto, account, gid, budget) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.archive_budget());
@@ -408,6 +415,14 @@ impl Service {
             .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, budget, &gid, &account, proposal))
             .await?;
         Ok(self.deliver(group_id, delivered, req))
+    }
+
+    /// How a handshake the requester's account sent before was accepted, if
+    /// this is a resend of it (xep/ §Resends): answered as it was then,
+    /// nothing archived or delivered again.
+    async fn resent(&self, req: &IqRequest, group_id: &[u8], kind: Kind, message: &[u8]) -> Result<Option<Acceptance>, ServiceError> {
+        let account = req.from.to_bare().to_string();
+        Ok(self.store.acceptance(group_id.to_vec(), account, kind, message.to_vec()).await?)
     }
 
     /// The checks of a handshake that need no signature, against the

@@ -283,11 +283,13 @@ fn per_second(rate: u32, burst: u32) -> Quota {
 
 /// Retention as of `now`: drops expired devices and KeyPackages (and takes
 /// devices without a live leaf off the feeds), forgets archive budgets of
-/// past days, and prunes archives past history.retention_secs; returns how
+/// past days and acceptances past the resend window, and prunes archives
+/// past history.retention_secs; returns how
 /// many archived items went, and the devices taken off feeds.
 pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usize, Vec<Departed>), StoreError> {
     let departed = store.prune_directory(now).await?;
     store.prune_archive_budgets(now).await?;
+    store.prune_acceptances(now).await?;
     Ok((store.prune_history(now - config.history.retention_secs as i64).await?, departed))
 }
 

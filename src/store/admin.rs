@@ -232,13 +232,13 @@ impl Store {
     }
 
     /// Deletes a group: its state, openmls' PublicGroup, members, archive,
-    /// feed and acknowledgements. False if there was no such group.
+    /// feed, acknowledgements and acceptances. False if there was no such group.
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
             if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
                 return Ok(false);
             }
-            for table in ["members", "archive", "feed", "group_accounts", "group_joins"] {
+            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;

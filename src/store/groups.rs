@@ -94,6 +94,25 @@ pub struct Archived {
     pub stanza_id: String,
 }
 
+/// What a group message was archived as, kept for [`RESEND_WINDOW`] seconds
+/// to answer a resend of it (xep/ §Resends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acceptance {
+    pub stanza_id: String,
+    /// The epoch the message was sent in.
+    pub epoch: u64,
+    pub sender_device: String,
+}
+
+/// How long (seconds) a resend is recognised: a day.
+pub const RESEND_WINDOW: i64 = 86_400;
+
+/// A message's identity for resends: the SHA-256 of its MLS bytes.
+fn digest(message: &[u8]) -> Vec<u8> {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(message).to_vec()
+}
+
 /// How many octets of MLS messages archives may take in per UTC day
 /// (history.*_archive_bytes_per_day).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,8 +200,11 @@ impl<'c> GroupTx<'c> {
     }
 
     /// Appends to the archive; returns the message's place and stanza id.
+    /// Appends `message` of `account` to the archive and remembers its
+    /// acceptance (see [`Self::acceptance`]).
     pub fn append(
         &self,
+        account: &str,
         epoch: u64,
         kind: Kind,
         sender_device: &str,
@@ -202,7 +224,21 @@ impl<'c> GroupTx<'c> {
             .execute(params![
                 self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now
             ])?;
+        self.c
+            .prepare_cached(
+                "INSERT INTO acceptances (group_id, account, digest, kind, stanza_id, epoch, sender_device, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                self.group_id, account, digest(message), kind.name(), stanza_id, epoch as i64, sender_device, self.now
+            ])?;
         Ok(Archived { seq: seq as u64, stanza_id })
+    }
+
+    /// How `message` (of `kind`) of `account` was archived, if it was
+    /// within the resend window: a resend of it is answered with this.
+    pub fn acceptance(&self, account: &str, kind: Kind, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
+        acceptance(self.c, &self.group_id, account, kind, message)
     }
 
     /// Records a merged commit: the new epoch, its GroupInfo and commit id.
@@ -335,6 +371,24 @@ impl<'c> GroupTx<'c> {
     }
 }
 
+fn acceptance(
+    c: &Connection,
+    group_id: &[u8],
+    account: &str,
+    kind: Kind,
+    message: &[u8],
+) -> Result<Option<Acceptance>, StoreError> {
+    Ok(c
+        .prepare_cached(
+            "SELECT stanza_id, epoch, sender_device FROM acceptances
+             WHERE group_id = ?1 AND account = ?2 AND digest = ?3 AND kind = ?4",
+        )?
+        .query_row(params![group_id, account, digest(message), kind.name()], |r| {
+            Ok(Acceptance { stanza_id: r.get(0)?, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
+        })
+        .optional()?)
+}
+
 fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
     Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
 }
@@ -378,6 +432,8 @@ pub enum GroupLeave {
 pub enum AppendOutcome {
     Archived { archived: Archived, sender_device: String, feed: Vec<FeedEntry> },
     UnknownGroup,
+    /// A resend of a message archived before: nothing was archived again.
+    Resent { earlier: Acceptance, feed: Vec<FeedEntry> },
     /// The sending full JID is not on the live feed with a device that
     /// still has a live leaf.
     NotJoined,
@@ -447,13 +503,16 @@ impl Store {
         self.group_tx(group_id, move |tx| {
             let Some(state) = tx.state()? else { return Ok(AppendOutcome::UnknownGroup) };
             let Some(sender) = tx.sender(&full_jid)? else { return Ok(AppendOutcome::NotJoined) };
+            if let Some(earlier) = tx.acceptance(&sender.account, Kind::Application, &message)? {
+                return Ok(AppendOutcome::Resent { earlier, feed: tx.feed()? });
+            }
             if epoch > state.epoch || epoch + window < state.epoch {
                 return Ok(AppendOutcome::StaleEpoch { current: state.epoch });
             }
             if !tx.charge_archive(&sender.account, Kind::Application, message.len(), budget)? {
                 return Ok(AppendOutcome::OverBudget);
             }
-            let archived = tx.append(epoch, Kind::Application, &sender.device_id, None, &message)?;
+            let archived = tx.append(&sender.account, epoch, Kind::Application, &sender.device_id, None, &message)?;
             Ok(AppendOutcome::Archived { archived, sender_device: sender.device_id, feed: tx.feed()? })
         })
         .await
@@ -479,6 +538,27 @@ impl Store {
             )?
             .execute(params![tx.group_id, entry.account, entry.device_id, entry.full_jid])?;
             Ok(FeedJoin::Joined { epoch: state.epoch })
+        })
+        .await
+    }
+
+    /// How `message` (of `kind`) of `account` was archived in the group, if
+    /// it was within the resend window (a read, before any validation).
+    pub async fn acceptance(
+        &self,
+        group_id: Vec<u8>,
+        account: String,
+        kind: Kind,
+        message: Vec<u8>,
+    ) -> Result<Option<Acceptance>, StoreError> {
+        self.read(move |c| acceptance(c, &group_id, &account, kind, &message)).await
+    }
+
+    /// Forgets acceptances older than the resend window.
+    pub async fn prune_acceptances(&self, now: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            c.execute("DELETE FROM acceptances WHERE created_at < ?1", [now - RESEND_WINDOW])?;
+            Ok(())
         })
         .await
     }
@@ -522,5 +602,38 @@ impl Store {
             )?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    /// An archived message is remembered per (group, account, kind, octets), and
+    /// forgotten once it is older than the resend window.
+    #[tokio::test]
+    async fn acceptances_answer_resends_of_the_same_account_for_a_day() {
+        let (_dir, store) = temp_store();
+        let archived = store
+            .group_tx(b"g".to_vec(), |tx| {
+                tx.create(0, b"info")?;
+                tx.append("alice@example.org", 0, Kind::Application, "laptop", None, b"ciphertext")
+            })
+            .await
+            .unwrap();
+        let lookup =
+            |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), Kind::Application, message.to_vec());
+        let expected = Acceptance { stanza_id: archived.stanza_id, epoch: 0, sender_device: "laptop".into() };
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected));
+        assert_eq!(lookup("mallory@example.org", b"ciphertext").await.unwrap(), None);
+        assert_eq!(lookup("alice@example.org", b"other").await.unwrap(), None);
+        let as_commit = store.acceptance(b"g".to_vec(), "alice@example.org".into(), Kind::Commit, b"ciphertext".to_vec());
+        assert_eq!(as_commit.await.unwrap(), None, "a resend is of the same kind");
+        let now = crate::protocol::now();
+        store.prune_acceptances(now + RESEND_WINDOW - 60).await.unwrap();
+        assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept within the window");
+        store.prune_acceptances(now + RESEND_WINDOW + 60).await.unwrap();
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
     }
 }

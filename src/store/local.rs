@@ -34,6 +34,9 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up("CREATE TABLE groups (group_id BLOB PRIMARY KEY, jid TEXT NOT NULL) STRICT;"),
     // 3: the last archive item applied per group (catch-up resumes after it).
     M::up("ALTER TABLE groups ADD COLUMN last_seen TEXT;"),
+    // 4: own messages sent and not echoed yet, in sending order (rowid),
+    // resent after a reconnect (xep/ §Resends).
+    M::up("CREATE TABLE outbox (id TEXT PRIMARY KEY, stanza TEXT NOT NULL) STRICT;"),
 ];
 
 /// Who a device is.
@@ -153,6 +156,24 @@ impl LocalStore {
     pub fn forget_group(&self, group_id: &[u8]) -> Result<(), StoreError> {
         self.conn.execute("DELETE FROM groups WHERE group_id = ?1", [group_id])?;
         Ok(())
+    }
+
+    /// Keeps a sent message (serialised) until it is echoed.
+    pub fn add_unechoed(&self, id: &str, stanza: &str) -> Result<(), StoreError> {
+        self.conn.execute("INSERT OR REPLACE INTO outbox (id, stanza) VALUES (?1, ?2)", params![id, stanza])?;
+        Ok(())
+    }
+
+    pub fn remove_unechoed(&self, id: &str) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM outbox WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// The messages not echoed yet, as (id, stanza), in sending order.
+    pub fn unechoed(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut st = self.conn.prepare("SELECT id, stanza FROM outbox ORDER BY rowid")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// The JIDs of the groups this device is in.

@@ -22,7 +22,7 @@ pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedA
 pub use archive::{Filter, Item, Page, PageStart, Source};
 pub use devices::DevicePublish;
 pub use groups::{
-    AppendOutcome, ArchiveBudget, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member,
+    Acceptance, AppendOutcome, ArchiveBudget, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member,
 };
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};

@@ -168,6 +168,22 @@ const MIGRATIONS: &[M<'static>] = &[
             PRIMARY KEY (scope, owner, day)
         ) STRICT;",
     ),
+    // 10: resends (xep/ §Resends): every archived group message, by its
+    // sender account, kind and the SHA-256 of its MLS bytes, for a day.
+    M::up(
+        "CREATE TABLE acceptances (
+            group_id      BLOB NOT NULL,
+            account       TEXT NOT NULL,
+            digest        BLOB NOT NULL,
+            kind          TEXT NOT NULL,
+            stanza_id     TEXT NOT NULL,
+            epoch         INTEGER NOT NULL,
+            sender_device TEXT NOT NULL,
+            created_at    INTEGER NOT NULL,
+            PRIMARY KEY (group_id, account, digest)
+        ) STRICT;
+        CREATE INDEX acceptances_by_time ON acceptances (created_at);",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
