@@ -489,8 +489,8 @@ fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: &s
 }
 
 /// A resend (xep/ §Resends) of an archived application message gets its
-/// echo again with the original stanza-id (the copies to other devices,
-/// which have it, are dropped by its stanza-id); a resent
+/// echo again with the original stanza-id and position (the copies to
+/// other devices, which have it, are dropped by its position); a resent
 /// Commit that won gets its original acceptance, not wrong-epoch, and a
 /// resent Proposal its original acceptance. Nothing
 /// is archived again: the store is unchanged.
@@ -519,7 +519,9 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
         .build();
     alice.session.send(resend).await.unwrap();
     let again = alice.session.next_event_within(Duration::from_secs(20)).await.expect("the echo of the resend");
-    let payload = GroupMessage { kind: Some(Kind::Application), epoch: Some(1), ..GroupMessage::new(message) };
+    // Its original position: after the Commit that added bob (1).
+    let payload =
+        GroupMessage { kind: Some(Kind::Application), epoch: Some(1), position: Some(2), ..GroupMessage::new(message) };
     let expected = minidom::Element::builder("message", "jabber:client")
         .attr("from".try_into().unwrap(), format!("{group}/{}", alice.device().id()))
         .attr("to".try_into().unwrap(), alice.session.jid().to_string())
@@ -551,7 +553,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
         epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
     };
     let reply = bob.submit(&group, &bundle).await.unwrap().unwrap();
-    assert_eq!(Accepted::parse(&reply).unwrap(), Accepted { epoch: 2, stanza_id: accepted.stanza_id.clone() });
+    assert_eq!(Accepted::parse(&reply).unwrap(), accepted.clone());
     assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
     // From another account the same bytes are no resend: refused as stale.
     let error = alice.submit(&group, &bundle).await.unwrap_err();

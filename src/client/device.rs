@@ -16,7 +16,7 @@ use xmpp_parsers::jid::BareJid;
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::keypackages::{credential_identity, ref_hex};
 use crate::protocol::now;
-use crate::store::local::{open_mls_storage, DeviceRecord, LocalStore, MlsStorage};
+use crate::store::local::{open_mls_storage, DeviceRecord, LastSeen, LocalStore, MlsStorage};
 use crate::store::StoreError;
 
 /// The cipher suite this client uses (RFC 9420 code point 1).
@@ -180,12 +180,12 @@ impl Device {
     }
 
     /// The last archive item of the group this device applied.
-    pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<String>, DeviceError> {
+    pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<LastSeen>, DeviceError> {
         Ok(self.local.last_seen(group_id)?)
     }
 
-    pub fn set_last_seen(&self, group_id: &[u8], stanza_id: &str) -> Result<(), DeviceError> {
-        Ok(self.local.set_last_seen(group_id, stanza_id)?)
+    pub fn set_last_seen(&self, group_id: &[u8], stanza_id: &str, position: Option<u64>) -> Result<(), DeviceError> {
+        Ok(self.local.set_last_seen(group_id, &LastSeen { stanza_id: stanza_id.to_owned(), position })?)
     }
 
     /// Keeps a sent message until it is echoed.

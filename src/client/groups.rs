@@ -108,8 +108,6 @@ pub struct GroupClient {
     events: VecDeque<GroupEvent>,
     /// Stanzas read while waiting for something else, handled next.
     stashed: VecDeque<Element>,
-    /// Archive items applied in this session (stanza ids).
-    applied: HashSet<String>,
     /// Where epoch snapshots and sent messages go, if attached.
     pub(super) vault: Option<super::history::Keeper>,
     /// Own messages awaiting their echo: id -> (group id, epoch, plaintext).
@@ -164,7 +162,6 @@ impl GroupClient {
             devices: HashMap::new(),
             events: VecDeque::new(),
             stashed: VecDeque::new(),
-            applied: HashSet::new(),
             vault: None,
             unconfirmed: HashMap::new(),
             outbox,
@@ -188,7 +185,7 @@ impl GroupClient {
 
     /// The last archive item of `group` this device applied.
     pub(super) fn last_seen(&self, group: &BareJid) -> Result<Option<String>, GroupError> {
-        self.device.last_seen(&group_id_of(group)?).map_err(mls)
+        Ok(self.device.last_seen(&group_id_of(group)?).map_err(mls)?.map(|l| l.stanza_id))
     }
 
     /// Applies one stanza from an archive, as if it had come live.
@@ -777,7 +774,7 @@ impl GroupClient {
         let group = group_jid(&self.service, &id);
         self.device.remember_group(&id, group.as_str(), true).map_err(mls)?;
         if let Some(commit) = &welcome.commit {
-            self.device.set_last_seen(&id, commit).map_err(mls)?;
+            self.device.set_last_seen(&id, commit, welcome.position).map_err(mls)?;
         }
         self.snapshot(&id).await?;
         self.join_feed(&group).await
@@ -799,23 +796,23 @@ impl GroupClient {
         if own {
             self.sent_out(id)?; // echoed (a resend's echo repeats the stanza-id)
         }
-        // The same item may come from the archive and the live feed.
-        if self.applied.contains(&stanza_id) {
+        let Some(position) = msg.position else {
+            tracing::warn!(%group, "a group message without its archive position: ignored");
+            return Ok(());
+        };
+        if !self.is_next(&gid, position)? {
             return Ok(());
         }
-        // An item of a later epoch: a Commit before it has not reached us
-        // (lost with a crash or a connection). The archive has both, from
-        // where this device stopped, which this item must not move.
+        // An item of a later epoch: a Commit before it has not reached us.
+        // The archive has both, from where this device stopped, which this
+        // item must not move.
         let current = load_group(&mut self.groups, &self.device, &gid)?.epoch().as_u64();
         if msg.epoch.is_some_and(|e| e > current) {
             tracing::info!(%group, current, "missed a Commit: catching up from the archive");
             self.behind.insert(gid);
             return Ok(());
         }
-        if !stanza_id.is_empty() {
-            self.applied.insert(stanza_id.clone());
-            self.device.set_last_seen(&gid, &stanza_id).map_err(mls)?;
-        }
+        self.device.set_last_seen(&gid, &stanza_id, Some(position)).map_err(mls)?;
         if own {
             match msg.kind {
                 Some(Kind::Application) => {
@@ -890,6 +887,24 @@ impl GroupClient {
         Ok(())
     }
 
+    /// Whether the group's item at archive `position` is the next one this
+    /// device has to apply. An earlier one was applied already (it came
+    /// again with a resend, or both live and from the archive); after a
+    /// later one, items are missing (their delivery was lost): the archive
+    /// has them, from where this device stopped (xep/ §Delivery to the Feed).
+    fn is_next(&mut self, gid: &[u8], position: u64) -> Result<bool, GroupError> {
+        let last = self.device.last_seen(gid).map_err(mls)?.and_then(|l| l.position);
+        match last {
+            Some(last) if position <= last => Ok(false),
+            Some(last) if position > last + 1 => {
+                tracing::info!(position, last, "missed group messages: catching up from the archive");
+                self.behind.insert(gid.to_vec());
+                Ok(false)
+            }
+            _ => Ok(true),
+        }
+    }
+
     /// Our Commit of `epoch` won although its answer was lost: the pending
     /// Commit is that one (only this device signs with this leaf).
     async fn merge_own_commit(&mut self, gid: &[u8], group: &BareJid, epoch: Option<u64>) -> Result<(), GroupError> {
@@ -942,8 +957,7 @@ impl GroupClient {
         self.groups.insert(id.clone(), g);
         self.device.remember_group(&id, group.as_str(), true).map_err(mls)?;
         // Nothing before our own commit is ours to apply.
-        self.device.set_last_seen(&id, &accepted.stanza_id).map_err(mls)?;
-        self.applied.insert(accepted.stanza_id.clone());
+        self.device.set_last_seen(&id, &accepted.stanza_id, Some(accepted.position)).map_err(mls)?;
         self.join_feed(group).await?;
         self.after_commit(&id, group).await?;
         Ok(accepted)

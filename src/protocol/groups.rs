@@ -112,12 +112,14 @@ fn valid_epoch_check(s: &str) -> Result<String, ProtocolError> {
     ok.then(|| s.to_owned()).ok_or(malformed("epoch-check is 32 lowercase hex digits"))
 }
 
-/// `<accepted epoch stanza-id/>`: a commit or proposal took its place.
+/// `<accepted epoch stanza-id position/>`: a commit or proposal took its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {
     /// The group's epoch after this message.
     pub epoch: u64,
     pub stanza_id: String,
+    /// Its position in the group's archive (xep/ §Delivery to the Feed).
+    pub position: u64,
 }
 
 impl Accepted {
@@ -125,6 +127,7 @@ impl Accepted {
         Element::builder("accepted", NS)
             .attr(n("epoch"), self.epoch.to_string())
             .attr(n("stanza-id"), self.stanza_id.as_str())
+            .attr(n("position"), self.position.to_string())
             .build()
     }
 
@@ -135,12 +138,13 @@ impl Accepted {
         Ok(Accepted {
             epoch: parse_u64(attr(el, "epoch", "accepted without epoch")?)?,
             stanza_id: attr(el, "stanza-id", "accepted without stanza-id")?.to_owned(),
+            position: parse_u64(attr(el, "position", "accepted without position")?)?,
         })
     }
 }
 
 fn parse_u64(s: &str) -> Result<u64, ProtocolError> {
-    s.parse().map_err(|_| malformed("an epoch is a decimal number"))
+    s.parse().map_err(|_| malformed("epochs and positions are decimal numbers"))
 }
 
 /// The application condition of a commit that lost its epoch.
@@ -212,6 +216,8 @@ pub struct GroupMessage {
     /// The epoch the message belongs to (a commit's is the epoch it ends).
     pub epoch: Option<u64>,
     pub epoch_check: Option<String>,
+    /// Its position in the group's archive: 1, 2, 3... with no gap.
+    pub position: Option<u64>,
 }
 
 impl GroupMessage {
@@ -219,7 +225,7 @@ impl GroupMessage {
     pub const NAME: &'static str = "mls";
 
     pub fn new(message: Vec<u8>) -> Self {
-        GroupMessage { message, kind: None, epoch: None, epoch_check: None }
+        GroupMessage { message, kind: None, epoch: None, epoch_check: None, position: None }
     }
 
     /// Finds the `<mls/>` child of a message stanza.
@@ -235,6 +241,7 @@ impl GroupMessage {
             kind,
             epoch: el.attr("epoch").map(parse_u64).transpose()?,
             epoch_check: el.attr("epoch-check").map(valid_epoch_check).transpose()?,
+            position: el.attr("position").map(parse_u64).transpose()?,
         })
     }
 
@@ -249,6 +256,9 @@ impl GroupMessage {
         if let Some(c) = &self.epoch_check {
             b = b.attr(n("epoch-check"), c.as_str());
         }
+        if let Some(p) = self.position {
+            b = b.attr(n("position"), p.to_string());
+        }
         b.append(b64_encode(&self.message)).build()
     }
 }
@@ -261,6 +271,8 @@ pub struct Welcome {
     /// Stanza id of the commit that added the account: where the joiner's
     /// part of the archive starts (it catches up after it).
     pub commit: Option<String>,
+    /// That commit's position in the group's archive.
+    pub position: Option<u64>,
     pub message: Vec<u8>,
 }
 
@@ -269,6 +281,9 @@ impl Welcome {
         let mut b = Element::builder("welcome", NS).attr(n("group"), self.group.as_str());
         if let Some(c) = &self.commit {
             b = b.attr(n("commit"), c.as_str());
+        }
+        if let Some(p) = self.position {
+            b = b.attr(n("position"), p.to_string());
         }
         b.append(b64_encode(&self.message)).build()
     }
@@ -279,6 +294,7 @@ impl Welcome {
             Ok(Welcome {
                 group: attr(el, "group", "welcome without group")?.to_owned(),
                 commit: el.attr("commit").map(str::to_owned),
+                position: el.attr("position").map(parse_u64).transpose()?,
                 message: b64_decode(&el.text())?,
             })
         })())
@@ -303,11 +319,11 @@ mod tests {
         assert_eq!(CommitBundle::parse(&bundle.to_element()).unwrap(), bundle);
         let create = Create { group_info: vec![9] };
         assert_eq!(Create::parse(&create.to_element()).unwrap(), create);
-        let m = GroupMessage { message: vec![4], kind: Some(Kind::Commit), epoch: Some(7), epoch_check: Some(check) };
+        let m = GroupMessage { message: vec![4], kind: Some(Kind::Commit), epoch: Some(7), epoch_check: Some(check), position: Some(12) };
         assert_eq!(GroupMessage::parse(&m.to_element()).unwrap(), m);
         let we = WrongEpoch { epoch: 3, commit: Some("abc".into()) };
         assert_eq!(WrongEpoch::parse(&we.to_element()), Some(we));
-        let a = Accepted { epoch: 2, stanza_id: "x".into() };
+        let a = Accepted { epoch: 2, stanza_id: "x".into(), position: 5 };
         assert_eq!(Accepted::parse(&a.to_element()).unwrap(), a);
         assert!(CommitBundle::parse(&"<commit xmlns='urn:xmpp:mls:0' epoch-check='zz'/>".parse().unwrap()).is_err());
     }

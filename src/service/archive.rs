@@ -154,6 +154,7 @@ fn archived(source: &Source, archive: &str, item: &Item) -> Element {
                 kind: Kind::from_name(&item.kind),
                 epoch: Some(item.epoch),
                 epoch_check: item.epoch_check.clone(),
+                position: Some(item.seq),
             };
             Element::builder("message", CLIENT)
                 .attr(n("from"), format!("{archive}/{}", item.sender_device))

@@ -9,7 +9,7 @@ use super::{IqRequest, Response, Service, ServiceError};
 use crate::protocol::groups::{joined_element, GroupMessage, Kind};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::error::AppCondition;
-use crate::store::{Acceptance, AppendOutcome, Archived, Departed, FeedEntry, FeedJoin, GroupLeave};
+use crate::store::{Acceptance, AppendOutcome, Departed, FeedEntry, FeedJoin, GroupLeave};
 
 impl Service {
     /// Available presence to `group/<device-id>`: the device joins the feed.
@@ -108,7 +108,7 @@ impl Service {
     /// missed it (its delivery was lost with the service) get it now.
     fn deliver_again(&self, group_id: &[u8], earlier: Acceptance, message: Vec<u8>, feed: Vec<FeedEntry>, stanza: &Element) -> Response {
         let delivered = Delivered {
-            archived: Archived { seq: 0, stanza_id: earlier.stanza_id },
+            archived: earlier.archived,
             epoch: earlier.epoch,
             kind: Kind::Application,
             sender_device: earlier.sender_device,

@@ -292,7 +292,12 @@ fn apply_commit(
     if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
         mls::welcome(&w).map_err(ServiceError::InvalidMessage)?;
         let payload =
-            Welcome { group: group_jid.to_owned(), commit: Some(archived.stanza_id.clone()), message: w.clone() }
+            Welcome {
+                group: group_jid.to_owned(),
+                commit: Some(archived.stanza_id.clone()),
+                position: Some(archived.seq),
+                message: w.clone(),
+            }
                 .to_element();
         let inboxes = added.into_iter().map(|a| Ok((tx.inbox(&a, &payload)?, a))).collect::<Result<Vec<_>, ServiceError>>()?;
         welcome = Some((payload, inboxes.into_iter().map(|(id, a)| (a, id)).collect()));
@@ -389,7 +394,7 @@ impl Service {
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let bundle = CommitBundle::parse(&req.payload)?;
         if let Some(earlier) = self.resent(req, group_id, Kind::Commit, &bundle.commit).await? {
-            return Ok(Response::result(Accepted { epoch: earlier.epoch + 1, stanza_id: earlier.stanza_id }.to_element()));
+            return Ok(Response::result(accepted_as(earlier.epoch + 1, earlier.archived)));
         }
         self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
@@ -405,7 +410,7 @@ impl Service {
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let proposal = Proposal::parse(&req.payload)?;
         if let Some(earlier) = self.resent(req, group_id, Kind::Proposal, &proposal.message).await? {
-            return Ok(Response::result(Accepted { epoch: earlier.epoch, stanza_id: earlier.stanza_id }.to_element()));
+            return Ok(Response::result(accepted_as(earlier.epoch, earlier.archived)));
         }
         self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
         let (crypto, account, gid, budget) =
@@ -453,7 +458,6 @@ impl Service {
     fn deliver(&self, group_id: &[u8], d: Delivered, req: &IqRequest) -> Response {
         let group_jid = self.group_jid(group_id);
         let new_epoch = if d.kind == Kind::Commit { d.epoch + 1 } else { d.epoch };
-        let accepted = Accepted { epoch: new_epoch, stanza_id: d.archived.stanza_id.clone() };
         let mut messages = fan_out(&group_jid, &d, Some(&req.id));
         if let Some((payload, inboxes)) = &d.welcome {
             for (account, stanza_id) in inboxes {
@@ -466,13 +470,18 @@ impl Service {
             messages.push(presence(&format!("{group_jid}/{}", gone.device_id), &gone.full_jid, Some("unavailable"), None));
         }
         Response {
-            payload: Some(accepted.to_element()),
+            payload: Some(accepted_as(new_epoch, d.archived.clone())),
             messages,
             order: Some((group_id.to_vec(), d.archived.seq)),
             reply_last: false,
         }
     }
 
+}
+
+/// `<accepted/>` for a handshake archived as `archived`, the group then at `epoch`.
+fn accepted_as(epoch: u64, archived: Archived) -> Element {
+    Accepted { epoch, stanza_id: archived.stanza_id, position: archived.seq }.to_element()
 }
 
 /// The archived message, to every device on the feed (the sender's own
@@ -483,6 +492,7 @@ pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<E
         kind: Some(d.kind),
         epoch: Some(d.epoch),
         epoch_check: d.epoch_check.clone(),
+        position: Some(d.archived.seq),
     }
     .to_element();
     let from = format!("{group_jid}/{}", d.sender_device);

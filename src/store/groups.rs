@@ -98,7 +98,7 @@ pub struct Archived {
 /// to answer a resend of it (xep/ §Resends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceptance {
-    pub stanza_id: String,
+    pub archived: Archived,
     /// The epoch the message was sent in.
     pub epoch: u64,
     pub sender_device: String,
@@ -380,11 +380,13 @@ fn acceptance(
 ) -> Result<Option<Acceptance>, StoreError> {
     Ok(c
         .prepare_cached(
-            "SELECT stanza_id, epoch, sender_device FROM acceptances
-             WHERE group_id = ?1 AND account = ?2 AND digest = ?3 AND kind = ?4",
+            "SELECT a.stanza_id, a.epoch, a.sender_device, archive.seq FROM acceptances a
+             JOIN archive ON archive.stanza_id = a.stanza_id
+             WHERE a.group_id = ?1 AND a.account = ?2 AND a.digest = ?3 AND a.kind = ?4",
         )?
         .query_row(params![group_id, account, digest(message), kind.name()], |r| {
-            Ok(Acceptance { stanza_id: r.get(0)?, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
+            let archived = Archived { stanza_id: r.get(0)?, seq: r.get::<_, i64>(3)? as u64 };
+            Ok(Acceptance { archived, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
         })
         .optional()?)
 }
@@ -624,7 +626,7 @@ mod tests {
             .unwrap();
         let lookup =
             |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), Kind::Application, message.to_vec());
-        let expected = Acceptance { stanza_id: archived.stanza_id, epoch: 0, sender_device: "laptop".into() };
+        let expected = Acceptance { archived, epoch: 0, sender_device: "laptop".into() };
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected));
         assert_eq!(lookup("mallory@example.org", b"ciphertext").await.unwrap(), None);
         assert_eq!(lookup("alice@example.org", b"other").await.unwrap(), None);

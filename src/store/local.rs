@@ -37,7 +37,18 @@ const MIGRATIONS: &[M<'static>] = &[
     // 4: own messages sent and not echoed yet, in sending order (rowid),
     // resent after a reconnect (xep/ §Resends).
     M::up("CREATE TABLE outbox (id TEXT PRIMARY KEY, stanza TEXT NOT NULL) STRICT;"),
+    // 5: the archive position of that last item: a later copy that is not
+    // the next position shows a gap (xep/ §Delivery to the Feed).
+    M::up("ALTER TABLE groups ADD COLUMN last_position INTEGER;"),
 ];
+
+/// The last archive item a device applied in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastSeen {
+    pub stanza_id: String,
+    /// Its position in the archive; unknown in state from before positions.
+    pub position: Option<u64>,
+}
 
 /// Who a device is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,17 +151,25 @@ impl LocalStore {
         Ok(())
     }
 
-    pub fn set_last_seen(&self, group_id: &[u8], stanza_id: &str) -> Result<(), StoreError> {
-        self.conn.execute("UPDATE groups SET last_seen = ?2 WHERE group_id = ?1", params![group_id, stanza_id])?;
+    pub fn set_last_seen(&self, group_id: &[u8], seen: &LastSeen) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE groups SET last_seen = ?2, last_position = ?3 WHERE group_id = ?1",
+            params![group_id, seen.stanza_id, seen.position.map(|p| p as i64)],
+        )?;
         Ok(())
     }
 
-    pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<String>, StoreError> {
-        Ok(self
+    pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<LastSeen>, StoreError> {
+        let row = self
             .conn
-            .query_row("SELECT last_seen FROM groups WHERE group_id = ?1", [group_id], |r| r.get(0))
-            .optional()?
-            .flatten())
+            .query_row("SELECT last_seen, last_position FROM groups WHERE group_id = ?1", [group_id], |r| {
+                Ok(r.get::<_, Option<String>>(0)?.map(|stanza_id| LastSeen {
+                    stanza_id,
+                    position: r.get::<_, Option<i64>>(1).ok().flatten().map(|p| p as u64),
+                }))
+            })
+            .optional()?;
+        Ok(row.flatten())
     }
 
     pub fn forget_group(&self, group_id: &[u8]) -> Result<(), StoreError> {
