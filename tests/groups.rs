@@ -526,6 +526,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
         .attr("type".try_into().unwrap(), "groupchat")
         .attr("id".try_into().unwrap(), "resend-1")
         .append(payload.to_element())
+        .append(xmpp_mls::protocol::content::encryption_hint())
         .append(
             minidom::Element::builder("stanza-id", "urn:xmpp:sid:0")
                 .attr("by".try_into().unwrap(), group.as_str())
