@@ -601,7 +601,7 @@ impl GroupClient {
     /// [`Self::send`] gives it an envelope, which is what receivers accept.
     /// Proposals received by reference are committed first (MLS forbids
     /// sending while they are pending).
-    pub async fn send_data(&mut self, group: &BareJid, body: &[u8]) -> Result<String, GroupError> {
+    pub async fn send_data(&mut self, group: &BareJid, data: &[u8]) -> Result<String, GroupError> {
         let id = group_id_of(group)?;
         if self.forked.contains(&id) {
             return Err(GroupError::Forked(group.to_string()));
@@ -612,11 +612,11 @@ impl GroupClient {
         }
         self.make_room().await?;
         let provider = self.device.provider();
-        let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), body).map_err(mls)?;
+        let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), data).map_err(mls)?;
         let stanza_id = self.session.next_id();
         let epoch = load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64();
         if self.vault.is_some() {
-            self.unconfirmed.insert(stanza_id.clone(), (id.clone(), epoch, body.to_vec()));
+            self.unconfirmed.insert(stanza_id.clone(), (id.clone(), epoch, data.to_vec()));
         }
         let stanza = Element::builder("message", CLIENT)
             .attr(n("to"), group.as_str())

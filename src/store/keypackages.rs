@@ -345,8 +345,9 @@ mod tests {
         assert!(matches!(&last.outcomes[..], [ClaimOutcome::Claimed { last_resort: true, .. }]), "{last:?}");
     }
 
-    /// The low-water warnings of the claims that take `packages` (uploaded
-    /// in that order, `None` for a claim) from a pool, mark 3.
+    /// Runs `steps` on one device's pool with the mark at 3 (`Some(n)`: an
+    /// upload of n packages, `None`: a claim); for each claim, the
+    /// `remaining` of its low-water warning, if it sent one.
     async fn warnings(steps: &[Option<u8>]) -> Vec<Option<u32>> {
         let (_d, store) = temp_store();
         let alice = || "alice@example.org".to_string();
