@@ -35,9 +35,9 @@ async fn show(devices: &mut [(&str, GroupClient)], n: usize) -> Result<()> {
         let mut seen = 0;
         while seen < n {
             match d.next_event(Duration::from_secs(10)).await? {
-                Some(GroupEvent::Message { account, body, .. }) => {
+                Some(GroupEvent::Message { account, content, .. }) => {
                     seen += 1;
-                    println!("    {label:<14} got from {account}: {}", String::from_utf8_lossy(&body));
+                    println!("    {label:<14} got from {account}: {}", content.body().unwrap_or_default());
                 }
                 Some(GroupEvent::Delivered { stanza_id, .. }) => {
                     seen += 1;
@@ -92,12 +92,12 @@ async fn main() -> Result<()> {
     });
 
     println!("\nalice writes from her laptop; everyone else, her phone included, receives it:");
-    all[0].1.send(&group, b"Hi all, welcome to the group!").await?;
+    all[0].1.send_body(&group, "Hi all, welcome to the group!").await?;
     show(&mut all, 1).await?;
 
     println!("\nbob and carol answer:");
-    all[2].1.send(&group, b"Hello alice (and alice's phone)").await?;
-    all[3].1.send(&group, b"Hi! Nobody but us can read this.").await?;
+    all[2].1.send_body(&group, "Hello alice (and alice's phone)").await?;
+    all[3].1.send_body(&group, "Hi! Nobody but us can read this.").await?;
     show(&mut all, 2).await?;
 
     println!("\nbob renews his keys (a commit); every device follows the new epoch:");
@@ -122,7 +122,7 @@ async fn main() -> Result<()> {
             break;
         }
     }
-    all[1].1.send(&group, b"Bye carol!").await?;
+    all[1].1.send_body(&group, "Bye carol!").await?;
     show(&mut all[..3], 1).await?;
     show(&mut all[3..], 1).await?;
     println!("  members now: {}", {
@@ -134,12 +134,12 @@ async fn main() -> Result<()> {
     let (_, phone) = all.remove(1);
     let phone_state = phone.device().id().to_owned();
     phone.session.close().await;
-    all[1].1.send(&group, b"Is alice's phone still with us?").await?;
-    all[0].1.send(&group, b"It will read this later.").await?;
+    all[1].1.send_body(&group, "Is alice's phone still with us?").await?;
+    all[0].1.send_body(&group, "It will read this later.").await?;
     show(&mut all[..2], 2).await?;
     let a = all[1].1.update(&group).await?;
     println!("  epoch {} while the phone is away", a.epoch);
-    all[0].1.send(&group, b"Even after a new epoch.").await?;
+    all[0].1.send_body(&group, "Even after a new epoch.").await?;
     show(&mut all[..2], 1).await?;
 
     println!("\nthe phone comes back and catches up from the archive (XEP-0313):");
@@ -148,8 +148,8 @@ async fn main() -> Result<()> {
     phone.catch_up_all(&mut |what, done, total| println!("  {what}: {done}/{total} archived items")).await?;
     while let Some(e) = phone.next_event(Duration::from_millis(500)).await? {
         match e {
-            GroupEvent::Message { account, body, .. } => {
-                println!("    alice/phone    got from {account}: {}", String::from_utf8_lossy(&body))
+            GroupEvent::Message { account, content, .. } => {
+                println!("    alice/phone    got from {account}: {}", content.body().unwrap_or_default())
             }
             GroupEvent::Epoch { epoch, .. } => println!("    alice/phone    applied the commit of epoch {epoch}"),
             _ => {}
@@ -174,7 +174,7 @@ async fn main() -> Result<()> {
     let mut tablet = GroupClient::start(session, tablet, service.clone()).await?;
     let history = tablet.read_history(&group, &vault).await?;
     for e in &history.entries {
-        println!("    [epoch {}] {}: {}", e.epoch, e.account, String::from_utf8_lossy(&e.body));
+        println!("    [epoch {}] {}: {}", e.epoch, e.account, e.content.body().unwrap_or_default());
     }
     println!("  ({} messages read, {} unreadable)", history.entries.len(), history.unreadable.len());
     tablet.session.close().await;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_mls::client::{
-    backed_up_devices, backup_device, describe, restore_device, ClientError, Device, GroupClient, GroupEvent, KdfParams,
-    Session, Vault, VaultError, POOL_TARGET,
+    backed_up_devices, backup_device, describe, restore_device, ClientError, Content, Device, GroupClient, GroupEvent, KdfParams,
+    Session, Unreadable, Vault, VaultError, POOL_TARGET,
 };
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::protocol::{format_time, NS, NS_SID};
@@ -44,6 +44,9 @@ pub enum ClientAction {
         before: Option<String>,
         #[arg(long, default_value_t = 20)]
         max: usize,
+        /// Decrypted: show each message's content as XML, not only its body.
+        #[arg(long)]
+        xml: bool,
     },
     /// This account's inbox: Welcomes and notices kept until acknowledged.
     Inbox,
@@ -109,6 +112,9 @@ pub enum GroupAction {
     Listen {
         #[arg(long)]
         seconds: Option<u64>,
+        /// Show each message's content as XML (the children of its envelope's <content/>), not only its body.
+        #[arg(long)]
+        xml: bool,
     },
     /// List the groups this device is in.
     List,
@@ -180,7 +186,8 @@ pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
     };
     let mut client = GroupClient::start(ctx.session, device, ctx.service).await?;
     if let (Some(vault), ClientAction::History { group, .. }) = (&vault, &action) {
-        let result = decrypted_history(&mut client, group, vault).await;
+        let xml = matches!(action, ClientAction::History { xml: true, .. });
+        let result = decrypted_history(&mut client, group, vault, xml).await;
         client.session.close().await;
         return result;
     }
@@ -189,7 +196,7 @@ pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
     }
     let result = match action {
         ClientAction::Group(group) => run_group(&mut client, group).await,
-        ClientAction::History { group, before, max } => history(&mut client, &group, before, max).await,
+        ClientAction::History { group, before, max, .. } => history(&mut client, &group, before, max).await,
         ClientAction::Inbox => inbox(&mut client).await,
         _ => unreachable!("directory actions are handled above"),
     };
@@ -217,13 +224,19 @@ async fn catch_up(client: &mut GroupClient) -> CliResult {
 /// Epochs of group snapshots a CLI device keeps in the vault.
 const KEEP_EPOCHS: u64 = 1000;
 
-async fn decrypted_history(client: &mut GroupClient, group: &BareJid, vault: &Vault) -> CliResult {
+async fn decrypted_history(client: &mut GroupClient, group: &BareJid, vault: &Vault, xml: bool) -> CliResult {
     let history = client.read_history(group, vault).await?;
     for e in &history.entries {
-        println!("[epoch {}] {}: {}", e.epoch, e.account, String::from_utf8_lossy(&e.body));
+        println!("[epoch {}] {}: {}", e.epoch, e.account, shown(&e.content, xml));
     }
-    if !history.unreadable.is_empty() {
-        println!("({} messages unreadable here: no snapshot of their epoch in the vault)", history.unreadable.len());
+    for (stanza_id, epoch, why) in &history.unreadable {
+        if let Unreadable::Refused(reason) = why {
+            eprintln!("[epoch {epoch}] message {stanza_id} refused: {reason}");
+        }
+    }
+    let missing = history.unreadable.iter().filter(|(_, _, why)| !matches!(why, Unreadable::Refused(_))).count();
+    if missing > 0 {
+        println!("({missing} messages unreadable here: no snapshot of their epoch in the vault)");
     }
     Ok(())
 }
@@ -331,7 +344,7 @@ async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
         }
         GroupAction::Send { group, text } => {
             client.join_feed(&group).await?;
-            let id = client.send(&group, text.as_bytes()).await?;
+            let id = client.send_body(&group, &text).await?;
             loop {
                 match client.next_event(std::time::Duration::from_secs(10)).await? {
                     Some(GroupEvent::Delivered { id: got, stanza_id, .. }) if got == id => {
@@ -346,12 +359,21 @@ async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
                 }
             }
         }
-        GroupAction::Listen { seconds } => listen(client, seconds).await?,
+        GroupAction::Listen { seconds, xml } => listen(client, seconds, xml).await?,
     }
     Ok(())
 }
 
-async fn listen(client: &mut GroupClient, seconds: Option<u64>) -> CliResult {
+/// A message's content for the terminal: its body, or with `xml` every
+/// element of its `<content/>`.
+fn shown(content: &Content, xml: bool) -> String {
+    match content.body() {
+        Some(body) if !xml => body,
+        _ => content.0.iter().map(String::from).collect(),
+    }
+}
+
+async fn listen(client: &mut GroupClient, seconds: Option<u64>, xml: bool) -> CliResult {
     client.join_all().await?;
     let deadline = seconds.map(|s| tokio::time::Instant::now() + std::time::Duration::from_secs(s));
     loop {
@@ -365,8 +387,11 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>) -> CliResult {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         match event {
-            Some(GroupEvent::Message { group, account, device, body, .. }) => {
-                println!("[{}] {account}/{device}: {}", group.node().map(|n| n.as_str()).unwrap_or(""), String::from_utf8_lossy(&body))
+            Some(GroupEvent::Message { group, account, device, content, .. }) => {
+                println!("[{}] {account}/{device}: {}", group.node().map(|n| n.as_str()).unwrap_or(""), shown(&content, xml))
+            }
+            Some(GroupEvent::Discarded { group, account, device, stanza_id, reason }) => {
+                eprintln!("{group}: message {stanza_id} from {account}/{device} refused: {reason}")
             }
             Some(GroupEvent::Joined { group }) => println!("joined {group}"),
             Some(GroupEvent::Epoch { group, epoch, members }) => {

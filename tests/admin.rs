@@ -103,9 +103,9 @@ async fn views_retention_check_and_backup_match_the_store() {
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
     let (mut alice, bob, group) = alice_and_bob(&prosody, &dir).await;
-    alice.send(&group, b"hello").await.unwrap();
+    alice.send_body(&group, "hello").await.unwrap();
     let solo = alice.create().await.unwrap();
-    alice.send(&solo, b"note to self").await.unwrap();
+    alice.send_body(&solo, "note to self").await.unwrap();
     put_blob(&bob.session, "bob@example.org", 100).await;
     let db = open(&component.store_path());
 

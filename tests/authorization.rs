@@ -204,7 +204,7 @@ impl Fixture {
         let group = owner.create().await.unwrap();
         owner.add(&group, &[BareJid::new("bob@example.org").unwrap()]).await.unwrap();
         expect(&mut member_, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-        owner.send(&group, b"before the matrix").await.unwrap();
+        owner.send_body(&group, "before the matrix").await.unwrap();
         expect(&mut member_, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
         let store = component.store_path();
         Fixture {
@@ -413,7 +413,7 @@ impl Fixture {
         if self.in_group(actor) {
             self.note_store();
             let client = self.client(actor);
-            let id = client.send(&group, b"in the matrix").await.map_err(stanza_error)?;
+            let id = client.send_body(&group, "in the matrix").await.map_err(stanza_error)?;
             expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { id: i, .. } if *i == id)).await;
             return Ok(());
         }

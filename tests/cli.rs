@@ -189,7 +189,7 @@ async fn the_cli_shows_a_burst_in_the_senders_order() {
 
     let sent: Vec<String> = (0..BURST).map(|i| format!("burst message {i}")).collect();
     for body in &sent {
-        alice.send(&group, body.as_bytes()).await.unwrap();
+        alice.send_body(&group, &body).await.unwrap();
     }
     let mut shown = Vec::new();
     while shown.len() < BURST {

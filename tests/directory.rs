@@ -240,6 +240,40 @@ async fn the_owner_is_told_of_each_claim_and_warned_once_at_low_water() {
     assert!(extra.as_ref().map_or(true, |m| !matches!(Notice::find(m), Some(Ok(Notice::KeyPackagesLow(_))))));
 }
 
+/// A pool uploaded below the mark is warned at its first claim, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_uploaded_below_low_water_is_warned_at_its_first_claim() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[directory]\nlow_water = 3");
+    let mut owner = prosody.client("alice", "laptop").await;
+    let bob = prosody.client("bob", "phone").await;
+    let alice = TestSigner::new("alice@example.org");
+    owner.publish_device(&service(), &alice.device("laptop-1", None)).await.unwrap();
+    owner.send(presence()).await.unwrap();
+    let kps: Vec<Vec<u8>> = (0..2).map(|_| alice.valid_kp()).collect();
+    owner.upload_key_packages(&service(), &kps).await.unwrap();
+
+    let mut notices = Vec::new();
+    for _ in 0..2 {
+        let outcomes = bob.claim(&service(), &alice.account, &Claim::default()).await.unwrap();
+        assert!(matches!(&outcomes[..], [ClaimOutcome::Claimed { last_resort: false, .. }]), "{outcomes:?}");
+        notices.push(Notice::find(&next_message(&mut owner, is_notice).await).unwrap().unwrap());
+    }
+    notices.push(Notice::find(&next_message(&mut owner, is_notice).await).unwrap().unwrap());
+    let remaining: Vec<(&str, u32)> = notices
+        .iter()
+        .map(|n| match n {
+            Notice::KeyPackageClaimed(c) => ("claimed", c.remaining),
+            Notice::KeyPackagesLow(l) => ("low", l.remaining),
+        })
+        .collect();
+    // In order: a claim leaving 1, the warning, a claim leaving 0; no second warning.
+    assert_eq!(remaining, [("claimed", 1), ("low", 1), ("claimed", 0)]);
+    let extra = owner.next_event_within(Duration::from_millis(500)).await;
+    assert!(extra.as_ref().map_or(true, |m| !matches!(Notice::find(m), Some(Ok(Notice::KeyPackagesLow(_))))), "{extra:?}");
+    component.assert_never_reconnected();
+}
+
 fn presence() -> Element {
     Element::builder("presence", "jabber:client").build()
 }

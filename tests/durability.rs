@@ -47,7 +47,7 @@ struct Seen {
     delivered: HashMap<String, String>,
     refused: BTreeMap<String, usize>,
     received: HashMap<String, usize>,
-    bodies: HashMap<String, Vec<u8>>,
+    bodies: HashMap<String, String>,
 }
 
 impl Seen {
@@ -57,9 +57,9 @@ impl Seen {
                 self.delivered.insert(id, stanza_id);
             }
             GroupEvent::Refused { error, .. } => *self.refused.entry(error).or_default() += 1,
-            GroupEvent::Message { stanza_id, body, .. } => {
+            GroupEvent::Message { stanza_id, content, .. } => {
                 *self.received.entry(stanza_id.clone()).or_default() += 1;
-                self.bodies.insert(stanza_id, body);
+                self.bodies.insert(stanza_id, content.body().unwrap_or_default());
             }
             _ => {}
         }
@@ -157,7 +157,7 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
             resent += alice.resend().await.unwrap();
         }
         sent += 1;
-        let _ = alice.send(&group, format!("message {sent}").as_bytes()).await;
+        let _ = alice.send_body(&group, &format!("message {sent}")).await;
         if sent % 10 == 0 {
             // An unanswered Commit is settled from the archive before the next one.
             commits_answered += usize::from(bob.update(&group).await.is_ok());
@@ -209,7 +209,7 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
         }
         assert!(device.received.values().all(|n| *n == 1), "no message twice");
     }
-    let expected: HashMap<&String, Vec<u8>> = from_alice
+    let expected: HashMap<&String, String> = from_alice
         .delivered
         .iter()
         .map(|(_, sid)| (sid, at_bob.bodies[sid].clone()))
@@ -220,7 +220,7 @@ async fn accepted_messages_survive_ten_sigkills_during_traffic() {
     assert_eq!(tablet.epoch_check(&group).unwrap(), bob.epoch_check(&group).unwrap());
     // No plaintext at rest or in the log, crashes or not.
     for body in at_tablet.bodies.values() {
-        assert_eq!(common::found_in(&component, body), Vec::<String>::new(), "{}", String::from_utf8_lossy(body));
+        assert_eq!(common::found_in(&component, body.as_bytes()), Vec::<String>::new(), "{body}");
     }
 }
 
@@ -242,7 +242,7 @@ async fn prosody_restart_bounces_with_an_error_then_traffic_resumes() {
     let mut sent = Vec::new();
     let refused = loop {
         assert!(sent.len() < 20, "no bounce for {} messages", sent.len());
-        sent.push(alice.send(&group, b"into the void").await.unwrap());
+        sent.push(alice.send_body(&group, "into the void").await.unwrap());
         match alice.next_event(Duration::from_secs(1)).await.unwrap() {
             Some(GroupEvent::Refused { group: g, id, error }) => break (g, id, error),
             _ => continue,
@@ -258,7 +258,7 @@ async fn prosody_restart_bounces_with_an_error_then_traffic_resumes() {
 
     // Traffic, then Prosody dies under it and comes back.
     for i in 0..20 {
-        alice.send(&group, format!("before {i}").as_bytes()).await.unwrap();
+        alice.send_body(&group, &format!("before {i}")).await.unwrap();
     }
     drain(&mut alice, &mut from_alice, Duration::from_millis(5)).await;
     let connected = component.count_in_log("component connected");
@@ -274,7 +274,7 @@ async fn prosody_restart_bounces_with_an_error_then_traffic_resumes() {
     drain(&mut alice, &mut from_alice, Duration::from_millis(300)).await;
     let mut after = Vec::new();
     for i in 0..5 {
-        after.push(alice.send(&group, format!("after {i}").as_bytes()).await.unwrap());
+        after.push(alice.send_body(&group, &format!("after {i}")).await.unwrap());
     }
     while !after.iter().all(|id| from_alice.delivered.contains_key(id)) {
         let Ok(Some(e)) = alice.next_event(Duration::from_secs(20)).await else { panic!("no echo after the restart") };
@@ -285,7 +285,7 @@ async fn prosody_restart_bounces_with_an_error_then_traffic_resumes() {
     for sid in from_alice.delivered.values() {
         assert_eq!(at_bob.received.get(sid), Some(&1), "accepted message {sid} reached bob once");
     }
-    let bodies: HashSet<String> = at_bob.bodies.values().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let bodies: HashSet<String> = at_bob.bodies.values().cloned().collect();
     assert!((0..5).all(|i| bodies.contains(&format!("after {i}"))), "traffic resumed: {bodies:?}");
     assert_eq!(alice.epoch_check(&group).unwrap(), bob.epoch_check(&group).unwrap());
 }

@@ -38,8 +38,8 @@ async fn bodies(client: &mut GroupClient) -> Vec<String> {
     client.catch_up_all(&mut |_, _, _| {}).await.unwrap();
     let mut out = Vec::new();
     while let Some(e) = client.next_event(Duration::from_millis(500)).await.unwrap() {
-        if let GroupEvent::Message { body, .. } = e {
-            out.push(String::from_utf8(body).unwrap());
+        if let GroupEvent::Message { content, .. } = e {
+            out.push(content.body().unwrap());
         }
     }
     out
@@ -74,13 +74,13 @@ async fn accounts_of_another_server_are_full_participants() {
     tablet.session.close().await;
 
     // Messages both ways, through s2s.
-    alice.send(&group, b"hello b.test").await.unwrap();
+    alice.send_body(&group, "hello b.test").await.unwrap();
     let got = expect(&mut bob, "alice's message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(got, GroupEvent::Message { account: from, body, .. } if from == account("alice", HOME) && body == b"hello b.test"));
-    bob.send(&group, b"hello a.test").await.unwrap();
+    assert!(matches!(got, GroupEvent::Message { account: from, content, .. } if from == account("alice", HOME) && content.body().as_deref() == Some("hello b.test")));
+    bob.send_body(&group, "hello a.test").await.unwrap();
     expect(&mut bob, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await; // its sent copy is in the vault
     let got = expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(got, GroupEvent::Message { account: from, body, .. } if from == account("bob", REMOTE) && body == b"hello a.test"));
+    assert!(matches!(got, GroupEvent::Message { account: from, content, .. } if from == account("bob", REMOTE) && content.body().as_deref() == Some("hello a.test")));
 
     // Identity is the 'from' the remote server delivered: bob cannot act
     // for alice, and a denied domain is refused before anything else.
@@ -94,7 +94,7 @@ async fn accounts_of_another_server_are_full_participants() {
     // b.test goes away: a.test's members carry on; nothing is retried in memory.
     fed.stop_remote();
     for i in 0..3 {
-        alice.send(&group, format!("while b.test is down {i}").as_bytes()).await.unwrap();
+        alice.send_body(&group, &format!("while b.test is down {i}")).await.unwrap();
         expect(&mut alice_phone, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     }
     fed.restart_remote();
@@ -114,6 +114,6 @@ async fn accounts_of_another_server_are_full_participants() {
     let fresh = Device::create(&dir.path().join("bob-new.sqlite3"), account("bob", REMOTE), None).unwrap();
     let mut new = GroupClient::start(session, fresh, service()).await.unwrap();
     let history = new.read_history(&group, &vault).await.unwrap();
-    let read: Vec<String> = history.entries.iter().map(|h| String::from_utf8(h.body.clone()).unwrap()).collect();
+    let read: Vec<String> = history.entries.iter().map(|h| h.content.body().unwrap()).collect();
     assert_eq!(read, everything, "{:?}", history.unreadable);
 }

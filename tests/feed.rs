@@ -144,8 +144,8 @@ fn last_application(component: &Component, group: &BareJid) -> Vec<u8> {
     db(component).query_row(sql, [group_id(group)], |r| r.get(0)).unwrap()
 }
 
-async fn message_from(client: &mut GroupClient, body: &[u8]) {
-    expect(client, "the message", |e| matches!(e, GroupEvent::Message { body: b, .. } if b == body)).await;
+async fn message_from(client: &mut GroupClient, body: &str) {
+    expect(client, "the message", |e| matches!(e, GroupEvent::Message { content, .. } if content.body().as_deref() == Some(body))).await;
 }
 
 /// alice, bob and mallory in alice's group, every Welcome applied.
@@ -181,15 +181,15 @@ async fn another_accounts_device_id_takes_over_nothing() {
         feed_rows(&component, &group, &bob_device),
         [("bob@example.org".to_owned(), bob_jid.clone()), ("mallory@example.org".to_owned(), mallory_jid.clone())]
     );
-    alice.send(&group, b"to bob and mallory").await.unwrap();
-    message_from(&mut bob, b"to bob and mallory").await;
+    alice.send_body(&group, "to bob and mallory").await.unwrap();
+    message_from(&mut bob, "to bob and mallory").await;
 
     alice.remove_account(&group, &bare("mallory@example.org")).await.unwrap();
     expect_unavailable(&mut mallory.session, &group, &bob_device).await;
     assert_eq!(feed_rows(&component, &group, &bob_device), [("bob@example.org".to_owned(), bob_jid)]);
     assert_post_refused(&mut mallory.session, &component, &group, last_application(&component, &group)).await;
-    alice.send(&group, b"bob only").await.unwrap();
-    message_from(&mut bob, b"bob only").await;
+    alice.send_body(&group, "bob only").await.unwrap();
+    message_from(&mut bob, "bob only").await;
     component.assert_never_reconnected();
 }
 
@@ -209,7 +209,7 @@ async fn a_retracted_device_leaves_the_feed_at_once() {
     assert_post_refused(&mut bob.session, &component, &group, message).await;
     let joined = join_as(&mut bob.session, &group, &device).await;
     assert_eq!(error_of(&joined), not_a_member());
-    alice.send(&group, b"still here").await.unwrap();
+    alice.send_body(&group, "still here").await.unwrap();
     expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     component.assert_never_reconnected();
 }
@@ -256,7 +256,7 @@ async fn expire_in(client: &mut GroupClient, secs: i64) {
 
 /// An application message of the group, sent by alice.
 async fn last_application_or_own(alice: &mut GroupClient, component: &Component, group: &BareJid) -> Vec<u8> {
-    let id = alice.send(group, b"an application message").await.unwrap();
+    let id = alice.send_body(group, "an application message").await.unwrap();
     expect(alice, "echo", |e| matches!(e, GroupEvent::Delivered { id: i, .. } if *i == id)).await;
     last_application(component, group)
 }
@@ -303,9 +303,9 @@ async fn groups_others_add_an_account_to_do_not_fill_its_quota() {
 
     // mallory's message to the group bob left is not delivered to him; the
     // one to the other group is, after it.
-    mallory.send(&groups[0], b"to the left group").await.unwrap();
+    mallory.send_body(&groups[0], "to the left group").await.unwrap();
     expect(&mut mallory, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
-    mallory.send(&groups[1], b"to the other group").await.unwrap();
+    mallory.send_body(&groups[1], "to the other group").await.unwrap();
     let g0 = groups[0].to_string();
     let first = next_matching(&mut bob.session, "a group message", |s| s.name() == "message" && s.attr("type") == Some("groupchat")).await;
     assert_ne!(first.attr("from").map(|f| f.split('/').next().unwrap().to_owned()), Some(g0), "{}", String::from(&first));
@@ -372,8 +372,8 @@ async fn an_external_commit_cannot_remove_another_account() {
         (ErrorType::Modify, DefinedCondition::NotAcceptable, Some("invalid-message:foreign-removal".into()))
     );
     assert_eq!(store_digest(&component.store_path()), before);
-    alice.send(&group, b"bob is still here").await.unwrap();
-    message_from(&mut bob, b"bob is still here").await;
+    alice.send_body(&group, "bob is still here").await.unwrap();
+    message_from(&mut bob, "bob is still here").await;
     component.assert_never_reconnected();
 }
 
@@ -408,13 +408,13 @@ async fn leaving_nothing_costs_nothing() {
 }
 
 /// The bodies of the next `n` messages `client` reports, with their stanza ids, in order.
-async fn next_messages(client: &mut GroupClient, n: usize) -> Vec<(Vec<u8>, String)> {
+async fn next_messages(client: &mut GroupClient, n: usize) -> Vec<(String, String)> {
     let mut out = Vec::new();
     while out.len() < n {
-        if let GroupEvent::Message { body, stanza_id, .. } =
+        if let GroupEvent::Message { content, stanza_id, .. } =
             expect(client, "a message", |e| matches!(e, GroupEvent::Message { .. })).await
         {
-            out.push((body, stanza_id));
+            out.push((content.body().unwrap_or_default(), stanza_id));
         }
     }
     out
@@ -436,16 +436,16 @@ async fn a_device_that_missed_a_copy_reads_it_from_the_archive_before_the_next()
 
     let mut echoes = Vec::new();
     for body in ["missed", "next"] {
-        let id = alice.send(&group, body.as_bytes()).await.unwrap();
+        let id = alice.send_body(&group, body).await.unwrap();
         let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { id: i, .. } if *i == id)).await;
         let GroupEvent::Delivered { stanza_id, .. } = echo else { unreachable!() };
-        echoes.push((body.as_bytes().to_vec(), stanza_id));
+        echoes.push((body.to_owned(), stanza_id));
         if body == "missed" {
             bob.join_feed(&group).await.unwrap();
         }
     }
     assert_eq!(next_messages(&mut bob, 2).await, echoes, "both, in archive order");
-    alice.send(&group, b"after").await.unwrap();
+    alice.send_body(&group, "after").await.unwrap();
     let after = next_messages(&mut bob, 1).await;
-    assert_eq!(after[0].0, b"after".to_vec(), "nothing applied twice: {after:?}");
+    assert_eq!(after[0].0, "after", "nothing applied twice: {after:?}");
 }

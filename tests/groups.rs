@@ -22,11 +22,11 @@ async fn two_accounts_create_add_and_talk() {
     assert_eq!(accepted.epoch, 1);
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { group: g } if *g == group)).await;
 
-    let id = alice.send(&group, b"hello bob").await.unwrap();
+    let id = alice.send_body(&group, "hello bob").await.unwrap();
     let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    let GroupEvent::Message { account, body, stanza_id, .. } = got else { unreachable!() };
+    let GroupEvent::Message { account, content, stanza_id, .. } = got else { unreachable!() };
     assert_eq!(account, bare("alice@example.org"));
-    assert_eq!(body, b"hello bob");
+    assert_eq!(content.body().as_deref(), Some("hello bob"));
     let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     assert_eq!(echo, GroupEvent::Delivered { group: group.clone(), id, stanza_id });
 
@@ -70,7 +70,7 @@ async fn three_accounts_five_devices_every_message_reaches_every_device() {
     // Everyone speaks once; every other device gets it, the sender its echo.
     let mut sent = Vec::new();
     for (i, d) in devices.iter_mut().enumerate() {
-        sent.push((i, d.send(&group, format!("hello from {i}").as_bytes()).await.unwrap()));
+        sent.push((i, d.send_body(&group, &format!("hello from {i}")).await.unwrap()));
     }
     let mut stanza_ids: Vec<std::collections::HashMap<String, String>> = Vec::new();
     for (i, d) in devices.iter_mut().enumerate() {
@@ -78,8 +78,8 @@ async fn three_accounts_five_devices_every_message_reaches_every_device() {
         let events = collect(d, 5, |e| matches!(e, GroupEvent::Message { .. } | GroupEvent::Delivered { .. })).await;
         for e in events {
             match e {
-                GroupEvent::Message { body, stanza_id, .. } => {
-                    let body = String::from_utf8(body).unwrap();
+                GroupEvent::Message { content, stanza_id, .. } => {
+                    let body = content.body().unwrap();
                     assert_ne!(body, format!("hello from {i}"), "a device decrypted its own message");
                     seen.insert(body, stanza_id);
                 }
@@ -278,9 +278,9 @@ async fn invalid_commits_are_refused_and_the_group_carries_on() {
 
     // The group carries on at the same epoch.
     assert_eq!(alice.epoch(&group).unwrap(), 1);
-    alice.send(&group, b"still here").await.unwrap();
+    alice.send_body(&group, "still here").await.unwrap();
     let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(got, GroupEvent::Message { body, .. } if body == b"still here"));
+    assert!(matches!(got, GroupEvent::Message { content, .. } if content.body().as_deref() == Some("still here")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,7 +321,7 @@ async fn strangers_and_removed_devices_stay_out() {
     alice.remove_device(&group, &bare("bob@example.org"), tablet.device().id()).await.unwrap();
     expect(&mut tablet, "removal", |e| matches!(e, GroupEvent::Removed { .. })).await;
     assert!(tablet.join_feed(&group).await.is_err(), "a removed device rejoined the feed");
-    alice.send(&group, b"after the removal").await.unwrap();
+    alice.send_body(&group, "after the removal").await.unwrap();
     expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
 
     // The Welcome of a losing commit never reaches anyone: bob stages an
@@ -364,7 +364,7 @@ async fn proposals_leaving_and_a_new_device_by_external_commit() {
     // carol leaves; alice's next message commits the removal first.
     carol.leave(&group).await.unwrap();
     expect(&mut alice, "proposal", |e| matches!(e, GroupEvent::Proposed { .. })).await;
-    alice.send(&group, b"bye carol").await.unwrap();
+    alice.send_body(&group, "bye carol").await.unwrap();
     expect(&mut carol, "removal", |e| matches!(e, GroupEvent::Removed { .. })).await;
     let members = alice.members(&group).await.unwrap();
     assert!(members.iter().all(|(a, _)| *a != bare("carol@example.org")), "{members:?}");
@@ -373,10 +373,10 @@ async fn proposals_leaving_and_a_new_device_by_external_commit() {
     let mut phone = member(&prosody, &dir, "alice", "phone").await;
     phone.join_external(&group).await.unwrap();
     reach(&mut bob, &group, phone.epoch(&group).unwrap()).await;
-    bob.send(&group, b"hi alice's phone").await.unwrap();
+    bob.send_body(&group, "hi alice's phone").await.unwrap();
     let got = expect(&mut phone, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    let GroupEvent::Message { account, body, .. } = got else { unreachable!() };
-    assert_eq!((account, body), (bare("bob@example.org"), b"hi alice's phone".to_vec()));
+    let GroupEvent::Message { account, content, .. } = got else { unreachable!() };
+    assert_eq!((account, content.body()), (bare("bob@example.org"), Some("hi alice's phone".to_owned())));
     reach(&mut alice, &group, phone.epoch(&group).unwrap()).await;
     assert_eq!(alice.epoch_check(&group).unwrap(), phone.epoch_check(&group).unwrap());
 }
@@ -395,7 +395,7 @@ async fn a_fork_is_reported_and_nothing_is_sent_into_it() {
     alice.submit(&group, &bundle).await.unwrap();
     let fork = expect(&mut bob, "fork", |e| matches!(e, GroupEvent::Fork { .. })).await;
     assert_eq!(fork, GroupEvent::Fork { group: group.clone(), epoch: 2 });
-    let refused = bob.send(&group, b"into the fork?").await;
+    let refused = bob.send_body(&group, "into the fork?").await;
     assert!(matches!(refused, Err(xmpp_mls::client::GroupError::Forked(_))), "{refused:?}");
 }
 
@@ -413,11 +413,11 @@ async fn a_device_that_missed_a_commit_live_reads_the_gap_from_the_archive() {
     while bob.next_event(Duration::from_millis(300)).await.unwrap().is_some() {}
     alice.update(&group).await.unwrap();
     bob.join_feed(&group).await.unwrap();
-    alice.send(&group, b"after the gap").await.unwrap();
+    alice.send_body(&group, "after the gap").await.unwrap();
 
     let got = expect(&mut bob, "the message after the gap", |e| matches!(e, GroupEvent::Message { .. })).await;
-    let GroupEvent::Message { body, .. } = got else { unreachable!() };
-    assert_eq!(body, b"after the gap");
+    let GroupEvent::Message { content, .. } = got else { unreachable!() };
+    assert_eq!(content.body().as_deref(), Some("after the gap"));
     assert_eq!((bob.epoch(&group).unwrap(), bob.epoch_check(&group).unwrap()), (2, alice.epoch_check(&group).unwrap()));
 }
 
@@ -427,7 +427,7 @@ async fn bodies_in_order(client: &mut GroupClient, n: usize) -> Vec<String> {
     let mut bodies = Vec::new();
     while bodies.len() < n {
         match client.next_event(Duration::from_secs(10)).await.unwrap() {
-            Some(GroupEvent::Message { body, .. }) => bodies.push(String::from_utf8(body).unwrap()),
+            Some(GroupEvent::Message { content, .. }) => bodies.push(content.body().unwrap()),
             Some(_) => continue,
             None => break,
         }
@@ -459,7 +459,7 @@ async fn bursts_keep_the_senders_order_for_every_device() {
     for b in 0..BURSTS {
         for i in 0..BURST {
             let body = format!("burst {b} message {i}");
-            ids.push(alice.send(&group, body.as_bytes()).await.unwrap());
+            ids.push(alice.send_body(&group, &body).await.unwrap());
             sent.push(body);
         }
     }
@@ -502,11 +502,11 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     let dir = tempfile::tempdir().unwrap();
     let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
 
-    let id = alice.send(&group, b"once").await.unwrap();
+    let id = alice.send_body(&group, "once").await.unwrap();
     let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     let GroupEvent::Delivered { stanza_id, .. } = echo else { unreachable!() };
     let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(got, GroupEvent::Message { stanza_id: ref s, ref body, .. } if *s == stanza_id && body == b"once"));
+    assert!(matches!(got, GroupEvent::Message { stanza_id: ref s, ref content, .. } if *s == stanza_id && content.body().as_deref() == Some("once")));
     assert_eq!(alice.unechoed(), 0, "{id} was echoed");
 
     let before = common::store_digest(&component.store_path());
@@ -528,6 +528,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
         .attr("type".try_into().unwrap(), "groupchat")
         .attr("id".try_into().unwrap(), "resend-1")
         .append(payload.to_element())
+        .append(xmpp_mls::protocol::content::encryption_hint())
         .append(
             minidom::Element::builder("stanza-id", "urn:xmpp:sid:0")
                 .attr("by".try_into().unwrap(), group.as_str())
@@ -538,9 +539,9 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     assert_eq!(common::as_received(&again), expected);
     assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
     // bob applies the message once: his next message is the next one.
-    alice.send(&group, b"next").await.unwrap();
+    alice.send_body(&group, "next").await.unwrap();
     let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");
+    assert!(matches!(next, GroupEvent::Message { ref content, .. } if content.body().as_deref() == Some("next")), "{next:?}");
 
     // A Commit resent after it won: its original acceptance.
     let accepted = bob.update(&group).await.unwrap();
@@ -580,7 +581,7 @@ async fn a_message_unechoed_at_a_disconnect_is_resent_after_and_archived_once() 
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
     let (mut alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
-    let id = alice.send(&group, b"sent before going away").await.unwrap();
+    let id = alice.send_body(&group, "sent before going away").await.unwrap();
     let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     let GroupEvent::Message { stanza_id, .. } = got else { unreachable!() };
     drop(alice); // its echo is never read
@@ -596,7 +597,7 @@ async fn a_message_unechoed_at_a_disconnect_is_resent_after_and_archived_once() 
         .unwrap();
     let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
     assert_eq!(archived, 1);
-    alice.send(&group, b"next").await.unwrap();
+    alice.send_body(&group, "next").await.unwrap();
     let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(next, GroupEvent::Message { ref body, .. } if body == b"next"), "{next:?}");
+    assert!(matches!(next, GroupEvent::Message { ref content, .. } if content.body().as_deref() == Some("next")), "{next:?}");
 }

@@ -45,7 +45,7 @@ async fn an_offline_device_catches_up_across_epochs_and_decrypts_everything_in_o
             1 => &mut bob,
             _ => &mut carol,
         };
-        client.send(&group, body.as_bytes()).await.unwrap();
+        client.send_body(&group, &body).await.unwrap();
         expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
         sent.push(body);
         match i {
@@ -67,8 +67,8 @@ async fn an_offline_device_catches_up_across_epochs_and_decrypts_everything_in_o
     assert!(pages >= 3, "200+ items come in pages of 100");
     let mut got = Vec::new();
     while let Some(e) = tablet.next_event(Duration::from_millis(500)).await.unwrap() {
-        if let GroupEvent::Message { body, .. } = e {
-            got.push(String::from_utf8(body).unwrap());
+        if let GroupEvent::Message { content, .. } = e {
+            got.push(content.body().unwrap());
         }
     }
     // bob's own messages reach his tablet like everyone else's.
@@ -94,7 +94,7 @@ async fn paging_follows_xep_0313_on_every_edge() {
     let group = alice.create().await.unwrap();
     let archive = Jid::from(group.clone());
     for i in 0..25 {
-        alice.send(&group, format!("m{i}").as_bytes()).await.unwrap();
+        alice.send_body(&group, &format!("m{i}")).await.unwrap();
         expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     }
     let all = alice.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
@@ -146,7 +146,7 @@ async fn paging_follows_xep_0313_on_every_edge() {
     // Resuming while messages keep arriving: no gap, no duplicate.
     let first = alice.archive_page(&archive, &[], 10, &Cursor::First, false).await.unwrap();
     for i in 25..30 {
-        alice.send(&group, format!("m{i}").as_bytes()).await.unwrap();
+        alice.send_body(&group, &format!("m{i}")).await.unwrap();
         expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     }
     let mut resumed = ids(&first);
@@ -177,7 +177,7 @@ async fn strangers_cannot_read_and_removed_members_see_nothing_after_their_remov
     let archive = Jid::from(group.clone());
     alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    alice.send(&group, b"before").await.unwrap();
+    alice.send_body(&group, "before").await.unwrap();
     expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
 
     let e = mallory.archive_page(&archive, &[], 10, &Cursor::First, false).await.err().unwrap();
@@ -188,7 +188,7 @@ async fn strangers_cannot_read_and_removed_members_see_nothing_after_their_remov
 
     let seen_before = bob.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap().count;
     alice.remove_account(&group, &bare("bob@example.org")).await.unwrap();
-    alice.send(&group, b"after").await.unwrap();
+    alice.send_body(&group, "after").await.unwrap();
     let after = bob.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();
     assert_eq!(after.count, seen_before + 1, "bob sees his removal, nothing after it");
 }
@@ -235,7 +235,7 @@ async fn retention_prunes_from_the_oldest_end_and_a_device_behind_it_recovers() 
     let archive = Jid::from(group.clone());
     alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    alice.send(&group, b"one").await.unwrap();
+    alice.send_body(&group, "one").await.unwrap();
     expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     // Both devices acknowledge what they applied; bob goes offline.
     alice.catch_up_all(&mut |_, _, _| {}).await.unwrap();
@@ -245,7 +245,7 @@ async fn retention_prunes_from_the_oldest_end_and_a_device_behind_it_recovers() 
     // A commit nobody offline has acknowledged holds everything after it.
     alice.update(&group).await.unwrap();
     for i in 0..3 {
-        alice.send(&group, format!("while bob is away {i}").as_bytes()).await.unwrap();
+        alice.send_body(&group, &format!("while bob is away {i}")).await.unwrap();
     }
     let held = |c: &Component| {
         let conn = rusqlite::Connection::open_with_flags(c.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
@@ -277,9 +277,9 @@ async fn retention_prunes_from_the_oldest_end_and_a_device_behind_it_recovers() 
     alice.catch_up_all(&mut |_, _, _| {}).await.unwrap();
     assert_eq!(alice.epoch(&group).unwrap(), bob.epoch(&group).unwrap(), "alice applied bob's external commit");
     assert_eq!(bob.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap());
-    alice.send(&group, b"welcome back").await.unwrap();
+    alice.send_body(&group, "welcome back").await.unwrap();
     let got = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(got, GroupEvent::Message { body, .. } if body == b"welcome back"));
+    assert!(matches!(got, GroupEvent::Message { content, .. } if content.body().as_deref() == Some("welcome back")));
 }
 
 /// slixmpp, installed by scripts/test into target/py (a venv).
@@ -297,7 +297,7 @@ async fn a_standard_xmpp_library_pages_through_a_group_archive() {
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let group = alice.create().await.unwrap();
     for i in 0..23 {
-        alice.send(&group, format!("m{i}").as_bytes()).await.unwrap();
+        alice.send_body(&group, &format!("m{i}")).await.unwrap();
         expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     }
     let archive = Jid::from(group.clone());
@@ -331,13 +331,13 @@ async fn filters_metadata_and_the_exact_shape_of_results() {
     let archive = Jid::from(group.clone());
     alice.add(&group, &[bare("bob@example.org")]).await.unwrap(); // commit, epoch 0
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    alice.send(&group, b"a1").await.unwrap(); // epoch 1
+    alice.send_body(&group, "a1").await.unwrap(); // epoch 1
     expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    bob.send(&group, b"b1").await.unwrap(); // epoch 1
+    bob.send_body(&group, "b1").await.unwrap(); // epoch 1
     expect(&mut alice, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
     bob.update(&group).await.unwrap(); // commit, epoch 1
     expect(&mut alice, "bob's commit", |e| matches!(e, GroupEvent::Epoch { epoch: 2, .. })).await;
-    alice.send(&group, b"a2").await.unwrap(); // epoch 2
+    alice.send_body(&group, "a2").await.unwrap(); // epoch 2
     expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
 
     let all = alice.archive_page(&archive, &[], 100, &Cursor::First, false).await.unwrap();

@@ -496,7 +496,7 @@ async fn set_up(prosody: &Prosody, dir: &tempfile::TempDir) -> (HashMap<&'static
     let proposed = bob.propose_update(&g).await.unwrap();
     expect(&mut alice, "proposal", |e| matches!(e, GroupEvent::Proposed { .. })).await;
     let second = alice.commit_pending(&g).await.unwrap();
-    alice.send(&g, b"hello").await.unwrap();
+    alice.send_body(&g, "hello").await.unwrap();
     let last = match expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await {
         GroupEvent::Delivered { stanza_id, .. } => stanza_id,
         _ => unreachable!(),

@@ -150,7 +150,7 @@ async fn a_flood_is_answered_and_memory_stays_bounded() {
     assert!(errors.keys().all(|k| k == "wait/resource-constraint (rate-limited)" || k.contains("not-acceptable")), "{errors:?}");
     assert!(peak < idle + 64 * 1024, "peak RSS grew from {idle} to {peak} KiB");
     // The service still serves its members.
-    alice.send(&group, b"still here").await.unwrap();
+    alice.send_body(&group, "still here").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +233,7 @@ fn archived_today(component: &Component, scope: &str, owner: &[u8]) -> usize {
 /// store unchanged.
 async fn refused_message(from: &mut GroupClient, group: &BareJid, body: &[u8], component: &Component) -> String {
     let before = store_digest(&component.store_path());
-    let id = from.send(group, body).await.unwrap();
+    let id = from.send_data(group, body).await.unwrap();
     let ours = |e: &GroupEvent| matches!(e, GroupEvent::Refused { id: i, .. } | GroupEvent::Delivered { id: i, .. } if *i == id);
     let GroupEvent::Refused { error, .. } = expect(from, "refusal", ours).await else { panic!("the message was delivered") };
     assert!(store_digest(&component.store_path()) == before, "the refused message changed the store");
@@ -258,15 +258,15 @@ async fn archive_budgets_bound_what_an_account_and_a_group_take_in_a_day() {
     let got = |e: &GroupEvent| matches!(e, GroupEvent::Message { .. });
 
     // bob uses most of his budget; one byte more than what is left is refused.
-    bob.send(&group, &vec![b'b'; 5500]).await.unwrap();
+    bob.send_body(&group, &"b".repeat(5500)).await.unwrap();
     expect(&mut alice, "bob's message", got).await;
     let left = ACCOUNT - archived_today(&component, "account", b"bob@example.org");
     let error = refused_message(&mut bob, &group, &vec![b'x'; left + 1], &component).await;
     assert_eq!(error, "modify/policy-violation (archive-budget-exceeded)");
     // What fits still goes, and alice gets it next: the refused one never went out.
-    bob.send(&group, b"small").await.unwrap();
-    let GroupEvent::Message { body, .. } = expect(&mut alice, "bob's next message", got).await else { unreachable!() };
-    assert_eq!(body, b"small");
+    bob.send_body(&group, "small").await.unwrap();
+    let GroupEvent::Message { content, .. } = expect(&mut alice, "bob's next message", got).await else { unreachable!() };
+    assert_eq!(content.body().as_deref(), Some("small"));
 
     // The group is nearly full although alice's own budget is not: hers is refused for the group's.
     let group_left = GROUP - archived_today(&component, "group", &gid);
@@ -277,7 +277,7 @@ async fn archive_budgets_bound_what_an_account_and_a_group_take_in_a_day() {
 
     // Another group of alice's takes messages; the component kept its link.
     let other = alice.create().await.unwrap();
-    alice.send(&other, b"elsewhere").await.unwrap();
+    alice.send_body(&other, "elsewhere").await.unwrap();
     expect(&mut alice, "delivery", |e| matches!(e, GroupEvent::Delivered { group, .. } if *group == other)).await;
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }

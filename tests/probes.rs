@@ -66,8 +66,8 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
         .attr(n("x"), long.as_str())
         .build();
     mallory.send(to_alice).await.unwrap();
-    bob.send(&g, b"after").await.unwrap();
-    expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { body, .. } if body == b"after")).await;
+    bob.send_body(&g, "after").await.unwrap();
+    expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { content, .. } if content.body().as_deref() == Some("after"))).await;
     component.assert_never_reconnected();
 }
 
@@ -85,9 +85,9 @@ async fn a_queryid_longer_than_an_id_is_refused_and_the_longest_carries_the_larg
     let dir = tempfile::tempdir().unwrap();
     let (mut alice, mut bob, g) = alice_and_bob(&prosody, &dir).await;
     // A PrivateMessage of some 227 KB of base64: near max-payload-size.
-    let body = vec![0x5a; 170_000];
-    alice.send(&g, &body).await.unwrap();
-    expect(&mut bob, "the large message", |e| matches!(e, GroupEvent::Message { body: b, .. } if *b == body)).await;
+    let body = "Z".repeat(170_000);
+    alice.send_body(&g, &body).await.unwrap();
+    expect(&mut bob, "the large message", |e| matches!(e, GroupEvent::Message { content, .. } if content.body() == Some(body.clone()))).await;
     let group = Jid::from(g.clone());
     let mut raw_alice = prosody.client("alice", "raw").await;
 
@@ -113,8 +113,8 @@ async fn a_queryid_longer_than_an_id_is_refused_and_the_longest_carries_the_larg
     assert!(String::from(&items[1]).len() > 220_000, "the message item is whole");
 
     // Bob is still served live.
-    bob.send(&g, b"still here").await.unwrap();
-    expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { body, .. } if body == b"still here")).await;
+    bob.send_body(&g, "still here").await.unwrap();
+    expect(&mut alice, "bob's message", |e| matches!(e, GroupEvent::Message { content, .. } if content.body().as_deref() == Some("still here"))).await;
     component.assert_never_reconnected();
 }
 
@@ -128,7 +128,7 @@ async fn a_query_naming_more_ids_than_a_page_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let g = alice.create().await.unwrap();
-    alice.send(&g, b"one").await.unwrap();
+    alice.send_body(&g, "one").await.unwrap();
     let sid = match expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await {
         GroupEvent::Delivered { stanza_id, .. } => stanza_id,
         _ => unreachable!(),
@@ -201,11 +201,11 @@ async fn a_client_takes_group_traffic_and_welcomes_only_from_the_service() {
     impostor.send(gone).await.unwrap();
 
     let before = store_digest(&component.store_path());
-    alice.send(&g, b"after").await.unwrap();
+    alice.send_body(&g, "after").await.unwrap();
     let mut seen = Vec::new();
     loop {
         let event = bob.next_event(Duration::from_secs(20)).await.unwrap().expect("alice's message");
-        if matches!(&event, GroupEvent::Message { body, .. } if body == b"after") {
+        if matches!(&event, GroupEvent::Message { content, .. } if content.body().as_deref() == Some("after")) {
             break;
         }
         seen.push(event);

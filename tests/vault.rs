@@ -112,7 +112,7 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
     let group = alice.create().await.unwrap();
     alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
     expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    alice.send(&group, b"before the backup").await.unwrap();
+    alice.send_body(&group, "before the backup").await.unwrap();
     expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
 
     let vault = Vault::create(&bob.session, &service(), "bob's passphrase", FAST).await.unwrap();
@@ -123,9 +123,9 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
     // bob's device loses its state; alice goes on, with a new epoch.
     bob.session.close().await;
     std::fs::remove_file(dir.path().join("bob-d.sqlite3")).unwrap();
-    alice.send(&group, b"while bob is gone").await.unwrap();
+    alice.send_body(&group, "while bob is gone").await.unwrap();
     alice.update(&group).await.unwrap();
-    alice.send(&group, b"after a new epoch").await.unwrap();
+    alice.send_body(&group, "after a new epoch").await.unwrap();
 
     // With only his password and passphrase, bob restores and catches up.
     let session = prosody.client("bob", "d").await;
@@ -139,15 +139,15 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
     bob.catch_up_all(&mut |_, _, _| {}).await.unwrap();
     let mut got = Vec::new();
     while let Some(e) = bob.next_event(Duration::from_millis(500)).await.unwrap() {
-        if let GroupEvent::Message { body, .. } = e {
-            got.push(String::from_utf8(body).unwrap());
+        if let GroupEvent::Message { content, .. } = e {
+            got.push(content.body().unwrap());
         }
     }
     assert_eq!(got, vec!["while bob is gone", "after a new epoch"]);
     assert_eq!(bob.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap());
-    bob.send(&group, b"I'm back").await.unwrap();
+    bob.send_body(&group, "I'm back").await.unwrap();
     let back = expect(&mut alice, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-    assert!(matches!(back, GroupEvent::Message { body, .. } if body == b"I'm back"));
+    assert!(matches!(back, GroupEvent::Message { content, .. } if content.body().as_deref() == Some("I'm back")));
 }
 
 /// alice (who keeps `keep` epochs of snapshots) and bob talk over three
@@ -168,7 +168,7 @@ async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmp
         for who in ["alice", "bob"] {
             let text = format!("{who} {round}");
             let client = if who == "alice" { &mut alice } else { &mut bob };
-            client.send(&group, text.as_bytes()).await.unwrap();
+            client.send_body(&group, &text).await.unwrap();
             expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
             sent.push((format!("{who}@example.org"), text, round + 1));
         }
@@ -201,7 +201,7 @@ async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmp
 }
 
 fn read(history: &xmpp_mls::client::History) -> Vec<(String, String, u64)> {
-    history.entries.iter().map(|h| (h.account.to_string(), String::from_utf8(h.body.clone()).unwrap(), h.epoch)).collect()
+    history.entries.iter().map(|h| (h.account.to_string(), h.content.body().unwrap(), h.epoch)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +216,7 @@ async fn with_one_epoch_kept_a_new_device_reads_that_epoch_and_is_told_why_not_t
     let (sent, history) = new_device_reads_history(1).await;
     let last_epoch: Vec<_> = sent.iter().filter(|(_, _, e)| *e == 3).cloned().collect();
     assert_eq!(read(&history), last_epoch);
-    let why: Vec<_> = history.unreadable.iter().map(|(_, epoch, why)| (*epoch, *why)).collect();
+    let why: Vec<_> = history.unreadable.iter().map(|(_, epoch, why)| (*epoch, why.clone())).collect();
     assert_eq!(why, vec![(1, Unreadable::NoSnapshot), (1, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot)]);
 }
 
@@ -335,7 +335,7 @@ async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored
     // 30 messages of 1000 octets in one epoch: several blobs' worth.
     let sent: Vec<String> = (0..30).map(|i| format!("{i:04}{}", "x".repeat(996))).collect();
     for body in &sent {
-        alice.send(&group, body.as_bytes()).await.unwrap();
+        alice.send_body(&group, &body).await.unwrap();
         expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     }
 
@@ -386,7 +386,7 @@ async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none(
     for i in 0..10 {
         for (name, client) in [("laptop", &mut laptop), ("phone", &mut phone)] {
             let body = format!("{name} {i}");
-            client.send(&group, body.as_bytes()).await.unwrap();
+            client.send_body(&group, &body).await.unwrap();
             expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
             sent.push(("alice@example.org".to_string(), body, epoch));
         }

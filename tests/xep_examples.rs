@@ -22,6 +22,7 @@ use xmpp_mls::protocol::groups::{
     Welcome, WrongEpoch,
 };
 use xmpp_mls::protocol::mam::{Ack, MamQuery, NS_MAM};
+use xmpp_mls::protocol::content::{encryption_hint, Envelope, NS_EME, NS_SCE, PAD_BLOCK};
 use xmpp_mls::protocol::mls::Invalid;
 use xmpp_mls::protocol::notices::Notice;
 use xmpp_mls::protocol::vault::{
@@ -139,6 +140,14 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
             PubsubRequest::try_from(el).expect("pubsub request parses");
             Some("pubsub request")
         }
+        ("encryption", NS_EME) => same(encryption_hint(), "encryption hint"),
+        ("envelope", NS_SCE) => {
+            let text = to_string(el);
+            let opened = Envelope::parse(text.as_bytes()).expect("envelope parses");
+            assert!(opened.content.body().is_some(), "the example shows a body");
+            assert_eq!(text.len() % PAD_BLOCK, 0, "the example's <rpad/> pads it as the XEP says:\n{text}");
+            Some("envelope")
+        }
         _ => None,
     }
 }
@@ -183,6 +192,8 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "vault request",
         "vault result",
         "version-mismatch",
+        "encryption hint",
+        "envelope",
     ] {
         assert!(seen.contains_key(kind), "the XEP has no example of {kind}: {seen:?}");
     }

@@ -24,6 +24,7 @@ use xmpp_parsers::stanza_error::StanzaError;
 use super::device::Device;
 use super::session::{ClientError, Session};
 use crate::protocol::address::group_node;
+use crate::protocol::content::{encryption_hint, Content, ContentError, Envelope};
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::groups::{
     epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome,
@@ -68,8 +69,12 @@ fn mls(e: impl std::fmt::Display) -> GroupError {
 pub enum GroupEvent {
     /// The device is a member (it created the group, was welcomed or joined externally).
     Joined { group: BareJid },
-    /// An application message from another device (of any account).
-    Message { group: BareJid, account: BareJid, device: String, body: Vec<u8>, stanza_id: String },
+    /// An application message from another device (of any account): the
+    /// `<content/>` of its envelope (xep/ §Message Content).
+    Message { group: BareJid, account: BareJid, device: String, content: Content, stanza_id: String },
+    /// An application message from another device whose envelope this
+    /// device refused (xep/ §Message Content): not shown.
+    Discarded { group: BareJid, account: BareJid, device: String, stanza_id: String, reason: ContentError },
     /// This device's own message came back: its place in the order.
     Delivered { group: BareJid, id: String, stanza_id: String },
     /// A proposal by reference was received; the next commit will carry it.
@@ -576,10 +581,24 @@ impl GroupClient {
         Ok(())
     }
 
-    /// Sends an application message; the echo arrives as [`GroupEvent::Delivered`].
+    /// Sends `content` (stanza elements such as `<body/>` or a XEP-0461
+    /// `<reply/>`) in an envelope from this account (xep/ §Message Content);
+    /// the echo arrives as [`GroupEvent::Delivered`].
+    pub async fn send(&mut self, group: &BareJid, content: Vec<Element>) -> Result<String, GroupError> {
+        let envelope = Envelope { content: Content(content), from: self.device.account().clone(), time: crate::protocol::now() };
+        self.send_data(group, &envelope.seal()).await
+    }
+
+    /// Sends a message of one `<body/>`.
+    pub async fn send_body(&mut self, group: &BareJid, text: &str) -> Result<String, GroupError> {
+        self.send(group, Content::from_body(text).0).await
+    }
+
+    /// Encrypts `data` as the application data of a message, as it is:
+    /// [`Self::send`] gives it an envelope, which is what receivers accept.
     /// Proposals received by reference are committed first (MLS forbids
     /// sending while they are pending).
-    pub async fn send(&mut self, group: &BareJid, body: &[u8]) -> Result<String, GroupError> {
+    pub async fn send_data(&mut self, group: &BareJid, data: &[u8]) -> Result<String, GroupError> {
         let id = group_id_of(group)?;
         if self.forked.contains(&id) {
             return Err(GroupError::Forked(group.to_string()));
@@ -590,17 +609,18 @@ impl GroupClient {
         }
         self.make_room().await?;
         let provider = self.device.provider();
-        let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), body).map_err(mls)?;
+        let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), data).map_err(mls)?;
         let stanza_id = self.session.next_id();
         let epoch = load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64();
         if self.vault.is_some() {
-            self.unconfirmed.insert(stanza_id.clone(), (id.clone(), epoch, body.to_vec()));
+            self.unconfirmed.insert(stanza_id.clone(), (id.clone(), epoch, data.to_vec()));
         }
         let stanza = Element::builder("message", CLIENT)
             .attr(n("to"), group.as_str())
             .attr(n("type"), "groupchat")
             .attr(n("id"), stanza_id.as_str())
             .append(GroupMessage::new(bytes(&msg)?).to_element())
+            .append(encryption_hint())
             .build();
         self.device.keep_unechoed(&stanza_id, &stanza).map_err(mls)?;
         self.outbox.push_back((stanza_id.clone(), stanza.clone()));
@@ -854,8 +874,14 @@ impl GroupClient {
             ProcessedMessageContent::ApplicationMessage(app) => {
                 let (Some(account), Some(key)) = (sender, sender_key) else { return Ok(()) };
                 let device = self.device_name(&account, &key).await;
-                let body = app.into_bytes();
-                self.events.push_back(GroupEvent::Message { group, account, device, body, stanza_id });
+                let event = match Envelope::open(&app.into_bytes(), &account) {
+                    Ok(envelope) => GroupEvent::Message { group, account, device, content: envelope.content, stanza_id },
+                    Err(reason) => {
+                        tracing::warn!(%group, %account, device, %reason, "application message refused");
+                        GroupEvent::Discarded { group, account, device, stanza_id, reason }
+                    }
+                };
+                self.events.push_back(event);
             }
             ProcessedMessageContent::ProposalMessage(p) => {
                 load_group(&mut self.groups, &self.device, &gid)?

@@ -9,6 +9,7 @@ use super::devices::directory_jid;
 use super::groups::{GroupClient, GroupError};
 use super::session::{ClientError, Session};
 use super::vault::VaultError;
+use crate::protocol::content::{Content, ContentError, Envelope};
 use crate::protocol::mam::{parse_rsm_result, query_element, Ack, Cursor, NS_FORWARD, NS_MAM, NS_RSM};
 
 /// Items per page when catching up.
@@ -145,13 +146,15 @@ impl GroupClient {
 }
 
 /// Why a message of the history cannot be read here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unreadable {
     /// The vault keeps no snapshot of its epoch (retention, or the account's
     /// devices kept none then).
     NoSnapshot,
     /// The snapshot does not open it (e.g. a message of the snapshot's own leaf without a sent copy).
     Undecryptable,
+    /// It decrypts, but its envelope is refused (xep/ §Message Content).
+    Refused(ContentError),
 }
 
 /// A group's history as a new device reads it.
@@ -169,7 +172,21 @@ pub struct HistoryEntry {
     pub epoch: u64,
     /// The sender's account (verified by MLS, or this account's own vault).
     pub account: BareJid,
-    pub body: Vec<u8>,
+    /// The `<content/>` of the message's envelope.
+    pub content: Content,
+}
+
+impl History {
+    /// A decrypted message of `account`: an entry if its envelope is
+    /// `account`'s, unreadable otherwise.
+    fn push(&mut self, stanza_id: &str, epoch: u64, account: BareJid, data: &[u8]) {
+        match Envelope::open(data, &account) {
+            Ok(envelope) => {
+                self.entries.push(HistoryEntry { stanza_id: stanza_id.to_owned(), epoch, account, content: envelope.content })
+            }
+            Err(reason) => self.unreadable.push((stanza_id.to_owned(), epoch, Unreadable::Refused(reason))),
+        }
+    }
 }
 
 fn snapshot_name(group_id: &[u8], epoch: u64) -> String {
@@ -416,8 +433,8 @@ impl GroupClient {
                 let copies = read_sent(vault, &self.session, &group_id, epoch).await.map_err(vault_failure)?;
                 sent.insert(epoch, copies);
             }
-            if let Some((_, body)) = sent[&epoch].iter().find(|(id, _)| id == stanza_id) {
-                out.entries.push(HistoryEntry { stanza_id: stanza_id.to_owned(), epoch, account: own.clone(), body: body.clone() });
+            if let Some((_, data)) = sent[&epoch].iter().find(|(id, _)| id == stanza_id) {
+                out.push(stanza_id, epoch, own.clone(), data);
                 continue;
             }
             if loaded.as_ref().map(|(e, ..)| *e) != Some(epoch) {
@@ -449,7 +466,7 @@ impl GroupClient {
                 }
             });
             match read {
-                Some((account, body)) => out.entries.push(HistoryEntry { stanza_id: stanza_id.to_owned(), epoch, account, body }),
+                Some((account, data)) => out.push(stanza_id, epoch, account, &data),
                 None => out.unreadable.push((stanza_id.to_owned(), epoch, Unreadable::Undecryptable)),
             }
         }

@@ -12,6 +12,7 @@ mod vault;
 
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
+pub use crate::protocol::content::{Content, ContentError};
 pub use groups::{GroupClient, GroupError, GroupEvent};
 pub use history::{pack_snapshot, ArchivePage, History, HistoryEntry, Unreadable};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};

@@ -2,6 +2,7 @@
 //! serialised to XML. Nothing here touches the store or the network.
 
 pub mod address;
+pub mod content;
 pub mod devices;
 pub mod disco;
 pub mod error;

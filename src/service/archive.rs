@@ -149,9 +149,10 @@ fn archived(source: &Source, archive: &str, item: &Item) -> Element {
         Element::builder("stanza-id", NS_SID).attr(n("by"), archive).attr(n("id"), item.stanza_id.as_str()).build();
     match source {
         Source::Group(_) => {
+            let kind = Kind::from_name(&item.kind);
             let payload = GroupMessage {
                 message: item.message.clone(),
-                kind: Kind::from_name(&item.kind),
+                kind,
                 epoch: Some(item.epoch),
                 epoch_check: item.epoch_check.clone(),
                 position: Some(item.seq),
@@ -160,6 +161,7 @@ fn archived(source: &Source, archive: &str, item: &Item) -> Element {
                 .attr(n("from"), format!("{archive}/{}", item.sender_device))
                 .attr(n("type"), "groupchat")
                 .append(payload.to_element())
+                .append_all(kind.and_then(super::groups::copy_hint))
                 .append(stanza_id)
                 .build()
         }

@@ -500,6 +500,7 @@ pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<E
         .attr(n("by"), group_jid)
         .attr(n("id"), d.archived.stanza_id.as_str())
         .build();
+    let hint = copy_hint(d.kind);
     d.feed
         .iter()
         .map(|f| {
@@ -509,10 +510,16 @@ pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<E
                 .attr(n("type"), "groupchat")
                 .attr(n("id"), id.unwrap_or(&d.archived.stanza_id))
                 .append(payload.clone())
+                .append_all(hint.clone())
                 .append(stanza_id.clone())
                 .build()
         })
         .collect()
+}
+
+/// The XEP-0380 hint that every copy of an application message carries.
+pub(super) fn copy_hint(kind: Kind) -> Option<Element> {
+    (kind == Kind::Application).then(crate::protocol::content::encryption_hint)
 }
 
 pub(super) fn presence(from: &str, to: &str, type_: Option<&str>, child: Option<Element>) -> Element {

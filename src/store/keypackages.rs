@@ -137,6 +137,10 @@ impl Store {
             }
             let mut seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM key_packages", [], |r| r.get(0))?;
             for kp in &kps {
+                c.execute(
+                    "UPDATE devices SET low_warned = 0 WHERE account = ?1 AND device_id = ?2",
+                    params![account, kp.device_id],
+                )?;
                 if kp.last_resort {
                     c.execute(
                         "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1",
@@ -261,8 +265,9 @@ fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16
     })
 }
 
-/// The claim notice, and the low-water warning when this claim brought the
-/// device's pool down to the mark (so it fires once per descent).
+/// The claim notice, and the low-water warning when this claim left the
+/// device's pool at or below the mark and the account was not warned
+/// since the device's last upload.
 fn notify_claim(
     c: &Connection,
     ctx: &ClaimContext,
@@ -281,11 +286,19 @@ fn notify_claim(
         last_resort,
     });
     notices.push(insert_notice(c, &ctx.account, claimed, ctx.now)?);
-    if !last_resort && remaining == ctx.low_water {
+    if !last_resort && remaining <= ctx.low_water && first_warning(c, &ctx.account, device)? {
         let low = Notice::KeyPackagesLow(KeyPackagesLow { device: device.to_owned(), remaining });
         notices.push(insert_notice(c, &ctx.account, low, ctx.now)?);
     }
     Ok(())
+}
+
+/// Marks the device warned; false if it was already.
+fn first_warning(c: &Connection, account: &str, device: &str) -> Result<bool, StoreError> {
+    let changed = c
+        .prepare_cached("UPDATE devices SET low_warned = 1 WHERE account = ?1 AND device_id = ?2 AND low_warned = 0")?
+        .execute(params![account, device])?;
+    Ok(changed == 1)
 }
 
 #[cfg(test)]
@@ -330,5 +343,42 @@ mod tests {
         assert_eq!(none.outcomes, vec![ClaimOutcome::NothingCompatible { device: "d".into() }]);
         let last = store.claim(context(1, 500), Claim::default()).await.unwrap();
         assert!(matches!(&last.outcomes[..], [ClaimOutcome::Claimed { last_resort: true, .. }]), "{last:?}");
+    }
+
+    /// Runs `steps` on one device's pool with the mark at 3 (`Some(n)`: an
+    /// upload of n packages, `None`: a claim); for each claim, the
+    /// `remaining` of its low-water warning, if it sent one.
+    async fn warnings(steps: &[Option<u8>]) -> Vec<Option<u32>> {
+        let (_d, store) = temp_store();
+        let alice = || "alice@example.org".to_string();
+        let device = Device { id: "d".into(), signature_key: vec![1; 32], label: None, expires: Some(5_000) };
+        store.publish_device(alice(), device, Element::builder("e", "urn:x").build(), 2, 1_000).await.unwrap();
+        let mut out = Vec::new();
+        for step in steps {
+            match step {
+                Some(n) => {
+                    let kps = (0..*n).map(|i| package(n * 10 + i, false, 10)).collect();
+                    assert_eq!(store.store_key_packages(alice(), kps, 10, 1_000).await.unwrap(), KeyPackageUpload::Stored);
+                }
+                None => {
+                    let ctx = ClaimContext { low_water: 3, ..context(1, 100) };
+                    let notices = store.claim(ctx, Claim::default()).await.unwrap().notices;
+                    out.push(notices.iter().find_map(|n| match &n.notice {
+                        Notice::KeyPackagesLow(low) => Some(low.remaining),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_pool_is_warned_once_at_or_below_low_water_until_the_next_upload() {
+        // Down from above the mark: warned on reaching it, once.
+        assert_eq!(warnings(&[Some(5), None, None, None, None]).await, [None, Some(3), None, None]);
+        // Uploaded below the mark: warned at its first claim, once; an
+        // upload that leaves it low is warned again.
+        assert_eq!(warnings(&[Some(2), None, None, Some(1), None]).await, [Some(1), None, Some(0)]);
     }
 }

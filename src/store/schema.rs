@@ -184,6 +184,10 @@ const MIGRATIONS: &[M<'static>] = &[
         ) STRICT;
         CREATE INDEX acceptances_by_time ON acceptances (created_at);",
     ),
+    // 11: low-water warnings (xep/ §Claim Notices): 1 once a claim left
+    // the device's pool at or below the mark and the account was warned;
+    // an upload for the device clears it.
+    M::up("ALTER TABLE devices ADD COLUMN low_warned INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
