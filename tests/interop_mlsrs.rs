@@ -101,8 +101,12 @@ async fn an_mls_rs_device_joins_talks_commits_and_catches_up() {
     assert_eq!((wrong_epoch.attr("epoch"), wrong_epoch.attr("commit")), (Some("6"), Some(last_commit.as_str())));
     assert_eq!(carol.epoch(), 3);
 
-    // She joins the feed (which names epoch 6) and catches up, two items a page.
+    // She joins the feed (which names epoch 6), reads her inbox and catches up, two items a page.
     assert_eq!(carol.join_feed().await, 6);
+    // Her device's publication, alice's claim of her KeyPackage, the Welcome;
+    // acknowledged by the account's only device, they are gone.
+    assert_eq!(carol.read_inbox().await, ["event", "key-package-claimed", "welcome"]);
+    assert_eq!(carol.read_inbox().await, Vec::<String>::new());
     let items = carol.catch_up(2).await;
     let bob_said = |epoch| text_message("bob@example.org", &format!("missed in epoch {epoch}"));
     let expected = [Item::Commit { epoch: 4 }, bob_said(4), Item::Commit { epoch: 5 }, bob_said(5), Item::Commit { epoch: 6 }, bob_said(6)];

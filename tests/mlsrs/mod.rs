@@ -299,21 +299,9 @@ impl RsDevice {
     pub async fn catch_up(&mut self, page: usize) -> Vec<Item> {
         let mut items = Vec::new();
         loop {
-            let queryid = self.session().next_id();
-            let reply = self.iq(&self.group_jid.clone(), "set", mam_query(&queryid, self.last_applied.as_deref(), page)).await;
-            assert_eq!(reply.attr("type"), Some("result"), "{}", String::from(&reply));
-            // Every result precedes the IQ result, so they are all queued now.
-            let mut results = Vec::new();
-            while let Some(s) = self.session.as_mut().expect("online").try_next_event() {
-                match s.get_child("result", NS_MAM).filter(|r| r.attr("queryid") == Some(queryid.as_str())) {
-                    Some(r) if s.attr("from") == Some(self.group_jid.as_str()) => results.push(forwarded(r)),
-                    _ => self.backlog.push_back(s),
-                }
-            }
-            for message in results {
-                items.push(self.apply(&message));
-            }
-            if reply.get_child("fin", NS_MAM).and_then(|f| f.attr("complete")) == Some("true") {
+            let (results, complete) = self.archive_page(&self.group_jid.clone(), self.last_applied.clone(), page).await;
+            items.extend(results.iter().map(|m| self.apply(m)));
+            if complete {
                 break;
             }
         }
@@ -322,6 +310,46 @@ impl RsDevice {
         self.backlog.retain(|s| !s.attr("from").is_some_and(|f| f.starts_with(&from)));
         items.extend(live.iter().map(|s| self.apply(s)));
         items
+    }
+
+    /// Reads the account's inbox from the start and acknowledges its last
+    /// item; returns the name of each item's payload.
+    pub async fn read_inbox(&mut self) -> Vec<String> {
+        let inbox = directory(&self.account);
+        let (mut names, mut last) = (Vec::new(), None);
+        loop {
+            let (results, complete) = self.archive_page(&inbox, last.clone(), 50).await;
+            for message in results {
+                let stanza_id = message.get_child("stanza-id", NS_SID).filter(|s| s.attr("by") == Some(inbox.as_str())).expect("stanza-id");
+                last = stanza_id.attr("id").map(str::to_owned);
+                names.extend(message.children().filter(|c| !c.is("stanza-id", NS_SID)).map(|c| c.name().to_owned()));
+            }
+            if complete {
+                break;
+            }
+        }
+        if let Some(last) = last {
+            let ack = Element::builder("ack", NS).attr("device".try_into().unwrap(), self.id.as_str()).attr("id".try_into().unwrap(), last).build();
+            self.expect_result(&inbox, "set", ack).await;
+        }
+        names
+    }
+
+    /// One page of a XEP-0313 query of the archive at `to`, after `after`:
+    /// the archived messages, and whether the page is the last one.
+    async fn archive_page(&mut self, to: &str, after: Option<String>, page: usize) -> (Vec<Element>, bool) {
+        let queryid = self.session().next_id();
+        let reply = self.iq(to, "set", mam_query(&queryid, after.as_deref(), page)).await;
+        assert_eq!(reply.attr("type"), Some("result"), "{}", String::from(&reply));
+        // Every result precedes the IQ result, so they are all queued now.
+        let mut results = Vec::new();
+        while let Some(s) = self.session.as_mut().expect("online").try_next_event() {
+            match s.get_child("result", NS_MAM).filter(|r| r.attr("queryid") == Some(queryid.as_str())) {
+                Some(r) if s.attr("from") == Some(to) => results.push(forwarded(r)),
+                _ => self.backlog.push_back(s),
+            }
+        }
+        (results, reply.get_child("fin", NS_MAM).and_then(|f| f.attr("complete")) == Some("true"))
     }
 
     /// Acknowledges the last applied item of the group's archive.
@@ -339,6 +367,7 @@ impl RsDevice {
         let stanza_id = message.get_child("stanza-id", NS_SID).filter(|s| s.attr("by") == Some(self.group_jid.as_str())).expect("stanza-id");
         let stanza_id = stanza_id.attr("id").unwrap().to_owned();
         if self.applied.contains(&stanza_id) {
+            self.last_applied = Some(stanza_id);
             return Item::Skipped;
         }
         let epoch: u64 = mls.attr("epoch").unwrap().parse().unwrap();
