@@ -165,18 +165,9 @@ impl RsDevice {
     /// Claims one KeyPackage of every device of `account`, and checks each
     /// against the account's device list (the Authentication Service check).
     pub async fn claim(&self, account: &str) -> Vec<MlsMessage> {
-        let to = directory(account);
         let claim = Element::builder("claim", NS).attr("cipher-suite".try_into().unwrap(), "1").build();
-        let claimed = self.expect_result(&to, "set", claim).await;
-        let items = Element::builder("items", NS_PUBSUB).attr("node".try_into().unwrap(), "urn:xmpp:mls:0:devices").build();
-        let list = self.expect_result(&to, "get", Element::builder("pubsub", NS_PUBSUB).append(items).build()).await;
-        let keys: Vec<(String, Vec<u8>)> = list
-            .get_child("pubsub", NS_PUBSUB)
-            .and_then(|p| p.get_child("items", NS_PUBSUB))
-            .expect("items")
-            .children()
-            .map(|i| (i.attr("id").unwrap().to_owned(), unb64(&i.get_child("device", NS).unwrap().text())))
-            .collect();
+        let claimed = self.expect_result(&directory(account), "set", claim).await;
+        let keys = self.device_keys(account).await;
         let claimed = claimed.get_child("claimed", NS).expect("claimed");
         claimed
             .children()
@@ -184,13 +175,28 @@ impl RsDevice {
                 assert_eq!(kp.name(), "key-package", "{}", String::from(kp));
                 let msg = MlsMessage::from_bytes(&unb64(&kp.text())).unwrap();
                 let identity = msg.clone().into_key_package().unwrap().signing_identity().clone();
-                let basic = identity.credential.as_basic().expect("a BasicCredential");
-                assert_eq!(basic.identifier(), format!("xmpp:{account}").as_bytes());
+                assert_eq!(account_of(&identity), account);
                 let device = keys.iter().find(|(_, k)| k == identity.signature_key.as_bytes()).expect("a listed key");
                 assert_eq!(Some(device.0.as_str()), kp.attr("device"));
                 msg
             })
             .collect()
+    }
+
+    /// The live devices of `account` as (device ID, signature key).
+    async fn device_keys(&self, account: &str) -> Vec<(String, Vec<u8>)> {
+        let items = Element::builder("items", NS_PUBSUB).attr("node".try_into().unwrap(), "urn:xmpp:mls:0:devices").build();
+        let list = self.expect_result(&directory(account), "get", Element::builder("pubsub", NS_PUBSUB).append(items).build()).await;
+        let items = list.get_child("pubsub", NS_PUBSUB).and_then(|p| p.get_child("items", NS_PUBSUB)).expect("items");
+        items.children().map(|i| (i.attr("id").unwrap().to_owned(), unb64(&i.get_child("device", NS).unwrap().text()))).collect()
+    }
+
+    /// The Authentication Service check of every leaf of the group.
+    async fn check_leaves(&self) {
+        for member in self.group().roster().members() {
+            let keys = self.device_keys(&account_of(&member.signing_identity)).await;
+            assert!(keys.iter().any(|(_, k)| k == member.signing_identity.signature_key.as_bytes()), "leaf {} is no device", member.index);
+        }
     }
 
     /// Waits for the Welcome pushed from the account's directory, joins
@@ -206,6 +212,7 @@ impl RsDevice {
         // The joiner's part of the archive starts after the Commit that added it.
         self.last_applied = Some(welcome.attr("commit").unwrap().to_owned());
         self.group = Some(group);
+        self.check_leaves().await;
         self.join_feed().await;
         self.group_jid.clone()
     }
@@ -215,7 +222,9 @@ impl RsDevice {
         let device_jid = self.device_jid();
         let presence = Element::builder("presence", NS_CLIENT).attr("to".try_into().unwrap(), device_jid.as_str()).build();
         self.session().send(presence).await.unwrap();
-        let reply = self.wait_for("the feed's presence", |s| s.name() == "presence" && s.attr("from") == Some(device_jid.as_str())).await;
+        // (Not the unavailable presence that confirmed a leave of an earlier stream.)
+        let answer = |s: &Element| s.name() == "presence" && s.attr("from") == Some(device_jid.as_str()) && s.attr("type") != Some("unavailable");
+        let reply = self.wait_for("the feed's presence", answer).await;
         assert_eq!(reply.attr("type"), None, "{}", String::from(&reply));
         reply.get_child("x", NS).and_then(|x| x.attr("epoch")).unwrap().parse().unwrap()
     }
