@@ -67,7 +67,7 @@ pub enum Item {
 pub struct RsDevice {
     /// The XMPP stream; `None` while offline.
     session: Option<Session>,
-    pub id: String,
+    id: String,
     account: String,
     client: Client<Config>,
     group: Option<Group<Config>>,
@@ -113,7 +113,7 @@ impl RsDevice {
             last_applied: None,
             backlog: VecDeque::new(),
         };
-        let key = base64::engine::general_purpose::STANDARD.encode(public.as_bytes());
+        let key = b64(public.as_bytes());
         let item = Element::builder("item", NS_PUBSUB)
             .attr("id".try_into().unwrap(), id)
             .append(Element::builder("device", NS).attr("signature-scheme".try_into().unwrap(), "ed25519").append(key).build())
