@@ -121,3 +121,30 @@ async fn an_mls_rs_device_joins_talks_commits_and_catches_up() {
     }
     component.assert_never_reconnected();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mls_rs_device_creates_a_group_and_adds_our_devices() {
+    let server = Server::start();
+    let component = Component::start(&server, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&server, &dir, "alice", "laptop").await;
+    let mut carol = RsDevice::new(&server, "carol", "rs-1").await;
+
+    // The service builds its view of the group from mls-rs's GroupInfo and tree.
+    let group = bare(&carol.create().await);
+    let key_packages = carol.claim("alice@example.org").await;
+    assert_eq!(carol.commit(key_packages).await, Ok(1));
+    expect(&mut alice, "welcome", |e| matches!(e, GroupEvent::Joined { group: g } if *g == group)).await;
+    assert_eq!(alice.epoch(&group).unwrap(), 1);
+    assert_eq!(alice.epoch_check(&group).unwrap(), carol.epoch_check());
+    let mut members: Vec<String> = alice.members(&group).await.unwrap().into_iter().map(|(account, _)| account.to_string()).collect();
+    members.sort();
+    assert_eq!(members, ["alice@example.org", "carol@example.org"]);
+
+    let id = carol.send("welcome, alice").await;
+    assert_eq!(message_from(&mut alice, "carol@example.org").await, "welcome, alice");
+    assert_eq!(carol.next_item().await, Item::Echo { id });
+    alice.send(&group, b"thanks, carol").await.unwrap();
+    assert_eq!(carol.next_item().await, text_message("alice@example.org", "thanks, carol"));
+    component.assert_never_reconnected();
+}

@@ -199,6 +199,19 @@ impl RsDevice {
         }
     }
 
+    /// Creates a group with a random group_id, registers it with the
+    /// service and joins its live feed; returns the group JID.
+    pub async fn create(&mut self) -> String {
+        let group = self.client.create_group_with_id(rand::random::<[u8; 16]>().to_vec(), ExtensionList::new(), ExtensionList::new(), None).unwrap();
+        let info = group.group_info_message_allowing_ext_commit(true).unwrap();
+        self.group_jid = group_jid(group.group_id());
+        self.group = Some(group);
+        let create = Element::builder("create", NS).append(Element::builder("group-info", NS).append(b64(&info.to_bytes().unwrap())).build());
+        self.expect_result(&self.group_jid.clone(), "set", create.build()).await;
+        assert_eq!(self.join_feed().await, 0);
+        self.group_jid.clone()
+    }
+
     /// Waits for the Welcome pushed from the account's directory, joins
     /// the group with it and joins its live feed; returns the group JID.
     pub async fn accept_welcome(&mut self) -> String {
@@ -385,15 +398,16 @@ impl RsDevice {
             // RFC 9420 gives no key for one's own PrivateMessage: the copy is the echo.
             Some("application") if own => Item::Echo { id: message.attr("id").unwrap_or_default().to_owned() },
             Some("commit") if epoch < self.epoch() => Item::Skipped,
-            kind => self.process(&unb64(&mls.text()), kind, mls.attr("epoch-check")),
+            kind => self.process(&unb64(&mls.text()), kind, mls.attr("epoch-check"))
+                .unwrap_or_else(|e| panic!("{e:?} at epoch {}: {}", self.epoch(), String::from(message))),
         };
         self.mark_applied(&stanza_id);
         item
     }
 
-    fn process(&mut self, bytes: &[u8], kind: Option<&str>, check: Option<&str>) -> Item {
+    fn process(&mut self, bytes: &[u8], kind: Option<&str>, check: Option<&str>) -> Result<Item, mls_rs::error::MlsError> {
         let group = self.group.as_mut().unwrap();
-        match group.process_incoming_message(MlsMessage::from_bytes(bytes).unwrap()).unwrap() {
+        Ok(match group.process_incoming_message(MlsMessage::from_bytes(bytes)?)? {
             ReceivedMessage::ApplicationMessage(m) => {
                 assert_eq!(kind, Some("application"));
                 let sender = group.member_at_index(m.sender_index).expect("a sender leaf");
@@ -405,7 +419,7 @@ impl RsDevice {
                 Item::Commit { epoch: group.current_epoch() }
             }
             other => panic!("unexpected {kind:?} item: {other:?}"),
-        }
+        })
     }
 
     fn mark_applied(&mut self, stanza_id: &str) {
