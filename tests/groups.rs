@@ -272,6 +272,11 @@ async fn invalid_commits_are_refused_and_the_group_carries_on() {
     let no_external_pub =
         xmpp_mls::protocol::groups::CommitBundle { group_info: without_external_pub(&bundle.group_info), ..bundle.clone() };
     assert_eq!(invalid_reason(&error_of(alice.submit(&group, &no_external_pub).await)), "malformed");
+    // With a second Welcome: a bundle carries one for all joiners.
+    let mut two_welcomes = bundle.to_element();
+    two_welcomes.append_child(two_welcomes.get_child("welcome", xmpp_mls::protocol::NS).unwrap().clone());
+    let e = error_of(alice.session.iq(&group.clone().into(), "set", two_welcomes).await);
+    assert_eq!(e.defined_condition, xmpp_parsers::stanza_error::DefinedCondition::BadRequest);
     // Without its Welcome.
     bundle.welcome = None;
     assert_eq!(invalid_reason(&error_of(alice.submit(&group, &bundle).await)), "missing-welcome");

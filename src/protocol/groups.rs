@@ -30,8 +30,14 @@ pub struct Proposal {
     pub message: Vec<u8>,
 }
 
+/// The octets of the one child `name`, if any; a second one does not
+/// conform (a bundle has one Welcome for all joiners, never one each).
 fn child_bytes(el: &Element, name: &str, why: &'static str) -> Result<Option<Vec<u8>>, ProtocolError> {
-    let Some(child) = el.get_child(name, NS) else { return Ok(None) };
+    let mut children = el.children().filter(|c| c.is(name, NS));
+    let Some(child) = children.next() else { return Ok(None) };
+    if children.next().is_some() {
+        return Err(malformed("an element of urn:xmpp:mls:0 given twice"));
+    }
     known_children(child, &[])?;
     b64_decode(&child.text()).map(Some).map_err(|_| malformed(why))
 }
@@ -326,5 +332,12 @@ mod tests {
         let a = Accepted { epoch: 2, stanza_id: "x".into(), position: 5 };
         assert_eq!(Accepted::parse(&a.to_element()).unwrap(), a);
         assert!(CommitBundle::parse(&"<commit xmlns='urn:xmpp:mls:0' epoch-check='zz'/>".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_bundle_with_two_welcomes_does_not_conform() {
+        let mut el = CommitBundle { commit: vec![1], welcome: Some(vec![2]), group_info: vec![3], epoch_check: epoch_check(b"a") }.to_element();
+        el.append_child(bytes_child("welcome", &[4]));
+        assert_eq!(CommitBundle::parse(&el), Err(malformed("an element of urn:xmpp:mls:0 given twice")));
     }
 }
