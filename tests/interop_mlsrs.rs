@@ -1,6 +1,7 @@
 //! A second MLS implementation in the suite: a device of AWS mls-rs,
 //! speaking xep/ with raw stanzas (tests/mlsrs), in one group with devices
-//! of our library (openmls): it is added and welcomed, talks both ways,
+//! of our library (openmls): it is added and welcomed, talks both ways
+//! (XEP-0420 envelopes), decrypts a burst in the sender's order,
 //! commits (an empty Commit, then one that adds a device of our library),
 //! has a stale Commit refused, and catches up from the archive across the
 //! epochs it missed while offline. Runs on Prosody and, with
@@ -18,8 +19,8 @@ use xmpp_parsers::jid::BareJid;
 async fn message_from(client: &mut GroupClient, account: &str) -> String {
     let from = bare(account);
     let got = expect(client, "message", |e| matches!(e, GroupEvent::Message { account, .. } if *account == from)).await;
-    let GroupEvent::Message { body, .. } = got else { unreachable!() };
-    String::from_utf8(body).unwrap()
+    let GroupEvent::Message { content, .. } = got else { unreachable!() };
+    content.body().expect("a body")
 }
 
 /// Applies the commits that `client` receives until `epoch`.
@@ -57,13 +58,23 @@ async fn an_mls_rs_device_joins_talks_commits_and_catches_up() {
     assert_eq!(members, ["alice@example.org", "bob@example.org", "carol@example.org"]);
 
     // Application messages both ways; the sender gets its echo.
-    alice.send(&group, b"hello carol").await.unwrap();
+    alice.send_body(&group, "hello carol").await.unwrap();
     assert_eq!(carol.next_item().await, text_message("alice@example.org", "hello carol"));
     let id = carol.send("hello from mls-rs").await;
     for device in [&mut alice, &mut bob] {
         assert_eq!(message_from(device, "carol@example.org").await, "hello from mls-rs");
     }
     assert_eq!(carol.next_item().await, Item::Echo { id });
+
+    // A burst sent without waiting for echoes (xep/ §Order): mls-rs
+    // decrypts every message, in the sender's order.
+    let burst: Vec<String> = (0..40).map(|i| format!("burst message {i}")).collect();
+    for text in &burst {
+        alice.send_body(&group, text).await.unwrap();
+    }
+    for text in &burst {
+        assert_eq!(carol.next_item().await, text_message("alice@example.org", text));
+    }
 
     // mls-rs commits: an empty Commit (an UpdatePath), then one that adds dave's device.
     assert_eq!(carol.commit(Vec::new()).await, Ok(2));
@@ -80,7 +91,7 @@ async fn an_mls_rs_device_joins_talks_commits_and_catches_up() {
         reach(device, &group, 3).await;
         assert_eq!(device.epoch_check(&group).unwrap(), carol.epoch_check());
     }
-    dave.send(&group, b"dave here").await.unwrap();
+    dave.send_body(&group, "dave here").await.unwrap();
     assert_eq!(carol.next_item().await, text_message("dave@example.org", "dave here"));
 
     // Offline, carol misses three epochs and a message in each.
@@ -89,7 +100,7 @@ async fn an_mls_rs_device_joins_talks_commits_and_catches_up() {
     for epoch in 4..=6 {
         last_commit = alice.update(&group).await.unwrap().stanza_id;
         reach(&mut bob, &group, epoch).await;
-        bob.send(&group, format!("missed in epoch {epoch}").as_bytes()).await.unwrap();
+        bob.send_body(&group, &format!("missed in epoch {epoch}")).await.unwrap();
     }
 
     // Back online, her Commit for epoch 3 loses: the service names the current epoch and its Commit.
@@ -103,9 +114,10 @@ async fn an_mls_rs_device_joins_talks_commits_and_catches_up() {
 
     // She joins the feed (which names epoch 6), reads her inbox and catches up, two items a page.
     assert_eq!(carol.join_feed().await, 6);
-    // Her device's publication, alice's claim of her KeyPackage, the Welcome;
-    // acknowledged by the account's only device, they are gone.
-    assert_eq!(carol.read_inbox().await, ["event", "key-package-claimed", "welcome"]);
+    // Her device's publication, alice's claim of her KeyPackage, the
+    // warning that her pool (3, uploaded below low-water) is low, the
+    // Welcome; acknowledged by the account's only device, they are gone.
+    assert_eq!(carol.read_inbox().await, ["event", "key-package-claimed", "key-packages-low", "welcome"]);
     assert_eq!(carol.read_inbox().await, Vec::<String>::new());
     let items = carol.catch_up(2).await;
     let bob_said = |epoch| text_message("bob@example.org", &format!("missed in epoch {epoch}"));
@@ -144,7 +156,7 @@ async fn an_mls_rs_device_creates_a_group_and_adds_our_devices() {
     let id = carol.send("welcome, alice").await;
     assert_eq!(message_from(&mut alice, "carol@example.org").await, "welcome, alice");
     assert_eq!(carol.next_item().await, Item::Echo { id });
-    alice.send(&group, b"thanks, carol").await.unwrap();
+    alice.send_body(&group, "thanks, carol").await.unwrap();
     assert_eq!(carol.next_item().await, text_message("alice@example.org", "thanks, carol"));
     component.assert_never_reconnected();
 }

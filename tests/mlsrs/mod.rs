@@ -4,7 +4,7 @@
 //! It keeps its MLS state in memory, so it can go offline and come back
 //! on a new session.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,6 +29,7 @@ const NS_CLIENT: &str = "jabber:client";
 const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 const NS_MAM: &str = "urn:xmpp:mam:2";
 const NS_SID: &str = "urn:xmpp:sid:0";
+const NS_SCE: &str = "urn:xmpp:sce:1";
 /// The mandatory-to-implement cipher suite (RFC 9420 §17.1; xep: Wire Format).
 const SUITE: CipherSuite = CipherSuite::CURVE25519_AES128;
 /// Within the service's default max-key-package-lifetime (90 days).
@@ -39,16 +40,43 @@ const WAIT: Duration = Duration::from_secs(20);
 
 type Config = WithMlsRules<DefaultMlsRules, WithIdentityProvider<BasicIdentityProvider, WithCryptoProvider<RustCryptoProvider, BaseConfig>>>;
 
-/// The application data of a message whose text is `text`. Our library
-/// sends the octets as given (the CLI: UTF-8 text); this pair is the one
-/// place to change when the content becomes a XEP-0420 envelope.
-pub fn encode_content(text: &str) -> Vec<u8> {
-    text.as_bytes().to_vec()
+/// The application data of a message of `account` whose body is `text`:
+/// a XEP-0420 envelope as xep: Message Content profiles it, built here
+/// from the XEP, not with the library's own envelope code.
+pub fn encode_content(account: &str, text: &str) -> Vec<u8> {
+    use rand::distr::{Alphanumeric, SampleString as _};
+    let envelope = |pad: &str| {
+        let mut envelope = Element::builder("envelope", NS_SCE)
+            .append(Element::builder("content", NS_SCE).append(Element::builder("body", NS_CLIENT).append(text).build()).build());
+        if !pad.is_empty() {
+            envelope = envelope.append(Element::builder("rpad", NS_SCE).append(pad).build());
+        }
+        let stamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let envelope = envelope
+            .append(Element::builder("time", NS_SCE).attr("stamp".try_into().unwrap(), stamp).build())
+            .append(Element::builder("from", NS_SCE).attr("jid".try_into().unwrap(), account).build());
+        String::from(&envelope.build()).into_bytes()
+    };
+    // 1 to 256 random letters and digits, as many as make the length a multiple of 256.
+    let pad = Alphanumeric.sample_string(&mut rand::rng(), 256);
+    (1..=256).map(|n| envelope(&pad[..n])).find(|data| data.len() % 256 == 0).expect("a padding that fits")
 }
 
-/// The text of received application data (see [`encode_content`]).
-pub fn decode_content(data: &[u8]) -> String {
-    String::from_utf8(data.to_vec()).expect("UTF-8 content")
+/// The body of received application data, after the receiver's checks of
+/// xep: Message Content (an envelope whose `<from/>` is the MLS sender's
+/// account, with `<content/>` and `<time/>`).
+pub fn decode_content(data: &[u8], sender: &str) -> Result<String, String> {
+    let envelope: Element = std::str::from_utf8(data).map_err(|e| e.to_string())?.parse().map_err(|e| format!("{e:?}"))?;
+    if !envelope.is("envelope", NS_SCE) {
+        return Err("not an envelope".into());
+    }
+    let from = envelope.get_child("from", NS_SCE).and_then(|f| f.attr("jid"));
+    if from != Some(sender) {
+        return Err(format!("<from/> {from:?} is not the MLS sender {sender}"));
+    }
+    envelope.get_child("time", NS_SCE).ok_or("no <time/>")?;
+    let content = envelope.get_child("content", NS_SCE).ok_or("no <content/>")?;
+    Ok(content.get_child("body", NS_CLIENT).map(Element::text).unwrap_or_default())
 }
 
 /// What a group item did to the device.
@@ -72,9 +100,9 @@ pub struct RsDevice {
     client: Client<Config>,
     group: Option<Group<Config>>,
     group_jid: String,
-    /// Stanza IDs applied, and the last of them: where catch-up resumes.
-    applied: HashSet<String>,
-    last_applied: Option<String>,
+    /// The stanza ID and position of the last item applied: where
+    /// catch-up resumes, and what the next copy's position must follow.
+    last_applied: Option<(String, u64)>,
     /// Stanzas that arrived while the device waited for something else.
     backlog: VecDeque<Element>,
 }
@@ -109,7 +137,6 @@ impl RsDevice {
             client,
             group: None,
             group_jid: String::new(),
-            applied: HashSet::new(),
             last_applied: None,
             backlog: VecDeque::new(),
         };
@@ -223,7 +250,7 @@ impl RsDevice {
         self.group_jid = welcome.attr("group").unwrap().to_owned();
         assert_eq!(self.group_jid, group_jid(group.group_id()));
         // The joiner's part of the archive starts after the Commit that added it.
-        self.last_applied = Some(welcome.attr("commit").unwrap().to_owned());
+        self.last_applied = Some((welcome.attr("commit").unwrap().to_owned(), position(welcome)));
         self.group = Some(group);
         self.check_leaves().await;
         self.join_feed().await;
@@ -258,7 +285,7 @@ impl RsDevice {
 
     /// Encrypts `text` and sends it to the group; returns the stanza 'id'.
     pub async fn send(&mut self, text: &str) -> String {
-        let msg = self.group.as_mut().unwrap().encrypt_application_message(&encode_content(text), Vec::new()).unwrap();
+        let msg = self.group.as_mut().unwrap().encrypt_application_message(&encode_content(&self.account, text), Vec::new()).unwrap();
         let id = self.session().next_id();
         let message = Element::builder("message", NS_CLIENT)
             .attr("to".try_into().unwrap(), self.group_jid.as_str())
@@ -299,7 +326,7 @@ impl RsDevice {
         }
         group.apply_pending_commit().unwrap();
         let accepted = reply.get_child("accepted", NS).expect("accepted");
-        self.mark_applied(accepted.attr("stanza-id").unwrap());
+        self.last_applied = Some((accepted.attr("stanza-id").unwrap().to_owned(), position(accepted)));
         Ok(accepted.attr("epoch").unwrap().parse().unwrap())
     }
 
@@ -321,7 +348,7 @@ impl RsDevice {
     pub async fn catch_up(&mut self, page: usize) -> Vec<Item> {
         let mut items = Vec::new();
         loop {
-            let (results, complete) = self.archive_page(&self.group_jid.clone(), self.last_applied.clone(), page).await;
+            let (results, complete) = self.archive_page(&self.group_jid.clone(), self.last_id(), page).await;
             items.extend(results.iter().map(|m| self.apply(m)));
             if complete {
                 break;
@@ -378,7 +405,7 @@ impl RsDevice {
     pub async fn ack(&mut self) {
         let ack = Element::builder("ack", NS)
             .attr("device".try_into().unwrap(), self.id.as_str())
-            .attr("id".try_into().unwrap(), self.last_applied.clone().unwrap())
+            .attr("id".try_into().unwrap(), self.last_id().unwrap())
             .build();
         self.expect_result(&self.group_jid.clone(), "set", ack).await;
     }
@@ -388,10 +415,13 @@ impl RsDevice {
         let mls = message.get_child("mls", NS).expect("<mls/>");
         let stanza_id = message.get_child("stanza-id", NS_SID).filter(|s| s.attr("by") == Some(self.group_jid.as_str())).expect("stanza-id");
         let stanza_id = stanza_id.attr("id").unwrap().to_owned();
-        if self.applied.contains(&stanza_id) {
-            self.last_applied = Some(stanza_id);
-            return Item::Skipped;
+        let at = position(mls);
+        let last = self.last_applied.as_ref().map_or(0, |(_, p)| *p);
+        if at <= last {
+            return Item::Skipped; // applied already: live and in the archive
         }
+        // These scenarios lose no copy: a gap would be a service fault.
+        assert_eq!(at, last + 1, "a gap in the positions before {}", String::from(message));
         let epoch: u64 = mls.attr("epoch").unwrap().parse().unwrap();
         let own = message.attr("from") == Some(self.device_jid().as_str());
         let item = match mls.attr("kind") {
@@ -401,7 +431,7 @@ impl RsDevice {
             kind => self.process(&unb64(&mls.text()), kind, mls.attr("epoch-check"))
                 .unwrap_or_else(|e| panic!("{e:?} at epoch {}: {}", self.epoch(), String::from(message))),
         };
-        self.mark_applied(&stanza_id);
+        self.last_applied = Some((stanza_id, at));
         item
     }
 
@@ -411,7 +441,9 @@ impl RsDevice {
             ReceivedMessage::ApplicationMessage(m) => {
                 assert_eq!(kind, Some("application"));
                 let sender = group.member_at_index(m.sender_index).expect("a sender leaf");
-                Item::Message { account: account_of(&sender.signing_identity), text: decode_content(m.data()) }
+                let account = account_of(&sender.signing_identity);
+                let text = decode_content(m.data(), &account).unwrap_or_else(|e| panic!("refused: {e}"));
+                Item::Message { account, text }
             }
             ReceivedMessage::Commit(_) => {
                 assert_eq!(kind, Some("commit"));
@@ -422,9 +454,8 @@ impl RsDevice {
         })
     }
 
-    fn mark_applied(&mut self, stanza_id: &str) {
-        self.applied.insert(stanza_id.to_owned());
-        self.last_applied = Some(stanza_id.to_owned());
+    fn last_id(&self) -> Option<String> {
+        self.last_applied.as_ref().map(|(id, _)| id.clone())
     }
 
     fn group(&self) -> &Group<Config> {
@@ -523,4 +554,9 @@ fn unb64(text: &str) -> Vec<u8> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The 'position' of an item, an `<accepted/>` or a Welcome (xep: Delivery to the Feed).
+fn position(el: &Element) -> u64 {
+    el.attr("position").expect("a position").parse().expect("a decimal position")
 }
