@@ -540,12 +540,18 @@ fn raw_sqlite_claims<'a>(dir: &Path, messages: impl Iterator<Item = &'a [u8]>) -
 }
 
 /// Appends `n` application messages through the store's append path, in
-/// concurrent waves as live traffic would arrive.
+/// concurrent waves as live traffic would arrive. Each is distinct, as
+/// real ones are (the store answers the same octets again as a resend):
+/// a template whose last 8 octets, in its AEAD tag, carry a counter.
 async fn fill_archive(store: &Store, id: &[u8], sender: &str, messages: &[Vec<u8>], n: usize) {
     const WAVE: usize = 2048;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     for start in (0..n).step_by(WAVE) {
         join_all((start..n.min(start + WAVE)).map(|i| {
-            let message = messages[i % messages.len()].clone();
+            let mut message = messages[i % messages.len()].clone();
+            let tail = message.len() - 8;
+            let unique = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            message[tail..].copy_from_slice(&unique.to_be_bytes());
             let budget = ArchiveBudget { group_bytes_per_day: u64::MAX, account_bytes_per_day: u64::MAX };
             store.append_application(id.to_vec(), sender.to_owned(), 0, 0, message, budget)
         }))
