@@ -233,7 +233,7 @@ fn groups() -> Vec<Case> {
         // Commit bundles.
         // A resend by its committer's account gets the original acceptance
         // (xep/ §Resends); the same bytes from another account are stale.
-        c("resent commit bundle", A, set("{H}", "{H_BUNDLE}"), "result <accepted xmlns='urn:xmpp:mls:0' epoch='1' stanza-id='{H_SID}'/>"),
+        c("resent commit bundle", A, set("{H}", "{H_BUNDLE}"), "result <accepted xmlns='urn:xmpp:mls:0' epoch='1' position='{H_POS}' stanza-id='{H_SID}'/>"),
         c("commit bundle replayed by another account", B, set("{H}", "{H_BUNDLE}"), "cancel/conflict wrong-epoch[commit={H_SID},epoch=1]"),
         c("commit of another group", A, set("{G}", "{H_BUNDLE}"), "modify/not-acceptable invalid-message[reason=wrong-group]"),
         c("commit to an unknown group", A, set("{U}", "{H_BUNDLE}"), "cancel/item-not-found unknown-group"),
@@ -253,7 +253,7 @@ fn groups() -> Vec<Case> {
         c("commit with an unknown element", A, set("{H}", &commit("{H_CHECK}", "{H_COMMIT}", "{H_GI}").replace("</commit>", "<signature>AAAA</signature></commit>")), "modify/bad-request"),
         c("commit nested thousands deep", A, set("{G}", &commit("{H_CHECK}", &deep, "{H_GI}")), "modify/bad-request"),
         // Proposals.
-        c("resent proposal of an ended epoch", B, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "result <accepted xmlns='urn:xmpp:mls:0' epoch='1' stanza-id='{G_PROP_SID}'/>"),
+        c("resent proposal of an ended epoch", B, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "result <accepted xmlns='urn:xmpp:mls:0' epoch='1' position='{G_PROP_POS}' stanza-id='{G_PROP_SID}'/>"),
         c("proposal of an ended epoch replayed by another account", A, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'><message>{G_PROP}</message></proposal>"), "cancel/conflict wrong-epoch[commit={G_SID2},epoch=2]"),
         c("a commit as proposal", A, set("{H}", "<proposal xmlns='urn:xmpp:mls:0'><message>{H_COMMIT}</message></proposal>"), "modify/not-acceptable invalid-message[reason=wrong-content-type]"),
         c("proposal without message", A, set("{G}", "<proposal xmlns='urn:xmpp:mls:0'/>"), "modify/bad-request"),
@@ -540,6 +540,7 @@ async fn set_up(prosody: &Prosody, dir: &tempfile::TempDir) -> (HashMap<&'static
     vars.insert("G_APP_CUT", cut(&g_app));
     vars.insert("U_APP", b64_encode(&u_app));
     vars.insert("G_PROP", g_prop);
+    vars.insert("G_PROP_POS", proposed.position.to_string());
     vars.insert("G_PROP_SID", proposed.stanza_id);
     vars.insert("G_SID2", second.stanza_id);
     vars.insert("G_LAST", last);
@@ -552,6 +553,7 @@ async fn set_up(prosody: &Prosody, dir: &tempfile::TempDir) -> (HashMap<&'static
     vars.insert("H_GI_CUT", cut(&b64_encode(&bundle.group_info)));
     vars.insert("H_CHECK", bundle.epoch_check.clone());
     vars.insert("H_CHECK_UPPER", bundle.epoch_check.to_uppercase());
+    vars.insert("H_POS", accepted.position.to_string());
     vars.insert("H_SID", accepted.stanza_id);
     vars.insert("A_KP", b64_encode(&kp));
     vars.insert("A_KP_CUT", cut(&b64_encode(&kp)));
