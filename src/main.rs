@@ -11,8 +11,15 @@ mod cli;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use xmpp_mls::client::{ClientError, ConnectOptions, Session};
+use xmpp_mls::component::ServeError;
 use xmpp_mls::config::{Config, LogFormat};
 use xmpp_parsers::jid::{BareJid, Jid};
+
+/// Where `serve` and `admin` read their configuration unless told otherwise.
+const DEFAULT_CONFIG: &str = "/etc/xmpp-mls/config.toml";
+/// `serve`'s exit code when the XMPP server refuses the component's secret:
+/// a restart does not fix it (the systemd unit lists it in RestartPreventExitStatus).
+const EXIT_SECRET_REFUSED: u8 = 6;
 
 /// MLS (RFC 9420) group encryption for any XMPP server, as an external
 /// component (XEP-0114).
@@ -27,17 +34,20 @@ struct Cli {
 enum Command {
     /// Run the component. Every config key can be overridden by an
     /// environment variable XMPP_MLS_<SECTION>_<KEY>, e.g.
-    /// XMPP_MLS_COMPONENT_SECRET; see examples/xmpp-mls.toml.
+    /// XMPP_MLS_COMPONENT_SECRET.
+    ///
+    /// Exit codes: 0 stopped by SIGTERM or SIGINT, 1 other failure, 2 bad
+    /// configuration, 6 the XMPP server refused component.secret.
     Serve {
         /// The TOML configuration file.
-        #[arg(long, short, env = "XMPP_MLS_CONFIG")]
+        #[arg(long, short, env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Inspect and maintain the component's store (the component may be
     /// running).
     Admin {
         /// The component's TOML configuration file.
-        #[arg(long, short, env = "XMPP_MLS_CONFIG")]
+        #[arg(long, short, env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -116,6 +126,10 @@ async fn serve(path: PathBuf) -> ExitCode {
     });
     match xmpp_mls::component::serve(config, rx).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Connect(e)) if e.is_fatal() => {
+            tracing::error!(error = %e, "the XMPP server refused component.secret: not retrying, fix the secret");
+            ExitCode::from(EXIT_SECRET_REFUSED)
+        }
         Err(e) => {
             tracing::error!(error = %e, "stopped");
             ExitCode::FAILURE

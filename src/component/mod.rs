@@ -95,10 +95,7 @@ async fn connection_loop(
                     Some(e) => tracing::warn!(error = %e, "connection lost"),
                 }
             }
-            Err(e) if e.is_fatal() => {
-                tracing::error!(error = %e, "giving up: check component.secret");
-                return Err(e.into());
-            }
+            Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => tracing::warn!(error = %e, "cannot connect"),
         }
         let delay = backoff.next_delay();
