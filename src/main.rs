@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use xmpp_mls::client::{ClientError, ConnectOptions, Session};
 use xmpp_mls::component::ServeError;
-use xmpp_mls::config::{Config, LogFormat};
+use xmpp_mls::config::{Config, LogFormat, ANNOTATED_DEFAULTS, SECRET_KEYS};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 /// Where `serve` and `admin` read their configuration unless told otherwise.
@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Run the component. Every config key can be overridden by an
     /// environment variable XMPP_MLS_<SECTION>_<KEY>, e.g.
-    /// XMPP_MLS_COMPONENT_SECRET.
+    /// XMPP_MLS_COMPONENT_SECRET; `xmpp-mls config defaults` lists the keys.
     ///
     /// Exit codes: 0 stopped by SIGTERM or SIGINT, 1 other failure, 2 bad
     /// configuration, 6 the XMPP server refused component.secret.
@@ -43,6 +43,9 @@ enum Command {
         #[arg(long, short, env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Check a configuration, or print the annotated defaults.
+    #[command(subcommand)]
+    Config(ConfigAction),
     /// Inspect and maintain the component's store (the component may be
     /// running).
     Admin {
@@ -92,11 +95,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a configuration file as `serve` does (exit 2 on a problem)
+    /// and print the configuration in effect: the file, the environment
+    /// overrides and the defaults, with component.secret masked.
+    Check {
+        /// The TOML configuration file.
+        #[arg(env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
+        path: PathBuf,
+    },
+    /// Print every key with its default and what it means, as TOML.
+    Defaults,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Config(action) => config(action),
         Command::Admin { config, json, action } => runtime.block_on(admin(config, json, action)),
         Command::Client { jid, password, server, direct_tls, ca_file, insecure_tcp, service, state, action } => {
             init_logging(LogFormat::Text, "warn");
@@ -143,6 +161,23 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
         eprintln!("{e}");
         ExitCode::from(2)
     })
+}
+
+fn config(action: ConfigAction) -> ExitCode {
+    match action {
+        ConfigAction::Check { path } => match load_config(&path) {
+            Ok(config) => {
+                println!("# {}: valid. In effect (file, environment, defaults); masked: {}", path.display(), SECRET_KEYS.join(", "));
+                print!("{}", config.effective_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        ConfigAction::Defaults => {
+            print!("{ANNOTATED_DEFAULTS}");
+            ExitCode::SUCCESS
+        }
+    }
 }
 
 async fn admin(path: PathBuf, json: bool, action: admin::AdminAction) -> ExitCode {

@@ -46,3 +46,86 @@ async fn a_refused_secret_exits_6_once_with_one_line_and_the_unit_does_not_resta
     }
     assert_eq!(unit_restart_prevent_codes(), [2, 6]);
 }
+
+/// `config check` with the given environment: (exit code, stdout, stderr).
+fn config_check(dir: &std::path::Path, file: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+        .args(["config", "check", file])
+        .current_dir(dir)
+        .env_remove("XMPP_MLS_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_with_the_secret_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = "[component]\njid = \"mls.example.org\"\nsecret = \"in-the-file\"\n[store]\npath = \"/var/lib/x.db\"\n";
+    std::fs::write(dir.path().join("c.toml"), file).unwrap();
+    let env = [("XMPP_MLS_COMPONENT_SECRET", "from-the-env"), ("XMPP_MLS_LIMITS_MAX_PAGE_SIZE", "50")];
+    let (code, stdout, stderr) = config_check(dir.path(), "c.toml", &env);
+    assert_eq!((code, stderr.as_str()), (Some(0), ""), "{stdout}");
+    assert!(stdout.starts_with("# c.toml: valid. In effect (file, environment, defaults); masked: component.secret\n"), "{stdout}");
+    assert!(!stdout.contains("in-the-file") && !stdout.contains("from-the-env"), "{stdout}");
+    let printed: toml::Table = stdout.parse().unwrap();
+    let owned: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let mut expected = toml::Table::try_from(xmpp_mls::config::Config::from_toml(file, owned).unwrap()).unwrap();
+    expected["component"]["secret"] = toml::Value::String("(masked)".into());
+    assert_eq!(printed, expected);
+    assert_eq!((printed["limits"]["max_page_size"].as_integer(), printed["store"]["readers"].as_integer()), (Some(50), Some(4)));
+
+    std::fs::write(dir.path().join("bad.toml"), file.replace("[store]", "[limits]\nmax_in_flight = 0\n[store]")).unwrap();
+    let (code, stdout, stderr) = config_check(dir.path(), "bad.toml", &[]);
+    assert_eq!((code, stdout.as_str()), (Some(2), ""));
+    assert_eq!(stderr, "config error: limits.max_in_flight: must be greater than 0\n");
+}
+
+#[test]
+fn every_key_that_looks_secret_is_masked() {
+    let secret_like = ["secret", "password", "token", "credential", "private"];
+    let keys = xmpp_mls::config::keys();
+    let looks_secret: Vec<&String> = keys.iter().filter(|k| secret_like.iter().any(|w| k.contains(w))).collect();
+    assert_eq!(looks_secret, xmpp_mls::config::SECRET_KEYS);
+}
+
+#[test]
+fn config_defaults_prints_every_key_with_a_comment_and_is_the_example_file() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-mls")).args(["config", "defaults"]).output().unwrap();
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!((out.status.code(), printed.as_str()), (Some(0), include_str!("../examples/xmpp-mls.toml")));
+    let mut section = "";
+    let mut seen = Vec::new();
+    let lines: Vec<&str> = printed.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s;
+        } else if let Some((key, _)) = line.split_once(" = ").filter(|_| !line.starts_with('#')) {
+            assert!(i > 0 && lines[i - 1].starts_with("# "), "{section}.{key} has no comment above it");
+            seen.push(format!("{section}.{key}"));
+        }
+    }
+    let mut keys = xmpp_mls::config::keys();
+    keys.sort();
+    seen.sort();
+    assert_eq!(seen, keys);
+}
+
+#[test]
+fn the_readme_configuration_table_lists_exactly_the_keys() {
+    let readme = include_str!("../README.md");
+    let (_, reference) = readme.split_once("### Configuration reference").expect("the section");
+    let table = reference.split("\n#").next().unwrap();
+    let mut rows: Vec<String> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once('`').map(|(key, _)| key.to_owned()))
+        .collect();
+    rows.sort();
+    let mut keys = xmpp_mls::config::keys();
+    keys.sort();
+    let missing: Vec<&String> = keys.iter().filter(|k| !rows.contains(k)).collect();
+    let unknown: Vec<&String> = rows.iter().filter(|r| !keys.contains(r)).collect();
+    assert_eq!((missing, unknown), (vec![], vec![]));
+    assert_eq!(rows, keys, "each key once");
+}
