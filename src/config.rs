@@ -268,6 +268,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `xmpp_mls=debug`.
     pub level: String,
+    /// Whether each line names the source file and line that wrote it.
+    pub source_location: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -328,7 +330,7 @@ impl Default for Limits {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self { format: LogFormat::Text, level: "info".into(), source_location: false }
     }
 }
 

@@ -1,12 +1,12 @@
 //! `xmpp-mls`: run the component (`serve`), look after its store (`admin`)
 //! or act as a client (`client`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod admin;
 mod cli;
+mod logging;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         Command::Config(action) => config(action),
         Command::Admin { config, json, action } => runtime.block_on(admin(config, json, action)),
         Command::Client { jid, password, server, direct_tls, ca_file, insecure_tcp, service, state, action } => {
-            init_logging(LogFormat::Text, "warn");
+            logging::init(LogFormat::Text, "warn", false);
             let service = service.unwrap_or_else(|| Jid::new(&format!("mls.{}", jid.domain())).expect("a domain"));
             let state = state.unwrap_or_else(|| PathBuf::from(format!("xmpp-mls-{jid}.sqlite3")));
             let mut opts = ConnectOptions::new(jid, password);
@@ -135,7 +135,7 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(config.log.format, &config.log.level);
+    logging::init(config.log.format, &config.log.level, config.log.source_location);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -185,7 +185,7 @@ async fn admin(path: PathBuf, json: bool, action: admin::AdminAction) -> ExitCod
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(config.log.format, "warn");
+    logging::init(config.log.format, "warn", config.log.source_location);
     match admin::run(&config, json, action).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -202,18 +202,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::new(level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -129,3 +129,59 @@ fn the_readme_configuration_table_lists_exactly_the_keys() {
     assert_eq!((missing, unknown), (vec![], vec![]));
     assert_eq!(rows, keys, "each key once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_default_level_json_logs_start_with_one_startup_line_and_carry_no_migration_chatter_or_source_paths() {
+    let prosody = Prosody::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.sqlite3");
+    let config = format!(
+        "[component]\njid = \"{COMPONENT}\"\nsecret = \"{}\"\nserver = \"127.0.0.1:{}\"\n[store]\npath = \"{}\"\n[log]\nformat = \"json\"\n",
+        common::SECRET,
+        prosody.component_port,
+        store.display()
+    );
+    std::fs::write(dir.path().join("c.toml"), config).unwrap();
+    let log_path = dir.path().join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+        .args(["serve", "--config", "c.toml"])
+        .current_dir(dir.path())
+        .env_remove("XMPP_MLS_LOG_LEVEL")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log_path).unwrap();
+    let connected = common::wait_until(std::time::Duration::from_secs(15), || read().contains("component connected"));
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = read();
+    assert!(connected, "{log}");
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let fields = &lines[0]["fields"];
+    let expected = serde_json::json!({
+        "message": "starting xmpp-mls",
+        "version": env!("CARGO_PKG_VERSION"),
+        "jid": COMPONENT,
+        "server": format!("127.0.0.1:{}", prosody.component_port),
+        "store": format!("sqlite:{}", store.display()),
+        "synchronous": "Full",
+        "max_payload_size": 245760,
+        "max_stanza_out": 458752,
+        "max_in_flight": 256,
+        "account_rate": 50,
+        "account_burst": 200,
+        "max_members": 1024,
+        "max_devices_per_account": 16,
+        "metrics": "",
+    });
+    assert_eq!((fields, &lines[0]["level"], &lines[0]["target"]), (&expected, &"INFO".into(), &"xmpp_mls::component".into()));
+    assert_eq!(log.matches("starting xmpp-mls").count(), 1, "{log}");
+    for line in &lines {
+        let target = line["target"].as_str().unwrap();
+        assert!(!target.starts_with("rusqlite_migration") && !target.starts_with("refinery"), "{line}");
+        let keys: Vec<&String> = line.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["fields", "level", "target", "timestamp"], "{line}");
+        assert!(!line["fields"].as_object().unwrap().keys().any(|k| k.starts_with("log.")), "{line}");
+        assert!(!line.to_string().contains(".rs"), "{line}");
+    }
+}
