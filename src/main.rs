@@ -32,9 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the component. Every config key can be overridden by an
-    /// environment variable XMPP_MLS_<SECTION>_<KEY>, e.g.
-    /// XMPP_MLS_COMPONENT_SECRET; `xmpp-mls config defaults` lists the keys.
+    /// Run the component.
+    ///
+    /// Every config key can be overridden by an environment variable
+    /// XMPP_MLS_<SECTION>_<KEY>, e.g. XMPP_MLS_COMPONENT_SECRET;
+    /// `xmpp-mls config defaults` lists the keys.
     ///
     /// Exit codes: 0 stopped by SIGTERM or SIGINT, 1 other failure, 2 bad
     /// configuration, 6 the XMPP server refused component.secret.

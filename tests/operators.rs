@@ -20,6 +20,8 @@ fn serve_and_admin_read_etc_xmpp_mls_config_toml_by_default() {
         let help = String::from_utf8(out.stdout).unwrap();
         let words: Vec<&str> = help.split_whitespace().collect();
         assert!(words.join(" ").contains("[env: XMPP_MLS_CONFIG=] [default: /etc/xmpp-mls/config.toml]"), "{command}: {help}");
+        let exit_codes = "Exit codes: 0 stopped by SIGTERM or SIGINT, 1 other failure, 2 bad configuration, 6 the XMPP server refused component.secret.";
+        assert_eq!(words.join(" ").contains(exit_codes), command == "serve", "{command}: {help}");
     }
     let unit = include_str!("../examples/xmpp-mls.service");
     assert!(unit.contains("\nExecStart=/usr/local/bin/xmpp-mls serve --config /etc/xmpp-mls/config.toml\n"), "{unit}");
