@@ -516,8 +516,12 @@ fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
 
 /// Every key the configuration knows, as `section.key`.
 pub fn keys() -> Vec<String> {
-    let tables = schema().into_iter().filter_map(|(section, t)| t.as_table().map(|t| (section, t.clone())));
-    tables.flat_map(|(section, t)| t.keys().map(|k| format!("{section}.{k}")).collect::<Vec<_>>()).collect()
+    let mut keys = Vec::new();
+    for (section, table) in schema() {
+        let names = table.as_table().into_iter().flat_map(|t| t.keys());
+        keys.extend(names.map(|k| format!("{section}.{k}")));
+    }
+    keys
 }
 
 impl Config {
