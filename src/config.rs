@@ -10,6 +10,13 @@ use serde::{Deserialize, Serialize};
 use xmpp_parsers::jid::BareJid;
 
 pub const ENV_PREFIX: &str = "XMPP_MLS_";
+/// Every key with its default and a comment: the one source of the keys'
+/// documentation (`xmpp-mls config defaults` prints it; tests check it
+/// against [`keys`] and the README).
+pub const ANNOTATED_DEFAULTS: &str = include_str!("../examples/xmpp-mls.toml");
+/// Keys whose values `xmpp-mls config check` never prints.
+pub const SECRET_KEYS: &[&str] = &["component.secret"];
+const MASKED: &str = "(masked)";
 /// Cipher suites whose signature scheme is Ed25519 (the device-list scheme)
 /// and that the crypto backend implements.
 pub const SUPPORTED_CIPHER_SUITES: &[u16] = &[1, 3];
@@ -261,6 +268,8 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter, e.g. `info` or `xmpp_mls=debug`.
     pub level: String,
+    /// Whether each line names the source file and line that wrote it.
+    pub source_location: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -321,7 +330,7 @@ impl Default for Limits {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Text, level: "info".into() }
+        Self { format: LogFormat::Text, level: "info".into(), source_location: false }
     }
 }
 
@@ -503,6 +512,30 @@ fn deserialize(table: toml::Table) -> Result<Config, ConfigError> {
         let problem = problem.lines().next().unwrap_or_default().to_owned();
         err(if path == "." { "config".into() } else { path }, problem)
     })
+}
+
+/// Every key the configuration knows, as `section.key`.
+pub fn keys() -> Vec<String> {
+    let mut keys = Vec::new();
+    for (section, table) in schema() {
+        let names = table.as_table().into_iter().flat_map(|t| t.keys());
+        keys.extend(names.map(|k| format!("{section}.{k}")));
+    }
+    keys
+}
+
+impl Config {
+    /// The configuration in effect as TOML, with [`SECRET_KEYS`] masked.
+    pub fn effective_toml(&self) -> String {
+        let mut table = toml::Table::try_from(self).expect("the config serialises");
+        for key in SECRET_KEYS {
+            let (section, name) = key.split_once('.').expect("section.key");
+            if let Some(v) = table.get_mut(section).and_then(|t| t.get_mut(name)) {
+                *v = toml::Value::String(MASKED.into());
+            }
+        }
+        toml::to_string(&table).expect("a table serialises")
+    }
 }
 
 /// Every key with its default value, to type environment overrides.

@@ -1,18 +1,25 @@
 //! `xmpp-mls`: run the component (`serve`), look after its store (`admin`)
 //! or act as a client (`client`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod admin;
 mod cli;
+mod logging;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 use xmpp_mls::client::{ClientError, ConnectOptions, Session};
-use xmpp_mls::config::{Config, LogFormat};
+use xmpp_mls::component::ServeError;
+use xmpp_mls::config::{Config, LogFormat, ANNOTATED_DEFAULTS, SECRET_KEYS};
 use xmpp_parsers::jid::{BareJid, Jid};
+
+/// Where `serve` and `admin` read their configuration unless told otherwise.
+const DEFAULT_CONFIG: &str = "/etc/xmpp-mls/config.toml";
+/// `serve`'s exit code when the XMPP server refuses the component's secret:
+/// a restart does not fix it (the systemd unit lists it in RestartPreventExitStatus).
+const EXIT_SECRET_REFUSED: u8 = 6;
 
 /// MLS (RFC 9420) group encryption for any XMPP server, as an external
 /// component (XEP-0114).
@@ -25,19 +32,27 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the component. Every config key can be overridden by an
-    /// environment variable XMPP_MLS_<SECTION>_<KEY>, e.g.
-    /// XMPP_MLS_COMPONENT_SECRET; see examples/xmpp-mls.toml.
+    /// Run the component.
+    ///
+    /// Every config key can be overridden by an environment variable
+    /// XMPP_MLS_<SECTION>_<KEY>, e.g. XMPP_MLS_COMPONENT_SECRET;
+    /// `xmpp-mls config defaults` lists the keys.
+    ///
+    /// Exit codes: 0 stopped by SIGTERM or SIGINT, 1 other failure, 2 bad
+    /// configuration, 6 the XMPP server refused component.secret.
     Serve {
         /// The TOML configuration file.
-        #[arg(long, short, env = "XMPP_MLS_CONFIG")]
+        #[arg(long, short, env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Check a configuration, or print the annotated defaults.
+    #[command(subcommand)]
+    Config(ConfigAction),
     /// Inspect and maintain the component's store (the component may be
     /// running).
     Admin {
         /// The component's TOML configuration file.
-        #[arg(long, short, env = "XMPP_MLS_CONFIG")]
+        #[arg(long, short, env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Print JSON instead of tables.
         #[arg(long)]
@@ -82,14 +97,29 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate a configuration file as `serve` does (exit 2 on a problem)
+    /// and print the configuration in effect: the file, the environment
+    /// overrides and the defaults, with component.secret masked.
+    Check {
+        /// The TOML configuration file.
+        #[arg(env = "XMPP_MLS_CONFIG", default_value = DEFAULT_CONFIG)]
+        path: PathBuf,
+    },
+    /// Print every key with its default and what it means, as TOML.
+    Defaults,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     match cli.command {
         Command::Serve { config } => runtime.block_on(serve(config)),
+        Command::Config(action) => config(action),
         Command::Admin { config, json, action } => runtime.block_on(admin(config, json, action)),
         Command::Client { jid, password, server, direct_tls, ca_file, insecure_tcp, service, state, action } => {
-            init_logging(LogFormat::Text, "warn");
+            logging::init(LogFormat::Text, "warn", false);
             let service = service.unwrap_or_else(|| Jid::new(&format!("mls.{}", jid.domain())).expect("a domain"));
             let state = state.unwrap_or_else(|| PathBuf::from(format!("xmpp-mls-{jid}.sqlite3")));
             let mut opts = ConnectOptions::new(jid, password);
@@ -107,7 +137,7 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(config.log.format, &config.log.level);
+    logging::init(config.log.format, &config.log.level, config.log.source_location);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -116,6 +146,10 @@ async fn serve(path: PathBuf) -> ExitCode {
     });
     match xmpp_mls::component::serve(config, rx).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(ServeError::Connect(e)) if e.is_fatal() => {
+            tracing::error!(error = %e, "the XMPP server refused component.secret: not retrying, fix the secret");
+            ExitCode::from(EXIT_SECRET_REFUSED)
+        }
         Err(e) => {
             tracing::error!(error = %e, "stopped");
             ExitCode::FAILURE
@@ -131,12 +165,29 @@ fn load_config(path: &std::path::Path) -> Result<Config, ExitCode> {
     })
 }
 
+fn config(action: ConfigAction) -> ExitCode {
+    match action {
+        ConfigAction::Check { path } => match load_config(&path) {
+            Ok(config) => {
+                println!("# {}: valid. In effect (file, environment, defaults); masked: {}", path.display(), SECRET_KEYS.join(", "));
+                print!("{}", config.effective_toml());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        ConfigAction::Defaults => {
+            print!("{ANNOTATED_DEFAULTS}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
 async fn admin(path: PathBuf, json: bool, action: admin::AdminAction) -> ExitCode {
     let config = match load_config(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(config.log.format, "warn");
+    logging::init(config.log.format, "warn", config.log.source_location);
     match admin::run(&config, json, action).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -153,18 +204,6 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
-    }
-}
-
-fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::new(level);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

@@ -139,21 +139,11 @@ async fn error_stanzas_and_results_are_never_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_stops_cleanly_and_a_wrong_secret_stops_with_failure() {
+async fn sigterm_stops_cleanly() {
     let prosody = Prosody::start();
     let mut component = Component::start(&prosody, "");
     assert_eq!(component.terminate(), Some(0));
     assert!(component.log().contains("stopped"));
-
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "[component]\njid = \"{COMPONENT}\"\nsecret = \"wrong\"\nserver = \"127.0.0.1:{}\"\n[store]\npath = \"s.db\"\n",
-        prosody.component_port
-    );
-    std::fs::write(dir.path().join("c.toml"), config).unwrap();
-    let (code, stderr) = run_binary(&["serve", "--config", "c.toml"], dir.path());
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("not-authorized"), "{stderr}");
 }
 
 #[test]

@@ -38,6 +38,7 @@ pub enum ServeError {
 /// Returns once every accepted write is committed.
 pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), ServeError> {
     let config = Arc::new(config);
+    log_startup(&config);
     let store = Store::open(&config.store)?;
     let positions = store.group_seqs().await?;
     let service = Arc::new(Service::new(config.clone(), store.clone(), positions));
@@ -58,6 +59,27 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     store.close().await;
     tracing::info!("stopped");
     result
+}
+
+/// One line with what an operator checks first: version, JID, store, limits.
+fn log_startup(config: &Config) {
+    let (c, l) = (&config.component, &config.limits);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        jid = %c.jid,
+        server = %c.server,
+        store = %format_args!("sqlite:{}", config.store.path.display()),
+        synchronous = ?config.store.synchronous,
+        max_payload_size = l.max_payload_size,
+        max_stanza_out = l.max_stanza_out,
+        max_in_flight = l.max_in_flight,
+        account_rate = l.account_rate,
+        account_burst = l.account_burst,
+        max_members = config.groups.max_members,
+        max_devices_per_account = config.directory.max_devices_per_account,
+        metrics = %config.metrics.listen,
+        "starting xmpp-mls"
+    );
 }
 
 /// The current connection's outgoing queue, for stanzas that no incoming
@@ -95,10 +117,7 @@ async fn connection_loop(
                     Some(e) => tracing::warn!(error = %e, "connection lost"),
                 }
             }
-            Err(e) if e.is_fatal() => {
-                tracing::error!(error = %e, "giving up: check component.secret");
-                return Err(e.into());
-            }
+            Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => tracing::warn!(error = %e, "cannot connect"),
         }
         let delay = backoff.next_delay();
