@@ -205,3 +205,58 @@ async fn the_cli_shows_a_burst_in_the_senders_order() {
     let expected: Vec<String> = sent.iter().map(|b| format!("[{node}] alice@example.org/{device}: {b}")).collect();
     assert_eq!(shown, expected);
 }
+
+/// (exit code, stdout, stderr) of `command` run with stdin closed.
+fn run(mut command: Command) -> (i32, String, String) {
+    let out = command.stdin(std::process::Stdio::null()).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// The password comes from a file, the environment or a prompt; on the
+/// command line only with --insecure-password-arg.
+#[test]
+fn the_password_stays_off_the_command_line() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    prosody.register("alice", "alice");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("alice.sqlite3");
+    let without_env = |args: &[&str]| {
+        let mut c = command(&prosody, &state, "alice", args);
+        c.env_remove("XMPP_MLS_PASSWORD");
+        c
+    };
+
+    // --password alone: refused before anything is read or sent.
+    let (code, out, err) = run(without_env(&["--password", "alice", "device", "init"]));
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert_eq!(
+        err,
+        "--password is refused: every local user can read a command line; use --password-file FILE, \
+         XMPP_MLS_PASSWORD or the prompt on a terminal (or add --insecure-password-arg)\n"
+    );
+    assert!(!state.exists());
+
+    // No password anywhere and no terminal to ask on.
+    let (code, out, err) = run(without_env(&["device", "init"]));
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert_eq!(err, "no password: use --password-file FILE, set XMPP_MLS_PASSWORD, or run on a terminal to be asked\n");
+    assert!(!state.exists());
+
+    // --insecure-password-arg still lets --password through.
+    let (code, out, err) = run(without_env(&["--password", "alice", "--insecure-password-arg", "device", "init"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("uploaded 20 KeyPackages"), "{out}");
+
+    // A password file: its final newline is not part of the password, and
+    // a wrong one is an authentication failure (exit code 5).
+    let file = dir.path().join("password");
+    std::fs::write(&file, "alice\n").unwrap();
+    let (code, out, err) = run(without_env(&["--password-file", file.to_str().unwrap(), "keypackages", "status"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": 20 KeyPackages, last-resort present"), "{out}");
+    std::fs::write(&file, "alice2\n").unwrap();
+    let (code, _, err) = run(without_env(&["--password-file", file.to_str().unwrap(), "keypackages", "status"]));
+    assert_eq!(code, 5, "{err}");
+}
