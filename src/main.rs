@@ -1,6 +1,7 @@
 //! `xmpp-mls`: run the component (`serve`), look after its store (`admin`)
 //! or act as a client (`client`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,15 +63,14 @@ enum Command {
     },
     /// Act as a client of an MLS service through an XMPP account.
     ///
-    /// Exit codes: 0 success, 1 other failure, 3 the server's certificate
-    /// was refused, 4 the server offered no TLS, 5 authentication failed.
+    /// Exit codes: 0 success, 1 other failure, 2 bad arguments (or no
+    /// password), 3 the server's certificate was refused, 4 the server offered no TLS, 5 authentication failed.
     Client {
         /// The account's bare JID, e.g. alice@example.org.
         #[arg(long)]
         jid: BareJid,
-        /// The account's password.
-        #[arg(long, env = "XMPP_MLS_PASSWORD", hide_env_values = true)]
-        password: String,
+        #[command(flatten)]
+        password: PasswordArgs,
         /// The XMPP server's c2s address host:port (default: SRV records of
         /// the JID's domain, else the domain itself on port 5222, 5223 with
         /// --direct-tls).
@@ -111,6 +111,49 @@ enum ConfigAction {
     Defaults,
 }
 
+/// Where the account's password comes from: --password-file, else
+/// XMPP_MLS_PASSWORD, else a prompt on the terminal (no echo).
+#[derive(clap::Args)]
+struct PasswordArgs {
+    /// A file holding the account's password (one final newline is
+    /// ignored).
+    #[arg(long, conflicts_with = "password")]
+    password_file: Option<PathBuf>,
+    /// Refused unless --insecure-password-arg is given too: every local
+    /// user can read a command line (ps, /proc).
+    #[arg(long)]
+    password: Option<String>,
+    /// Accept --password anyway (a private test machine).
+    #[arg(long, requires = "password")]
+    insecure_password_arg: bool,
+}
+
+impl PasswordArgs {
+    /// The password, or the reason there is none (exit code 2).
+    fn read(self) -> Result<String, String> {
+        if let Some(password) = self.password {
+            if !self.insecure_password_arg {
+                return Err("--password is refused: every local user can read a command line; use --password-file FILE, \
+                            XMPP_MLS_PASSWORD or the prompt on a terminal (or add --insecure-password-arg)"
+                    .to_owned());
+            }
+            return Ok(password);
+        }
+        if let Some(path) = self.password_file {
+            let text = std::fs::read_to_string(&path).map_err(|e| format!("--password-file {}: {e}", path.display()))?;
+            let password = text.strip_suffix('\n').unwrap_or(&text);
+            return Ok(password.strip_suffix('\r').unwrap_or(password).to_owned());
+        }
+        if let Ok(password) = std::env::var("XMPP_MLS_PASSWORD") {
+            return Ok(password);
+        }
+        if !std::io::stdin().is_terminal() {
+            return Err("no password: use --password-file FILE, set XMPP_MLS_PASSWORD, or run on a terminal to be asked".to_owned());
+        }
+        rpassword::prompt_password("password: ").map_err(|e| format!("password prompt: {e}"))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
@@ -122,6 +165,13 @@ fn main() -> ExitCode {
             logging::init(LogFormat::Text, "warn", false);
             let service = service.unwrap_or_else(|| Jid::new(&format!("mls.{}", jid.domain())).expect("a domain"));
             let state = state.unwrap_or_else(|| PathBuf::from(format!("xmpp-mls-{jid}.sqlite3")));
+            let password = match password.read() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
             let mut opts = ConnectOptions::new(jid, password);
             opts.server = server;
             opts.direct_tls = direct_tls;

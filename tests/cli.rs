@@ -205,3 +205,102 @@ async fn the_cli_shows_a_burst_in_the_senders_order() {
     let expected: Vec<String> = sent.iter().map(|b| format!("[{node}] alice@example.org/{device}: {b}")).collect();
     assert_eq!(shown, expected);
 }
+
+/// (exit code, stdout, stderr) of `command` run with stdin closed.
+fn run(mut command: Command) -> (i32, String, String) {
+    let out = command.stdin(std::process::Stdio::null()).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+/// Whether the terminal of a child of `parent` (its stdin) has echo off.
+fn echo_off(parent: u32) -> bool {
+    let children = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")).unwrap_or_default();
+    children.split_whitespace().any(|pid| {
+        let Ok(tty) = std::fs::read_link(format!("/proc/{pid}/fd/0")) else { return false };
+        let settings = Command::new("stty").arg("-F").arg(tty).output().unwrap();
+        String::from_utf8_lossy(&settings.stdout).split_whitespace().any(|s| s == "-echo")
+    })
+}
+
+/// The password comes from a file, the environment or a prompt; on the
+/// command line only with --insecure-password-arg.
+#[test]
+fn the_password_stays_off_the_command_line() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    prosody.register("alice", "alice");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("alice.sqlite3");
+    let without_env = |args: &[&str]| {
+        let mut c = command(&prosody, &state, "alice", args);
+        c.env_remove("XMPP_MLS_PASSWORD");
+        c
+    };
+
+    // --password alone: refused before anything is read or sent.
+    let (code, out, err) = run(without_env(&["--password", "alice", "device", "init"]));
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert_eq!(
+        err,
+        "--password is refused: every local user can read a command line; use --password-file FILE, \
+         XMPP_MLS_PASSWORD or the prompt on a terminal (or add --insecure-password-arg)\n"
+    );
+    assert!(!state.exists());
+
+    // No password anywhere and no terminal to ask on.
+    let (code, out, err) = run(without_env(&["device", "init"]));
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert_eq!(err, "no password: use --password-file FILE, set XMPP_MLS_PASSWORD, or run on a terminal to be asked\n");
+    assert!(!state.exists());
+
+    // --insecure-password-arg still lets --password through.
+    let (code, out, err) = run(without_env(&["--password", "alice", "--insecure-password-arg", "device", "init"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("uploaded 20 KeyPackages"), "{out}");
+
+    // A password file: its final newline is not part of the password, and
+    // a wrong one is an authentication failure (exit code 5).
+    let file = dir.path().join("password");
+    std::fs::write(&file, "alice\n").unwrap();
+    let (code, out, err) = run(without_env(&["--password-file", file.to_str().unwrap(), "keypackages", "status"]));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(": 20 KeyPackages, last-resort present"), "{out}");
+    std::fs::write(&file, "alice2\n").unwrap();
+    let (code, _, err) = run(without_env(&["--password-file", file.to_str().unwrap(), "keypackages", "status"]));
+    assert_eq!(code, 5, "{err}");
+
+    // On a terminal (a pseudo-terminal from script(1)) it asks, and the
+    // answer is not echoed.
+    prosody.register("alice", "typed secret");
+    let line = format!(
+        "exec {} client --jid alice@example.org --server 127.0.0.1:{} --insecure-tcp --service {COMPONENT} --state {} \
+         keypackages status",
+        env!("CARGO_BIN_EXE_xmpp-mls"),
+        prosody.c2s_port,
+        state.display()
+    );
+    let mut terminal = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("XMPP_MLS_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = terminal.stdout.take().unwrap();
+    let mut shown = Vec::new();
+    while !String::from_utf8_lossy(&shown).contains("password: ") {
+        let mut chunk = [0u8; 256];
+        let n = std::io::Read::read(&mut stdout, &mut chunk).unwrap();
+        assert!(n > 0, "no prompt: {}", String::from_utf8_lossy(&shown));
+        shown.extend_from_slice(&chunk[..n]);
+    }
+    // The prompt is written before echo goes off: wait for that.
+    assert!(wait_until(Duration::from_secs(20), || echo_off(terminal.id())), "echo stays on");
+    std::io::Write::write_all(terminal.stdin.as_mut().unwrap(), b"typed secret\n").unwrap();
+    std::io::Read::read_to_end(&mut stdout, &mut shown).unwrap();
+    assert!(terminal.wait().unwrap().success());
+    let shown = String::from_utf8_lossy(&shown);
+    assert!(shown.contains(": 20 KeyPackages, last-resort present"), "{shown}");
+    assert!(!shown.contains("typed secret"), "{shown}");
+}

@@ -3,7 +3,7 @@
 //! `ejabberdctl` call per account) and log.
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{Server, COMPONENT, DOMAIN, SECRET};
@@ -14,10 +14,6 @@ const TEMPLATE: &str = include_str!("../fixtures/ejabberd.yml.template");
 /// or /etc/ejabberd's overrides ours), `log/` and `db/`, all owned by the
 /// ejabberd user, as which ejabberdctl runs the server.
 pub fn configure(server: &Server) {
-    let dir = server.dir.path();
-    for sub in ["conf", "log", "db"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
     let config = TEMPLATE
         .replace("@C2S_PORT@", &server.c2s_port.to_string())
         .replace("@COMPONENT_PORT@", &server.component_port.to_string())
@@ -25,6 +21,14 @@ pub fn configure(server: &Server) {
         .replace("@DOMAIN@", DOMAIN)
         .replace("@COMPONENT@", COMPONENT)
         .replace("@SECRET@", SECRET);
+    lay_out(server.dir.path(), &config);
+}
+
+/// `dir` laid out for an ejabberd whose ejabberd.yml is `config`.
+pub fn lay_out(dir: &Path, config: &str) {
+    for sub in ["conf", "log", "db"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
     std::fs::write(dir.join("conf/ejabberd.yml"), config).unwrap();
     std::fs::write(dir.join("conf/ejabberdctl.cfg"), "").unwrap();
     std::fs::copy("/etc/ejabberd/inetrc", dir.join("conf/inetrc"))
@@ -50,7 +54,12 @@ pub fn require_tls(server: &Server, ca: &super::tls::TestCa) {
 /// `su`; the VM writes its own process id to `ejabberd.pid` for [`kill`].
 /// The node name is unique among the instances running at once.
 pub fn command(server: &Server) -> Command {
-    let dir = server.dir.path();
+    let node = format!("xmppmls{}_{}@localhost", std::process::id(), server.api_port);
+    foreground(server.dir.path(), &node, &pid_path(server))
+}
+
+/// `ejabberdctl foreground` for the ejabberd laid out in `dir` by [`lay_out`].
+pub fn foreground(dir: &Path, node: &str, pid_path: &Path) -> Command {
     let mut command = Command::new("ejabberdctl");
     command
         .arg("--config-dir")
@@ -59,9 +68,9 @@ pub fn command(server: &Server) -> Command {
         .arg(dir.join("log"))
         .arg("--spool")
         .arg(dir.join("db"))
-        .args(["--node", &format!("xmppmls{}_{}@localhost", std::process::id(), server.api_port)])
+        .args(["--node", node])
         .arg("foreground")
-        .env("EJABBERD_PID_PATH", pid_path(server));
+        .env("EJABBERD_PID_PATH", pid_path);
     command
 }
 

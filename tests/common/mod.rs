@@ -18,7 +18,7 @@ pub const COMPONENT: &str = "mls.example.org";
 /// The fixture's second VirtualHost: accounts of another domain.
 pub const OTHER_DOMAIN: &str = "other.example";
 pub const SECRET: &str = "component-secret";
-mod ejabberd;
+pub mod ejabberd;
 pub mod federation;
 pub mod mls;
 mod prosody;
