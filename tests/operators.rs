@@ -7,7 +7,7 @@ use common::{run_binary, Prosody, COMPONENT};
 
 /// The systemd unit's RestartPreventExitStatus= codes.
 fn unit_restart_prevent_codes() -> Vec<i32> {
-    let unit = include_str!("../examples/xmpp-mls.service");
+    let unit = include_str!("../packaging/xmpp-mls.service");
     let line = unit.lines().find_map(|l| l.strip_prefix("RestartPreventExitStatus=")).expect("RestartPreventExitStatus=");
     line.split_whitespace().map(|c| c.parse().unwrap()).collect()
 }
@@ -23,8 +23,8 @@ fn serve_and_admin_read_etc_xmpp_mls_config_toml_by_default() {
         let exit_codes = "Exit codes: 0 stopped by SIGTERM or SIGINT, 1 other failure, 2 bad configuration, 6 the XMPP server refused component.secret.";
         assert_eq!(words.join(" ").contains(exit_codes), command == "serve", "{command}: {help}");
     }
-    let unit = include_str!("../examples/xmpp-mls.service");
-    assert!(unit.contains("\nExecStart=/usr/local/bin/xmpp-mls serve --config /etc/xmpp-mls/config.toml\n"), "{unit}");
+    let unit = include_str!("../packaging/xmpp-mls.service");
+    assert!(unit.contains("\nExecStart=/usr/bin/xmpp-mls serve --config /etc/xmpp-mls/config.toml\n"), "{unit}");
     let (code, stderr) = run_binary(&["serve", "--config", "missing.toml"], dir.path());
     assert_eq!((code, stderr.lines().count()), (Some(2), 1), "{stderr}");
 }
