@@ -91,11 +91,21 @@ fn system_user(root: &Path) -> (u32, u32, String) {
     (fields[2].parse().unwrap(), fields[3].parse().unwrap(), lines[0].to_owned())
 }
 
+/// The running unit's process, killed if the test ends before it stops.
+struct Unit(Child);
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The unit's ExecStart as systemd runs it: in a mount namespace where the
 /// root's /etc and /usr lie over the machine's (read-only) and its /var/lib
 /// (writable), with only the variables systemd sets and those of the
 /// EnvironmentFile, as User= and Group= with UMask=, in /.
-fn start_unit(root: &Path, log: &Path) -> Child {
+fn start_unit(root: &Path, log: &Path) -> Unit {
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/xmpp-mls.service")).unwrap();
     let env_file = std::fs::read_to_string(root.join(unit_value(&unit, "EnvironmentFile").trim_start_matches('/'))).unwrap();
     let mut env: Vec<String> = env_file.lines().filter(|l| !l.starts_with('#') && l.contains('=')).map(str::to_owned).collect();
@@ -119,13 +129,14 @@ fn start_unit(root: &Path, log: &Path) -> Child {
         unit_value(&unit, "Group"),
         unit_value(&unit, "ExecStart"),
     );
-    Command::new("unshare")
+    let child = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
         .args(&env)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .unwrap()
+        .unwrap();
+    Unit(child)
 }
 
 /// The identities and features of a disco#info answer.
@@ -205,8 +216,8 @@ async fn the_deb_installs_into_a_clean_root_and_its_unit_serves_a_group_through_
     let GroupEvent::Message { content, .. } = got else { unreachable!() };
     assert_eq!(content, Content::from_body("installed from the package"));
 
-    let _ = Command::new("kill").arg("-TERM").arg(unit.id().to_string()).status();
-    assert_eq!(unit.wait().unwrap().code(), Some(0), "{}", read_log());
+    let _ = Command::new("kill").arg("-TERM").arg(unit.0.id().to_string()).status();
+    assert_eq!(unit.0.wait().unwrap().code(), Some(0), "{}", read_log());
     let log_text = read_log();
     assert_eq!(log_text.matches("component connected").count(), 1, "{log_text}");
     assert_eq!(mode_owner(&r.join("var/lib/xmpp-mls/xmpp-mls.sqlite3")), (0o600, uid), "the store, the service user's alone");
