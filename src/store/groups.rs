@@ -226,12 +226,10 @@ impl<'c> GroupTx<'c> {
             ])?;
         self.c
             .prepare_cached(
-                "INSERT INTO acceptances (group_id, account, digest, kind, stanza_id, epoch, sender_device, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO acceptances (group_id, account, digest, kind, seq, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
-            .execute(params![
-                self.group_id, account, digest(message), kind.name(), stanza_id, epoch as i64, sender_device, self.now
-            ])?;
+            .execute(params![self.group_id, account, digest(message), kind.name(), seq, self.now])?;
         Ok(Archived { seq: seq as u64, stanza_id })
     }
 
@@ -380,8 +378,8 @@ fn acceptance(
 ) -> Result<Option<Acceptance>, StoreError> {
     Ok(c
         .prepare_cached(
-            "SELECT a.stanza_id, a.epoch, a.sender_device, archive.seq FROM acceptances a
-             JOIN archive ON archive.stanza_id = a.stanza_id
+            "SELECT archive.stanza_id, archive.epoch, archive.sender_device, archive.seq FROM acceptances a
+             JOIN archive ON archive.group_id = a.group_id AND archive.seq = a.seq
              WHERE a.group_id = ?1 AND a.account = ?2 AND a.digest = ?3 AND a.kind = ?4",
         )?
         .query_row(params![group_id, account, digest(message), kind.name()], |r| {
