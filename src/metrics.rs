@@ -269,46 +269,46 @@ pub struct StoreGauges {
 impl Metrics {
     fn new() -> Self {
         let mut r = Registry::default();
-        let stanzas_received = Labelled::register(&mut r, "xmpp_mls_stanzas_received", "Stanzas received from the XMPP server.");
-        let stanzas_sent = Labelled::register(&mut r, "xmpp_mls_stanzas_sent", "Stanzas sent to the XMPP server (replies and fan-out).");
-        let stanza_errors = Labelled::register(&mut r, "xmpp_mls_stanza_errors", "Stanza errors returned, by RFC 6120 condition.");
-        let too_big = "Stanzas over limits.max_stanza_out not sent (an IQ result is replaced by an error).";
+        let stanzas_received = Labelled::register(&mut r, "xmpp_mls_stanzas_received", "Stanzas received from the XMPP server");
+        let stanzas_sent = Labelled::register(&mut r, "xmpp_mls_stanzas_sent", "Stanzas sent to the XMPP server (replies and fan-out)");
+        let stanza_errors = Labelled::register(&mut r, "xmpp_mls_stanza_errors", "Stanza errors returned, by RFC 6120 condition");
+        let too_big = "Stanzas over limits.max_stanza_out not sent (an IQ result is replaced by an error)";
         let stanzas_too_big = Labelled::register(&mut r, "xmpp_mls_stanzas_too_big", too_big);
-        let commits = Labelled::register(&mut r, "xmpp_mls_commits", "Commits submitted to the Delivery Service.");
-        let rate_limited = Labelled::register(&mut r, "xmpp_mls_rate_limited", "Requests refused with rate-limited, by limit.");
+        let commits = Labelled::register(&mut r, "xmpp_mls_commits", "Commits submitted to the Delivery Service");
+        let rate_limited = Labelled::register(&mut r, "xmpp_mls_rate_limited", "Requests refused with rate-limited, by limit");
         let federation_refused = Family::default();
-        let refused = "Stanzas of accounts of other domains refused by federation.allow_domains or deny_domains.";
+        let refused = "Stanzas of accounts of other domains refused by federation.allow_domains or deny_domains";
         r.register("xmpp_mls_federation_refused", refused, federation_refused.clone());
         let federation_sent = Family::default();
-        r.register("xmpp_mls_federation_sent", "Stanzas sent to accounts of other domains.", federation_sent.clone());
+        r.register("xmpp_mls_federation_sent", "Stanzas sent to accounts of other domains", federation_sent.clone());
         let key_packages_uploaded = Counter::default();
-        r.register("xmpp_mls_key_packages_uploaded", "KeyPackages stored.", key_packages_uploaded.clone());
+        r.register("xmpp_mls_key_packages_uploaded", "KeyPackages stored", key_packages_uploaded.clone());
         let key_package_verifications = Counter::default();
-        let verified = "KeyPackages whose signatures were verified (uploads that passed the cheap checks).";
+        let verified = "KeyPackages whose signatures were verified (uploads that passed the cheap checks)";
         r.register("xmpp_mls_key_package_verifications", verified, key_package_verifications.clone());
         let key_packages_claimed = Counter::default();
-        r.register("xmpp_mls_key_packages_claimed", "KeyPackages handed out to claimers.", key_packages_claimed.clone());
+        r.register("xmpp_mls_key_packages_claimed", "KeyPackages handed out to claimers", key_packages_claimed.clone());
         let request_latency: Family<_, _, fn() -> Histogram> = Family::new_with_constructor(latency_histogram);
         for value in Operation::VALUES {
             let _created = request_latency.get_or_create(&[(Operation::NAME, *value)]);
         }
-        let latency = "Time from a request's arrival to its answer, by operation.";
+        let latency = "Time from a request's arrival to its answer, by operation";
         r.register("xmpp_mls_request_seconds", latency, request_latency.clone());
         let write_batch_size = Histogram::new(BATCH_SIZES);
-        r.register("xmpp_mls_store_write_batch_size", "Write requests committed per transaction.", write_batch_size.clone());
+        r.register("xmpp_mls_store_write_batch_size", "Write requests committed per transaction", write_batch_size.clone());
         let write_batch_latency = latency_histogram();
-        r.register("xmpp_mls_store_write_batch_seconds", "Time to run and commit one write batch.", write_batch_latency.clone());
+        r.register("xmpp_mls_store_write_batch_seconds", "Time to run and commit one write batch", write_batch_latency.clone());
         let reconnects = Counter::default();
-        r.register("xmpp_mls_reconnects", "Connections to the XMPP server after the first.", reconnects.clone());
+        r.register("xmpp_mls_reconnects", "Connections to the XMPP server after the first", reconnects.clone());
         let connected_gauge = Gauge::default();
-        r.register("xmpp_mls_connected", "1 while the component stream is up.", connected_gauge.clone());
+        r.register("xmpp_mls_connected", "1 while the component stream is up", connected_gauge.clone());
         let archive_messages = Gauge::default();
-        r.register("xmpp_mls_archive_messages", "Messages held in group archives.", archive_messages.clone());
+        r.register("xmpp_mls_archive_messages", "Messages held in group archives", archive_messages.clone());
         let low_key_package_devices = Gauge::default();
-        let low = "Live devices with directory.low_water ordinary KeyPackages or fewer.";
+        let low = "Live devices with directory.low_water ordinary KeyPackages or fewer";
         r.register("xmpp_mls_key_package_low_devices", low, low_key_package_devices.clone());
         let build = Info::new([("version", env!("CARGO_PKG_VERSION"))]);
-        r.register("xmpp_mls_build", "The running build (value 1).", build);
+        r.register("xmpp_mls_build", "The running build (value 1)", build);
         r.register_collector(Box::new(process::Process));
         Self {
             registry: r,
