@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::mls::TestSigner;
+use common::scrape::{get, health, scrape};
 use common::{expect, free_port, member, store_digest, wait_until, Component, Prosody, COMPONENT};
 use minidom::Element;
 use xmpp_mls::client::GroupEvent;
@@ -19,67 +19,6 @@ use xmpp_parsers::jid::{BareJid, Jid};
 
 /// A string that only ever travels inside stanza payloads.
 const MARKER: &str = "payload-marker-5c1d9e";
-
-/// (status code, Content-Type, body) of `GET path`, with the response
-/// framing checked.
-fn get(port: u16, path: &str) -> (u16, String, String) {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a blank line after the head");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap();
-    let code = status.strip_prefix("HTTP/1.1 ").and_then(|s| s.split(' ').next()).expect("status line");
-    let headers: HashMap<String, String> = lines
-        .map(|l| l.split_once(": ").expect("header: value"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-        .collect();
-    assert_eq!(headers["content-length"].parse::<usize>().unwrap(), body.len(), "{raw}");
-    (code.parse().unwrap(), headers["content-type"].clone(), body.to_owned())
-}
-
-fn health(port: u16) -> (u16, String) {
-    let (code, _, body) = get(port, "/health");
-    (code, body)
-}
-
-/// The samples of one scrape, keyed `name{label="value",…}` (labels
-/// sorted), as the Prometheus Python client's OpenMetrics parser reads them.
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let (code, content_type, body) = get(port, "/metrics");
-    assert_eq!(code, 200);
-    assert_eq!(content_type, "application/openmetrics-text; version=1.0.0; charset=utf-8");
-    parse_exposition(&body)
-}
-
-/// prometheus_client, installed by scripts/test into target/py (a venv).
-fn parse_exposition(text: &str) -> HashMap<String, f64> {
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python");
-    assert!(python.exists(), "prometheus_client is not installed: run scripts/test, which installs it from PyPI");
-    let mut parser = std::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/openmetrics.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    parser.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = parser.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
-    let mut samples = HashMap::new();
-    for line in String::from_utf8(out.stdout).unwrap().lines() {
-        let mut fields = line.split('\t');
-        let (key, kind, value) = (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
-        assert!(kind != "counter" || key.contains("_total"), "counter sample {key}");
-        let value = match value {
-            "inf" => f64::INFINITY,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
-        };
-        assert!(samples.insert(key.to_owned(), value).is_none(), "duplicate sample {key}");
-    }
-    samples
-}
 
 /// Whether a sample depends on the machine: latency histograms' buckets
 /// and sums (their counts are kept) and the process's own figures.
