@@ -13,13 +13,13 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition as C, ErrorType as T, StanzaError};
 
 use crate::metrics::{metrics, Condition, Operation, Outcome, StanzaKind};
-use crate::protocol::disco::PING;
-use crate::protocol::mam::NS_MAM;
-use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::address::Address;
+use crate::protocol::disco::PING;
 use crate::protocol::error::{invalid_message, pubsub_condition, rate_limited, stanza_error, AppCondition};
 use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
+use crate::protocol::mam::NS_MAM;
+use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::vault::version_mismatch;
 use crate::protocol::{ProtocolError, MAX_ID, NS};
 use crate::service::{serialized_size, IqKind, IqRequest, Response, Service, ServiceError};

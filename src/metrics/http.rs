@@ -18,7 +18,8 @@ use super::metrics;
 /// The content type of the OpenMetrics text format.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
-/// A client that has not sent its request head by then is dropped.
+/// A client that has not sent its request head by then is dropped; one
+/// request per connection, so that no idle connection stays open.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Answers requests until the task is aborted.
@@ -33,6 +34,7 @@ pub async fn serve(listener: TcpListener) {
             let http = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(READ_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(conn), hyper::service::service_fn(answer))
                 .await;
             if let Err(e) = http {

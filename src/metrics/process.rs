@@ -24,7 +24,8 @@ impl Collector for Process {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(f) = read() else { return Ok(()) };
         let cpu = ConstCounter::new(f.cpu_seconds);
-        cpu.encode(encoder.encode_descriptor("process_cpu_seconds", "User and system CPU time spent in seconds.", None, cpu.metric_type())?)?;
+        let help = "User and system CPU time spent in seconds.";
+        cpu.encode(encoder.encode_descriptor("process_cpu_seconds", help, None, cpu.metric_type())?)?;
         for (name, help, value) in [
             ("process_resident_memory_bytes", "Resident memory size in bytes.", f.resident_bytes),
             ("process_virtual_memory_bytes", "Virtual memory size in bytes.", f.virtual_bytes),
