@@ -345,3 +345,23 @@ async fn commits_of_another_leaf_are_refused_without_a_write_and_a_resend_writes
     assert!(store_digest(&component.store_path()) == before, "the resent Commit changed the store");
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }
+
+/// The maintenance task sets the store's gauges on its interval: a device
+/// whose pool is low shows up without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_task_refreshes_the_store_gauges() {
+    let prosody = Prosody::start();
+    let port = free_port();
+    let extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[history]\nmaintenance_secs = 1\n");
+    let component = Component::start(&prosody, &extra);
+    let low = || scrape(port)["xmpp_mls_key_package_low_devices"];
+    assert_eq!(low(), 0.0);
+    let service = Jid::new(COMPONENT).unwrap();
+    let session = prosody.client("alice", "laptop").await;
+    let alice = TestSigner::new("alice@example.org");
+    session.publish_device(&service, &alice.device("laptop-1", None)).await.unwrap();
+    session.upload_key_packages(&service, &[alice.valid_kp(), alice.last_resort_kp()]).await.unwrap();
+    assert!(wait_until(Duration::from_secs(20), || low() == 1.0), "{}", component.log());
+    assert_eq!(low_devices_in_store(&component), 1.0);
+    component.assert_never_reconnected();
+}

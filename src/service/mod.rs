@@ -208,7 +208,10 @@ impl Service {
         if pruned > 0 {
             tracing::info!(pruned, "history retention");
         }
-        self.refresh_gauges().await?;
+        // The departures go out even if the gauges cannot be read.
+        if let Err(e) = self.refresh_gauges().await {
+            tracing::warn!(error = %e, "cannot read the store's gauges");
+        }
         Ok(self.departures(&departed))
     }
 
