@@ -13,7 +13,6 @@
 pub mod http;
 mod process;
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -246,8 +245,7 @@ pub struct Metrics {
     write_batch_size: Histogram,
     write_batch_latency: Histogram,
     pub reconnects: Counter,
-    connected_gauge: Gauge,
-    connected: AtomicBool,
+    connected: Gauge,
     archive_messages: Gauge,
     low_key_package_devices: Gauge,
 }
@@ -300,8 +298,8 @@ impl Metrics {
         r.register("xmpp_mls_store_write_batch_seconds", "Time to run and commit one write batch", write_batch_latency.clone());
         let reconnects = Counter::default();
         r.register("xmpp_mls_reconnects", "Connections to the XMPP server after the first", reconnects.clone());
-        let connected_gauge = Gauge::default();
-        r.register("xmpp_mls_connected", "1 while the component stream is up", connected_gauge.clone());
+        let connected = Gauge::default();
+        r.register("xmpp_mls_connected", "1 while the component stream is up", connected.clone());
         let archive_messages = Gauge::default();
         r.register("xmpp_mls_archive_messages", "Messages held in group archives", archive_messages.clone());
         let low_key_package_devices = Gauge::default();
@@ -327,8 +325,7 @@ impl Metrics {
             write_batch_size,
             write_batch_latency,
             reconnects,
-            connected_gauge,
-            connected: AtomicBool::new(false),
+            connected,
             archive_messages,
             low_key_package_devices,
         }
@@ -347,12 +344,11 @@ impl Metrics {
     }
 
     pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Relaxed);
-        self.connected_gauge.set(i64::from(connected));
+        self.connected.set(i64::from(connected));
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(Relaxed)
+        self.connected.get() == 1
     }
 
     pub fn set_store_gauges(&self, gauges: &StoreGauges) {
