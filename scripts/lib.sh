@@ -46,6 +46,15 @@ ensure_slixmpp() {
   target/py/bin/pip install --quiet "slixmpp==1.17.0"
 }
 
+# Installs the Prometheus Python client (its OpenMetrics parser reads the
+# metrics endpoint in tests/metrics.rs) from PyPI into target/py.
+ensure_prometheus_client() {
+  target/py/bin/python -c "import prometheus_client" 2>/dev/null && return 0
+  echo "Installing prometheus_client from PyPI into target/py..." >&2
+  [ -x target/py/bin/python ] || python3 -m venv target/py
+  target/py/bin/python -m pip install --quiet "prometheus_client==0.26.0"
+}
+
 # A private XMPP server on free loopback ports, for the demo:
 #   start_server prosody|ejabberd DIR DOMAIN COMPONENT SECRET
 # serves DOMAIN from DIR with the component COMPONENT (shared secret

@@ -1,19 +1,27 @@
-//! Operational metrics: counters and histograms on atomics in one
-//! process-wide registry, rendered in the Prometheus text format by the
-//! optional HTTP endpoint ([`http`], config `[metrics]`).
+//! Operational metrics in one process-wide `prometheus-client` registry,
+//! encoded in the OpenMetrics text format by the optional HTTP endpoint
+//! ([`http`], config `[metrics]`).
 //!
 //! Every label value comes from a fixed list, never from a stanza: no JID or
 //! payload ever becomes a label (bounded cardinality, nothing personal).
-//! Counters are bumped at the choke points: the router (stanzas, errors),
-//! the store's writer (batches), the connect loop (connection state).
+//! Counters are bumped at the choke points: the router (stanzas, errors,
+//! request latency), the service's limiters (refusals), the store's writer
+//! (batches), the connect loop (connection state). A scrape reads atomics
+//! and `/proc/self`, never the store: the store's figures are gauges set by
+//! the maintenance task ([`Metrics::set_store_gauges`]).
 
 pub mod http;
+mod process;
 
-use std::fmt::Write as _;
-use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::LazyLock;
 use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
 
 /// A label whose values are a fixed list, indexed by the value.
 pub trait Label: Copy {
@@ -108,97 +116,138 @@ impl Label for Condition {
     }
 }
 
-/// A number that only goes up.
-#[derive(Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
+/// A counter per value of label `L`, every value shown from the start.
+pub struct Labelled<L> {
+    family: Family<[(&'static str, &'static str); 1], Counter>,
+    label: std::marker::PhantomData<L>,
 }
 
-/// A counter per value of label `L`.
-pub struct Family<L> {
-    counts: Box<[AtomicU64]>,
-    label: PhantomData<L>,
-}
-
-impl<L: Label> Family<L> {
-    fn new() -> Self {
-        Self { counts: L::VALUES.iter().map(|_| AtomicU64::new(0)).collect(), label: PhantomData }
+impl<L: Label> Labelled<L> {
+    fn register(registry: &mut Registry, name: &str, help: &str) -> Self {
+        let family = Family::default();
+        for value in L::VALUES {
+            let _created = family.get_or_create(&[(L::NAME, *value)]);
+        }
+        registry.register(name, help, family.clone());
+        Self { family, label: std::marker::PhantomData }
     }
 
     pub fn inc(&self, value: L) {
-        self.add(value, 1);
-    }
-
-    pub fn add(&self, value: L, n: u64) {
-        self.counts[value.index()].fetch_add(n, Relaxed);
+        self.family.get_or_create(&[(L::NAME, L::VALUES[value.index()])]).inc();
     }
 }
 
-/// Observations of an integer quantity in cumulative buckets, shown
-/// divided by `scale` (microseconds shown as seconds).
-pub struct Histogram {
-    bounds: &'static [u64],
-    scale: f64,
-    buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
-    sum: AtomicU64,
+/// What a request asks for, as the router dispatches it (xep/ element
+/// names); `other` is anything the service does not define.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation(usize);
+
+impl Operation {
+    /// The operation named `name`; `other` for any other name.
+    pub fn named(name: &str) -> Self {
+        let other = Self::VALUES.len() - 1;
+        Operation(Self::VALUES.iter().position(|v| *v == name).unwrap_or(other))
+    }
 }
 
-impl Histogram {
-    fn new(bounds: &'static [u64], scale: f64) -> Self {
-        Self {
-            bounds,
-            scale,
-            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
-            sum: AtomicU64::new(0),
-        }
+impl Label for Operation {
+    const NAME: &'static str = "operation";
+    const VALUES: &'static [&'static str] = &[
+        "disco-info",
+        "disco-items",
+        "ping",
+        "publish",
+        "retract",
+        "items",
+        "subscribe",
+        "unsubscribe",
+        "claim",
+        "mam-query",
+        "mam-form",
+        "mam-metadata",
+        "ack",
+        "vault-get",
+        "vault-set",
+        "create",
+        "commit",
+        "proposal",
+        "group-info",
+        "leave",
+        "message",
+        "feed-join",
+        "feed-leave",
+        "other",
+    ];
+    fn index(self) -> usize {
+        self.0
     }
+}
 
-    pub fn observe(&self, value: u64) {
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum.fetch_add(value, Relaxed);
+/// The rate limit that refused a request (config keys in parentheses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Stanzas per account (limits.account_rate).
+    Account,
+    /// Stanzas per other domain (federation.domain_rate).
+    Domain,
+    /// Claims per claimer and account (directory.claim_burst).
+    Claim,
+    /// KeyPackage verifications per account (directory.key_package_burst).
+    KeyPackageVerification,
+}
+
+impl Label for Limit {
+    const NAME: &'static str = "limit";
+    const VALUES: &'static [&'static str] = &["account", "domain", "claim", "key_package_verification"];
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The `domain` label of another domain: its name if the configuration
+/// lists it (federation.allow_domains or deny_domains), else `other`, so
+/// that the label's values are bounded by the configuration.
+pub fn federation_domain<'a>(mut listed: impl Iterator<Item = &'a String>, domain: &str) -> String {
+    match listed.any(|d| d.eq_ignore_ascii_case(domain)) {
+        true => domain.to_ascii_lowercase(),
+        false => "other".to_owned(),
     }
 }
 
 /// Requests per write batch: powers of two up to the largest batch_max
 /// worth configuring.
-const BATCH_SIZES: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
-/// Write batch latency in microseconds, 100 µs to 5 s.
-const LATENCIES_US: &[u64] = &[
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000,
-];
+const BATCH_SIZES: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+/// Latency in seconds, 100 µs to 5 s.
+const LATENCIES: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCIES)
+}
 
 /// The registry: everything the process counts.
 pub struct Metrics {
-    pub stanzas_received: Family<StanzaKind>,
-    pub stanzas_sent: Family<StanzaKind>,
-    pub stanza_errors: Family<Condition>,
+    registry: Registry,
+    pub stanzas_received: Labelled<StanzaKind>,
+    pub stanzas_sent: Labelled<StanzaKind>,
+    pub stanza_errors: Labelled<Condition>,
     /// Stanzas not sent because they were over limits.max_stanza_out.
-    pub stanzas_too_big: Family<StanzaKind>,
-    pub commits: Family<Outcome>,
+    pub stanzas_too_big: Labelled<StanzaKind>,
+    pub commits: Labelled<Outcome>,
+    pub rate_limited: Labelled<Limit>,
+    /// Stanzas of accounts of other domains refused by the federation
+    /// policy, and stanzas sent to them, by [`federation_domain`].
+    federation_refused: Family<[(&'static str, String); 1], Counter>,
+    federation_sent: Family<[(&'static str, String); 1], Counter>,
     pub key_packages_uploaded: Counter,
     pub key_package_verifications: Counter,
     pub key_packages_claimed: Counter,
-    pub write_batch_size: Histogram,
-    pub write_batch_latency: Histogram,
+    request_latency: Family<[(&'static str, &'static str); 1], Histogram, fn() -> Histogram>,
+    write_batch_size: Histogram,
+    write_batch_latency: Histogram,
     pub reconnects: Counter,
-    connected: AtomicBool,
+    connected: Gauge,
+    archive_messages: Gauge,
+    low_key_package_devices: Gauge,
 }
 
 /// The process's registry.
@@ -207,7 +256,7 @@ pub fn metrics() -> &'static Metrics {
     &METRICS
 }
 
-/// Figures read from the store when metrics are scraped.
+/// Figures read from the store by the maintenance task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreGauges {
     pub archive_messages: u64,
@@ -217,94 +266,114 @@ pub struct StoreGauges {
 
 impl Metrics {
     fn new() -> Self {
+        let mut r = Registry::default();
+        let stanzas_received = Labelled::register(&mut r, "xmpp_mls_stanzas_received", "Stanzas received from the XMPP server");
+        let stanzas_sent = Labelled::register(&mut r, "xmpp_mls_stanzas_sent", "Stanzas sent to the XMPP server (replies and fan-out)");
+        let stanza_errors = Labelled::register(&mut r, "xmpp_mls_stanza_errors", "Stanza errors returned, by RFC 6120 condition");
+        let too_big = "Stanzas over limits.max_stanza_out not sent (an IQ result is replaced by an error)";
+        let stanzas_too_big = Labelled::register(&mut r, "xmpp_mls_stanzas_too_big", too_big);
+        let commits = Labelled::register(&mut r, "xmpp_mls_commits", "Commits submitted to the Delivery Service");
+        let rate_limited = Labelled::register(&mut r, "xmpp_mls_rate_limited", "Requests refused with rate-limited, by limit");
+        let federation_refused = Family::default();
+        let refused = "Stanzas of accounts of other domains refused by federation.allow_domains or deny_domains";
+        r.register("xmpp_mls_federation_refused", refused, federation_refused.clone());
+        let federation_sent = Family::default();
+        r.register("xmpp_mls_federation_sent", "Stanzas sent to accounts of other domains", federation_sent.clone());
+        let key_packages_uploaded = Counter::default();
+        r.register("xmpp_mls_key_packages_uploaded", "KeyPackages stored", key_packages_uploaded.clone());
+        let key_package_verifications = Counter::default();
+        let verified = "KeyPackages whose signatures were verified (uploads that passed the cheap checks)";
+        r.register("xmpp_mls_key_package_verifications", verified, key_package_verifications.clone());
+        let key_packages_claimed = Counter::default();
+        r.register("xmpp_mls_key_packages_claimed", "KeyPackages handed out to claimers", key_packages_claimed.clone());
+        let request_latency: Family<_, _, fn() -> Histogram> = Family::new_with_constructor(latency_histogram);
+        for value in Operation::VALUES {
+            let _created = request_latency.get_or_create(&[(Operation::NAME, *value)]);
+        }
+        let latency = "Time from a request's arrival to its answer, by operation";
+        r.register("xmpp_mls_request_seconds", latency, request_latency.clone());
+        let write_batch_size = Histogram::new(BATCH_SIZES);
+        r.register("xmpp_mls_store_write_batch_size", "Write requests committed per transaction", write_batch_size.clone());
+        let write_batch_latency = latency_histogram();
+        r.register("xmpp_mls_store_write_batch_seconds", "Time to run and commit one write batch", write_batch_latency.clone());
+        let reconnects = Counter::default();
+        r.register("xmpp_mls_reconnects", "Connections to the XMPP server after the first", reconnects.clone());
+        let connected = Gauge::default();
+        r.register("xmpp_mls_connected", "1 while the component stream is up", connected.clone());
+        let archive_messages = Gauge::default();
+        r.register("xmpp_mls_archive_messages", "Messages held in group archives", archive_messages.clone());
+        let low_key_package_devices = Gauge::default();
+        let low = "Live devices with directory.low_water ordinary KeyPackages or fewer";
+        r.register("xmpp_mls_key_package_low_devices", low, low_key_package_devices.clone());
+        let build = Info::new([("version", env!("CARGO_PKG_VERSION"))]);
+        r.register("xmpp_mls_build", "The running build (value 1)", build);
+        r.register_collector(Box::new(process::Process));
         Self {
-            stanzas_received: Family::new(),
-            stanzas_sent: Family::new(),
-            stanza_errors: Family::new(),
-            stanzas_too_big: Family::new(),
-            commits: Family::new(),
-            key_packages_uploaded: Counter::default(),
-            key_package_verifications: Counter::default(),
-            key_packages_claimed: Counter::default(),
-            write_batch_size: Histogram::new(BATCH_SIZES, 1.0),
-            write_batch_latency: Histogram::new(LATENCIES_US, 1e6),
-            reconnects: Counter::default(),
-            connected: AtomicBool::new(false),
+            registry: r,
+            stanzas_received,
+            stanzas_sent,
+            stanza_errors,
+            stanzas_too_big,
+            commits,
+            rate_limited,
+            federation_refused,
+            federation_sent,
+            key_packages_uploaded,
+            key_package_verifications,
+            key_packages_claimed,
+            request_latency,
+            write_batch_size,
+            write_batch_latency,
+            reconnects,
+            connected,
+            archive_messages,
+            low_key_package_devices,
         }
     }
 
     /// One committed (or failed) write batch of `size` requests.
     pub fn write_batch(&self, size: usize, took: Duration) {
-        self.write_batch_size.observe(size as u64);
-        self.write_batch_latency.observe(took.as_micros() as u64);
+        self.write_batch_size.observe(size as f64);
+        self.write_batch_latency.observe(took.as_secs_f64());
+    }
+
+    /// One request of `operation` answered after `took`.
+    pub fn request(&self, operation: Operation, took: Duration) {
+        let labels = [(Operation::NAME, Operation::VALUES[operation.index()])];
+        self.request_latency.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
     pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Relaxed);
+        self.connected.set(i64::from(connected));
     }
 
     pub fn connected(&self) -> bool {
-        self.connected.load(Relaxed)
+        self.connected.get() == 1
     }
 
-    /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, store: Option<&StoreGauges>) -> String {
+    pub fn set_store_gauges(&self, gauges: &StoreGauges) {
+        self.archive_messages.set(gauges.archive_messages as i64);
+        self.low_key_package_devices.set(gauges.low_key_package_devices as i64);
+    }
+
+    /// A stanza of an account of another domain refused by the policy;
+    /// `domain` from [`federation_domain`].
+    pub fn federation_refused(&self, domain: String) {
+        self.federation_refused.get_or_create(&[("domain", domain)]).inc();
+    }
+
+    /// A stanza sent to an account of another domain.
+    pub fn federation_sent(&self, domain: String) {
+        self.federation_sent.get_or_create(&[("domain", domain)]).inc();
+    }
+
+    /// The OpenMetrics text exposition format (version 1.0.0).
+    pub fn render(&self) -> String {
         let mut out = String::new();
-        let r = &mut out;
-        family(r, "xmpp_mls_stanzas_received_total", "Stanzas received from the XMPP server.", &self.stanzas_received);
-        family(r, "xmpp_mls_stanzas_sent_total", "Stanzas sent to the XMPP server (replies and fan-out).", &self.stanzas_sent);
-        family(r, "xmpp_mls_stanza_errors_total", "Stanza errors returned, by RFC 6120 condition.", &self.stanza_errors);
-        let too_big = "Stanzas over limits.max_stanza_out not sent (an IQ result is replaced by an error).";
-        family(r, "xmpp_mls_stanzas_too_big_total", too_big, &self.stanzas_too_big);
-        family(r, "xmpp_mls_commits_total", "Commits submitted to the Delivery Service.", &self.commits);
-        single(r, "xmpp_mls_key_packages_uploaded_total", "counter", "KeyPackages stored.", self.key_packages_uploaded.get());
-        single(r, "xmpp_mls_key_package_verifications_total", "counter", "KeyPackages whose signatures were verified (uploads that passed the cheap checks).", self.key_package_verifications.get());
-        single(r, "xmpp_mls_key_packages_claimed_total", "counter", "KeyPackages handed out to claimers.", self.key_packages_claimed.get());
-        histogram(r, "xmpp_mls_store_write_batch_size", "Write requests committed per transaction.", &self.write_batch_size);
-        histogram(r, "xmpp_mls_store_write_batch_seconds", "Time to run and commit one write batch.", &self.write_batch_latency);
-        single(r, "xmpp_mls_reconnects_total", "counter", "Connections to the XMPP server after the first.", self.reconnects.get());
-        single(r, "xmpp_mls_connected", "gauge", "1 while the component stream is up.", u64::from(self.connected()));
-        if let Some(s) = store {
-            single(r, "xmpp_mls_archive_messages", "gauge", "Messages held in group archives.", s.archive_messages);
-            single(
-                r,
-                "xmpp_mls_key_package_low_devices",
-                "gauge",
-                "Live devices with directory.low_water ordinary KeyPackages or fewer.",
-                s.low_key_package_devices,
-            );
-        }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
-    header(out, name, kind, help);
-    let _ = writeln!(out, "{name} {value}");
-}
-
-fn family<L: Label>(out: &mut String, name: &str, help: &str, f: &Family<L>) {
-    header(out, name, "counter", help);
-    for (value, count) in L::VALUES.iter().zip(f.counts.iter()) {
-        let _ = writeln!(out, "{name}{{{}=\"{value}\"}} {}", L::NAME, count.load(Relaxed));
-    }
-}
-
-fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
-    header(out, name, "histogram", help);
-    let mut cumulative = 0;
-    for (bound, n) in h.bounds.iter().zip(h.buckets.iter()) {
-        cumulative += n.load(Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / h.scale);
-    }
-    let count = h.count.load(Relaxed);
-    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(out, "{name}_sum {}", h.sum.load(Relaxed) as f64 / h.scale);
-    let _ = writeln!(out, "{name}_count {count}");
 }
 
 #[cfg(test)]
@@ -312,41 +381,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unknown_conditions_count_as_undefined() {
+    fn unknown_names_count_as_undefined_or_other() {
         assert_eq!(Condition::VALUES[Condition::named("conflict").index()], "conflict");
         assert_eq!(Condition::VALUES[Condition::named("<script>").index()], "undefined-condition");
+        assert_eq!(Operation::VALUES[Operation::named("claim").index()], "claim");
+        assert_eq!(Operation::VALUES[Operation::named("configure").index()], "other");
     }
 
     #[test]
-    fn histograms_are_cumulative_and_scaled() {
+    fn histograms_are_cumulative_and_in_seconds() {
         let m = Metrics::new();
         m.write_batch(3, Duration::from_micros(200));
         m.write_batch(1, Duration::from_secs(10));
-        let text = m.render(None);
+        m.request(Operation::named("commit"), Duration::from_millis(3));
+        let text = m.render();
         for line in [
-            "xmpp_mls_store_write_batch_size_bucket{le=\"2\"} 1",
-            "xmpp_mls_store_write_batch_size_bucket{le=\"4\"} 2",
-            "xmpp_mls_store_write_batch_size_sum 4",
+            "xmpp_mls_store_write_batch_size_bucket{le=\"2.0\"} 1",
+            "xmpp_mls_store_write_batch_size_bucket{le=\"4.0\"} 2",
+            "xmpp_mls_store_write_batch_size_sum 4.0",
             "xmpp_mls_store_write_batch_seconds_bucket{le=\"0.0001\"} 0",
             "xmpp_mls_store_write_batch_seconds_bucket{le=\"0.00025\"} 1",
-            "xmpp_mls_store_write_batch_seconds_bucket{le=\"5\"} 1",
+            "xmpp_mls_store_write_batch_seconds_bucket{le=\"5.0\"} 1",
             "xmpp_mls_store_write_batch_seconds_bucket{le=\"+Inf\"} 2",
             "xmpp_mls_store_write_batch_seconds_count 2",
+            "xmpp_mls_request_seconds_bucket{le=\"0.0025\",operation=\"commit\"} 0",
+            "xmpp_mls_request_seconds_bucket{le=\"0.005\",operation=\"commit\"} 1",
+            "xmpp_mls_request_seconds_count{operation=\"claim\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
     }
 
     #[test]
-    fn every_family_value_is_rendered_with_its_label() {
+    fn every_label_value_is_rendered_from_the_start() {
         let m = Metrics::new();
         m.stanza_errors.inc(Condition::named("item-not-found"));
-        m.stanzas_received.add(StanzaKind::of("presence"), 2);
-        let text = m.render(Some(&StoreGauges { archive_messages: 7, low_key_package_devices: 1 }));
-        assert!(text.contains("xmpp_mls_stanza_errors_total{condition=\"item-not-found\"} 1\n"));
-        assert!(text.contains("xmpp_mls_stanza_errors_total{condition=\"conflict\"} 0\n"));
-        assert!(text.contains("xmpp_mls_stanzas_received_total{kind=\"presence\"} 2\n"));
-        assert!(text.contains("xmpp_mls_archive_messages 7\n"));
-        assert_eq!(text.matches("# TYPE ").count(), 14);
+        m.stanzas_received.inc(StanzaKind::of("presence"));
+        m.stanzas_received.inc(StanzaKind::of("presence"));
+        m.rate_limited.inc(Limit::Claim);
+        m.federation_refused(federation_domain(["Evil.test".to_owned()].iter(), "evil.TEST"));
+        m.set_store_gauges(&StoreGauges { archive_messages: 7, low_key_package_devices: 1 });
+        let text = m.render();
+        for sample in [
+            "xmpp_mls_stanza_errors_total{condition=\"item-not-found\"} 1",
+            "xmpp_mls_stanza_errors_total{condition=\"conflict\"} 0",
+            "xmpp_mls_stanzas_received_total{kind=\"presence\"} 2",
+            "xmpp_mls_rate_limited_total{limit=\"claim\"} 1",
+            "xmpp_mls_rate_limited_total{limit=\"account\"} 0",
+            "xmpp_mls_federation_refused_total{domain=\"evil.test\"} 1",
+            "xmpp_mls_archive_messages 7",
+            concat!("xmpp_mls_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
+        ] {
+            assert!(text.lines().any(|l| l == sample), "{sample} missing from\n{text}");
+        }
+        assert_eq!(federation_domain(std::iter::empty(), "b.test"), "other");
+        assert!(text.ends_with("# EOF\n"));
     }
 }

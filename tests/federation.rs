@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::federation::{Federation, DENIED, HOME, REMOTE, SECRET, SERVICE};
-use common::{expect, new_device, old_device, Component};
+use common::scrape::scrape;
+use common::{expect, free_port, new_device, old_device, Component};
 use xmpp_mls::client::{describe, directory_jid, ClientError, Device, GroupClient, GroupEvent, KdfParams, Vault};
 use xmpp_mls::protocol::devices::NODE;
 use xmpp_mls::protocol::pubsub::publish_request;
@@ -55,7 +56,8 @@ fn refusal<T: std::fmt::Debug>(r: Result<T, ClientError>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_of_another_server_are_full_participants() {
     let mut fed = Federation::start();
-    let extra = format!("[federation]\ndeny_domains = [\"{DENIED}\"]");
+    let port = free_port();
+    let extra = format!("[federation]\ndeny_domains = [\"{DENIED}\"]\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
     let _component = Component::start_with(&fed.component_server(), SERVICE, SECRET, &extra);
     let dir = tempfile::tempdir().unwrap();
     let mut alice = device(&fed, &dir, "alice", HOME, "laptop").await;
@@ -90,6 +92,14 @@ async fn accounts_of_another_server_are_full_participants() {
     let carol = fed.client("carol", DENIED, "pc").await;
     let disco = minidom::Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build();
     assert_eq!(refusal(carol.iq(&service(), "get", disco).await), "auth/forbidden (domain-not-allowed)");
+    // Counted by domain: a listed one by name (the refusal, and the error
+    // sent back), any other as `other`; never an account.
+    let m = scrape(port);
+    let denied = |metric: &str| m.get(&format!("xmpp_mls_federation_{metric}_total{{domain=\"{DENIED}\"}}")).copied();
+    assert_eq!((denied("refused"), denied("sent")), (Some(1.0), Some(1.0)));
+    assert!(m["xmpp_mls_federation_sent_total{domain=\"other\"}"] >= 2.0, "bob's welcome and alice's message");
+    assert!(!m.contains_key("xmpp_mls_federation_refused_total{domain=\"other\"}"));
+    assert!(!m.keys().any(|k| k.contains(REMOTE) || k.contains('@')), "no remote domain or JID in a label");
 
     // b.test goes away: a.test's members carry on; nothing is retried in memory.
     fed.stop_remote();

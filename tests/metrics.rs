@@ -6,10 +6,10 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::mls::TestSigner;
+use common::scrape::{get, health, scrape};
 use common::{expect, free_port, member, store_digest, wait_until, Component, Prosody, COMPONENT};
 use minidom::Element;
 use xmpp_mls::client::GroupEvent;
@@ -20,170 +20,19 @@ use xmpp_parsers::jid::{BareJid, Jid};
 /// A string that only ever travels inside stanza payloads.
 const MARKER: &str = "payload-marker-5c1d9e";
 
-/// (status code, Content-Type, body) of `GET path`, with the response
-/// framing checked.
-fn get(port: u16, path: &str) -> (u16, String, String) {
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: test\r\n\r\n").unwrap();
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a blank line after the head");
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap();
-    let code = status.strip_prefix("HTTP/1.1 ").and_then(|s| s.split(' ').next()).expect("status line");
-    let headers: HashMap<String, String> = lines
-        .map(|l| l.split_once(": ").expect("header: value"))
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
-        .collect();
-    assert_eq!(headers["content-length"].parse::<usize>().unwrap(), body.len(), "{raw}");
-    (code.parse().unwrap(), headers["content-type"].clone(), body.to_owned())
+/// Whether a sample depends on the machine: latency histograms' buckets
+/// and sums (their counts are kept) and the process's own figures.
+fn timing(key: &str) -> bool {
+    let latency = ["xmpp_mls_store_write_batch_seconds", "xmpp_mls_request_seconds"];
+    key.starts_with("process_")
+        || latency.iter().any(|h| key.starts_with(&format!("{h}_bucket")) || key.starts_with(&format!("{h}_sum")))
 }
 
-fn health(port: u16) -> (u16, String) {
-    let (code, _, body) = get(port, "/health");
-    (code, body)
-}
-
-/// The samples of one scrape, keyed `name{label="value",…}` (or `name`),
-/// after a strict parse of the text format (version 0.0.4).
-fn scrape(port: u16) -> HashMap<String, f64> {
-    let (code, content_type, body) = get(port, "/metrics");
-    assert_eq!(code, 200);
-    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
-    parse_exposition(&body)
-}
-
-fn parse_exposition(text: &str) -> HashMap<String, f64> {
-    assert!(text.ends_with('\n'), "the last line ends with a newline");
-    let mut types: HashMap<String, String> = HashMap::new();
-    let mut helped = HashSet::new();
-    let mut sampled = HashSet::new();
-    let mut samples = HashMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let (name, help) = rest.split_once(' ').unwrap_or_else(|| panic!("HELP without text: {line}"));
-            assert!(valid_name(name) && !help.trim().is_empty(), "{line}");
-            assert!(helped.insert(name.to_owned()), "second HELP for {name}");
-            assert!(!sampled.contains(name), "HELP after samples of {name}");
-        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("TYPE without type: {line}"));
-            assert!(valid_name(name), "{line}");
-            assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
-            assert!(types.insert(name.to_owned(), kind.to_owned()).is_none(), "second TYPE for {name}");
-            assert!(!sampled.contains(name), "TYPE after samples of {name}");
-        } else {
-            assert!(!line.starts_with('#') && !line.trim().is_empty(), "unexpected line {line:?}");
-            let (name, labels, value) = parse_sample(line);
-            let family = family_of(&name, &types);
-            if types[&family] == "counter" {
-                assert!(name.ends_with("_total"), "counter {name} ends in _total");
-            }
-            sampled.insert(family);
-            let key = match labels.is_empty() {
-                true => name,
-                false => {
-                    let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-                    format!("{name}{{{}}}", l.join(","))
-                }
-            };
-            assert!(samples.insert(key.clone(), value).is_none(), "duplicate sample {key}");
-        }
-    }
-    check_histograms(&types, &samples);
-    samples
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-}
-
-/// The declared family a sample belongs to (histograms have `_bucket`,
-/// `_sum` and `_count` samples).
-fn family_of(name: &str, types: &HashMap<String, String>) -> String {
-    if types.contains_key(name) {
-        return name.to_owned();
-    }
-    let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s));
-    match base {
-        Some(b) if types.get(b).is_some_and(|t| t == "histogram" || t == "summary") => b.to_owned(),
-        _ => panic!("sample {name} has no TYPE"),
-    }
-}
-
-/// `name{label="value",…} value`: escapes in values are \\, \" and \n.
-fn parse_sample(line: &str) -> (String, Vec<(String, String)>, f64) {
-    let end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value: {line}"));
-    let name = &line[..end];
-    assert!(valid_name(name), "bad metric name in {line}");
-    let mut rest = &line[end..];
-    let mut labels = Vec::new();
-    if let Some(mut r) = rest.strip_prefix('{') {
-        loop {
-            let (label, after) = r.split_once("=\"").unwrap_or_else(|| panic!("bad label in {line}"));
-            assert!(valid_name(label) && !label.contains(':'), "bad label name in {line}");
-            let mut value = String::new();
-            let mut chars = after.char_indices();
-            let close = loop {
-                match chars.next() {
-                    Some((_, '\\')) => match chars.next() {
-                        Some((_, 'n')) => value.push('\n'),
-                        Some((_, c @ ('\\' | '"'))) => value.push(c),
-                        _ => panic!("bad escape in {line}"),
-                    },
-                    Some((i, '"')) => break i,
-                    Some((_, c)) => value.push(c),
-                    None => panic!("unterminated label value in {line}"),
-                }
-            };
-            labels.push((label.to_owned(), value));
-            r = &after[close + 1..];
-            if let Some(more) = r.strip_prefix(',') {
-                r = more;
-            } else {
-                rest = r.strip_prefix('}').unwrap_or_else(|| panic!("labels not closed in {line}"));
-                break;
-            }
-        }
-    }
-    let mut fields = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before the value: {line}")).split(' ');
-    let value = match fields.next().unwrap() {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().unwrap_or_else(|_| panic!("bad value in {line}")),
-    };
-    if let Some(timestamp) = fields.next() {
-        timestamp.parse::<i64>().unwrap_or_else(|_| panic!("bad timestamp in {line}"));
-    }
-    assert!(fields.next().is_none(), "trailing fields in {line}");
-    (name.to_owned(), labels, value)
-}
-
-/// Buckets are cumulative, end with +Inf, and +Inf equals _count.
-fn check_histograms(types: &HashMap<String, String>, samples: &HashMap<String, f64>) {
-    for (family, _) in types.iter().filter(|(_, t)| *t == "histogram") {
-        let mut buckets: Vec<(f64, f64)> = samples
-            .iter()
-            .filter_map(|(k, v)| {
-                let le = k.strip_prefix(&format!("{family}_bucket{{le=\""))?.strip_suffix("\"}")?;
-                Some((if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() }, *v))
-            })
-            .collect();
-        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-        assert!(buckets.len() > 1 && buckets.last().unwrap().0.is_infinite(), "{family} buckets");
-        assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{family} buckets are cumulative");
-        assert_eq!(buckets.last().unwrap().1, samples[&format!("{family}_count")]);
-        assert!(samples.contains_key(&format!("{family}_sum")));
-    }
-}
-
-/// What moved between two scrapes, leaving out the latency histogram's
-/// buckets and sum (they depend on the machine; its count is kept).
+/// What moved between two scrapes, leaving out [`timing`] samples.
 fn moved(before: &HashMap<String, f64>, after: &HashMap<String, f64>) -> HashMap<String, f64> {
     let keys: HashSet<&String> = before.keys().chain(after.keys()).collect();
     keys.into_iter()
-        .filter(|k| !k.starts_with("xmpp_mls_store_write_batch_seconds_bucket") && *k != "xmpp_mls_store_write_batch_seconds_sum")
+        .filter(|k| !timing(k))
         .filter_map(|k| {
             let d = after.get(k).copied().unwrap_or(f64::NAN) - before.get(k).copied().unwrap_or(f64::NAN);
             (d != 0.0).then(|| (k.clone(), d))
@@ -206,7 +55,7 @@ fn expected(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
 /// `pairs` and the moves of one write batch of one request.
 fn with_one_batch(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
     let mut all = expected(pairs);
-    for le in ["1", "2", "4", "8", "16", "32", "64", "128", "256", "512", "1024", "+Inf"] {
+    for le in ["1.0", "2.0", "4.0", "8.0", "16.0", "32.0", "64.0", "128.0", "256.0", "512.0", "1024.0", "+Inf"] {
         all.insert(format!("xmpp_mls_store_write_batch_size_bucket{{le=\"{le}\"}}"), 1.0);
     }
     for sample in ["size_sum", "size_count", "seconds_count"] {
@@ -253,8 +102,11 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     let mut prosody = Prosody::start();
     let port = free_port();
     // No keepalive pings during the test: only its own stanzas are counted.
-    let extra = format!("keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n");
-    let component = Component::start(&prosody, &extra);
+    let extra = format!(
+        "keepalive_secs = 3600\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n[log]\nformat = \"json\"\n\
+         [history]\nmaintenance_secs = 3600\n"
+    );
+    let mut component = Component::start(&prosody, &extra);
     assert_eq!(health(port), (200, "connected\n".into()));
     assert_eq!(get(port, "/nothing").0, 404);
 
@@ -277,6 +129,8 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
             ("xmpp_mls_stanzas_received_total{kind=\"iq\"}", 2.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 2.0),
             ("xmpp_mls_stanza_errors_total{condition=\"bad-request\"}", 1.0),
+            ("xmpp_mls_request_seconds_count{operation=\"disco-info\"}", 1.0),
+            ("xmpp_mls_request_seconds_count{operation=\"other\"}", 1.0),
         ])
     );
 
@@ -290,6 +144,7 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_key_packages_uploaded_total", 3.0),
             ("xmpp_mls_key_package_verifications_total", 3.0),
+            ("xmpp_mls_request_seconds_count{operation=\"publish\"}", 1.0),
         ])
     );
 
@@ -305,6 +160,7 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_stanzas_sent_total{kind=\"message\"}", 2.0),
             ("xmpp_mls_key_packages_claimed_total", 1.0),
+            ("xmpp_mls_request_seconds_count{operation=\"claim\"}", 1.0),
         ])
     );
 
@@ -325,15 +181,21 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
             ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
             ("xmpp_mls_stanza_errors_total{condition=\"bad-request\"}", 1.0),
             ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
+            ("xmpp_mls_request_seconds_count{operation=\"commit\"}", 1.0),
         ])
     );
+    // Two commits in all (the add, the malformed one): one observation each.
+    assert_eq!(last["xmpp_mls_request_seconds_count{operation=\"commit\"}"], 2.0);
+    let version = format!("xmpp_mls_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(last.get(&version), Some(&1.0), "{last:?}");
+    assert!(last["process_resident_memory_bytes"] > 0.0 && last["process_open_fds"] >= 1.0);
+    assert_eq!(last.keys().filter(|k| k.starts_with("xmpp_mls_rate_limited_total")).map(|k| last[k]).sum::<f64>(), 0.0);
 
-    // Gauges read from the store.
-    assert_eq!(last["xmpp_mls_archive_messages"], archive_rows(&component));
-    assert!(last["xmpp_mls_archive_messages"] >= 1.0);
-    assert_eq!(last["xmpp_mls_key_package_low_devices"], low_devices_in_store(&component));
-    // bob's claimed pool (4) was warned at once, and his device refilled it.
-    assert_eq!(last["xmpp_mls_key_package_low_devices"], 1.0, "alice holds 7, bob 20");
+    // The store's gauges are set at start and by the maintenance task
+    // (every hour here), never by a scrape: the archive has grown, the
+    // gauge has not.
+    assert!(archive_rows(&component) >= 1.0);
+    assert_eq!((last["xmpp_mls_archive_messages"], last["xmpp_mls_key_package_low_devices"]), (0.0, 0.0));
     assert_eq!((last["xmpp_mls_connected"], last["xmpp_mls_reconnects_total"]), (1.0, 0.0));
     assert!(!get(port, "/metrics").2.contains("example.org"), "no JID in a label");
 
@@ -355,6 +217,15 @@ async fn counters_move_exactly_with_traffic_and_health_follows_the_connection() 
     }
     assert!(log.lines().any(|l| l.contains("\"message\":\"request refused\"")), "debug logs were written");
     assert!(!log.contains(MARKER), "a payload reached the log");
+
+    // Started again, the component reads the store's figures once.
+    component.terminate();
+    component.restart();
+    let started = scrape(port);
+    assert_eq!(started["xmpp_mls_archive_messages"], archive_rows(&component));
+    assert_eq!(started["xmpp_mls_key_package_low_devices"], low_devices_in_store(&component));
+    // bob's claimed pool (4) was warned at once, and his device refilled it.
+    assert_eq!(started["xmpp_mls_key_package_low_devices"], 1.0, "alice holds 7, bob 20");
 }
 
 /// The refusal of an upload, as text, and its application condition.
@@ -409,6 +280,10 @@ async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() 
     let retry: u64 = app.attr("retry-after").expect("retry-after").parse().unwrap();
     assert!((1..=3600).contains(&retry), "one unit an hour: retry after {retry} s");
     assert_eq!(verified(), 4.0);
+    let refusals = scrape(port);
+    for (limit, n) in [("key_package_verification", 1.0), ("claim", 0.0), ("account", 0.0), ("domain", 0.0)] {
+        assert_eq!(refusals[&format!("xmpp_mls_rate_limited_total{{limit=\"{limit}\"}}")], n, "{limit}");
+    }
     assert!(store_digest(&component.store_path()) == before, "the upload over budget changed the store");
 
     // bob's budget is his own; the component never lost its link.
@@ -451,6 +326,7 @@ async fn commits_of_another_leaf_are_refused_without_a_write_and_a_resend_writes
                 ("xmpp_mls_stanzas_sent_total{kind=\"iq\"}", 1.0),
                 (&format!("xmpp_mls_stanza_errors_total{{condition=\"{condition}\"}}"), 1.0),
                 ("xmpp_mls_commits_total{outcome=\"rejected\"}", 1.0),
+                ("xmpp_mls_request_seconds_count{operation=\"commit\"}", 1.0),
             ]),
             "{expect}"
         );
@@ -468,4 +344,24 @@ async fn commits_of_another_leaf_are_refused_without_a_write_and_a_resend_writes
     assert_eq!(alice.submit(&group, &bundle).await.unwrap(), first);
     assert!(store_digest(&component.store_path()) == before, "the resent Commit changed the store");
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
+}
+
+/// The maintenance task sets the store's gauges on its interval: a device
+/// whose pool is low shows up without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_task_refreshes_the_store_gauges() {
+    let prosody = Prosody::start();
+    let port = free_port();
+    let extra = format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n[history]\nmaintenance_secs = 1\n");
+    let component = Component::start(&prosody, &extra);
+    let low = || scrape(port)["xmpp_mls_key_package_low_devices"];
+    assert_eq!(low(), 0.0);
+    let service = Jid::new(COMPONENT).unwrap();
+    let session = prosody.client("alice", "laptop").await;
+    let alice = TestSigner::new("alice@example.org");
+    session.publish_device(&service, &alice.device("laptop-1", None)).await.unwrap();
+    session.upload_key_packages(&service, &[alice.valid_kp(), alice.last_resort_kp()]).await.unwrap();
+    assert!(wait_until(Duration::from_secs(20), || low() == 1.0), "{}", component.log());
+    assert_eq!(low_devices_in_store(&component), 1.0);
+    component.assert_never_reconnected();
 }

@@ -46,8 +46,9 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let endpoint = match config.metrics_addr()? {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.map_err(ServeError::Metrics)?;
+            service.refresh_gauges().await?;
             tracing::info!(%addr, "metrics endpoint listening");
-            Some(tokio::spawn(metrics::http::serve(listener, store.clone(), config.directory.low_water)))
+            Some(tokio::spawn(metrics::http::serve(listener)))
         }
         None => None,
     };

@@ -5,16 +5,21 @@
 //! Rules (RFC 6120 §8.2.3, §8.3.1): every IQ get/set gets exactly one reply;
 //! an error, or an IQ result, is never answered.
 
+use std::time::Instant;
+
 use minidom::Element;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
 use xmpp_parsers::stanza_error::{DefinedCondition as C, ErrorType as T, StanzaError};
 
-use crate::metrics::{metrics, Condition, Outcome, StanzaKind};
+use crate::metrics::{metrics, Condition, Operation, Outcome, StanzaKind};
 use crate::protocol::address::Address;
+use crate::protocol::disco::PING;
 use crate::protocol::error::{invalid_message, pubsub_condition, rate_limited, stanza_error, AppCondition};
 use crate::protocol::groups::WrongEpoch;
 use crate::protocol::keypackages::rejections_element;
+use crate::protocol::mam::NS_MAM;
+use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::vault::version_mismatch;
 use crate::protocol::{ProtocolError, MAX_ID, NS};
 use crate::service::{serialized_size, IqKind, IqRequest, Response, Service, ServiceError};
@@ -38,12 +43,55 @@ impl From<Vec<Element>> for Routed {
 pub async fn route(service: &Service, stanza: Element) -> Routed {
     let m = metrics();
     m.stanzas_received.inc(StanzaKind::of(stanza.name()));
+    let (operation, started) = (operation(&stanza), Instant::now());
     let mut routed = dispatch(service, stanza).await;
     routed.stanzas = bound_sizes(routed.stanzas, service.max_stanza_out());
+    if let Some(operation) = operation {
+        m.request(operation, started.elapsed());
+    }
     for out in &routed.stanzas {
         m.stanzas_sent.inc(StanzaKind::of(out.name()));
+        if let Some(domain) = jid_attr(out, "to").and_then(|to| service.other_domain(to.domain().as_str())) {
+            m.federation_sent(domain);
+        }
     }
     routed
+}
+
+/// The operation a request asks for, named as [`dispatch`] and
+/// [`Service::handle_iq`] tell them apart; `None` for a stanza that is no
+/// request (an error, an IQ result, a presence probe).
+fn operation(stanza: &Element) -> Option<Operation> {
+    let type_ = stanza.attr("type");
+    let name = match (stanza.name(), type_) {
+        (_, Some("error")) => return None,
+        ("message", Some("groupchat")) => "message",
+        ("presence", None) => "feed-join",
+        ("presence", Some("unavailable")) => "feed-leave",
+        ("iq", Some(kind @ ("get" | "set"))) => match single_child(stanza) {
+            Some(p) => iq_operation(p, kind == "get"),
+            None => "other",
+        },
+        ("message", _) => "other",
+        _ => return None,
+    };
+    Some(Operation::named(name))
+}
+
+fn iq_operation(payload: &Element, get: bool) -> &str {
+    match (payload.name(), payload.ns().as_str()) {
+        ("query", ns::DISCO_INFO) => "disco-info",
+        ("query", ns::DISCO_ITEMS) => "disco-items",
+        ("ping", PING) => "ping",
+        ("pubsub", NS_PUBSUB) => payload.children().next().map(|action| action.name()).unwrap_or("other"),
+        ("query", NS_MAM) if get => "mam-form",
+        ("query", NS_MAM) => "mam-query",
+        ("metadata", NS_MAM) => "mam-metadata",
+        ("vault", NS) if get => "vault-get",
+        ("vault", NS) => "vault-set",
+        (name @ ("claim" | "ack" | "create" | "commit" | "proposal" | "group-info" | "leave"), NS) => name,
+        _ => "other",
+    }
 }
 
 /// The last line of defence (xep/ §Stanza Size Limits): a stanza over the

@@ -6,7 +6,7 @@ use xmpp_parsers::jid::BareJid;
 
 use super::pubsub::{headline, Caller};
 use super::{IqRequest, Response, Service, ServiceError};
-use crate::metrics::metrics;
+use crate::metrics::{metrics, Limit};
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::{
     claimed_element, inspect, ref_hex, upload_bytes, upload_texts, verify, Claim, ClaimOutcome, Policy, Rejection,
@@ -51,7 +51,7 @@ impl Service {
             return Err(upload_refused(refused));
         }
         self.charge_verifications(&account, messages.len())?;
-        metrics().key_package_verifications.add(messages.len() as u64);
+        metrics().key_package_verifications.inc_by(messages.len() as u64);
         let crypto = self.crypto.clone();
         // Signature checks are CPU work: keep them off the async workers.
         let verified = tokio::task::spawn_blocking(move || {
@@ -63,7 +63,7 @@ impl Service {
         let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
         match self.store.store_key_packages(caller.account.to_string(), kps, max, now).await? {
             KeyPackageUpload::Stored => {
-                metrics().key_packages_uploaded.add(ids.len() as u64);
+                metrics().key_packages_uploaded.inc_by(ids.len() as u64);
                 Ok(Response::result(publish_result(NODE, &ids)))
             }
             refused => Err(upload_refused(refused)),
@@ -75,7 +75,7 @@ impl Service {
     fn charge_verifications(&self, account: &BareJid, n: usize) -> Result<(), ServiceError> {
         let Ok(n) = u32::try_from(n) else { return Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)) };
         let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
-        super::check_rate_n(&self.verifications, &account.to_string(), n, AppCondition::TooManyKeyPackages)
+        super::check_rate_n(&self.verifications, &account.to_string(), n, Limit::KeyPackageVerification, AppCondition::TooManyKeyPackages)
     }
 
     /// The owner's view of the pool: references and metadata, no packages.
@@ -112,7 +112,7 @@ impl Service {
         };
         let result = self.store.claim(ctx, claim).await?;
         let claimed = result.outcomes.iter().filter(|o| matches!(o, ClaimOutcome::Claimed { .. })).count();
-        metrics().key_packages_claimed.add(claimed as u64);
+        metrics().key_packages_claimed.inc_by(claimed as u64);
         let from = self.directory_jid(account);
         let messages = result
             .notices
@@ -126,7 +126,7 @@ impl Service {
     fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid, devices: usize) -> Result<(), ServiceError> {
         let tokens = NonZeroU32::new(u32::try_from(devices).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
         let key = (claimer.to_string(), account.to_string());
-        super::check_rate_n(&self.claims, &key, tokens, AppCondition::TooManyDevices)
+        super::check_rate_n(&self.claims, &key, tokens, Limit::Claim, AppCondition::TooManyDevices)
     }
 }
 

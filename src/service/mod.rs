@@ -27,6 +27,7 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
 
 use crate::config::Config;
+use crate::metrics::{federation_domain, metrics, Limit};
 use crate::protocol::address::Address;
 use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::Rejection;
@@ -170,13 +171,22 @@ impl Service {
     /// accounts of other domains, then the per-account rate.
     pub fn admit(&self, from: &Jid) -> Result<(), ServiceError> {
         let domain = from.domain().as_str();
-        if !domain.eq_ignore_ascii_case(self.config.home_domain()) {
+        if let Some(label) = self.other_domain(domain) {
             if !self.config.federation.admits(domain) {
+                metrics().federation_refused(label);
                 return Err(ServiceError::DomainNotAllowed);
             }
-            check_rate(&self.domains, &domain.to_ascii_lowercase())?;
+            check_rate(&self.domains, &domain.to_ascii_lowercase(), Limit::Domain)?;
         }
-        check_rate(&self.accounts, &from.to_bare().to_string())
+        check_rate(&self.accounts, &from.to_bare().to_string(), Limit::Account)
+    }
+
+    /// The metrics label of `domain` if it is not the home domain
+    /// ([`crate::metrics::federation_domain`]).
+    pub fn other_domain(&self, domain: &str) -> Option<String> {
+        let f = &self.config.federation;
+        let listed = || f.allow_domains.iter().chain(&f.deny_domains);
+        (!domain.eq_ignore_ascii_case(self.config.home_domain())).then(|| federation_domain(listed(), domain))
     }
 
     /// limits.max_stanza_out: no stanza the component sends is larger.
@@ -198,7 +208,22 @@ impl Service {
         if pruned > 0 {
             tracing::info!(pruned, "history retention");
         }
+        // The departures go out even if the gauges cannot be read.
+        if let Err(e) = self.refresh_gauges().await {
+            tracing::warn!(error = %e, "cannot read the store's gauges");
+        }
         Ok(self.departures(&departed))
+    }
+
+    /// Sets the metrics' gauges of what the store holds. Called at start
+    /// and by `maintain`, never by a scrape: the figures change with time
+    /// (expiry) and with other processes (`xmpp-mls admin`), so only a
+    /// query gets them right, and once per maintenance interval bounds its
+    /// cost whoever scrapes how often.
+    pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
+        let gauges = self.store.gauges(self.config.directory.low_water, crate::protocol::now()).await?;
+        metrics().set_store_gauges(&gauges);
+        Ok(())
     }
 
     /// Answers one IQ get/set: `Ok(None)` is an empty result. The checks run
@@ -293,12 +318,13 @@ pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usiz
     Ok((store.prune_history(now - config.history.retention_secs as i64).await?, departed))
 }
 
-/// One token from `limiter` for `key`, or how long to wait for it.
+/// One token from `limiter` (`limit`) for `key`, or how long to wait for it.
 fn check_rate<K: Clone + Eq + std::hash::Hash>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
+    limit: Limit,
 ) -> Result<(), ServiceError> {
-    limiter.check_key(key).map_err(|not_until| rate_limited(&not_until))
+    limiter.check_key(key).map_err(|not_until| rate_limited(limit, &not_until))
 }
 
 /// `n` tokens at once, or how long to wait for all of them; a request for
@@ -307,17 +333,19 @@ fn check_rate_n<K: Clone + Eq + std::hash::Hash>(
     limiter: &DefaultKeyedRateLimiter<K>,
     key: &K,
     n: NonZeroU32,
+    limit: Limit,
     over_burst: AppCondition,
 ) -> Result<(), ServiceError> {
     match limiter.check_key_n(key, n) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(not_until)) => Err(rate_limited(&not_until)),
+        Ok(Err(not_until)) => Err(rate_limited(limit, &not_until)),
         Err(_) => Err(ServiceError::Limit(over_burst)),
     }
 }
 
-/// The refusal of a request that has to wait for `not_until`.
-fn rate_limited(not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> ServiceError {
+/// The refusal of a request that has to wait for `not_until`, counted.
+fn rate_limited(limit: Limit, not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> ServiceError {
+    metrics().rate_limited.inc(limit);
     let wait = not_until.wait_time_from(DefaultClock::default().now());
     ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
 }

@@ -1,5 +1,5 @@
-//! What operators read and do through `xmpp-mls admin`, and the figures the
-//! metrics endpoint reads at scrape time. Safe beside a running component:
+//! What operators read and do through `xmpp-mls admin`, and the store's
+//! figures for the metrics' gauges (read by the maintenance task). Safe beside a running component:
 //! reads see a WAL snapshot, writes queue behind the component's batches.
 
 use std::path::PathBuf;
@@ -185,7 +185,7 @@ impl Store {
         .await
     }
 
-    /// The figures of the metrics endpoint that live in the store.
+    /// The metrics' gauges that live in the store (`Service::refresh_gauges`).
     pub async fn gauges(&self, low_water: u32, now: i64) -> Result<StoreGauges, StoreError> {
         self.read(move |c| {
             Ok(StoreGauges {

@@ -22,6 +22,7 @@ pub mod ejabberd;
 pub mod federation;
 pub mod mls;
 mod prosody;
+pub mod scrape;
 pub mod tls;
 pub mod xep;
 
