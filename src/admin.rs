@@ -46,7 +46,7 @@ pub enum AdminAction {
     /// Run retention now (history.retention_secs, expired devices and
     /// KeyPackages), as the component does every history.maintenance_secs.
     Retention,
-    /// Check the database's integrity (PRAGMA integrity_check) and show the
+    /// Check the database's integrity (SQLite's integrity check) and show the
     /// schema version; exits 1 if the check finds a problem.
     Check,
     /// Write a consistent copy of the store to PATH (which must not exist),

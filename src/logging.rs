@@ -12,9 +12,7 @@ use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 use xmpp_mls::config::LogFormat;
-
-/// Targets that log each migration at info: at warn unless the filter names them.
-const QUIET_TARGETS: &[&str] = &["rusqlite_migration", "refinery"];
+use xmpp_mls::store::MIGRATION_LOG_TARGETS as QUIET_TARGETS;
 
 /// `level` (a tracing filter) with [`QUIET_TARGETS`] at warn unless it names them.
 fn filter(level: &str) -> String {
@@ -104,7 +102,9 @@ mod tests {
 
     #[test]
     fn migration_targets_are_quiet_unless_named() {
-        assert_eq!(filter("info"), "info,rusqlite_migration=warn,refinery=warn");
-        assert_eq!(filter("info,refinery=debug"), "info,refinery=debug,rusqlite_migration=warn");
+        let [schema, openmls] = QUIET_TARGETS else { panic!("{QUIET_TARGETS:?}") };
+        assert_eq!(filter("info"), format!("info,{schema}=warn,{openmls}=warn"));
+        let named = format!("info,{openmls}=debug");
+        assert_eq!(filter(&named), format!("{named},{schema}=warn"));
     }
 }

@@ -163,10 +163,8 @@ impl LocalStore {
         let row = self
             .conn
             .query_row("SELECT last_seen, last_position FROM groups WHERE group_id = ?1", [group_id], |r| {
-                Ok(r.get::<_, Option<String>>(0)?.map(|stanza_id| LastSeen {
-                    stanza_id,
-                    position: r.get::<_, Option<i64>>(1).ok().flatten().map(|p| p as u64),
-                }))
+                let position = r.get::<_, Option<i64>>(1)?.map(|p| p as u64);
+                Ok(r.get::<_, Option<String>>(0)?.map(|stanza_id| LastSeen { stanza_id, position }))
             })
             .optional()?;
         Ok(row.flatten())

@@ -18,6 +18,11 @@ pub mod mls;
 mod schema;
 mod vault;
 
+/// The log targets of the migration libraries the stores use (the
+/// service's schema, and openmls' SQLite storage in a client's state): each
+/// logs every migration at info, which the process log keeps at warn.
+pub const MIGRATION_LOG_TARGETS: &[&str] = &["rusqlite_migration", "refinery"];
+
 pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedAccount, Stats};
 pub use archive::{Filter, Item, Page, PageStart, Source};
 pub use devices::DevicePublish;
