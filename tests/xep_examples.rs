@@ -61,7 +61,17 @@ fn every_xep_is_well_formed_xml_with_the_sections_of_a_xep() {
         let root = parse_xep(path, text);
         let sections: Vec<_> =
             root.children().filter(|c| c.name() == "section1").filter_map(|c| c.attr("topic")).collect();
-        for required in ["Use Cases", "Business Rules", "Security Considerations"] {
+        for required in [
+            "Introduction",
+            "Requirements",
+            "Use Cases",
+            "Business Rules",
+            "Design Considerations",
+            "Security Considerations",
+            "IANA Considerations",
+            "XMPP Registrar Considerations",
+            "XML Schema",
+        ] {
             assert!(sections.contains(&required), "{path} misses section {required}: {sections:?}");
         }
     }
