@@ -1,11 +1,10 @@
 //! Every document of xep/ passes the XSF's own checks of a submission:
 //! DTD validity (xmllint), rendering with the XSF stylesheet without a
 //! warning (xsltproc xep.xsl), and XEP-0001 conformance
-//! (validate-xep0001-conformance.sh). The XSF's files are used unchanged
-//! from the folder named by XSF_TOOLS (by default ../shared/xsf beside the
-//! repository), copied next to each document as the XSF's README says.
-//! Without xmllint, xsltproc or that folder, the test says so and checks
-//! nothing.
+//! (validate-xep0001-conformance.sh). The XSF's files are kept unchanged
+//! in tools/xsf (or the folder named by XSF_TOOLS) and copied next to each
+//! document, as the XSF editor runs them. Without xmllint or xsltproc
+//! (scripts/test installs both), the test says so and checks nothing.
 
 mod common;
 
@@ -19,7 +18,7 @@ const XSF_FILES: [&str; 4] = ["xep.dtd", "xep.ent", "xep.xsl", "validate-xep0001
 fn xsf_tools() -> PathBuf {
     std::env::var_os("XSF_TOOLS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/xsf"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/xsf"))
 }
 
 fn have(tool: &str) -> bool {
