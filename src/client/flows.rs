@@ -54,7 +54,7 @@ fn alice_and_carol(service: &mut Service) -> (Client, Client, BareJid) {
 
 #[test]
 fn an_add_that_lost_its_epoch_applies_the_winner_and_submits_again() {
-    let mut service = Service::default();
+    let mut service = Service::new();
     let (mut alice, mut carol, group) = alice_and_carol(&mut service);
     let mut bob = service.client("bob@example.org");
     // Carol's update wins epoch 1; its copy to alice is still in flight.
@@ -95,7 +95,7 @@ fn an_add_that_lost_its_epoch_applies_the_winner_and_submits_again() {
 
 #[test]
 fn catching_up_past_a_pruned_archive_rejoins_by_external_commit() {
-    let mut service = Service::default();
+    let mut service = Service::new();
     let (mut alice, mut carol, group) = alice_and_carol(&mut service);
     // Alice is offline while carol updates three times (epochs 2 to 4) and
     // retention deletes the archive through carol's second update.
@@ -137,6 +137,44 @@ fn catching_up_past_a_pruned_archive_rejoins_by_external_commit() {
     assert_eq!(carol.events(), vec![epoch(&group, 5, &[&alice, &carol])]);
 }
 
+#[test]
+fn a_commit_without_an_answer_times_out_and_the_archive_settles_it() {
+    let mut service = Service::new();
+    let (mut alice, mut carol, group) = alice_and_carol(&mut service);
+    // The service accepts alice's update, but its answer and her echo are lost.
+    let update = alice.machine.start(Operation::Update { group: group.clone() });
+    let commit = alice.machine.poll_transmit().expect("alice's commit");
+    service.answers(&alice.jid, &commit);
+    service.disconnect(&alice);
+    let timeout = service.start + Duration::from_secs(30); // a Machine's IQ timeout
+    alice.machine.tick(timeout - Duration::from_millis(1));
+    assert_eq!(alice.machine.poll_done().map(|(id, _)| id), None);
+    alice.machine.tick(timeout);
+    let Some((done, Err(GroupError::Client(ClientError::Timeout(_))))) = alice.machine.poll_done() else {
+        panic!("the update times out")
+    };
+    assert_eq!(done, update);
+    assert_eq!(alice.events(), vec![]);
+
+    // The next change reads the archive first: the commit won, it is merged
+    // and the new update is of the epoch after it.
+    let again = service.run(&mut alice, Operation::Update { group: group.clone() });
+
+    assert_eq!(
+        service.requests,
+        vec![
+            Request::Commit { group: group.clone(), epoch: 1 }, // accepted, answer lost
+            Request::Query { archive: archive(&group), after: Some("s1".into()) },
+            Request::Ack { archive: archive(&group), id: "s2".into() },
+            Request::Commit { group: group.clone(), epoch: 2 },
+        ]
+    );
+    assert_eq!(again.unwrap(), accepted(3, 3));
+    assert_eq!(alice.events(), vec![epoch(&group, 2, &[&alice, &carol]), epoch(&group, 3, &[&alice, &carol])]);
+    service.deliver(&mut carol);
+    assert_eq!(carol.events(), vec![epoch(&group, 2, &[&alice, &carol]), epoch(&group, 3, &[&alice, &carol])]);
+}
+
 /// `iq` with its commit bundle stating `check` as the new epoch's check.
 fn restated(iq: &Element, check: String) -> Element {
     let payload = iq.children().next().expect("a payload");
@@ -146,7 +184,7 @@ fn restated(iq: &Element, check: String) -> Element {
 
 #[test]
 fn a_commit_whose_epoch_check_differs_is_a_fork_and_nothing_is_sent_into_it() {
-    let mut service = Service::default();
+    let mut service = Service::new();
     let (mut alice, mut carol, group) = alice_and_carol(&mut service);
     // Carol commits from a history alice does not share: the epoch check
     // she states is not the one alice computes for the same commit.

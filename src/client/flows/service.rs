@@ -100,8 +100,9 @@ struct Group {
 
 type Answer = Result<Option<Element>, StanzaError>;
 
-#[derive(Default)]
 pub struct Service {
+    /// The time every device's machine starts at.
+    pub start: Instant,
     /// Every request, in the order the service received them.
     pub requests: Vec<Request>,
     /// Every commit bundle submitted, accepted or not.
@@ -117,6 +118,20 @@ pub struct Service {
 }
 
 impl Service {
+    pub fn new() -> Self {
+        Service {
+            start: Instant::now(),
+            requests: Vec::new(),
+            bundles: Vec::new(),
+            devices: HashMap::new(),
+            key_packages: HashMap::new(),
+            claimed: HashMap::new(),
+            groups: HashMap::new(),
+            inboxes: HashMap::new(),
+            in_flight: HashMap::new(),
+        }
+    }
+
     /// A new device of `account`, in the account's device list with one
     /// KeyPackage on the service, its machine started.
     pub fn client(&mut self, account: &str) -> Client {
@@ -127,7 +142,7 @@ impl Service {
         self.key_packages.insert(device.id().to_owned(), key_package);
         self.devices.entry(account.clone()).or_default().push(device.item(None));
         let jid = FullJid::new(&format!("{account}/{}", device.id())).expect("a full JID");
-        let machine = Machine::new(device, jid.clone(), Jid::new(DOMAIN).expect("a JID"), Instant::now()).expect("a machine");
+        let machine = Machine::new(device, jid.clone(), Jid::new(DOMAIN).expect("a JID"), self.start).expect("a machine");
         self.in_flight.insert(jid.clone(), VecDeque::new());
         let mut client = Client { machine, jid, _dir: dir };
         self.pump(&mut client);
@@ -152,13 +167,18 @@ impl Service {
 
     /// One stanza from the device; the answer goes back at once.
     pub fn receive(&mut self, client: &mut Client, stanza: Element) {
-        let answers = match stanza.name() {
-            "iq" => self.iq(&stanza, &client.jid),
-            "presence" => self.presence(&stanza, &client.jid).into_iter().collect(),
-            _ => panic!("unscripted stanza: {}", String::from(&stanza)),
-        };
-        for answer in answers {
+        for answer in self.answers(&client.jid, &stanza) {
             client.machine.receive(answer);
+        }
+    }
+
+    /// What the service answers to a stanza from `from` (MAM results
+    /// before the IQ's result).
+    pub fn answers(&mut self, from: &FullJid, stanza: &Element) -> Vec<Element> {
+        match stanza.name() {
+            "iq" => self.iq(stanza, from),
+            "presence" => self.presence(stanza, from).into_iter().collect(),
+            _ => panic!("unscripted stanza: {}", String::from(stanza)),
         }
     }
 
