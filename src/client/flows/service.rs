@@ -307,7 +307,8 @@ impl Service {
         if epoch != group.epoch {
             let last = group.items.iter().rev().find(|i| i.message.kind == Some(Kind::Commit));
             let wrong = WrongEpoch { epoch: group.epoch, commit: last.map(|i| i.stanza_id.clone()) };
-            return (request, Err(stanza_error(ErrorType::Cancel, DefinedCondition::Conflict, Some(wrong.to_element()), None)));
+            let error = stanza_error(ErrorType::Cancel, DefinedCondition::Conflict, Some(wrong.to_element()), None);
+            return (request, Err(error));
         }
         group.epoch += 1;
         group.group_info = bundle.group_info;
@@ -331,7 +332,8 @@ impl Service {
         let position = group.items.len() as u64 + 1;
         message.position = Some(position);
         let item = Item { stanza_id: format!("s{position}"), sender: sender.to_owned(), message };
-        let copies: Vec<_> = group.feed.iter().map(|to| (to.clone(), item_stanza(&group_jid(id), &item, Some(to)))).collect();
+        let jid = group_jid(id);
+        let copies: Vec<_> = group.feed.iter().map(|to| (to.clone(), item_stanza(&jid, &item, Some(to)))).collect();
         let stanza_id = item.stanza_id.clone();
         group.items.push(item);
         for (to, copy) in copies {
@@ -400,9 +402,10 @@ impl Service {
         };
         let page = &items[start..];
         assert!(page.len() <= q.max.unwrap_or(usize::MAX), "a second page");
-        results.extend(
-            page.iter().map(|(id, stanza)| result_message(from.as_str(), to.as_str(), q.queryid.as_deref(), id, 0, stanza.clone())),
-        );
+        let result = |(id, stanza): &(String, Element)| {
+            result_message(from.as_str(), to.as_str(), q.queryid.as_deref(), id, 0, stanza.clone())
+        };
+        results.extend(page.iter().map(result));
         let fin = Fin {
             complete: true,
             first: page.first().map(|(id, _)| (id.clone(), start)),
@@ -449,14 +452,14 @@ fn stanza_id_element(by: &str, id: &str) -> Element {
     Element::builder("stanza-id", NS_SID).attr(n("by"), by).attr(n("id"), id).build()
 }
 
-fn group_id(to: &Jid) -> Vec<u8> {
+pub fn group_id(to: &Jid) -> Vec<u8> {
     match Address::parse(to) {
         Ok(Address::Group(id)) => id,
         _ => panic!("not a group: {to}"),
     }
 }
 
-pub fn group_jid(id: &[u8]) -> BareJid {
+fn group_jid(id: &[u8]) -> BareJid {
     BareJid::new(&format!("{}@{DOMAIN}", group_node(id))).expect("a group JID")
 }
 
