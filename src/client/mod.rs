@@ -4,6 +4,8 @@
 mod device;
 mod devices;
 mod drivers;
+#[cfg(test)]
+mod flows;
 mod groups;
 mod history;
 mod keypackages;
