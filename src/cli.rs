@@ -399,6 +399,9 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>, xml: bool) -> Cl
             }
             Some(GroupEvent::Proposed { group, account }) => println!("{group}: {account} proposed a change"),
             Some(GroupEvent::Removed { group }) => println!("removed from {group}"),
+            Some(GroupEvent::HistoryPruned { group }) => {
+                println!("history of {group} pruned past this device: rejoined, the messages in between are lost")
+            }
             Some(GroupEvent::Fork { group, epoch }) => {
                 eprintln!("FORK DETECTED in {group} at epoch {epoch}: not sending into it")
             }

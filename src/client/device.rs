@@ -204,6 +204,15 @@ impl<S: DeviceStorage> Device<S> {
         self.store().set_last_seen(group_id, &LastSeen { stanza_id: stanza_id.to_owned(), position })
     }
 
+    /// Marks a group forked: nothing is sent into it any more.
+    pub fn mark_forked(&self, group_id: &[u8]) -> Result<(), DeviceError> {
+        self.store().mark_forked(group_id)
+    }
+
+    pub fn is_forked(&self, group_id: &[u8]) -> Result<bool, DeviceError> {
+        self.store().is_forked(group_id)
+    }
+
     /// Keeps a sent message until it is echoed.
     pub fn keep_unechoed(&self, id: &str, stanza: &minidom::Element) -> Result<(), DeviceError> {
         self.store().add_unechoed(id, &String::from(stanza))

@@ -76,7 +76,6 @@ fn an_add_that_lost_its_epoch_applies_the_winner_and_submits_again() {
             Request::Query { archive: archive(&group), after: Some("s1".into()) },
             Request::Ack { archive: archive(&group), id: "s2".into() },
             Request::Commit { group: group.clone(), epoch: 2 }, // accepted
-            Request::Devices(b), // bob's device id, for the members
         ]
     );
     assert_eq!(added.unwrap(), accepted(3, 3));
@@ -130,7 +129,8 @@ fn catching_up_past_a_pruned_archive_rejoins_by_external_commit() {
     assert_eq!(commit.sender(), &Sender::NewMemberCommit, "an external commit");
     assert_eq!(bundle.welcome, None);
     let joined = GroupEvent::Joined { group: group.clone() };
-    assert_eq!(alice.events(), vec![joined.clone(), joined, epoch(&group, 5, &[&alice, &carol])]);
+    let pruned = GroupEvent::HistoryPruned { group: group.clone() };
+    assert_eq!(alice.events(), vec![joined.clone(), pruned, joined, epoch(&group, 5, &[&alice, &carol])]);
     // Carol applies it (alice's old leaf replaced) and computes alice's epoch check.
     service.deliver(&mut carol);
     assert_eq!(carol.events(), vec![epoch(&group, 5, &[&alice, &carol])]);
@@ -198,11 +198,40 @@ fn a_commit_whose_epoch_check_differs_is_a_fork_and_nothing_is_sent_into_it() {
     let fork = GroupEvent::Fork { group: group.clone(), epoch: 2 };
     assert_eq!(alice.events(), vec![fork, epoch(&group, 2, &[&alice, &carol])]);
     service.requests.clear();
-    let content = Content::from_body("hello").0;
-    let sent = service.run(&mut alice, Operation::Send { group: group.clone(), content });
-    assert!(matches!(sent, Err(GroupError::Forked(ref g)) if *g == group.to_string()), "{sent:?}");
-    assert_eq!(service.requests, vec![]);
-    assert_eq!(alice.machine.poll_transmit(), None);
+    for restarted in [false, true] {
+        if restarted {
+            alice.restart(&mut service); // the fork is remembered with the device
+        }
+        let content = Content::from_body("hello").0;
+        let sent = service.run(&mut alice, Operation::Send { group: group.clone(), content });
+        assert!(matches!(sent, Err(GroupError::Forked(ref g)) if *g == group.to_string()), "{sent:?}");
+        let update = service.run(&mut alice, Operation::Update { group: group.clone() });
+        assert!(matches!(update, Err(GroupError::Forked(_))), "{update:?}");
+        assert_eq!(service.requests, vec![]);
+        assert_eq!(alice.machine.poll_transmit(), None);
+    }
+}
+
+#[test]
+fn messages_unechoed_across_restarts_are_all_resent() {
+    let mut service = Service::new();
+    let (mut alice, _carol, group) = alice_and_carol(&mut service);
+    // Each session sends one message and ends before the message reaches
+    // the service (sending one needs no request: it goes out as it is).
+    let mut sent = Vec::new();
+    for _ in 0..2 {
+        alice.machine.start(Operation::Send { group: group.clone(), content: Content::from_body("lost").0 });
+        let Some((_, Ok(Done::Sent(id)))) = alice.machine.poll_done() else { panic!("not sent") };
+        let message = alice.machine.poll_transmit().expect("the message");
+        assert_eq!(message.attr("id"), Some(id.as_str()));
+        sent.push(message);
+        alice.restart(&mut service);
+    }
+    assert_ne!(sent[0].attr("id"), sent[1].attr("id"), "stanza ids are unique across sessions");
+    alice.machine.start(Operation::Resend);
+    assert_eq!(alice.machine.poll_done().map(|(_, done)| done.unwrap()), Some(Done::Count(2)));
+    let resent: Vec<Element> = std::iter::from_fn(|| alice.machine.poll_transmit()).collect();
+    assert_eq!(resent, sent, "both, unchanged and in sending order");
 }
 
 fn poll<F: Future>(future: &mut Pin<Box<F>>) -> Poll<F::Output> {

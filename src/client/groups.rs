@@ -87,6 +87,10 @@ pub enum GroupEvent {
     Epoch { group: BareJid, epoch: u64, members: Vec<(BareJid, String)> },
     /// This device was removed from the group.
     Removed { group: BareJid },
+    /// The archive no longer held everything this device missed in the
+    /// group (retention): it rejoined by external commit, and the messages
+    /// in between are lost to it.
+    HistoryPruned { group: BareJid },
     /// The committer's epoch check differs from ours: the group forked.
     Fork { group: BareJid, epoch: u64 },
     /// A message this device sent was not delivered: the service refused it
@@ -114,7 +118,7 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     service: Jid,
     groups: HashMap<Vec<u8>, MlsGroup>,
     devices: HashMap<BareJid, Vec<DeviceItem>>,
-    events: VecDeque<GroupEvent>,
+    pub(super) events: VecDeque<GroupEvent>,
     /// Stanzas read while waiting for something else, handled next.
     stashed: VecDeque<Element>,
     /// Where epoch snapshots and sent messages go, if attached.
@@ -124,7 +128,6 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     /// Own messages sent and neither echoed nor refused, in sending order
     /// (kept in the device's storage too): what [`Self::resend`] sends again.
     outbox: VecDeque<(String, Element)>,
-    forked: HashSet<Vec<u8>>,
     /// Groups with a gap before an item received live: read from the archive.
     pub(super) behind: HashSet<Vec<u8>>,
 }
@@ -174,7 +177,6 @@ impl<S: DeviceStorage> Core<S> {
             vault: None,
             unconfirmed: HashMap::new(),
             outbox,
-            forked: HashSet::new(),
             behind: HashSet::new(),
         })
     }
@@ -298,7 +300,8 @@ impl<S: DeviceStorage> Core<S> {
         for account in accounts {
             let devices = self.port.devices(&self.service, account).await?;
             let missing: Vec<String> =
-                devices.into_iter().filter(|d| !present.contains(&d.signature_key)).map(|d| d.id).collect();
+                devices.iter().filter(|d| !present.contains(&d.signature_key)).map(|d| d.id.clone()).collect();
+            self.devices.insert(account.clone(), devices);
             if !missing.is_empty() {
                 kps.extend(self.key_packages_for(account, missing).await?);
             }
@@ -373,7 +376,8 @@ impl<S: DeviceStorage> Core<S> {
     /// Submits a proposal of this epoch; after losing the epoch, catches up
     /// and proposes again.
     async fn propose(&mut self, group: &BareJid, leave: bool) -> Result<Accepted, GroupError> {
-        let id = group_id_of(group)?;
+        // Leaving a forked group is allowed; updating keys in it is not.
+        let id = if leave { group_id_of(group)? } else { self.unforked(group)? };
         for _ in 0..ATTEMPTS {
             let provider = self.device.provider();
             let signer = self.device.signer();
@@ -399,13 +403,19 @@ impl<S: DeviceStorage> Core<S> {
     }
 
 
+    /// The id of `group`, unless the group forked: then nothing is sent into it.
+    fn unforked(&self, group: &BareJid) -> Result<Vec<u8>, GroupError> {
+        let id = group_id_of(group)?;
+        if self.device.is_forked(&id).map_err(mls)? {
+            return Err(GroupError::Forked(group.to_string()));
+        }
+        Ok(id)
+    }
+
     /// Builds, submits and merges one commit; after losing an epoch, applies
     /// the winner from the feed and tries again.
     async fn change(&mut self, group: &BareJid, change: Change) -> Result<Accepted, GroupError> {
-        let id = group_id_of(group)?;
-        if self.forked.contains(&id) {
-            return Err(GroupError::Forked(group.to_string()));
-        }
+        let id = self.unforked(group)?;
         self.settle(group).await?;
         for _ in 0..ATTEMPTS {
             let bundle = self.stage(&id, &change).await?;
@@ -608,10 +618,7 @@ impl<S: DeviceStorage> Core<S> {
     /// Proposals received by reference are committed first (MLS forbids
     /// sending while they are pending).
     pub async fn send_data(&mut self, group: &BareJid, data: &[u8]) -> Result<String, GroupError> {
-        let id = group_id_of(group)?;
-        if self.forked.contains(&id) {
-            return Err(GroupError::Forked(group.to_string()));
-        }
+        let id = self.unforked(group)?;
         self.settle(group).await?;
         if load_group(&mut self.groups, &self.device, &id)?.pending_proposals().next().is_some() {
             self.commit_pending(group).await?;
@@ -943,7 +950,7 @@ impl<S: DeviceStorage> Core<S> {
                 if ours.is_some() && ours != msg.epoch_check {
                     let epoch = load_group(&mut self.groups, &self.device, &gid)?.epoch().as_u64();
                     tracing::error!(%group, epoch, "epoch check mismatch: the group has forked");
-                    self.forked.insert(gid.clone());
+                    self.device.mark_forked(&gid).map_err(mls)?;
                     self.events.push_back(GroupEvent::Fork { group: group.clone(), epoch });
                 }
                 self.after_commit(&gid, &group).await?;

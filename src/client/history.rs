@@ -130,6 +130,7 @@ impl<S: DeviceStorage> Core<S> {
         let last = match self.replay(&archive, after, &mut |d, t| progress(&label, d, t)).await {
             Err(GroupError::Client(ClientError::Stanza(e))) if is_pruned(&e) => {
                 tracing::warn!(%group, "history pruned past this device: rejoining by external commit");
+                self.events.push_back(super::GroupEvent::HistoryPruned { group: group.clone() });
                 let accepted = self.join_external(group).await?;
                 Some(accepted.stanza_id)
             }

@@ -37,7 +37,6 @@ enum Clock {
 
 struct State {
     clock: Clock,
-    next_id: u64,
     outgoing: VecDeque<Element>,
     /// IQs sent and not answered yet, by id; the answer once it came.
     waiting: HashMap<String, Option<Element>>,
@@ -81,6 +80,11 @@ impl State {
         self.wait(cx);
     }
 
+    /// A wait for `deadline` ended.
+    fn done_waiting(&mut self, deadline: Instant) {
+        self.deadlines.retain(|d| *d != deadline);
+    }
+
     /// Wakes the task of `cx` on the port's next input.
     fn wait(&mut self, cx: &Context<'_>) {
         if !self.wakers.iter().any(|w| w.will_wake(cx.waker())) {
@@ -111,7 +115,6 @@ impl Port {
     fn with_clock(jid: FullJid, iq_timeout: Duration, clock: Clock) -> Self {
         let state = State {
             clock,
-            next_id: 0,
             outgoing: VecDeque::new(),
             waiting: HashMap::new(),
             incoming: VecDeque::new(),
@@ -209,11 +212,11 @@ impl Port {
         self.state().now()
     }
 
-    /// A fresh stanza id.
+    /// A fresh stanza id, unique across sessions of the device (ids of
+    /// sent messages outlive the session in the device's outbox).
     pub fn next_id(&self) -> String {
-        let mut state = self.state();
-        state.next_id += 1;
-        format!("c{}", state.next_id)
+        let bytes: [u8; 12] = rand::random();
+        format!("c{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_lowercase())
     }
 
     /// Queues a stanza for sending.
@@ -246,10 +249,12 @@ impl Port {
             let mut state = self.state();
             if state.waiting.get(&id).is_some_and(Option::is_some) {
                 let reply = state.waiting.remove(&id).flatten().expect("checked");
+                state.done_waiting(deadline);
                 return Poll::Ready(Ok(reply));
             }
             if state.closed || state.now() >= deadline {
                 state.waiting.remove(&id);
+                state.done_waiting(deadline);
                 let error = if state.closed { ClientError::Closed } else { ClientError::Timeout(self.iq_timeout) };
                 return Poll::Ready(Err(error));
             }
@@ -290,6 +295,7 @@ impl Port {
         poll_fn(|cx| {
             let mut state = self.state();
             if state.closed || state.now() >= deadline {
+                state.done_waiting(deadline);
                 return Poll::Ready(());
             }
             state.wait_until(deadline, cx);
@@ -313,11 +319,16 @@ impl Port {
     pub async fn next_event_until(&self, deadline: Option<Instant>) -> Option<Element> {
         poll_fn(|cx| {
             let mut state = self.state();
-            if let Some(stanza) = state.incoming.pop_front() {
-                return Poll::Ready(Some(stanza));
-            }
-            if state.closed || deadline.is_some_and(|d| state.now() >= d) {
-                return Poll::Ready(None);
+            let ready = match state.incoming.pop_front() {
+                Some(stanza) => Some(Some(stanza)),
+                None if state.closed || deadline.is_some_and(|d| state.now() >= d) => Some(None),
+                None => None,
+            };
+            if let Some(ready) = ready {
+                if let Some(d) = deadline {
+                    state.done_waiting(d);
+                }
+                return Poll::Ready(ready);
             }
             match deadline {
                 Some(d) => state.wait_until(d, cx),

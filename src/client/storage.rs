@@ -30,6 +30,9 @@ pub trait DeviceStorage {
     fn groups(&self) -> Result<Vec<String>, DeviceError>;
     fn last_seen(&self, group_id: &[u8]) -> Result<Option<LastSeen>, DeviceError>;
     fn set_last_seen(&self, group_id: &[u8], seen: &LastSeen) -> Result<(), DeviceError>;
+    /// A group found forked (its epoch check differed): nothing is sent into it.
+    fn mark_forked(&self, group_id: &[u8]) -> Result<(), DeviceError>;
+    fn is_forked(&self, group_id: &[u8]) -> Result<bool, DeviceError>;
 
     /// Own messages sent and not echoed yet (serialised), in sending order.
     fn add_unechoed(&self, id: &str, stanza: &str) -> Result<(), DeviceError>;
@@ -97,6 +100,12 @@ impl DeviceStorage for SqliteStorage {
     }
     fn set_last_seen(&self, group_id: &[u8], seen: &LastSeen) -> Result<(), DeviceError> {
         Ok(self.records.set_last_seen(group_id, seen)?)
+    }
+    fn mark_forked(&self, group_id: &[u8]) -> Result<(), DeviceError> {
+        Ok(self.records.mark_forked(group_id)?)
+    }
+    fn is_forked(&self, group_id: &[u8]) -> Result<bool, DeviceError> {
+        Ok(self.records.is_forked(group_id)?)
     }
     fn add_unechoed(&self, id: &str, stanza: &str) -> Result<(), DeviceError> {
         Ok(self.records.add_unechoed(id, stanza)?)

@@ -40,6 +40,9 @@ const MIGRATIONS: &[M<'static>] = &[
     // 5: the archive position of that last item: a later copy that is not
     // the next position shows a gap (xep/ §Delivery to the Feed).
     M::up("ALTER TABLE groups ADD COLUMN last_position INTEGER;"),
+    // 6: a group whose epoch check differed from a committer's: nothing is
+    // sent into it any more, also after a restart.
+    M::up("ALTER TABLE groups ADD COLUMN forked INTEGER NOT NULL DEFAULT 0;"),
 ];
 
 /// The last archive item a device applied in a group.
@@ -168,6 +171,19 @@ impl LocalStore {
             })
             .optional()?;
         Ok(row.flatten())
+    }
+
+    pub fn mark_forked(&self, group_id: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute("UPDATE groups SET forked = 1 WHERE group_id = ?1", [group_id])?;
+        Ok(())
+    }
+
+    pub fn is_forked(&self, group_id: &[u8]) -> Result<bool, StoreError> {
+        let forked = self
+            .conn
+            .query_row("SELECT forked FROM groups WHERE group_id = ?1", [group_id], |r| r.get::<_, i64>(0))
+            .optional()?;
+        Ok(forked == Some(1))
     }
 
     pub fn forget_group(&self, group_id: &[u8]) -> Result<(), StoreError> {

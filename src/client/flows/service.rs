@@ -79,7 +79,18 @@ impl Client {
     pub fn events(&mut self) -> Vec<GroupEvent> {
         std::iter::from_fn(|| self.machine.poll_event()).collect()
     }
+
+    /// The device starts again from its file, on a new stream with the same JID.
+    pub fn restart(&mut self, service: &mut Service) {
+        let path = self._dir.path().join(DEVICE_FILE);
+        let device = Device::open(&path, &self.account()).expect("the device");
+        self.machine = Machine::new(device, self.jid.clone(), Jid::new(DOMAIN).expect("a JID"), service.start)
+            .expect("a machine");
+        service.pump(self);
+    }
 }
+
+const DEVICE_FILE: &str = "device.sqlite3";
 
 /// An archived group message.
 struct Item {
@@ -137,7 +148,7 @@ impl Service {
     pub fn client(&mut self, account: &str) -> Client {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let account = BareJid::new(account).expect("a bare JID");
-        let device = Device::create(&dir.path().join("device.sqlite3"), account.clone(), None).expect("a device");
+        let device = Device::create(&dir.path().join(DEVICE_FILE), account.clone(), None).expect("a device");
         let key_package = device.key_packages(1).expect("a KeyPackage").remove(0);
         self.key_packages.insert(device.id().to_owned(), key_package);
         self.devices.entry(account.clone()).or_default().push(device.item(None));
