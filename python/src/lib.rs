@@ -99,9 +99,11 @@ impl Clock {
 /// One device on the host's session: feed it every stanza from the
 /// service's domain, send what `transmit()` returns, call `tick()` at
 /// `next_deadline()`, and read `events()` and `done()` after each call.
-#[pyclass(name = "Client", module = "xmpp_mls", frozen)]
+/// It stays on the thread that made it (the host's event loop): the core
+/// runs its operations as futures that are not `Send`.
+#[pyclass(name = "Client", module = "xmpp_mls", unsendable)]
 struct PyClient {
-    machine: Mutex<xmpp_mls::client::Machine>,
+    machine: xmpp_mls::client::Machine,
     clock: Clock,
 }
 
@@ -122,104 +124,105 @@ impl PyClient {
             None => py.import("time")?.call_method0("monotonic")?.extract()?,
         };
         let clock = Clock { instant: Instant::now(), seconds };
-        let machine = xmpp_mls::client::Machine::new(device, jid, service, clock.instant);
-        Ok(PyClient { machine: Mutex::new(machine), clock })
+        let machine = xmpp_mls::client::Machine::new(device, jid, service, clock.instant).map_err(|e| error(py, e))?;
+        Ok(PyClient { machine, clock })
     }
 
     /// A stanza from the server, as XML (`xmlns='jabber:client'` on its
     /// root, or none: a stanza of a client stream).
-    fn receive(&self, xml: &str) -> PyResult<()> {
+    fn receive(&mut self, xml: &str) -> PyResult<()> {
         let stanza = parse(xml)?;
-        self.machine().receive(stanza);
+        self.machine.receive(stanza);
         Ok(())
     }
 
+    /// The stream ended: the operations under way fail with `ClosedError`
+    /// (in `done()`).
+    fn close(&mut self) {
+        self.machine.close();
+    }
+
     /// Time passes: `now` in `time.monotonic()` seconds.
-    fn tick(&self, now: f64) {
-        self.machine().tick(self.clock.instant(now));
+    fn tick(&mut self, now: f64) {
+        self.machine.tick(self.clock.instant(now));
     }
 
     /// When to call `tick` next (`time.monotonic()` seconds), if anything waits.
     fn next_deadline(&self) -> Option<f64> {
-        self.machine().next_deadline().map(|d| self.clock.seconds(d))
+        self.machine.next_deadline().map(|d| self.clock.seconds(d))
     }
 
     /// The stanzas to send, in order, as XML with `xmlns='jabber:client'`.
-    fn transmit(&self) -> Vec<String> {
-        let mut machine = self.machine();
-        std::iter::from_fn(|| machine.poll_transmit()).map(|stanza| String::from(&stanza)).collect()
+    fn transmit(&mut self) -> Vec<String> {
+        std::iter::from_fn(|| self.machine.poll_transmit()).map(|stanza| String::from(&stanza)).collect()
     }
 
     /// What happened, as dicts with a "type" key: message, discarded,
     /// delivered, joined, proposed, epoch, removed, fork, refused, refilled.
-    fn events<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let mut machine = self.machine();
-        let events: Vec<GroupEvent> = std::iter::from_fn(|| machine.poll_event()).collect();
-        drop(machine);
+    fn events<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let events: Vec<GroupEvent> = std::iter::from_fn(|| self.machine.poll_event()).collect();
         events.into_iter().map(|e| event(py, e)).collect()
     }
 
     /// The finished operations as (op id, result); a failed one's result is
     /// an `MlsError` instance (not raised).
-    fn done<'py>(&self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
-        let mut machine = self.machine();
-        let done: Vec<_> = std::iter::from_fn(|| machine.poll_done()).collect();
-        drop(machine);
+    fn done<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<(u64, Bound<'py, PyAny>)>> {
+        let done: Vec<_> = std::iter::from_fn(|| self.machine.poll_done()).collect();
         done.into_iter().map(|(id, outcome)| Ok((id, result(py, outcome)?))).collect()
     }
 
     #[getter]
     fn device_id(&self) -> String {
-        self.machine().device_id().to_owned()
+        self.machine.device_id().to_owned()
     }
 
     #[getter]
     fn account(&self) -> String {
-        self.machine().account().to_string()
+        self.machine.account().to_string()
     }
 
     // Operations: each returns its op id; its result comes from done().
 
     /// Publishes the device in the account's device list and fills its KeyPackage pool.
-    fn publish(&self) -> u64 {
+    fn publish(&mut self) -> u64 {
         self.start(Operation::Publish)
     }
 
     /// Creates a group; result: its JID.
-    fn create(&self) -> u64 {
+    fn create(&mut self) -> u64 {
         self.start(Operation::Create)
     }
 
     /// Adds every device of `accounts`; result: {"epoch", "stanza_id", "position"}.
-    fn add(&self, group: &str, accounts: Vec<String>) -> PyResult<u64> {
+    fn add(&mut self, group: &str, accounts: Vec<String>) -> PyResult<u64> {
         let accounts = accounts.iter().map(|a| bare(a)).collect::<PyResult<_>>()?;
         Ok(self.start(Operation::Add { group: bare(group)?, accounts }))
     }
 
     /// Removes every device of `account`; result as for `add`.
-    fn remove_account(&self, group: &str, account: &str) -> PyResult<u64> {
+    fn remove_account(&mut self, group: &str, account: &str) -> PyResult<u64> {
         Ok(self.start(Operation::RemoveAccount { group: bare(group)?, account: bare(account)? }))
     }
 
     /// Removes one device; result as for `add`.
-    fn remove_device(&self, group: &str, account: &str, device: String) -> PyResult<u64> {
+    fn remove_device(&mut self, group: &str, account: &str, device: String) -> PyResult<u64> {
         Ok(self.start(Operation::RemoveDevice { group: bare(group)?, account: bare(account)?, device }))
     }
 
     /// Commits an update of this device's keys; result as for `add`.
-    fn update(&self, group: &str) -> PyResult<u64> {
+    fn update(&mut self, group: &str) -> PyResult<u64> {
         Ok(self.start(Operation::Update { group: bare(group)? }))
     }
 
     /// Leaves the group; result as for `add`.
-    fn leave(&self, group: &str) -> PyResult<u64> {
+    fn leave(&mut self, group: &str) -> PyResult<u64> {
         Ok(self.start(Operation::Leave { group: bare(group)? }))
     }
 
     /// Sends `content`: a text (one `<body/>`) or a list of XML elements
     /// (the children of the envelope's `<content/>`); result: the message's
     /// id, whose echo comes as a "delivered" event.
-    fn send(&self, group: &str, content: &Bound<'_, PyAny>) -> PyResult<u64> {
+    fn send(&mut self, group: &str, content: &Bound<'_, PyAny>) -> PyResult<u64> {
         let content = match content.extract::<String>() {
             Ok(text) => Content::from_body(&text).0,
             Err(_) => content.extract::<Vec<String>>()?.iter().map(|x| parse(x)).collect::<PyResult<_>>()?,
@@ -228,50 +231,46 @@ impl PyClient {
     }
 
     /// Joins the live feed of every group of the device; result: None.
-    fn join_all(&self) -> u64 {
+    fn join_all(&mut self) -> u64 {
         self.start(Operation::JoinAll)
     }
 
     /// Reads the inbox and every group's archive since the last message
     /// seen, with events for everything missed; result: None.
-    fn catch_up(&self) -> u64 {
+    fn catch_up(&mut self) -> u64 {
         self.start(Operation::CatchUpAll)
     }
 
     /// Sends again this device's messages that were neither echoed nor refused; result: their count.
-    fn resend(&self) -> u64 {
+    fn resend(&mut self) -> u64 {
         self.start(Operation::Resend)
     }
 
     /// Result: the group's members as [(account, device id)].
-    fn members(&self, group: &str) -> PyResult<u64> {
+    fn members(&mut self, group: &str) -> PyResult<u64> {
         Ok(self.start(Operation::Members { group: bare(group)? }))
     }
 
     /// Opens the account's vault and keeps history in it; result: None.
-    fn open_vault(&self, passphrase: String) -> u64 {
+    fn open_vault(&mut self, passphrase: String) -> u64 {
         self.start(Operation::OpenVault { passphrase })
     }
 
     /// Reads the group's history from the vault (after `open_vault`);
     /// result: {"entries": [message dicts with "epoch"], "unreadable": [(stanza_id, epoch, why)]}.
-    fn read_history(&self, group: &str) -> PyResult<u64> {
+    fn read_history(&mut self, group: &str) -> PyResult<u64> {
         Ok(self.start(Operation::ReadHistory { group: bare(group)? }))
     }
 }
 
 impl PyClient {
-    fn machine(&self) -> MutexGuard<'_, xmpp_mls::client::Machine> {
-        lock(&self.machine)
-    }
-
-    fn start(&self, op: Operation) -> u64 {
-        self.machine().start(op)
+    fn start(&mut self, op: Operation) -> u64 {
+        self.machine.start(op)
     }
 }
 
-/// The guarded value even if a panic poisoned the lock (the core keeps no
-/// invariant across a panic that a lock would protect).
+/// The guarded value even if a panic poisoned the lock (a device taken or
+/// not is all it guards).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

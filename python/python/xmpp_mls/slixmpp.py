@@ -97,6 +97,9 @@ class XEP_MLS(BasePlugin):
     def _session_end(self, _event):
         """The stream is gone: the operations under way fail, the device's file closes."""
         self.ready.clear()
+        if self.client is not None:
+            self.client.close()
+            self._pump()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
