@@ -18,8 +18,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The wheel that scripts/test built into target/wheels.
 fn wheel() -> PathBuf {
     let dir = Path::new(ROOT).join("target/wheels");
-    let wheels: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+    let entries = std::fs::read_dir(&dir).map(|entries| entries.map(|e| e.unwrap().path()).collect::<Vec<_>>());
+    let wheels: Vec<PathBuf> = entries
         .unwrap_or_default()
         .into_iter()
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("xmpp_mls-"))
@@ -73,14 +73,22 @@ struct Agent {
 
 impl Agent {
     fn start(server: &Server, user: &str, state: &Path) -> Agent {
+        let mut agent = Agent::spawn("mls_agent.py", server, user, state, &[COMPONENT]);
+        agent.event("ready", |_| true);
+        agent
+    }
+
+    /// `tests/python/SCRIPT JID PASSWORD HOST PORT STATE EXTRA...`, which
+    /// prints JSON lines.
+    fn spawn(script: &str, server: &Server, user: &str, state: &Path, extra: &[&str]) -> Agent {
         let python = Path::new(ROOT).join("target/py/bin/python");
         assert!(python.exists(), "target/py is missing: run scripts/test, which installs slixmpp and the wheel");
         let stderr = state.with_extension("stderr");
         let mut child = Command::new(python)
-            .arg(Path::new(ROOT).join("tests/python/mls_agent.py"))
+            .arg(Path::new(ROOT).join("tests/python").join(script))
             .args([&format!("{user}@{DOMAIN}"), user, "127.0.0.1", &server.c2s_port.to_string()])
             .arg(state)
-            .arg(COMPONENT)
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
@@ -97,9 +105,7 @@ impl Agent {
             }
         });
         let stdin = child.stdin.take().unwrap();
-        let mut agent = Agent { child, stdin, lines, events: VecDeque::new(), stderr };
-        agent.event("ready", |_| true);
-        agent
+        Agent { child, stdin, lines, events: VecDeque::new(), stderr }
     }
 
     /// The next line, within 30 s.
@@ -257,4 +263,26 @@ fn got_device(bob: &mut Agent, group: &str) -> String {
     let members = bob.ok("members", json!([group]));
     let mine = members.as_array().unwrap().iter().find(|m| m[0] == "bob@example.org").expect("bob is a member");
     mine[1].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_echo_bot_example_answers_in_an_encrypted_group() {
+    let server = Server::start();
+    let _component = Component::start(&server, "");
+    let dir = tempfile::tempdir().unwrap();
+    server.register("alice", "alice");
+    server.register("echo", "echo");
+    cli(&server, dir.path(), "alice", &["device", "init"]);
+    let mut bot = Agent::spawn("echo_bot_runner.py", &server, "echo", &dir.path().join("echo.sqlite3"), &[]);
+    let started = bot.event("started", |_| true);
+    assert_eq!(started["service"], COMPONENT, "found among the server's items (XEP-0030)");
+    let group = cli(&server, dir.path(), "alice", &["group", "create"]).trim().to_owned();
+    cli(&server, dir.path(), "alice", &["group", "add", &group, "echo@example.org"]);
+    bot.event("joined", |e| e["group"] == group.as_str());
+    cli(&server, dir.path(), "alice", &["group", "send", &group, "ping"]);
+    let out = cli(&server, dir.path(), "alice", &["group", "listen", "--seconds", "3"]);
+    let node = group.split('@').next().unwrap();
+    let echoes: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("[{node}] echo@example.org/"))).collect();
+    assert_eq!(echoes.len(), 1, "{out}");
+    assert!(echoes[0].ends_with(": ping"), "{out}");
 }

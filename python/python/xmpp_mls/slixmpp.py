@@ -99,10 +99,7 @@ class XEP_MLS(BasePlugin):
         self.ready.clear()
         if self.client is not None:
             self.client.close()
-            self._pump()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+            self._settle()
         self.client = None
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
@@ -136,12 +133,18 @@ class XEP_MLS(BasePlugin):
     def _pump(self):
         """Sends what the core queued, fires its events, settles the
         finished operations and sets the timer for its next deadline."""
-        client = self.client
-        for xml in client.transmit():
+        for xml in self.client.transmit():
             self.xmpp.send_raw(xml)
-        for event in client.events():
+        self._settle()
+        deadline = self.client.next_deadline()
+        if deadline is not None:
+            self._timer = self.xmpp.loop.call_at(deadline, self._tick)
+
+    def _settle(self):
+        """Fires the core's events and settles the finished operations."""
+        for event in self.client.events():
             self._fire(event)
-        for op, result in client.done():
+        for op, result in self.client.done():
             future = self._waiting.pop(op, None)
             if future is None or future.done():
                 continue
@@ -152,9 +155,6 @@ class XEP_MLS(BasePlugin):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        deadline = client.next_deadline()
-        if deadline is not None:
-            self._timer = self.xmpp.loop.call_at(deadline, self._tick)
 
     def _fire(self, event):
         if event["type"] == "epoch":
