@@ -291,70 +291,60 @@ fn parse(xml: &str) -> PyResult<Element> {
     }
 }
 
-/// An event as a dict with its "type".
+/// An event as a dict with its "type" (and its "group", but for "refilled").
 fn event(py: Python<'_>, event: GroupEvent) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
-    let kind = match event {
-        GroupEvent::Joined { group } => {
-            d.set_item("group", group.as_str())?;
-            "joined"
-        }
+    let (kind, group) = match event {
+        GroupEvent::Joined { group } => ("joined", Some(group)),
         GroupEvent::Message { group, account, device, content, stanza_id } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("account", account.as_str())?;
             d.set_item("device", device)?;
             set_content(&d, &content)?;
             d.set_item("stanza_id", stanza_id)?;
-            "message"
+            ("message", Some(group))
         }
         GroupEvent::Discarded { group, account, device, stanza_id, reason } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("account", account.as_str())?;
             d.set_item("device", device)?;
             d.set_item("stanza_id", stanza_id)?;
             d.set_item("reason", reason.to_string())?;
-            "discarded"
+            ("discarded", Some(group))
         }
         GroupEvent::Delivered { group, id, stanza_id } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("id", id)?;
             d.set_item("stanza_id", stanza_id)?;
-            "delivered"
+            ("delivered", Some(group))
         }
         GroupEvent::Proposed { group, account } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("account", account.as_str())?;
-            "proposed"
+            ("proposed", Some(group))
         }
         GroupEvent::Epoch { group, epoch, members } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("epoch", epoch)?;
             d.set_item("members", members_list(members))?;
-            "epoch"
+            ("epoch", Some(group))
         }
-        GroupEvent::Removed { group } => {
-            d.set_item("group", group.as_str())?;
-            "removed"
-        }
+        GroupEvent::Removed { group } => ("removed", Some(group)),
         GroupEvent::Fork { group, epoch } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("epoch", epoch)?;
-            "fork"
+            ("fork", Some(group))
         }
         GroupEvent::Refused { group, id, error } => {
-            d.set_item("group", group.as_str())?;
             d.set_item("id", id)?;
             d.set_item("error", error)?;
-            "refused"
+            ("refused", Some(group))
         }
         GroupEvent::Refilled(report) => {
             d.set_item("uploaded", report.uploaded)?;
             d.set_item("last_resort_replaced", report.last_resort_replaced)?;
             d.set_item("pool", report.pool)?;
-            "refilled"
+            ("refilled", None)
         }
     };
     d.set_item("type", kind)?;
+    if let Some(group) = group {
+        d.set_item("group", group.as_str())?;
+    }
     Ok(d)
 }
 
