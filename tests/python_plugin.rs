@@ -250,8 +250,10 @@ fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
     assert_eq!(bob.ok("update", json!([group]))["epoch"], 5);
     let out = cli(&server, dir.path(), "alice", &["group", "update", &group]);
     assert!(out.starts_with("updated; epoch 6"), "{out}");
-    let epoch = bob.event("epoch", |e| e["group"] == group.as_str());
-    assert_eq!(epoch["epoch"], 6);
+    let in_group = |e: &Value| e["group"] == group.as_str();
+    assert_eq!(bob.event("epoch", in_group)["epoch"], 5, "bob's own commit");
+    let epoch = bob.event("epoch", in_group);
+    assert_eq!(epoch["epoch"], 6, "alice's commit, live on the feed");
     let mut members: Vec<String> = epoch["members"].as_array().unwrap().iter().map(|m| m[0].as_str().unwrap().to_owned()).collect();
     members.sort();
     assert_eq!(members, ["alice@example.org", "bob@example.org"]);

@@ -24,7 +24,7 @@ members of the group are known), ``mls_removed``, ``mls_fork``,
 import asyncio
 import os
 
-from slixmpp import JID
+from slixmpp import JID, Iq, Message, Presence
 from slixmpp.plugins.base import BasePlugin, register_plugin
 from slixmpp.xmlstream import tostring
 from slixmpp.xmlstream.handler import Callback
@@ -46,9 +46,11 @@ class FromService(MatcherBase):
 
     def match(self, stanza):
         service = self.plugin.service
-        if not service or stanza["from"].domain != JID(service).domain:
+        if not service or not isinstance(stanza, (Message, Presence, Iq)):
             return False
-        return stanza.name != "iq" or stanza["type"] in ("result", "error")
+        if stanza["from"].domain != JID(service).domain:
+            return False
+        return not isinstance(stanza, Iq) or stanza["type"] in ("result", "error")
 
 
 class XEP_MLS(BasePlugin):
