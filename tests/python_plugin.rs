@@ -183,7 +183,12 @@ fn cli(server: &Server, dir: &Path, user: &str, args: &[&str]) -> String {
         .arg("--state")
         .arg(dir.join(format!("{user}.sqlite3")))
         .args(args)
-        .env("XMPP_MLS_PASSWORD", user))
+        .env("XMPP_MLS_PASSWORD", user)
+        .env("XMPP_MLS_PASSPHRASE", passphrase(user)))
+}
+
+fn passphrase(user: &str) -> String {
+    format!("{user}'s passphrase")
 }
 
 #[test]
@@ -288,4 +293,43 @@ fn the_echo_bot_example_answers_in_an_encrypted_group() {
     let echoes: Vec<&str> = out.lines().filter(|l| l.starts_with(&format!("[{node}] echo@example.org/"))).collect();
     assert_eq!(echoes.len(), 1, "{out}");
     assert!(echoes[0].ends_with(": ping"), "{out}");
+}
+
+#[test]
+fn a_new_python_device_reads_the_history_from_the_vault() {
+    let server = Server::start();
+    let _component = Component::start(&server, "");
+    let dir = tempfile::tempdir().unwrap();
+    server.register("alice", "alice");
+    server.register("bob", "bob");
+    cli(&server, dir.path(), "alice", &["device", "init"]);
+    cli(&server, dir.path(), "bob", &["vault", "init"]);
+    let mut laptop = Agent::start(&server, "bob", &dir.path().join("bob-laptop.sqlite3"));
+    laptop.ok("publish", json!([]));
+    laptop.ok("open_vault", json!([passphrase("bob")]));
+    let group = cli(&server, dir.path(), "alice", &["group", "create"]).trim().to_owned();
+    cli(&server, dir.path(), "alice", &["group", "add", &group, "bob@example.org"]);
+    laptop.event("joined", |e| e["group"] == group.as_str());
+    laptop.ok("join_all", json!([]));
+    for text in ["first secret", "second secret"] {
+        cli(&server, dir.path(), "alice", &["group", "send", &group, text]);
+        laptop.event("message", |e| e["body"] == text);
+    }
+    laptop.quit();
+
+    let mut tablet = Agent::start(&server, "bob", &dir.path().join("bob-tablet.sqlite3"));
+    tablet.ok("publish", json!([]));
+    let failed = tablet.call("read_history", json!([group]));
+    assert_eq!((&failed["error"], &failed["text"]), (&json!("MlsError"), &json!("no vault is open")));
+    tablet.ok("open_vault", json!([passphrase("bob")]));
+    let history = tablet.ok("read_history", json!([group]));
+    let entries: Vec<(&str, &str)> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["account"].as_str().unwrap(), e["body"].as_str().unwrap()))
+        .collect();
+    assert_eq!(entries, [("alice@example.org", "first secret"), ("alice@example.org", "second secret")]);
+    assert_eq!(history["unreadable"], json!([]));
+    tablet.quit();
 }
