@@ -209,6 +209,8 @@ fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
     let bobs = bob.ok("create_group", json!([]));
     let bobs = bobs.as_str().unwrap().to_owned();
     assert_eq!(bob.ok("add", json!([bobs, ["alice@example.org"]]))["epoch"], 1);
+    let added = bob.event("member_added", |e| e["group"] == bobs.as_str());
+    assert_eq!((&added["account"], &added["epoch"]), (&json!("alice@example.org"), &json!(1)));
     // alice's CLI finds the Welcome in her inbox before sending.
     let out = cli(&server, dir.path(), "alice", &["group", "send", &bobs, "hi bob, in your group"]);
     assert!(out.starts_with("delivered as "), "{out}");
@@ -249,6 +251,14 @@ fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
     bob.ok("catch_up", json!([]));
     let epochs: Vec<Value> = bob.events.iter().filter(|e| e["event"] == "epoch").map(|e| e["epoch"].clone()).collect();
     assert_eq!(epochs, [json!(2), json!(3), json!(4)]);
+    // Member changes from the second epoch this session saw in the group on.
+    let changes: Vec<(&Value, &Value, &Value)> = bob
+        .events
+        .iter()
+        .filter(|e| e["event"].as_str().is_some_and(|k| k.starts_with("member_")))
+        .map(|e| (&e["event"], &e["account"], &e["epoch"]))
+        .collect();
+    assert_eq!(changes, [(&json!("member_removed"), &json!("carol@example.org"), &json!(3))]);
     assert_eq!(bob.bodies(&group), expected);
     bob.ok("join_all", json!([]));
 

@@ -16,8 +16,10 @@ typed exception (:class:`xmpp_mls.StanzaError` and the other
 :class:`xmpp_mls.MlsError` subclasses). What happens in the groups comes as
 events whose data is a dict: ``mls_message``, ``mls_discarded``,
 ``mls_delivered``, ``mls_joined``, ``mls_proposed``, ``mls_epoch`` (and
-``mls_member_added`` / ``mls_member_removed`` per device, once the previous
-members of the group are known), ``mls_removed``, ``mls_fork``,
+``mls_member_added`` / ``mls_member_removed`` per device, for each epoch
+after the group was joined or after the first epoch that the session saw
+in it),
+``mls_removed``, ``mls_fork``,
 ``mls_refused`` and ``mls_refilled``.
 """
 
@@ -65,6 +67,7 @@ class XEP_MLS(BasePlugin):
         self._waiting = {}  # op id -> future of its result
         self._timer = None
         self._members = {}  # group -> {(account, device)}
+        self._learning = {}  # op id -> group whose members it reads
         self.xmpp.register_handler(Callback("xep_mls", FromService(self), self._received))
         self.xmpp.add_event_handler("session_start", self._session_start)
         self.xmpp.add_event_handler("session_end", self._session_end)
@@ -103,6 +106,7 @@ class XEP_MLS(BasePlugin):
             self.client.close()
             self._settle()
         self.client = None
+        self._learning = {}
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -133,20 +137,32 @@ class XEP_MLS(BasePlugin):
             self._pump()
 
     def _pump(self):
-        """Sends what the core queued, fires its events, settles the
-        finished operations and sets the timer for its next deadline."""
-        for xml in self.client.transmit():
-            self.xmpp.send_raw(xml)
-        self._settle()
+        """Sends what the core queued, fires its events and settles the
+        finished operations (until that starts nothing new), then sets the
+        timer for the core's next deadline."""
+        while True:
+            sent = self.client.transmit()
+            for xml in sent:
+                self.xmpp.send_raw(xml)
+            if not self._settle() and not sent:
+                break
         deadline = self.client.next_deadline()
         if deadline is not None:
             self._timer = self.xmpp.loop.call_at(deadline, self._tick)
 
     def _settle(self):
-        """Fires the core's events and settles the finished operations."""
-        for event in self.client.events():
+        """Fires the core's events and settles the finished operations;
+        whether there were any."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        events, done = self.client.events(), self.client.done()
+        for event in events:
             self._fire(event)
-        for op, result in self.client.done():
+        for op, result in done:
+            if op in self._learning:
+                self._learnt(self._learning.pop(op), result)
+                continue
             future = self._waiting.pop(op, None)
             if future is None or future.done():
                 continue
@@ -154,16 +170,23 @@ class XEP_MLS(BasePlugin):
                 future.set_exception(result)
             else:
                 future.set_result(result)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        return bool(events or done)
 
     def _fire(self, event):
-        if event["type"] == "epoch":
+        if event["type"] == "joined":
+            self._learning[self.client.members(event["group"])] = event["group"]
+        elif event["type"] == "epoch":
             self._member_changes(event)
         self.xmpp.event("mls_" + event["type"], event)
 
+    def _learnt(self, group, members):
+        """The members of a group just joined: what its next epoch is compared with."""
+        if not isinstance(members, MlsError):
+            self._members.setdefault(group, set(members))
+
     def _member_changes(self, event):
+        """mls_member_added and mls_member_removed for each device that
+        the epoch added or removed, once the members before it are known."""
         group, now = event["group"], set(event["members"])
         before = self._members.get(group)
         self._members[group] = now
