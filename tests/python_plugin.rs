@@ -10,7 +10,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Component, Server, COMPONENT, DOMAIN};
+use common::{Component, Kind, Server, COMPONENT, DOMAIN};
 use serde_json::{json, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -70,6 +70,9 @@ struct Agent {
     /// Events read while waiting for something else, oldest first.
     events: VecDeque<Value>,
     stderr: PathBuf,
+    /// Whether the server offers stream management (XEP-0198): the
+    /// Prosody fixture does, the ejabberd one has no mod_stream_mgmt.
+    stream_management: bool,
 }
 
 impl Agent {
@@ -106,7 +109,8 @@ impl Agent {
             }
         });
         let stdin = child.stdin.take().unwrap();
-        Agent { child, stdin, lines, events: VecDeque::new(), stderr }
+        let stream_management = server.kind == Kind::Prosody;
+        Agent { child, stdin, lines, events: VecDeque::new(), stderr, stream_management }
     }
 
     /// The next line, within 30 s.
@@ -162,7 +166,11 @@ impl Agent {
         let exited = common::wait_until(Duration::from_secs(20), || self.child.try_wait().unwrap().is_some());
         assert!(exited, "the agent did not exit");
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "agent: {status}; stderr:\n{}", std::fs::read_to_string(&self.stderr).unwrap());
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap();
+        assert!(status.success(), "agent: {status}; stderr:\n{stderr}");
+        // slixmpp logs errors (of handlers, of stream management's counts) and goes on.
+        assert!(!stderr.contains("ERROR:"), "{stderr}");
+        assert_eq!(stderr.contains("stream management enabled"), self.stream_management, "{stderr}");
     }
 }
 

@@ -11,12 +11,17 @@ disconnect.
 """
 import asyncio
 import json
+import logging
 import sys
 
 import slixmpp
 
 import xmpp_mls.slixmpp  # noqa: F401 (registers xep_mls)
 from xmpp_mls import MlsError
+
+# Warnings and errors on stderr, which the test reads: slixmpp logs an
+# error (of a handler, of stream management's counts) and goes on.
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s:%(name)s:%(message)s")
 
 EVENTS = ("ready", "message", "discarded", "delivered", "joined", "proposed", "epoch",
           "member_added", "member_removed", "removed", "fork", "refused", "refilled")
@@ -35,6 +40,10 @@ class Agent(slixmpp.ClientXMPP):
         self.enable_plaintext = True
         self.plugin["feature_mechanisms"].unencrypted_scram = True
         self.plugin["feature_mechanisms"].unencrypted_plain = True
+        # Stream management counts stanzas: the plugin's must go through
+        # slixmpp's send queue for the counts to agree with the server's.
+        self.register_plugin("xep_0198")
+        self.add_event_handler("sm_enabled", lambda _: logging.warning("stream management enabled"))
         self.register_plugin("xep_mls", {"state": state, "service": service})
         for name in EVENTS:
             self.add_event_handler("mls_" + name, lambda data, name=name: emit({"event": name, **data}))

@@ -28,7 +28,7 @@ import os
 
 from slixmpp import JID, Iq, Message, Presence
 from slixmpp.plugins.base import BasePlugin, register_plugin
-from slixmpp.xmlstream import tostring
+from slixmpp.xmlstream import ET, tostring
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher.base import MatcherBase
 
@@ -36,6 +36,9 @@ from . import Client, ClosedError, Device, MlsError
 
 #: The service's feature (XEP-0030).
 NS = "urn:xmpp:mls:0"
+
+#: slixmpp's stanza classes, by the name of the core's outgoing stanzas.
+STANZAS = {"message": Message, "presence": Presence, "iq": Iq}
 
 
 class FromService(MatcherBase):
@@ -143,12 +146,20 @@ class XEP_MLS(BasePlugin):
         while True:
             sent = self.client.transmit()
             for xml in sent:
-                self.xmpp.send_raw(xml)
+                self._send(xml)
             if not self._settle() and not sent:
                 break
         deadline = self.client.next_deadline()
         if deadline is not None:
             self._timer = self.xmpp.loop.call_at(deadline, self._tick)
+
+    def _send(self, xml):
+        """Sends a stanza of the core as a slixmpp stanza, through slixmpp's
+        send queue: in order with the application's stanzas, held until the
+        session starts, and counted by XEP-0198 stream management."""
+        element = ET.fromstring(xml)
+        kind = STANZAS[element.tag.rpartition("}")[2]]
+        self.xmpp.send(kind(self.xmpp, xml=element))
 
     def _settle(self):
         """Fires the core's events and settles the finished operations;
