@@ -6,7 +6,7 @@ use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_mls::client::{
     backed_up_devices, backup_device, describe, restore_device, ClientError, Content, Device, GroupClient, GroupEvent, KdfParams,
-    Session, Unreadable, Vault, VaultError, POOL_TARGET,
+    Session, Unreadable, Vault, VaultError, KEEP_EPOCHS, POOL_TARGET,
 };
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::protocol::{format_time, NS, NS_SID};
@@ -222,7 +222,6 @@ async fn catch_up(client: &mut GroupClient) -> CliResult {
 }
 
 /// Epochs of group snapshots a CLI device keeps in the vault.
-const KEEP_EPOCHS: u64 = 1000;
 
 async fn decrypted_history(client: &mut GroupClient, group: &BareJid, vault: &Vault, xml: bool) -> CliResult {
     let history = client.read_history(group, vault).await?;

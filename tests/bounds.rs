@@ -62,7 +62,7 @@ async fn account(prosody: &Prosody, user: &str, ids: &[&str], pool: usize) -> (S
 async fn a_claim_naming_a_device_twice_or_too_many_devices_is_refused_unwritten() {
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "[directory]\nmax_devices_per_account = 2\nclaim_burst = 2");
-    let (mut alice, _) = account(&prosody, "alice", &["d1", "d2"], 2).await;
+    let (alice, _) = account(&prosody, "alice", &["d1", "d2"], 2).await;
     // Available, so that notices to the bare JID reach this session.
     alice.send(Element::builder("presence", "jabber:client").build()).await.unwrap();
     let bob = prosody.client("bob", "phone").await;

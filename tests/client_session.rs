@@ -17,7 +17,7 @@ const IQS: usize = 100;
 async fn iqs_complete_during_an_incoming_flood_and_nothing_is_lost() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
-    let mut alice = prosody.client("alice", "laptop").await;
+    let alice = prosody.client("alice", "laptop").await;
     let bob = prosody.client("bob", "phone").await;
     let to = alice.jid().to_string();
 

@@ -386,7 +386,7 @@ async fn leaving_nothing_costs_nothing() {
     let component = Component::start(&prosody, "[limits]\naccount_rate = 5\naccount_burst = 10");
     let dir = tempfile::tempdir().unwrap();
     let (_alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
-    let mut mallory = prosody.client("mallory", "pc").await;
+    let mallory = prosody.client("mallory", "pc").await;
     let before = store_digest(&component.store_path());
     let nowhere = format!("aaaaaaaaaaaaaaaaaaaaaaaaaa@{COMPONENT}/x");
     for i in 0..60 {

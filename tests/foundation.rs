@@ -119,7 +119,7 @@ async fn unknown_payloads_are_service_unavailable_and_malformed_iqs_bad_request(
 async fn error_stanzas_and_results_are_never_answered() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
-    let mut session = prosody.client("alice", "laptop").await;
+    let session = prosody.client("alice", "laptop").await;
     let error = format!("<error type='cancel'><item-not-found xmlns='{STANZAS}'/></error>");
     for stanza in [
         format!("<message xmlns='jabber:client' type='error' id='m1' to='{COMPONENT}'>{error}</message>"),

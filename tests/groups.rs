@@ -310,7 +310,7 @@ async fn strangers_and_removed_devices_stay_out() {
         .attr(xmpp_mls::protocol::n("id"), "m-1")
         .append(xmpp_mls::protocol::groups::GroupMessage::new(vec![0, 1, 0, 2]).to_element())
         .build();
-    let mut mallory = mallory;
+    let mallory = mallory;
     mallory.send(msg).await.unwrap();
     let bounce = mallory.next_event_within(Duration::from_secs(10)).await.expect("an error back");
     assert_eq!(bounce.attr("type"), Some("error"));

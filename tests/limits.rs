@@ -127,7 +127,7 @@ async fn a_flood_is_answered_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let group = alice.create().await.unwrap();
-    let mut mallory = prosody.client("mallory", "bot").await;
+    let mallory = prosody.client("mallory", "bot").await;
     let idle = component.peak_rss_kib();
 
     let body = "A".repeat(16 * 1024);

@@ -37,7 +37,7 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
     let (mut alice, mut bob, g) = alice_and_bob(&prosody, &dir).await;
-    let mut mallory = prosody.client("mallory", "raw").await;
+    let mallory = prosody.client("mallory", "raw").await;
     let service = common::COMPONENT;
     let long = "i".repeat(10_000);
 

@@ -374,7 +374,8 @@ async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none(
     let mut phone = member(&prosody, &dir, "alice", "phone").await;
     let vault = Vault::create(&laptop.session, &service(), "pass", FAST).await.unwrap();
     laptop.attach_vault(vault, 10);
-    phone.attach_vault(Vault::open(&phone.session, &service(), "pass").await.unwrap(), 10);
+    let vault = Vault::open(&phone.session, &service(), "pass").await.unwrap();
+    phone.attach_vault(vault, 10);
     let group = laptop.create().await.unwrap();
     laptop.add(&group, &[bare("alice@example.org")]).await.unwrap(); // the phone
     expect(&mut phone, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;

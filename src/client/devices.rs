@@ -3,7 +3,8 @@
 use minidom::Element;
 use xmpp_parsers::jid::{BareJid, Jid};
 
-use super::session::{ClientError, Session};
+use super::port::Port;
+use super::session::ClientError;
 use crate::protocol::address::directory_node;
 use crate::protocol::devices::{Device, NODE};
 use crate::protocol::pubsub::{parse_items, publish_request, simple_request, NS_PUBSUB};
@@ -24,7 +25,7 @@ pub(super) fn result_items(result: Option<Element>) -> Result<Vec<(String, Eleme
     Ok(parse_items(items, NS_PUBSUB).into_iter().filter_map(|(id, p)| Some((id, p?))).collect())
 }
 
-impl Session {
+impl Port {
     /// Publishes (or updates) the signed-in account's device.
     pub async fn publish_device(&self, service: &Jid, device: &Device) -> Result<(), ClientError> {
         let to = directory_jid(&self.jid().to_bare(), service);

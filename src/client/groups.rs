@@ -1,13 +1,15 @@
 //! Groups on the client: create, add, remove, update, leave, send, and the
 //! stream of events from the live feed and the inbox (xep/ §Groups).
 //!
-//! A [`GroupClient`] owns the device's session and its MLS groups. Every
-//! change is a commit bundle; when another commit won the epoch the client
+//! A [`Core`] is a device's protocol and MLS logic without I/O: it owns the
+//! device and its MLS groups and talks through a [`Port`], which a driver
+//! connects to a stream ([`super::GroupClient`] on tokio, [`super::Machine`]
+//! by hand). Every change is a commit bundle; when another commit won the epoch the client
 //! applies the winner from its feed and retries. After every commit it
 //! compares its epoch check with the committer's and reports a fork.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use minidom::Element;
 use openmls::group::{MlsGroupCreateConfig, MlsGroupJoinConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
@@ -22,7 +24,8 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::StanzaError;
 
 use super::device::Device;
-use super::session::{ClientError, Session};
+use super::port::Port;
+use super::session::ClientError;
 use crate::protocol::address::group_node;
 use crate::protocol::content::{encryption_hint, Content, ContentError, Envelope};
 use crate::protocol::devices::Device as DeviceItem;
@@ -104,8 +107,8 @@ enum Change {
     Pending,
 }
 
-pub struct GroupClient {
-    pub session: Session,
+pub struct Core {
+    pub(super) port: Port,
     device: Device,
     service: Jid,
     groups: HashMap<Vec<u8>, MlsGroup>,
@@ -153,14 +156,14 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-impl GroupClient {
-    /// Takes over the session and announces it available, so that pushes
-    /// to the account's bare JID (Welcomes, notices) reach this device.
-    pub async fn start(session: Session, device: Device, service: Jid) -> Result<Self, GroupError> {
-        session.send(Element::builder("presence", CLIENT).build()).await?;
+impl Core {
+    /// Takes over the port and announces the session available, so that
+    /// pushes to the account's bare JID (Welcomes, notices) reach this device.
+    pub fn start(port: Port, device: Device, service: Jid) -> Result<Self, GroupError> {
+        port.transmit(Element::builder("presence", CLIENT).build())?;
         let outbox = device.unechoed().map_err(mls)?.into();
-        Ok(GroupClient {
-            session,
+        Ok(Core {
+            port,
             device,
             service,
             groups: HashMap::new(),
@@ -219,12 +222,19 @@ impl GroupClient {
         .map_err(mls)?;
         let info = group.export_group_info(provider.crypto(), self.device.signer(), true).map_err(mls)?;
         let jid = group_jid(&self.service, &id);
-        self.session.iq(&jid.clone().into(), "set", Create { group_info: bytes(&info)? }.to_element()).await?;
+        self.port.iq(&jid.clone().into(), "set", Create { group_info: bytes(&info)? }.to_element()).await?;
         self.groups.insert(id.to_vec(), group);
         self.device.remember_group(&id, jid.as_str(), true).map_err(mls)?;
         self.snapshot(&id).await?;
         self.join_feed(&jid).await?;
         Ok(jid)
+    }
+
+    /// Publishes this device in the account's device list and fills its
+    /// KeyPackage pool (with a new last-resort package).
+    pub async fn publish(&mut self) -> Result<super::RefillReport, GroupError> {
+        self.port.publish_device(&self.service, &self.device.item(None)).await?;
+        self.device.refill(&self.port, &self.service, super::POOL_TARGET, true).await.map_err(|e| GroupError::Other(e.to_string()))
     }
 
     /// The groups this device is in.
@@ -245,13 +255,12 @@ impl GroupClient {
     pub async fn join_feed(&mut self, group: &BareJid) -> Result<(), GroupError> {
         let to = format!("{group}/{}", self.device.id());
         let presence = Element::builder("presence", CLIENT).attr(n("to"), to.as_str()).build();
-        self.session.send(presence).await?;
+        self.port.send(presence).await?;
         // Wait for the DS's answer, keeping everything else for later.
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let deadline = self.port.now() + CATCH_UP;
         let mut later = Vec::new();
         let result = loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(stanza) = self.session.next_event_within(left).await else {
+            let Some(stanza) = self.port.next_event_until(Some(deadline)).await else {
                 break Err(GroupError::Other(format!("no answer to joining {to}")));
             };
             if stanza.name() == "presence" && stanza.attr("from") == Some(to.as_str()) {
@@ -267,14 +276,13 @@ impl GroupClient {
         result
     }
 
-    /// The next stanza: stashed ones first, then the session's.
-    async fn next_stanza(&mut self, deadline: tokio::time::Instant) -> Result<Element, GroupError> {
+    /// The next stanza: stashed ones first, then the port's.
+    async fn next_stanza(&mut self, deadline: Instant) -> Result<Element, GroupError> {
         if let Some(s) = self.stashed.pop_front() {
             return Ok(s);
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        self.session
-            .next_event_within(left)
+        self.port
+            .next_event_until(Some(deadline))
             .await
             .ok_or_else(|| GroupError::Other("timed out waiting for the service".into()))
     }
@@ -287,7 +295,7 @@ impl GroupClient {
             load_group(&mut self.groups, &self.device, &id)?.members().map(|m| m.signature_key).collect();
         let mut kps = Vec::new();
         for account in accounts {
-            let devices = self.session.devices(&self.service, account).await?;
+            let devices = self.port.devices(&self.service, account).await?;
             let missing: Vec<String> =
                 devices.into_iter().filter(|d| !present.contains(&d.signature_key)).map(|d| d.id).collect();
             if !missing.is_empty() {
@@ -303,12 +311,12 @@ impl GroupClient {
     /// Claims one KeyPackage for each of `devices` of `account` and keeps
     /// those that pass the Authentication Service check.
     pub async fn key_packages_for(&mut self, account: &BareJid, devices: Vec<String>) -> Result<Vec<KeyPackage>, GroupError> {
-        let policy = self.session.key_package_policy(&self.service).await?;
+        let policy = self.port.key_package_policy(&self.service).await?;
         let policy = &policy;
         let crypto = self.device.provider().crypto();
         let claim = Claim { cipher_suite: Some(super::device::CIPHERSUITE as u16), devices };
-        let outcomes = self.session.claim(&self.service, account, &claim).await?;
-        let checks = self.session.check_claimed(&self.service, account, &outcomes, policy, crypto).await?;
+        let outcomes = self.port.claim(&self.service, account, &claim).await?;
+        let checks = self.port.check_claimed(&self.service, account, &outcomes, policy, crypto).await?;
         let mut kps = Vec::new();
         let claimed = outcomes.iter().filter_map(|o| match o {
             ClaimOutcome::Claimed { device, message, .. } => Some((device, message)),
@@ -357,7 +365,7 @@ impl GroupClient {
     /// group to this account no more and stops counting it for it.
     pub async fn leave(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
         let accepted = self.propose(group, true).await?;
-        self.session.iq(&group.clone().into(), "set", Element::builder("leave", NS).build()).await?;
+        self.port.iq(&group.clone().into(), "set", Element::builder("leave", NS).build()).await?;
         Ok(accepted)
     }
 
@@ -375,7 +383,7 @@ impl GroupClient {
                 g.propose_self_update(provider, signer, LeafNodeParameters::default()).map_err(mls)?.0
             };
             let request = Proposal { message: bytes(&msg)? }.to_element();
-            match self.session.iq(&group.clone().into(), "set", request).await {
+            match self.port.iq(&group.clone().into(), "set", request).await {
                 Ok(reply) => return accepted(reply),
                 Err(ClientError::Stanza(e)) => {
                     let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
@@ -400,7 +408,7 @@ impl GroupClient {
         self.settle(group).await?;
         for _ in 0..ATTEMPTS {
             let bundle = self.stage(&id, &change).await?;
-            let reply = self.session.iq(&group.clone().into(), "set", bundle.to_element()).await;
+            let reply = self.port.iq(&group.clone().into(), "set", bundle.to_element()).await;
             match reply {
                 Ok(payload) => {
                     let accepted = accepted(payload)?;
@@ -507,7 +515,7 @@ impl GroupClient {
         if let Some(id) = self.devices.get(account).and_then(|l| find(l)) {
             return id;
         }
-        if let Ok(list) = self.session.devices(&self.service, account).await {
+        if let Ok(list) = self.port.devices(&self.service, account).await {
             self.devices.insert(account.clone(), list);
         }
         self.devices.get(account).and_then(|l| find(l)).unwrap_or_else(|| "unknown-device".into())
@@ -522,7 +530,7 @@ impl GroupClient {
 
     /// Submits a staged bundle as it is; the raw reply.
     pub async fn submit(&mut self, group: &BareJid, bundle: &CommitBundle) -> Result<Option<Element>, ClientError> {
-        self.session.iq(&group.clone().into(), "set", bundle.to_element()).await
+        self.port.iq(&group.clone().into(), "set", bundle.to_element()).await
     }
 
     /// Drops a staged, unsubmitted commit.
@@ -610,7 +618,7 @@ impl GroupClient {
         self.make_room().await?;
         let provider = self.device.provider();
         let msg = load_group(&mut self.groups, &self.device, &id)?.create_message(provider, self.device.signer(), data).map_err(mls)?;
-        let stanza_id = self.session.next_id();
+        let stanza_id = self.port.next_id();
         let epoch = load_group(&mut self.groups, &self.device, &id)?.epoch().as_u64();
         if self.vault.is_some() {
             self.unconfirmed.insert(stanza_id.clone(), (id.clone(), epoch, data.to_vec()));
@@ -624,7 +632,7 @@ impl GroupClient {
             .build();
         self.device.keep_unechoed(&stanza_id, &stanza).map_err(mls)?;
         self.outbox.push_back((stanza_id.clone(), stanza.clone()));
-        self.session.send(stanza).await?;
+        self.port.send(stanza).await?;
         Ok(stanza_id)
     }
 
@@ -636,7 +644,7 @@ impl GroupClient {
     /// (xep/ §Resends).
     pub async fn resend(&mut self) -> Result<usize, GroupError> {
         for (_, stanza) in &self.outbox {
-            self.session.send(stanza.clone()).await?;
+            self.port.send(stanza.clone()).await?;
         }
         Ok(self.outbox.len())
     }
@@ -644,7 +652,7 @@ impl GroupClient {
     /// Waits until fewer own messages than receivers tolerate out of
     /// order are unechoed (xep/ §Order), handling what arrives meanwhile.
     async fn make_room(&mut self) -> Result<(), GroupError> {
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        let deadline = self.port.now() + CATCH_UP;
         while self.outbox.len() >= OUT_OF_ORDER_TOLERANCE as usize {
             let stanza = self.next_stanza(deadline).await?;
             self.handle(stanza).await?;
@@ -666,18 +674,12 @@ impl GroupClient {
 
     /// The next event, waiting at most `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Result<Option<GroupEvent>, GroupError> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = self.port.now() + timeout;
         loop {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
-            if let Some(gid) = self.behind.iter().next().cloned() {
-                self.behind.remove(&gid);
-                let group = group_jid(&self.service, &gid);
-                if let Err(e) = self.catch_up(&group, &mut |_, _, _| {}).await {
-                    self.behind.insert(gid);
-                    return Err(e);
-                }
+            if self.catch_up_behind().await? {
                 continue;
             }
             match self.next_stanza(deadline).await {
@@ -685,6 +687,43 @@ impl GroupClient {
                 Err(_) => return Ok(None),
             }
         }
+    }
+
+    /// An event that happened already, without waiting.
+    pub fn poll_event(&mut self) -> Option<GroupEvent> {
+        self.events.pop_front()
+    }
+
+    /// Whether something received waits to be handled.
+    pub fn has_received(&self) -> bool {
+        !self.stashed.is_empty() || !self.behind.is_empty() || self.port.has_event()
+    }
+
+    /// Handles everything received so far, reading the archive of a group
+    /// found behind, without waiting for more; the events queue up.
+    pub async fn handle_received(&mut self) -> Result<(), GroupError> {
+        loop {
+            if self.catch_up_behind().await? {
+                continue;
+            }
+            let Some(stanza) = self.stashed.pop_front().or_else(|| self.port.try_next_event()) else {
+                return Ok(());
+            };
+            self.handle(stanza).await?;
+        }
+    }
+
+    /// Reads the archive of one group that a gap showed this device is
+    /// behind in; whether there was one.
+    async fn catch_up_behind(&mut self) -> Result<bool, GroupError> {
+        let Some(gid) = self.behind.iter().next().cloned() else { return Ok(false) };
+        self.behind.remove(&gid);
+        let group = group_jid(&self.service, &gid);
+        if let Err(e) = self.catch_up(&group, &mut |_, _, _| {}).await {
+            self.behind.insert(gid);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     /// One stanza from the server: feed messages, Welcomes, presences.
@@ -766,7 +805,7 @@ impl GroupClient {
         if from.and_then(|f| Jid::new(f).ok()) != Some(directory) {
             return;
         }
-        match self.device.on_notice(&self.session, &self.service, notice).await {
+        match self.device.on_notice(&self.port, &self.service, notice).await {
             Ok(Some(report)) => self.events.push_back(GroupEvent::Refilled(report)),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cannot refill this device's KeyPackages"),
@@ -946,7 +985,7 @@ impl GroupClient {
     /// latest GroupInfo and commits externally.
     pub async fn join_external(&mut self, group: &BareJid) -> Result<Accepted, GroupError> {
         let reply = self
-            .session
+            .port
             .iq(&group.clone().into(), "get", Element::builder("group-info", NS).build())
             .await?
             .ok_or_else(|| GroupError::Other("empty group-info".into()))?;
@@ -977,7 +1016,7 @@ impl GroupClient {
             group_info: bytes(&group_info.ok_or_else(|| GroupError::Mls("no GroupInfo".into()))?)?,
             epoch_check: check,
         };
-        let reply = self.session.iq(&group.clone().into(), "set", bundle.to_element()).await?;
+        let reply = self.port.iq(&group.clone().into(), "set", bundle.to_element()).await?;
         let accepted = accepted(reply)?;
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);

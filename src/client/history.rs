@@ -6,11 +6,15 @@ use minidom::Element;
 use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::devices::directory_jid;
-use super::groups::{GroupClient, GroupError};
-use super::session::{ClientError, Session};
+use super::groups::{Core, GroupError};
+use super::port::Port;
+use super::session::ClientError;
 use super::vault::VaultError;
 use crate::protocol::content::{Content, ContentError, Envelope};
 use crate::protocol::mam::{parse_rsm_result, query_element, Ack, Cursor, NS_FORWARD, NS_MAM, NS_RSM};
+
+/// Epochs of snapshots kept by a vault opened with [`Core::open_vault`].
+pub const KEEP_EPOCHS: u64 = 1000;
 
 /// Items per page when catching up.
 const PAGE: usize = 100;
@@ -40,7 +44,7 @@ fn unwrap_result(message: &Element, queryid: &str, archive: &Jid) -> Option<Elem
     result.get_child("forwarded", NS_FORWARD)?.get_child("message", crate::xmpp::namespace::CLIENT).cloned()
 }
 
-impl GroupClient {
+impl Core {
     /// One page of the archive at `archive`: results arrive before the
     /// IQ's `<fin/>`, so they are all queued when it returns.
     pub async fn archive_page(
@@ -51,11 +55,11 @@ impl GroupClient {
         cursor: &Cursor,
         flip: bool,
     ) -> Result<ArchivePage, GroupError> {
-        let queryid = self.session.next_id();
+        let queryid = self.port.next_id();
         let query = query_element(&queryid, fields, max, cursor, flip);
-        let fin = self.session.iq(archive, "set", query).await?.ok_or_else(|| GroupError::Other("no <fin/>".into()))?;
+        let fin = self.port.iq(archive, "set", query).await?.ok_or_else(|| GroupError::Other("no <fin/>".into()))?;
         let mut stanzas = Vec::new();
-        while let Some(stanza) = self.session.try_next_event() {
+        while let Some(stanza) = self.port.try_next_event() {
             match unwrap_result(&stanza, &queryid, archive) {
                 Some(inner) => stanzas.push(inner),
                 None => self.stash(stanza),
@@ -141,7 +145,7 @@ impl GroupClient {
 
     async fn acknowledge(&mut self, archive: &Jid, id: &str) -> Result<(), ClientError> {
         let ack = Ack { device: self.device().id().to_owned(), id: id.to_owned() };
-        self.session.iq(archive, "set", ack.to_element()).await.map(drop)
+        self.port.iq(archive, "set", ack.to_element()).await.map(drop)
     }
 }
 
@@ -233,9 +237,9 @@ pub(super) struct Keeper {
 impl Keeper {
     /// The last chunk of the sent copies of (group, epoch) from chunk `index`
     /// on; an empty chunk `index` if there is none.
-    async fn last_chunk(&self, session: &Session, group_id: &[u8], epoch: u64, mut index: u32) -> Result<SentChunk, VaultError> {
+    async fn last_chunk(&self, port: &Port, group_id: &[u8], epoch: u64, mut index: u32) -> Result<SentChunk, VaultError> {
         let mut last = SentChunk { epoch, index, version: 0, data: Vec::new() };
-        while let Some((version, data)) = self.vault.get(session, &sent_name(group_id, epoch, index)).await? {
+        while let Some((version, data)) = self.vault.get(port, &sent_name(group_id, epoch, index)).await? {
             last = SentChunk { epoch, index, version, data };
             index += 1;
         }
@@ -245,11 +249,11 @@ impl Keeper {
     /// Appends `entry` to the sent copies of (group, epoch): one write, to
     /// the last chunk or to a new one if it would outgrow the chunk size.
     /// A write lost to another device of the account reads the chunks again.
-    async fn append_sent(&mut self, session: &Session, group_id: &[u8], epoch: u64, entry: &[u8]) -> Result<(), VaultError> {
+    async fn append_sent(&mut self, port: &Port, group_id: &[u8], epoch: u64, entry: &[u8]) -> Result<(), VaultError> {
         let max = SENT_CHUNK.min(self.vault.max_plaintext());
         let mut tail = match self.tails.remove(group_id) {
             Some(tail) if tail.epoch == epoch => tail,
-            _ => self.last_chunk(session, group_id, epoch, 0).await?,
+            _ => self.last_chunk(port, group_id, epoch, 0).await?,
         };
         let mut lost = 0;
         loop {
@@ -257,14 +261,14 @@ impl Keeper {
                 tail = SentChunk { epoch, index: tail.index + 1, version: 0, data: Vec::new() };
             }
             let data = [tail.data.as_slice(), entry].concat();
-            match self.vault.put(session, &sent_name(group_id, epoch, tail.index), tail.version, &data).await {
+            match self.vault.put(port, &sent_name(group_id, epoch, tail.index), tail.version, &data).await {
                 Ok(version) => {
                     self.tails.insert(group_id.to_vec(), SentChunk { version, data, ..tail });
                     return Ok(());
                 }
                 Err(VaultError::Conflict(..)) if lost < SENT_ATTEMPTS => {
                     lost += 1;
-                    tail = self.last_chunk(session, group_id, epoch, tail.index).await?;
+                    tail = self.last_chunk(port, group_id, epoch, tail.index).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -272,9 +276,9 @@ impl Keeper {
     }
 
     /// Deletes every chunk of the sent copies of (group, epoch).
-    async fn delete_sent(&self, session: &Session, group_id: &[u8], epoch: u64) -> Result<(), VaultError> {
+    async fn delete_sent(&self, port: &Port, group_id: &[u8], epoch: u64) -> Result<(), VaultError> {
         let mut index = 0;
-        while self.vault.delete_any(session, &sent_name(group_id, epoch, index)).await? {
+        while self.vault.delete_any(port, &sent_name(group_id, epoch, index)).await? {
             index += 1;
         }
         Ok(())
@@ -282,10 +286,10 @@ impl Keeper {
 }
 
 /// Every sent copy of (group, epoch), from all its chunks.
-async fn read_sent(vault: &super::vault::Vault, session: &Session, group_id: &[u8], epoch: u64) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
+async fn read_sent(vault: &super::vault::Vault, port: &Port, group_id: &[u8], epoch: u64) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
     let mut out = Vec::new();
     let mut index = 0;
-    while let Some((_, data)) = vault.get(session, &sent_name(group_id, epoch, index)).await? {
+    while let Some((_, data)) = vault.get(port, &sent_name(group_id, epoch, index)).await? {
         out.extend(decode_sent(&data));
         index += 1;
     }
@@ -356,7 +360,7 @@ fn vault_failure(e: super::vault::VaultError) -> GroupError {
     GroupError::Other(e.to_string())
 }
 
-impl GroupClient {
+impl Core {
     /// Keeps, from now on, a decrypt-only snapshot of each group at every
     /// epoch and a copy of every message this device sends, in the vault:
     /// what a new device of the account needs to read the history.
@@ -364,6 +368,21 @@ impl GroupClient {
     /// choice between history and forward secrecy); older ones are deleted.
     pub fn attach_vault(&mut self, vault: super::vault::Vault, keep_epochs: u64) {
         self.vault = Some(Keeper { vault, keep_epochs: keep_epochs.max(1), tails: Default::default() });
+    }
+
+    /// Opens the account's vault and keeps history in it from now on.
+    pub async fn open_vault(&mut self, passphrase: &str) -> Result<(), GroupError> {
+        let vault = super::vault::Vault::open(&self.port, self.service(), passphrase).await.map_err(vault_failure)?;
+        self.attach_vault(vault, KEEP_EPOCHS);
+        Ok(())
+    }
+
+    /// [`Self::read_history`] with the vault this device keeps history in.
+    pub async fn read_own_history(&mut self, group: &BareJid) -> Result<History, GroupError> {
+        let keeper = self.vault.take().ok_or_else(|| GroupError::Other("no vault is open".into()))?;
+        let history = self.read_history(group, &keeper.vault).await;
+        self.vault = Some(keeper);
+        history
     }
 
     /// After an epoch change: the group's state at its current epoch without
@@ -377,12 +396,12 @@ impl GroupClient {
         let rows = self.device().group_rows(group_id).map_err(|e| GroupError::Other(e.to_string()))?;
         let keeper = self.vault.as_ref().expect("checked above");
         let packed = pack_snapshot(&rows).map_err(|e| GroupError::Other(e.to_string()))?;
-        keeper.vault.put_latest(&self.session, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
+        keeper.vault.put_latest(&self.port, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
         // The device's own full state too, for recovery after state loss.
-        super::vault::backup_device(&keeper.vault, &self.session, self.device()).await.map_err(vault_failure)?;
+        super::vault::backup_device(&keeper.vault, &self.port, self.device()).await.map_err(vault_failure)?;
         if let Some(old) = epoch.checked_sub(keeper.keep_epochs) {
-            keeper.vault.delete_any(&self.session, &snapshot_name(group_id, old)).await.map_err(vault_failure)?;
-            keeper.delete_sent(&self.session, group_id, old).await.map_err(vault_failure)?;
+            keeper.vault.delete_any(&self.port, &snapshot_name(group_id, old)).await.map_err(vault_failure)?;
+            keeper.delete_sent(&self.port, group_id, old).await.map_err(vault_failure)?;
         }
         Ok(())
     }
@@ -393,7 +412,7 @@ impl GroupClient {
             return Ok(());
         };
         let entry = sent_entry(stanza_id, &body);
-        keeper.append_sent(&self.session, &group_id, epoch, &entry).await.map_err(vault_failure)
+        keeper.append_sent(&self.port, &group_id, epoch, &entry).await.map_err(vault_failure)
     }
 
     /// Reads a group's history with the vault's snapshots (and the sent
@@ -430,7 +449,7 @@ impl GroupClient {
                 continue;
             };
             if !sent.contains_key(&epoch) {
-                let copies = read_sent(vault, &self.session, &group_id, epoch).await.map_err(vault_failure)?;
+                let copies = read_sent(vault, &self.port, &group_id, epoch).await.map_err(vault_failure)?;
                 sent.insert(epoch, copies);
             }
             if let Some((_, data)) = sent[&epoch].iter().find(|(id, _)| id == stanza_id) {
@@ -438,7 +457,7 @@ impl GroupClient {
                 continue;
             }
             if loaded.as_ref().map(|(e, ..)| *e) != Some(epoch) {
-                let Some((_, packed)) = vault.get(&self.session, &snapshot_name(&group_id, epoch)).await.map_err(vault_failure)? else {
+                let Some((_, packed)) = vault.get(&self.port, &snapshot_name(&group_id, epoch)).await.map_err(vault_failure)? else {
                     out.unreadable.push((stanza_id.to_owned(), epoch, Unreadable::NoSnapshot));
                     continue;
                 };

@@ -6,7 +6,8 @@ use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::device::{Device, DeviceError};
 use super::devices::{directory_jid, result_items};
-use super::session::{ClientError, Session};
+use super::port::Port;
+use super::session::ClientError;
 use crate::protocol::keypackages::{
     key_package_element, parse_claimed, verify, Claim, ClaimOutcome, KeyPackageInfo, Policy, Rejection,
     VerifiedKeyPackage, NODE,
@@ -44,7 +45,7 @@ pub struct VerifiedClaim {
     pub last_resort: bool,
 }
 
-impl Session {
+impl Port {
     /// The service's limits form (xep/ §Service Discovery), as field values by name.
     pub async fn service_limits(&self, service: &Jid) -> Result<Vec<(String, Vec<String>)>, ClientError> {
         let query = minidom::Element::builder("query", xmpp_parsers::ns::DISCO_INFO).build();
@@ -176,13 +177,13 @@ impl Device {
     /// or if it is missing on the service or too old.
     pub async fn refill(
         &self,
-        session: &Session,
+        port: &Port,
         service: &Jid,
         target: usize,
         renew_last_resort: bool,
     ) -> Result<RefillReport, RefillError> {
         let mine: Vec<KeyPackageInfo> =
-            session.key_package_infos(service).await?.into_iter().filter(|i| i.device_id == self.id()).collect();
+            port.key_package_infos(service).await?.into_iter().filter(|i| i.device_id == self.id()).collect();
         let pool = mine.iter().filter(|i| !i.last_resort).count();
         let mut messages = self.key_packages(target.saturating_sub(pool))?;
         let uploaded = messages.len();
@@ -199,7 +200,7 @@ impl Device {
             last_resort_ref = Some(kp_ref);
         }
         if !messages.is_empty() {
-            session.upload_key_packages(service, &messages).await?;
+            port.upload_key_packages(service, &messages).await?;
         }
         if let Some(kp_ref) = &last_resort_ref {
             self.last_resort_uploaded(kp_ref)?;
@@ -211,7 +212,7 @@ impl Device {
     /// last-resort package was handed out; `None` if nothing was needed.
     pub async fn on_notice(
         &self,
-        session: &Session,
+        port: &Port,
         service: &Jid,
         notice: &Notice,
     ) -> Result<Option<RefillReport>, RefillError> {
@@ -222,6 +223,6 @@ impl Device {
         if !needed {
             return Ok(None);
         }
-        self.refill(session, service, POOL_TARGET, renew_last_resort).await.map(Some)
+        self.refill(port, service, POOL_TARGET, renew_last_resort).await.map(Some)
     }
 }

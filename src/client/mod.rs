@@ -3,9 +3,11 @@
 
 mod device;
 mod devices;
+mod drivers;
 mod groups;
 mod history;
 mod keypackages;
+mod port;
 mod session;
 mod transport;
 mod vault;
@@ -13,8 +15,10 @@ mod vault;
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
 pub use devices::directory_jid;
 pub use crate::protocol::content::{Content, ContentError};
-pub use groups::{GroupClient, GroupError, GroupEvent};
-pub use history::{pack_snapshot, ArchivePage, History, HistoryEntry, Unreadable};
+pub use drivers::{Done, GroupClient, Machine, Operation};
+pub use groups::{Core, GroupError, GroupEvent};
+pub use port::Port;
+pub use history::{pack_snapshot, KEEP_EPOCHS, ArchivePage, History, HistoryEntry, Unreadable};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
 pub use vault::{backed_up_devices, backup_device, restore_device, KdfParams, Vault, VaultError, KEYS};

@@ -1,29 +1,30 @@
-//! A logged-in c2s session: the transport of the client library.
+//! A logged-in c2s session: the tokio driver of the client's [`Port`].
 //!
-//! One task owns the stream ([`crate::xmpp::link`]); a dispatcher task
-//! matches IQ responses to their requests, answers IQs addressed to the
-//! client, and queues every other stanza as an event. IQ responses never
-//! wait behind unread events, so a flood of incoming messages cannot stall
-//! requests (the failure mode of tokio-xmpp 6's `Client`).
+//! One task owns the stream ([`crate::xmpp::link`]); the driver task
+//! answers IQs addressed to the client and hands every other stanza to the
+//! port, which matches IQ responses to their requests by id and queues the
+//! rest as events. IQ responses never wait behind unread events, so a
+//! flood of incoming messages cannot stall requests (the failure mode of
+//! tokio-xmpp 6's `Client`).
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use minidom::Element;
 use sasl::common::Credentials;
 use tokio::io::BufStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_xmpp::xmlstream::{
     initiate_stream, FallibleStreamElement, ReadError, StreamHeader, Timeouts, XmlStream,
 };
-use xmpp_parsers::jid::{BareJid, FullJid, Jid};
+use xmpp_parsers::jid::{BareJid, FullJid};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
+use super::port::Port;
 use super::transport;
 use crate::protocol::disco::PING;
 use crate::protocol::error::stanza_error;
@@ -91,16 +92,20 @@ impl ConnectOptions {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Element>>>>;
-
+/// A logged-in session: the tokio driver of a [`Port`]. One task moves
+/// stanzas between the stream and the port and tells it the time; the
+/// session dereferences to its port, whose requests and events it serves.
 pub struct Session {
-    jid: FullJid,
-    outgoing: mpsc::Sender<Element>,
-    pending: Pending,
-    events: mpsc::UnboundedReceiver<Element>,
-    next_id: AtomicU64,
-    iq_timeout: Duration,
-    link_task: tokio::task::JoinHandle<Result<(), LinkError>>,
+    port: Port,
+    driver: tokio::task::JoinHandle<()>,
+    link_task: Option<tokio::task::JoinHandle<Result<(), LinkError>>>,
+}
+
+impl std::ops::Deref for Session {
+    type Target = Port;
+    fn deref(&self) -> &Port {
+        &self.port
+    }
 }
 
 impl Session {
@@ -114,142 +119,72 @@ impl Session {
         let Link { outgoing, incoming, task } = link::spawn(stream, StanzaNs::Client, move || {
             ping(&format!("ka-{}", counter.fetch_add(1, Ordering::Relaxed)), &domain)
         });
-        let pending: Pending = Arc::default();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        tokio::spawn(dispatch(incoming, outgoing.downgrade(), pending.clone(), events_tx));
-        Ok(Self {
-            jid,
-            outgoing,
-            pending,
-            events,
-            next_id: AtomicU64::new(0),
-            iq_timeout: opts.iq_timeout,
-            link_task: task,
-        })
+        let port = Port::new(jid, opts.iq_timeout);
+        let driver = tokio::spawn(drive(port.clone(), incoming, outgoing));
+        Ok(Self { port, driver, link_task: Some(task) })
     }
 
-    /// The bound full JID.
-    pub fn jid(&self) -> &FullJid {
-        &self.jid
-    }
-
-    /// Queues a stanza for sending.
-    pub async fn send(&self, stanza: Element) -> Result<(), ClientError> {
-        self.outgoing.send(stanza).await.map_err(|_| ClientError::Closed)
-    }
-
-    /// A fresh stanza id.
-    pub fn next_id(&self) -> String {
-        format!("c{}", self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Sends an IQ get or set and returns the result's payload, if any.
-    /// A request refused for the service's rate limit is sent again after
-    /// the `retry-after` it names (a few times, for short waits only).
-    pub async fn iq(
-        &self,
-        to: &Jid,
-        type_: &str,
-        payload: Element,
-    ) -> Result<Option<Element>, ClientError> {
-        let mut retries = 0;
-        loop {
-            let id = self.next_id();
-            let iq = iq_element(type_, &id, to.as_str(), Some(payload.clone()));
-            let reply = self.request(iq).await?;
-            match reply.attr("type") {
-                Some("result") => return Ok(reply.children().next().cloned()),
-                Some("error") => {
-                    let error = stanza_error_of(&reply)?;
-                    match retry_after(&error) {
-                        Some(wait) if retries < RATE_RETRIES && wait <= MAX_RATE_WAIT => {
-                            retries += 1;
-                            tokio::time::sleep(wait).await;
-                        }
-                        _ => return Err(ClientError::Stanza(Box::new(error))),
-                    }
-                }
-                other => return Err(ClientError::Malformed(format!("IQ reply of type {other:?}"))),
-            }
-        }
-    }
-
-    /// Sends a prepared IQ (its `id` set) and returns the whole reply
-    /// stanza, whatever its type.
-    pub async fn request(&self, iq: Element) -> Result<Element, ClientError> {
-        let id = iq.attr("id").ok_or_else(|| ClientError::Malformed("IQ without id".into()))?;
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().expect("pending lock").insert(id.to_owned(), tx);
-        let id = id.to_owned();
-        self.send(iq).await?;
-        match tokio::time::timeout(self.iq_timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(ClientError::Closed),
-            Err(_) => {
-                self.pending.lock().expect("pending lock").remove(&id);
-                Err(ClientError::Timeout(self.iq_timeout))
-            }
-        }
-    }
-
-    /// The next stanza that is not an IQ response, or `None` once closed.
-    pub async fn next_event(&mut self) -> Option<Element> {
-        self.events.recv().await
-    }
-
-    /// An event already received, without waiting.
-    pub fn try_next_event(&mut self) -> Option<Element> {
-        self.events.try_recv().ok()
-    }
-
-    /// Like [`Self::next_event`] but gives up after `timeout`.
-    pub async fn next_event_within(&mut self, timeout: Duration) -> Option<Element> {
-        tokio::time::timeout(timeout, self.events.recv()).await.ok().flatten()
+    /// The port this session drives (for a client core).
+    pub fn port(&self) -> &Port {
+        &self.port
     }
 
     /// Closes the stream politely and waits for the connection to end.
-    pub async fn close(self) {
-        let Session { outgoing, link_task, .. } = self;
-        drop(outgoing); // the last strong sender: the link closes the stream
-        let _ = tokio::time::timeout(Duration::from_secs(5), link_task).await;
+    pub async fn close(mut self) {
+        self.port.close();
+        let link_task = self.link_task.take();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.driver).await;
+        if let Some(task) = link_task {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
     }
 }
 
-async fn dispatch(
-    mut incoming: mpsc::Receiver<Element>,
-    outgoing: mpsc::WeakSender<Element>,
-    pending: Pending,
-    events: mpsc::UnboundedSender<Element>,
-) {
-    while let Some(stanza) = incoming.recv().await {
-        if stanza.name() != "iq" {
-            let _ = events.send(stanza);
-            continue;
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.port.close();
+    }
+}
+
+/// Moves stanzas between the stream and the port until either ends:
+/// answers IQ requests addressed to the client itself, sends what the port
+/// queued, and ticks it at its deadlines. When the port closes, the last
+/// stanzas go out and dropping `outgoing` closes the stream.
+async fn drive(port: Port, mut incoming: mpsc::Receiver<Element>, outgoing: mpsc::Sender<Element>) {
+    loop {
+        while let Some(stanza) = port.poll_transmit() {
+            if outgoing.send(stanza).await.is_err() {
+                return port.close();
+            }
         }
-        match stanza.attr("type") {
-            Some("result") | Some("error") => {
-                let waiter = stanza.attr("id").and_then(|id| pending.lock().expect("lock").remove(id));
-                match waiter {
-                    Some(waiter) => {
-                        let _ = waiter.send(stanza);
-                    }
-                    // Nobody asked (or the request timed out): surface it.
-                    None => {
-                        let _ = events.send(stanza);
+        if port.is_closed() {
+            return;
+        }
+        let deadline = port.next_deadline().map(tokio::time::Instant::from_std);
+        let sleep = async move {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            stanza = incoming.recv() => match stanza {
+                Some(stanza) if is_request(&stanza) => {
+                    if let Some(reply) = answer_iq(&stanza) {
+                        let _ = outgoing.send(reply).await;
                     }
                 }
-            }
-            _ => {
-                // Weak: a closing session must not be kept open by us.
-                let (Some(reply), Some(out)) = (answer_iq(&stanza), outgoing.upgrade()) else {
-                    continue;
-                };
-                if out.send(reply).await.is_err() {
-                    return;
-                }
-            }
+                Some(stanza) => port.receive(stanza),
+                None => return port.close(),
+            },
+            () = sleep => port.tick(std::time::Instant::now()),
+            () = port.attention() => {}
         }
     }
+}
+
+fn is_request(stanza: &Element) -> bool {
+    stanza.name() == "iq" && matches!(stanza.attr("type"), Some("get") | Some("set"))
 }
 
 /// Answers pings; refuses every other request (RFC 6120 §8.2.3).
@@ -262,23 +197,6 @@ fn answer_iq(iq: &Element) -> Option<Element> {
     let mut reply = iq_element("error", id, to, None);
     reply.append_child(stanza_error(ErrorType::Cancel, DefinedCondition::ServiceUnavailable, None, None).into());
     Some(reply)
-}
-
-/// How often, and for how long at most, [`Session::iq`] waits out a rate limit.
-const RATE_RETRIES: usize = 5;
-const MAX_RATE_WAIT: Duration = Duration::from_secs(10);
-
-/// The wait a `<rate-limited/>` error asks for.
-fn retry_after(error: &StanzaError) -> Option<Duration> {
-    let limited = error.other.as_ref().filter(|o| o.is("rate-limited", crate::protocol::NS_ERRORS))?;
-    limited.attr("retry-after")?.parse().ok().map(Duration::from_secs)
-}
-
-fn stanza_error_of(reply: &Element) -> Result<StanzaError, ClientError> {
-    let el = reply
-        .get_child("error", CLIENT)
-        .ok_or_else(|| ClientError::Malformed("error reply without <error/>".into()))?;
-    StanzaError::try_from(el.clone()).map_err(|e| ClientError::Malformed(e.to_string()))
 }
 
 /// `<iq type to id>payload</iq>`; an empty `to` is left out.

@@ -12,7 +12,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::devices::directory_jid;
-use super::session::{ClientError, Session};
+use super::port::Port;
+use super::session::ClientError;
 use crate::protocol::mam::Cursor;
 use crate::protocol::vault::{parse_list_page, parse_vault_result, parse_version_mismatch, VaultItem, VaultRequest};
 
@@ -197,8 +198,8 @@ pub struct Vault {
 }
 
 /// The service's max-vault-blob-size, from its limits form.
-async fn max_blob_size(session: &Session, service: &Jid) -> Result<usize, ClientError> {
-    let limits = session.service_limits(service).await?;
+async fn max_blob_size(port: &Port, service: &Jid) -> Result<usize, ClientError> {
+    let limits = port.service_limits(service).await?;
     limits
         .iter()
         .find(|(var, _)| var == "max-vault-blob-size")
@@ -216,9 +217,9 @@ fn vault_error(e: ClientError, name: &str) -> VaultError {
     }
 }
 
-async fn request(session: &Session, at: &Jid, req: VaultRequest) -> Result<Vec<VaultItem>, ClientError> {
+async fn request(port: &Port, at: &Jid, req: VaultRequest) -> Result<Vec<VaultItem>, ClientError> {
     let type_ = if matches!(req, VaultRequest::Get { .. } | VaultRequest::List { .. }) { "get" } else { "set" };
-    let reply = session.iq(at, type_, req.to_element()).await?;
+    let reply = port.iq(at, type_, req.to_element()).await?;
     match reply {
         Some(el) => parse_vault_result(&el).map(|(items, _)| items).map_err(|e| ClientError::Malformed(e.to_string())),
         None => Ok(Vec::new()),
@@ -228,13 +229,13 @@ async fn request(session: &Session, at: &Jid, req: VaultRequest) -> Result<Vec<V
 /// Every blob of the vault, page by page (xep/ §Listing the Vault): each
 /// page starts after the last name of the one before, until the count is
 /// reached or a page is empty.
-async fn list_all(session: &Session, at: &Jid) -> Result<Vec<VaultItem>, ClientError> {
+async fn list_all(port: &Port, at: &Jid) -> Result<Vec<VaultItem>, ClientError> {
     let malformed = |e: crate::protocol::ProtocolError| ClientError::Malformed(e.to_string());
     let mut all: Vec<VaultItem> = Vec::new();
     loop {
         let cursor = all.last().map_or(Cursor::First, |i| Cursor::After(i.name.clone()));
         let page = VaultRequest::List { max: None, cursor };
-        let reply = session.iq(at, "get", page.to_element()).await?;
+        let reply = port.iq(at, "get", page.to_element()).await?;
         let reply = reply.ok_or_else(|| ClientError::Malformed("empty vault listing".into()))?;
         let (items, _) = parse_vault_result(&reply).map_err(malformed)?;
         let count = parse_list_page(&reply).map_or(0, |(_, count)| count);
@@ -252,8 +253,8 @@ async fn list_all(session: &Session, at: &Jid) -> Result<Vec<VaultItem>, ClientE
 }
 
 /// A blob's current version and data (None: absent).
-async fn fetch(session: &Session, at: &Jid, name: &str) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
-    match request(session, at, VaultRequest::Get { name: name.to_owned() }).await {
+async fn fetch(port: &Port, at: &Jid, name: &str) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
+    match request(port, at, VaultRequest::Get { name: name.to_owned() }).await {
         Ok(items) => Ok(items.into_iter().next().and_then(|i| Some((i.version, i.data?)))),
         Err(ClientError::Stanza(e))
             if e.defined_condition == xmpp_parsers::stanza_error::DefinedCondition::ItemNotFound =>
@@ -266,14 +267,14 @@ async fn fetch(session: &Session, at: &Jid, name: &str) -> Result<Option<(u64, V
 
 impl Vault {
     /// Sets the account's vault up: a first data key, wrapped under the passphrase.
-    pub async fn create(session: &Session, service: &Jid, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
-        let account = session.jid().to_bare();
+    pub async fn create(port: &Port, service: &Jid, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
+        let account = port.jid().to_bare();
         let at = directory_jid(&account, service);
-        let max_blob = max_blob_size(session, service).await?;
+        let max_blob = max_blob_size(port, service).await?;
         let ring = KeyRing::new(params, rand::random(), rand::random());
         let data = ring.encode(passphrase, &account)?;
         let put = VaultRequest::Put { name: KEYS.into(), if_version: 0, data };
-        request(session, &at, put).await.map_err(|e| match vault_error(e, KEYS) {
+        request(port, &at, put).await.map_err(|e| match vault_error(e, KEYS) {
             VaultError::Conflict(..) => VaultError::Exists,
             other => other,
         })?;
@@ -281,52 +282,52 @@ impl Vault {
     }
 
     /// Opens the vault; a wrong passphrase fails without changing anything.
-    pub async fn open(session: &Session, service: &Jid, passphrase: &str) -> Result<Self, VaultError> {
-        let account = session.jid().to_bare();
+    pub async fn open(port: &Port, service: &Jid, passphrase: &str) -> Result<Self, VaultError> {
+        let account = port.jid().to_bare();
         let at = directory_jid(&account, service);
-        let (version, data) = fetch(session, &at, KEYS).await?.ok_or(VaultError::NotInitialised)?;
+        let (version, data) = fetch(port, &at, KEYS).await?.ok_or(VaultError::NotInitialised)?;
         let ring = KeyRing::decode(&data, passphrase, &account)?;
-        let max_blob = max_blob_size(session, service).await?;
+        let max_blob = max_blob_size(port, service).await?;
         Ok(Vault { account, at, ring, keys_version: version, max_blob })
     }
 
     /// Seals and stores `plaintext` under `name`, replacing version
     /// `if_version` (0: new); returns the new version.
-    pub async fn put(&self, session: &Session, name: &str, if_version: u64, plaintext: &[u8]) -> Result<u64, VaultError> {
+    pub async fn put(&self, port: &Port, name: &str, if_version: u64, plaintext: &[u8]) -> Result<u64, VaultError> {
         let data = self.ring.seal_blob(&self.account, name, if_version + 1, plaintext);
         let put = VaultRequest::Put { name: name.to_owned(), if_version, data };
-        let items = request(session, &self.at, put).await.map_err(|e| vault_error(e, name))?;
+        let items = request(port, &self.at, put).await.map_err(|e| vault_error(e, name))?;
         Ok(items.first().map_or(if_version + 1, |i| i.version))
     }
 
     /// Stores `plaintext` under `name` whatever its current version.
-    pub async fn put_latest(&self, session: &Session, name: &str, plaintext: &[u8]) -> Result<u64, VaultError> {
-        let current = fetch(session, &self.at, name).await?.map_or(0, |(v, _)| v);
-        self.put(session, name, current, plaintext).await
+    pub async fn put_latest(&self, port: &Port, name: &str, plaintext: &[u8]) -> Result<u64, VaultError> {
+        let current = fetch(port, &self.at, name).await?.map_or(0, |(v, _)| v);
+        self.put(port, name, current, plaintext).await
     }
 
     /// The blob's version and plaintext (None: absent).
-    pub async fn get(&self, session: &Session, name: &str) -> Result<Option<(u64, Vec<u8>)>, VaultError> {
-        let Some((version, data)) = fetch(session, &self.at, name).await? else { return Ok(None) };
+    pub async fn get(&self, port: &Port, name: &str) -> Result<Option<(u64, Vec<u8>)>, VaultError> {
+        let Some((version, data)) = fetch(port, &self.at, name).await? else { return Ok(None) };
         Ok(Some((version, self.ring.open_blob(&self.account, name, version, &data)?)))
     }
 
     /// Names and versions of the blobs (the key record excluded).
-    pub async fn list(&self, session: &Session) -> Result<Vec<(String, u64)>, VaultError> {
-        let items = list_all(session, &self.at).await?;
+    pub async fn list(&self, port: &Port) -> Result<Vec<(String, u64)>, VaultError> {
+        let items = list_all(port, &self.at).await?;
         Ok(items.into_iter().filter(|i| i.name != KEYS).map(|i| (i.name, i.version)).collect())
     }
 
-    pub async fn delete(&self, session: &Session, name: &str, if_version: u64) -> Result<(), VaultError> {
+    pub async fn delete(&self, port: &Port, name: &str, if_version: u64) -> Result<(), VaultError> {
         let delete = VaultRequest::Delete { name: name.to_owned(), if_version };
-        request(session, &self.at, delete).await.map_err(|e| vault_error(e, name))?;
+        request(port, &self.at, delete).await.map_err(|e| vault_error(e, name))?;
         Ok(())
     }
 
     /// Deletes `name` whatever its version; false if it was absent.
-    pub async fn delete_any(&self, session: &Session, name: &str) -> Result<bool, VaultError> {
-        match fetch(session, &self.at, name).await? {
-            Some((version, _)) => self.delete(session, name, version).await.map(|()| true),
+    pub async fn delete_any(&self, port: &Port, name: &str) -> Result<bool, VaultError> {
+        match fetch(port, &self.at, name).await? {
+            Some((version, _)) => self.delete(port, name, version).await.map(|()| true),
             None => Ok(false),
         }
     }
@@ -338,34 +339,34 @@ impl Vault {
 
     /// Rewraps the data keys under a new passphrase: one write, whatever the
     /// vault's size. Fails (changing nothing) if the keys changed meanwhile.
-    pub async fn change_passphrase(&mut self, session: &Session, new: &str, params: KdfParams) -> Result<(), VaultError> {
+    pub async fn change_passphrase(&mut self, port: &Port, new: &str, params: KdfParams) -> Result<(), VaultError> {
         let ring = KeyRing { params, salt: rand::random(), current: self.ring.current, keys: self.ring.keys.clone() };
-        self.write_keys(session, ring, new).await
+        self.write_keys(port, ring, new).await
     }
 
     /// A new data key for new blobs, then every blob re-sealed under it,
     /// then the old keys dropped; a crash in between loses nothing (blobs
     /// name their key, and the ring keeps old keys until the end).
-    pub async fn rotate(&mut self, session: &Session, passphrase: &str) -> Result<(), VaultError> {
+    pub async fn rotate(&mut self, port: &Port, passphrase: &str) -> Result<(), VaultError> {
         let next = self.ring.keys.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
         let mut keys = self.ring.keys.clone();
         keys.push((next, rand::random()));
         let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
-        self.write_keys(session, ring, passphrase).await?;
-        for (name, _) in self.list(session).await? {
-            if let Some((version, plaintext)) = self.get(session, &name).await? {
-                self.put(session, &name, version, &plaintext).await?;
+        self.write_keys(port, ring, passphrase).await?;
+        for (name, _) in self.list(port).await? {
+            if let Some((version, plaintext)) = self.get(port, &name).await? {
+                self.put(port, &name, version, &plaintext).await?;
             }
         }
         let keys = self.ring.keys.iter().filter(|(i, _)| *i == next).cloned().collect();
         let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
-        self.write_keys(session, ring, passphrase).await
+        self.write_keys(port, ring, passphrase).await
     }
 
-    async fn write_keys(&mut self, session: &Session, ring: KeyRing, passphrase: &str) -> Result<(), VaultError> {
+    async fn write_keys(&mut self, port: &Port, ring: KeyRing, passphrase: &str) -> Result<(), VaultError> {
         let data = ring.encode(passphrase, &self.account)?;
         let put = VaultRequest::Put { name: KEYS.into(), if_version: self.keys_version, data };
-        let items = request(session, &self.at, put).await.map_err(|e| vault_error(e, KEYS))?;
+        let items = request(port, &self.at, put).await.map_err(|e| vault_error(e, KEYS))?;
         self.keys_version = items.first().map_or(self.keys_version + 1, |i| i.version);
         self.ring = ring;
         Ok(())
@@ -441,23 +442,23 @@ fn manifest_name(device_id: &str) -> String {
 /// Backs the device's whole state up (its key, its KeyPackages' private
 /// keys, its groups): a zstd-compressed copy of its file, sealed in chunks,
 /// then a manifest naming their count, size and SHA-256.
-pub async fn backup_device(vault: &Vault, session: &Session, device: &super::Device) -> Result<usize, VaultError> {
+pub async fn backup_device(vault: &Vault, port: &Port, device: &super::Device) -> Result<usize, VaultError> {
     use sha2::{Digest, Sha256};
     let snapshot = device.snapshot().map_err(|e| VaultError::Corrupt(e.to_string()))?;
     let packed = zstd::encode_all(snapshot.as_slice(), 9).map_err(|e| VaultError::Corrupt(e.to_string()))?;
     let chunks: Vec<&[u8]> = packed.chunks(CHUNK.min(vault.max_plaintext()).max(1)).collect();
     for (i, chunk) in chunks.iter().enumerate() {
-        vault.put_latest(session, &format!("device/{}/{i}", device.id()), chunk).await?;
+        vault.put_latest(port, &format!("device/{}/{i}", device.id()), chunk).await?;
     }
     let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(&packed));
     let manifest = format!("{}\n{}\n{hash}", chunks.len(), packed.len());
-    vault.put_latest(session, &manifest_name(device.id()), manifest.as_bytes()).await?;
+    vault.put_latest(port, &manifest_name(device.id()), manifest.as_bytes()).await?;
     Ok(packed.len())
 }
 
 /// The devices with a backup in the vault.
-pub async fn backed_up_devices(vault: &Vault, session: &Session) -> Result<Vec<String>, VaultError> {
-    let names = vault.list(session).await?;
+pub async fn backed_up_devices(vault: &Vault, port: &Port) -> Result<Vec<String>, VaultError> {
+    let names = vault.list(port).await?;
     Ok(names
         .into_iter()
         .filter_map(|(n, _)| n.strip_prefix("device/")?.strip_suffix("/manifest").map(str::to_owned))
@@ -466,10 +467,10 @@ pub async fn backed_up_devices(vault: &Vault, session: &Session) -> Result<Vec<S
 
 /// Writes the backed-up state of `device_id` to `path` (which must not
 /// exist); open it with [`super::Device::open`] and catch up.
-pub async fn restore_device(vault: &Vault, session: &Session, device_id: &str, path: &std::path::Path) -> Result<(), VaultError> {
+pub async fn restore_device(vault: &Vault, port: &Port, device_id: &str, path: &std::path::Path) -> Result<(), VaultError> {
     use sha2::{Digest, Sha256};
     let corrupt = || VaultError::Corrupt(manifest_name(device_id));
-    let (_, manifest) = vault.get(session, &manifest_name(device_id)).await?.ok_or_else(corrupt)?;
+    let (_, manifest) = vault.get(port, &manifest_name(device_id)).await?.ok_or_else(corrupt)?;
     let manifest = String::from_utf8(manifest).map_err(|_| corrupt())?;
     let mut lines = manifest.lines();
     let count: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(corrupt)?;
@@ -477,7 +478,7 @@ pub async fn restore_device(vault: &Vault, session: &Session, device_id: &str, p
     let hash = lines.next().ok_or_else(corrupt)?;
     let mut packed = Vec::new();
     for i in 0..count {
-        let (_, chunk) = vault.get(session, &format!("device/{device_id}/{i}")).await?.ok_or_else(corrupt)?;
+        let (_, chunk) = vault.get(port, &format!("device/{device_id}/{i}")).await?.ok_or_else(corrupt)?;
         packed.extend_from_slice(&chunk);
     }
     if data_encoding::HEXLOWER.encode(&Sha256::digest(&packed)) != hash {

@@ -1,8 +1,15 @@
-//! The ProtoXEP's examples as test fixtures.
+//! The ProtoXEPs' examples as test fixtures.
 
 use minidom::Element;
 
-pub const XEP: &str = include_str!("../../xep/xep-mls.xml");
+/// The documents of xep/, by path, in the order in which their examples are
+/// replayed: each one's examples build on the state of those before.
+pub const XEPS: &[(&str, &str)] = &[
+    ("xep/xep-mls-devices.xml", include_str!("../../xep/xep-mls-devices.xml")),
+    ("xep/xep-mls-delivery.xml", include_str!("../../xep/xep-mls-delivery.xml")),
+    ("xep/xep-mls-history.xml", include_str!("../../xep/xep-mls-history.xml")),
+    ("xep/xep-mls-vault.xml", include_str!("../../xep/xep-mls-vault.xml")),
+];
 
 pub struct Example {
     pub caption: String,
@@ -10,10 +17,15 @@ pub struct Example {
     pub stanzas: Vec<Element>,
 }
 
-/// Every `<example>` of the XEP, in document order.
+/// Every `<example>` of the XEPs, in the order of [`XEPS`] and then of
+/// each document.
 pub fn examples() -> Vec<Example> {
+    XEPS.iter().flat_map(|(_, text)| examples_of(text)).collect()
+}
+
+fn examples_of(xep: &str) -> Vec<Example> {
     let mut out = Vec::new();
-    let mut rest = XEP;
+    let mut rest = xep;
     while let Some(start) = rest.find("<example") {
         rest = &rest[start..];
         let head_end = rest.find('>').expect("example start tag ends");

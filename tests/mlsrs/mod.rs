@@ -1,5 +1,5 @@
 //! A device of a second MLS implementation, AWS mls-rs, written from
-//! xep/xep-mls.xml alone: every protocol element is a raw stanza built
+//! xep/ alone: every protocol element is a raw stanza built
 //! here; only the XMPP login and stream are the library's [`Session`].
 //! It keeps its MLS state in memory, so it can go offline and come back
 //! on a new session.
