@@ -195,19 +195,26 @@ fn cli(server: &Server, dir: &Path, user: &str, args: &[&str]) -> String {
         .env("XMPP_MLS_PASSPHRASE", passphrase(user)))
 }
 
+/// A server with the service, the accounts `users` (password = user) and
+/// a directory for devices, where alice's CLI device is set up.
+fn start(users: &[&str]) -> (Server, Component, tempfile::TempDir) {
+    let server = Server::start();
+    let component = Component::start(&server, "");
+    let dir = tempfile::tempdir().unwrap();
+    for user in users {
+        server.register(user, user);
+    }
+    cli(&server, dir.path(), "alice", &["device", "init"]);
+    (server, component, dir)
+}
+
 fn passphrase(user: &str) -> String {
     format!("{user}'s passphrase")
 }
 
 #[test]
 fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
-    let server = Server::start();
-    let _component = Component::start(&server, "");
-    let dir = tempfile::tempdir().unwrap();
-    for user in ["alice", "bob", "carol"] {
-        server.register(user, user);
-    }
-    cli(&server, dir.path(), "alice", &["device", "init"]);
+    let (server, _component, dir) = start(&["alice", "bob", "carol"]);
     cli(&server, dir.path(), "carol", &["device", "init"]);
     let bob_state = dir.path().join("bob.sqlite3");
     let mut bob = Agent::start(&server, "bob", &bob_state);
@@ -293,12 +300,7 @@ fn got_device(bob: &mut Agent, group: &str) -> String {
 
 #[test]
 fn the_echo_bot_example_answers_in_an_encrypted_group() {
-    let server = Server::start();
-    let _component = Component::start(&server, "");
-    let dir = tempfile::tempdir().unwrap();
-    server.register("alice", "alice");
-    server.register("echo", "echo");
-    cli(&server, dir.path(), "alice", &["device", "init"]);
+    let (server, _component, dir) = start(&["alice", "echo"]);
     let mut bot = Agent::spawn("echo_bot_runner.py", &server, "echo", &dir.path().join("echo.sqlite3"), &[]);
     let started = bot.event("started", |_| true);
     assert_eq!(started["service"], COMPONENT, "found among the server's items (XEP-0030)");
@@ -315,12 +317,7 @@ fn the_echo_bot_example_answers_in_an_encrypted_group() {
 
 #[test]
 fn a_new_python_device_reads_the_history_from_the_vault() {
-    let server = Server::start();
-    let _component = Component::start(&server, "");
-    let dir = tempfile::tempdir().unwrap();
-    server.register("alice", "alice");
-    server.register("bob", "bob");
-    cli(&server, dir.path(), "alice", &["device", "init"]);
+    let (server, _component, dir) = start(&["alice", "bob"]);
     cli(&server, dir.path(), "bob", &["vault", "init"]);
     let mut laptop = Agent::start(&server, "bob", &dir.path().join("bob-laptop.sqlite3"));
     laptop.ok("publish", json!([]));
