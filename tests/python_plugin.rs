@@ -138,19 +138,22 @@ impl Agent {
         line["result"].clone()
     }
 
-    /// The first event `kind` that `pred` accepts (those before it are dropped).
+    /// The first event `kind` that `pred` accepts, taken out of those read
+    /// (reading more, for 30 s at most).
     fn event(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let wanted = |e: &Value| e["event"] == kind && pred(e);
+        if let Some(i) = self.events.iter().position(wanted) {
+            return self.events.remove(i).unwrap();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let next = match self.events.pop_front() {
-                Some(event) => event,
-                None if Instant::now() < deadline => self.line(),
-                None => panic!("no {kind} event in time"),
-            };
-            if next["event"] == kind && pred(&next) {
+        while Instant::now() < deadline {
+            let next = self.line();
+            if wanted(&next) {
                 return next;
             }
+            self.events.push_back(next);
         }
+        panic!("no {kind} event in time")
     }
 
     /// The bodies of the "message" events of `group` read so far, in order.
@@ -195,11 +198,12 @@ fn cli(server: &Server, dir: &Path, user: &str, args: &[&str]) -> String {
         .env("XMPP_MLS_PASSPHRASE", passphrase(user)))
 }
 
-/// A server with the service, the accounts `users` (password = user) and
-/// a directory for devices, where alice's CLI device is set up.
-fn start(users: &[&str]) -> (Server, Component, tempfile::TempDir) {
+/// A server with the service (`config` added to its configuration), the
+/// accounts `users` (password = user) and a directory for devices, where
+/// alice's CLI device is set up.
+fn start(users: &[&str], config: &str) -> (Server, Component, tempfile::TempDir) {
     let server = Server::start();
-    let component = Component::start(&server, "");
+    let component = Component::start(&server, config);
     let dir = tempfile::tempdir().unwrap();
     for user in users {
         server.register(user, user);
@@ -214,7 +218,7 @@ fn passphrase(user: &str) -> String {
 
 #[test]
 fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
-    let (server, _component, dir) = start(&["alice", "bob", "carol"]);
+    let (server, _component, dir) = start(&["alice", "bob", "carol"], "[directory]\nlow_water = 19\n");
     cli(&server, dir.path(), "carol", &["device", "init"]);
     let bob_state = dir.path().join("bob.sqlite3");
     let mut bob = Agent::start(&server, "bob", &bob_state);
@@ -237,6 +241,10 @@ fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
     let out = cli(&server, dir.path(), "alice", &["group", "add", &group, "bob@example.org"]);
     assert!(out.starts_with("added; epoch 1 "), "{out}");
     bob.event("joined", |e| e["group"] == group.as_str());
+    // alice's claim brought bob's pool to the low-water mark: the service's
+    // notice made bob's plugin top it up again.
+    let refilled = bob.event("refilled", |_| true);
+    assert_eq!((&refilled["uploaded"], &refilled["pool"]), (&json!(1), &json!(20)));
     bob.ok("join_all", json!([]));
     let out = cli(&server, dir.path(), "alice", &["group", "send", &group, "hello from rust"]);
     assert!(out.starts_with("delivered as "), "{out}");
@@ -300,7 +308,7 @@ fn got_device(bob: &mut Agent, group: &str) -> String {
 
 #[test]
 fn the_echo_bot_example_answers_in_an_encrypted_group() {
-    let (server, _component, dir) = start(&["alice", "echo"]);
+    let (server, _component, dir) = start(&["alice", "echo"], "");
     let mut bot = Agent::spawn("echo_bot_runner.py", &server, "echo", &dir.path().join("echo.sqlite3"), &[]);
     let started = bot.event("started", |_| true);
     assert_eq!(started["service"], COMPONENT, "found among the server's items (XEP-0030)");
@@ -317,7 +325,7 @@ fn the_echo_bot_example_answers_in_an_encrypted_group() {
 
 #[test]
 fn a_new_python_device_reads_the_history_from_the_vault() {
-    let (server, _component, dir) = start(&["alice", "bob"]);
+    let (server, _component, dir) = start(&["alice", "bob"], "");
     cli(&server, dir.path(), "bob", &["vault", "init"]);
     let mut laptop = Agent::start(&server, "bob", &dir.path().join("bob-laptop.sqlite3"));
     laptop.ok("publish", json!([]));

@@ -57,9 +57,13 @@ class Agent(slixmpp.ClientXMPP):
 
     async def start(self, _event):
         self.send_presence()
-        reader = asyncio.StreamReader()
-        await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        while line := await reader.readline():
+        # Held here: the pipe's protocol holds its reader weakly, and the
+        # loop holds this task weakly, so that otherwise the garbage
+        # collector may take both while the task waits for a line.
+        self.commands = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(self.commands)
+        await asyncio.get_running_loop().connect_read_pipe(lambda: protocol, sys.stdin)
+        while line := await self.commands.readline():
             command = json.loads(line)
             if command["op"] == "quit":
                 break
