@@ -156,7 +156,8 @@ impl Agent {
         panic!("no {kind} event in time")
     }
 
-    /// The bodies of the "message" events of `group` read so far, in order.
+    /// The bodies of the "message" events of `group` read so far, in
+    /// order; every event read so far is forgotten.
     fn bodies(&mut self, group: &str) -> Vec<String> {
         let events = std::mem::take(&mut self.events);
         let messages = events.iter().filter(|e| e["event"] == "message" && e["group"] == group);
@@ -289,9 +290,9 @@ fn a_slixmpp_client_with_the_plugin_and_the_rust_cli_share_groups() {
     assert_eq!(bob.ok("update", json!([group]))["epoch"], 5);
     let out = cli(&server, dir.path(), "alice", &["group", "update", &group]);
     assert!(out.starts_with("updated; epoch 6"), "{out}");
-    let in_group = |e: &Value| e["group"] == group.as_str();
-    assert_eq!(bob.event("epoch", in_group)["epoch"], 5, "bob's own commit");
-    let epoch = bob.event("epoch", in_group);
+    let of_group = |e: &Value| e["group"] == group.as_str();
+    assert_eq!(bob.event("epoch", of_group)["epoch"], 5, "bob's own commit");
+    let epoch = bob.event("epoch", of_group);
     assert_eq!(epoch["epoch"], 6, "alice's commit, live on the feed");
     let mut members: Vec<String> = epoch["members"].as_array().unwrap().iter().map(|m| m[0].as_str().unwrap().to_owned()).collect();
     members.sort();
