@@ -1,5 +1,5 @@
 //! A device of an account: its identity (id, Ed25519 signature key) and its
-//! MLS state, kept in one SQLite file through openmls_sqlite_storage.
+//! MLS state, kept in a [`DeviceStorage`] (by default one SQLite file).
 
 use std::path::Path;
 
@@ -16,7 +16,8 @@ use xmpp_parsers::jid::BareJid;
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::keypackages::{credential_identity, ref_hex};
 use crate::protocol::now;
-use crate::store::local::{open_mls_storage, DeviceRecord, LastSeen, LocalStore, MlsStorage};
+use super::storage::{DeviceStorage, SqliteStorage, StateRow};
+use crate::store::local::{DeviceRecord, LastSeen};
 use crate::store::StoreError;
 
 /// The cipher suite this client uses (RFC 9420 code point 1).
@@ -32,27 +33,33 @@ pub enum DeviceError {
     Mls(String),
     #[error("no device in {0}: run `device init` first")]
     Missing(String),
-    #[error("{path} holds a device of {found}, not {wanted}")]
-    OtherAccount { path: String, found: String, wanted: String },
+    #[error("the device's storage holds a device of {found}, not {wanted}")]
+    OtherAccount { found: String, wanted: String },
 }
 
 fn mls(e: impl std::fmt::Display) -> DeviceError {
     DeviceError::Mls(e.to_string())
 }
 
-/// The openmls provider of a device: RustCrypto and the device's SQLite file.
-pub struct DeviceProvider {
+/// The openmls provider of a device: RustCrypto and the device's storage.
+pub struct DeviceProvider<S: DeviceStorage = SqliteStorage> {
     crypto: RustCrypto,
-    storage: MlsStorage,
+    storage: S,
 }
 
-impl OpenMlsProvider for DeviceProvider {
+impl<S: DeviceStorage> DeviceProvider<S> {
+    pub fn new(storage: S) -> Self {
+        DeviceProvider { crypto: RustCrypto::default(), storage }
+    }
+}
+
+impl<S: DeviceStorage> OpenMlsProvider for DeviceProvider<S> {
     type CryptoProvider = RustCrypto;
     type RandProvider = RustCrypto;
-    type StorageProvider = MlsStorage;
+    type StorageProvider = S::Mls;
 
     fn storage(&self) -> &Self::StorageProvider {
-        &self.storage
+        self.storage.mls()
     }
     fn crypto(&self) -> &Self::CryptoProvider {
         &self.crypto
@@ -62,24 +69,34 @@ impl OpenMlsProvider for DeviceProvider {
     }
 }
 
-pub struct Device {
-    path: std::path::PathBuf,
+pub struct Device<S: DeviceStorage = SqliteStorage> {
     account: BareJid,
     record: DeviceRecord,
     signer: SignatureKeyPair,
-    provider: DeviceProvider,
-    local: LocalStore,
-}
-
-fn open_provider(path: &Path) -> Result<DeviceProvider, DeviceError> {
-    Ok(DeviceProvider { crypto: RustCrypto::default(), storage: open_mls_storage(path)? })
+    provider: DeviceProvider<S>,
 }
 
 impl Device {
-    /// Creates a device with a random id and a fresh Ed25519 key in `path`.
+    /// Creates a device with a random id and a fresh Ed25519 key in the
+    /// SQLite file `path`.
     pub fn create(path: &Path, account: BareJid, label: Option<String>) -> Result<Self, DeviceError> {
-        let local = LocalStore::open(path)?;
-        let provider = open_provider(path)?;
+        Device::create_in(SqliteStorage::open(path)?, account, label)
+    }
+
+    /// Opens the device kept in the SQLite file `path`, which must belong to `account`.
+    pub fn open(path: &Path, account: &BareJid) -> Result<Self, DeviceError> {
+        let storage = SqliteStorage::open(path)?;
+        if storage.device()?.is_none() {
+            return Err(DeviceError::Missing(path.display().to_string()));
+        }
+        Device::open_in(storage, account)
+    }
+}
+
+impl<S: DeviceStorage> Device<S> {
+    /// Creates a device with a random id and a fresh Ed25519 key in `storage`.
+    pub fn create_in(storage: S, account: BareJid, label: Option<String>) -> Result<Self, DeviceError> {
+        let provider = DeviceProvider::new(storage);
         let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(mls)?;
         signer.store(provider.storage()).map_err(|e| DeviceError::Storage(e.to_string()))?;
         let id: [u8; 6] = rand::random();
@@ -89,35 +106,34 @@ impl Device {
             signature_key: signer.to_public_vec(),
             label,
         };
-        local.save_device(&record, now())?;
-        Ok(Self { path: path.to_owned(), account, record, signer, provider, local })
+        provider.storage.save_device(&record, now())?;
+        Ok(Self { account, record, signer, provider })
     }
 
-    /// Opens the device kept in `path`, which must belong to `account`.
-    pub fn open(path: &Path, account: &BareJid) -> Result<Self, DeviceError> {
-        let local = LocalStore::open(path)?;
-        let record = local.device()?.ok_or_else(|| DeviceError::Missing(path.display().to_string()))?;
+    /// Opens the device kept in `storage`, which must belong to `account`.
+    pub fn open_in(storage: S, account: &BareJid) -> Result<Self, DeviceError> {
+        let record = storage.device()?.ok_or_else(|| DeviceError::Missing("the device's storage".into()))?;
         if record.account != account.as_str() {
-            return Err(DeviceError::OtherAccount {
-                path: path.display().to_string(),
-                found: record.account,
-                wanted: account.to_string(),
-            });
+            return Err(DeviceError::OtherAccount { found: record.account, wanted: account.to_string() });
         }
-        let provider = open_provider(path)?;
+        let provider = DeviceProvider::new(storage);
         let signer = SignatureKeyPair::read(provider.storage(), &record.signature_key, SignatureScheme::ED25519)
             .ok_or_else(|| DeviceError::Storage("signature key missing".into()))?;
-        Ok(Self { path: path.to_owned(), account: account.clone(), record, signer, provider, local })
+        Ok(Self { account: account.clone(), record, signer, provider })
     }
 
-    /// One group's data rows in the device's openmls storage.
-    pub fn group_rows(&self, group_id: &[u8]) -> Result<Vec<(u16, String, Vec<u8>)>, DeviceError> {
-        Ok(self.local.group_rows(&group_key(group_id)?)?)
+    /// One group's MLS state, as rows (decrypt-only snapshots).
+    pub fn group_rows(&self, group_id: &[u8]) -> Result<Vec<StateRow>, DeviceError> {
+        self.store().group_rows(group_id)
     }
 
-    /// A consistent copy of the device's state file.
+    /// A consistent copy of the device's whole state (backups).
     pub fn snapshot(&self) -> Result<Vec<u8>, DeviceError> {
-        Ok(self.local.snapshot(&self.path.with_extension("snapshot"))?)
+        self.store().backup()
+    }
+
+    fn store(&self) -> &S {
+        &self.provider.storage
     }
 
     pub fn id(&self) -> &str {
@@ -132,7 +148,7 @@ impl Device {
         &self.record.signature_key
     }
 
-    pub fn provider(&self) -> &DeviceProvider {
+    pub fn provider(&self) -> &DeviceProvider<S> {
         &self.provider
     }
 
@@ -171,46 +187,46 @@ impl Device {
     }
 
     pub fn last_resort_uploaded(&self, kp_ref: &str) -> Result<(), DeviceError> {
-        Ok(self.local.set_last_resort(kp_ref, now())?)
+        self.store().set_last_resort(kp_ref, now())
     }
 
     /// Records that the device is in a group, or no longer is.
     pub fn remember_group(&self, group_id: &[u8], jid: &str, member: bool) -> Result<(), DeviceError> {
-        Ok(if member { self.local.add_group(group_id, jid)? } else { self.local.forget_group(group_id)? })
+        if member { self.store().add_group(group_id, jid) } else { self.store().forget_group(group_id) }
     }
 
     /// The last archive item of the group this device applied.
     pub fn last_seen(&self, group_id: &[u8]) -> Result<Option<LastSeen>, DeviceError> {
-        Ok(self.local.last_seen(group_id)?)
+        self.store().last_seen(group_id)
     }
 
     pub fn set_last_seen(&self, group_id: &[u8], stanza_id: &str, position: Option<u64>) -> Result<(), DeviceError> {
-        Ok(self.local.set_last_seen(group_id, &LastSeen { stanza_id: stanza_id.to_owned(), position })?)
+        self.store().set_last_seen(group_id, &LastSeen { stanza_id: stanza_id.to_owned(), position })
     }
 
     /// Keeps a sent message until it is echoed.
     pub fn keep_unechoed(&self, id: &str, stanza: &minidom::Element) -> Result<(), DeviceError> {
-        Ok(self.local.add_unechoed(id, &String::from(stanza))?)
+        self.store().add_unechoed(id, &String::from(stanza))
     }
 
     pub fn echoed(&self, id: &str) -> Result<(), DeviceError> {
-        Ok(self.local.remove_unechoed(id)?)
+        self.store().remove_unechoed(id)
     }
 
     /// The messages sent and not echoed yet, in sending order.
     pub fn unechoed(&self) -> Result<Vec<(String, minidom::Element)>, DeviceError> {
-        let rows = self.local.unechoed()?;
+        let rows = self.store().unechoed()?;
         Ok(rows.into_iter().filter_map(|(id, stanza)| Some((id, stanza.parse().ok()?))).collect())
     }
 
     /// The JIDs of the groups the device is in.
     pub fn groups(&self) -> Result<Vec<String>, DeviceError> {
-        Ok(self.local.groups()?)
+        self.store().groups()
     }
 
     /// The current last-resort package's reference and creation time.
     pub fn last_resort(&self) -> Result<Option<(String, i64)>, DeviceError> {
-        Ok(self.local.last_resort()?)
+        self.store().last_resort()
     }
 
     fn key_package(&self, last_resort: bool) -> Result<(Vec<u8>, String), DeviceError> {
@@ -239,8 +255,7 @@ pub fn group_key(group_id: &[u8]) -> Result<Vec<u8>, DeviceError> {
 
 impl DeviceProvider {
     /// A provider over a scratch copy of one group's rows (decrypt-only).
-    pub fn scratch(path: &Path, group_id: &[u8], rows: &[(u16, String, Vec<u8>)]) -> Result<Self, DeviceError> {
-        let storage = crate::store::mls::storage_from_rows(path, &group_key(group_id)?, rows)?;
-        Ok(DeviceProvider { crypto: RustCrypto::default(), storage })
+    pub fn scratch(path: &Path, group_id: &[u8], rows: &[StateRow]) -> Result<Self, DeviceError> {
+        Ok(DeviceProvider::new(SqliteStorage::scratch(path, group_id, rows)?))
     }
 }

@@ -16,6 +16,7 @@ use super::groups::{Core, GroupError, GroupEvent};
 use super::history::History;
 use super::port::Port;
 use super::session::Session;
+use super::storage::{DeviceStorage, SqliteStorage};
 use super::Device;
 use crate::protocol::groups::Accepted;
 
@@ -24,29 +25,29 @@ const IQ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The client core on tokio: a [`Core`] whose port the session drives.
 /// Everything of the core is reachable through it (it dereferences to it).
-pub struct GroupClient {
+pub struct GroupClient<S: DeviceStorage = SqliteStorage> {
     pub session: Session,
-    core: Core,
+    core: Core<S>,
 }
 
-impl GroupClient {
+impl<S: DeviceStorage> GroupClient<S> {
     /// Takes over the session and announces it available, so that pushes
     /// to the account's bare JID (Welcomes, notices) reach this device.
-    pub async fn start(session: Session, device: Device, service: Jid) -> Result<Self, GroupError> {
+    pub async fn start(session: Session, device: Device<S>, service: Jid) -> Result<Self, GroupError> {
         let core = Core::start(session.port().clone(), device, service)?;
         Ok(GroupClient { session, core })
     }
 }
 
-impl std::ops::Deref for GroupClient {
-    type Target = Core;
-    fn deref(&self) -> &Core {
+impl<S: DeviceStorage> std::ops::Deref for GroupClient<S> {
+    type Target = Core<S>;
+    fn deref(&self) -> &Core<S> {
         &self.core
     }
 }
 
-impl std::ops::DerefMut for GroupClient {
-    fn deref_mut(&mut self) -> &mut Core {
+impl<S: DeviceStorage> std::ops::DerefMut for GroupClient<S> {
+    fn deref_mut(&mut self) -> &mut Core<S> {
         &mut self.core
     }
 }
@@ -91,7 +92,7 @@ pub enum Done {
 }
 
 type Outcome = (u64, Result<Done, GroupError>);
-type Task = Pin<Box<dyn Future<Output = (Core, Option<Outcome>)>>>;
+type Task<S> = Pin<Box<dyn Future<Output = (Core<S>, Option<Outcome>)>>>;
 
 /// The client core for a host that owns the stream: it does no I/O and
 /// never blocks. The host gives it every stanza from the service's domain
@@ -99,10 +100,10 @@ type Task = Pin<Box<dyn Future<Output = (Core, Option<Outcome>)>>>;
 /// [`Self::next_deadline`]), sends what [`Self::poll_transmit`] gives, and
 /// reads [`Self::poll_event`] and [`Self::poll_done`]. Operations run one
 /// after another; between them, what arrives is handled by itself.
-pub struct Machine {
+pub struct Machine<S: DeviceStorage + 'static = SqliteStorage> {
     port: Port,
-    core: Option<Core>,
-    task: Option<Task>,
+    core: Option<Core<S>>,
+    task: Option<Task<S>>,
     queue: VecDeque<(u64, Operation)>,
     next_op: u64,
     done: VecDeque<Outcome>,
@@ -111,10 +112,10 @@ pub struct Machine {
     account: BareJid,
 }
 
-impl Machine {
+impl<S: DeviceStorage + 'static> Machine<S> {
     /// The core of `device` on a stream bound as `jid`, using the service
     /// at `service`; queues the initial presence.
-    pub fn new(device: Device, jid: FullJid, service: Jid, now: Instant) -> Result<Self, GroupError> {
+    pub fn new(device: Device<S>, jid: FullJid, service: Jid, now: Instant) -> Result<Self, GroupError> {
         let port = Port::manual(jid, IQ_TIMEOUT, now);
         let (device_id, account) = (device.id().to_owned(), device.account().clone());
         let core = Core::start(port.clone(), device, service)?;
@@ -218,7 +219,7 @@ impl Machine {
     }
 }
 
-impl Core {
+impl<S: DeviceStorage> Core<S> {
     /// Carries out one [`Operation`] of a [`Machine`].
     async fn perform(&mut self, op: Operation) -> Result<Done, GroupError> {
         Ok(match op {

@@ -24,6 +24,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::StanzaError;
 
 use super::device::Device;
+use super::storage::{DeviceStorage, SqliteStorage};
 use super::port::Port;
 use super::session::ClientError;
 use crate::protocol::address::group_node;
@@ -107,9 +108,9 @@ enum Change {
     Pending,
 }
 
-pub struct Core {
+pub struct Core<S: DeviceStorage = SqliteStorage> {
     pub(super) port: Port,
-    device: Device,
+    device: Device<S>,
     service: Jid,
     groups: HashMap<Vec<u8>, MlsGroup>,
     devices: HashMap<BareJid, Vec<DeviceItem>>,
@@ -156,10 +157,10 @@ fn join_config() -> MlsGroupJoinConfig {
         .build()
 }
 
-impl Core {
+impl<S: DeviceStorage> Core<S> {
     /// Takes over the port and announces the session available, so that
     /// pushes to the account's bare JID (Welcomes, notices) reach this device.
-    pub fn start(port: Port, device: Device, service: Jid) -> Result<Self, GroupError> {
+    pub fn start(port: Port, device: Device<S>, service: Jid) -> Result<Self, GroupError> {
         port.transmit(Element::builder("presence", CLIENT).build())?;
         let outbox = device.unechoed().map_err(mls)?.into();
         Ok(Core {
@@ -178,7 +179,7 @@ impl Core {
         })
     }
 
-    pub fn device(&self) -> &Device {
+    pub fn device(&self) -> &Device<S> {
         &self.device
     }
 
@@ -1030,9 +1031,9 @@ impl Core {
 }
 
 /// The device's MLS group `id`, loaded from its storage on first use.
-fn load_group<'a>(
+fn load_group<'a, S: DeviceStorage>(
     groups: &'a mut HashMap<Vec<u8>, MlsGroup>,
-    device: &Device,
+    device: &Device<S>,
     id: &[u8],
 ) -> Result<&'a mut MlsGroup, GroupError> {
     if !groups.contains_key(id) {

@@ -7,6 +7,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::devices::directory_jid;
 use super::groups::{Core, GroupError};
+use super::storage::DeviceStorage;
 use super::port::Port;
 use super::session::ClientError;
 use super::vault::VaultError;
@@ -44,7 +45,7 @@ fn unwrap_result(message: &Element, queryid: &str, archive: &Jid) -> Option<Elem
     result.get_child("forwarded", NS_FORWARD)?.get_child("message", crate::xmpp::namespace::CLIENT).cloned()
 }
 
-impl Core {
+impl<S: DeviceStorage> Core<S> {
     /// One page of the archive at `archive`: results arrive before the
     /// IQ's `<fin/>`, so they are all queued when it returns.
     pub async fn archive_page(
@@ -360,7 +361,7 @@ fn vault_failure(e: super::vault::VaultError) -> GroupError {
     GroupError::Other(e.to_string())
 }
 
-impl Core {
+impl<S: DeviceStorage> Core<S> {
     /// Keeps, from now on, a decrypt-only snapshot of each group at every
     /// epoch and a copy of every message this device sends, in the vault:
     /// what a new device of the account needs to read the history.

@@ -7,6 +7,7 @@ use xmpp_parsers::jid::{BareJid, Jid};
 use super::device::{Device, DeviceError};
 use super::devices::{directory_jid, result_items};
 use super::port::Port;
+use super::storage::DeviceStorage;
 use super::session::ClientError;
 use crate::protocol::keypackages::{
     key_package_element, parse_claimed, verify, Claim, ClaimOutcome, KeyPackageInfo, Policy, Rejection,
@@ -171,7 +172,7 @@ pub enum RefillError {
     Device(#[from] DeviceError),
 }
 
-impl Device {
+impl<S: DeviceStorage> Device<S> {
     /// Tops the device's pool up to `target` ordinary packages and replaces
     /// the last-resort package if `renew_last_resort` (it was handed out),
     /// or if it is missing on the service or too old.

@@ -4,15 +4,19 @@
 mod device;
 mod devices;
 mod drivers;
+#[cfg(test)]
+mod flows;
 mod groups;
 mod history;
 mod keypackages;
 mod port;
 mod session;
+mod storage;
 mod transport;
 mod vault;
 
 pub use device::{Device, DeviceError, DeviceProvider, CIPHERSUITE};
+pub use storage::{DeviceRecord, DeviceStorage, LastSeen, SqliteStorage, StateRow};
 pub use devices::directory_jid;
 pub use crate::protocol::content::{Content, ContentError};
 pub use drivers::{Done, GroupClient, Machine, Operation};

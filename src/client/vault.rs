@@ -442,7 +442,7 @@ fn manifest_name(device_id: &str) -> String {
 /// Backs the device's whole state up (its key, its KeyPackages' private
 /// keys, its groups): a zstd-compressed copy of its file, sealed in chunks,
 /// then a manifest naming their count, size and SHA-256.
-pub async fn backup_device(vault: &Vault, port: &Port, device: &super::Device) -> Result<usize, VaultError> {
+pub async fn backup_device<S: super::storage::DeviceStorage>(vault: &Vault, port: &Port, device: &super::Device<S>) -> Result<usize, VaultError> {
     use sha2::{Digest, Sha256};
     let snapshot = device.snapshot().map_err(|e| VaultError::Corrupt(e.to_string()))?;
     let packed = zstd::encode_all(snapshot.as_slice(), 9).map_err(|e| VaultError::Corrupt(e.to_string()))?;
