@@ -1,14 +1,19 @@
 # Shared by scripts/test and scripts/demo. Source it; do not run it.
 
-# Installs Debian's package $2 if the command $1 is missing.
-ensure_debian_package() {
-  command -v "$1" >/dev/null 2>&1 && return 0
-  echo "Installing $2 from Debian's packages..." >&2
+# Installs Debian's package $1.
+install_debian_package() {
+  echo "Installing $1 from Debian's packages..." >&2
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -qq
-  $sudo apt-get install -y -qq "$2" >/dev/null
+  $sudo apt-get install -y -qq "$1" >/dev/null
+}
+
+# Installs Debian's package $2 if the command $1 is missing.
+ensure_debian_package() {
+  command -v "$1" >/dev/null 2>&1 && return 0
+  install_debian_package "$2"
   command -v "$1" >/dev/null 2>&1 || { echo "$2 did not install" >&2; return 1; }
 }
 
@@ -37,8 +42,34 @@ wait_port() {
   done
 }
 
+# Makes sure `python3 -m venv` works (Debian's python3 needs python3-venv).
+ensure_python_venv() {
+  ensure_debian_package python3 python3
+  python3 -c "import ensurepip, venv" 2>/dev/null || install_debian_package python3-venv
+}
+
+# Installs maturin (the Python package's build backend, for PyO3) from
+# PyPI into target/py.
+ensure_maturin() {
+  [ "$(target/py/bin/maturin --version 2>/dev/null)" = "maturin 1.16.0" ] && return 0
+  echo "Installing maturin from PyPI into target/py..." >&2
+  [ -x target/py/bin/python ] || python3 -m venv target/py
+  target/py/bin/python -m pip install --quiet "maturin==1.16.0"
+}
+
+# Builds the Python package (python/: the PyO3 module and the slixmpp
+# plugin) from source into an abi3 wheel in target/wheels, with the dev
+# profile in target/ (what the main build compiled is reused), and
+# installs it into target/py for the end-to-end tests.
+build_wheel() {
+  rm -f target/wheels/xmpp_mls-*.whl
+  target/py/bin/maturin build --locked --profile dev --strip --manifest-path python/Cargo.toml \
+    --interpreter target/py/bin/python --out target/wheels
+  target/py/bin/python -m pip install --quiet --force-reinstall --no-deps target/wheels/xmpp_mls-*.whl
+}
+
 # Installs slixmpp (a stock XMPP client library, for the interoperability
-# test) from PyPI into target/py.
+# test and the plugin's) from PyPI into target/py.
 ensure_slixmpp() {
   target/py/bin/python -c "import slixmpp" 2>/dev/null && return 0
   echo "Installing slixmpp from PyPI into target/py..." >&2
