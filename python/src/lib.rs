@@ -325,6 +325,7 @@ fn event(py: Python<'_>, event: GroupEvent) -> PyResult<Bound<'_, PyDict>> {
             ("epoch", Some(group))
         }
         GroupEvent::Removed { group } => ("removed", Some(group)),
+        GroupEvent::HistoryPruned { group } => ("history_pruned", Some(group)),
         GroupEvent::Fork { group, epoch } => {
             d.set_item("epoch", epoch)?;
             ("fork", Some(group))
