@@ -398,6 +398,9 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>, xml: bool) -> Cl
                 println!("{group}: epoch {epoch}, members {}", list.join(", "))
             }
             Some(GroupEvent::Proposed { group, account }) => println!("{group}: {account} proposed a change"),
+            Some(GroupEvent::RemovalProposed { group, account, device }) => {
+                println!("{group}: the service proposed to remove {account}/{device} (no longer in its device list)")
+            }
             Some(GroupEvent::Removed { group }) => println!("removed from {group}"),
             Some(GroupEvent::Fork { group, epoch }) => {
                 eprintln!("FORK DETECTED in {group} at epoch {epoch}: not sending into it")

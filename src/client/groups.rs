@@ -17,7 +17,7 @@ use openmls::prelude::{
     GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome,
 };
-use openmls::prelude::LeafNodeParameters;
+use openmls::prelude::{Extension, Extensions, ExternalSender, LeafNodeParameters};
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -36,11 +36,15 @@ use crate::protocol::groups::{
 };
 use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome};
 use crate::protocol::notices::Notice;
-use crate::protocol::{n, NS, NS_SID};
+use crate::protocol::error::AppCondition;
+use crate::protocol::{n, NS, NS_ERRORS, NS_SID};
 use crate::xmpp::namespace::CLIENT;
 
 /// How long a change waits for the commit that beat it to arrive.
 const CATCH_UP: Duration = Duration::from_secs(10);
+/// The longest a device waits before it commits a Remove proposal of the
+/// service (xep/ §Service Removals).
+const REMOVAL_JITTER: Duration = Duration::from_secs(2);
 /// Attempts of one change before giving up.
 const ATTEMPTS: usize = 30;
 /// Past epochs whose application messages still decrypt (the service's window).
@@ -60,6 +64,8 @@ pub enum GroupError {
     UnknownGroup(String),
     #[error("the group {0} has forked: refusing to send into it")]
     Forked(String),
+    #[error("no proposals to commit")]
+    NothingPending,
     #[error("{0}")]
     Other(String),
 }
@@ -83,6 +89,10 @@ pub enum GroupEvent {
     Delivered { group: BareJid, id: String, stanza_id: String },
     /// A proposal by reference was received; the next commit will carry it.
     Proposed { group: BareJid, account: BareJid },
+    /// The service proposed to remove a leaf whose device left its
+    /// account's list (xep/ §Service Removals); this device commits it
+    /// soon unless another member does first.
+    RemovalProposed { group: BareJid, account: BareJid, device: String },
     /// A commit was applied; the members afterwards as (account, device).
     Epoch { group: BareJid, epoch: u64, members: Vec<(BareJid, String)> },
     /// This device was removed from the group.
@@ -127,6 +137,8 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     forked: HashSet<Vec<u8>>,
     /// Groups with a gap before an item received live: read from the archive.
     pub(super) behind: HashSet<Vec<u8>>,
+    /// Groups with a Remove proposal of the service to commit, and when.
+    due: HashMap<Vec<u8>, Instant>,
 }
 
 fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
@@ -176,6 +188,7 @@ impl<S: DeviceStorage> Core<S> {
             outbox,
             forked: HashSet::new(),
             behind: HashSet::new(),
+            due: HashMap::new(),
         })
     }
 
@@ -203,7 +216,14 @@ impl<S: DeviceStorage> Core<S> {
     }
 
     /// Creates a group with this device as its only member and joins its feed.
+    /// The group lists the service as its external sender if the service
+    /// advertises one (xep/ §Service Removals).
     pub async fn create(&mut self) -> Result<BareJid, GroupError> {
+        let senders: Vec<ExternalSender> = self.port.external_sender(&self.service).await?.into_iter().collect();
+        let extensions = match senders.is_empty() {
+            true => Extensions::empty(),
+            false => Extensions::single(Extension::ExternalSenders(senders)).map_err(mls)?,
+        };
         let provider = self.device.provider();
         let config = MlsGroupCreateConfig::builder()
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -211,6 +231,7 @@ impl<S: DeviceStorage> Core<S> {
             .max_past_epochs(PAST_EPOCHS)
             .sender_ratchet_configuration(sender_ratchet())
             .ciphersuite(super::device::CIPHERSUITE)
+            .with_group_context_extensions(extensions)
             .build();
         let id: [u8; 16] = rand::random();
         let group = MlsGroup::new_with_group_id(
@@ -421,6 +442,12 @@ impl<S: DeviceStorage> Core<S> {
                 Err(ClientError::Stanza(e)) => {
                     let provider = self.device.provider();
                     load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(provider.storage()).map_err(mls)?;
+                    if e.other.as_ref().is_some_and(|o| o.is(AppCondition::MissingProposals.name(), NS_ERRORS)) {
+                        // A service proposal this device has not applied
+                        // yet: the archive has it; the next try carries it.
+                        self.catch_up(group, &mut |_, _, _| {}).await?;
+                        continue;
+                    }
                     let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
                         return Err(ClientError::Stanza(e).into());
                     };
@@ -461,6 +488,9 @@ impl<S: DeviceStorage> Core<S> {
         let provider = self.device.provider();
         let signer = self.device.signer();
         let g = load_group(&mut self.groups, &self.device, id)?;
+        if matches!(change, Change::Pending) && g.pending_proposals().next().is_none() {
+            return Err(GroupError::NothingPending);
+        }
         let mut b = g.commit_builder();
         match change {
             Change::Add(kps) => b = b.propose_adds(kps.iter().cloned()),
@@ -680,14 +710,32 @@ impl<S: DeviceStorage> Core<S> {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
-            if self.catch_up_behind().await? {
+            if self.catch_up_behind().await? || self.commit_due().await? {
                 continue;
             }
-            match self.next_stanza(deadline).await {
+            let wake = self.due.values().copied().min().map_or(deadline, |d| d.min(deadline));
+            match self.next_stanza(wake).await {
                 Ok(stanza) => self.handle(stanza).await?,
+                Err(_) if wake < deadline => {}
                 Err(_) => return Ok(None),
             }
         }
+    }
+
+    /// Commits the service's Remove proposals of one group whose time has
+    /// come, unless another member's commit carried them already; whether
+    /// there was such a group. A failure is logged: the proposals stay
+    /// pending and the next commit in the group carries them.
+    async fn commit_due(&mut self) -> Result<bool, GroupError> {
+        let now = self.port.now();
+        let Some(gid) = self.due.iter().find(|(_, at)| **at <= now).map(|(g, _)| g.clone()) else { return Ok(false) };
+        self.due.remove(&gid);
+        let group = group_jid(&self.service, &gid);
+        match self.change(&group, Change::Pending).await {
+            Ok(_) | Err(GroupError::NothingPending) => {}
+            Err(e) => tracing::warn!(error = %e, %group, "cannot commit the service's Remove proposals"),
+        }
+        Ok(true)
     }
 
     /// An event that happened already, without waiting.
@@ -704,7 +752,7 @@ impl<S: DeviceStorage> Core<S> {
     /// found behind, without waiting for more; the events queue up.
     pub async fn handle_received(&mut self) -> Result<(), GroupError> {
         loop {
-            if self.catch_up_behind().await? {
+            if self.catch_up_behind().await? || self.commit_due().await? {
                 continue;
             }
             let Some(stanza) = self.stashed.pop_front().or_else(|| self.port.try_next_event()) else {
@@ -924,11 +972,17 @@ impl<S: DeviceStorage> Core<S> {
                 self.events.push_back(event);
             }
             ProcessedMessageContent::ProposalMessage(p) => {
+                let removal = match (p.sender(), p.proposal()) {
+                    (Sender::External(_), openmls::prelude::Proposal::Remove(r)) => Some(r.removed()),
+                    _ => None,
+                };
                 load_group(&mut self.groups, &self.device, &gid)?
                     .store_pending_proposal(provider.storage(), *p)
                     .map_err(mls)?;
-                if let Some(account) = sender {
-                    self.events.push_back(GroupEvent::Proposed { group, account });
+                match (removal, sender) {
+                    (Some(leaf), _) => self.removal_proposed(&gid, group, leaf).await?,
+                    (None, Some(account)) => self.events.push_back(GroupEvent::Proposed { group, account }),
+                    (None, None) => {}
                 }
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
@@ -949,6 +1003,25 @@ impl<S: DeviceStorage> Core<S> {
                 self.after_commit(&gid, &group).await?;
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// A Remove proposal of the service for `leaf`: reported, and committed
+    /// by this device after a random delay of up to [`REMOVAL_JITTER`]
+    /// (so that members do not all commit at once), unless the leaf is
+    /// this device's own (a member cannot commit its own removal).
+    async fn removal_proposed(&mut self, gid: &[u8], group: BareJid, leaf: LeafNodeIndex) -> Result<(), GroupError> {
+        let g = load_group(&mut self.groups, &self.device, gid)?;
+        let own = g.own_leaf_index() == leaf;
+        let member = g.members().find(|m| m.index == leaf);
+        if let Some(account) = member.as_ref().and_then(|m| account_of(&m.credential)) {
+            let device = self.device_name(&account, &member.expect("a member").signature_key).await;
+            self.events.push_back(GroupEvent::RemovalProposed { group, account, device });
+        }
+        if !own {
+            let delay = REMOVAL_JITTER.mul_f64(rand::random::<f64>());
+            self.due.entry(gid.to_vec()).or_insert(self.port.now() + delay);
         }
         Ok(())
     }

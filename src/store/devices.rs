@@ -20,6 +20,13 @@ pub enum DevicePublish {
     KeyInUse,
 }
 
+/// A device that expired and was taken out of its account's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub account: String,
+    pub device_id: String,
+}
+
 /// Live devices of `account`, in publication order.
 pub(super) fn live_devices(c: &Connection, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
     let mut st = c.prepare_cached(
@@ -121,12 +128,15 @@ impl Store {
 
     /// Deletes expired devices (with their KeyPackages) and expired
     /// packages, and takes devices without a live leaf off every feed;
-    /// returns those.
-    pub async fn prune_directory(&self, now: i64) -> Result<Vec<Departed>, StoreError> {
+    /// returns the expired devices and the devices taken off feeds.
+    pub async fn prune_directory(&self, now: i64) -> Result<(Vec<Expired>, Vec<Departed>), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
+            let expired = c
+                .prepare_cached("DELETE FROM devices WHERE expires_at <= ?1 RETURNING account, device_id")?
+                .query_map([now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
+                .collect::<Result<_, _>>()?;
             c.execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
-            drop_stale_feed(c, None, None, now)
+            Ok((expired, drop_stale_feed(c, None, None, now)?))
         })
         .await
     }

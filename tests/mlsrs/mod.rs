@@ -10,7 +10,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use minidom::Element;
 use mls_rs::client_builder::{BaseConfig, WithCryptoProvider, WithIdentityProvider, WithMlsRules};
+use mls_rs::extension::built_in::ExternalSendersExt;
 use mls_rs::extension::recommended::LastResortKeyPackageExt;
+use mls_rs::mls_rs_codec::MlsDecode as _;
 use mls_rs::extension::ExtensionType;
 use mls_rs::group::ReceivedMessage;
 use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
@@ -226,10 +228,26 @@ impl RsDevice {
         }
     }
 
-    /// Creates a group with a random group_id, registers it with the
-    /// service and joins its live feed; returns the group JID.
+    /// The service's `external-sender` field of its disco#info limits
+    /// form (xep: Service Removals), as an mls-rs SigningIdentity (the
+    /// same TLS structure as an ExternalSender).
+    async fn external_sender(&self) -> SigningIdentity {
+        let query = Element::builder("query", "http://jabber.org/protocol/disco#info").build();
+        let reply = self.expect_result(COMPONENT, "get", query).await;
+        let info = reply.get_child("query", "http://jabber.org/protocol/disco#info").unwrap();
+        let form = info.get_child("x", "jabber:x:data").unwrap();
+        let field = form.children().find(|f| f.attr("var") == Some("external-sender")).expect("an external-sender field");
+        let value = field.get_child("value", "jabber:x:data").unwrap().text();
+        SigningIdentity::mls_decode(&mut unb64(&value).as_slice()).unwrap()
+    }
+
+    /// Creates a group with a random group_id that lists the service as
+    /// its external sender, registers it with the service and joins its
+    /// live feed; returns the group JID.
     pub async fn create(&mut self) -> String {
-        let group = self.client.create_group_with_id(rand::random::<[u8; 16]>().to_vec(), ExtensionList::new(), ExtensionList::new(), None).unwrap();
+        let mut context = ExtensionList::new();
+        context.set_from(ExternalSendersExt::new(vec![self.external_sender().await])).unwrap();
+        let group = self.client.create_group_with_id(rand::random::<[u8; 16]>().to_vec(), context, ExtensionList::new(), None).unwrap();
         let info = group.group_info_message_allowing_ext_commit(true).unwrap();
         self.group_jid = group_jid(group.group_id());
         self.group = Some(group);
