@@ -210,3 +210,73 @@ async fn the_service_refuses_a_group_that_does_not_list_it_and_advertises_its_ke
     assert_eq!(common::outcome(&reply), "modify/not-acceptable (external-sender-required)");
     drop(component);
 }
+
+/// `xmpp-mls admin <args>` on the running component's store.
+fn admin(component: &Component, args: &[&str]) {
+    let config = component.dir.path().join("xmpp-mls.toml");
+    let mut all = vec!["admin", "--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (code, stderr) = common::run_binary(&all, component.dir.path());
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_account_leaves_every_group() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[history]\nmaintenance_secs = 1");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut laptop, bob, group) = common::alice_and_bob(&prosody, &dir).await;
+    let epoch = laptop.epoch(&group).unwrap();
+    assert_eq!(sorted(laptop.members(&group).await.unwrap()), sorted(vec![id_of(&laptop), id_of(&bob)]));
+
+    admin(&component, &["purge-account", "bob@example.org", "--yes"]);
+    removal_proposed(&mut laptop, &group, &id_of(&bob)).await;
+    let alone = [id_of(&laptop)];
+    epoch_of(&mut laptop, &group, epoch + 1, &alone).await;
+    drop(component);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_key_rotation_new_groups_list_the_new_key_and_old_groups_keep_the_old_one() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut laptop, mut bob, old_group) = common::alice_and_bob(&prosody, &dir).await;
+    let old_key = laptop.session.external_sender(&service()).await.unwrap().unwrap();
+    laptop.members(&old_group).await.unwrap();
+
+    admin(&component, &["rotate-external-sender"]);
+    let new_key = laptop.session.external_sender(&service()).await.unwrap().unwrap();
+    assert_ne!(old_key, new_key);
+    let new_group = laptop.create().await.unwrap();
+    laptop.add(&new_group, &[self::bob()]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { group } if *group == new_group)).await;
+    while laptop.poll_event().is_some() {}
+
+    // bob's phone leaves his list: both groups get a proposal (the old one
+    // signed with the old key), and alice commits both.
+    let gone = id_of(&bob);
+    bob.session.retract_device(&service(), &gone.1).await.unwrap();
+    let mut proposed = Vec::new();
+    let mut epochs = Vec::new();
+    while proposed.len() < 2 || epochs.len() < 2 {
+        match laptop.next_event(Duration::from_secs(20)).await.unwrap().expect("the removals in time") {
+            GroupEvent::RemovalProposed { group, account, device } => {
+                assert_eq!((account, device), gone.clone());
+                proposed.push(group);
+            }
+            GroupEvent::Epoch { group, members, .. } => {
+                assert_eq!(members, vec![id_of(&laptop)]);
+                epochs.push(group);
+            }
+            _ => {}
+        }
+    }
+    for list in [&mut proposed, &mut epochs] {
+        list.sort();
+        let mut both = vec![old_group.clone(), new_group.clone()];
+        both.sort();
+        assert_eq!(*list, both);
+    }
+    drop(component);
+}

@@ -713,7 +713,7 @@ impl<S: DeviceStorage> Core<S> {
             if self.catch_up_behind().await? || self.commit_due().await? {
                 continue;
             }
-            let wake = self.due.values().copied().min().map_or(deadline, |d| d.min(deadline));
+            let wake = self.next_due().map_or(deadline, |d| d.min(deadline));
             match self.next_stanza(wake).await {
                 Ok(stanza) => self.handle(stanza).await?,
                 Err(_) if wake < deadline => {}
@@ -741,6 +741,17 @@ impl<S: DeviceStorage> Core<S> {
     /// An event that happened already, without waiting.
     pub fn poll_event(&mut self) -> Option<GroupEvent> {
         self.events.pop_front()
+    }
+
+    /// When a Remove proposal of the service is next to be committed
+    /// (by [`Self::next_event`] or [`Self::handle_received`]).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.values().copied().min()
+    }
+
+    /// Whether a Remove proposal of the service is to be committed now.
+    pub fn is_due(&self) -> bool {
+        self.next_due().is_some_and(|at| at <= self.port.now())
     }
 
     /// Whether something received waits to be handled.
