@@ -14,7 +14,8 @@ use mls_rs::extension::built_in::ExternalSendersExt;
 use mls_rs::extension::recommended::LastResortKeyPackageExt;
 use mls_rs::mls_rs_codec::MlsDecode as _;
 use mls_rs::extension::ExtensionType;
-use mls_rs::group::ReceivedMessage;
+use mls_rs::group::proposal::Proposal;
+use mls_rs::group::{ProposalSender, ReceivedMessage};
 use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
 use mls_rs::identity::SigningIdentity;
 use mls_rs::mls_rules::{CommitOptions, DefaultMlsRules};
@@ -90,6 +91,9 @@ pub enum Item {
     Echo { id: String },
     /// A Commit applied; the epoch it started.
     Commit { epoch: u64 },
+    /// The service's Remove proposal of a leaf (xep: Service Removals),
+    /// kept for the next Commit.
+    ServiceRemoval { leaf: u32 },
     /// An item already applied or of an older epoch, skipped.
     Skipped,
 }
@@ -301,6 +305,12 @@ impl RsDevice {
         self.group().roster().members().iter().map(|m| account_of(&m.signing_identity)).collect()
     }
 
+    /// The leaf index of the member whose signature key is `key`.
+    pub fn leaf_of(&self, key: &[u8]) -> u32 {
+        let members = self.group().roster().members();
+        members.iter().find(|m| m.signing_identity.signature_key.as_bytes() == key).expect("a member with this key").index
+    }
+
     /// Encrypts `text` and sends it to the group; returns the stanza 'id'.
     pub async fn send(&mut self, text: &str) -> String {
         let msg = self.group.as_mut().unwrap().encrypt_application_message(&encode_content(&self.account, text), Vec::new()).unwrap();
@@ -348,11 +358,13 @@ impl RsDevice {
         Ok(accepted.attr("epoch").unwrap().parse().unwrap())
     }
 
-    /// The next item of the group's live feed that is not skipped, applied.
+    /// The next item of the group's live feed that is not skipped, applied:
+    /// from a device of the group, or from the group itself (the service).
     pub async fn next_item(&mut self) -> Item {
-        let from = format!("{}/", self.group_jid);
+        let (group, from) = (self.group_jid.clone(), format!("{}/", self.group_jid));
+        let of_group = |f: &str| f == group || f.starts_with(&from);
         loop {
-            let stanza = self.wait_for("a group item", |s| s.name() == "message" && s.attr("from").is_some_and(|f| f.starts_with(&from))).await;
+            let stanza = self.wait_for("a group item", |s| s.name() == "message" && s.attr("from").is_some_and(of_group)).await;
             match self.apply(&stanza) {
                 Item::Skipped => continue,
                 item => return item,
@@ -462,6 +474,13 @@ impl RsDevice {
                 let account = account_of(&sender.signing_identity);
                 let text = decode_content(m.data(), &account).unwrap_or_else(|e| panic!("refused: {e}"));
                 Item::Message { account, text }
+            }
+            ReceivedMessage::Proposal(p) => {
+                assert_eq!(kind, Some("proposal"));
+                match (p.sender, p.proposal) {
+                    (ProposalSender::External(0), Proposal::Remove(r)) => Item::ServiceRemoval { leaf: r.to_remove() },
+                    other => panic!("unexpected proposal {other:?}"),
+                }
             }
             ReceivedMessage::Commit(_) => {
                 assert_eq!(kind, Some("commit"));
