@@ -401,6 +401,9 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>, xml: bool) -> Cl
             Some(GroupEvent::RemovalProposed { group, account, device }) => {
                 println!("{group}: the service proposed to remove {account}/{device} (no longer in its device list)")
             }
+            Some(GroupEvent::UnlistedLeaf { group, account, fingerprint }) => {
+                eprintln!("{group}: a leaf of {account} with key {fingerprint} is not in its device list: removing it")
+            }
             Some(GroupEvent::Removed { group }) => println!("removed from {group}"),
             Some(GroupEvent::Fork { group, epoch }) => {
                 eprintln!("FORK DETECTED in {group} at epoch {epoch}: not sending into it")

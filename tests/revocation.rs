@@ -280,3 +280,46 @@ async fn after_a_key_rotation_new_groups_list_the_new_key_and_old_groups_keep_th
     }
     drop(component);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaf_the_directory_lists_without_notifying_is_reported_and_removed_by_the_members() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut laptop, mut bob, group) = common::alice_and_bob(&prosody, &dir).await;
+    let epoch = laptop.epoch(&group).unwrap();
+
+    // A dishonest directory: a device of bob's written into the store
+    // directly (nobody is notified), with a KeyPackage of its key.
+    let planted = common::mls::TestSigner::new("bob@example.org");
+    let key = planted.signer.to_public_vec();
+    let now = xmpp_mls::protocol::now();
+    rusqlite::Connection::open(component.store_path())
+        .unwrap()
+        .execute(
+            "INSERT INTO devices (account, device_id, signature_key, label, expires_at, published_at)
+             VALUES ('bob@example.org', 'planted', ?1, NULL, ?2, ?3)",
+            rusqlite::params![key, now + 3600, now],
+        )
+        .unwrap();
+    bob.session.upload_key_packages(&service(), &[planted.valid_kp()]).await.unwrap();
+
+    // alice's client claims it (the directory answers with the planted
+    // device) and adds it; the service's AS check passes.
+    assert_eq!(laptop.add(&group, &[self::bob()]).await.unwrap().epoch, epoch + 1);
+
+    // Every member's client knows bob's list from its notifications.
+    let reported = GroupEvent::UnlistedLeaf {
+        group: group.clone(),
+        account: self::bob(),
+        fingerprint: xmpp_mls::client::fingerprint(&key),
+    };
+    let rest = [id_of(&laptop), id_of(&bob)];
+    for member in [&mut laptop, &mut bob] {
+        assert_eq!(expect(member, "the unlisted leaf", |e| matches!(e, GroupEvent::UnlistedLeaf { .. })).await, reported);
+    }
+    for member in [&mut laptop, &mut bob] {
+        epoch_of(member, &group, epoch + 2, &rest).await;
+    }
+    drop(component);
+}

@@ -27,7 +27,9 @@ use super::device::Device;
 use super::storage::{DeviceStorage, SqliteStorage};
 use super::port::Port;
 use super::session::ClientError;
-use crate::protocol::address::group_node;
+use crate::protocol::address::{group_node, Address};
+use crate::protocol::devices::NODE as DEVICES_NODE;
+use crate::protocol::pubsub::{Event, NS_EVENT};
 use crate::protocol::content::{encryption_hint, Content, ContentError, Envelope};
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::groups::{
@@ -93,6 +95,10 @@ pub enum GroupEvent {
     /// account's list (xep/ §Service Removals); this device commits it
     /// soon unless another member does first.
     RemovalProposed { group: BareJid, account: BareJid, device: String },
+    /// A leaf whose signature key is not (or no longer) in its account's
+    /// device list as this device has seen it (xep/ §Checking Leaves), by
+    /// its key's [`fingerprint`]; this device commits its removal soon.
+    UnlistedLeaf { group: BareJid, account: BareJid, fingerprint: String },
     /// A commit was applied; the members afterwards as (account, device).
     Epoch { group: BareJid, epoch: u64, members: Vec<(BareJid, String)> },
     /// This device was removed from the group.
@@ -116,6 +122,9 @@ enum Change {
     Update,
     /// Commit the proposals received by reference.
     Pending,
+    /// Commit the proposals received by reference and the removal of the
+    /// leaves that are not in their account's device list.
+    Revoke,
 }
 
 pub struct Core<S: DeviceStorage = SqliteStorage> {
@@ -137,8 +146,15 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     forked: HashSet<Vec<u8>>,
     /// Groups with a gap before an item received live: read from the archive.
     pub(super) behind: HashSet<Vec<u8>>,
-    /// Groups with a Remove proposal of the service to commit, and when.
+    /// Groups with a Remove proposal of the service or an unlisted leaf
+    /// to commit, and when.
     due: HashMap<Vec<u8>, Instant>,
+    /// Device lists of the accounts in this device's groups as it has seen
+    /// them: read once (subscribing), then changed only by the directory's
+    /// notifications.
+    watched: HashMap<BareJid, Vec<DeviceItem>>,
+    /// (group id, signature key) of the leaves reported unlisted.
+    unlisted: HashSet<(Vec<u8>, Vec<u8>)>,
 }
 
 fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
@@ -189,6 +205,8 @@ impl<S: DeviceStorage> Core<S> {
             forked: HashSet::new(),
             behind: HashSet::new(),
             due: HashMap::new(),
+            watched: HashMap::new(),
+            unlisted: HashSet::new(),
         })
     }
 
@@ -483,12 +501,13 @@ impl<S: DeviceStorage> Core<S> {
         let leaves = match change {
             Change::RemoveAccount(a) => self.leaves(id, |acct, _| acct == a).await?,
             Change::RemoveDevice(a, d) => self.leaves(id, |acct, dev| acct == a && dev == d).await?,
+            Change::Revoke => self.revocable(id).await?,
             _ => Vec::new(),
         };
         let provider = self.device.provider();
         let signer = self.device.signer();
         let g = load_group(&mut self.groups, &self.device, id)?;
-        if matches!(change, Change::Pending) && g.pending_proposals().next().is_none() {
+        if matches!(change, Change::Pending | Change::Revoke) && leaves.is_empty() && g.pending_proposals().next().is_none() {
             return Err(GroupError::NothingPending);
         }
         let mut b = g.commit_builder();
@@ -502,6 +521,7 @@ impl<S: DeviceStorage> Core<S> {
             }
             Change::Update => b = b.force_self_update(true),
             Change::Pending => {}
+            Change::Revoke => b = b.propose_removals(leaves),
         }
         let staged = b
             .consume_proposal_store(true)
@@ -605,7 +625,7 @@ impl<S: DeviceStorage> Core<S> {
         let epoch = load_group(&mut self.groups, &self.device, id)?.epoch().as_u64();
         let members = self.members(group).await?;
         self.events.push_back(GroupEvent::Epoch { group: group.clone(), epoch, members });
-        Ok(())
+        self.check_leaves(id, group).await
     }
 
     /// Brings the group to `epoch` after losing it: the winning commit is
@@ -731,9 +751,9 @@ impl<S: DeviceStorage> Core<S> {
         let Some(gid) = self.due.iter().find(|(_, at)| **at <= now).map(|(g, _)| g.clone()) else { return Ok(false) };
         self.due.remove(&gid);
         let group = group_jid(&self.service, &gid);
-        match self.change(&group, Change::Pending).await {
+        match self.change(&group, Change::Revoke).await {
             Ok(_) | Err(GroupError::NothingPending) => {}
-            Err(e) => tracing::warn!(error = %e, %group, "cannot commit the service's Remove proposals"),
+            Err(e) => tracing::warn!(error = %e, %group, "cannot commit the removal of unlisted leaves"),
         }
         Ok(true)
     }
@@ -810,6 +830,10 @@ impl<S: DeviceStorage> Core<S> {
                 return Ok(());
             }
             return self.handle_welcome(welcome).await;
+        }
+        if let Some(event) = stanza.get_child("event", NS_EVENT) {
+            self.handle_device_event(from.as_ref(), event);
+            return Ok(());
         }
         if let Some(Ok(notice)) = Notice::find(&stanza) {
             self.handle_notice(stanza.attr("from"), &notice).await;
@@ -896,6 +920,7 @@ impl<S: DeviceStorage> Core<S> {
             self.device.set_last_seen(&id, commit, welcome.position).map_err(mls)?;
         }
         self.snapshot(&id).await?;
+        self.check_leaves(&id, &group).await?;
         self.join_feed(&group).await
     }
 
@@ -1031,10 +1056,96 @@ impl<S: DeviceStorage> Core<S> {
             self.events.push_back(GroupEvent::RemovalProposed { group, account, device });
         }
         if !own {
-            let delay = REMOVAL_JITTER.mul_f64(rand::random::<f64>());
-            self.due.entry(gid.to_vec()).or_insert(self.port.now() + delay);
+            self.schedule_removal(gid);
         }
         Ok(())
+    }
+
+    /// Commits the removals of `gid` after a random delay of up to
+    /// [`REMOVAL_JITTER`], so that members do not all commit at once.
+    fn schedule_removal(&mut self, gid: &[u8]) {
+        let delay = REMOVAL_JITTER.mul_f64(rand::random::<f64>());
+        self.due.entry(gid.to_vec()).or_insert(self.port.now() + delay);
+    }
+
+    /// `account`'s device list as this device has seen it: read (and
+    /// subscribed to) on first use, then changed only by notifications.
+    async fn watched_devices(&mut self, account: &BareJid) -> Result<&[DeviceItem], GroupError> {
+        if !self.watched.contains_key(account) {
+            if let Err(e) = self.port.subscribe_devices(&self.service, account).await {
+                tracing::warn!(error = %e, %account, "cannot subscribe to a device list");
+            }
+            let list = self.port.devices(&self.service, account).await?;
+            self.watched.insert(account.clone(), list);
+        }
+        Ok(&self.watched[account])
+    }
+
+    /// A notification of a device list from its directory: the watched
+    /// list follows it.
+    fn handle_device_event(&mut self, from: Option<&Jid>, event: &Element) {
+        let Some(Ok(Address::Directory(account))) = from.map(Address::parse) else { return };
+        let (Some(list), Ok(event)) = (self.watched.get_mut(&account), Event::parse(event)) else { return };
+        match event {
+            Event::Published { node, items } if node == DEVICES_NODE => {
+                for device in items.iter().filter_map(|(id, p)| DeviceItem::parse(Some(id), p).ok()) {
+                    list.retain(|d| d.id != device.id);
+                    list.push(device);
+                }
+            }
+            Event::Retracted { node, ids } if node == DEVICES_NODE => list.retain(|d| !ids.contains(&d.id)),
+            _ => {}
+        }
+    }
+
+    /// Leaves of the group whose key is not in their account's watched
+    /// device list (a leaf without an account's credential counts too).
+    async fn unlisted_leaves(&mut self, gid: &[u8]) -> Result<Vec<(LeafNodeIndex, Option<BareJid>, Vec<u8>)>, GroupError> {
+        let members: Vec<_> = load_group(&mut self.groups, &self.device, gid)?.members().collect();
+        let mut out = Vec::new();
+        for m in members {
+            let account = account_of(&m.credential);
+            let listed = match &account {
+                Some(a) => self.watched_devices(a).await?.iter().any(|d| d.signature_key == m.signature_key),
+                None => false,
+            };
+            if !listed {
+                out.push((m.index, account, m.signature_key));
+            }
+        }
+        Ok(out)
+    }
+
+    /// xep/ §Checking Leaves: reports each leaf found unlisted (once) and
+    /// schedules the removal of those of other devices.
+    async fn check_leaves(&mut self, gid: &[u8], group: &BareJid) -> Result<(), GroupError> {
+        let own = load_group(&mut self.groups, &self.device, gid)?.own_leaf_index();
+        for (leaf, account, key) in self.unlisted_leaves(gid).await? {
+            if self.unlisted.insert((gid.to_vec(), key.clone())) {
+                let account = account.unwrap_or_else(|| self.service.to_bare());
+                tracing::warn!(%group, %account, "a leaf is not in its account's device list");
+                self.events.push_back(GroupEvent::UnlistedLeaf { group: group.clone(), account, fingerprint: fingerprint(&key) });
+            }
+            if leaf != own {
+                self.schedule_removal(gid);
+            }
+        }
+        Ok(())
+    }
+
+    /// The unlisted leaves of other devices that no pending proposal removes.
+    async fn revocable(&mut self, gid: &[u8]) -> Result<Vec<LeafNodeIndex>, GroupError> {
+        let unlisted = self.unlisted_leaves(gid).await?;
+        let g = load_group(&mut self.groups, &self.device, gid)?;
+        let own = g.own_leaf_index();
+        let proposed: HashSet<LeafNodeIndex> = g
+            .pending_proposals()
+            .filter_map(|p| match p.proposal() {
+                openmls::prelude::Proposal::Remove(r) => Some(r.removed()),
+                _ => None,
+            })
+            .collect();
+        Ok(unlisted.into_iter().map(|(leaf, ..)| leaf).filter(|l| *l != own && !proposed.contains(l)).collect())
     }
 
     /// Whether the group's item at archive `position` is the next one this
@@ -1127,6 +1238,13 @@ fn load_group<'a, S: DeviceStorage>(
         groups.insert(id.to_vec(), g);
     }
     Ok(groups.get_mut(id).expect("just inserted"))
+}
+
+/// How a signature key is shown to users: the first 16 octets of its
+/// SHA-256, in hexadecimal (xep/ §Checking Leaves).
+pub fn fingerprint(key: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key)[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn accepted(payload: Option<Element>) -> Result<Accepted, GroupError> {
