@@ -178,7 +178,10 @@ pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
     // With a passphrase, a set-up vault keeps snapshots and reads history.
     let vault = match std::env::var("XMPP_MLS_PASSPHRASE") {
         Ok(pass) => match Vault::open(&ctx.session, &ctx.service, &pass).await {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                v.check_high_water(&device)?;
+                Some(v)
+            }
             Err(VaultError::NotInitialised) => None,
             Err(e) => return Err(e.into()),
         },
@@ -543,6 +546,9 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         return Ok(());
     }
     let mut vault = Vault::open(session, service, &pass).await?;
+    if let Ok(device) = ctx.device() {
+        vault.check_high_water(&device)?;
+    }
     match action {
         VaultAction::Init => unreachable!("handled above"),
         VaultAction::Status => {

@@ -374,6 +374,7 @@ impl<S: DeviceStorage> Core<S> {
     /// Opens the account's vault and keeps history in it from now on.
     pub async fn open_vault(&mut self, passphrase: &str) -> Result<(), GroupError> {
         let vault = super::vault::Vault::open(&self.port, self.service(), passphrase).await.map_err(vault_failure)?;
+        vault.check_high_water(self.device()).map_err(vault_failure)?;
         self.attach_vault(vault, KEEP_EPOCHS);
         Ok(())
     }
