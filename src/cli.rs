@@ -106,6 +106,10 @@ pub enum GroupAction {
     Leave { group: BareJid },
     /// List the members as account/device.
     Members { group: BareJid },
+    /// What members compare out of band (safety numbers): the epoch and its
+    /// epoch check, then each leaf's account/device, key fingerprint and
+    /// whether the key is in the account's device list.
+    Verify { group: BareJid },
     /// Send TEXT and wait for the service's echo (its place in the order).
     Send { group: BareJid, text: String },
     /// Join every group's feed and print what happens, for SECONDS (or until Ctrl-C).
@@ -344,6 +348,13 @@ async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
                 println!("{account}/{device}");
             }
         }
+        GroupAction::Verify { group } => {
+            println!("epoch {} check {}", client.epoch(&group)?, client.epoch_check(&group)?);
+            for leaf in client.leaf_keys(&group).await? {
+                let listed = if leaf.listed { "listed" } else { "NOT IN THE DEVICE LIST" };
+                println!("{}/{} {} {listed}", leaf.account, leaf.device, leaf.fingerprint);
+            }
+        }
         GroupAction::Send { group, text } => {
             client.join_feed(&group).await?;
             let id = client.send_body(&group, &text).await?;
@@ -546,8 +557,10 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         return Ok(());
     }
     let mut vault = Vault::open(session, service, &pass).await?;
-    if let Ok(device) = ctx.device() {
-        vault.check_high_water(&device)?;
+    // A device that exists remembers the newest keys record it opened
+    // (opening creates none: a restore writes the state file).
+    if ctx.state.exists() {
+        vault.check_high_water(&ctx.device()?)?;
     }
     match action {
         VaultAction::Init => unreachable!("handled above"),

@@ -114,6 +114,17 @@ pub enum GroupEvent {
     Refilled(super::RefillReport),
 }
 
+/// A leaf as [`Core::leaf_keys`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafKey {
+    pub account: BareJid,
+    pub device: String,
+    /// The signature key's [`fingerprint`].
+    pub fingerprint: String,
+    /// Whether the key is in the account's device list as this device has seen it.
+    pub listed: bool,
+}
+
 /// A membership change.
 enum Change {
     Add(Vec<KeyPackage>),
@@ -595,6 +606,21 @@ impl<S: DeviceStorage> Core<S> {
     pub fn epoch_check(&mut self, group: &BareJid) -> Result<String, GroupError> {
         let id = group_id_of(group)?;
         Ok(epoch_check(load_group(&mut self.groups, &self.device, &id)?.epoch_authenticator().as_slice()))
+    }
+
+    /// Each leaf as users compare them out of band (xep/ §Checking Leaves),
+    /// in leaf order.
+    pub async fn leaf_keys(&mut self, group: &BareJid) -> Result<Vec<LeafKey>, GroupError> {
+        let id = group_id_of(group)?;
+        let members: Vec<_> = load_group(&mut self.groups, &self.device, &id)?.members().collect();
+        let mut out = Vec::new();
+        for m in members {
+            let Some(account) = account_of(&m.credential) else { continue };
+            let device = self.device_name(&account, &m.signature_key).await;
+            let listed = self.watched_devices(&account).await?.iter().any(|d| d.signature_key == m.signature_key);
+            out.push(LeafKey { account, device, fingerprint: fingerprint(&m.signature_key), listed });
+        }
+        Ok(out)
     }
 
     /// Members as (account, device id).
