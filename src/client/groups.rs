@@ -47,6 +47,9 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 /// The longest a device waits before it commits a Remove proposal of the
 /// service (xep/ §Service Removals).
 const REMOVAL_JITTER: Duration = Duration::from_secs(2);
+/// How long after handling new items a device on the feed acknowledges
+/// them (xep/ History: Acknowledgements).
+const ACK_DELAY: Duration = Duration::from_secs(5);
 /// Attempts of one change before giving up.
 const ATTEMPTS: usize = 30;
 /// Past epochs whose application messages still decrypt (the service's window).
@@ -166,6 +169,10 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     watched: HashMap<BareJid, Vec<DeviceItem>>,
     /// (group id, signature key) of the leaves reported unlisted.
     unlisted: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Archives (groups, and the inbox) with items handled and not yet
+    /// acknowledged: the last one's stanza id; and when to acknowledge.
+    unacked: HashMap<Jid, String>,
+    ack_at: Option<Instant>,
 }
 
 fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
@@ -218,6 +225,8 @@ impl<S: DeviceStorage> Core<S> {
             due: HashMap::new(),
             watched: HashMap::new(),
             unlisted: HashSet::new(),
+            unacked: HashMap::new(),
+            ack_at: None,
         })
     }
 
@@ -756,7 +765,7 @@ impl<S: DeviceStorage> Core<S> {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
-            if self.catch_up_behind().await? || self.commit_due().await? {
+            if self.catch_up_behind().await? || self.commit_due().await? || self.acknowledge_due().await? {
                 continue;
             }
             let wake = self.next_due().map_or(deadline, |d| d.min(deadline));
@@ -789,15 +798,36 @@ impl<S: DeviceStorage> Core<S> {
         self.events.pop_front()
     }
 
-    /// When a Remove proposal of the service is next to be committed
-    /// (by [`Self::next_event`] or [`Self::handle_received`]).
+    /// When removals are next to be committed or items acknowledged (by
+    /// [`Self::next_event`] or [`Self::handle_received`]).
     pub fn next_due(&self) -> Option<Instant> {
-        self.due.values().copied().min()
+        self.due.values().copied().chain(self.ack_at).min()
     }
 
-    /// Whether a Remove proposal of the service is to be committed now.
+    /// Whether removals are to be committed or items acknowledged now.
     pub fn is_due(&self) -> bool {
         self.next_due().is_some_and(|at| at <= self.port.now())
+    }
+
+    /// An item of `archive` was handled: it is acknowledged within [`ACK_DELAY`].
+    fn handled(&mut self, archive: Jid, stanza_id: String) {
+        self.unacked.insert(archive, stanza_id);
+        self.ack_at.get_or_insert(self.port.now() + ACK_DELAY);
+    }
+
+    /// Acknowledges what was handled, if it is time; whether it was. A
+    /// failure is logged: the next acknowledgement covers it.
+    async fn acknowledge_due(&mut self) -> Result<bool, GroupError> {
+        if !self.ack_at.is_some_and(|at| at <= self.port.now()) {
+            return Ok(false);
+        }
+        self.ack_at = None;
+        for (archive, id) in std::mem::take(&mut self.unacked) {
+            if let Err(e) = self.acknowledge(&archive, &id).await {
+                tracing::warn!(error = %e, %archive, "cannot acknowledge");
+            }
+        }
+        Ok(true)
     }
 
     /// Whether something received waits to be handled.
@@ -809,7 +839,7 @@ impl<S: DeviceStorage> Core<S> {
     /// found behind, without waiting for more; the events queue up.
     pub async fn handle_received(&mut self) -> Result<(), GroupError> {
         loop {
-            if self.catch_up_behind().await? || self.commit_due().await? {
+            if self.catch_up_behind().await? || self.commit_due().await? || self.acknowledge_due().await? {
                 continue;
             }
             let Some(stanza) = self.stashed.pop_front().or_else(|| self.port.try_next_event()) else {
@@ -843,6 +873,15 @@ impl<S: DeviceStorage> Core<S> {
         }
         if stanza.name() == "presence" {
             return self.handle_presence(&stanza);
+        }
+        // An inbox item (pushed with its stanza id by the directory).
+        let directory = super::devices::directory_jid(self.device.account(), &self.service);
+        if from.as_ref() == Some(&directory) {
+            let by = directory.to_string();
+            let id = stanza.get_child("stanza-id", NS_SID).filter(|s| s.attr("by") == Some(by.as_str())).and_then(|s| s.attr("id"));
+            if let Some(id) = id.map(str::to_owned) {
+                self.handled(directory, id);
+            }
         }
         if stanza.name() != "message" {
             return Ok(());
@@ -983,6 +1022,7 @@ impl<S: DeviceStorage> Core<S> {
             return Ok(());
         }
         self.device.set_last_seen(&gid, &stanza_id, Some(position)).map_err(mls)?;
+        self.handled(group.clone().into(), stanza_id.clone());
         if own {
             match msg.kind {
                 Some(Kind::Application) => {

@@ -144,7 +144,7 @@ impl<S: DeviceStorage> Core<S> {
         self.snapshot(&gid).await
     }
 
-    async fn acknowledge(&mut self, archive: &Jid, id: &str) -> Result<(), ClientError> {
+    pub(super) async fn acknowledge(&mut self, archive: &Jid, id: &str) -> Result<(), ClientError> {
         let ack = Ack { device: self.device().id().to_owned(), id: id.to_owned() };
         self.port.iq(archive, "set", ack.to_element()).await.map(drop)
     }

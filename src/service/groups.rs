@@ -404,12 +404,12 @@ impl Service {
                     return Err(ServiceError::GroupExists);
                 }
                 let (gi, tree) = mls::group_info(&create.group_info, &gid).map_err(ServiceError::InvalidMessage)?;
+                precheck_create(tx, &tree, &account, &limits)?;
                 if let Some(key) = tx.service_keys()?.first() {
                     if !super::sender::lists(gi.group_context().extensions().external_senders(), &component, key) {
                         return Err(ServiceError::Refused(AppCondition::ExternalSenderRequired));
                     }
                 }
-                precheck_create(tx, &tree, &account, &limits)?;
                 let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &tx.mls(), tree, gi, ProposalStore::new())
                     .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
                 let members = members_of(&pg);

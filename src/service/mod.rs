@@ -321,14 +321,17 @@ fn per_second(rate: u32, burst: u32) -> Quota {
 
 /// Retention as of `now`: drops expired devices and KeyPackages (and takes
 /// devices without a live leaf off the feeds), forgets archive budgets of
-/// past days and acceptances past the resend window, and prunes archives
-/// past history.retention_secs; returns how many archived items went, the
-/// expired devices and the devices taken off feeds.
+/// past days and acceptances past the resend window, prunes inboxes
+/// (xep/ §Inbox Retention) and archives past history.retention_secs;
+/// returns how many archived items went, the expired devices and the
+/// devices taken off feeds.
 pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usize, Vec<Expired>, Vec<Departed>), StoreError> {
     let (expired, departed) = store.prune_directory(now).await?;
     store.prune_archive_budgets(now).await?;
     store.prune_acceptances(now).await?;
-    Ok((store.prune_history(now - config.history.retention_secs as i64).await?, expired, departed))
+    let cutoff = now - config.history.retention_secs as i64;
+    store.prune_inboxes(now, cutoff).await?;
+    Ok((store.prune_history(cutoff).await?, expired, departed))
 }
 
 /// One token from `limiter` (`limit`) for `key`, or how long to wait for it.
