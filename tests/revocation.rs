@@ -323,3 +323,37 @@ async fn a_leaf_the_directory_lists_without_notifying_is_reported_and_removed_by
     }
     drop(component);
 }
+
+/// The next XEP-0060 event `session` receives: (item ids published,
+/// item ids retracted).
+async fn next_device_event(session: &xmpp_mls::client::Session) -> (Vec<String>, Vec<String>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stanza = session.next_event_until(Some(deadline)).await.expect("a device list event");
+        let Some(event) = stanza.get_child("event", "http://jabber.org/protocol/pubsub#event") else { continue };
+        let items = event.get_child("items", "http://jabber.org/protocol/pubsub#event").unwrap();
+        let ids = |name: &str| items.children().filter(|c| c.name() == name).filter_map(|c| c.attr("id").map(str::to_owned)).collect();
+        return (ids("item"), ids("retract"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_found_expired_at_a_publication_is_notified_as_retracted() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let alice = prosody.client("alice", "laptop").await;
+    let watcher = prosody.client("dave", "watcher").await;
+    watcher.subscribe_devices(&service(), &self::alice()).await.unwrap();
+    let short = common::mls::TestSigner::new("alice@example.org");
+    alice.publish_device(&service(), &short.device("short", Some(xmpp_mls::protocol::now() + 2))).await.unwrap();
+    assert_eq!(next_device_event(&watcher).await, (vec!["short".to_owned()], vec![]));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Maintenance has not run (its default interval): the next publication
+    // finds the device expired, removes it and says so.
+    let other = common::mls::TestSigner::new("alice@example.org");
+    alice.publish_device(&service(), &other.device("other", None)).await.unwrap();
+    assert_eq!(next_device_event(&watcher).await, (vec![], vec!["short".to_owned()]));
+    assert_eq!(next_device_event(&watcher).await, (vec!["other".to_owned()], vec![]));
+    drop(component);
+}

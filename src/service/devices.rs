@@ -28,13 +28,19 @@ impl Service {
         let account = caller.account.to_string();
         let event = Event::Published { node: NODE.into(), items: vec![(device.id.clone(), device.to_element())] };
         let max = self.config.directory.max_devices_per_account;
-        match self.store.publish_device(account, device.clone(), event.to_element(), max, now).await? {
-            (DevicePublish::Published { .. }, stanza_id) => {
-                let messages = self.device_event(caller.account, event, stanza_id.as_deref()).await?;
-                Ok(Response { payload: Some(publish_result(NODE, &[device.id])), messages, ..Default::default() })
+        let (outcome, stanza_id, expired) = self.store.publish_device(account, device.clone(), event.to_element(), max, now).await?;
+        // Devices of the account found expired on the way: as at maintenance.
+        let (mut messages, mut issued) = (self.expiry_events(&expired).await?, Vec::new());
+        if !expired.is_empty() {
+            issued = self.issue_removals(self.store.groups_with_stale_leaves(Some(caller.account.to_string()), now).await?).await;
+        }
+        match outcome {
+            DevicePublish::Published { .. } => {
+                messages.extend(self.device_event(caller.account, event, stanza_id.as_deref()).await?);
+                Ok(Response { payload: Some(publish_result(NODE, &[device.id])), messages, issued, ..Default::default() })
             }
-            (DevicePublish::TooManyDevices, _) => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
-            (DevicePublish::KeyInUse, _) => Err(ServiceError::KeyInUse),
+            DevicePublish::TooManyDevices => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
+            DevicePublish::KeyInUse => Err(ServiceError::KeyInUse),
         }
     }
 
