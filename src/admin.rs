@@ -35,8 +35,8 @@ pub enum AdminAction {
         yes: bool,
     },
     /// Delete what the service keeps for an account: devices, KeyPackages,
-    /// subscriptions, inbox, vault. Its leaves stay in groups until a
-    /// member removes them.
+    /// subscriptions, inbox, vault. The component then proposes the
+    /// removal of its leaves in every group (at its next maintenance).
     PurgeAccount {
         jid: BareJid,
         /// Do not ask for confirmation.
@@ -52,6 +52,10 @@ pub enum AdminAction {
     /// Write a consistent copy of the store to PATH (which must not exist),
     /// even while the component is writing.
     Backup { path: PathBuf },
+    /// Give the service a new external-sender signature key: disco#info
+    /// advertises it and new groups must list it; groups that list an
+    /// older key keep getting proposals signed with that one.
+    RotateExternalSender,
 }
 
 /// What a subcommand prints: fields, then tables; as text or JSON.
@@ -183,7 +187,7 @@ async fn dispatch(store: &Store, config: &Config, action: AdminAction) -> Result
                 .field("groups_with_its_leaves", account.groups.len())
         }
         AdminAction::Retention => {
-            let (pruned, _) = xmpp_mls::service::retention(store, config, now()).await?;
+            let (pruned, ..) = xmpp_mls::service::retention(store, config, now()).await?;
             Report::default().field("pruned_messages", pruned).field("archive_messages", store.stats().await?.archive_messages)
         }
         AdminAction::Check => {
@@ -191,6 +195,12 @@ async fn dispatch(store: &Store, config: &Config, action: AdminAction) -> Result
             let ok = problems == ["ok"];
             let report = Report::default().field("integrity", if ok { json!("ok") } else { json!(problems) });
             return Ok((report.field("schema_version", version), ok));
+        }
+        AdminAction::RotateExternalSender => {
+            let key = xmpp_mls::service::new_key();
+            store.rotate_service_key(key.clone()).await?;
+            let sender = xmpp_mls::service::external_sender_bytes(domain, &key);
+            Report::default().field("external_sender", xmpp_mls::protocol::b64_encode(&sender))
         }
         AdminAction::Backup { path } => {
             store.backup(path.clone()).await?;

@@ -106,6 +106,10 @@ pub enum GroupAction {
     Leave { group: BareJid },
     /// List the members as account/device.
     Members { group: BareJid },
+    /// What members compare out of band (safety numbers): the epoch and its
+    /// epoch check, then each leaf's account/device, key fingerprint and
+    /// whether the key is in the account's device list.
+    Verify { group: BareJid },
     /// Send TEXT and wait for the service's echo (its place in the order).
     Send { group: BareJid, text: String },
     /// Join every group's feed and print what happens, for SECONDS (or until Ctrl-C).
@@ -178,7 +182,10 @@ pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
     // With a passphrase, a set-up vault keeps snapshots and reads history.
     let vault = match std::env::var("XMPP_MLS_PASSPHRASE") {
         Ok(pass) => match Vault::open(&ctx.session, &ctx.service, &pass).await {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                v.check_high_water(&device)?;
+                Some(v)
+            }
             Err(VaultError::NotInitialised) => None,
             Err(e) => return Err(e.into()),
         },
@@ -341,6 +348,13 @@ async fn run_group(client: &mut GroupClient, action: GroupAction) -> CliResult {
                 println!("{account}/{device}");
             }
         }
+        GroupAction::Verify { group } => {
+            println!("epoch {} check {}", client.epoch(&group)?, client.epoch_check(&group)?);
+            for leaf in client.leaf_keys(&group).await? {
+                let listed = if leaf.listed { "listed" } else { "NOT IN THE DEVICE LIST" };
+                println!("{}/{} {} {listed}", leaf.account, leaf.device, leaf.fingerprint);
+            }
+        }
         GroupAction::Send { group, text } => {
             client.join_feed(&group).await?;
             let id = client.send_body(&group, &text).await?;
@@ -398,6 +412,12 @@ async fn listen(client: &mut GroupClient, seconds: Option<u64>, xml: bool) -> Cl
                 println!("{group}: epoch {epoch}, members {}", list.join(", "))
             }
             Some(GroupEvent::Proposed { group, account }) => println!("{group}: {account} proposed a change"),
+            Some(GroupEvent::RemovalProposed { group, account, device }) => {
+                println!("{group}: the service proposed to remove {account}/{device} (no longer in its device list)")
+            }
+            Some(GroupEvent::UnlistedLeaf { group, account, fingerprint }) => {
+                eprintln!("{group}: a leaf of {account} with key {fingerprint} is not in its device list: removing it")
+            }
             Some(GroupEvent::Removed { group }) => println!("removed from {group}"),
             Some(GroupEvent::HistoryPruned { group }) => {
                 println!("history of {group} pruned past this device: rejoined, the messages in between are lost")
@@ -540,6 +560,11 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         return Ok(());
     }
     let mut vault = Vault::open(session, service, &pass).await?;
+    // A device that exists remembers the newest keys record it opened
+    // (opening creates none: a restore writes the state file).
+    if ctx.state.exists() {
+        vault.check_high_water(&ctx.device()?)?;
+    }
     match action {
         VaultAction::Init => unreachable!("handled above"),
         VaultAction::Status => {

@@ -182,11 +182,14 @@ pub struct GroupsConfig {
     /// Groups one account may have joined itself (created, or joined the
     /// live feed of); groups it was only added to do not count.
     pub max_groups_per_account: usize,
+    /// Seconds a Remove proposal of the service may stay pending: a commit
+    /// in the group after that must carry it (xep/ §Service Removals).
+    pub proposal_grace_secs: u64,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        Self { past_epochs: 3, max_members: 1024, max_groups_per_account: 512 }
+        Self { past_epochs: 3, max_members: 1024, max_groups_per_account: 512, proposal_grace_secs: 60 }
     }
 }
 

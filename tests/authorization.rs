@@ -299,7 +299,7 @@ impl Fixture {
                 assert_eq!(self.acked(b"alice@example.org".to_vec(), "alice@example.org", &device), Some(seq));
             }
             Op::CreateGroup => {
-                let (jid, group_info) = self.owner_group_info();
+                let (jid, group_info) = self.owner_group_info().await;
                 self.iq(actor, &jid, "set", Create { group_info }.to_element()).await?;
                 let info = Element::builder("query", DISCO_INFO).build();
                 self.owner.session.iq(&jid, "get", info).await.expect("the group exists");
@@ -686,14 +686,18 @@ impl Fixture {
     }
 
     /// The GroupInfo of a new, unregistered group whose one leaf is the
-    /// owner's laptop, and the group's JID.
-    fn owner_group_info(&mut self) -> (Jid, Vec<u8>) {
+    /// owner's laptop and whose external sender is the service, and the
+    /// group's JID.
+    async fn owner_group_info(&mut self) -> (Jid, Vec<u8>) {
+        let sender = self.owner.session.external_sender(&self.service).await.unwrap().expect("advertised");
+        let extensions = openmls::prelude::Extensions::single(openmls::prelude::Extension::ExternalSenders(vec![sender])).unwrap();
         let device = self.owner.device();
         let provider = device.provider();
         let id: [u8; 16] = rand::random();
         let config = MlsGroupCreateConfig::builder()
             .use_ratchet_tree_extension(true)
             .ciphersuite(xmpp_mls::client::CIPHERSUITE)
+            .with_group_context_extensions(extensions)
             .build();
         let group = MlsGroup::new_with_group_id(provider, device.signer(), &config, GroupId::from_slice(&id), device.credential_with_key())
             .unwrap();

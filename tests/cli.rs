@@ -71,6 +71,19 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     assert!(ok && out.starts_with("delivered as "), "{out}");
     let (ok, out) = client(&prosody, dir.path(), "alice", &["group", "members", &group]);
     assert!(ok && out.contains("bob@example.org/"), "{out}");
+    // What alice and bob compare out of band is the same on both sides.
+    let (ok, alice_sees) = client(&prosody, dir.path(), "alice", &["group", "verify", &group]);
+    assert!(ok, "{alice_sees}");
+    let (ok, bob_sees) = client(&prosody, dir.path(), "bob", &["group", "verify", &group]);
+    assert!(ok, "{bob_sees}");
+    assert_eq!(alice_sees, bob_sees);
+    let lines: Vec<&str> = alice_sees.trim().lines().collect();
+    assert_eq!(lines.len(), 3, "{alice_sees}");
+    assert!(lines[0].starts_with("epoch 1 check ") && lines[0].len() == "epoch 1 check ".len() + 32, "{alice_sees}");
+    for (line, account) in lines[1..].iter().zip(["alice@example.org/", "bob@example.org/"]) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        assert!(fields[0].starts_with(account) && fields[1].len() == 32 && fields[2] == "listed", "{line}");
+    }
     let (ok, out) = client(&prosody, dir.path(), "alice", &["history", &group]);
     assert!(ok && out.contains("(3 of 3 items, oldest reached)"), "{out}");
     assert_eq!(out.matches(" application ").count(), 2, "{out}");

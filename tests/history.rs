@@ -381,3 +381,65 @@ async fn filters_metadata_and_the_exact_shape_of_results() {
     assert_eq!(meta.get_child("start", "urn:xmpp:mam:2").unwrap().attr("id"), Some(id(&all.stanzas[0]).as_str()));
     assert_eq!(meta.get_child("end", "urn:xmpp:mam:2").unwrap().attr("id"), Some(id(&all.stanzas[4]).as_str()));
 }
+
+/// `SELECT count(*)` (or another one-number query) on the component's store.
+fn store_number(component: &Component, sql: &str, account: &str) -> i64 {
+    rusqlite::Connection::open(component.store_path()).unwrap().query_row(sql, [account], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_the_feed_acknowledges_without_catching_up() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, group) = common::alice_and_bob(&prosody, &dir).await;
+    alice.send_body(&group, "one").await.unwrap();
+    alice.send_body(&group, "two").await.unwrap();
+    let mut last = String::new();
+    for _ in 0..2 {
+        let GroupEvent::Message { stanza_id, .. } = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await
+        else { unreachable!() };
+        last = stanza_id;
+    }
+    // Handling what arrives (nothing more) for a while acknowledges it.
+    assert_eq!(bob.next_event(Duration::from_secs(7)).await.unwrap(), None);
+    let position: i64 = rusqlite::Connection::open(component.store_path())
+        .unwrap()
+        .query_row("SELECT seq FROM archive WHERE stanza_id = ?1", [&last], |r| r.get(0))
+        .unwrap();
+    let acked = store_number(
+        &component,
+        "SELECT max(seq) FROM acks WHERE account = ?1 AND scope <> CAST(account AS BLOB)",
+        "bob@example.org",
+    );
+    assert_eq!(acked, position);
+    // His Welcome, handled live, is acknowledged too: his inbox is empty.
+    assert_eq!(store_number(&component, "SELECT count(*) FROM inbox WHERE account = ?1", "bob@example.org"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_items_no_device_will_acknowledge_go_at_maintenance() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "[history]\nretention_secs = 2\nmaintenance_secs = 1");
+    let dir = tempfile::tempdir().unwrap();
+    // alice's laptop acknowledges her inbox; her phone never does.
+    let laptop = member(&prosody, &dir, "alice", "laptop").await;
+    let phone = member(&prosody, &dir, "alice", "phone").await;
+    let inbox = |c: &Component| store_number(c, "SELECT count(*) FROM inbox WHERE account = ?1", "alice@example.org");
+    assert!(inbox(&component) >= 2, "the two publications are in alice's inbox");
+    let mut laptop = laptop;
+    laptop.catch_up_all(&mut |_, _, _| {}).await.unwrap();
+    assert!(inbox(&component) >= 2, "the phone holds them back");
+
+    // The phone leaves her list: what the laptop acknowledged goes at the
+    // next maintenance (the retraction's own event stays, unacknowledged).
+    laptop.session.retract_device(&Jid::new(COMPONENT).unwrap(), phone.device().id()).await.unwrap();
+    assert!(common::wait_until(Duration::from_secs(5), || inbox(&component) == 1), "{}", inbox(&component));
+
+    // bob's only device leaves: nothing of his inbox outlives the retention.
+    let bob = member(&prosody, &dir, "bob", "phone").await;
+    bob.session.retract_device(&Jid::new(COMPONENT).unwrap(), bob.device().id()).await.unwrap();
+    let bobs = |c: &Component| store_number(c, "SELECT count(*) FROM inbox WHERE account = ?1", "bob@example.org");
+    assert!(bobs(&component) >= 1);
+    assert!(common::wait_until(Duration::from_secs(8), || bobs(&component) == 0), "{}", bobs(&component));
+}

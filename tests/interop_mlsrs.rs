@@ -4,7 +4,8 @@
 //! (XEP-0420 envelopes), decrypts a burst in the sender's order,
 //! commits (an empty Commit, then one that adds a device of our library),
 //! has a stale Commit refused, and catches up from the archive across the
-//! epochs it missed while offline. Runs on Prosody and, with
+//! epochs it missed while offline; in a group it created, it processes and
+//! commits the service's Remove proposal of a retracted device. Runs on Prosody and, with
 //! XMPP_TEST_SERVER=ejabberd, on ejabberd.
 
 mod common;
@@ -158,5 +159,24 @@ async fn an_mls_rs_device_creates_a_group_and_adds_our_devices() {
     assert_eq!(carol.next_item().await, Item::Echo { id });
     alice.send_body(&group, "thanks, carol").await.unwrap();
     assert_eq!(carol.next_item().await, text_message("alice@example.org", "thanks, carol"));
+
+    // dave's device joins, then leaves his device list: mls-rs processes
+    // the service's Remove proposal (the group lists the service as its
+    // external sender) and commits it.
+    let mut dave = member(&server, &dir, "dave", "pc").await;
+    assert_eq!(carol.commit(carol.claim("dave@example.org").await).await, Ok(2));
+    expect(&mut dave, "welcome", |e| matches!(e, GroupEvent::Joined { group: g } if *g == group)).await;
+    let dave_leaf = carol.leaf_of(dave.device().signer().public());
+    dave.session.retract_device(&dave.service().clone(), &dave.device().id().to_owned()).await.unwrap();
+    assert_eq!(carol.next_item().await, Item::ServiceRemoval { leaf: dave_leaf });
+    assert_eq!(carol.commit(Vec::new()).await, Ok(3));
+    let mut members = carol.members();
+    members.sort();
+    assert_eq!(members, ["alice@example.org", "carol@example.org"]);
+    reach(&mut alice, &group, 3).await;
+    assert_eq!(alice.epoch_check(&group).unwrap(), carol.epoch_check());
+    let mut members = alice.members(&group).await.unwrap();
+    members.sort();
+    assert_eq!(members, [(bare("alice@example.org"), alice.device().id().to_owned()), (bare("carol@example.org"), "rs-1".to_owned())]);
     component.assert_never_reconnected();
 }

@@ -403,3 +403,49 @@ async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none(
     assert_eq!(read(&history), sent);
     assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
 }
+
+/// The `keys` row of `account`'s vault in the component's store: (version, data).
+fn stored_keys(component: &Component, account: &str) -> (i64, Vec<u8>) {
+    rusqlite::Connection::open(component.store_path())
+        .unwrap()
+        .query_row("SELECT version, data FROM vault WHERE account = ?1 AND name = 'keys'", [account], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+}
+
+/// The service (here: the test writing its store) serves `keys` as `version` with `data`.
+fn serve_keys(component: &Component, account: &str, version: i64, data: &[u8]) {
+    rusqlite::Connection::open(component.store_path())
+        .unwrap()
+        .execute("UPDATE vault SET version = ?2, data = ?3 WHERE account = ?1 AND name = 'keys'", rusqlite::params![account, version, data])
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_refuses_a_rolled_back_keys_record() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut vault = Vault::create(&alice.session, &service(), "pass", FAST).await.unwrap();
+    alice.open_vault("pass").await.unwrap();
+    let (first_version, first_keys) = stored_keys(&component, "alice@example.org");
+    vault.rotate(&alice.session, "pass").await.unwrap();
+    alice.open_vault("pass").await.unwrap();
+    let (rotated, rotated_keys) = stored_keys(&component, "alice@example.org");
+    assert!(rotated > first_version);
+
+    // The record from before the rotation, as it was then, and under a
+    // forged higher version: refused (an older version; an older key).
+    serve_keys(&component, "alice@example.org", first_version, &first_keys);
+    let refused = alice.open_vault("pass").await.unwrap_err().to_string();
+    assert_eq!(refused, format!("the vault's keys record went back to version {first_version} (key 1) after version {rotated} (key 2)"));
+    serve_keys(&component, "alice@example.org", rotated + 5, &first_keys);
+    let refused = alice.open_vault("pass").await.unwrap_err().to_string();
+    assert_eq!(refused, format!("the vault's keys record went back to version {} (key 1) after version {rotated} (key 2)", rotated + 5));
+    // The mark stays: the current record opens, and then the old one is
+    // still refused.
+    serve_keys(&component, "alice@example.org", rotated, &rotated_keys);
+    alice.open_vault("pass").await.unwrap();
+    serve_keys(&component, "alice@example.org", first_version, &first_keys);
+    assert!(alice.open_vault("pass").await.is_err());
+}

@@ -242,7 +242,7 @@ async fn every_request_example_gets_exactly_the_documented_reply() {
         }
         let mut sent = request.clone();
         sent.attrs_mut().remove(&minidom::rxml::Namespace::NONE, "from");
-        let reply = sessions[&from].request(sent).await.expect("a reply");
+        let reply = with_documented_key(sessions[&from].request(sent).await.expect("a reply"), &expected);
         assert_eq!(
             as_received(&reply),
             expected,
@@ -253,6 +253,29 @@ async fn every_request_example_gets_exactly_the_documented_reply() {
         replayed += 1;
     }
     assert!(replayed >= 12, "only {replayed} examples replayed");
+}
+
+/// The value of the limits form's external-sender field in `el`, if any.
+fn external_sender_value(el: &mut Element) -> Option<&mut Element> {
+    let query = el.get_child_mut("query", xmpp_parsers::ns::DISCO_INFO)?;
+    let form = query.get_child_mut("x", xmpp_parsers::ns::DATA_FORMS)?;
+    let field = form.children_mut().find(|f| f.attr("var") == Some("external-sender"))?;
+    field.get_child_mut("value", xmpp_parsers::ns::DATA_FORMS)
+}
+
+/// The service's external-sender key is its own, fresh in every store:
+/// a reply that advertises one gets the documented key instead, once its
+/// ExternalSender is checked to be the documented one but for the key
+/// (an Ed25519 key and the credential xmpp:<service>).
+fn with_documented_key(mut reply: Element, expected: &Element) -> Element {
+    let Some(documented) = external_sender_value(&mut expected.clone()).map(|v| v.text()) else { return reply };
+    let value = external_sender_value(&mut reply).expect("the reply advertises an external sender");
+    let (got, want) = (b64_decode(&value.text()).unwrap(), b64_decode(&documented).unwrap());
+    <openmls::prelude::ExternalSender as tls_codec::Deserialize>::tls_deserialize_exact(&got).expect("an ExternalSender");
+    // signature_key<V>: one length octet, 32 key octets; then the credential.
+    assert_eq!((got.len(), got[0], &got[33..]), (want.len(), 32, &want[33..]), "the external sender differs from the XEPs");
+    *value = Element::builder("value", xmpp_parsers::ns::DATA_FORMS).append(documented).build();
+    reply
 }
 
 /// The payload-too-big example is produced by a payload just over the

@@ -319,6 +319,16 @@ fn event(py: Python<'_>, event: GroupEvent) -> PyResult<Bound<'_, PyDict>> {
             d.set_item("account", account.as_str())?;
             ("proposed", Some(group))
         }
+        GroupEvent::RemovalProposed { group, account, device } => {
+            d.set_item("account", account.as_str())?;
+            d.set_item("device", device)?;
+            ("removal_proposed", Some(group))
+        }
+        GroupEvent::UnlistedLeaf { group, account, fingerprint } => {
+            d.set_item("account", account.as_str())?;
+            d.set_item("fingerprint", fingerprint)?;
+            ("unlisted_leaf", Some(group))
+        }
         GroupEvent::Epoch { group, epoch, members } => {
             d.set_item("epoch", epoch)?;
             d.set_item("members", members_list(members))?;

@@ -238,6 +238,16 @@ impl<S: DeviceStorage> Device<S> {
         self.store().last_resort()
     }
 
+    /// The highest vault `keys` record this device opened: (version,
+    /// current data key ID).
+    pub fn vault_high_water(&self) -> Result<Option<(u64, u32)>, DeviceError> {
+        self.store().vault_high_water()
+    }
+
+    pub fn raise_vault_high_water(&self, version: u64, key_id: u32) -> Result<(), DeviceError> {
+        self.store().raise_vault_high_water(version, key_id)
+    }
+
     fn key_package(&self, last_resort: bool) -> Result<(Vec<u8>, String), DeviceError> {
         // Listing LastResort in the leaf's capabilities is what makes a
         // last-resort package valid (RFC 9420 §7.2 via the extension draft).

@@ -152,9 +152,11 @@ impl<S: DeviceStorage + 'static> Machine<S> {
         self.run();
     }
 
-    /// When to call [`Self::tick`] next, if something waits for a time.
+    /// When to call [`Self::tick`] next, if something waits for a time
+    /// (an answer, or a Remove proposal of the service to commit).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.port.next_deadline()
+        let due = self.core.as_ref().and_then(Core::next_due);
+        [self.port.next_deadline(), due].into_iter().flatten().min()
     }
 
     /// The stream ended: what waits for an answer fails.
@@ -204,7 +206,7 @@ impl<S: DeviceStorage + 'static> Machine<S> {
                     let result = core.perform(op).await;
                     (core, Some((id, result)))
                 }))
-            } else if core.has_received() {
+            } else if core.has_received() || core.is_due() {
                 Some(Box::pin(async move {
                     if let Err(e) = core.handle_received().await {
                         tracing::warn!(error = %e, "cannot handle a stanza from the service");

@@ -17,7 +17,7 @@ use openmls::prelude::{
     GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome,
 };
-use openmls::prelude::LeafNodeParameters;
+use openmls::prelude::{Extension, Extensions, ExternalSender, LeafNodeParameters};
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -27,7 +27,9 @@ use super::device::Device;
 use super::storage::{DeviceStorage, SqliteStorage};
 use super::port::Port;
 use super::session::ClientError;
-use crate::protocol::address::group_node;
+use crate::protocol::address::{group_node, Address};
+use crate::protocol::devices::NODE as DEVICES_NODE;
+use crate::protocol::pubsub::{Event, NS_EVENT};
 use crate::protocol::content::{encryption_hint, Content, ContentError, Envelope};
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::groups::{
@@ -36,11 +38,18 @@ use crate::protocol::groups::{
 };
 use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome};
 use crate::protocol::notices::Notice;
-use crate::protocol::{n, NS, NS_SID};
+use crate::protocol::error::AppCondition;
+use crate::protocol::{n, NS, NS_ERRORS, NS_SID};
 use crate::xmpp::namespace::CLIENT;
 
 /// How long a change waits for the commit that beat it to arrive.
 const CATCH_UP: Duration = Duration::from_secs(10);
+/// The longest a device waits before it commits a Remove proposal of the
+/// service (xep/ §Service Removals).
+const REMOVAL_JITTER: Duration = Duration::from_secs(2);
+/// How long after handling new items a device on the feed acknowledges
+/// them (xep/ History: Acknowledgements).
+const ACK_DELAY: Duration = Duration::from_secs(5);
 /// Attempts of one change before giving up.
 const ATTEMPTS: usize = 30;
 /// Past epochs whose application messages still decrypt (the service's window).
@@ -60,6 +69,8 @@ pub enum GroupError {
     UnknownGroup(String),
     #[error("the group {0} has forked: refusing to send into it")]
     Forked(String),
+    #[error("no proposals to commit")]
+    NothingPending,
     #[error("{0}")]
     Other(String),
 }
@@ -83,6 +94,14 @@ pub enum GroupEvent {
     Delivered { group: BareJid, id: String, stanza_id: String },
     /// A proposal by reference was received; the next commit will carry it.
     Proposed { group: BareJid, account: BareJid },
+    /// The service proposed to remove a leaf whose device left its
+    /// account's list (xep/ §Service Removals); this device commits it
+    /// soon unless another member does first.
+    RemovalProposed { group: BareJid, account: BareJid, device: String },
+    /// A leaf whose signature key is not (or no longer) in its account's
+    /// device list as this device has seen it (xep/ §Checking Leaves), by
+    /// its key's [`fingerprint`]; this device commits its removal soon.
+    UnlistedLeaf { group: BareJid, account: BareJid, fingerprint: String },
     /// A commit was applied; the members afterwards as (account, device).
     Epoch { group: BareJid, epoch: u64, members: Vec<(BareJid, String)> },
     /// This device was removed from the group.
@@ -102,6 +121,17 @@ pub enum GroupEvent {
     Refilled(super::RefillReport),
 }
 
+/// A leaf as [`Core::leaf_keys`] shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeafKey {
+    pub account: BareJid,
+    pub device: String,
+    /// The signature key's [`fingerprint`].
+    pub fingerprint: String,
+    /// Whether the key is in the account's device list as this device has seen it.
+    pub listed: bool,
+}
+
 /// A membership change.
 enum Change {
     Add(Vec<KeyPackage>),
@@ -110,6 +140,9 @@ enum Change {
     Update,
     /// Commit the proposals received by reference.
     Pending,
+    /// Commit the proposals received by reference and the removal of the
+    /// leaves that are not in their account's device list.
+    Revoke,
 }
 
 pub struct Core<S: DeviceStorage = SqliteStorage> {
@@ -130,6 +163,19 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     outbox: VecDeque<(String, Element)>,
     /// Groups with a gap before an item received live: read from the archive.
     pub(super) behind: HashSet<Vec<u8>>,
+    /// Groups with a Remove proposal of the service or an unlisted leaf
+    /// to commit, and when.
+    due: HashMap<Vec<u8>, Instant>,
+    /// Device lists of the accounts in this device's groups as it has seen
+    /// them: read once (subscribing), then changed only by the directory's
+    /// notifications.
+    watched: HashMap<BareJid, Vec<DeviceItem>>,
+    /// (group id, signature key) of the leaves reported unlisted.
+    unlisted: HashSet<(Vec<u8>, Vec<u8>)>,
+    /// Archives (groups, and the inbox) with items handled and not yet
+    /// acknowledged: the last one's stanza id; and when to acknowledge.
+    unacked: HashMap<Jid, String>,
+    ack_at: Option<Instant>,
 }
 
 fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
@@ -178,6 +224,11 @@ impl<S: DeviceStorage> Core<S> {
             unconfirmed: HashMap::new(),
             outbox,
             behind: HashSet::new(),
+            due: HashMap::new(),
+            watched: HashMap::new(),
+            unlisted: HashSet::new(),
+            unacked: HashMap::new(),
+            ack_at: None,
         })
     }
 
@@ -205,7 +256,14 @@ impl<S: DeviceStorage> Core<S> {
     }
 
     /// Creates a group with this device as its only member and joins its feed.
+    /// The group lists the service as its external sender if the service
+    /// advertises one (xep/ §Service Removals).
     pub async fn create(&mut self) -> Result<BareJid, GroupError> {
+        let senders: Vec<ExternalSender> = self.port.external_sender(&self.service).await?.into_iter().collect();
+        let extensions = match senders.is_empty() {
+            true => Extensions::empty(),
+            false => Extensions::single(Extension::ExternalSenders(senders)).map_err(mls)?,
+        };
         let provider = self.device.provider();
         let config = MlsGroupCreateConfig::builder()
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
@@ -213,6 +271,7 @@ impl<S: DeviceStorage> Core<S> {
             .max_past_epochs(PAST_EPOCHS)
             .sender_ratchet_configuration(sender_ratchet())
             .ciphersuite(super::device::CIPHERSUITE)
+            .with_group_context_extensions(extensions)
             .build();
         let id: [u8; 16] = rand::random();
         let group = MlsGroup::new_with_group_id(
@@ -431,6 +490,12 @@ impl<S: DeviceStorage> Core<S> {
                 Err(ClientError::Stanza(e)) => {
                     let provider = self.device.provider();
                     load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(provider.storage()).map_err(mls)?;
+                    if e.other.as_ref().is_some_and(|o| o.is(AppCondition::MissingProposals.name(), NS_ERRORS)) {
+                        // A service proposal this device has not applied
+                        // yet: the archive has it; the next try carries it.
+                        self.catch_up(group, &mut |_, _, _| {}).await?;
+                        continue;
+                    }
                     let Some(wrong) = e.other.as_ref().and_then(WrongEpoch::parse) else {
                         return Err(ClientError::Stanza(e).into());
                     };
@@ -466,11 +531,15 @@ impl<S: DeviceStorage> Core<S> {
         let leaves = match change {
             Change::RemoveAccount(a) => self.leaves(id, |acct, _| acct == a).await?,
             Change::RemoveDevice(a, d) => self.leaves(id, |acct, dev| acct == a && dev == d).await?,
+            Change::Revoke => self.revocable(id).await?,
             _ => Vec::new(),
         };
         let provider = self.device.provider();
         let signer = self.device.signer();
         let g = load_group(&mut self.groups, &self.device, id)?;
+        if matches!(change, Change::Pending | Change::Revoke) && leaves.is_empty() && g.pending_proposals().next().is_none() {
+            return Err(GroupError::NothingPending);
+        }
         let mut b = g.commit_builder();
         match change {
             Change::Add(kps) => b = b.propose_adds(kps.iter().cloned()),
@@ -482,6 +551,7 @@ impl<S: DeviceStorage> Core<S> {
             }
             Change::Update => b = b.force_self_update(true),
             Change::Pending => {}
+            Change::Revoke => b = b.propose_removals(leaves),
         }
         let staged = b
             .consume_proposal_store(true)
@@ -557,6 +627,21 @@ impl<S: DeviceStorage> Core<S> {
         Ok(epoch_check(load_group(&mut self.groups, &self.device, &id)?.epoch_authenticator().as_slice()))
     }
 
+    /// Each leaf as users compare them out of band (xep/ §Checking Leaves),
+    /// in leaf order.
+    pub async fn leaf_keys(&mut self, group: &BareJid) -> Result<Vec<LeafKey>, GroupError> {
+        let id = group_id_of(group)?;
+        let members: Vec<_> = load_group(&mut self.groups, &self.device, &id)?.members().collect();
+        let mut out = Vec::new();
+        for m in members {
+            let Some(account) = account_of(&m.credential) else { continue };
+            let device = self.device_name(&account, &m.signature_key).await;
+            let listed = self.watched_devices(&account).await?.iter().any(|d| d.signature_key == m.signature_key);
+            out.push(LeafKey { account, device, fingerprint: fingerprint(&m.signature_key), listed });
+        }
+        Ok(out)
+    }
+
     /// Members as (account, device id).
     pub async fn members(&mut self, group: &BareJid) -> Result<Vec<(BareJid, String)>, GroupError> {
         let id = group_id_of(group)?;
@@ -585,7 +670,7 @@ impl<S: DeviceStorage> Core<S> {
         let epoch = load_group(&mut self.groups, &self.device, id)?.epoch().as_u64();
         let members = self.members(group).await?;
         self.events.push_back(GroupEvent::Epoch { group: group.clone(), epoch, members });
-        Ok(())
+        self.check_leaves(id, group).await
     }
 
     /// Brings the group to `epoch` after losing it: the winning commit is
@@ -687,19 +772,69 @@ impl<S: DeviceStorage> Core<S> {
             if let Some(e) = self.events.pop_front() {
                 return Ok(Some(e));
             }
-            if self.catch_up_behind().await? {
+            if self.catch_up_behind().await? || self.commit_due().await? || self.acknowledge_due().await? {
                 continue;
             }
-            match self.next_stanza(deadline).await {
+            let wake = self.next_due().map_or(deadline, |d| d.min(deadline));
+            match self.next_stanza(wake).await {
                 Ok(stanza) => self.handle(stanza).await?,
+                Err(_) if wake < deadline => {}
                 Err(_) => return Ok(None),
             }
         }
     }
 
+    /// Commits the service's Remove proposals of one group whose time has
+    /// come, unless another member's commit carried them already; whether
+    /// there was such a group. A failure is logged: the proposals stay
+    /// pending and the next commit in the group carries them.
+    async fn commit_due(&mut self) -> Result<bool, GroupError> {
+        let now = self.port.now();
+        let Some(gid) = self.due.iter().find(|(_, at)| **at <= now).map(|(g, _)| g.clone()) else { return Ok(false) };
+        self.due.remove(&gid);
+        let group = group_jid(&self.service, &gid);
+        match self.change(&group, Change::Revoke).await {
+            Ok(_) | Err(GroupError::NothingPending) => {}
+            Err(e) => tracing::warn!(error = %e, %group, "cannot commit the removal of unlisted leaves"),
+        }
+        Ok(true)
+    }
+
     /// An event that happened already, without waiting.
     pub fn poll_event(&mut self) -> Option<GroupEvent> {
         self.events.pop_front()
+    }
+
+    /// When removals are next to be committed or items acknowledged (by
+    /// [`Self::next_event`] or [`Self::handle_received`]).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.values().copied().chain(self.ack_at).min()
+    }
+
+    /// Whether removals are to be committed or items acknowledged now.
+    pub fn is_due(&self) -> bool {
+        self.next_due().is_some_and(|at| at <= self.port.now())
+    }
+
+    /// An item of `archive` was handled: it is acknowledged within [`ACK_DELAY`].
+    fn handled(&mut self, archive: Jid, stanza_id: String) {
+        self.unacked.insert(archive, stanza_id);
+        self.ack_at.get_or_insert(self.port.now() + ACK_DELAY);
+    }
+
+    /// Acknowledges what was handled, if it is time; whether it was. A
+    /// failure is logged: the next acknowledgement covers it.
+    async fn acknowledge_due(&mut self) -> Result<bool, GroupError> {
+        if !self.ack_at.is_some_and(|at| at <= self.port.now()) {
+            return Ok(false);
+        }
+        self.ack_at = None;
+        for (archive, id) in std::mem::take(&mut self.unacked) {
+            if let Err(e) = self.acknowledge(&archive, &id).await {
+                tracing::warn!(error = %e, %archive, "cannot acknowledge");
+            }
+        }
+        Ok(true)
     }
 
     /// Whether something received waits to be handled.
@@ -711,7 +846,7 @@ impl<S: DeviceStorage> Core<S> {
     /// found behind, without waiting for more; the events queue up.
     pub async fn handle_received(&mut self) -> Result<(), GroupError> {
         loop {
-            if self.catch_up_behind().await? {
+            if self.catch_up_behind().await? || self.commit_due().await? || self.acknowledge_due().await? {
                 continue;
             }
             let Some(stanza) = self.stashed.pop_front().or_else(|| self.port.try_next_event()) else {
@@ -746,6 +881,15 @@ impl<S: DeviceStorage> Core<S> {
         if stanza.name() == "presence" {
             return self.handle_presence(&stanza);
         }
+        // An inbox item (pushed with its stanza id by the directory).
+        let directory = super::devices::directory_jid(self.device.account(), &self.service);
+        if from.as_ref() == Some(&directory) {
+            let by = directory.to_string();
+            let id = stanza.get_child("stanza-id", NS_SID).filter(|s| s.attr("by") == Some(by.as_str())).and_then(|s| s.attr("id"));
+            if let Some(id) = id.map(str::to_owned) {
+                self.handled(directory, id);
+            }
+        }
         if stanza.name() != "message" {
             return Ok(());
         }
@@ -758,6 +902,10 @@ impl<S: DeviceStorage> Core<S> {
                 return Ok(());
             }
             return self.handle_welcome(welcome).await;
+        }
+        if let Some(event) = stanza.get_child("event", NS_EVENT) {
+            self.handle_device_event(from.as_ref(), event);
+            return Ok(());
         }
         if let Some(Ok(notice)) = Notice::find(&stanza) {
             self.handle_notice(stanza.attr("from"), &notice).await;
@@ -844,6 +992,7 @@ impl<S: DeviceStorage> Core<S> {
             self.device.set_last_seen(&id, commit, welcome.position).map_err(mls)?;
         }
         self.snapshot(&id).await?;
+        self.check_leaves(&id, &group).await?;
         self.join_feed(&group).await
     }
 
@@ -880,6 +1029,7 @@ impl<S: DeviceStorage> Core<S> {
             return Ok(());
         }
         self.device.set_last_seen(&gid, &stanza_id, Some(position)).map_err(mls)?;
+        self.handled(group.clone().into(), stanza_id.clone());
         if own {
             match msg.kind {
                 Some(Kind::Application) => {
@@ -931,11 +1081,17 @@ impl<S: DeviceStorage> Core<S> {
                 self.events.push_back(event);
             }
             ProcessedMessageContent::ProposalMessage(p) => {
+                let removal = match (p.sender(), p.proposal()) {
+                    (Sender::External(_), openmls::prelude::Proposal::Remove(r)) => Some(r.removed()),
+                    _ => None,
+                };
                 load_group(&mut self.groups, &self.device, &gid)?
                     .store_pending_proposal(provider.storage(), *p)
                     .map_err(mls)?;
-                if let Some(account) = sender {
-                    self.events.push_back(GroupEvent::Proposed { group, account });
+                match (removal, sender) {
+                    (Some(leaf), _) => self.removal_proposed(&gid, group, leaf).await?,
+                    (None, Some(account)) => self.events.push_back(GroupEvent::Proposed { group, account }),
+                    (None, None) => {}
                 }
             }
             ProcessedMessageContent::StagedCommitMessage(staged) => {
@@ -958,6 +1114,111 @@ impl<S: DeviceStorage> Core<S> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// A Remove proposal of the service for `leaf`: reported, and committed
+    /// by this device after a random delay of up to [`REMOVAL_JITTER`]
+    /// (so that members do not all commit at once), unless the leaf is
+    /// this device's own (a member cannot commit its own removal).
+    async fn removal_proposed(&mut self, gid: &[u8], group: BareJid, leaf: LeafNodeIndex) -> Result<(), GroupError> {
+        let g = load_group(&mut self.groups, &self.device, gid)?;
+        let own = g.own_leaf_index() == leaf;
+        let member = g.members().find(|m| m.index == leaf);
+        if let Some(account) = member.as_ref().and_then(|m| account_of(&m.credential)) {
+            let device = self.device_name(&account, &member.expect("a member").signature_key).await;
+            self.events.push_back(GroupEvent::RemovalProposed { group, account, device });
+        }
+        if !own {
+            self.schedule_removal(gid);
+        }
+        Ok(())
+    }
+
+    /// Commits the removals of `gid` after a random delay of up to
+    /// [`REMOVAL_JITTER`], so that members do not all commit at once.
+    fn schedule_removal(&mut self, gid: &[u8]) {
+        let delay = REMOVAL_JITTER.mul_f64(rand::random::<f64>());
+        self.due.entry(gid.to_vec()).or_insert(self.port.now() + delay);
+    }
+
+    /// `account`'s device list as this device has seen it: read (and
+    /// subscribed to) on first use, then changed only by notifications.
+    async fn watched_devices(&mut self, account: &BareJid) -> Result<&[DeviceItem], GroupError> {
+        if !self.watched.contains_key(account) {
+            if let Err(e) = self.port.subscribe_devices(&self.service, account).await {
+                tracing::warn!(error = %e, %account, "cannot subscribe to a device list");
+            }
+            let list = self.port.devices(&self.service, account).await?;
+            self.watched.insert(account.clone(), list);
+        }
+        Ok(&self.watched[account])
+    }
+
+    /// A notification of a device list from its directory: the watched
+    /// list follows it.
+    fn handle_device_event(&mut self, from: Option<&Jid>, event: &Element) {
+        let Some(Ok(Address::Directory(account))) = from.map(Address::parse) else { return };
+        let (Some(list), Ok(event)) = (self.watched.get_mut(&account), Event::parse(event)) else { return };
+        match event {
+            Event::Published { node, items } if node == DEVICES_NODE => {
+                for device in items.iter().filter_map(|(id, p)| DeviceItem::parse(Some(id), p).ok()) {
+                    list.retain(|d| d.id != device.id);
+                    list.push(device);
+                }
+            }
+            Event::Retracted { node, ids } if node == DEVICES_NODE => list.retain(|d| !ids.contains(&d.id)),
+            _ => {}
+        }
+    }
+
+    /// Leaves of the group whose key is not in their account's watched
+    /// device list (a leaf without an account's credential counts too).
+    async fn unlisted_leaves(&mut self, gid: &[u8]) -> Result<Vec<(LeafNodeIndex, Option<BareJid>, Vec<u8>)>, GroupError> {
+        let members: Vec<_> = load_group(&mut self.groups, &self.device, gid)?.members().collect();
+        let mut out = Vec::new();
+        for m in members {
+            let account = account_of(&m.credential);
+            let listed = match &account {
+                Some(a) => self.watched_devices(a).await?.iter().any(|d| d.signature_key == m.signature_key),
+                None => false,
+            };
+            if !listed {
+                out.push((m.index, account, m.signature_key));
+            }
+        }
+        Ok(out)
+    }
+
+    /// xep/ §Checking Leaves: reports each leaf found unlisted (once) and
+    /// schedules the removal of those of other devices.
+    async fn check_leaves(&mut self, gid: &[u8], group: &BareJid) -> Result<(), GroupError> {
+        let own = load_group(&mut self.groups, &self.device, gid)?.own_leaf_index();
+        for (leaf, account, key) in self.unlisted_leaves(gid).await? {
+            if self.unlisted.insert((gid.to_vec(), key.clone())) {
+                let account = account.unwrap_or_else(|| self.service.to_bare());
+                tracing::warn!(%group, %account, "a leaf is not in its account's device list");
+                self.events.push_back(GroupEvent::UnlistedLeaf { group: group.clone(), account, fingerprint: fingerprint(&key) });
+            }
+            if leaf != own {
+                self.schedule_removal(gid);
+            }
+        }
+        Ok(())
+    }
+
+    /// The unlisted leaves of other devices that no pending proposal removes.
+    async fn revocable(&mut self, gid: &[u8]) -> Result<Vec<LeafNodeIndex>, GroupError> {
+        let unlisted = self.unlisted_leaves(gid).await?;
+        let g = load_group(&mut self.groups, &self.device, gid)?;
+        let own = g.own_leaf_index();
+        let proposed: HashSet<LeafNodeIndex> = g
+            .pending_proposals()
+            .filter_map(|p| match p.proposal() {
+                openmls::prelude::Proposal::Remove(r) => Some(r.removed()),
+                _ => None,
+            })
+            .collect();
+        Ok(unlisted.into_iter().map(|(leaf, ..)| leaf).filter(|l| *l != own && !proposed.contains(l)).collect())
     }
 
     /// Whether the group's item at archive `position` is the next one this
@@ -1050,6 +1311,13 @@ fn load_group<'a, S: DeviceStorage>(
         groups.insert(id.to_vec(), g);
     }
     Ok(groups.get_mut(id).expect("just inserted"))
+}
+
+/// How a signature key is shown to users: the first 16 octets of its
+/// SHA-256, in hexadecimal (xep/ §Checking Leaves).
+pub fn fingerprint(key: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(key)[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn accepted(payload: Option<Element>) -> Result<Accepted, GroupError> {

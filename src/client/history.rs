@@ -145,7 +145,7 @@ impl<S: DeviceStorage> Core<S> {
         self.snapshot(&gid).await
     }
 
-    async fn acknowledge(&mut self, archive: &Jid, id: &str) -> Result<(), ClientError> {
+    pub(super) async fn acknowledge(&mut self, archive: &Jid, id: &str) -> Result<(), ClientError> {
         let ack = Ack { device: self.device().id().to_owned(), id: id.to_owned() };
         self.port.iq(archive, "set", ack.to_element()).await.map(drop)
     }
@@ -375,6 +375,7 @@ impl<S: DeviceStorage> Core<S> {
     /// Opens the account's vault and keeps history in it from now on.
     pub async fn open_vault(&mut self, passphrase: &str) -> Result<(), GroupError> {
         let vault = super::vault::Vault::open(&self.port, self.service(), passphrase).await.map_err(vault_failure)?;
+        vault.check_high_water(self.device()).map_err(vault_failure)?;
         self.attach_vault(vault, KEEP_EPOCHS);
         Ok(())
     }

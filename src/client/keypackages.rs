@@ -60,6 +60,19 @@ impl Port {
         Ok(form.fields.into_iter().filter_map(|f| Some((f.var?, f.values))).collect())
     }
 
+    /// The service's entry for a group's `external_senders`, if its limits
+    /// form advertises one (xep/ §Service Removals).
+    pub async fn external_sender(&self, service: &Jid) -> Result<Option<openmls::prelude::ExternalSender>, ClientError> {
+        use tls_codec::Deserialize as _;
+        let form = self.service_limits(service).await?;
+        let field = form.into_iter().find(|(var, _)| var == crate::protocol::disco::EXTERNAL_SENDER);
+        let Some(value) = field.and_then(|(_, values)| values.into_iter().next()) else { return Ok(None) };
+        let bytes = crate::protocol::b64_decode(&value).map_err(|e| ClientError::Malformed(e.to_string()))?;
+        openmls::prelude::ExternalSender::tls_deserialize_exact(&bytes)
+            .map(Some)
+            .map_err(|e| ClientError::Malformed(e.to_string()))
+    }
+
     /// The service's KeyPackage policy, from its disco#info limits form.
     pub async fn key_package_policy(&self, service: &Jid) -> Result<Policy, ClientError> {
         let form = self.service_limits(service).await?;

@@ -20,7 +20,7 @@ pub use storage::{DeviceRecord, DeviceStorage, LastSeen, SqliteStorage, StateRow
 pub use devices::directory_jid;
 pub use crate::protocol::content::{Content, ContentError};
 pub use drivers::{Done, GroupClient, Machine, Operation};
-pub use groups::{Core, GroupError, GroupEvent};
+pub use groups::{fingerprint, Core, GroupError, GroupEvent, LeafKey};
 pub use port::Port;
 pub use history::{pack_snapshot, KEEP_EPOCHS, ArchivePage, History, HistoryEntry, Unreadable};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};

@@ -42,6 +42,13 @@ pub enum VaultError {
     Conflict(String, u64),
     #[error("key derivation: {0}")]
     Kdf(String),
+    /// The `keys` record is older than one this device opened before: a
+    /// rollback by the service: (version, current key ID) served, and the
+    /// highest seen.
+    #[error("the vault's keys record went back to version {} (key {}) after version {} (key {})", .0.0, .0.1, .1.0, .1.1)]
+    Rollback((u64, u32), (u64, u32)),
+    #[error("device storage: {0}")]
+    Device(String),
 }
 
 /// Argon2id cost: memory in KiB, passes, lanes.
@@ -289,6 +296,19 @@ impl Vault {
         let ring = KeyRing::decode(&data, passphrase, &account)?;
         let max_blob = max_blob_size(port, service).await?;
         Ok(Vault { account, at, ring, keys_version: version, max_blob })
+    }
+
+    /// Refuses a `keys` record older than the newest `device` opened: a
+    /// lower version, or a lower current data key ID (IDs only grow, and
+    /// the version is the service's to state), then raises the device's
+    /// mark to this one.
+    pub fn check_high_water<S: super::storage::DeviceStorage>(&self, device: &super::Device<S>) -> Result<(), VaultError> {
+        let storage = |e: super::DeviceError| VaultError::Device(e.to_string());
+        let got = (self.keys_version, self.ring.current);
+        if let Some(seen) = device.vault_high_water().map_err(storage)?.filter(|seen| got.0 < seen.0 || got.1 < seen.1) {
+            return Err(VaultError::Rollback(got, seen));
+        }
+        device.raise_vault_high_water(got.0, got.1).map_err(storage)
     }
 
     /// Seals and stores `plaintext` under `name`, replacing version

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use crate::config::Config;
 use crate::metrics::{self, metrics};
 use crate::protocol::disco::PING;
-use crate::service::Service;
+use crate::service::{Issued, Service};
 use crate::store::{Store, StoreError};
 use crate::xmpp::link::{self, Link, LinkError, StanzaNs};
 use crate::xmpp::namespace::CLIENT;
@@ -40,6 +40,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let config = Arc::new(config);
     log_startup(&config);
     let store = Store::open(&config.store)?;
+    store.ensure_service_key(crate::service::new_key()).await?;
     let positions = store.group_seqs().await?;
     let service = Arc::new(Service::new(config.clone(), store.clone(), positions));
     let every = Duration::from_secs(config.history.maintenance_secs);
@@ -180,6 +181,18 @@ async fn handle(service: Arc<Service>, out: mpsc::Sender<Element>, stanza: Eleme
     if let Some((group, seq)) = &routed.order {
         service.order.done(group, *seq);
     }
+    send_issued(&service, &out, routed.issued).await;
+}
+
+/// The service's own group messages, each in its group's archive order.
+async fn send_issued(service: &Service, out: &mpsc::Sender<Element>, issued: Vec<Issued>) {
+    for Issued { order: (group, seq), stanzas } in issued {
+        service.order.wait_turn(&group, seq).await;
+        for stanza in stanzas {
+            let _ = out.send(stanza).await;
+        }
+        service.order.done(&group, seq);
+    }
 }
 
 /// Resolves once shutdown is requested (or its sender is gone).
@@ -200,7 +213,7 @@ async fn maintain(
         tokio::select! {
             _ = stopped(&mut shutdown) => return,
             _ = tick.tick() => match service.maintain().await {
-                Ok(stanzas) => {
+                Ok((stanzas, issued)) => {
                     let out = link.borrow().clone();
                     if let Some(out) = out {
                         for stanza in stanzas {
@@ -209,6 +222,7 @@ async fn maintain(
                                 break;
                             }
                         }
+                        send_issued(&service, &out, issued).await;
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "maintenance failed"),

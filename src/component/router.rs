@@ -22,7 +22,7 @@ use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::vault::version_mismatch;
 use crate::protocol::{ProtocolError, MAX_ID, NS};
-use crate::service::{serialized_size, IqKind, IqRequest, Response, Service, ServiceError};
+use crate::service::{serialized_size, IqKind, IqRequest, Issued, Response, Service, ServiceError};
 use crate::xmpp::namespace::{CLIENT, COMPONENT};
 
 /// What to send in answer to one stanza.
@@ -32,11 +32,13 @@ pub struct Routed {
     pub stanzas: Vec<Element>,
     /// Group archive position the stanzas must be delivered in order of.
     pub order: Option<(Vec<u8>, u64)>,
+    /// Then these, each in its group's order.
+    pub issued: Vec<Issued>,
 }
 
 impl From<Vec<Element>> for Routed {
     fn from(stanzas: Vec<Element>) -> Self {
-        Routed { stanzas, order: None }
+        Routed { stanzas, ..Default::default() }
     }
 }
 
@@ -185,7 +187,7 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
 /// The service's response as stanzas, or the stanza's error reply.
 fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed {
     match outcome {
-        Ok(Response { payload, messages, order, reply_last }) => {
+        Ok(Response { payload, messages, order, reply_last, issued }) => {
             let reply = (stanza.name() == "iq").then(|| result_reply(stanza, payload));
             let mut stanzas = Vec::with_capacity(messages.len() + 1);
             if !reply_last {
@@ -195,7 +197,7 @@ fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed 
             if reply_last {
                 stanzas.extend(reply);
             }
-            Routed { stanzas, order }
+            Routed { stanzas, order, issued }
         }
         Err(e) => {
             log_error(&e);
@@ -280,6 +282,7 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
         E::GroupExists => stanza_error(T::Cancel, C::Conflict, app(AppCondition::GroupExists), None),
         E::NotAMember => stanza_error(T::Auth, C::Forbidden, app(AppCondition::NotAMember), None),
         E::NotJoined => stanza_error(T::Modify, C::NotAcceptable, app(AppCondition::NotJoined), None),
+        E::Refused(a) => stanza_error(T::Modify, C::NotAcceptable, app(*a), None),
         E::StaleEpoch { current } => {
             let w = WrongEpoch { epoch: *current, commit: None };
             stanza_error(T::Modify, C::NotAcceptable, Some(w.to_element()), None)

@@ -67,7 +67,13 @@ pub struct AnnouncedLimits {
     /// Octets of MLS messages archived per UTC day, per group and per account.
     pub group_archive_bytes_per_day: u64,
     pub account_archive_bytes_per_day: u64,
+    /// The service's `external_senders` entry (TLS-serialised
+    /// ExternalSender), if it has a key (xep/ §Service Removals).
+    pub external_sender: Option<Vec<u8>>,
 }
+
+/// The limits form's field with the service's external-sender entry.
+pub const EXTERNAL_SENDER: &str = "external-sender";
 
 fn field(var: &str, value: impl ToString) -> Field {
     Field::new(var, FieldType::TextSingle).with_value(&value.to_string())
@@ -103,7 +109,10 @@ pub fn service_info(limits: &AnnouncedLimits) -> DiscoInfoResult {
             field("key-package-refill", limits.key_package_refill),
             field("group-archive-bytes-per-day", limits.group_archive_bytes_per_day),
             field("account-archive-bytes-per-day", limits.account_archive_bytes_per_day),
-        ],
+        ]
+        .into_iter()
+        .chain(limits.external_sender.as_ref().map(|s| field(EXTERNAL_SENDER, super::b64_encode(s))))
+        .collect(),
     );
     info(identity("component", "mls", Some("MLS Delivery Service")), SERVICE_FEATURES, vec![form])
 }

@@ -52,6 +52,12 @@ pub enum AppCondition {
     /// With `policy-violation`: the group's or the sender's archive bytes
     /// of the day are used up.
     ArchiveBudgetExceeded,
+    /// With `not-acceptable`: a new group does not list the service in
+    /// its `external_senders` extension.
+    ExternalSenderRequired,
+    /// With `not-acceptable`: the commit does not carry a Remove proposal
+    /// of the service that is pending for longer than the grace.
+    MissingProposals,
 }
 
 impl AppCondition {
@@ -76,6 +82,8 @@ impl AppCondition {
             AppCondition::ReplyTooBig => "reply-too-big",
             AppCondition::DuplicateDevice => "duplicate-device",
             AppCondition::ArchiveBudgetExceeded => "archive-budget-exceeded",
+            AppCondition::ExternalSenderRequired => "external-sender-required",
+            AppCondition::MissingProposals => "missing-proposals",
         }
     }
 

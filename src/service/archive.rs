@@ -158,7 +158,7 @@ fn archived(source: &Source, archive: &str, item: &Item) -> Element {
                 position: Some(item.seq),
             };
             Element::builder("message", CLIENT)
-                .attr(n("from"), format!("{archive}/{}", item.sender_device))
+                .attr(n("from"), super::groups::sender_jid(archive, &item.sender_device))
                 .attr(n("type"), "groupchat")
                 .append(payload.to_element())
                 .append_all(kind.and_then(super::groups::copy_hint))

@@ -1,7 +1,7 @@
 //! The device list node: publish, retract, items, subscriptions, events.
 
 use minidom::Element;
-use xmpp_parsers::jid::Jid;
+use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::pubsub::{headline, own_jid, Caller};
 use super::{Response, Service, ServiceError};
@@ -9,7 +9,7 @@ use crate::protocol::devices::{Device, NODE};
 use crate::protocol::error::AppCondition;
 use crate::protocol::pubsub::{items_result, publish_result, subscription_result, Event, ItemIn};
 use crate::protocol::{keypackages, malformed, now};
-use crate::store::DevicePublish;
+use crate::store::{DevicePublish, Expired, StoreError};
 
 const DAY: i64 = 24 * 3600;
 
@@ -28,13 +28,19 @@ impl Service {
         let account = caller.account.to_string();
         let event = Event::Published { node: NODE.into(), items: vec![(device.id.clone(), device.to_element())] };
         let max = self.config.directory.max_devices_per_account;
-        match self.store.publish_device(account, device.clone(), event.to_element(), max, now).await? {
-            (DevicePublish::Published { .. }, stanza_id) => {
-                let messages = self.device_event(caller, event, stanza_id.as_deref()).await?;
-                Ok(Response { payload: Some(publish_result(NODE, &[device.id])), messages, ..Default::default() })
+        let (outcome, stanza_id, expired) = self.store.publish_device(account, device.clone(), event.to_element(), max, now).await?;
+        // Devices of the account found expired on the way: as at maintenance.
+        let (mut messages, mut issued) = (self.expiry_events(&expired).await?, Vec::new());
+        if !expired.is_empty() {
+            issued = self.issue_removals(self.store.groups_with_stale_leaves(Some(caller.account.to_string()), now).await?).await;
+        }
+        match outcome {
+            DevicePublish::Published { .. } => {
+                messages.extend(self.device_event(caller.account, event, stanza_id.as_deref()).await?);
+                Ok(Response { payload: Some(publish_result(NODE, &[device.id])), messages, issued, ..Default::default() })
             }
-            (DevicePublish::TooManyDevices, _) => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
-            (DevicePublish::KeyInUse, _) => Err(ServiceError::KeyInUse),
+            DevicePublish::TooManyDevices => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
+            DevicePublish::KeyInUse => Err(ServiceError::KeyInUse),
         }
     }
 
@@ -47,9 +53,11 @@ impl Service {
             .retract_device(caller.account.to_string(), id, event.to_element(), now())
             .await?
             .ok_or(ServiceError::NotFound)?;
-        let mut messages = self.device_event(caller, event, Some(&stanza_id)).await?;
+        let mut messages = self.device_event(caller.account, event, Some(&stanza_id)).await?;
         messages.extend(self.departures(&departed));
-        Ok(Response { payload: None, messages, ..Default::default() })
+        let stale = self.store.groups_with_stale_leaves(Some(caller.account.to_string()), now()).await?;
+        let issued = self.issue_removals(stale).await;
+        Ok(Response { payload: None, messages, issued, ..Default::default() })
     }
 
     pub(super) async fn device_items(&self, caller: &Caller<'_>, ids: Vec<String>) -> Result<Response, ServiceError> {
@@ -91,16 +99,27 @@ impl Service {
 
     /// The event for every subscriber, and for the owner's bare JID with the
     /// inbox entry's stanza id.
-    async fn device_event(&self, caller: &Caller<'_>, event: Event, stanza_id: Option<&str>) -> Result<Vec<Element>, ServiceError> {
-        let from = self.directory_jid(caller.account);
+    async fn device_event(&self, account: &BareJid, event: Event, stanza_id: Option<&str>) -> Result<Vec<Element>, StoreError> {
+        let from = self.directory_jid(account);
         let payload = event.to_element();
-        let subscribers = self.store.subscribers(caller.account.to_string(), NODE).await?;
+        let subscribers = self.store.subscribers(account.to_string(), NODE).await?;
         let mut messages: Vec<Element> = subscribers
             .iter()
-            .filter(|s| Jid::new(s).map(|j| j.to_bare() != *caller.account).unwrap_or(true))
+            .filter(|s| Jid::new(s).map(|j| j.to_bare() != *account).unwrap_or(true))
             .map(|s| headline(&from, s, payload.clone(), None))
             .collect();
-        messages.push(headline(&from, caller.account.as_str(), payload, stanza_id));
+        messages.push(headline(&from, account.as_str(), payload, stanza_id));
+        Ok(messages)
+    }
+
+    /// A retract event for each expired device, as for a retraction.
+    pub(super) async fn expiry_events(&self, expired: &[Expired]) -> Result<Vec<Element>, StoreError> {
+        let mut messages = Vec::new();
+        for e in expired {
+            let Ok(account) = BareJid::new(&e.account) else { continue };
+            let event = Event::Retracted { node: NODE.into(), ids: vec![e.device_id.clone()] };
+            messages.extend(self.device_event(&account, event, None).await?);
+        }
         Ok(messages)
     }
 }

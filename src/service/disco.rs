@@ -17,7 +17,7 @@ impl Service {
     pub(super) async fn disco_info(&self, address: &Address, query: &Element) -> Result<Element, ServiceError> {
         let node = query.attr("node");
         let info = match (address, node) {
-            (Address::Service, None) => service_info(&self.announced_limits()),
+            (Address::Service, None) => service_info(&self.announced_limits(self.current_external_sender().await?)),
             (Address::Directory(_), None) => directory_info(),
             (Address::Directory(_), Some(node @ (devices::NODE | keypackages::NODE))) => node_info(node),
             (Address::Group(id), None) => {
@@ -56,7 +56,7 @@ impl Service {
         }
     }
 
-    fn announced_limits(&self) -> AnnouncedLimits {
+    fn announced_limits(&self, external_sender: Option<Vec<u8>>) -> AnnouncedLimits {
         let (l, d, g, v) = (&self.config.limits, &self.config.directory, &self.config.groups, &self.config.vault);
         AnnouncedLimits {
             max_payload_size: l.max_payload_size,
@@ -82,6 +82,7 @@ impl Service {
             key_package_refill: d.key_package_refill_secs,
             group_archive_bytes_per_day: self.config.history.group_archive_bytes_per_day,
             account_archive_bytes_per_day: self.config.history.account_archive_bytes_per_day,
+            external_sender,
         }
     }
 }

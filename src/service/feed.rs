@@ -99,7 +99,7 @@ impl Service {
         };
         let seq = delivered.archived.seq;
         let messages = super::groups::fan_out(&self.group_jid(group_id), &delivered, stanza.attr("id"));
-        Ok(Response { payload: None, messages, order: Some((group_id.to_vec(), seq)), reply_last: false })
+        Ok(Response { payload: None, messages, order: Some((group_id.to_vec(), seq)), ..Default::default() })
     }
 
     /// A resend of an archived application message (xep/ §Resends): its

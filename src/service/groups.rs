@@ -52,7 +52,7 @@ fn rejected(r: Rejection) -> ServiceError {
     })
 }
 
-fn processing(e: PublicProcessMessageError) -> ServiceError {
+pub(super) fn processing(e: PublicProcessMessageError) -> ServiceError {
     ServiceError::InvalidMessage(match e {
         PublicProcessMessageError::ValidationError(ValidationError::InvalidSignature) => Invalid::BadSignature,
         PublicProcessMessageError::ValidationError(ValidationError::UnknownMember) => Invalid::BadSignature,
@@ -60,7 +60,7 @@ fn processing(e: PublicProcessMessageError) -> ServiceError {
     })
 }
 
-fn library(e: impl std::fmt::Display) -> ServiceError {
+pub(super) fn library(e: impl std::fmt::Display) -> ServiceError {
     tracing::error!(error = %e, "openmls failure");
     ServiceError::InvalidMessage(Invalid::Invalid)
 }
@@ -128,7 +128,7 @@ fn device_of(tx: &GroupTx<'_>, account: &str, key: &[u8]) -> Result<String, Serv
         .ok_or(ServiceError::InvalidMessage(Invalid::UnknownSignatureKey))
 }
 
-fn encoded(v: &impl tls_codec::Serialize) -> Result<Vec<u8>, ServiceError> {
+pub(super) fn encoded(v: &impl tls_codec::Serialize) -> Result<Vec<u8>, ServiceError> {
     v.tls_serialize_detached().map_err(library)
 }
 
@@ -212,16 +212,35 @@ fn charge(tx: &GroupTx<'_>, account: &BareJid, kind: Kind, bytes: &[u8], budget:
     }
 }
 
-fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
+pub(super) fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
     PublicGroup::load(&tx.mls(), &GroupId::from_slice(group_id))
         .map_err(library)?
         .ok_or(ServiceError::UnknownGroup)
 }
 
-/// What a commit must fit: the group limits and the archive budgets.
+/// What a commit must fit: the group limits, the archive budgets and the
+/// service's pending Remove proposals (this service's JID: `component`).
 struct CommitLimits {
     groups: GroupsConfig,
     budget: ArchiveBudget,
+    component: String,
+}
+
+/// xep/ §Service Removals: a Commit by a member carries, by reference,
+/// every Remove proposal of the service pending for longer than
+/// groups.proposal_grace_secs (an external Commit cannot carry proposals
+/// by reference).
+fn check_service_proposals(tx: &GroupTx<'_>, staged: &StagedCommit, epoch: u64, grace: u64) -> Result<(), ServiceError> {
+    let due = tx.overdue_removals(epoch, tx.now().saturating_sub(grace as i64))?;
+    let carried = |leaf: u32| {
+        staged.remove_proposals().any(|r| {
+            matches!(r.sender(), Sender::External(_)) && r.remove_proposal().removed().u32() == leaf
+        })
+    };
+    match due.into_iter().all(carried) {
+        true => Ok(()),
+        false => Err(ServiceError::Refused(AppCondition::MissingProposals)),
+    }
 }
 
 /// Validates and applies a commit bundle; runs on the store's writer.
@@ -233,7 +252,7 @@ fn apply_commit(
     group_jid: &str,
     account: &BareJid,
     bundle: CommitBundle,
-) -> Result<Delivered, ServiceError> {
+) -> Result<(Delivered, Vec<Delivered>), ServiceError> {
     let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
     let message = current_epoch(&state, &bundle.commit, group_id, ContentType::Commit)?;
     let mut pg = load(tx, group_id)?;
@@ -249,7 +268,10 @@ fn apply_commit(
         return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
     };
     let committer_key = match sender {
-        Sender::Member(index) => pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec()),
+        Sender::Member(index) => {
+            check_service_proposals(tx, &staged, state.epoch, limits.groups.proposal_grace_secs)?;
+            pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec())
+        }
         // External commit: only an account that is already a member may
         // bring in a new device of its own, replacing only its own leaves.
         Sender::NewMemberCommit if before.iter().any(|m| m.account == account.as_str()) => {
@@ -302,7 +324,7 @@ fn apply_commit(
         let inboxes = added.into_iter().map(|a| Ok((tx.inbox(&a, &payload)?, a))).collect::<Result<Vec<_>, ServiceError>>()?;
         welcome = Some((payload, inboxes.into_iter().map(|(id, a)| (a, id)).collect()));
     }
-    Ok(Delivered {
+    let commit = Delivered {
         archived,
         epoch: state.epoch,
         kind: Kind::Commit,
@@ -312,7 +334,10 @@ fn apply_commit(
         feed: tx.feed()?,
         removed,
         welcome,
-    })
+    };
+    // Leaves still stale in the new epoch are proposed for removal again.
+    let proposals = super::sender::propose_removals(tx, crypto, &limits.component, &mut pg)?;
+    Ok((commit, proposals))
 }
 
 /// Validates a proposal by reference and keeps it for the epoch.
@@ -372,7 +397,7 @@ impl Service {
     pub(super) async fn create_group(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let create = Create::parse(&req.payload)?;
         let (account, crypto, gid) = (req.from.to_bare(), self.crypto.clone(), group_id.to_vec());
-        let limits = self.config.groups.clone();
+        let (limits, component) = (self.config.groups.clone(), self.config.component.jid.clone());
         self.store
             .group_tx(group_id.to_vec(), move |tx| {
                 if tx.state()?.is_some() {
@@ -380,6 +405,11 @@ impl Service {
                 }
                 let (gi, tree) = mls::group_info(&create.group_info, &gid).map_err(ServiceError::InvalidMessage)?;
                 precheck_create(tx, &tree, &account, &limits)?;
+                if let Some(key) = tx.service_keys()?.first() {
+                    if !super::sender::lists(gi.group_context().extensions().external_senders(), &component, key) {
+                        return Err(ServiceError::Refused(AppCondition::ExternalSenderRequired));
+                    }
+                }
                 let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &tx.mls(), tree, gi, ProposalStore::new())
                     .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
                 let members = members_of(&pg);
@@ -399,12 +429,18 @@ impl Service {
         self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (crypto, account, gid, jid) =
             (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
-        let limits = CommitLimits { groups: self.config.groups.clone(), budget: self.archive_budget() };
-        let delivered = self
+        let limits = CommitLimits {
+            groups: self.config.groups.clone(),
+            budget: self.archive_budget(),
+            component: self.config.component.jid.clone(),
+        };
+        let (delivered, proposals) = self
             .store
             .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &limits, &gid, &jid, &account, bundle))
             .await?;
-        Ok(self.deliver(group_id, delivered, req))
+        let mut response = self.deliver(group_id, delivered, req);
+        response.issued = self.issued(group_id, &proposals);
+        Ok(response)
     }
 
     pub(super) async fn propose(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
@@ -474,6 +510,7 @@ impl Service {
             messages,
             order: Some((group_id.to_vec(), d.archived.seq)),
             reply_last: false,
+            issued: Vec::new(),
         }
     }
 
@@ -495,7 +532,7 @@ pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<E
         position: Some(d.archived.seq),
     }
     .to_element();
-    let from = format!("{group_jid}/{}", d.sender_device);
+    let from = sender_jid(group_jid, &d.sender_device);
     let stanza_id = Element::builder("stanza-id", crate::protocol::NS_SID)
         .attr(n("by"), group_jid)
         .attr(n("id"), d.archived.stanza_id.as_str())
@@ -515,6 +552,15 @@ pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<E
                 .build()
         })
         .collect()
+}
+
+/// The JID a group message is from: the sending device's in the group, or
+/// the group's own for the service's proposals.
+pub(super) fn sender_jid(group_jid: &str, sender_device: &str) -> String {
+    match sender_device {
+        super::sender::SERVICE_SENDER => group_jid.to_owned(),
+        device => format!("{group_jid}/{device}"),
+    }
 }
 
 /// The XEP-0380 hint that every copy of an application message carries.

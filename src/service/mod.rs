@@ -10,9 +10,11 @@ mod groups;
 mod keypackages;
 mod order;
 mod pubsub;
+mod sender;
 mod vault;
 
 pub use order::Order;
+pub use sender::{external_sender_bytes, new_key, Issued};
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -34,7 +36,7 @@ use crate::protocol::keypackages::Rejection;
 use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::{disco::PING, ProtocolError, NS};
-use crate::store::{ArchiveBudget, Departed, Store, StoreError};
+use crate::store::{ArchiveBudget, Departed, Expired, Store, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IqKind {
@@ -66,6 +68,9 @@ pub struct Response {
     pub order: Option<(Vec<u8>, u64)>,
     /// Send the messages before the IQ result (MAM results precede `<fin/>`).
     pub reply_last: bool,
+    /// Then these, each in its group's archive order: the service's own
+    /// proposals that the request caused.
+    pub issued: Vec<Issued>,
 }
 
 impl Response {
@@ -118,6 +123,8 @@ pub enum ServiceError {
     GroupExists,
     #[error("not a member of the group")]
     NotAMember,
+    #[error("not acceptable: {}", .0.name())]
+    Refused(AppCondition),
     #[error("the sender has not joined the group's feed")]
     NotJoined,
     #[error("the message's epoch is outside the window; the group is at {current}")]
@@ -195,16 +202,19 @@ impl Service {
     }
 
     /// Periodic housekeeping: forget idle rate-limit state, drop expired
-    /// devices and KeyPackages; returns the unavailable presences of the
-    /// devices that this took off feeds.
-    pub async fn maintain(&self) -> Result<Vec<Element>, StoreError> {
+    /// devices and KeyPackages, propose the removal of leaves whose device
+    /// left its account's list; returns the retract events of expired
+    /// devices and the unavailable presences of the devices that this took
+    /// off feeds, then the service's proposals.
+    pub async fn maintain(&self) -> Result<(Vec<Element>, Vec<Issued>), StoreError> {
         self.claims.retain_recent();
         self.claims.shrink_to_fit();
         for limiter in [&self.accounts, &self.domains, &self.verifications] {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        let (pruned, departed) = retention(&self.store, &self.config, crate::protocol::now()).await?;
+        let now = crate::protocol::now();
+        let (pruned, expired, departed) = retention(&self.store, &self.config, now).await?;
         if pruned > 0 {
             tracing::info!(pruned, "history retention");
         }
@@ -212,7 +222,10 @@ impl Service {
         if let Err(e) = self.refresh_gauges().await {
             tracing::warn!(error = %e, "cannot read the store's gauges");
         }
-        Ok(self.departures(&departed))
+        let mut messages = self.expiry_events(&expired).await?;
+        messages.extend(self.departures(&departed));
+        let stale = self.store.groups_with_stale_leaves(None, now).await?;
+        Ok((messages, self.issue_removals(stale).await))
     }
 
     /// Sets the metrics' gauges of what the store holds. Called at start
@@ -308,14 +321,17 @@ fn per_second(rate: u32, burst: u32) -> Quota {
 
 /// Retention as of `now`: drops expired devices and KeyPackages (and takes
 /// devices without a live leaf off the feeds), forgets archive budgets of
-/// past days and acceptances past the resend window, and prunes archives
-/// past history.retention_secs; returns how
-/// many archived items went, and the devices taken off feeds.
-pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usize, Vec<Departed>), StoreError> {
-    let departed = store.prune_directory(now).await?;
+/// past days and acceptances past the resend window, prunes inboxes
+/// (xep/ §Inbox Retention) and archives past history.retention_secs;
+/// returns how many archived items went, the expired devices and the
+/// devices taken off feeds.
+pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usize, Vec<Expired>, Vec<Departed>), StoreError> {
+    let (expired, departed) = store.prune_directory(now).await?;
     store.prune_archive_budgets(now).await?;
     store.prune_acceptances(now).await?;
-    Ok((store.prune_history(now - config.history.retention_secs as i64).await?, departed))
+    let cutoff = now - config.history.retention_secs as i64;
+    store.prune_inboxes(now, cutoff).await?;
+    Ok((store.prune_history(cutoff).await?, expired, departed))
 }
 
 /// One token from `limiter` (`limit`) for `key`, or how long to wait for it.

@@ -238,7 +238,7 @@ impl Store {
             if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
                 return Ok(false);
             }
-            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances"] {
+            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances", "service_proposals"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
@@ -250,8 +250,8 @@ impl Store {
 
     /// Deletes what the store keeps for an account: devices (with their
     /// KeyPackages), subscriptions by and to it, inbox, vault, feed entries
-    /// and acknowledgements. Its leaves stay in groups' ratchet trees: only
-    /// a member's commit can remove them.
+    /// and acknowledgements. Its leaves stay in groups' ratchet trees until
+    /// a member commits the service's Remove proposals for them.
     pub async fn purge_account(&self, account: String) -> Result<PurgedAccount, StoreError> {
         self.write(move |c| {
             let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", [&account])?;

@@ -295,6 +295,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The inbox rule of retention (xep/ §Inbox Retention): deletes, in
+    /// every inbox, what every live device of the account has acknowledged
+    /// (a device that left holds nothing back), and in the inbox of an
+    /// account without a live device, what is older than `cutoff` (no
+    /// device will acknowledge it: a Welcome is for earlier devices'
+    /// KeyPackages). Returns how many entries went.
+    pub async fn prune_inboxes(&self, now: i64, cutoff: i64) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            let acked = c.execute(
+                "DELETE FROM inbox WHERE seq <= (SELECT min(coalesce(a.seq, 0)) FROM devices d
+                   LEFT JOIN acks a ON a.scope = CAST(d.account AS BLOB) AND a.account = d.account AND a.device_id = d.device_id
+                   WHERE d.account = inbox.account AND d.expires_at > ?1)",
+                [now],
+            )?;
+            let orphaned = c.execute(
+                "DELETE FROM inbox WHERE created_at < ?2 AND NOT EXISTS
+                   (SELECT 1 FROM devices d WHERE d.account = inbox.account AND d.expires_at > ?1)",
+                params![now, cutoff],
+            )?;
+            Ok(acked + orphaned)
+        })
+        .await
+    }
+}
+
 /// Opens and closes accounts' membership intervals after a change of the
 /// group's leaves, at archive position `seq`; `accounts` is sorted.
 pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {

@@ -20,6 +20,13 @@ pub enum DevicePublish {
     KeyInUse,
 }
 
+/// A device that expired and was taken out of its account's list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    pub account: String,
+    pub device_id: String,
+}
+
 /// Live devices of `account`, in publication order.
 pub(super) fn live_devices(c: &Connection, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
     let mut st = c.prepare_cached(
@@ -39,7 +46,7 @@ impl Store {
 
     /// Adds or replaces a device (`device.expires` must be set) and keeps
     /// `event` in the owner's inbox, returning its stanza id. Expired
-    /// devices of the account are removed on the way.
+    /// devices of the account are removed on the way, and returned.
     pub async fn publish_device(
         &self,
         account: String,
@@ -47,9 +54,12 @@ impl Store {
         event: Element,
         max_devices: usize,
         now: i64,
-    ) -> Result<(DevicePublish, Option<String>), StoreError> {
+    ) -> Result<(DevicePublish, Option<String>, Vec<Expired>), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2", params![account, now])?;
+            let expired: Vec<Expired> = c
+                .prepare_cached("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id")?
+                .query_map(params![account, now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
+                .collect::<Result<_, _>>()?;
             let old_key: Option<Vec<u8>> = c
                 .query_row(
                     "SELECT signature_key FROM devices WHERE account = ?1 AND device_id = ?2",
@@ -65,13 +75,13 @@ impl Store {
                 )
                 .optional()?;
             if key_owner.is_some_and(|owner| owner != device.id) {
-                return Ok((DevicePublish::KeyInUse, None));
+                return Ok((DevicePublish::KeyInUse, None, expired));
             }
             if old_key.is_none() {
                 let count: usize =
                     c.query_row("SELECT count(*) FROM devices WHERE account = ?1", [&account], |r| r.get(0))?;
                 if count >= max_devices {
-                    return Ok((DevicePublish::TooManyDevices, None));
+                    return Ok((DevicePublish::TooManyDevices, None, expired));
                 }
             }
             let replaced_key = old_key.as_ref().is_some_and(|k| *k != device.signature_key);
@@ -90,7 +100,7 @@ impl Store {
                 params![account, device.id, device.signature_key, device.label, device.expires, now],
             )?;
             let stanza_id = insert_inbox(c, &account, &event, now)?;
-            Ok((DevicePublish::Published { replaced_key }, Some(stanza_id)))
+            Ok((DevicePublish::Published { replaced_key }, Some(stanza_id), expired))
         })
         .await
     }
@@ -121,12 +131,15 @@ impl Store {
 
     /// Deletes expired devices (with their KeyPackages) and expired
     /// packages, and takes devices without a live leaf off every feed;
-    /// returns those.
-    pub async fn prune_directory(&self, now: i64) -> Result<Vec<Departed>, StoreError> {
+    /// returns the expired devices and the devices taken off feeds.
+    pub async fn prune_directory(&self, now: i64) -> Result<(Vec<Expired>, Vec<Departed>), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM devices WHERE expires_at <= ?1", [now])?;
+            let expired = c
+                .prepare_cached("DELETE FROM devices WHERE expires_at <= ?1 RETURNING account, device_id")?
+                .query_map([now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
+                .collect::<Result<_, _>>()?;
             c.execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
-            drop_stale_feed(c, None, None, now)
+            Ok((expired, drop_stale_feed(c, None, None, now)?))
         })
         .await
     }
@@ -216,9 +229,9 @@ mod tests {
         let ev = || Element::builder("event", "urn:x").build();
         let publish = |d| store.publish_device(a(), d, ev(), 2, 1_000);
         assert_eq!(publish(device("one", 1)).await.unwrap().0, DevicePublish::Published { replaced_key: false });
-        assert_eq!(publish(device("two", 1)).await.unwrap(), (DevicePublish::KeyInUse, None));
+        assert_eq!(publish(device("two", 1)).await.unwrap(), (DevicePublish::KeyInUse, None, vec![]));
         publish(device("two", 2)).await.unwrap();
-        assert_eq!(publish(device("three", 3)).await.unwrap(), (DevicePublish::TooManyDevices, None));
+        assert_eq!(publish(device("three", 3)).await.unwrap(), (DevicePublish::TooManyDevices, None, vec![]));
         assert_eq!(publish(device("two", 4)).await.unwrap().0, DevicePublish::Published { replaced_key: true });
         assert_eq!(store.inbox_len(a()).await.unwrap(), 3, "one inbox entry per change");
         assert_eq!(store.live_devices(a(), 1_999).await.unwrap().len(), 2);
@@ -226,5 +239,8 @@ mod tests {
         assert!(store.retract_device(a(), "one".into(), ev(), 1_000).await.unwrap().is_some());
         assert!(store.retract_device(a(), "one".into(), ev(), 1_000).await.unwrap().is_none());
         assert_eq!(store.inbox_len(a()).await.unwrap(), 4);
+        // A publication after "two" expired removes it and says so.
+        let (_, _, expired) = store.publish_device(a(), device("four", 5), ev(), 2, 2_000).await.unwrap();
+        assert_eq!(expired, vec![Expired { account: a(), device_id: "two".into() }]);
     }
 }

@@ -143,9 +143,9 @@ fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u6
 
 /// One group's rows inside a write transaction.
 pub struct GroupTx<'c> {
-    c: &'c Connection,
-    group_id: Vec<u8>,
-    now: i64,
+    pub(super) c: &'c Connection,
+    pub(super) group_id: Vec<u8>,
+    pub(super) now: i64,
 }
 
 impl<'c> GroupTx<'c> {

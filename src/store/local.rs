@@ -43,6 +43,15 @@ const MIGRATIONS: &[M<'static>] = &[
     // 6: a group whose epoch check differed from a committer's: nothing is
     // sent into it any more, also after a restart.
     M::up("ALTER TABLE groups ADD COLUMN forked INTEGER NOT NULL DEFAULT 0;"),
+    // 7: the highest version of the vault's `keys` record this device has
+    // opened, and the highest current data key ID (a rollback shows below).
+    M::up(
+        "CREATE TABLE vault_keys (
+            one     INTEGER PRIMARY KEY CHECK (one = 1),
+            version INTEGER NOT NULL,
+            key_id  INTEGER NOT NULL
+        ) STRICT;",
+    ),
 ];
 
 /// The last archive item a device applied in a group.
@@ -244,6 +253,22 @@ impl LocalStore {
             .conn
             .query_row("SELECT kp_ref, created_at FROM last_resort", [], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
+    }
+
+    /// The highest vault `keys` record opened: (version, current key ID).
+    pub fn vault_high_water(&self) -> Result<Option<(u64, u32)>, StoreError> {
+        Ok(self.conn.query_row("SELECT version, key_id FROM vault_keys", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// Raises the high-water mark (each part never goes down).
+    pub fn raise_vault_high_water(&self, version: u64, key_id: u32) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO vault_keys (one, version, key_id) VALUES (1, ?1, ?2)
+             ON CONFLICT (one) DO UPDATE SET version = max(version, excluded.version),
+               key_id = max(key_id, excluded.key_id)",
+            params![version, key_id],
+        )?;
+        Ok(())
     }
 
     pub fn set_last_resort(&self, kp_ref: &str, now: i64) -> Result<(), StoreError> {

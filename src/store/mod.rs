@@ -16,6 +16,7 @@ mod keypackages;
 pub mod local;
 pub mod mls;
 mod schema;
+mod sender;
 mod vault;
 
 /// The log targets of the migration libraries the stores use (the
@@ -25,7 +26,8 @@ pub const MIGRATION_LOG_TARGETS: &[&str] = &["rusqlite_migration", "refinery"];
 
 pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedAccount, Stats};
 pub use archive::{Filter, Item, Page, PageStart, Source};
-pub use devices::DevicePublish;
+pub use devices::{DevicePublish, Expired};
+pub use sender::ServiceKey;
 pub use groups::{
     Acceptance, AppendOutcome, ArchiveBudget, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member,
 };

@@ -188,6 +188,25 @@ const MIGRATIONS: &[M<'static>] = &[
     // the device's pool at or below the mark and the account was warned;
     // an upload for the device clears it.
     M::up("ALTER TABLE devices ADD COLUMN low_warned INTEGER NOT NULL DEFAULT 0;"),
+    // 12: the service as an MLS external sender (xep/ §Service Removals):
+    // its signature keys (the newest is current; older ones still sign
+    // for the groups that list them), and the Remove proposals it issued,
+    // by group, epoch and removed leaf.
+    M::up(
+        "CREATE TABLE service_keys (
+            id         INTEGER PRIMARY KEY AUTOINCREMENT,
+            private    BLOB NOT NULL,
+            public     BLOB NOT NULL,
+            created_at INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE service_proposals (
+            group_id   BLOB NOT NULL,
+            epoch      INTEGER NOT NULL,
+            leaf       INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (group_id, epoch, leaf)
+        ) STRICT;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

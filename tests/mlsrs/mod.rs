@@ -10,9 +10,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use minidom::Element;
 use mls_rs::client_builder::{BaseConfig, WithCryptoProvider, WithIdentityProvider, WithMlsRules};
+use mls_rs::extension::built_in::ExternalSendersExt;
 use mls_rs::extension::recommended::LastResortKeyPackageExt;
+use mls_rs::mls_rs_codec::MlsDecode as _;
 use mls_rs::extension::ExtensionType;
-use mls_rs::group::ReceivedMessage;
+use mls_rs::group::proposal::Proposal;
+use mls_rs::group::{ProposalSender, ReceivedMessage};
 use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
 use mls_rs::identity::SigningIdentity;
 use mls_rs::mls_rules::{CommitOptions, DefaultMlsRules};
@@ -88,6 +91,9 @@ pub enum Item {
     Echo { id: String },
     /// A Commit applied; the epoch it started.
     Commit { epoch: u64 },
+    /// The service's Remove proposal of a leaf (xep: Service Removals),
+    /// kept for the next Commit.
+    ServiceRemoval { leaf: u32 },
     /// An item already applied or of an older epoch, skipped.
     Skipped,
 }
@@ -226,10 +232,26 @@ impl RsDevice {
         }
     }
 
-    /// Creates a group with a random group_id, registers it with the
-    /// service and joins its live feed; returns the group JID.
+    /// The service's `external-sender` field of its disco#info limits
+    /// form (xep: Service Removals), as an mls-rs SigningIdentity (the
+    /// same TLS structure as an ExternalSender).
+    async fn external_sender(&self) -> SigningIdentity {
+        let query = Element::builder("query", "http://jabber.org/protocol/disco#info").build();
+        let reply = self.expect_result(COMPONENT, "get", query).await;
+        let info = reply.get_child("query", "http://jabber.org/protocol/disco#info").unwrap();
+        let form = info.get_child("x", "jabber:x:data").unwrap();
+        let field = form.children().find(|f| f.attr("var") == Some("external-sender")).expect("an external-sender field");
+        let value = field.get_child("value", "jabber:x:data").unwrap().text();
+        SigningIdentity::mls_decode(&mut unb64(&value).as_slice()).unwrap()
+    }
+
+    /// Creates a group with a random group_id that lists the service as
+    /// its external sender, registers it with the service and joins its
+    /// live feed; returns the group JID.
     pub async fn create(&mut self) -> String {
-        let group = self.client.create_group_with_id(rand::random::<[u8; 16]>().to_vec(), ExtensionList::new(), ExtensionList::new(), None).unwrap();
+        let mut context = ExtensionList::new();
+        context.set_from(ExternalSendersExt::new(vec![self.external_sender().await])).unwrap();
+        let group = self.client.create_group_with_id(rand::random::<[u8; 16]>().to_vec(), context, ExtensionList::new(), None).unwrap();
         let info = group.group_info_message_allowing_ext_commit(true).unwrap();
         self.group_jid = group_jid(group.group_id());
         self.group = Some(group);
@@ -283,6 +305,12 @@ impl RsDevice {
         self.group().roster().members().iter().map(|m| account_of(&m.signing_identity)).collect()
     }
 
+    /// The leaf index of the member whose signature key is `key`.
+    pub fn leaf_of(&self, key: &[u8]) -> u32 {
+        let members = self.group().roster().members();
+        members.iter().find(|m| m.signing_identity.signature_key.as_bytes() == key).expect("a member with this key").index
+    }
+
     /// Encrypts `text` and sends it to the group; returns the stanza 'id'.
     pub async fn send(&mut self, text: &str) -> String {
         let msg = self.group.as_mut().unwrap().encrypt_application_message(&encode_content(&self.account, text), Vec::new()).unwrap();
@@ -330,11 +358,13 @@ impl RsDevice {
         Ok(accepted.attr("epoch").unwrap().parse().unwrap())
     }
 
-    /// The next item of the group's live feed that is not skipped, applied.
+    /// The next item of the group's live feed that is not skipped, applied:
+    /// from a device of the group, or from the group itself (the service).
     pub async fn next_item(&mut self) -> Item {
-        let from = format!("{}/", self.group_jid);
+        let (group, from) = (self.group_jid.clone(), format!("{}/", self.group_jid));
+        let of_group = |f: &str| f == group || f.starts_with(&from);
         loop {
-            let stanza = self.wait_for("a group item", |s| s.name() == "message" && s.attr("from").is_some_and(|f| f.starts_with(&from))).await;
+            let stanza = self.wait_for("a group item", |s| s.name() == "message" && s.attr("from").is_some_and(of_group)).await;
             match self.apply(&stanza) {
                 Item::Skipped => continue,
                 item => return item,
@@ -444,6 +474,13 @@ impl RsDevice {
                 let account = account_of(&sender.signing_identity);
                 let text = decode_content(m.data(), &account).unwrap_or_else(|e| panic!("refused: {e}"));
                 Item::Message { account, text }
+            }
+            ReceivedMessage::Proposal(p) => {
+                assert_eq!(kind, Some("proposal"));
+                match (p.sender, p.proposal) {
+                    (ProposalSender::External(0), Proposal::Remove(r)) => Item::ServiceRemoval { leaf: r.to_remove() },
+                    other => panic!("unexpected proposal {other:?}"),
+                }
             }
             ReceivedMessage::Commit(_) => {
                 assert_eq!(kind, Some("commit"));

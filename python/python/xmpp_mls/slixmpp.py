@@ -18,7 +18,8 @@ events whose data is a dict: ``mls_message``, ``mls_discarded``,
 ``mls_delivered``, ``mls_joined``, ``mls_proposed``, ``mls_epoch`` (and
 ``mls_member_added`` / ``mls_member_removed`` per device, for each epoch
 after the group was joined or after the first epoch that the session saw
-in it), ``mls_removed``, ``mls_history_pruned``, ``mls_fork``, ``mls_refused`` and
+in it), ``mls_removal_proposed``, ``mls_unlisted_leaf``, ``mls_removed``,
+``mls_history_pruned``, ``mls_fork``, ``mls_refused`` and
 ``mls_refilled``. The core's stanzas go through slixmpp's send queue.
 """
 

@@ -498,6 +498,9 @@ fn limits() -> AnnouncedLimits {
         cipher_suites: vec![SUITE],
         max_past_epochs: 3,
         max_page_size: 100,
+        // Groups of these flows have no external sender (the service's
+        // removals are tested end to end in tests/revocation.rs).
+        external_sender: None,
         max_vault_blob_size: 64 * 1024,
         vault_quota: 16 * 1024 * 1024,
         max_vault_blobs: 1000,

@@ -1,0 +1,126 @@
+//! The service as an MLS external sender (xep/ §Service Removals): its
+//! signature keys and the Remove proposals it issued.
+
+use rusqlite::{params, Connection};
+
+use super::groups::GroupTx;
+use super::{Store, StoreError};
+
+/// One of the service's Ed25519 signature keys, as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceKey {
+    pub private: Vec<u8>,
+    pub public: Vec<u8>,
+}
+
+impl std::fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceKey").field("public", &self.public).finish_non_exhaustive()
+    }
+}
+
+/// The service's keys, newest (current) first.
+fn service_keys(c: &Connection) -> Result<Vec<ServiceKey>, StoreError> {
+    let mut st = c.prepare_cached("SELECT private, public FROM service_keys ORDER BY id DESC")?;
+    let rows = st.query_map([], |r| Ok(ServiceKey { private: r.get(0)?, public: r.get(1)? }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn add_key(c: &Connection, key: &ServiceKey, now: i64) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO service_keys (private, public, created_at) VALUES (?1, ?2, ?3)",
+        params![key.private, key.public, now],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// The service's keys, newest (current) first.
+    pub async fn service_keys(&self) -> Result<Vec<ServiceKey>, StoreError> {
+        self.read(service_keys).await
+    }
+
+    /// Stores `key` if the service has none yet (its first start); the
+    /// current key either way.
+    pub async fn ensure_service_key(&self, key: ServiceKey) -> Result<ServiceKey, StoreError> {
+        self.write(move |c| {
+            if let Some(current) = service_keys(c)?.into_iter().next() {
+                return Ok(current);
+            }
+            add_key(c, &key, crate::protocol::now())?;
+            Ok(key)
+        })
+        .await
+    }
+
+    /// Makes `key` the current key; the older ones stay for the groups
+    /// that list them.
+    pub async fn rotate_service_key(&self, key: ServiceKey) -> Result<(), StoreError> {
+        self.write(move |c| add_key(c, &key, crate::protocol::now())).await
+    }
+
+    /// Groups (of `account`'s leaves, or all) with a leaf whose signature
+    /// key is not a live device of its account.
+    pub async fn groups_with_stale_leaves(&self, account: Option<String>, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT m.group_id FROM members m
+                 WHERE (?1 IS NULL OR m.account = ?1) AND NOT EXISTS (SELECT 1 FROM devices d
+                   WHERE d.account = m.account AND d.signature_key = m.signature_key AND d.expires_at > ?2)
+                 ORDER BY m.group_id",
+            )?;
+            let rows = st.query_map(params![account, now], |r| r.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+}
+
+impl GroupTx<'_> {
+    pub fn service_keys(&self) -> Result<Vec<ServiceKey>, StoreError> {
+        service_keys(self.c)
+    }
+
+    /// Leaves of the group whose signature key is not a live device of
+    /// their account and for which no service proposal of `epoch` exists.
+    pub fn stale_leaves(&self, epoch: u64) -> Result<Vec<u32>, StoreError> {
+        let mut st = self.c.prepare_cached(
+            "SELECT m.leaf FROM members m
+             WHERE m.group_id = ?1 AND NOT EXISTS (SELECT 1 FROM devices d
+               WHERE d.account = m.account AND d.signature_key = m.signature_key AND d.expires_at > ?2)
+             AND NOT EXISTS (SELECT 1 FROM service_proposals p
+               WHERE p.group_id = m.group_id AND p.epoch = ?3 AND p.leaf = m.leaf)
+             ORDER BY m.leaf",
+        )?;
+        let rows = st.query_map(params![self.group_id, self.now, epoch as i64], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a service Remove proposal of `leaf` in `epoch`. A leaf proposed again (a commit in
+    /// between did not carry its proposal) keeps its first proposal's
+    /// time: the grace runs from then.
+    pub fn record_service_proposal(&self, epoch: u64, leaf: u32) -> Result<(), StoreError> {
+        self.c.execute(
+            "INSERT INTO service_proposals (group_id, epoch, leaf, created_at)
+             VALUES (?1, ?2, ?3, coalesce((SELECT min(created_at) FROM service_proposals
+               WHERE group_id = ?1 AND leaf = ?3 AND epoch < ?2), ?4))",
+            params![self.group_id, epoch as i64, leaf, self.now],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets the service proposals of epochs before `epoch`.
+    pub fn forget_service_proposals(&self, epoch: u64) -> Result<(), StoreError> {
+        self.c.execute("DELETE FROM service_proposals WHERE group_id = ?1 AND epoch < ?2", params![self.group_id, epoch as i64])?;
+        Ok(())
+    }
+
+    /// Leaves the service proposed to remove in `epoch` at or before `before`.
+    pub fn overdue_removals(&self, epoch: u64, before: i64) -> Result<Vec<u32>, StoreError> {
+        let mut st = self.c.prepare_cached(
+            "SELECT leaf FROM service_proposals WHERE group_id = ?1 AND epoch = ?2 AND created_at <= ?3 ORDER BY leaf",
+        )?;
+        let rows = st.query_map(params![self.group_id, epoch as i64, before], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
