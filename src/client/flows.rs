@@ -76,6 +76,9 @@ fn an_add_that_lost_its_epoch_applies_the_winner_and_submits_again() {
             Request::Query { archive: archive(&group), after: Some("s1".into()) },
             Request::Ack { archive: archive(&group), id: "s2".into() },
             Request::Commit { group: group.clone(), epoch: 2 }, // accepted
+            // The leaf checks follow the list of bob, a new member account.
+            Request::Subscribe(b.clone()),
+            Request::Devices(b),
         ]
     );
     assert_eq!(added.unwrap(), accepted(3, 3));
@@ -163,6 +166,8 @@ fn a_commit_without_an_answer_times_out_and_the_archive_settles_it() {
         service.requests,
         vec![
             Request::Commit { group: group.clone(), epoch: 1 }, // accepted, answer lost
+            // What the device handled live is acknowledged within seconds.
+            Request::Ack { archive: archive(&group), id: "s1".into() },
             Request::Query { archive: archive(&group), after: Some("s1".into()) },
             Request::Ack { archive: archive(&group), id: "s2".into() },
             Request::Commit { group: group.clone(), epoch: 2 },

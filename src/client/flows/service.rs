@@ -44,6 +44,8 @@ pub enum Request {
     Info,
     /// The device list of an account.
     Devices(BareJid),
+    /// A subscription to the device list of an account (the leaf checks follow it).
+    Subscribe(BareJid),
     /// One KeyPackage per device of an account.
     Claim(BareJid),
     Create(BareJid),
@@ -269,6 +271,9 @@ impl Service {
         let account = directory_account(to);
         match PubsubRequest::try_from(payload) {
             Ok(PubsubRequest::Items { node, .. }) if node == DEVICES => {}
+            Ok(PubsubRequest::Subscribe { node, .. }) if node == DEVICES => {
+                return (Request::Subscribe(account), Ok(None));
+            }
             other => panic!("unscripted pubsub request: {other:?}"),
         }
         let items = self.devices.get(&account).into_iter().flatten().map(|d| (d.id.clone(), d.to_element())).collect();
