@@ -23,6 +23,17 @@ except xmpp_mls.MlsError as e:
 client = xmpp_mls.Client(device, "alice@example.org/laptop", "mls.example.org", now=100.0)
 print(client.transmit(), client.next_deadline())
 op = client.create()
+# A new group lists the service's external sender: the core reads the
+# service's disco#info first (this one advertises none).
+(disco,) = client.transmit()
+disco_id = re.search("id='([^']*)'", disco).group(1)
+client.receive(
+    f"<iq type='result' id='{disco_id}' from='mls.example.org'"
+    " to='alice@example.org/laptop'><query xmlns='http://jabber.org/protocol/disco#info'>"
+    "<identity category='conference' type='mls'/><feature var='urn:xmpp:mls:0'/>"
+    "<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'>"
+    "<value>urn:xmpp:mls:0</value></field></x></query></iq>"
+)
 (iq,) = client.transmit()
 to, id_ = re.search("to='([^']*)'", iq).group(1), re.search("id='([^']*)'", iq).group(1)
 print(op, to.endswith("@mls.example.org"), "<create xmlns='urn:xmpp:mls:0'>" in iq, client.next_deadline())
