@@ -446,7 +446,7 @@ async fn bench_key_packages(plan: &Plan, figures: &mut Vec<Figure>) {
             assert!(matches!(outcomes[..], [ClaimOutcome::Claimed { last_resort: false, .. }]), "{outcomes:?}");
         }
         store.close().await;
-        raw_claims.push(raw_sqlite_claims(dir.path(), uploads.iter().flatten().map(|(_, m)| m.as_slice())));
+        raw_claims.push(xmpp_mls::store::baseline::bare_claims_per_second(dir.path(), uploads.iter().flatten().map(|(_, m)| m.as_slice())).unwrap());
     }
     let (up, raw_up) = (median(up), median(raw_up));
     figures.push(Figure::new("keypackage_uploads", up, "/s", up / raw_up, "raw Ed25519 verify"));
@@ -514,29 +514,6 @@ async fn bench_refusals(plan: &Plan, figures: &mut Vec<Figure>) {
         figures.push(Figure::new(name, cpu, "us", cpu / accepted, "accepted upload of 20"));
         figures.push(Figure::new(format!("{name}_vs_verify_first"), cpu, "us", cpu / verify_first, "verify-first refusal"));
     }
-}
-
-/// A bare SQLite claim per transaction (WAL, synchronous=FULL, as the store).
-fn raw_sqlite_claims<'a>(dir: &Path, messages: impl Iterator<Item = &'a [u8]>) -> f64 {
-    let conn = rusqlite::Connection::open(dir.join("raw.sqlite3")).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;
-         CREATE TABLE kp (id INTEGER PRIMARY KEY, data BLOB NOT NULL);",
-    )
-    .unwrap();
-    let mut n = 0;
-    for m in messages {
-        conn.execute("INSERT INTO kp (data) VALUES (?1)", [m]).unwrap();
-        n += 1;
-    }
-    let t = Instant::now();
-    for _ in 0..n {
-        conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-        let _: Vec<u8> =
-            conn.query_row("DELETE FROM kp WHERE id = (SELECT min(id) FROM kp) RETURNING data", [], |r| r.get(0)).unwrap();
-        conn.execute_batch("COMMIT").unwrap();
-    }
-    n as f64 / t.elapsed().as_secs_f64()
 }
 
 /// Appends `n` application messages through the store's append path, in

@@ -9,6 +9,7 @@
 
 mod admin;
 mod archive;
+pub mod baseline;
 mod devices;
 mod groups;
 mod inbox;
