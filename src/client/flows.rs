@@ -41,7 +41,7 @@ fn alice_and_carol(service: &mut Service) -> (Client, Client, BareJid) {
     let mut carol = service.client("carol@example.org");
     let Ok(Done::Group(group)) = service.run(&mut alice, Operation::Create) else { panic!("no group") };
     let added = service.run(&mut alice, Operation::Add { group: group.clone(), accounts: vec![carol.account()] });
-    assert_eq!(added.unwrap(), accepted(1, 1));
+    assert_eq!(added.expect("carol is added"), accepted(1, 1));
     service.deliver(&mut alice);
     service.deliver(&mut carol);
     let joined = GroupEvent::Joined { group: group.clone() };
@@ -58,7 +58,7 @@ fn an_add_that_lost_its_epoch_applies_the_winner_and_submits_again() {
     let mut bob = service.client("bob@example.org");
     // Carol's update wins epoch 1; its copy to alice is still in flight.
     let update = service.run(&mut carol, Operation::Update { group: group.clone() });
-    assert_eq!(update.unwrap(), accepted(2, 2));
+    assert_eq!(update.expect("carol's update is accepted"), accepted(2, 2));
     assert_eq!(carol.events(), vec![epoch(&group, 2, &[&alice, &carol])]);
     service.requests.clear();
 
@@ -81,7 +81,7 @@ fn an_add_that_lost_its_epoch_applies_the_winner_and_submits_again() {
             Request::Devices(b),
         ]
     );
-    assert_eq!(added.unwrap(), accepted(3, 3));
+    assert_eq!(added.expect("the retried add is accepted"), accepted(3, 3));
     assert_eq!(alice.events(), vec![epoch(&group, 2, &[&alice, &carol]), epoch(&group, 3, &[&alice, &carol, &bob])]);
     // The second bundle is one the others can follow: bob joins by its
     // Welcome, carol applies the commit and agrees on its epoch check.
@@ -102,7 +102,7 @@ fn catching_up_past_a_pruned_archive_rejoins_by_external_commit() {
     // retention deletes the archive through carol's second update.
     service.disconnect(&alice);
     for epoch in 2..=4 {
-        assert_eq!(service.run(&mut carol, Operation::Update { group: group.clone() }).unwrap(), accepted(epoch, epoch));
+        assert_eq!(service.run(&mut carol, Operation::Update { group: group.clone() }).expect("carol's update is accepted"), accepted(epoch, epoch));
     }
     service.deliver(&mut carol);
     let epochs: Vec<_> = (2..=4).map(|e| epoch(&group, e, &[&alice, &carol])).collect();
@@ -112,7 +112,7 @@ fn catching_up_past_a_pruned_archive_rejoins_by_external_commit() {
 
     let caught_up = service.run(&mut alice, Operation::CatchUpAll);
 
-    let inbox = directory_jid(&alice.account(), &Jid::new(DOMAIN).unwrap());
+    let inbox = directory_jid(&alice.account(), &Jid::new(DOMAIN).expect("the service's JID"));
     assert_eq!(
         service.requests,
         vec![
@@ -125,7 +125,7 @@ fn catching_up_past_a_pruned_archive_rejoins_by_external_commit() {
             Request::Ack { archive: archive(&group), id: "s5".into() },
         ]
     );
-    assert_eq!(caught_up.unwrap(), Done::Unit);
+    assert_eq!(caught_up.expect("the catch-up ends"), Done::Unit);
     let bundle = service.bundles.last().expect("a bundle").clone();
     let id = service::group_id(&archive(&group));
     let commit = public_message(&bundle.commit, &id, ContentType::Commit).expect("a Commit");
@@ -173,7 +173,7 @@ fn a_commit_without_an_answer_times_out_and_the_archive_settles_it() {
             Request::Commit { group: group.clone(), epoch: 2 },
         ]
     );
-    assert_eq!(again.unwrap(), accepted(3, 3));
+    assert_eq!(again.expect("the next update is accepted"), accepted(3, 3));
     assert_eq!(alice.events(), vec![epoch(&group, 2, &[&alice, &carol]), epoch(&group, 3, &[&alice, &carol])]);
     service.deliver(&mut carol);
     assert_eq!(carol.events(), vec![epoch(&group, 2, &[&alice, &carol]), epoch(&group, 3, &[&alice, &carol])]);
@@ -183,7 +183,7 @@ fn a_commit_without_an_answer_times_out_and_the_archive_settles_it() {
 fn restated(iq: &Element, check: String) -> Element {
     let payload = iq.children().next().expect("a payload");
     let bundle = CommitBundle { epoch_check: check, ..CommitBundle::parse(payload).expect("a bundle") };
-    iq_element("set", iq.attr("id").unwrap(), iq.attr("to").unwrap(), Some(bundle.to_element()))
+    iq_element("set", iq.attr("id").expect("an IQ id"), iq.attr("to").expect("an IQ to"), Some(bundle.to_element()))
 }
 
 #[test]
@@ -196,7 +196,7 @@ fn a_commit_whose_epoch_check_differs_is_a_fork_and_nothing_is_sent_into_it() {
     let commit = carol.machine.poll_transmit().expect("carol's commit");
     service.receive(&mut carol, restated(&commit, epoch_check(b"a history alice never saw")));
     service.pump(&mut carol);
-    assert_eq!(carol.machine.poll_done().map(|(_, done)| done.unwrap()), Some(accepted(2, 2)));
+    assert_eq!(carol.machine.poll_done().map(|(_, done)| done.expect("carol's update is accepted")), Some(accepted(2, 2)));
 
     service.deliver(&mut alice);
 
@@ -234,7 +234,7 @@ fn messages_unechoed_across_restarts_are_all_resent() {
     }
     assert_ne!(sent[0].attr("id"), sent[1].attr("id"), "stanza ids are unique across sessions");
     alice.machine.start(Operation::Resend);
-    assert_eq!(alice.machine.poll_done().map(|(_, done)| done.unwrap()), Some(Done::Count(2)));
+    assert_eq!(alice.machine.poll_done().map(|(_, done)| done.expect("the resend ends")), Some(Done::Count(2)));
     let resent: Vec<Element> = std::iter::from_fn(|| alice.machine.poll_transmit()).collect();
     assert_eq!(resent, sent, "both, unchanged and in sending order");
 }
@@ -247,16 +247,16 @@ fn poll<F: Future>(future: &mut Pin<Box<F>>) -> Poll<F::Output> {
 fn the_port_matches_answers_by_id_times_out_by_the_clock_and_fails_waiters_on_close() {
     let start = Instant::now();
     let timeout = Duration::from_secs(30);
-    let jid = FullJid::new("alice@example.org/d1").unwrap();
+    let jid = FullJid::new("alice@example.org/d1").expect("a full JID");
     let port = Port::manual(jid.clone(), timeout, start);
-    let service = Jid::new(DOMAIN).unwrap();
+    let service = Jid::new(DOMAIN).expect("the service's JID");
     let ping = || Element::builder("ping", PING).build();
     let answer = |id: &str, text: &str| {
         let payload = Element::builder("answer", "urn:example").append(text).build();
         iq_element("result", id, jid.as_str(), Some(payload))
     };
     let sent_ids = || -> Vec<String> {
-        std::iter::from_fn(|| port.poll_transmit()).map(|iq| iq.attr("id").unwrap().to_owned()).collect()
+        std::iter::from_fn(|| port.poll_transmit()).map(|iq| iq.attr("id").expect("an IQ id").to_owned()).collect()
     };
 
     // Two IQs in flight, answered in the other order.
