@@ -185,11 +185,14 @@ pub struct GroupsConfig {
     /// Seconds a Remove proposal of the service may stay pending: a commit
     /// in the group after that must carry it (xep/ §Service Removals).
     pub proposal_grace_secs: u64,
+    /// Groups whose validated state is kept in memory between handshakes
+    /// (least recently used out; 0: none).
+    pub cached_groups: usize,
 }
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        Self { past_epochs: 3, max_members: 1024, max_groups_per_account: 512, proposal_grace_secs: 60 }
+        Self { past_epochs: 3, max_members: 1024, max_groups_per_account: 512, proposal_grace_secs: 60, cached_groups: 256 }
     }
 }
 

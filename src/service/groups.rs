@@ -1,22 +1,26 @@
 //! Groups: the Delivery Service proper (xep/ §Groups).
 //!
-//! Handshakes are validated with openmls' `PublicGroup` inside the store's
-//! write transaction for the group ([`crate::store::Store::group_tx`]): the
-//! epoch check, the validation, the merge, the archive entry and the
-//! Welcomes commit together, so exactly one commit wins each epoch.
+//! A handshake is validated with openmls' `PublicGroup` outside the
+//! store's writer, against the group as it was read (kept hot in
+//! [`super::cache`]): signatures, tree, merge, GroupInfo. The store then
+//! decides in one transaction ([`crate::store::Store::group_tx`]): the AS
+//! checks against the device lists as they are, the archive entry, the
+//! epoch's compare-and-swap and the Welcomes land together or not at all,
+//! so exactly one commit wins each epoch, whatever runs concurrently.
 
 use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup, StagedCommit};
 use openmls::prelude::{
-    ContentType, GroupId, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage,
-    ProcessedMessageContent, ProtocolMessage, PublicMessageIn, RatchetTreeIn, Sender, ValidationError, Verifiable,
+    ContentType, LeafNode, LeafNodeIndex, OpenMlsSignaturePublicKey, ProcessedMessage, ProcessedMessageContent,
+    ProtocolMessage, PublicMessageIn, Sender, ValidationError, Verifiable,
 };
 use openmls::prelude::Credential;
 use openmls::prelude::PublicProcessMessageError;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_parsers::jid::BareJid;
 
-use super::{IqRequest, Response, Service, ServiceError};
+use super::cache::Version;
+use super::{blocking, IqRequest, Response, Service, ServiceError};
 use crate::config::GroupsConfig;
 use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{
@@ -25,6 +29,7 @@ use crate::protocol::groups::{
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::n;
+use crate::store::state::{PublicState, StateCodec};
 use crate::store::{Acceptance, ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Join, Member};
 use crate::xmpp::namespace::CLIENT;
 
@@ -67,41 +72,47 @@ pub(super) fn library(e: impl std::fmt::Display) -> ServiceError {
 
 /// The AS check on one leaf: its credential names `expected` (or any
 /// account if None) and its key is a live device of that account.
-fn check_group_leaf(tx: &GroupTx<'_>, leaf: &LeafNode, expected: Option<&BareJid>) -> Result<Member, ServiceError> {
-    check_credential(tx, leaf.credential(), leaf.signature_key().as_slice(), expected)
+/// A leaf the AS check must pass when its handshake is decided: its
+/// credential names `expected` (any account if None) and its signature key
+/// is a live device of that account.
+struct LeafCheck {
+    credential: Credential,
+    key: Vec<u8>,
+    expected: Option<BareJid>,
 }
 
-/// [`check_group_leaf`] on a leaf's credential and signature key, which
-/// needs no signature verified (the leaf may still be unverified).
-fn check_credential(
-    tx: &GroupTx<'_>,
-    credential: &Credential,
-    signature_key: &[u8],
-    expected: Option<&BareJid>,
-) -> Result<Member, ServiceError> {
-    let account = account_of(credential).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
-    if expected.is_some_and(|e| *e != account) {
-        return Err(ServiceError::InvalidMessage(Invalid::ForeignIdentity));
+impl LeafCheck {
+    fn of(leaf: &LeafNode, expected: Option<&BareJid>) -> Self {
+        Self::new(leaf.credential(), leaf.signature_key().as_slice(), expected)
     }
-    let devices = tx.live_devices(account.as_str())?;
-    check_leaf(credential, signature_key, &account, &devices).map_err(rejected)?;
-    Ok(Member { leaf: 0, account: account.to_string(), signature_key: signature_key.to_vec() })
+
+    fn new(credential: &Credential, key: &[u8], expected: Option<&BareJid>) -> Self {
+        Self { credential: credential.clone(), key: key.to_vec(), expected: expected.cloned() }
+    }
+
+    /// The AS check, in the deciding transaction; the leaf's account.
+    fn run(&self, tx: &GroupTx<'_>) -> Result<String, ServiceError> {
+        let account = account_of(&self.credential).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
+        if self.expected.as_ref().is_some_and(|e| *e != account) {
+            return Err(ServiceError::InvalidMessage(Invalid::ForeignIdentity));
+        }
+        let devices = tx.live_devices(account.as_str())?;
+        check_leaf(&self.credential, &self.key, &account, &devices).map_err(rejected)?;
+        Ok(account.to_string())
+    }
 }
 
-/// The checks of a create that need no signature, before any is verified
-/// (xep/ §Creating a Group): the group's size, the creator's group quota
-/// (joining it now; rolled back if the create fails), and the AS check of
-/// every leaf of the still unverified tree, one of which is the creator's.
-fn precheck_create(tx: &GroupTx<'_>, tree: &RatchetTreeIn, account: &BareJid, limits: &GroupsConfig) -> Result<(), ServiceError> {
-    if tree.leaves().count() > limits.max_members {
-        return Err(ServiceError::Limit(AppCondition::TooManyMembers));
-    }
+/// The checks of a create in its deciding transaction (xep/ §Creating a
+/// Group): the creator's group quota (joining it now; rolled back if the
+/// create fails) and the AS check of every leaf, one of which is the
+/// creator's.
+fn check_create(tx: &GroupTx<'_>, leaves: &[LeafCheck], account: &BareJid, limits: &GroupsConfig) -> Result<(), ServiceError> {
     if tx.join(account.as_str(), limits.max_groups_per_account)? != Join::Joined {
         return Err(ServiceError::Limit(AppCondition::TooManyGroups));
     }
     let mut creator = false;
-    for leaf in tree.leaves() {
-        creator |= check_credential(tx, leaf.credential(), leaf.signature_key().as_slice(), None)?.account == account.as_str();
+    for leaf in leaves {
+        creator |= leaf.run(tx)? == account.as_str();
     }
     creator.then_some(()).ok_or(ServiceError::NotAMember)
 }
@@ -156,8 +167,8 @@ fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Resu
 /// The group's size limit: at most `max_members` leaves. (Groups count
 /// against `max_groups_per_account` only for accounts that joined them
 /// themselves: see [`GroupTx::join`].)
-fn check_size(members: &[Member], limits: &GroupsConfig) -> Result<(), ServiceError> {
-    match members.len() > limits.max_members {
+fn check_size(leaves: usize, limits: &GroupsConfig) -> Result<(), ServiceError> {
+    match leaves > limits.max_members {
         true => Err(ServiceError::Limit(AppCondition::TooManyMembers)),
         false => Ok(()),
     }
@@ -185,9 +196,25 @@ fn current_epoch(
 ) -> Result<PublicMessageIn, ServiceError> {
     let message = mls::public_message(bytes, group_id, content).map_err(ServiceError::InvalidMessage)?;
     if message.epoch().as_u64() != state.epoch {
-        return Err(ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit.clone() }));
+        return Err(wrong_epoch(state));
     }
     Ok(message)
+}
+
+fn wrong_epoch(state: &GroupState) -> ServiceError {
+    ServiceError::WrongEpoch(WrongEpoch { epoch: state.epoch, commit: state.last_commit.clone() })
+}
+
+/// In a deciding transaction: the group is still at `epoch` (else the
+/// answer is `wrong-epoch` with the winner). The decision itself is the
+/// store's compare-and-swap; this picks the error a lost race gets before
+/// any other check can fail for a state the group left.
+fn still_at(tx: &GroupTx<'_>, epoch: u64) -> Result<(), ServiceError> {
+    let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
+    match state.epoch == epoch {
+        true => Ok(()),
+        false => Err(wrong_epoch(&state)),
+    }
 }
 
 /// The sender a handshake claims, before its signature is checked: a leaf
@@ -212,53 +239,87 @@ fn charge(tx: &GroupTx<'_>, account: &BareJid, kind: Kind, bytes: &[u8], budget:
     }
 }
 
-pub(super) fn load(tx: &GroupTx<'_>, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
-    PublicGroup::load(&tx.mls(), &GroupId::from_slice(group_id))
-        .map_err(library)?
-        .ok_or(ServiceError::UnknownGroup)
-}
-
-/// What a commit must fit: the group limits, the archive budgets and the
-/// service's pending Remove proposals (this service's JID: `component`).
+/// What a commit must fit when decided: the archive budgets, the service's
+/// pending Remove proposals (this service's JID: `component`) and their
+/// grace.
 struct CommitLimits {
-    groups: GroupsConfig,
     budget: ArchiveBudget,
     component: String,
+    grace: u64,
 }
 
-/// xep/ §Service Removals: a Commit by a member carries, by reference,
-/// every Remove proposal of the service pending for longer than
-/// groups.proposal_grace_secs (an external Commit cannot carry proposals
-/// by reference).
-fn check_service_proposals(tx: &GroupTx<'_>, staged: &StagedCommit, epoch: u64, grace: u64) -> Result<(), ServiceError> {
-    let due = tx.overdue_removals(epoch, tx.now().saturating_sub(grace as i64))?;
-    let carried = |leaf: u32| {
-        staged.remove_proposals().any(|r| {
-            matches!(r.sender(), Sender::External(_)) && r.remove_proposal().removed().u32() == leaf
-        })
+/// What a staged commit leaves for the decision to check in the store.
+struct Checked {
+    /// By a member (not an external Commit): then it must carry the
+    /// service's overdue Remove proposals; `carried` are the leaves whose
+    /// removal by the service it carries.
+    by_member: bool,
+    carried: Vec<u32>,
+    committer_key: Vec<u8>,
+    leaves: Vec<LeafCheck>,
+}
+
+/// A commit bundle validated against the group at epoch `from` and merged:
+/// what the deciding transaction checks against the store and writes.
+struct ValidCommit {
+    from: u64,
+    to: u64,
+    bundle: CommitBundle,
+    checked: Checked,
+    members: Vec<Member>,
+    /// The merged group's state blob.
+    state: Vec<u8>,
+}
+
+/// A validation that failed, with the group it was given if validation did
+/// not change it (to be cached again).
+type Failed = (ServiceError, Option<PublicGroup>);
+
+/// Validates a commit bundle of `account` against `pg` at epoch `from`, then
+/// merges it: the MLS work (signatures, tree, GroupInfo), outside the
+/// store's writer.
+fn validate_commit(
+    crypto: &RustCrypto,
+    limits: &GroupsConfig,
+    from: u64,
+    mut pg: PublicGroup,
+    account: &BareJid,
+    bundle: CommitBundle,
+) -> Result<(ValidCommit, PublicGroup), Failed> {
+    let (staged, checked) = match stage_commit(crypto, &pg, account, &bundle) {
+        Ok(staged) => staged,
+        Err(e) => return Err((e, Some(pg))),
     };
-    match due.into_iter().all(carried) {
-        true => Ok(()),
-        false => Err(ServiceError::Refused(AppCondition::MissingProposals)),
+    let merged = (|| {
+        let codec = StateCodec::default();
+        pg.merge_commit(&codec, staged).map_err(library)?;
+        let members = members_of(&pg);
+        check_size(members.len(), limits)?;
+        check_group_info(crypto, &bundle.group_info, &pg)?;
+        Ok((members, codec.blob().map_err(library)?))
+    })();
+    match merged {
+        Ok((members, state)) => {
+            let to = pg.group_context().epoch().as_u64();
+            Ok((ValidCommit { from, to, bundle, checked, members, state }, pg))
+        }
+        Err(e) => Err((e, None)),
     }
 }
 
-/// Validates and applies a commit bundle; runs on the store's writer.
-fn apply_commit(
-    tx: &GroupTx<'_>,
+/// The checks of a commit that leave the group unchanged: signature,
+/// proposals, who may commit what; returns the staged commit and what the
+/// decision needs of it.
+fn stage_commit(
     crypto: &RustCrypto,
-    limits: &CommitLimits,
-    group_id: &[u8],
-    group_jid: &str,
+    pg: &PublicGroup,
     account: &BareJid,
-    bundle: CommitBundle,
-) -> Result<(Delivered, Vec<Delivered>), ServiceError> {
-    let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
-    let message = current_epoch(&state, &bundle.commit, group_id, ContentType::Commit)?;
-    let mut pg = load(tx, group_id)?;
-    let before = members_of(&pg);
-    let processed: ProcessedMessage =
-        pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
+    bundle: &CommitBundle,
+) -> Result<(StagedCommit, Checked), ServiceError> {
+    let message = mls::public_message(&bundle.commit, pg.group_id().as_slice(), ContentType::Commit)
+        .map_err(ServiceError::InvalidMessage)?;
+    let before = members_of(pg);
+    let processed: ProcessedMessage = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
     let sender = processed.sender().clone();
     let committer = account_of(processed.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
     if committer != *account {
@@ -267,11 +328,9 @@ fn apply_commit(
     let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
         return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
     };
+    let by_member = matches!(sender, Sender::Member(_));
     let committer_key = match sender {
-        Sender::Member(index) => {
-            check_service_proposals(tx, &staged, state.epoch, limits.groups.proposal_grace_secs)?;
-            pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec())
-        }
+        Sender::Member(index) => pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec()),
         // External commit: only an account that is already a member may
         // bring in a new device of its own, replacing only its own leaves.
         Sender::NewMemberCommit if before.iter().any(|m| m.account == account.as_str()) => {
@@ -281,52 +340,90 @@ fn apply_commit(
         _ => return Err(ServiceError::Forbidden),
     }
     .ok_or(ServiceError::InvalidMessage(Invalid::Invalid))?;
-    let mut added = Vec::new();
-    for add in staged.add_proposals() {
-        added.push(check_group_leaf(tx, add.add_proposal().key_package().leaf_node(), None)?.account);
-    }
+    let mut leaves: Vec<LeafCheck> =
+        staged.add_proposals().map(|add| LeafCheck::of(add.add_proposal().key_package().leaf_node(), None)).collect();
     for update in staged.update_proposals() {
         let leaf = update.update_proposal().leaf_node();
         let owner = account_of(leaf.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
-        check_group_leaf(tx, leaf, Some(&owner))?;
+        leaves.push(LeafCheck::of(leaf, Some(&owner)));
     }
     if let Some(leaf) = staged.update_path_leaf_node() {
-        check_group_leaf(tx, leaf, Some(account))?;
+        leaves.push(LeafCheck::of(leaf, Some(account)));
+    }
+    if staged.add_proposals().next().is_some() && bundle.welcome.is_none() {
+        return Err(ServiceError::InvalidMessage(Invalid::MissingWelcome));
+    }
+    if let Some(welcome) = &bundle.welcome {
+        mls::welcome(welcome).map_err(ServiceError::InvalidMessage)?;
+    }
+    let carried = staged
+        .remove_proposals()
+        .filter(|r| matches!(r.sender(), Sender::External(_)))
+        .map(|r| r.remove_proposal().removed().u32())
+        .collect();
+    Ok((*staged, Checked { by_member, carried, committer_key, leaves }))
+}
+
+/// xep/ §Service Removals: a Commit by a member carries, by reference,
+/// every Remove proposal of the service pending for longer than
+/// groups.proposal_grace_secs (an external Commit cannot carry proposals
+/// by reference).
+fn check_service_proposals(tx: &GroupTx<'_>, valid: &ValidCommit, grace: u64) -> Result<(), ServiceError> {
+    if !valid.checked.by_member {
+        return Ok(());
+    }
+    let due = tx.overdue_removals(valid.from, tx.now().saturating_sub(grace as i64))?;
+    match due.iter().all(|leaf| valid.checked.carried.contains(leaf)) {
+        true => Ok(()),
+        false => Err(ServiceError::Refused(AppCondition::MissingProposals)),
+    }
+}
+
+/// Decides a validated commit in the store's transaction: the AS checks
+/// against the device lists as they are now, the budget, the archive
+/// entry, the epoch's compare-and-swap, members, feed and Welcomes; then
+/// the service's Remove proposals for leaves still stale.
+fn decide_commit(
+    tx: &GroupTx<'_>,
+    crypto: &RustCrypto,
+    limits: &CommitLimits,
+    group_jid: &str,
+    account: &BareJid,
+    valid: ValidCommit,
+    mut pg: PublicGroup,
+) -> Result<(Delivered, Vec<Delivered>, PublicGroup), ServiceError> {
+    still_at(tx, valid.from)?;
+    check_service_proposals(tx, &valid, limits.grace)?;
+    let mut added = Vec::new();
+    for leaf in &valid.checked.leaves {
+        let owner = leaf.run(tx)?;
+        if leaf.expected.is_none() {
+            added.push(owner);
+        }
     }
     added.sort();
     added.dedup();
-    if !added.is_empty() && bundle.welcome.is_none() {
-        return Err(ServiceError::InvalidMessage(Invalid::MissingWelcome));
-    }
-    let sender_device = device_of(tx, account.as_str(), &committer_key)?;
-    pg.merge_commit(&tx.mls(), *staged).map_err(library)?;
-    let members = members_of(&pg);
-    check_size(&members, &limits.groups)?;
-    check_group_info(crypto, &bundle.group_info, &pg)?;
-    let epoch = pg.group_context().epoch().as_u64();
+    let sender_device = device_of(tx, account.as_str(), &valid.checked.committer_key)?;
+    let bundle = valid.bundle;
     charge(tx, account, Kind::Commit, &bundle.commit, limits.budget)?;
     let archived =
-        tx.append(account.as_str(), state.epoch, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
-    tx.advance(epoch, &bundle.group_info, &archived.stanza_id)?;
-    tx.set_members(&members, archived.seq)?;
+        tx.append(account.as_str(), valid.from, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
+    if !tx.advance(valid.from, valid.to, &bundle.group_info, &archived.stanza_id, &valid.state)? {
+        return Err(wrong_epoch(&tx.state()?.ok_or(ServiceError::UnknownGroup)?));
+    }
+    tx.set_members(&valid.members, archived.seq)?;
     let removed = tx.prune_feed()?;
     let mut welcome = None;
     if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
-        mls::welcome(&w).map_err(ServiceError::InvalidMessage)?;
         let payload =
-            Welcome {
-                group: group_jid.to_owned(),
-                commit: Some(archived.stanza_id.clone()),
-                position: Some(archived.seq),
-                message: w.clone(),
-            }
+            Welcome { group: group_jid.to_owned(), commit: Some(archived.stanza_id.clone()), position: Some(archived.seq), message: w }
                 .to_element();
-        let inboxes = added.into_iter().map(|a| Ok((tx.inbox(&a, &payload)?, a))).collect::<Result<Vec<_>, ServiceError>>()?;
-        welcome = Some((payload, inboxes.into_iter().map(|(id, a)| (a, id)).collect()));
+        let inboxes = added.into_iter().map(|a| Ok((a.clone(), tx.inbox(&a, &payload)?))).collect::<Result<Vec<_>, ServiceError>>()?;
+        welcome = Some((payload, inboxes));
     }
     let commit = Delivered {
         archived,
-        epoch: state.epoch,
+        epoch: valid.from,
         kind: Kind::Commit,
         sender_device,
         epoch_check: Some(bundle.epoch_check),
@@ -337,54 +434,86 @@ fn apply_commit(
     };
     // Leaves still stale in the new epoch are proposed for removal again.
     let proposals = super::sender::propose_removals(tx, crypto, &limits.component, &mut pg)?;
-    Ok((commit, proposals))
+    Ok((commit, proposals, pg))
 }
 
-/// Validates a proposal by reference and keeps it for the epoch.
-fn apply_proposal(
-    tx: &GroupTx<'_>,
+/// A proposal by reference validated against the group in `epoch`.
+struct ValidProposal {
+    epoch: u64,
+    message: Vec<u8>,
+    sender_key: Vec<u8>,
+    leaf: Option<LeafCheck>,
+    /// (reference, proposal) to queue.
+    queued: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Validates a proposal of `account` and adds it to `pg`'s queue.
+fn validate_proposal(
     crypto: &RustCrypto,
-    budget: ArchiveBudget,
-    group_id: &[u8],
+    mut pg: PublicGroup,
     account: &BareJid,
-    proposal: Proposal,
-) -> Result<Delivered, ServiceError> {
-    let state = tx.state()?.ok_or(ServiceError::UnknownGroup)?;
-    let message = current_epoch(&state, &proposal.message, group_id, ContentType::Proposal)?;
-    let mut pg = load(tx, group_id)?;
-    let processed = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
-    if account_of(processed.credential()).as_ref() != Some(account) {
-        return Err(ServiceError::Forbidden);
-    }
-    let Sender::Member(index) = processed.sender().clone() else { return Err(ServiceError::Forbidden) };
-    let key = pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec());
-    let sender_device = device_of(tx, account.as_str(), &key.unwrap_or_default())?;
-    let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
-        return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
+    message: Vec<u8>,
+) -> Result<(ValidProposal, PublicGroup), Failed> {
+    let checked = (|| {
+        let public = mls::public_message(&message, pg.group_id().as_slice(), ContentType::Proposal)
+            .map_err(ServiceError::InvalidMessage)?;
+        let processed = pg.process_message(crypto, ProtocolMessage::from(public)).map_err(processing)?;
+        if account_of(processed.credential()).as_ref() != Some(account) {
+            return Err(ServiceError::Forbidden);
+        }
+        let Sender::Member(index) = processed.sender().clone() else { return Err(ServiceError::Forbidden) };
+        let sender_key = pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec()).unwrap_or_default();
+        let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
+            return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
+        };
+        let leaf = match queued.proposal() {
+            openmls::prelude::Proposal::Add(add) => Some(LeafCheck::of(add.key_package().leaf_node(), None)),
+            openmls::prelude::Proposal::Update(update) => Some(LeafCheck::of(update.leaf_node(), Some(account))),
+            _ => None,
+        };
+        Ok((sender_key, leaf, queued))
+    })();
+    let (sender_key, leaf, queued) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err((e, Some(pg))),
     };
-    match queued.proposal() {
-        openmls::prelude::Proposal::Add(add) => {
-            check_group_leaf(tx, add.key_package().leaf_node(), None)?;
-        }
-        openmls::prelude::Proposal::Update(update) => {
-            check_group_leaf(tx, update.leaf_node(), Some(account))?;
-        }
-        _ => {}
+    let codec = StateCodec::default();
+    if let Err(e) = pg.add_proposal(&codec, *queued) {
+        return Err((library(e), None));
     }
-    pg.add_proposal(&tx.mls(), *queued).map_err(library)?;
-    charge(tx, account, Kind::Proposal, &proposal.message, budget)?;
-    let archived = tx.append(account.as_str(), state.epoch, Kind::Proposal, &sender_device, None, &proposal.message)?;
+    let epoch = pg.group_context().epoch().as_u64();
+    Ok((ValidProposal { epoch, message, sender_key, leaf, queued: codec.queued() }, pg))
+}
+
+/// Decides a validated proposal: queued if the group is still in its
+/// epoch (the compare-and-swap), then checked, charged and archived.
+fn decide_proposal(tx: &GroupTx<'_>, budget: ArchiveBudget, account: &BareJid, valid: ValidProposal) -> Result<Delivered, ServiceError> {
+    still_at(tx, valid.epoch)?;
+    if !tx.queue_proposals(valid.epoch, &valid.queued)? {
+        return Err(wrong_epoch(&tx.state()?.ok_or(ServiceError::UnknownGroup)?));
+    }
+    if let Some(leaf) = &valid.leaf {
+        leaf.run(tx)?;
+    }
+    let sender_device = device_of(tx, account.as_str(), &valid.sender_key)?;
+    charge(tx, account, Kind::Proposal, &valid.message, budget)?;
+    let archived = tx.append(account.as_str(), valid.epoch, Kind::Proposal, &sender_device, None, &valid.message)?;
     Ok(Delivered {
         archived,
-        epoch: state.epoch,
+        epoch: valid.epoch,
         kind: Kind::Proposal,
         sender_device,
         epoch_check: None,
-        message: proposal.message,
+        message: valid.message,
         feed: tx.feed()?,
         removed: Vec::new(),
         welcome: None,
     })
+}
+
+/// The version of the group's public state that `state` records.
+pub(super) fn version(state: &GroupState) -> Version {
+    (state.epoch, state.queued)
 }
 
 impl Service {
@@ -392,32 +521,56 @@ impl Service {
         format!("{}@{}", crate::protocol::address::group_node(group_id), self.config.component.jid)
     }
 
+    /// The group's PublicGroup at the version `state` records: the cached
+    /// one, or decoded from the store (then `state` is read anew with it).
+    pub(super) async fn public_group(&self, group_id: &[u8], state: GroupState) -> Result<(GroupState, PublicGroup), ServiceError> {
+        if let Some(pg) = self.states.take(group_id, version(&state)) {
+            return Ok((state, pg));
+        }
+        let (state, public) = self.store.group_snapshot(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
+        let gid = group_id.to_vec();
+        let pg = blocking(move || StateCodec::load(&public, &gid).map_err(library)?.ok_or(ServiceError::UnknownGroup)).await?;
+        Ok((state, pg))
+    }
+
     /// A new group from its creator's GroupInfo: every leaf passes the AS
-    /// check and one of them is the creator's.
+    /// check and one of them is the creator's. The checks that need no
+    /// signature come first; the tree is verified outside the writer; the
+    /// store decides (a group id is created once).
     pub(super) async fn create_group(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let create = Create::parse(&req.payload)?;
-        let (account, crypto, gid) = (req.from.to_bare(), self.crypto.clone(), group_id.to_vec());
-        let (limits, component) = (self.config.groups.clone(), self.config.component.jid.clone());
+        if self.store.group_exists(group_id.to_vec()).await? {
+            return Err(ServiceError::GroupExists);
+        }
+        let (gi, tree) = mls::group_info(&create.group_info, group_id).map_err(ServiceError::InvalidMessage)?;
+        check_size(tree.leaves().count(), &self.config.groups)?;
+        if let Some(key) = self.store.service_keys().await?.first() {
+            if !super::sender::lists(gi.group_context().extensions().external_senders(), &self.config.component.jid, key) {
+                return Err(ServiceError::Refused(AppCondition::ExternalSenderRequired));
+            }
+        }
+        let leaves: Vec<LeafCheck> = tree.leaves().map(|l| LeafCheck::new(l.credential(), l.signature_key().as_slice(), None)).collect();
+        let crypto = self.crypto.clone();
+        let (pg, state) = blocking(move || {
+            let codec = StateCodec::default();
+            let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &codec, tree, gi, ProposalStore::new())
+                .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
+            Ok((pg, PublicState { blob: codec.blob().map_err(library)?, proposals: Vec::new() }))
+        })
+        .await?;
+        let (account, limits, members) = (req.from.to_bare(), self.config.groups.clone(), members_of(&pg));
+        let epoch = pg.group_context().epoch().as_u64();
         self.store
             .group_tx(group_id.to_vec(), move |tx| {
-                if tx.state()?.is_some() {
+                check_create(tx, &leaves, &account, &limits)?;
+                if !tx.create(epoch, &create.group_info, &state)? {
                     return Err(ServiceError::GroupExists);
                 }
-                let (gi, tree) = mls::group_info(&create.group_info, &gid).map_err(ServiceError::InvalidMessage)?;
-                precheck_create(tx, &tree, &account, &limits)?;
-                if let Some(key) = tx.service_keys()?.first() {
-                    if !super::sender::lists(gi.group_context().extensions().external_senders(), &component, key) {
-                        return Err(ServiceError::Refused(AppCondition::ExternalSenderRequired));
-                    }
-                }
-                let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &tx.mls(), tree, gi, ProposalStore::new())
-                    .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
-                let members = members_of(&pg);
-                tx.create(pg.group_context().epoch().as_u64(), &create.group_info)?;
                 tx.set_members(&members, 0)?;
                 Ok(())
             })
             .await?;
+        self.states.put(group_id, (epoch, 0), pg);
         Ok(Response::default())
     }
 
@@ -426,18 +579,23 @@ impl Service {
         if let Some(earlier) = self.resent(req, group_id, Kind::Commit, &bundle.commit).await? {
             return Ok(Response::result(accepted_as(earlier.epoch + 1, earlier.archived)));
         }
-        self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
-        let (crypto, account, gid, jid) =
-            (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.group_jid(group_id));
+        let state = self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
+        let (state, pg) = self.public_group(group_id, state).await?;
+        let (crypto, account, groups) = (self.crypto.clone(), req.from.to_bare(), self.config.groups.clone());
+        let from = state.epoch;
+        let validated = blocking(move || Ok(validate_commit(&crypto, &groups, from, pg, &account, bundle))).await?;
+        let (valid, pg) = self.cached_again(group_id, &state, validated)?;
         let limits = CommitLimits {
-            groups: self.config.groups.clone(),
             budget: self.archive_budget(),
             component: self.config.component.jid.clone(),
+            grace: self.config.groups.proposal_grace_secs,
         };
-        let (delivered, proposals) = self
+        let (crypto, account, jid) = (self.crypto.clone(), req.from.to_bare(), self.group_jid(group_id));
+        let (delivered, proposals, pg) = self
             .store
-            .group_tx(group_id.to_vec(), move |tx| apply_commit(tx, &crypto, &limits, &gid, &jid, &account, bundle))
+            .group_tx(group_id.to_vec(), move |tx| decide_commit(tx, &crypto, &limits, &jid, &account, valid, pg))
             .await?;
+        self.states.put(group_id, (from + 1, proposals.len() as u64), pg);
         let mut response = self.deliver(group_id, delivered, req);
         response.issued = self.issued(group_id, &proposals);
         Ok(response)
@@ -448,14 +606,27 @@ impl Service {
         if let Some(earlier) = self.resent(req, group_id, Kind::Proposal, &proposal.message).await? {
             return Ok(Response::result(accepted_as(earlier.epoch, earlier.archived)));
         }
-        self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
-        let (crypto, account, gid, budget) =
-            (self.crypto.clone(), req.from.to_bare(), group_id.to_vec(), self.archive_budget());
-        let delivered = self
-            .store
-            .group_tx(group_id.to_vec(), move |tx| apply_proposal(tx, &crypto, budget, &gid, &account, proposal))
-            .await?;
+        let state = self.precheck(req, group_id, &proposal.message, ContentType::Proposal).await?;
+        let (state, pg) = self.public_group(group_id, state).await?;
+        let (crypto, account) = (self.crypto.clone(), req.from.to_bare());
+        let validated = blocking(move || Ok(validate_proposal(&crypto, pg, &account, proposal.message))).await?;
+        let (valid, pg) = self.cached_again(group_id, &state, validated)?;
+        let (account, budget) = (req.from.to_bare(), self.archive_budget());
+        let delivered =
+            self.store.group_tx(group_id.to_vec(), move |tx| decide_proposal(tx, budget, &account, valid)).await?;
+        self.states.put(group_id, (state.epoch, state.queued + 1), pg);
         Ok(self.deliver(group_id, delivered, req))
+    }
+
+    /// A validation's outcome; a failed one gives its group back to the
+    /// cache if it left it unchanged.
+    fn cached_again<T>(&self, group_id: &[u8], state: &GroupState, outcome: Result<T, Failed>) -> Result<T, ServiceError> {
+        outcome.map_err(|(e, pg)| {
+            if let Some(pg) = pg {
+                self.states.put(group_id, version(state), pg);
+            }
+            e
+        })
     }
 
     /// How a handshake the requester's account sent before was accepted, if
@@ -467,14 +638,15 @@ impl Service {
     }
 
     /// The checks of a handshake that need no signature, against the
-    /// stored state, outside the writer: unknown group, decoding, epoch, and
-    /// the sender it claims. A handshake refused by them costs two reads;
-    /// the writer checks again, deciding.
-    async fn precheck(&self, req: &IqRequest, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<(), ServiceError> {
+    /// stored state: unknown group, decoding, epoch, and the sender it
+    /// claims. A handshake refused by them costs two reads. Returns the
+    /// state checked against.
+    async fn precheck(&self, req: &IqRequest, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<GroupState, ServiceError> {
         let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
         let message = current_epoch(&state, bytes, group_id, content)?;
         let members = self.store.group_members(group_id.to_vec()).await?;
-        claimed_sender(&message, &members, &req.from.to_bare())
+        claimed_sender(&message, &members, &req.from.to_bare())?;
+        Ok(state)
     }
 
     /// The latest GroupInfo, for members (and their accounts' new devices).
@@ -516,7 +688,6 @@ impl Service {
 
 }
 
-/// `<accepted/>` for a handshake archived as `archived`, the group then at `epoch`.
 fn accepted_as(epoch: u64, archived: Archived) -> Element {
     Accepted { epoch, stanza_id: archived.stanza_id, position: archived.seq }.to_element()
 }

@@ -54,11 +54,10 @@ impl Service {
         metrics().key_package_verifications.inc_by(messages.len() as u64);
         let crypto = self.crypto.clone();
         // Signature checks are CPU work: keep them off the async workers.
-        let verified = tokio::task::spawn_blocking(move || {
-            messages.iter().map(|b| verify(crypto.as_ref(), b, &account, &devices, &policy, now)).collect::<Vec<_>>()
+        let verified = super::blocking(move || {
+            Ok(messages.iter().map(|b| verify(crypto.as_ref(), b, &account, &devices, &policy, now)).collect::<Vec<_>>())
         })
-        .await
-        .map_err(|_| ServiceError::Unsupported)?;
+        .await?;
         let kps = all_or_refused(verified.into_iter())?;
         let ids: Vec<String> = kps.iter().map(|k| ref_hex(&k.kp_ref)).collect();
         match self.store.store_key_packages(caller.account.to_string(), kps, max, now).await? {

@@ -3,6 +3,7 @@
 //! [`ServiceError`] to a stanza error.
 
 mod archive;
+mod cache;
 mod devices;
 mod disco;
 mod feed;
@@ -11,6 +12,8 @@ mod keypackages;
 mod order;
 mod pubsub;
 mod sender;
+#[cfg(test)]
+mod tests;
 mod vault;
 
 pub use order::Order;
@@ -151,6 +154,16 @@ pub struct Service {
     domains: DefaultKeyedRateLimiter<String>,
     /// KeyPackage signature verifications per account: bounded by `maintain`.
     verifications: DefaultKeyedRateLimiter<String>,
+    /// Groups' PublicGroups between handshakes.
+    states: cache::GroupCache,
+}
+
+/// Runs CPU work (MLS validation) on a blocking thread, off the async
+/// workers and off the store's writer.
+pub(super) async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, ServiceError> + Send + 'static,
+) -> Result<R, ServiceError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ServiceError::Store(StoreError::Panicked(e.to_string())))?
 }
 
 impl Service {
@@ -161,6 +174,7 @@ impl Service {
         let verifications = refilled(d.key_package_refill_secs, d.key_package_burst);
         let accounts = per_second(l.account_rate, l.account_burst);
         let domains = per_second(config.federation.domain_rate, config.federation.domain_burst);
+        let states = cache::GroupCache::new(config.groups.cached_groups);
         Self {
             config,
             store,
@@ -170,6 +184,7 @@ impl Service {
             accounts: RateLimiter::keyed(accounts),
             domains: RateLimiter::keyed(domains),
             verifications: RateLimiter::keyed(verifications),
+            states,
         }
     }
 

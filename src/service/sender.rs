@@ -12,10 +12,11 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
 use tls_codec::Serialize;
 
-use super::groups::{encoded, fan_out, library, load, processing, Delivered};
+use super::groups::{encoded, fan_out, library, processing, version, Delivered};
 use super::{Service, ServiceError};
 use crate::protocol::groups::Kind;
 use crate::protocol::mls::{self, Invalid};
+use crate::store::state::StateCodec;
 use crate::store::{GroupTx, ServiceKey};
 
 /// The archive's sender of the service's own proposals (no device).
@@ -67,10 +68,13 @@ fn position<'k>(
     })
 }
 
-/// Signs, validates, keeps and archives a Remove proposal of the service
+/// Signs, validates, queues and archives a Remove proposal of the service
 /// for every leaf of the group whose signature key is no longer a live
-/// device of its account and that has none in this epoch yet. Groups
-/// that do not list the service as an external sender get none.
+/// device of its account and that has none in this epoch yet; `pg` (the
+/// group as the transaction has it) queues them too. Groups that do not
+/// list the service as an external sender get none. (Signing and checking
+/// a proposal costs two signature operations, and only leaves of devices
+/// that left have any: these stay in the deciding transaction.)
 pub(super) fn propose_removals(
     tx: &GroupTx<'_>,
     crypto: &RustCrypto,
@@ -88,6 +92,7 @@ pub(super) fn propose_removals(
     let signer = SignatureKeyPair::from_raw(SignatureScheme::ED25519, key.private.clone(), key.public.clone());
     let group_id = pg.group_id().clone();
     let mut delivered = Vec::new();
+    let codec = StateCodec::default();
     for leaf in stale {
         let proposal = ExternalProposal::new_remove::<OpenMlsRustCrypto>(
             LeafNodeIndex::new(leaf),
@@ -104,7 +109,7 @@ pub(super) fn propose_removals(
         let ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else {
             return Err(ServiceError::InvalidMessage(Invalid::WrongContentType));
         };
-        pg.add_proposal(&tx.mls(), *queued).map_err(library)?;
+        pg.add_proposal(&codec, *queued).map_err(library)?;
         let archived = tx.append(SERVICE_SENDER, epoch, Kind::Proposal, SERVICE_SENDER, None, &message)?;
         tx.record_service_proposal(epoch, leaf)?;
         delivered.push(Delivered {
@@ -118,6 +123,9 @@ pub(super) fn propose_removals(
             removed: Vec::new(),
             welcome: None,
         });
+    }
+    if !tx.queue_proposals(epoch, &codec.queued())? {
+        return Err(ServiceError::Store(crate::store::StoreError::Batch("the group left the epoch".into())));
     }
     tx.forget_service_proposals(epoch)?;
     Ok(delivered)
@@ -145,22 +153,34 @@ impl Service {
     pub(super) async fn issue_removals(&self, groups: Vec<Vec<u8>>) -> Vec<Issued> {
         let mut issued = Vec::new();
         for gid in groups {
-            let (crypto, component, id) = (self.crypto.clone(), self.config.component.jid.clone(), gid.clone());
-            let outcome = self
-                .store
-                .group_tx(gid.clone(), move |tx| {
-                    if tx.state()?.is_none() {
-                        return Ok(Vec::new());
-                    }
-                    let mut pg = load(tx, &id)?;
-                    propose_removals(tx, &crypto, &component, &mut pg)
-                })
-                .await;
-            match outcome {
+            match self.issue_removals_in(&gid).await {
                 Ok(delivered) => issued.extend(self.issued(&gid, &delivered)),
                 Err(e) => tracing::warn!(error = %e, "cannot issue the service's Remove proposals"),
             }
         }
         issued
+    }
+
+    /// [`propose_removals`] in one group, against its cached state if that
+    /// is still the group's (else nothing: the handshake that moved the
+    /// group proposed what was due).
+    async fn issue_removals_in(&self, gid: &[u8]) -> Result<Vec<Delivered>, ServiceError> {
+        let Some(state) = self.store.group_state(gid.to_vec()).await? else { return Ok(Vec::new()) };
+        let (state, mut pg) = self.public_group(gid, state).await?;
+        let (crypto, component) = (self.crypto.clone(), self.config.component.jid.clone());
+        let (delivered, pg) = self
+            .store
+            .group_tx(gid.to_vec(), move |tx| {
+                if tx.state()?.as_ref().map(version) != Some(version(&state)) {
+                    return Ok((Vec::new(), None));
+                }
+                let delivered = propose_removals(tx, &crypto, &component, &mut pg)?;
+                Ok::<_, ServiceError>((delivered, Some((version(&state), pg))))
+            })
+            .await?;
+        if let Some(((epoch, queued), pg)) = pg {
+            self.states.put(gid, (epoch, queued + delivered.len() as u64), pg);
+        }
+        Ok(delivered)
     }
 }

@@ -4,13 +4,8 @@
 
 use std::path::PathBuf;
 
-use openmls::group::PublicGroup;
-use openmls::prelude::hash_ref::ProposalRef;
-use openmls::prelude::GroupId;
-use openmls_traits::public_storage::PublicStorageProvider;
 use rusqlite::{params, Connection};
 
-use super::mls::TxStorage;
 use super::{Store, StoreError};
 use crate::metrics::StoreGauges;
 
@@ -156,17 +151,6 @@ fn device_stock(c: &Connection, account: &str, now: i64) -> Result<Vec<DeviceSto
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// openmls' PublicGroup of `group_id` and its queued proposals.
-fn delete_public_group(c: &Connection, group_id: &[u8]) -> Result<(), StoreError> {
-    let storage = TxStorage::new(c);
-    let gid = GroupId::from_slice(group_id);
-    fn failed(e: impl std::fmt::Display) -> StoreError {
-        StoreError::Batch(format!("openmls storage: {e}"))
-    }
-    PublicGroup::delete(&storage, &gid).map_err(failed)?;
-    storage.clear_proposal_queue::<GroupId, ProposalRef>(&gid).map_err(failed)
-}
-
 impl Store {
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         self.read(|c| {
@@ -231,18 +215,17 @@ impl Store {
         .await
     }
 
-    /// Deletes a group: its state, openmls' PublicGroup, members, archive,
+    /// Deletes a group: its state, queued proposals, members, archive,
     /// feed, acknowledgements and acceptances. False if there was no such group.
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
             if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
                 return Ok(false);
             }
-            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances", "service_proposals"] {
+            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances", "service_proposals", "group_proposals"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
-            delete_public_group(c, &group_id)?;
             Ok(true)
         })
         .await

@@ -1,9 +1,11 @@
 //! Groups followed by the Delivery Service: state, members, archive, feed.
 //!
-//! Commits and proposals are validated inside one write transaction
-//! ([`Store::group_tx`]): the service runs openmls' `PublicGroup` on
-//! [`GroupTx::mls`], so the epoch's winner, the merged group state, the
-//! archive entry and the Welcomes land together or not at all.
+//! The service validates a commit or proposal against a snapshot of the
+//! group ([`Store::group_snapshot`]) outside the writer, then decides in
+//! one write transaction ([`Store::group_tx`]): a compare-and-swap on the
+//! group's epoch ([`GroupTx::advance`], [`GroupTx::queue_proposals`])
+//! makes exactly one commit win each epoch, and the new state, the archive
+//! entry and the Welcomes land with it or not at all.
 
 use std::collections::{HashMap, HashSet};
 
@@ -12,7 +14,7 @@ use rusqlite::{named_params, params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
 use super::inbox::{insert_inbox, new_stanza_id};
-use super::mls::TxStorage;
+use super::state::PublicState;
 use super::{Store, StoreError};
 use crate::protocol::devices::Device;
 use crate::protocol::groups::Kind;
@@ -25,6 +27,9 @@ pub struct GroupState {
     pub last_commit: Option<String>,
     /// The latest GroupInfo (MLSMessage).
     pub group_info: Vec<u8>,
+    /// How many proposals are queued in the epoch: with the epoch, what
+    /// identifies a version of the group's public state.
+    pub queued: u64,
 }
 
 /// A leaf of a group, as the DS last merged it.
@@ -153,31 +158,26 @@ impl<'c> GroupTx<'c> {
         self.now
     }
 
-    /// openmls storage on this transaction.
-    pub fn mls(&self) -> TxStorage<'c> {
-        TxStorage::new(self.c)
-    }
-
     pub fn state(&self) -> Result<Option<GroupState>, StoreError> {
-        Ok(self
-            .c
-            .prepare_cached("SELECT epoch, last_commit, group_info FROM groups WHERE group_id = ?1")?
-            .query_row([&self.group_id], |r| {
-                Ok(GroupState { epoch: r.get::<_, i64>(0)? as u64, last_commit: r.get(1)?, group_info: r.get(2)? })
-            })
-            .optional()?)
+        group_state(self.c, &self.group_id)
     }
 
     pub fn live_devices(&self, account: &str) -> Result<Vec<Device>, StoreError> {
         live_devices(self.c, account, self.now)
     }
 
-    pub fn create(&self, epoch: u64, group_info: &[u8]) -> Result<(), StoreError> {
-        self.c.execute(
-            "INSERT INTO groups (group_id, created_at, epoch, group_info) VALUES (?1, ?2, ?3, ?4)",
-            params![self.group_id, self.now, epoch as i64, group_info],
-        )?;
-        Ok(())
+    /// Starts following the group at `epoch` with `state`; false, doing
+    /// nothing, if a group with this id exists.
+    pub fn create(&self, epoch: u64, group_info: &[u8], state: &PublicState) -> Result<bool, StoreError> {
+        let created = self.c.execute(
+            "INSERT INTO groups (group_id, created_at, epoch, group_info, state) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (group_id) DO NOTHING",
+            params![self.group_id, self.now, epoch as i64, group_info, state.blob],
+        )? == 1;
+        if created {
+            self.queue_proposals(epoch, &state.proposals)?;
+        }
+        Ok(created)
     }
 
     /// Counts `bytes` of a message of `kind` from `account` against today's
@@ -239,13 +239,40 @@ impl<'c> GroupTx<'c> {
         acceptance(self.c, &self.group_id, account, kind, message)
     }
 
-    /// Records a merged commit: the new epoch, its GroupInfo and commit id.
-    pub fn advance(&self, epoch: u64, group_info: &[u8], commit: &str) -> Result<(), StoreError> {
-        self.c.execute(
-            "UPDATE groups SET epoch = ?2, group_info = ?3, last_commit = ?4 WHERE group_id = ?1",
-            params![self.group_id, epoch as i64, group_info, commit],
+    /// The epoch's compare-and-swap: moves the group from epoch `from` to
+    /// `to` with its new GroupInfo, commit id and state, and forgets the
+    /// proposals of earlier epochs; false, changing nothing, if the group
+    /// is no longer at `from` (another commit won).
+    pub fn advance(&self, from: u64, to: u64, group_info: &[u8], commit: &str, state: &[u8]) -> Result<bool, StoreError> {
+        let moved = self
+            .c
+            .prepare_cached(
+                "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, state = ?6
+                 WHERE group_id = ?1 AND epoch = ?2",
+            )?
+            .execute(params![self.group_id, from as i64, to as i64, group_info, commit, state])?
+            == 1;
+        if moved {
+            self.c
+                .prepare_cached("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2")?
+                .execute(params![self.group_id, to as i64])?;
+        }
+        Ok(moved)
+    }
+
+    /// Queues proposals (reference, proposal) in `epoch`, if the group is
+    /// still at it; false, queuing none, if it is not.
+    pub fn queue_proposals(&self, epoch: u64, proposals: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, StoreError> {
+        let mut queue = self.c.prepare_cached(
+            "INSERT INTO group_proposals (group_id, epoch, ref, proposal)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1 AND epoch = ?2)",
         )?;
-        Ok(())
+        for (reference, proposal) in proposals {
+            if queue.execute(params![self.group_id, epoch as i64, reference, proposal])? == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Records the group's leaves; `seq` is the archive position of the
@@ -389,6 +416,34 @@ fn acceptance(
         .optional()?)
 }
 
+fn group_state(c: &Connection, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
+    Ok(c
+        .prepare_cached(
+            "SELECT epoch, last_commit, group_info,
+                    (SELECT count(*) FROM group_proposals p WHERE p.group_id = g.group_id AND p.epoch = g.epoch)
+             FROM groups g WHERE group_id = ?1",
+        )?
+        .query_row([group_id], |r| {
+            Ok(GroupState {
+                epoch: r.get::<_, i64>(0)? as u64,
+                last_commit: r.get(1)?,
+                group_info: r.get(2)?,
+                queued: r.get::<_, i64>(3)? as u64,
+            })
+        })
+        .optional()?)
+}
+
+/// The group's public state in its current epoch.
+fn public_state(c: &Connection, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
+    let blob: Option<Vec<u8>> = c
+        .prepare_cached("SELECT state FROM groups WHERE group_id = ?1")?
+        .query_row([group_id], |r| r.get(0))?;
+    let mut st = c.prepare_cached("SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY rowid")?;
+    let proposals = st.query_map(params![group_id, epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(PublicState { blob: blob.unwrap_or_default(), proposals: proposals.collect::<Result<_, _>>()? })
+}
+
 fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
     Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
 }
@@ -470,7 +525,18 @@ impl Store {
     }
 
     pub async fn group_state(&self, group_id: Vec<u8>) -> Result<Option<GroupState>, StoreError> {
-        self.read(move |c| GroupTx { c, group_id, now: 0 }.state()).await
+        self.read(move |c| group_state(c, &group_id)).await
+    }
+
+    /// The group's record and public state, read together (one snapshot).
+    pub async fn group_snapshot(&self, group_id: Vec<u8>) -> Result<Option<(GroupState, PublicState)>, StoreError> {
+        self.read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let Some(state) = group_state(&tx, &group_id)? else { return Ok(None) };
+            let public = public_state(&tx, &group_id, state.epoch)?;
+            Ok(Some((state, public)))
+        })
+        .await
     }
 
     pub async fn group_members(&self, group_id: Vec<u8>) -> Result<Vec<Member>, StoreError> {
@@ -617,7 +683,7 @@ mod tests {
         let (_dir, store) = temp_store();
         let archived = store
             .group_tx(b"g".to_vec(), |tx| {
-                tx.create(0, b"info")?;
+                tx.create(0, b"info", &PublicState::default())?;
                 tx.append("alice@example.org", 0, Kind::Application, "laptop", None, b"ciphertext")
             })
             .await

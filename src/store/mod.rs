@@ -18,6 +18,7 @@ pub mod local;
 pub mod mls;
 mod schema;
 mod sender;
+pub mod state;
 mod vault;
 
 /// The log targets of the migration libraries the stores use (the
@@ -98,6 +99,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn)?;
         mls::migrate(&mut conn)?;
+        mls::convert_public_groups(&mut conn)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let batch_max = config.batch_max;
         let writer = std::thread::Builder::new()

@@ -207,6 +207,20 @@ const MIGRATIONS: &[M<'static>] = &[
             PRIMARY KEY (group_id, epoch, leaf)
         ) STRICT;",
     ),
+    // 13: the Delivery Service's copy of each group's public state as one
+    // compact blob (store/state.rs) and the proposals queued in its epoch,
+    // in place of openmls' JSON tables (groups kept there are converted
+    // when the store opens: mls::convert_public_groups).
+    M::up(
+        "ALTER TABLE groups ADD COLUMN state BLOB;
+        CREATE TABLE group_proposals (
+            group_id BLOB NOT NULL,
+            epoch    INTEGER NOT NULL,
+            ref      BLOB NOT NULL,
+            proposal BLOB NOT NULL,
+            PRIMARY KEY (group_id, ref)
+        ) STRICT;",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
