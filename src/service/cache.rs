@@ -40,11 +40,16 @@ impl GroupCache {
         Self { capacity, inner: Mutex::default() }
     }
 
-    /// Takes the group out if it is cached at `version`; an entry at
-    /// another version is dropped.
+    /// Takes the group out if it is cached at `version`; an entry of an
+    /// earlier version is dropped, one of a later version kept.
     pub fn take(&self, group_id: &[u8], version: Version) -> Option<PublicGroup> {
-        let entry = self.inner.lock().expect("cache lock").entries.remove(group_id)?;
-        (entry.version == version).then_some(entry.group)
+        let mut inner = self.inner.lock().expect("cache lock");
+        let cached = inner.entries.get(group_id)?.version;
+        if cached > version {
+            return None;
+        }
+        let entry = inner.entries.remove(group_id)?;
+        (cached == version).then_some(entry.group)
     }
 
     /// Keeps `group` at `version`, evicting the least recently used entry
@@ -63,10 +68,5 @@ impl GroupCache {
             }
         }
         inner.entries.insert(group_id.to_vec(), Entry { version, group, used });
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.inner.lock().expect("cache lock").entries.len()
     }
 }

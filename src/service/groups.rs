@@ -521,13 +521,18 @@ impl Service {
         format!("{}@{}", crate::protocol::address::group_node(group_id), self.config.component.jid)
     }
 
-    /// The group's PublicGroup at the version `state` records: the cached
-    /// one, or decoded from the store (then `state` is read anew with it).
+    /// The group's PublicGroup in the epoch `state` records: the cached
+    /// one, or decoded from the store (then `state` is read anew with it:
+    /// `wrong-epoch` if the group has left that epoch since).
     pub(super) async fn public_group(&self, group_id: &[u8], state: GroupState) -> Result<(GroupState, PublicGroup), ServiceError> {
         if let Some(pg) = self.states.take(group_id, version(&state)) {
             return Ok((state, pg));
         }
+        let epoch = state.epoch;
         let (state, public) = self.store.group_snapshot(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
+        if state.epoch != epoch {
+            return Err(wrong_epoch(&state));
+        }
         let gid = group_id.to_vec();
         let pg = blocking(move || StateCodec::load(&public, &gid).map_err(library)?.ok_or(ServiceError::UnknownGroup)).await?;
         Ok((state, pg))

@@ -166,7 +166,10 @@ impl Service {
     /// group proposed what was due).
     async fn issue_removals_in(&self, gid: &[u8]) -> Result<Vec<Delivered>, ServiceError> {
         let Some(state) = self.store.group_state(gid.to_vec()).await? else { return Ok(Vec::new()) };
-        let (state, mut pg) = self.public_group(gid, state).await?;
+        let (state, mut pg) = match self.public_group(gid, state).await {
+            Err(ServiceError::WrongEpoch(_)) => return Ok(Vec::new()),
+            found => found?,
+        };
         let (crypto, component) = (self.crypto.clone(), self.config.component.jid.clone());
         let (delivered, pg) = self
             .store

@@ -185,10 +185,11 @@ async fn a_valid_commit_is_accepted_and_archived_in_its_epoch() {
     let (alice, bob) = (Member::new("alice"), Member::new("bob"));
     let ds = Ds::new(&[&alice, &bob], "").await;
     let mut groups = ds.create(&alice, &[&bob]).await;
+    assert_eq!(ds.epoch().await, 1, "the group starts in the epoch of its GroupInfo");
     let b = bundle(&mut groups[0], &alice, &[]);
-    assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, b.to_element()).await.unwrap()), 1);
-    assert_eq!(ds.epoch().await, 1);
-    assert_eq!(ds.archived().await, [("commit".to_string(), 0)]);
+    assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, b.to_element()).await.unwrap()), 2);
+    assert_eq!(ds.epoch().await, 2);
+    assert_eq!(ds.archived().await, [("commit".to_string(), 1)]);
 }
 
 /// Two members' commits of one epoch, validated concurrently: exactly one
@@ -208,10 +209,10 @@ async fn of_two_commits_of_one_epoch_exactly_one_wins() {
             (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
             other => panic!("exactly one must win: {other:?}"),
         };
-        assert_eq!(accepted_epoch(&won), 1);
+        assert_eq!(accepted_epoch(&won), 2);
         let ServiceError::WrongEpoch(w) = lost else { panic!("{lost:?}") };
-        assert_eq!((w.epoch, w.commit.as_deref()), (1, won.attr("stanza-id")));
-        assert_eq!(ds.archived().await, [("commit".to_string(), 0)], "one commit in the epoch");
+        assert_eq!((w.epoch, w.commit.as_deref()), (2, won.attr("stanza-id")));
+        assert_eq!(ds.archived().await, [("commit".to_string(), 1)], "one commit in the epoch");
     }
 }
 
@@ -224,18 +225,21 @@ async fn a_proposal_is_queued_for_its_epoch_and_committed_by_reference() {
     let mut groups = ds.create(&alice, &[&bob]).await;
     let (update, _) = groups[1].propose_self_update(&bob.provider, &bob.signer, Default::default()).unwrap();
     let proposal = Proposal { message: bytes(&update) };
-    assert_eq!(accepted_epoch(&ds.send(&ds.service, &bob, proposal.to_element()).await.unwrap()), 0);
+    assert_eq!(accepted_epoch(&ds.send(&ds.service, &bob, proposal.to_element()).await.unwrap()), 1);
     assert_eq!(ds.store.group_state(ds.id.to_vec()).await.unwrap().unwrap().queued, 1);
     let received = MlsMessageIn::tls_deserialize_exact(bytes(&update)).unwrap().try_into_protocol_message().unwrap();
     let processed = groups[0].process_message(&alice.provider, received).unwrap();
     let openmls::prelude::ProcessedMessageContent::ProposalMessage(queued) = processed.into_content() else { panic!() };
     groups[0].store_pending_proposal(alice.provider.storage(), *queued).unwrap();
     let commit = bundle(&mut groups[0], &alice, &[]);
-    assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, commit.to_element()).await.unwrap()), 1);
+    assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, commit.to_element()).await.unwrap()), 2);
     assert_eq!(ds.store.group_state(ds.id.to_vec()).await.unwrap().unwrap().queued, 0, "the epoch's queue is gone");
-    let late = ds.send(&ds.service, &bob, Proposal { message: bytes(&update) }.to_element()).await;
-    assert!(matches!(late, Err(ServiceError::WrongEpoch(ref w)) if w.epoch == 1), "{late:?}");
-    assert_eq!(ds.archived().await, [("proposal".to_string(), 0), ("commit".to_string(), 0)]);
+    let resent = ds.send(&ds.service, &bob, Proposal { message: bytes(&update) }.to_element()).await.unwrap();
+    assert_eq!((accepted_epoch(&resent), resent.attr("position")), (1, Some("1")), "a resend is answered as before");
+    let (late, _) = groups[1].propose_self_update(&bob.provider, &bob.signer, Default::default()).unwrap();
+    let late = ds.send(&ds.service, &bob, Proposal { message: bytes(&late) }.to_element()).await;
+    assert!(matches!(late, Err(ServiceError::WrongEpoch(ref w)) if w.epoch == 2), "{late:?}");
+    assert_eq!(ds.archived().await, [("proposal".to_string(), 1), ("commit".to_string(), 1)]);
 }
 
 /// A bundle whose GroupInfo is not of the state the commit leads to is
@@ -250,9 +254,9 @@ async fn a_group_info_of_another_state_is_refused_and_changes_nothing() {
     let good_info = std::mem::replace(&mut b.group_info, bytes(&stale_info));
     let refused = ds.send(&ds.service, &alice, b.to_element()).await;
     assert!(matches!(refused, Err(ServiceError::InvalidMessage(Invalid::GroupInfoMismatch))), "{refused:?}");
-    assert_eq!((ds.epoch().await, ds.archived().await.len()), (0, 0));
+    assert_eq!((ds.epoch().await, ds.archived().await.len()), (1, 0));
     b.group_info = good_info;
-    assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, b.to_element()).await.unwrap()), 1);
+    assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, b.to_element()).await.unwrap()), 2);
 }
 
 /// groups.max_members: a commit growing the group past it is refused with
@@ -265,7 +269,7 @@ async fn a_commit_past_the_member_limit_is_refused() {
     let add = bundle(&mut groups[0], &alice, &[&carol]);
     let refused = ds.send(&ds.service, &alice, add.to_element()).await;
     assert!(matches!(refused, Err(ServiceError::Limit(AppCondition::TooManyMembers))), "{refused:?}");
-    assert_eq!((ds.epoch().await, ds.archived().await.len()), (0, 0));
+    assert_eq!((ds.epoch().await, ds.archived().await.len()), (1, 0));
 }
 
 /// Two service processes on one store, each with its cache: each commit
@@ -277,12 +281,12 @@ async fn a_cached_state_another_process_moved_past_is_read_anew() {
     let ds = Ds::new(&[&alice, &bob], "").await;
     let other = ds.second();
     let mut groups = ds.create(&alice, &[&bob]).await;
-    for epoch in 1..=4u64 {
+    for epoch in 2..=5u64 {
         let service = if epoch % 2 == 0 { &ds.service } else { &other };
         let b = bundle(&mut groups[0], &alice, &[]);
         assert_eq!(accepted_epoch(&ds.send(service, &alice, b.to_element()).await.unwrap()), epoch);
         groups[0].merge_pending_commit(&alice.provider).unwrap();
     }
-    let kinds: Vec<u64> = ds.archived().await.iter().map(|(_, e)| *e).collect();
-    assert_eq!(kinds, [0, 1, 2, 3]);
+    let epochs: Vec<u64> = ds.archived().await.iter().map(|(_, e)| *e).collect();
+    assert_eq!(epochs, [1, 2, 3, 4], "one commit in each epoch");
 }
