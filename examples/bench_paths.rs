@@ -41,8 +41,9 @@ use minidom::Element;
 use openmls::group::{MlsGroup, MlsGroupCreateConfig, ProposalStore, PublicGroup, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
 use openmls::prelude::{
     BasicCredential, Capabilities, ContentType, CredentialWithKey, ExtensionType, GroupId, KeyPackage,
-    MlsMessageOut, ProcessedMessageContent, ProtocolMessage,
+    MlsMessageOut, ProcessedMessageContent, ProtocolMessage, RatchetTreeIn,
 };
+use openmls::messages::group_info::VerifiableGroupInfo;
 use openmls_basic_credential::SignatureKeyPair;
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -60,6 +61,7 @@ use xmpp_mls::protocol::mam::{query_element, Cursor};
 use xmpp_mls::protocol::mls;
 use xmpp_mls::protocol::pubsub::publish_request;
 use xmpp_mls::service::{IqKind, IqRequest, Response, Service};
+use xmpp_mls::store::state::StateCodec;
 use xmpp_mls::store::{AppendOutcome, ArchiveBudget, FeedEntry, FeedJoin, Filter, Member, PageStart, Source, Store};
 use xmpp_parsers::jid::{BareJid, Jid};
 
@@ -132,7 +134,7 @@ impl Plan {
                 runs: 3,
             },
             false => Plan {
-                group_sizes: vec![2, 8, 32, 128, 512, 1024],
+                group_sizes: vec![2, 8, 32, 128, 256, 512, 1024],
                 commits: 9,
                 uploaders: 100,
                 refusals: 100,
@@ -322,7 +324,9 @@ async fn bench_commits(plan: &Plan, figures: &mut Vec<Figure>) {
         let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
         let (gi, tree) = mls::group_info(&bytes(&info), &id).unwrap();
         let storage = MemoryStorage::default();
-        let (mut pg, _) = PublicGroup::from_external(owner.provider.crypto(), &storage, tree, gi, ProposalStore::new()).unwrap();
+        let (mut pg, _) =
+            PublicGroup::from_external(owner.provider.crypto(), &storage, tree.clone(), gi.clone(), ProposalStore::new()).unwrap();
+        state_size(&storage, owner.provider.crypto(), tree, gi, size, figures);
         let (mut ours, mut raw) = (Vec::new(), Vec::new());
         // One unmeasured commit first: caches, and a tree as commits leave it.
         for i in 0..=plan.commits {
@@ -345,6 +349,57 @@ async fn bench_commits(plan: &Plan, figures: &mut Vec<Figure>) {
         let (ours, raw) = (median(ours), median(raw));
         figures.push(Figure::new(format!("commit_accept_{size}"), ours, "ms", ours / raw, "openmls PublicGroup"));
     }
+}
+
+/// The DS's stored state of a group of `size` against openmls' own JSON
+/// storage of the same PublicGroup.
+fn state_size(json: &MemoryStorage, crypto: &impl OpenMlsCrypto, tree: RatchetTreeIn, gi: VerifiableGroupInfo, size: usize, figures: &mut Vec<Figure>) {
+    let json_bytes: usize = json.values.read().unwrap().values().map(Vec::len).sum();
+    let codec = StateCodec::default();
+    PublicGroup::from_external(crypto, &codec, tree, gi, ProposalStore::new()).unwrap();
+    let blob = codec.blob().unwrap().len() as f64;
+    figures.push(Figure::new(format!("group_state_bytes_{size}"), blob, "bytes", blob / json_bytes as f64, "openmls JSON storage"));
+}
+
+/// Commits per second of 16 groups committing at once (each commit of a
+/// round in its own task) against one group committing alone: the store's
+/// writer decides, validation runs beside it.
+async fn bench_concurrent_commits(plan: &Plan, figures: &mut Vec<Figure>) {
+    const GROUPS: usize = 16;
+    const SIZE: usize = 8;
+    let mut rates = Vec::new();
+    for groups in [1, GROUPS] {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, store) = service(dir.path(), "");
+        let mut all = Vec::new();
+        for g in 0..groups {
+            let people: Vec<Person> = (0..SIZE).map(|i| Person::new(&format!("c{g}x"), i)).collect();
+            publish(&store, &people).await;
+            let id: [u8; 16] = rand::random();
+            let group = create_group(&service, &people, id).await;
+            all.push((people, group));
+        }
+        let mut busy = Duration::ZERO;
+        for _ in 0..plan.commits * 4 {
+            let requests: Vec<IqRequest> = all
+                .iter_mut()
+                .map(|(people, group)| {
+                    let id = group.group_id().as_slice().to_vec();
+                    iq(&people[0].jid(), group_jid(&id), IqKind::Set, self_update(group, &people[0]).to_element())
+                })
+                .collect();
+            let t = Instant::now();
+            handle_all(&service, requests).await;
+            busy += t.elapsed();
+            for (people, group) in &mut all {
+                group.merge_pending_commit(&people[0].provider).unwrap();
+            }
+        }
+        store.close().await;
+        rates.push((groups * plan.commits * 4) as f64 / busy.as_secs_f64());
+    }
+    let name = format!("commits_per_s_{GROUPS}_groups");
+    figures.push(Figure::new(name, rates[1], "commits/s", rates[1] / rates[0], "one group alone"));
 }
 
 /// Signature-input of an RFC 9420 SignWithLabel.
@@ -699,6 +754,9 @@ async fn main() {
     let mut figures = Vec::new();
     if run("commits") {
         bench_commits(&plan, &mut figures).await;
+    }
+    if run("concurrency") {
+        bench_concurrent_commits(&plan, &mut figures).await;
     }
     if run("keypackages") {
         bench_key_packages(&plan, &mut figures).await;
