@@ -5,7 +5,10 @@
 //! its own savepoint, so one failing request does not undo the others):
 //! durability costs one fsync per batch, not per stanza, and a request is
 //! answered only after its batch is committed. Reads run on a small pool of
-//! separate connections, off the writer's path.
+//! separate connections, off the writer's path. CPU work that leads to a
+//! write (MLS validation) runs before the write request, against what was
+//! read; the request then decides with a predicate on the rows as they are
+//! (the epoch's compare-and-swap), so a stale read loses instead of winning.
 
 mod admin;
 mod archive;
