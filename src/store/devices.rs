@@ -6,6 +6,7 @@ use minidom::Element;
 
 use super::groups::drop_stale_feed;
 use super::inbox::insert_inbox;
+use super::usage::lock_account;
 use super::{Departed, Store, StoreError};
 use crate::protocol::devices::Device;
 
@@ -47,6 +48,11 @@ impl Store {
     /// Adds or replaces a device (`device.expires` must be set) and keeps
     /// `event` in the owner's inbox, returning its stanza id. Expired
     /// devices of the account are removed on the way, and returned.
+    /// Decided under the account's lock ([`lock_account`]): the limit
+    /// counts live devices, which expire with time and not with a write a
+    /// counter could follow, and the signature key must be the account's
+    /// only device with it; both are read under the lock that every
+    /// publication of the account takes first.
     pub async fn publish_device(
         &self,
         account: String,
@@ -56,6 +62,7 @@ impl Store {
         now: i64,
     ) -> Result<(DevicePublish, Option<String>, Vec<Expired>), StoreError> {
         self.write(move |c| {
+            lock_account(c, &account)?;
             let expired: Vec<Expired> = c
                 .prepare_cached("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id")?
                 .query_map(params![account, now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
@@ -147,7 +154,9 @@ impl Store {
     /// Subscribes `subscriber` (a JID of the account `by`) to a node of
     /// `account`'s directory; false when `by` already holds `per_account`
     /// subscriptions there, or `max` other accounts do. Subscribing again
-    /// is always true.
+    /// is always true. Decided under `account`'s lock ([`lock_account`]):
+    /// the limits count bare JIDs parsed from the subscriber column, which
+    /// no counter row keeps.
     pub async fn subscribe(
         &self,
         account: String,
@@ -158,6 +167,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let (max, per_account) = limits;
         self.write(move |c| {
+            lock_account(c, &account)?;
             let (own, mine, others): (bool, usize, usize) = c
                 .prepare_cached(
                     "SELECT coalesce(max(subscriber = ?3), 0),

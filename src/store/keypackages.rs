@@ -1,12 +1,12 @@
 //! KeyPackage pools: uploads, owner listings and atomic claims.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
 use super::inbox::{insert_notice, StoredNotice};
-use super::{Store, StoreError};
+use super::{undo_refused, Store, StoreError};
 use crate::protocol::keypackages::{
     ref_hex, Claim, ClaimOutcome, Inspected, KeyPackageInfo, Rejection, VerifiedKeyPackage,
 };
@@ -60,13 +60,13 @@ fn duplicate(c: &Connection, refs: &[&[u8]], i: usize) -> Result<bool, StoreErro
     Ok(stored.is_some() || refs[..i].contains(&refs[i]))
 }
 
-/// Checks an upload against the store: devices still live, no duplicates.
-fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<Vec<(usize, Rejection)>, StoreError> {
-    let devices = live_devices(c, account, now)?;
+/// Checks an upload against the store: devices live (their pools
+/// locked, see [`lock_pools`]), no duplicates.
+fn refusals(c: &Connection, pools: &HashMap<String, i64>, kps: &[VerifiedKeyPackage]) -> Result<Vec<(usize, Rejection)>, StoreError> {
     let refs: Vec<&[u8]> = kps.iter().map(|k| k.kp_ref.as_slice()).collect();
     let mut refused = Vec::new();
     for (i, kp) in kps.iter().enumerate() {
-        if !devices.iter().any(|d| d.id == kp.device_id) {
+        if !pools.contains_key(&kp.device_id) {
             refused.push((i, Rejection::UnknownSignatureKey));
         } else if duplicate(c, &refs, i)? {
             refused.push((i, Rejection::Duplicate));
@@ -75,6 +75,29 @@ fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64)
         }
     }
     Ok(refused)
+}
+
+/// Locks the pool of every live device of the upload (in device order, so
+/// that two uploads never wait on each other crosswise) with one UPDATE of
+/// its device row, which also clears its low-water warning and allocates
+/// its packages' upload positions (`kp_seq`); returns the first position
+/// per live device. Its count of fresh packages changes with time, not
+/// only with writes, so no counter can hold it: it is read under this lock.
+fn lock_pools(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<HashMap<String, i64>, StoreError> {
+    let devices: BTreeSet<&str> = kps.iter().map(|k| k.device_id.as_str()).collect();
+    let mut st = c.prepare_cached(
+        "UPDATE devices SET low_warned = 0, kp_seq = kp_seq + ?3
+         WHERE account = ?1 AND device_id = ?2 AND expires_at > ?4 RETURNING kp_seq",
+    )?;
+    let mut pools = HashMap::new();
+    for device in devices {
+        let new = kps.iter().filter(|k| k.device_id == device).count() as i64;
+        let last: Option<i64> = st.query_row(params![account, device, new, now], |r| r.get(0)).optional()?;
+        if let Some(last) = last {
+            pools.insert(device.to_owned(), last - new + 1);
+        }
+    }
+    Ok(pools)
 }
 
 impl Store {
@@ -116,7 +139,10 @@ impl Store {
     }
 
     /// Stores verified packages (all or none). A last-resort package
-    /// replaces the device's previous one.
+    /// replaces the device's previous one. Each device's count limit is
+    /// decided under its pool's lock ([`lock_pools`]); a package stored
+    /// meanwhile under the same KeyPackageRef makes the INSERT do nothing
+    /// and is refused as a duplicate. A refusal undoes the whole upload.
     pub async fn store_key_packages(
         &self,
         account: String,
@@ -125,37 +151,27 @@ impl Store {
         now: i64,
     ) -> Result<KeyPackageUpload, StoreError> {
         self.write(move |c| {
-            let refused = refusals(c, &account, &kps, now)?;
-            if !refused.is_empty() {
-                return Ok(KeyPackageUpload::Refused(refused));
-            }
-            for kp in kps.iter().filter(|k| !k.last_resort) {
-                let new = kps.iter().filter(|k| !k.last_resort && k.device_id == kp.device_id).count();
-                if ordinary_count(c, &account, &kp.device_id, now)? + new > max_per_device {
-                    return Ok(KeyPackageUpload::TooMany { device: kp.device_id.clone() });
+            undo_refused(c, || {
+                let mut next_seq = lock_pools(c, &account, &kps, now)?;
+                let refused = refusals(c, &next_seq, &kps)?;
+                if !refused.is_empty() {
+                    return Ok(Err(KeyPackageUpload::Refused(refused)));
                 }
-            }
-            let mut seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM key_packages", [], |r| r.get(0))?;
-            for kp in &kps {
-                c.execute(
-                    "UPDATE devices SET low_warned = 0 WHERE account = ?1 AND device_id = ?2",
-                    params![account, kp.device_id],
-                )?;
-                if kp.last_resort {
-                    c.execute(
-                        "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1",
-                        params![account, kp.device_id],
-                    )?;
+                for kp in kps.iter().filter(|k| !k.last_resort) {
+                    let new = kps.iter().filter(|k| !k.last_resort && k.device_id == kp.device_id).count();
+                    if ordinary_count(c, &account, &kp.device_id, now)? + new > max_per_device {
+                        return Ok(Err(KeyPackageUpload::TooMany { device: kp.device_id.clone() }));
+                    }
                 }
-                seq += 1;
-                c.execute(
-                    "INSERT INTO key_packages
-                     (kp_ref, account, device_id, cipher_suite, last_resort, not_after, message, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq],
-                )?;
-            }
-            Ok(KeyPackageUpload::Stored)
+                for (i, kp) in kps.iter().enumerate() {
+                    let seq = next_seq.get_mut(&kp.device_id).expect("a locked pool");
+                    if !insert_key_package(c, &account, kp, *seq)? {
+                        return Ok(Err(KeyPackageUpload::Refused(vec![(i, Rejection::Duplicate)])));
+                    }
+                    *seq += 1;
+                }
+                Ok(Ok(KeyPackageUpload::Stored))
+            })
         })
         .await
     }
@@ -218,32 +234,59 @@ impl Store {
     }
 }
 
+/// Stores `kp` at position `seq` of its device's pool (a last-resort
+/// package replaces the device's previous one); false, storing nothing,
+/// if a package with its KeyPackageRef is stored already.
+fn insert_key_package(c: &Connection, account: &str, kp: &VerifiedKeyPackage, seq: i64) -> Result<bool, StoreError> {
+    if kp.last_resort {
+        c.prepare_cached("DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1")?
+            .execute(params![account, kp.device_id])?;
+    }
+    let stored = c
+        .prepare_cached(
+            "INSERT INTO key_packages (kp_ref, account, device_id, cipher_suite, last_resort, not_after, message, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (kp_ref) DO NOTHING",
+        )?
+        .execute(params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq])?;
+    Ok(stored == 1)
+}
+
+/// SQL: a package of device `?2` of account `?1` that a claim may hand
+/// out: fresh at `?3`, of suite `?4` (NULL: any), at most `?5` octets.
+const CANDIDATE: &str = "account = ?1 AND device_id = ?2 AND not_after > ?3
+    AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5";
+
+/// One device's hand-out. The ordinary package is taken by one DELETE ...
+/// RETURNING of the oldest candidate: its WHERE is the decision, so a
+/// package is handed out at most once; a claimer that lost the race for
+/// it gets no row and tries again while ordinary candidates remain. The
+/// last-resort package is read only under the condition (in the same
+/// statement) that no ordinary candidate is left.
 fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
     let fresh = ctx.now + MIN_REMAINING_LIFETIME;
     let max_size = i64::try_from(ctx.max_key_package_size).unwrap_or(i64::MAX);
-    let ordinary: Option<(Vec<u8>, Vec<u8>)> = c
-        .prepare_cached(
-            "DELETE FROM key_packages WHERE kp_ref = (
-                SELECT kp_ref FROM key_packages
-                WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3
-                  AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5
-                ORDER BY seq LIMIT 1)
-             RETURNING kp_ref, message",
-        )?
-        .query_row(params![ctx.account, device, fresh, suite, max_size], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let last_resort = || -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        c.prepare_cached(
-            "SELECT kp_ref, message FROM key_packages
-             WHERE account = ?1 AND device_id = ?2 AND last_resort = 1 AND not_after > ?3
-               AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5",
-        )?
-        .query_row(params![ctx.account, device, fresh, suite, max_size], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-    };
-    let (found, is_last_resort) = match ordinary {
-        Some(kp) => (Some(kp), false),
-        None => (last_resort()?, true),
+    let args = params![ctx.account, device, fresh, suite, max_size];
+    let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+    let take_ordinary = format!(
+        "DELETE FROM key_packages WHERE kp_ref = (
+            SELECT kp_ref FROM key_packages WHERE {CANDIDATE} AND last_resort = 0 ORDER BY seq LIMIT 1)
+         RETURNING kp_ref, message"
+    );
+    let last_resort = format!(
+        "SELECT kp_ref, message FROM key_packages WHERE {CANDIDATE} AND last_resort = 1
+           AND NOT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)"
+    );
+    let ordinary_left = format!("SELECT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)");
+    let (found, is_last_resort): (Option<(Vec<u8>, Vec<u8>)>, bool) = loop {
+        if let Some(kp) = c.prepare_cached(&take_ordinary)?.query_row(args, row).optional()? {
+            break (Some(kp), false);
+        }
+        if let Some(kp) = c.prepare_cached(&last_resort)?.query_row(args, row).optional()? {
+            break (Some(kp), true);
+        }
+        if !c.prepare_cached(&ordinary_left)?.query_row(args, |r| r.get::<_, bool>(0))? {
+            break (None, true);
+        }
     };
     let device = device.to_owned();
     Ok(match found {

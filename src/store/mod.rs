@@ -6,6 +6,15 @@
 //! durability costs one fsync per batch, not per stanza, and a request is
 //! answered only after its batch is committed. Reads run on a small pool of
 //! separate connections, off the writer's path.
+//!
+//! The single writer is a throughput choice, never what makes a decision
+//! correct: every decision (a vault compare-and-swap, a KeyPackage claim,
+//! a quota, a count limit) is one statement whose WHERE or ON CONFLICT is
+//! the condition, read back from rows affected or RETURNING, or is taken
+//! under an explicit row lock that its doc comment names. Never a read
+//! followed by a write that trusts it: the same SQL must stay correct with
+//! several writers at PostgreSQL's READ COMMITTED. A refusal found after
+//! earlier statements of the same decision undoes them ([`undo_refused`]).
 
 mod admin;
 mod archive;
@@ -18,6 +27,7 @@ pub mod local;
 pub mod mls;
 mod schema;
 mod sender;
+mod usage;
 mod vault;
 
 /// The log targets of the migration libraries the stores use (the
@@ -191,6 +201,25 @@ fn contain<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
         tracing::error!(panic = %what, "a write request panicked: rolled back");
         StoreError::Panicked(what)
     })
+}
+
+/// Runs the statements of one decision in a savepoint of their own:
+/// `Ok(Ok(t))` keeps them, `Ok(Err(t))` (a refusal, answered with `t`)
+/// and `Err` undo them, so a refused decision changes nothing.
+pub(super) fn undo_refused<T>(
+    c: &Connection,
+    decide: impl FnOnce() -> Result<Result<T, T>, StoreError>,
+) -> Result<T, StoreError> {
+    c.execute_batch("SAVEPOINT decision")?;
+    let outcome = decide();
+    let closed = match &outcome {
+        Ok(Ok(_)) => c.execute_batch("RELEASE decision"),
+        _ => c.execute_batch("ROLLBACK TO decision; RELEASE decision"),
+    };
+    match (outcome?, closed) {
+        (_, Err(e)) => Err(e.into()),
+        (Ok(t) | Err(t), Ok(())) => Ok(t),
+    }
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {

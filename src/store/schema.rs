@@ -207,6 +207,28 @@ const MIGRATIONS: &[M<'static>] = &[
             PRIMARY KEY (group_id, epoch, leaf)
         ) STRICT;",
     ),
+    // 13: account-wide limits decided by one predicate each (see the
+    // store's module documentation): per account, the vault's octets and
+    // blobs and the groups it has joined, each updated by a conditional
+    // UPDATE; the row is also the lock of the account's device list and
+    // subscriptions. `kp_seq`: the last upload position of a device's
+    // KeyPackages, allocated with the device row's update.
+    M::up(
+        "CREATE TABLE account_usage (
+            account     TEXT PRIMARY KEY,
+            vault_bytes INTEGER NOT NULL DEFAULT 0,
+            vault_blobs INTEGER NOT NULL DEFAULT 0,
+            groups      INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        INSERT INTO account_usage (account, vault_bytes, vault_blobs)
+            SELECT account, sum(length(data)), count(*) FROM vault GROUP BY account;
+        INSERT INTO account_usage (account, groups)
+            SELECT account, count(*) FROM group_joins WHERE left_group = 0 GROUP BY account
+            ON CONFLICT (account) DO UPDATE SET groups = excluded.groups;
+        ALTER TABLE devices ADD COLUMN kp_seq INTEGER NOT NULL DEFAULT 0;
+        UPDATE devices SET kp_seq = coalesce((SELECT max(k.seq) FROM key_packages k
+            WHERE k.account = devices.account AND k.device_id = devices.device_id), 0);",
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -41,14 +41,16 @@ impl Store {
     }
 
     /// Stores `key` if the service has none yet (its first start); the
-    /// current key either way.
+    /// current key either way. The first key is key 1: its INSERT does
+    /// nothing if a key 1 exists, so two first starts store one key.
     pub async fn ensure_service_key(&self, key: ServiceKey) -> Result<ServiceKey, StoreError> {
         self.write(move |c| {
-            if let Some(current) = service_keys(c)?.into_iter().next() {
-                return Ok(current);
-            }
-            add_key(c, &key, crate::protocol::now())?;
-            Ok(key)
+            c.execute(
+                "INSERT INTO service_keys (id, private, public, created_at) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO NOTHING",
+                params![key.private, key.public, crate::protocol::now()],
+            )?;
+            service_keys(c)?.into_iter().next().ok_or_else(|| StoreError::Batch("no service key after storing one".into()))
         })
         .await
     }
@@ -96,14 +98,16 @@ impl GroupTx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records a service Remove proposal of `leaf` in `epoch`. A leaf proposed again (a commit in
+    /// Records a service Remove proposal of `leaf` in `epoch`, once (a
+    /// second record of it does nothing). A leaf proposed again (a commit in
     /// between did not carry its proposal) keeps its first proposal's
     /// time: the grace runs from then.
     pub fn record_service_proposal(&self, epoch: u64, leaf: u32) -> Result<(), StoreError> {
         self.c.execute(
             "INSERT INTO service_proposals (group_id, epoch, leaf, created_at)
              VALUES (?1, ?2, ?3, coalesce((SELECT min(created_at) FROM service_proposals
-               WHERE group_id = ?1 AND leaf = ?3 AND epoch < ?2), ?4))",
+               WHERE group_id = ?1 AND leaf = ?3 AND epoch < ?2), ?4))
+             ON CONFLICT (group_id, epoch, leaf) DO NOTHING",
             params![self.group_id, epoch as i64, leaf, self.now],
         )?;
         Ok(())

@@ -1,9 +1,11 @@
 //! The vault: opaque blobs per account, versioned, written by
-//! compare-and-swap inside one transaction.
+//! compare-and-swap (one conditional statement per blob) within quotas
+//! kept in the account's usage row.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Store, StoreError};
+use super::usage::{charge_vault, free_vault, VaultRefusal};
+use super::{undo_refused, Store, StoreError};
 use crate::protocol::mam::Cursor;
 
 /// What a write did.
@@ -52,7 +54,36 @@ fn usage(c: &Connection, account: &str) -> Result<(usize, usize), StoreError> {
     )?)
 }
 
+/// The compare-and-swap of one blob: writes version `if_version + 1` if
+/// the blob is at `if_version` with `old_size` octets (0: absent). False:
+/// it is not, and nothing was written.
+fn swap(c: &Connection, account: &str, name: &str, if_version: u64, old_size: usize, data: &[u8], now: i64) -> Result<bool, StoreError> {
+    let version = (if_version + 1) as i64;
+    let written = if if_version == 0 {
+        c.prepare_cached(
+            "INSERT INTO vault (account, name, version, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, name) DO NOTHING",
+        )?
+        .execute(params![account, name, version, data, now])?
+    } else {
+        c.prepare_cached(
+            "UPDATE vault SET version = ?3, data = ?4, updated_at = ?5
+             WHERE account = ?1 AND name = ?2 AND version = ?6 AND length(data) = ?7",
+        )?
+        .execute(params![account, name, version, data, now, if_version as i64, old_size as i64])?
+    };
+    Ok(written == 1)
+}
+
 impl Store {
+    /// Writes a blob if it is at `if_version` (0: absent) and the account's
+    /// vault stays within `limits`. The blob's compare-and-swap is one
+    /// statement (an UPDATE whose WHERE is the expected version and size,
+    /// or an INSERT that does nothing if the name exists); the quota is the
+    /// conditional UPDATE of the account's usage row (`account_usage`,
+    /// [`charge_vault`]), not a sum over the vault, because two writers of
+    /// different blobs would both pass a sum they read before either wrote.
+    /// A refused charge undoes the blob's write.
     pub async fn vault_put(
         &self,
         account: String,
@@ -63,37 +94,46 @@ impl Store {
         now: i64,
     ) -> Result<VaultWrite, StoreError> {
         self.write(move |c| {
-            let existing = current(c, &account, &name)?;
-            let version = existing.map_or(0, |(v, _)| v);
+            // The size this write replaces; the swap below checks it is
+            // still the stored one, so the charge is exact.
+            let (version, old_size) = current(c, &account, &name)?.unwrap_or((0, 0));
             if version != if_version {
                 return Ok(VaultWrite::Mismatch { current: version });
             }
-            let (used, blobs) = usage(c, &account)?;
-            let old_size = existing.map_or(0, |(_, s)| s);
-            if used - old_size + data.len() > limits.quota_bytes {
-                return Ok(VaultWrite::QuotaExceeded);
-            }
-            if existing.is_none() && blobs >= limits.max_blobs {
-                return Ok(VaultWrite::TooManyBlobs);
-            }
-            c.execute(
-                "INSERT INTO vault (account, name, version, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (account, name) DO UPDATE SET
-                   version = excluded.version, data = excluded.data, updated_at = excluded.updated_at",
-                params![account, name, (version + 1) as i64, data, now],
-            )?;
-            Ok(VaultWrite::Done { version: version + 1 })
+            undo_refused(c, || {
+                if !swap(c, &account, &name, if_version, old_size, &data, now)? {
+                    let current = current(c, &account, &name)?.map_or(0, |(v, _)| v);
+                    return Ok(Err(VaultWrite::Mismatch { current }));
+                }
+                let grown = data.len() as i64 - old_size as i64;
+                let new_blob = i64::from(if_version == 0);
+                Ok(match charge_vault(c, &account, grown, new_blob, limits.quota_bytes, limits.max_blobs)? {
+                    Ok(()) => Ok(VaultWrite::Done { version: if_version + 1 }),
+                    Err(VaultRefusal::Quota) => Err(VaultWrite::QuotaExceeded),
+                    Err(VaultRefusal::Blobs) => Err(VaultWrite::TooManyBlobs),
+                })
+            })
         })
         .await
     }
 
+    /// Deletes a blob if it is at `if_version`: one DELETE whose WHERE is
+    /// the version; the freed octets and blob leave the account's usage.
     pub async fn vault_delete(&self, account: String, name: String, if_version: u64) -> Result<VaultWrite, StoreError> {
         self.write(move |c| {
-            let Some((version, _)) = current(c, &account, &name)? else { return Ok(VaultWrite::NotFound) };
-            if version != if_version {
-                return Ok(VaultWrite::Mismatch { current: version });
-            }
-            c.execute("DELETE FROM vault WHERE account = ?1 AND name = ?2", params![account, name])?;
+            let deleted: Option<i64> = c
+                .prepare_cached(
+                    "DELETE FROM vault WHERE account = ?1 AND name = ?2 AND version = ?3 RETURNING length(data)",
+                )?
+                .query_row(params![account, name, if_version as i64], |r| r.get(0))
+                .optional()?;
+            let Some(size) = deleted else {
+                return Ok(match current(c, &account, &name)? {
+                    None => VaultWrite::NotFound,
+                    Some((current, _)) => VaultWrite::Mismatch { current },
+                });
+            };
+            free_vault(c, &account, size)?;
             Ok(VaultWrite::Done { version: 0 })
         })
         .await
