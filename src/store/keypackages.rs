@@ -388,6 +388,80 @@ mod tests {
         assert!(matches!(&last.outcomes[..], [ClaimOutcome::Claimed { last_resort: true, .. }]), "{last:?}");
     }
 
+    async fn store_with_device() -> (tempfile::TempDir, Store) {
+        let (d, store) = temp_store();
+        let device = Device { id: "d".into(), signature_key: vec![1; 32], label: None, expires: Some(5_000) };
+        store.publish_device("alice@example.org".into(), device, Element::builder("e", "urn:x").build(), 2, 1_000).await.unwrap();
+        (d, store)
+    }
+
+    async fn upload(store: &Store, kps: Vec<VerifiedKeyPackage>, max: usize) -> KeyPackageUpload {
+        store.store_key_packages("alice@example.org".into(), kps, max, 1_000).await.unwrap()
+    }
+
+    async fn stored(store: &Store) -> usize {
+        store.key_package_infos("alice@example.org".into(), 1_000).await.unwrap().len()
+    }
+
+    /// The per-device limit holds at its last package; a refused upload
+    /// stores nothing, and an upload for a device that is not live neither.
+    #[tokio::test]
+    async fn an_upload_fills_the_pool_exactly_to_its_limit() {
+        let (_d, store) = store_with_device().await;
+        let kps = |from: u8, n: u8| (from..from + n).map(|i| package(i, false, 10)).collect::<Vec<_>>();
+        assert_eq!(upload(&store, kps(1, 3), 4).await, KeyPackageUpload::Stored);
+        let mut over = kps(10, 2);
+        over.push(package(20, true, 10));
+        assert_eq!(upload(&store, over, 4).await, KeyPackageUpload::TooMany { device: "d".into() }, "one over");
+        assert_eq!(stored(&store).await, 3, "nothing of the refused upload");
+        let mut exact = kps(10, 1);
+        exact.push(package(20, true, 10));
+        assert_eq!(upload(&store, exact, 4).await, KeyPackageUpload::Stored, "exactly at the limit, plus the last resort");
+        assert_eq!(stored(&store).await, 5);
+        let stranger = VerifiedKeyPackage { device_id: "gone".into(), ..package(30, false, 10) };
+        let refused = upload(&store, vec![package(31, false, 10), stranger], 10).await;
+        assert_eq!(refused, KeyPackageUpload::Refused(vec![(1, Rejection::UnknownSignatureKey)]));
+        assert_eq!(stored(&store).await, 5);
+    }
+
+    /// Many claimers at once on K one-time packages: each is handed out
+    /// exactly once, in upload order, then only the last-resort one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_hand_each_package_out_once_then_the_last_resort() {
+        const K: u8 = 12;
+        let (_d, store) = store_with_device().await;
+        let first: Vec<_> = (1..=K / 2).map(|i| package(i, false, 10)).collect();
+        let mut second: Vec<_> = (K / 2 + 1..=K).map(|i| package(i, false, 10)).collect();
+        second.push(package(100, true, 10));
+        assert_eq!(upload(&store, first, 20).await, KeyPackageUpload::Stored);
+        assert_eq!(upload(&store, second, 20).await, KeyPackageUpload::Stored);
+        let claims: Vec<_> = (0..3 * K)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.claim(context(1, 100), Claim::default()).await.unwrap() })
+            })
+            .collect();
+        let (mut ordinary, mut last_resort) = (Vec::new(), 0);
+        for c in claims {
+            match &c.await.unwrap().outcomes[..] {
+                [ClaimOutcome::Claimed { last_resort: false, message, .. }] => ordinary.push(message[0]),
+                [ClaimOutcome::Claimed { last_resort: true, message, .. }] if message[0] == 100 => last_resort += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        ordinary.sort();
+        assert_eq!(ordinary, (1..=K).collect::<Vec<_>>(), "each one-time package exactly once");
+        assert_eq!(last_resort, 2 * usize::from(K));
+        // Claims in sequence take the oldest package first, across uploads.
+        let (_d, store) = store_with_device().await;
+        assert_eq!(upload(&store, vec![package(5, false, 10), package(3, false, 10)], 20).await, KeyPackageUpload::Stored);
+        assert_eq!(upload(&store, vec![package(1, false, 10)], 20).await, KeyPackageUpload::Stored);
+        for expected in [5, 3, 1] {
+            let one = store.claim(context(1, 100), Claim::default()).await.unwrap();
+            assert!(matches!(&one.outcomes[..], [ClaimOutcome::Claimed { message, .. }] if message[0] == expected), "{one:?}");
+        }
+    }
+
     /// Runs `steps` on one device's pool with the mark at 3 (`Some(n)`: an
     /// upload of n packages, `None`: a claim); for each claim, the
     /// `remaining` of its low-water warning, if it sent one.

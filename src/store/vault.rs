@@ -189,3 +189,107 @@ impl Store {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    const LIMITS: VaultLimits = VaultLimits { quota_bytes: 100, max_blobs: 2 };
+
+    fn alice() -> String {
+        "alice@example.org".into()
+    }
+
+    async fn put(store: &Store, name: &str, if_version: u64, size: usize) -> VaultWrite {
+        store.vault_put(alice(), name.into(), if_version, vec![7; size], LIMITS, 1_000).await.unwrap()
+    }
+
+    /// (used octets, blobs) as the listing sums them, and as the usage row counts them.
+    async fn usage_both(store: &Store) -> ((usize, usize), (usize, usize)) {
+        let page = store.vault_list(alice(), Cursor::First, 10).await.unwrap();
+        let row = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT vault_bytes, vault_blobs FROM account_usage WHERE account = 'alice@example.org'",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+                )?)
+            })
+            .await
+            .unwrap();
+        ((page.used, page.count), row)
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_is_refused_and_changes_nothing() {
+        let (_d, store) = temp_store();
+        assert_eq!(put(&store, "a", 0, 10).await, VaultWrite::Done { version: 1 });
+        assert_eq!(put(&store, "a", 0, 20).await, VaultWrite::Mismatch { current: 1 }, "must not exist");
+        assert_eq!(put(&store, "a", 1, 30).await, VaultWrite::Done { version: 2 });
+        assert_eq!(put(&store, "a", 1, 40).await, VaultWrite::Mismatch { current: 2 }, "stale");
+        assert_eq!(put(&store, "b", 3, 40).await, VaultWrite::Mismatch { current: 0 }, "absent");
+        let del = |v| store.vault_delete(alice(), "a".into(), v);
+        assert_eq!(del(1).await.unwrap(), VaultWrite::Mismatch { current: 2 });
+        assert_eq!(store.vault_get(alice(), "a".into()).await.unwrap(), Some((2, vec![7; 30])));
+        assert_eq!(usage_both(&store).await, ((30, 1), (30, 1)));
+        assert_eq!(del(2).await.unwrap(), VaultWrite::Done { version: 0 });
+        assert_eq!(del(2).await.unwrap(), VaultWrite::NotFound);
+        assert_eq!(usage_both(&store).await, ((0, 0), (0, 0)));
+    }
+
+    #[tokio::test]
+    async fn the_quota_holds_at_its_last_octet_and_blob() {
+        let (_d, store) = temp_store();
+        assert_eq!(put(&store, "a", 0, 60).await, VaultWrite::Done { version: 1 });
+        assert_eq!(put(&store, "b", 0, 41).await, VaultWrite::QuotaExceeded, "one octet over");
+        assert_eq!(put(&store, "b", 0, 40).await, VaultWrite::Done { version: 1 }, "exactly at the quota");
+        assert_eq!(usage_both(&store).await, ((100, 2), (100, 2)));
+        assert_eq!(put(&store, "c", 0, 0).await, VaultWrite::TooManyBlobs, "a third blob");
+        assert_eq!(put(&store, "a", 1, 61).await, VaultWrite::QuotaExceeded, "growing one over");
+        assert_eq!(store.vault_get(alice(), "a".into()).await.unwrap(), Some((1, vec![7; 60])), "the refused write undone");
+        assert_eq!(put(&store, "a", 1, 10).await, VaultWrite::Done { version: 2 }, "shrinking");
+        assert_eq!(put(&store, "b", 1, 90).await, VaultWrite::Done { version: 2 }, "replacing within the quota");
+        assert_eq!(usage_both(&store).await, ((100, 2), (100, 2)));
+    }
+
+    /// Concurrent writers of one version: exactly one wins; of new blobs
+    /// against the quota: exactly as many as fit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_pass_each_decision_once() {
+        let (_d, store) = temp_store();
+        assert_eq!(put(&store, "a", 0, 1).await, VaultWrite::Done { version: 1 });
+        let writers: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { put(&store, "a", 1, 2 + n).await })
+            })
+            .collect();
+        let mut done = 0;
+        for w in writers {
+            match w.await.unwrap() {
+                VaultWrite::Done { version: 2 } => done += 1,
+                other => assert_eq!(other, VaultWrite::Mismatch { current: 2 }),
+            }
+        }
+        assert_eq!(done, 1);
+        let big = VaultLimits { quota_bytes: 1_000, max_blobs: 100 };
+        let creators: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.vault_put(alice(), format!("n{n:02}"), 0, vec![1; 100], big, 1_000).await })
+            })
+            .collect();
+        let mut created = 0;
+        for c in creators {
+            match c.await.unwrap().unwrap() {
+                VaultWrite::Done { version: 1 } => created += 1,
+                other => assert_eq!(other, VaultWrite::QuotaExceeded),
+            }
+        }
+        assert_eq!(created, 9, "as many as fit beside blob a (2 to 21 octets)");
+        let (summed, counted) = usage_both(&store).await;
+        assert_eq!(summed, counted);
+        assert_eq!(summed.1, 10);
+    }
+}
