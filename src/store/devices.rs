@@ -253,4 +253,49 @@ mod tests {
         let (_, _, expired) = store.publish_device(a(), device("four", 5), ev(), 2, 2_000).await.unwrap();
         assert_eq!(expired, vec![Expired { account: a(), device_id: "two".into() }]);
     }
+
+    /// Many devices published at once against a limit of 3: exactly 3
+    /// are stored, each refusal stores nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_publications_stop_at_the_device_limit() {
+        let (_d, store) = temp_store();
+        let tasks: Vec<_> = (0..10u8)
+            .map(|n| {
+                let store = store.clone();
+                let event = Element::builder("event", "urn:x").build();
+                tokio::spawn(async move {
+                    store.publish_device("alice@example.org".into(), device(&format!("d{n}"), n), event, 3, 1_000).await
+                })
+            })
+            .collect();
+        let mut published = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                (DevicePublish::Published { replaced_key: false }, Some(_), _) => published += 1,
+                other => assert_eq!(other, (DevicePublish::TooManyDevices, None, vec![])),
+            }
+        }
+        assert_eq!(published, 3);
+        assert_eq!(store.live_devices("alice@example.org".into(), 1_000).await.unwrap().len(), 3);
+        assert_eq!(store.inbox_len("alice@example.org".into()).await.unwrap(), 3);
+    }
+
+    /// Per node: at most `per_account` subscriptions of one account, and
+    /// at most `max` accounts besides; subscribing again always passes.
+    #[tokio::test]
+    async fn subscriptions_stop_at_both_limits() {
+        let (_d, store) = temp_store();
+        let sub = |jid: &str| {
+            let by = jid.split('/').next().unwrap_or(jid).to_string();
+            store.subscribe("alice@example.org".into(), "n", jid.into(), by, (2, 2))
+        };
+        assert!(sub("bob@example.org/a").await.unwrap());
+        assert!(sub("bob@example.org/b").await.unwrap(), "bob's second: at his limit");
+        assert!(!sub("bob@example.org/c").await.unwrap(), "bob's third");
+        assert!(sub("bob@example.org/a").await.unwrap(), "again");
+        assert!(sub("carol@example.org").await.unwrap(), "the second account: at the limit");
+        assert!(!sub("dave@example.org").await.unwrap(), "a third account");
+        let all = store.subscribers("alice@example.org".into(), "n").await.unwrap();
+        assert_eq!(all, ["bob@example.org/a", "bob@example.org/b", "carol@example.org"]);
+    }
 }

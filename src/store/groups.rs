@@ -628,6 +628,93 @@ mod tests {
     use super::*;
     use crate::store::tests::temp_store;
 
+    const A: &str = "alice@example.org";
+
+    /// (groups counted for A, A's joins not left).
+    async fn joined(store: &Store) -> (i64, i64) {
+        store
+            .read(|c| {
+                let counted = c.query_row("SELECT groups FROM account_usage WHERE account = ?1", [A], |r| r.get(0))?;
+                let rows =
+                    c.query_row("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0", [A], |r| r.get(0))?;
+                Ok((counted, rows))
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn join(store: &Store, group: &str, max: usize) -> Join {
+        store
+            .group_tx(group.as_bytes().to_vec(), move |tx| {
+                if tx.state()?.is_none() {
+                    tx.create(0, b"info")?;
+                }
+                tx.join(A, max)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// The group limit holds at its last group; leaving, a pruned join and
+    /// a purged group each free one, and the count follows the joins.
+    #[tokio::test]
+    async fn joins_stop_at_the_group_limit_and_free_on_leaving() {
+        let (_dir, store) = temp_store();
+        for g in ["g1", "g2", "g3"] {
+            assert_eq!(join(&store, g, 3).await, Join::Joined);
+        }
+        assert_eq!(join(&store, "g4", 3).await, Join::TooManyGroups, "one over");
+        assert_eq!(join(&store, "g1", 3).await, Join::Joined, "joined already: not counted again");
+        assert_eq!(joined(&store).await, (3, 3), "the refused join left no row");
+        let member = Member { leaf: 0, account: A.into(), signature_key: vec![1; 32] };
+        let left = store
+            .group_tx(b"g1".to_vec(), move |tx| {
+                tx.set_members(&[member], 0)?;
+                tx.leave(A)?;
+                tx.leave(A)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, Some(vec![]));
+        assert_eq!(joined(&store).await, (2, 2), "left once, counted once");
+        assert_eq!(join(&store, "g1", 3).await, Join::Left);
+        assert_eq!(join(&store, "g4", 3).await, Join::Joined);
+        store.group_tx(b"g2".to_vec(), |tx| tx.prune_feed()).await.unwrap();
+        assert_eq!(joined(&store).await, (2, 2), "no leaf of A in g2: its join forgotten");
+        assert!(store.purge_group(b"g3".to_vec()).await.unwrap());
+        assert_eq!(joined(&store).await, (1, 1));
+    }
+
+    /// Each budget holds at its last octet; a refusal by the group's
+    /// budget leaves the account's count as it was; handshakes pass the
+    /// group's budget.
+    #[tokio::test]
+    async fn archive_budgets_hold_at_their_last_octet() {
+        let (_dir, store) = temp_store();
+        let budget = ArchiveBudget { group_bytes_per_day: 150, account_bytes_per_day: 100 };
+        let charge = |account: &'static str, kind: Kind, bytes: usize| {
+            store.group_tx(b"g".to_vec(), move |tx| tx.charge_archive(account, kind, bytes, budget))
+        };
+        let counts = || {
+            store.read(|c| {
+                let mut st = c.prepare("SELECT scope, bytes FROM archive_bytes ORDER BY scope, owner")?;
+                let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        };
+        assert!(!charge(A, Kind::Application, 101).await.unwrap(), "over the account's budget at once");
+        assert!(charge(A, Kind::Application, 100).await.unwrap(), "exactly the account's budget");
+        assert!(!charge(A, Kind::Application, 1).await.unwrap(), "one octet over");
+        assert!(charge("bob@example.org", Kind::Application, 50).await.unwrap(), "exactly the group's budget");
+        assert!(!charge("bob@example.org", Kind::Application, 1).await.unwrap(), "one octet over the group's");
+        let expected = |group| vec![("account".into(), 100), ("account".into(), 50), ("group".into(), group)];
+        assert_eq!(counts().await.unwrap(), expected(150), "refusals counted nothing");
+        assert!(charge("bob@example.org", Kind::Commit, 10).await.unwrap(), "a handshake passes the group's budget");
+        let mut after = expected(160);
+        after[1].1 = 60;
+        assert_eq!(counts().await.unwrap(), after);
+    }
+
     /// An archived message is remembered per (group, account, kind, octets), and
     /// forgotten once it is older than the resend window.
     #[tokio::test]
