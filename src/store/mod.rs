@@ -374,6 +374,25 @@ mod tests {
         assert_eq!(rows_of_t(&store).await, vec![1, 3, 4], "the panicking request's insert is rolled back");
     }
 
+    /// A refused decision undoes its statements; a kept one keeps them,
+    /// and the request's other statements stay either way.
+    #[tokio::test]
+    async fn a_refused_decision_changes_nothing() {
+        let (_dir, store) = table_store().await;
+        let decide = |keep: bool| {
+            store.write(move |c| {
+                c.execute("INSERT INTO t VALUES (?1)", [i64::from(keep)])?;
+                undo_refused(c, || {
+                    c.execute("INSERT INTO t VALUES (?1)", [10 + i64::from(keep)])?;
+                    Ok(if keep { Ok("kept") } else { Err("refused") })
+                })
+            })
+        };
+        assert_eq!(decide(false).await.unwrap(), "refused");
+        assert_eq!(decide(true).await.unwrap(), "kept");
+        assert_eq!(rows_of_t(&store).await, vec![0, 1, 11]);
+    }
+
     #[tokio::test]
     async fn close_commits_every_queued_write_then_refuses_more() {
         let (dir, store) = temp_store();

@@ -128,3 +128,43 @@ impl GroupTx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    fn key(n: u8) -> ServiceKey {
+        ServiceKey { private: vec![n; 32], public: vec![n + 100; 32] }
+    }
+
+    /// Two first starts store one key; a later start keeps the current one.
+    #[tokio::test]
+    async fn the_first_key_is_stored_once() {
+        let (_d, store) = temp_store();
+        let (a, b) = tokio::join!(store.ensure_service_key(key(1)), store.ensure_service_key(key(2)));
+        assert_eq!(a.unwrap(), b.unwrap());
+        assert_eq!(store.service_keys().await.unwrap().len(), 1);
+        store.rotate_service_key(key(3)).await.unwrap();
+        assert_eq!(store.ensure_service_key(key(4)).await.unwrap(), key(3));
+        let first = store.service_keys().await.unwrap()[1].clone();
+        assert!(first == key(1) || first == key(2), "one of the first two");
+        assert_eq!(store.service_keys().await.unwrap().len(), 2);
+    }
+
+    /// A proposal recorded twice is one row, with its first time.
+    #[tokio::test]
+    async fn a_proposal_is_recorded_once() {
+        let (_d, store) = temp_store();
+        let overdue = store
+            .group_tx(b"g".to_vec(), |tx| {
+                tx.record_service_proposal(1, 4)?;
+                let later = GroupTx { c: tx.c, group_id: tx.group_id.clone(), now: tx.now + 100 };
+                later.record_service_proposal(1, 4)?;
+                later.overdue_removals(1, tx.now)
+            })
+            .await
+            .unwrap();
+        assert_eq!(overdue, [4]);
+    }
+}
