@@ -105,6 +105,8 @@ impl Store {
     /// verified (xep/ §Validation, second stage): duplicates by
     /// KeyPackageRef, then at most the device's room for ordinary packages
     /// plus one (its last-resort package) per device. None: nothing against.
+    /// A read that only spares verifying a doomed upload: the decision is
+    /// [`Store::store_key_packages`]'s.
     pub async fn precheck_key_packages(
         &self,
         account: String,
@@ -256,18 +258,22 @@ fn insert_key_package(c: &Connection, account: &str, kp: &VerifiedKeyPackage, se
 const CANDIDATE: &str = "account = ?1 AND device_id = ?2 AND not_after > ?3
     AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5";
 
-/// One device's hand-out. The ordinary package is taken by one DELETE ...
+/// A handed-out package: its KeyPackageRef, its message, and whether it
+/// is the device's last-resort package.
+type HandedOut = (Vec<u8>, Vec<u8>, bool);
+
+/// One device's package for a claim (`args`: the parameters of
+/// [`CANDIDATE`]). The ordinary package is taken by one DELETE ...
 /// RETURNING of the oldest candidate: its WHERE is the decision, so a
 /// package is handed out at most once; a claimer that lost the race for
 /// it gets no row and tries again while ordinary candidates remain. The
 /// last-resort package is read only under the condition (in the same
 /// statement) that no ordinary candidate is left.
-fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
-    let fresh = ctx.now + MIN_REMAINING_LIFETIME;
-    let max_size = i64::try_from(ctx.max_key_package_size).unwrap_or(i64::MAX);
-    let args = params![ctx.account, device, fresh, suite, max_size];
-    let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
-    let take_ordinary = format!(
+fn hand_out(c: &Connection, args: &[&dyn rusqlite::ToSql]) -> Result<Option<HandedOut>, StoreError> {
+    let take = |sql: &str, last_resort: bool| -> Result<Option<HandedOut>, StoreError> {
+        Ok(c.prepare_cached(sql)?.query_row(args, |r| Ok((r.get(0)?, r.get(1)?, last_resort))).optional()?)
+    };
+    let ordinary = format!(
         "DELETE FROM key_packages WHERE kp_ref = (
             SELECT kp_ref FROM key_packages WHERE {CANDIDATE} AND last_resort = 0 ORDER BY seq LIMIT 1)
          RETURNING kp_ref, message"
@@ -277,21 +283,27 @@ fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16
            AND NOT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)"
     );
     let ordinary_left = format!("SELECT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)");
-    let (found, is_last_resort): (Option<(Vec<u8>, Vec<u8>)>, bool) = loop {
-        if let Some(kp) = c.prepare_cached(&take_ordinary)?.query_row(args, row).optional()? {
-            break (Some(kp), false);
+    loop {
+        if let Some(kp) = take(&ordinary, false)? {
+            return Ok(Some(kp));
         }
-        if let Some(kp) = c.prepare_cached(&last_resort)?.query_row(args, row).optional()? {
-            break (Some(kp), true);
+        if let Some(kp) = take(&last_resort, true)? {
+            return Ok(Some(kp));
         }
         if !c.prepare_cached(&ordinary_left)?.query_row(args, |r| r.get::<_, bool>(0))? {
-            break (None, true);
+            return Ok(None);
         }
-    };
+    }
+}
+
+fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
+    let fresh = ctx.now + MIN_REMAINING_LIFETIME;
+    let max_size = i64::try_from(ctx.max_key_package_size).unwrap_or(i64::MAX);
+    let found = hand_out(c, params![ctx.account, device, fresh, suite, max_size])?;
     let device = device.to_owned();
     Ok(match found {
-        Some((kp_ref, message)) => {
-            ClaimOutcome::Claimed { device, kp_ref: ref_hex(&kp_ref), last_resort: is_last_resort, message }
+        Some((kp_ref, message, last_resort)) => {
+            ClaimOutcome::Claimed { device, kp_ref: ref_hex(&kp_ref), last_resort, message }
         }
         None => {
             let any: usize = c.query_row(

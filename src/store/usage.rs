@@ -15,14 +15,16 @@ fn ensure(c: &Connection, account: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Locks the account's row until the transaction ends (an UPDATE that
-/// changes nothing: PostgreSQL's row lock; SQLite's write lock is wider).
-/// Decisions that count rows which expire with time (live devices) or are
-/// keyed by something a counter cannot follow (subscriptions by bare JID)
-/// are taken under this lock.
+/// Locks the account's row (creating it if need be) until the transaction
+/// ends: an upsert that changes nothing, which takes PostgreSQL's row lock
+/// (SQLite's write lock is wider). Decisions that count rows which expire
+/// with time (live devices) or are keyed by something a counter cannot
+/// follow (subscriptions by bare JID) are taken under this lock.
 pub(super) fn lock_account(c: &Connection, account: &str) -> Result<(), StoreError> {
-    ensure(c, account)?;
-    c.prepare_cached("UPDATE account_usage SET account = account WHERE account = ?1")?.execute([account])?;
+    c.prepare_cached(
+        "INSERT INTO account_usage (account) VALUES (?1) ON CONFLICT (account) DO UPDATE SET account = excluded.account",
+    )?
+    .execute([account])?;
     Ok(())
 }
 
