@@ -48,7 +48,7 @@ impl Store {
     /// Adds or replaces a device (`device.expires` must be set) and keeps
     /// `event` in the owner's inbox, returning its stanza id. Expired
     /// devices of the account are removed on the way, and returned.
-    /// Decided under the account's lock ([`lock_account`]): the limit
+    /// Decided under the account's lock (`lock_account`): the limit
     /// counts live devices, which expire with time and not with a write a
     /// counter could follow, and the signature key must be the account's
     /// only device with it; both are read under the lock that every
@@ -154,7 +154,7 @@ impl Store {
     /// Subscribes `subscriber` (a JID of the account `by`) to a node of
     /// `account`'s directory; false when `by` already holds `per_account`
     /// subscriptions there, or `max` other accounts do. Subscribing again
-    /// is always true. Decided under `account`'s lock ([`lock_account`]):
+    /// is always true. Decided under `account`'s lock (`lock_account`):
     /// the limits count bare JIDs parsed from the subscriber column, which
     /// no counter row keeps.
     pub async fn subscribe(

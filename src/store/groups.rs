@@ -196,7 +196,7 @@ impl<'c> GroupTx<'c> {
     /// account's budget or, for an application message, the group's.
     /// Handshakes are counted but never refused for the group's budget, so
     /// that members can still remove whoever used it up. Each budget is one
-    /// conditional upsert ([`count_archived`]); the group's refusal undoes
+    /// conditional upsert (`count_archived`); the group's refusal undoes
     /// the account's count.
     pub fn charge_archive(&self, account: &str, kind: Kind, bytes: usize, budget: ArchiveBudget) -> Result<bool, StoreError> {
         let (day, bytes) = (self.now.div_euclid(DAY), bytes as u64);
@@ -288,7 +288,7 @@ impl<'c> GroupTx<'c> {
     /// one of its devices joins the feed), unless the account left it or
     /// has joined `max_groups` other groups. The join is an INSERT that
     /// does nothing if the account joined or left before; the limit is the
-    /// conditional UPDATE of the account's count ([`count_join`]), whose
+    /// conditional UPDATE of the account's count (`count_join`), whose
     /// refusal undoes the join.
     pub fn join(&self, account: &str, max_groups: usize) -> Result<Join, StoreError> {
         undo_refused(self.c, || {

@@ -61,7 +61,7 @@ fn duplicate(c: &Connection, refs: &[&[u8]], i: usize) -> Result<bool, StoreErro
 }
 
 /// Checks an upload against the store: devices live (their pools
-/// locked, see [`lock_pools`]), no duplicates.
+/// locked, see `lock_pools`), no duplicates.
 fn refusals(c: &Connection, pools: &HashMap<String, i64>, kps: &[VerifiedKeyPackage]) -> Result<Vec<(usize, Rejection)>, StoreError> {
     let refs: Vec<&[u8]> = kps.iter().map(|k| k.kp_ref.as_slice()).collect();
     let mut refused = Vec::new();
@@ -142,7 +142,7 @@ impl Store {
 
     /// Stores verified packages (all or none). A last-resort package
     /// replaces the device's previous one. Each device's count limit is
-    /// decided under its pool's lock ([`lock_pools`]); a package stored
+    /// decided under its pool's lock (`lock_pools`); a package stored
     /// meanwhile under the same KeyPackageRef makes the INSERT do nothing
     /// and is refused as a duplicate. A refusal undoes the whole upload.
     pub async fn store_key_packages(

@@ -14,7 +14,7 @@
 //! under an explicit row lock that its doc comment names. Never a read
 //! followed by a write that trusts it: the same SQL must stay correct with
 //! several writers at PostgreSQL's READ COMMITTED. A refusal found after
-//! earlier statements of the same decision undoes them ([`undo_refused`]).
+//! earlier statements of the same decision undoes them (`undo_refused`).
 
 mod admin;
 mod archive;

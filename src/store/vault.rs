@@ -81,7 +81,7 @@ impl Store {
     /// statement (an UPDATE whose WHERE is the expected version and size,
     /// or an INSERT that does nothing if the name exists); the quota is the
     /// conditional UPDATE of the account's usage row (`account_usage`,
-    /// [`charge_vault`]), not a sum over the vault, because two writers of
+    /// `charge_vault`), not a sum over the vault, because two writers of
     /// different blobs would both pass a sum they read before either wrote.
     /// A refused charge undoes the blob's write.
     pub async fn vault_put(
