@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use rusqlite::{params, Connection};
 
+use super::groups::forget_joins;
 use super::{Store, StoreError};
 use crate::metrics::StoreGauges;
 
@@ -222,9 +223,10 @@ impl Store {
             if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
                 return Ok(false);
             }
-            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances", "service_proposals", "group_proposals"] {
+            for table in ["members", "archive", "feed", "group_accounts", "acceptances", "service_proposals", "group_proposals"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
+            forget_joins(c, "DELETE FROM group_joins WHERE group_id = ?1 RETURNING account, left_group", &group_id)?;
             c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
             Ok(true)
         })
@@ -240,6 +242,7 @@ impl Store {
             let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", [&account])?;
             let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, [&account])? as u64) };
             c.execute("DELETE FROM group_joins WHERE account = ?1", [&account])?;
+            c.execute("DELETE FROM account_usage WHERE account = ?1", [&account])?;
             Ok(PurgedAccount {
                 key_packages,
                 devices: delete("DELETE FROM devices WHERE account = ?1")?,

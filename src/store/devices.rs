@@ -6,6 +6,7 @@ use minidom::Element;
 
 use super::groups::drop_stale_feed;
 use super::inbox::insert_inbox;
+use super::usage::lock_account;
 use super::{Departed, Store, StoreError};
 use crate::protocol::devices::Device;
 
@@ -47,6 +48,11 @@ impl Store {
     /// Adds or replaces a device (`device.expires` must be set) and keeps
     /// `event` in the owner's inbox, returning its stanza id. Expired
     /// devices of the account are removed on the way, and returned.
+    /// Decided under the account's lock (`lock_account`): the limit
+    /// counts live devices, which expire with time and not with a write a
+    /// counter could follow, and the signature key must be the account's
+    /// only device with it; both are read under the lock that every
+    /// publication of the account takes first.
     pub async fn publish_device(
         &self,
         account: String,
@@ -56,6 +62,7 @@ impl Store {
         now: i64,
     ) -> Result<(DevicePublish, Option<String>, Vec<Expired>), StoreError> {
         self.write(move |c| {
+            lock_account(c, &account)?;
             let expired: Vec<Expired> = c
                 .prepare_cached("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id")?
                 .query_map(params![account, now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
@@ -147,7 +154,9 @@ impl Store {
     /// Subscribes `subscriber` (a JID of the account `by`) to a node of
     /// `account`'s directory; false when `by` already holds `per_account`
     /// subscriptions there, or `max` other accounts do. Subscribing again
-    /// is always true.
+    /// is always true. Decided under `account`'s lock (`lock_account`):
+    /// the limits count bare JIDs parsed from the subscriber column, which
+    /// no counter row keeps.
     pub async fn subscribe(
         &self,
         account: String,
@@ -158,6 +167,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let (max, per_account) = limits;
         self.write(move |c| {
+            lock_account(c, &account)?;
             let (own, mine, others): (bool, usize, usize) = c
                 .prepare_cached(
                     "SELECT coalesce(max(subscriber = ?3), 0),
@@ -242,5 +252,50 @@ mod tests {
         // A publication after "two" expired removes it and says so.
         let (_, _, expired) = store.publish_device(a(), device("four", 5), ev(), 2, 2_000).await.unwrap();
         assert_eq!(expired, vec![Expired { account: a(), device_id: "two".into() }]);
+    }
+
+    /// Many devices published at once against a limit of 3: exactly 3
+    /// are stored, each refusal stores nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_publications_stop_at_the_device_limit() {
+        let (_d, store) = temp_store();
+        let tasks: Vec<_> = (0..10u8)
+            .map(|n| {
+                let store = store.clone();
+                let event = Element::builder("event", "urn:x").build();
+                tokio::spawn(async move {
+                    store.publish_device("alice@example.org".into(), device(&format!("d{n}"), n), event, 3, 1_000).await
+                })
+            })
+            .collect();
+        let mut published = 0;
+        for t in tasks {
+            match t.await.unwrap().unwrap() {
+                (DevicePublish::Published { replaced_key: false }, Some(_), _) => published += 1,
+                other => assert_eq!(other, (DevicePublish::TooManyDevices, None, vec![])),
+            }
+        }
+        assert_eq!(published, 3);
+        assert_eq!(store.live_devices("alice@example.org".into(), 1_000).await.unwrap().len(), 3);
+        assert_eq!(store.inbox_len("alice@example.org".into()).await.unwrap(), 3);
+    }
+
+    /// Per node: at most `per_account` subscriptions of one account, and
+    /// at most `max` accounts besides; subscribing again always passes.
+    #[tokio::test]
+    async fn subscriptions_stop_at_both_limits() {
+        let (_d, store) = temp_store();
+        let sub = |jid: &str| {
+            let by = jid.split('/').next().unwrap_or(jid).to_string();
+            store.subscribe("alice@example.org".into(), "n", jid.into(), by, (2, 2))
+        };
+        assert!(sub("bob@example.org/a").await.unwrap());
+        assert!(sub("bob@example.org/b").await.unwrap(), "bob's second: at his limit");
+        assert!(!sub("bob@example.org/c").await.unwrap(), "bob's third");
+        assert!(sub("bob@example.org/a").await.unwrap(), "again");
+        assert!(sub("carol@example.org").await.unwrap(), "the second account: at the limit");
+        assert!(!sub("dave@example.org").await.unwrap(), "a third account");
+        let all = store.subscribers("alice@example.org".into(), "n").await.unwrap();
+        assert_eq!(all, ["bob@example.org/a", "bob@example.org/b", "carol@example.org"]);
     }
 }

@@ -15,7 +15,8 @@ use rusqlite::{named_params, params, Connection, OptionalExtension};
 use super::devices::live_devices;
 use super::inbox::{insert_inbox, new_stanza_id};
 use super::state::PublicState;
-use super::{Store, StoreError};
+use super::usage::{count_join, uncount_join};
+use super::{undo_refused, Store, StoreError};
 use crate::protocol::devices::Device;
 use crate::protocol::groups::Kind;
 
@@ -128,21 +129,31 @@ pub struct ArchiveBudget {
 
 const DAY: i64 = 24 * 3600;
 
-/// Octets counted today for (`scope`, `owner`).
-fn archived_today(c: &Connection, scope: &str, owner: &[u8], day: i64) -> Result<u64, StoreError> {
-    let bytes: Option<i64> = c
-        .prepare_cached("SELECT bytes FROM archive_bytes WHERE scope = ?1 AND owner = ?2 AND day = ?3")?
-        .query_row(params![scope, owner, day], |r| r.get(0))
-        .optional()?;
-    Ok(bytes.unwrap_or(0) as u64)
+/// Counts `bytes` for (`scope`, `owner`) on `day` if the day's count stays
+/// within `limit` (None: no limit): one upsert whose conditions are the
+/// limit, for a new row and for the stored one. False: nothing counted.
+fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u64, limit: Option<u64>) -> Result<bool, StoreError> {
+    let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let counted = c
+        .prepare_cached(
+            "INSERT INTO archive_bytes (scope, owner, day, bytes) SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR ?4 <= ?5
+             ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = archive_bytes.bytes + excluded.bytes
+             WHERE ?5 IS NULL OR archive_bytes.bytes + excluded.bytes <= ?5",
+        )?
+        .execute(params![scope, owner, day, bytes as i64, limit])?;
+    Ok(counted == 1)
 }
 
-fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u64) -> Result<(), StoreError> {
-    c.prepare_cached(
-        "INSERT INTO archive_bytes (scope, owner, day, bytes) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = bytes + excluded.bytes",
-    )?
-    .execute(params![scope, owner, day, bytes as i64])?;
+/// Deletes the joins that `delete` (one parameter, `owner`; RETURNING
+/// account, left_group) chooses, and counts each joined one less.
+pub(super) fn forget_joins(c: &Connection, delete: &str, owner: &[u8]) -> Result<(), StoreError> {
+    let gone: Vec<(String, bool)> =
+        c.prepare_cached(delete)?.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    for (account, left) in gone {
+        if !left {
+            uncount_join(c, &account)?;
+        }
+    }
     Ok(())
 }
 
@@ -184,19 +195,17 @@ impl<'c> GroupTx<'c> {
     /// archive budgets; false, counting nothing, if they would pass the
     /// account's budget or, for an application message, the group's.
     /// Handshakes are counted but never refused for the group's budget, so
-    /// that members can still remove whoever used it up.
+    /// that members can still remove whoever used it up. Each budget is one
+    /// conditional upsert (`count_archived`); the group's refusal undoes
+    /// the account's count.
     pub fn charge_archive(&self, account: &str, kind: Kind, bytes: usize, budget: ArchiveBudget) -> Result<bool, StoreError> {
         let (day, bytes) = (self.now.div_euclid(DAY), bytes as u64);
-        let group = archived_today(self.c, "group", &self.group_id, day)?;
-        let sender = archived_today(self.c, "account", account.as_bytes(), day)?;
-        if sender + bytes > budget.account_bytes_per_day
-            || (kind == Kind::Application && group + bytes > budget.group_bytes_per_day)
-        {
-            return Ok(false);
-        }
-        count_archived(self.c, "group", &self.group_id, day, bytes)?;
-        count_archived(self.c, "account", account.as_bytes(), day, bytes)?;
-        Ok(true)
+        let group_limit = (kind == Kind::Application).then_some(budget.group_bytes_per_day);
+        undo_refused(self.c, || {
+            let charged = count_archived(self.c, "account", account.as_bytes(), day, bytes, Some(budget.account_bytes_per_day))?
+                && count_archived(self.c, "group", &self.group_id, day, bytes, group_limit)?;
+            Ok(if charged { Ok(true) } else { Err(false) })
+        })
     }
 
     /// Appends to the archive; returns the message's place and stanza id.
@@ -304,29 +313,25 @@ impl<'c> GroupTx<'c> {
 
     /// Counts this group as joined by `account` (it created the group or
     /// one of its devices joins the feed), unless the account left it or
-    /// has joined `max_groups` other groups.
+    /// has joined `max_groups` other groups. The join is an INSERT that
+    /// does nothing if the account joined or left before; the limit is the
+    /// conditional UPDATE of the account's count (`count_join`), whose
+    /// refusal undoes the join.
     pub fn join(&self, account: &str, max_groups: usize) -> Result<Join, StoreError> {
-        let left: Option<bool> = self
-            .c
-            .prepare_cached("SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2")?
-            .query_row(params![self.group_id, account], |r| r.get(0))
-            .optional()?;
-        match left {
-            Some(true) => return Ok(Join::Left),
-            Some(false) => return Ok(Join::Joined),
-            None => {}
-        }
-        let joined: i64 = self
-            .c
-            .prepare_cached("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0")?
-            .query_row([account], |r| r.get(0))?;
-        if joined as usize >= max_groups {
-            return Ok(Join::TooManyGroups);
-        }
-        self.c
-            .prepare_cached("INSERT INTO group_joins (group_id, account) VALUES (?1, ?2)")?
-            .execute(params![self.group_id, account])?;
-        Ok(Join::Joined)
+        undo_refused(self.c, || {
+            let joined = self
+                .c
+                .prepare_cached("INSERT INTO group_joins (group_id, account) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                .execute(params![self.group_id, account])?;
+            if joined == 0 {
+                let left: bool = self
+                    .c
+                    .prepare_cached("SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2")?
+                    .query_row(params![self.group_id, account], |r| r.get(0))?;
+                return Ok(Ok(if left { Join::Left } else { Join::Joined }));
+            }
+            Ok(if count_join(self.c, account, max_groups)? { Ok(Join::Joined) } else { Err(Join::TooManyGroups) })
+        })
     }
 
     /// Whether `device_id` of `account` is live and its key a leaf here.
@@ -361,10 +366,12 @@ impl<'c> GroupTx<'c> {
     /// Takes devices that no longer have a live leaf off the feed, and
     /// forgets the joins of accounts left without leaves; returns the devices.
     pub fn prune_feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
-        self.c.execute(
+        forget_joins(
+            self.c,
             "DELETE FROM group_joins WHERE group_id = ?1 AND NOT EXISTS (
-               SELECT 1 FROM members m WHERE m.group_id = group_joins.group_id AND m.account = group_joins.account)",
-            [&self.group_id],
+               SELECT 1 FROM members m WHERE m.group_id = group_joins.group_id AND m.account = group_joins.account)
+             RETURNING account, left_group",
+            &self.group_id,
         )?;
         let gone = drop_stale_feed(self.c, Some(self.group_id.as_slice()), None, self.now)?;
         Ok(gone.into_iter().map(|d| d.entry).collect())
@@ -377,12 +384,23 @@ impl<'c> GroupTx<'c> {
         if !self.members()?.iter().any(|m| m.account == account) {
             return Ok(None);
         }
-        self.c
+        let never_joined = self
+            .c
             .prepare_cached(
-                "INSERT INTO group_joins (group_id, account, left_group) VALUES (?1, ?2, 1)
-                 ON CONFLICT (group_id, account) DO UPDATE SET left_group = 1",
+                "INSERT INTO group_joins (group_id, account, left_group) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
             )?
             .execute(params![self.group_id, account])?;
+        if never_joined == 0 {
+            let was_joined = self
+                .c
+                .prepare_cached(
+                    "UPDATE group_joins SET left_group = 1 WHERE group_id = ?1 AND account = ?2 AND left_group = 0",
+                )?
+                .execute(params![self.group_id, account])?;
+            if was_joined == 1 {
+                uncount_join(self.c, account)?;
+            }
+        }
         let mut st = self.c.prepare_cached(
             "DELETE FROM feed WHERE group_id = ?1 AND account = ?2 RETURNING device_id, full_jid, account",
         )?;
@@ -675,6 +693,93 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::tests::temp_store;
+
+    const A: &str = "alice@example.org";
+
+    /// (groups counted for A, A's joins not left).
+    async fn joined(store: &Store) -> (i64, i64) {
+        store
+            .read(|c| {
+                let counted = c.query_row("SELECT groups FROM account_usage WHERE account = ?1", [A], |r| r.get(0))?;
+                let rows =
+                    c.query_row("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0", [A], |r| r.get(0))?;
+                Ok((counted, rows))
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn join(store: &Store, group: &str, max: usize) -> Join {
+        store
+            .group_tx(group.as_bytes().to_vec(), move |tx| {
+                if tx.state()?.is_none() {
+                    tx.create(0, b"info", &PublicState::default())?;
+                }
+                tx.join(A, max)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// The group limit holds at its last group; leaving, a pruned join and
+    /// a purged group each free one, and the count follows the joins.
+    #[tokio::test]
+    async fn joins_stop_at_the_group_limit_and_free_on_leaving() {
+        let (_dir, store) = temp_store();
+        for g in ["g1", "g2", "g3"] {
+            assert_eq!(join(&store, g, 3).await, Join::Joined);
+        }
+        assert_eq!(join(&store, "g4", 3).await, Join::TooManyGroups, "one over");
+        assert_eq!(join(&store, "g1", 3).await, Join::Joined, "joined already: not counted again");
+        assert_eq!(joined(&store).await, (3, 3), "the refused join left no row");
+        let member = Member { leaf: 0, account: A.into(), signature_key: vec![1; 32] };
+        let left = store
+            .group_tx(b"g1".to_vec(), move |tx| {
+                tx.set_members(&[member], 0)?;
+                tx.leave(A)?;
+                tx.leave(A)
+            })
+            .await
+            .unwrap();
+        assert_eq!(left, Some(vec![]));
+        assert_eq!(joined(&store).await, (2, 2), "left once, counted once");
+        assert_eq!(join(&store, "g1", 3).await, Join::Left);
+        assert_eq!(join(&store, "g4", 3).await, Join::Joined);
+        store.group_tx(b"g2".to_vec(), |tx| tx.prune_feed()).await.unwrap();
+        assert_eq!(joined(&store).await, (2, 2), "no leaf of A in g2: its join forgotten");
+        assert!(store.purge_group(b"g3".to_vec()).await.unwrap());
+        assert_eq!(joined(&store).await, (1, 1));
+    }
+
+    /// Each budget holds at its last octet; a refusal by the group's
+    /// budget leaves the account's count as it was; handshakes pass the
+    /// group's budget.
+    #[tokio::test]
+    async fn archive_budgets_hold_at_their_last_octet() {
+        let (_dir, store) = temp_store();
+        let budget = ArchiveBudget { group_bytes_per_day: 150, account_bytes_per_day: 100 };
+        let charge = |account: &'static str, kind: Kind, bytes: usize| {
+            store.group_tx(b"g".to_vec(), move |tx| tx.charge_archive(account, kind, bytes, budget))
+        };
+        let counts = || {
+            store.read(|c| {
+                let mut st = c.prepare("SELECT scope, bytes FROM archive_bytes ORDER BY scope, owner")?;
+                let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        };
+        assert!(!charge(A, Kind::Application, 101).await.unwrap(), "over the account's budget at once");
+        assert!(charge(A, Kind::Application, 100).await.unwrap(), "exactly the account's budget");
+        assert!(!charge(A, Kind::Application, 1).await.unwrap(), "one octet over");
+        assert!(charge("bob@example.org", Kind::Application, 50).await.unwrap(), "exactly the group's budget");
+        assert!(!charge("bob@example.org", Kind::Application, 1).await.unwrap(), "one octet over the group's");
+        let expected = |group| vec![("account".into(), 100), ("account".into(), 50), ("group".into(), group)];
+        assert_eq!(counts().await.unwrap(), expected(150), "refusals counted nothing");
+        assert!(charge("bob@example.org", Kind::Commit, 10).await.unwrap(), "a handshake passes the group's budget");
+        let mut after = expected(160);
+        after[1].1 = 60;
+        assert_eq!(counts().await.unwrap(), after);
+    }
 
     /// An archived message is remembered per (group, account, kind, octets), and
     /// forgotten once it is older than the resend window.

@@ -1,12 +1,12 @@
 //! KeyPackage pools: uploads, owner listings and atomic claims.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
 use super::inbox::{insert_notice, StoredNotice};
-use super::{Store, StoreError};
+use super::{undo_refused, Store, StoreError};
 use crate::protocol::keypackages::{
     ref_hex, Claim, ClaimOutcome, Inspected, KeyPackageInfo, Rejection, VerifiedKeyPackage,
 };
@@ -60,13 +60,13 @@ fn duplicate(c: &Connection, refs: &[&[u8]], i: usize) -> Result<bool, StoreErro
     Ok(stored.is_some() || refs[..i].contains(&refs[i]))
 }
 
-/// Checks an upload against the store: devices still live, no duplicates.
-fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<Vec<(usize, Rejection)>, StoreError> {
-    let devices = live_devices(c, account, now)?;
+/// Checks an upload against the store: devices live (their pools
+/// locked, see `lock_pools`), no duplicates.
+fn refusals(c: &Connection, pools: &HashMap<String, i64>, kps: &[VerifiedKeyPackage]) -> Result<Vec<(usize, Rejection)>, StoreError> {
     let refs: Vec<&[u8]> = kps.iter().map(|k| k.kp_ref.as_slice()).collect();
     let mut refused = Vec::new();
     for (i, kp) in kps.iter().enumerate() {
-        if !devices.iter().any(|d| d.id == kp.device_id) {
+        if !pools.contains_key(&kp.device_id) {
             refused.push((i, Rejection::UnknownSignatureKey));
         } else if duplicate(c, &refs, i)? {
             refused.push((i, Rejection::Duplicate));
@@ -77,11 +77,36 @@ fn refusals(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64)
     Ok(refused)
 }
 
+/// Locks the pool of every live device of the upload (in device order, so
+/// that two uploads never wait on each other crosswise) with one UPDATE of
+/// its device row, which also clears its low-water warning and allocates
+/// its packages' upload positions (`kp_seq`); returns the first position
+/// per live device. Its count of fresh packages changes with time, not
+/// only with writes, so no counter can hold it: it is read under this lock.
+fn lock_pools(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<HashMap<String, i64>, StoreError> {
+    let devices: BTreeSet<&str> = kps.iter().map(|k| k.device_id.as_str()).collect();
+    let mut st = c.prepare_cached(
+        "UPDATE devices SET low_warned = 0, kp_seq = kp_seq + ?3
+         WHERE account = ?1 AND device_id = ?2 AND expires_at > ?4 RETURNING kp_seq",
+    )?;
+    let mut pools = HashMap::new();
+    for device in devices {
+        let new = kps.iter().filter(|k| k.device_id == device).count() as i64;
+        let last: Option<i64> = st.query_row(params![account, device, new, now], |r| r.get(0)).optional()?;
+        if let Some(last) = last {
+            pools.insert(device.to_owned(), last - new + 1);
+        }
+    }
+    Ok(pools)
+}
+
 impl Store {
     /// The checks of an upload against the pool before any signature is
     /// verified (xep/ §Validation, second stage): duplicates by
     /// KeyPackageRef, then at most the device's room for ordinary packages
     /// plus one (its last-resort package) per device. None: nothing against.
+    /// A read that only spares verifying a doomed upload: the decision is
+    /// [`Store::store_key_packages`]'s.
     pub async fn precheck_key_packages(
         &self,
         account: String,
@@ -116,7 +141,10 @@ impl Store {
     }
 
     /// Stores verified packages (all or none). A last-resort package
-    /// replaces the device's previous one.
+    /// replaces the device's previous one. Each device's count limit is
+    /// decided under its pool's lock (`lock_pools`); a package stored
+    /// meanwhile under the same KeyPackageRef makes the INSERT do nothing
+    /// and is refused as a duplicate. A refusal undoes the whole upload.
     pub async fn store_key_packages(
         &self,
         account: String,
@@ -125,37 +153,27 @@ impl Store {
         now: i64,
     ) -> Result<KeyPackageUpload, StoreError> {
         self.write(move |c| {
-            let refused = refusals(c, &account, &kps, now)?;
-            if !refused.is_empty() {
-                return Ok(KeyPackageUpload::Refused(refused));
-            }
-            for kp in kps.iter().filter(|k| !k.last_resort) {
-                let new = kps.iter().filter(|k| !k.last_resort && k.device_id == kp.device_id).count();
-                if ordinary_count(c, &account, &kp.device_id, now)? + new > max_per_device {
-                    return Ok(KeyPackageUpload::TooMany { device: kp.device_id.clone() });
+            undo_refused(c, || {
+                let mut next_seq = lock_pools(c, &account, &kps, now)?;
+                let refused = refusals(c, &next_seq, &kps)?;
+                if !refused.is_empty() {
+                    return Ok(Err(KeyPackageUpload::Refused(refused)));
                 }
-            }
-            let mut seq: i64 = c.query_row("SELECT coalesce(max(seq), 0) FROM key_packages", [], |r| r.get(0))?;
-            for kp in &kps {
-                c.execute(
-                    "UPDATE devices SET low_warned = 0 WHERE account = ?1 AND device_id = ?2",
-                    params![account, kp.device_id],
-                )?;
-                if kp.last_resort {
-                    c.execute(
-                        "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1",
-                        params![account, kp.device_id],
-                    )?;
+                for kp in kps.iter().filter(|k| !k.last_resort) {
+                    let new = kps.iter().filter(|k| !k.last_resort && k.device_id == kp.device_id).count();
+                    if ordinary_count(c, &account, &kp.device_id, now)? + new > max_per_device {
+                        return Ok(Err(KeyPackageUpload::TooMany { device: kp.device_id.clone() }));
+                    }
                 }
-                seq += 1;
-                c.execute(
-                    "INSERT INTO key_packages
-                     (kp_ref, account, device_id, cipher_suite, last_resort, not_after, message, seq)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq],
-                )?;
-            }
-            Ok(KeyPackageUpload::Stored)
+                for (i, kp) in kps.iter().enumerate() {
+                    let seq = next_seq.get_mut(&kp.device_id).expect("a locked pool");
+                    if !insert_key_package(c, &account, kp, *seq)? {
+                        return Ok(Err(KeyPackageUpload::Refused(vec![(i, Rejection::Duplicate)])));
+                    }
+                    *seq += 1;
+                }
+                Ok(Ok(KeyPackageUpload::Stored))
+            })
         })
         .await
     }
@@ -218,37 +236,74 @@ impl Store {
     }
 }
 
+/// Stores `kp` at position `seq` of its device's pool (a last-resort
+/// package replaces the device's previous one); false, storing nothing,
+/// if a package with its KeyPackageRef is stored already.
+fn insert_key_package(c: &Connection, account: &str, kp: &VerifiedKeyPackage, seq: i64) -> Result<bool, StoreError> {
+    if kp.last_resort {
+        c.prepare_cached("DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1")?
+            .execute(params![account, kp.device_id])?;
+    }
+    let stored = c
+        .prepare_cached(
+            "INSERT INTO key_packages (kp_ref, account, device_id, cipher_suite, last_resort, not_after, message, seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (kp_ref) DO NOTHING",
+        )?
+        .execute(params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq])?;
+    Ok(stored == 1)
+}
+
+/// SQL: a package of device `?2` of account `?1` that a claim may hand
+/// out: fresh at `?3`, of suite `?4` (NULL: any), at most `?5` octets.
+const CANDIDATE: &str = "account = ?1 AND device_id = ?2 AND not_after > ?3
+    AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5";
+
+/// A handed-out package: its KeyPackageRef, its message, and whether it
+/// is the device's last-resort package.
+type HandedOut = (Vec<u8>, Vec<u8>, bool);
+
+/// One device's package for a claim (`args`: the parameters of
+/// [`CANDIDATE`]). The ordinary package is taken by one DELETE ...
+/// RETURNING of the oldest candidate: its WHERE is the decision, so a
+/// package is handed out at most once; a claimer that lost the race for
+/// it gets no row and tries again while ordinary candidates remain. The
+/// last-resort package is read only under the condition (in the same
+/// statement) that no ordinary candidate is left.
+fn hand_out(c: &Connection, args: &[&dyn rusqlite::ToSql]) -> Result<Option<HandedOut>, StoreError> {
+    let take = |sql: &str, last_resort: bool| -> Result<Option<HandedOut>, StoreError> {
+        Ok(c.prepare_cached(sql)?.query_row(args, |r| Ok((r.get(0)?, r.get(1)?, last_resort))).optional()?)
+    };
+    let ordinary = format!(
+        "DELETE FROM key_packages WHERE kp_ref = (
+            SELECT kp_ref FROM key_packages WHERE {CANDIDATE} AND last_resort = 0 ORDER BY seq LIMIT 1)
+         RETURNING kp_ref, message"
+    );
+    let last_resort = format!(
+        "SELECT kp_ref, message FROM key_packages WHERE {CANDIDATE} AND last_resort = 1
+           AND NOT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)"
+    );
+    let ordinary_left = format!("SELECT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)");
+    loop {
+        if let Some(kp) = take(&ordinary, false)? {
+            return Ok(Some(kp));
+        }
+        if let Some(kp) = take(&last_resort, true)? {
+            return Ok(Some(kp));
+        }
+        if !c.prepare_cached(&ordinary_left)?.query_row(args, |r| r.get::<_, bool>(0))? {
+            return Ok(None);
+        }
+    }
+}
+
 fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
     let fresh = ctx.now + MIN_REMAINING_LIFETIME;
     let max_size = i64::try_from(ctx.max_key_package_size).unwrap_or(i64::MAX);
-    let ordinary: Option<(Vec<u8>, Vec<u8>)> = c
-        .prepare_cached(
-            "DELETE FROM key_packages WHERE kp_ref = (
-                SELECT kp_ref FROM key_packages
-                WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3
-                  AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5
-                ORDER BY seq LIMIT 1)
-             RETURNING kp_ref, message",
-        )?
-        .query_row(params![ctx.account, device, fresh, suite, max_size], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let last_resort = || -> rusqlite::Result<Option<(Vec<u8>, Vec<u8>)>> {
-        c.prepare_cached(
-            "SELECT kp_ref, message FROM key_packages
-             WHERE account = ?1 AND device_id = ?2 AND last_resort = 1 AND not_after > ?3
-               AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5",
-        )?
-        .query_row(params![ctx.account, device, fresh, suite, max_size], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()
-    };
-    let (found, is_last_resort) = match ordinary {
-        Some(kp) => (Some(kp), false),
-        None => (last_resort()?, true),
-    };
+    let found = hand_out(c, params![ctx.account, device, fresh, suite, max_size])?;
     let device = device.to_owned();
     Ok(match found {
-        Some((kp_ref, message)) => {
-            ClaimOutcome::Claimed { device, kp_ref: ref_hex(&kp_ref), last_resort: is_last_resort, message }
+        Some((kp_ref, message, last_resort)) => {
+            ClaimOutcome::Claimed { device, kp_ref: ref_hex(&kp_ref), last_resort, message }
         }
         None => {
             let any: usize = c.query_row(
@@ -343,6 +398,80 @@ mod tests {
         assert_eq!(none.outcomes, vec![ClaimOutcome::NothingCompatible { device: "d".into() }]);
         let last = store.claim(context(1, 500), Claim::default()).await.unwrap();
         assert!(matches!(&last.outcomes[..], [ClaimOutcome::Claimed { last_resort: true, .. }]), "{last:?}");
+    }
+
+    async fn store_with_device() -> (tempfile::TempDir, Store) {
+        let (d, store) = temp_store();
+        let device = Device { id: "d".into(), signature_key: vec![1; 32], label: None, expires: Some(5_000) };
+        store.publish_device("alice@example.org".into(), device, Element::builder("e", "urn:x").build(), 2, 1_000).await.unwrap();
+        (d, store)
+    }
+
+    async fn upload(store: &Store, kps: Vec<VerifiedKeyPackage>, max: usize) -> KeyPackageUpload {
+        store.store_key_packages("alice@example.org".into(), kps, max, 1_000).await.unwrap()
+    }
+
+    async fn stored(store: &Store) -> usize {
+        store.key_package_infos("alice@example.org".into(), 1_000).await.unwrap().len()
+    }
+
+    /// The per-device limit holds at its last package; a refused upload
+    /// stores nothing, and an upload for a device that is not live neither.
+    #[tokio::test]
+    async fn an_upload_fills_the_pool_exactly_to_its_limit() {
+        let (_d, store) = store_with_device().await;
+        let kps = |from: u8, n: u8| (from..from + n).map(|i| package(i, false, 10)).collect::<Vec<_>>();
+        assert_eq!(upload(&store, kps(1, 3), 4).await, KeyPackageUpload::Stored);
+        let mut over = kps(10, 2);
+        over.push(package(20, true, 10));
+        assert_eq!(upload(&store, over, 4).await, KeyPackageUpload::TooMany { device: "d".into() }, "one over");
+        assert_eq!(stored(&store).await, 3, "nothing of the refused upload");
+        let mut exact = kps(10, 1);
+        exact.push(package(20, true, 10));
+        assert_eq!(upload(&store, exact, 4).await, KeyPackageUpload::Stored, "exactly at the limit, plus the last resort");
+        assert_eq!(stored(&store).await, 5);
+        let stranger = VerifiedKeyPackage { device_id: "gone".into(), ..package(30, false, 10) };
+        let refused = upload(&store, vec![package(31, false, 10), stranger], 10).await;
+        assert_eq!(refused, KeyPackageUpload::Refused(vec![(1, Rejection::UnknownSignatureKey)]));
+        assert_eq!(stored(&store).await, 5);
+    }
+
+    /// Many claimers at once on K one-time packages: each is handed out
+    /// exactly once, in upload order, then only the last-resort one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_hand_each_package_out_once_then_the_last_resort() {
+        const K: u8 = 12;
+        let (_d, store) = store_with_device().await;
+        let first: Vec<_> = (1..=K / 2).map(|i| package(i, false, 10)).collect();
+        let mut second: Vec<_> = (K / 2 + 1..=K).map(|i| package(i, false, 10)).collect();
+        second.push(package(100, true, 10));
+        assert_eq!(upload(&store, first, 20).await, KeyPackageUpload::Stored);
+        assert_eq!(upload(&store, second, 20).await, KeyPackageUpload::Stored);
+        let claims: Vec<_> = (0..3 * K)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.claim(context(1, 100), Claim::default()).await.unwrap() })
+            })
+            .collect();
+        let (mut ordinary, mut last_resort) = (Vec::new(), 0);
+        for c in claims {
+            match &c.await.unwrap().outcomes[..] {
+                [ClaimOutcome::Claimed { last_resort: false, message, .. }] => ordinary.push(message[0]),
+                [ClaimOutcome::Claimed { last_resort: true, message, .. }] if message[0] == 100 => last_resort += 1,
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        ordinary.sort();
+        assert_eq!(ordinary, (1..=K).collect::<Vec<_>>(), "each one-time package exactly once");
+        assert_eq!(last_resort, 2 * usize::from(K));
+        // Claims in sequence take the oldest package first, across uploads.
+        let (_d, store) = store_with_device().await;
+        assert_eq!(upload(&store, vec![package(5, false, 10), package(3, false, 10)], 20).await, KeyPackageUpload::Stored);
+        assert_eq!(upload(&store, vec![package(1, false, 10)], 20).await, KeyPackageUpload::Stored);
+        for expected in [5, 3, 1] {
+            let one = store.claim(context(1, 100), Claim::default()).await.unwrap();
+            assert!(matches!(&one.outcomes[..], [ClaimOutcome::Claimed { message, .. }] if message[0] == expected), "{one:?}");
+        }
     }
 
     /// Runs `steps` on one device's pool with the mark at 3 (`Some(n)`: an

@@ -9,6 +9,15 @@
 //! write (MLS validation) runs before the write request, against what was
 //! read; the request then decides with a predicate on the rows as they are
 //! (the epoch's compare-and-swap), so a stale read loses instead of winning.
+//!
+//! The single writer is a throughput choice, never what makes a decision
+//! correct: every decision (a vault compare-and-swap, a KeyPackage claim,
+//! a quota, a count limit) is one statement whose WHERE or ON CONFLICT is
+//! the condition, read back from rows affected or RETURNING, or is taken
+//! under an explicit row lock that its doc comment names. Never a read
+//! followed by a write that trusts it: the same SQL must stay correct with
+//! several writers at PostgreSQL's READ COMMITTED. A refusal found after
+//! earlier statements of the same decision undoes them (`undo_refused`).
 
 mod admin;
 mod archive;
@@ -22,6 +31,7 @@ pub mod mls;
 mod schema;
 mod sender;
 pub mod state;
+mod usage;
 mod vault;
 
 /// The log targets of the migration libraries the stores use (the
@@ -198,6 +208,25 @@ fn contain<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
     })
 }
 
+/// Runs the statements of one decision in a savepoint of their own:
+/// `Ok(Ok(t))` keeps them, `Ok(Err(t))` (a refusal, answered with `t`)
+/// and `Err` undo them, so a refused decision changes nothing.
+pub(super) fn undo_refused<T>(
+    c: &Connection,
+    decide: impl FnOnce() -> Result<Result<T, T>, StoreError>,
+) -> Result<T, StoreError> {
+    c.execute_batch("SAVEPOINT decision")?;
+    let outcome = decide();
+    let closed = match &outcome {
+        Ok(Ok(_)) => c.execute_batch("RELEASE decision"),
+        _ => c.execute_batch("ROLLBACK TO decision; RELEASE decision"),
+    };
+    match (outcome?, closed) {
+        (_, Err(e)) => Err(e.into()),
+        (Ok(t) | Err(t), Ok(())) => Ok(t),
+    }
+}
+
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
@@ -348,6 +377,25 @@ mod tests {
         let later = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (4)", [])?)).await;
         assert_eq!(later.unwrap(), 1, "the writer survived");
         assert_eq!(rows_of_t(&store).await, vec![1, 3, 4], "the panicking request's insert is rolled back");
+    }
+
+    /// A refused decision undoes its statements; a kept one keeps them,
+    /// and the request's other statements stay either way.
+    #[tokio::test]
+    async fn a_refused_decision_changes_nothing() {
+        let (_dir, store) = table_store().await;
+        let decide = |keep: bool| {
+            store.write(move |c| {
+                c.execute("INSERT INTO t VALUES (?1)", [i64::from(keep)])?;
+                undo_refused(c, || {
+                    c.execute("INSERT INTO t VALUES (?1)", [10 + i64::from(keep)])?;
+                    Ok(if keep { Ok("kept") } else { Err("refused") })
+                })
+            })
+        };
+        assert_eq!(decide(false).await.unwrap(), "refused");
+        assert_eq!(decide(true).await.unwrap(), "kept");
+        assert_eq!(rows_of_t(&store).await, vec![0, 1, 11]);
     }
 
     #[tokio::test]

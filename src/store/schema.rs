@@ -207,7 +207,29 @@ const MIGRATIONS: &[M<'static>] = &[
             PRIMARY KEY (group_id, epoch, leaf)
         ) STRICT;",
     ),
-    // 13: the Delivery Service's copy of each group's public state as one
+    // 13: account-wide limits decided by one predicate each (see the
+    // store's module documentation): per account, the vault's octets and
+    // blobs and the groups it has joined, each updated by a conditional
+    // UPDATE; the row is also the lock of the account's device list and
+    // subscriptions. `kp_seq`: the last upload position of a device's
+    // KeyPackages, allocated with the device row's update.
+    M::up(
+        "CREATE TABLE account_usage (
+            account     TEXT PRIMARY KEY,
+            vault_bytes INTEGER NOT NULL DEFAULT 0,
+            vault_blobs INTEGER NOT NULL DEFAULT 0,
+            groups      INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        INSERT INTO account_usage (account, vault_bytes, vault_blobs)
+            SELECT account, sum(length(data)), count(*) FROM vault GROUP BY account;
+        INSERT INTO account_usage (account, groups)
+            SELECT account, count(*) FROM group_joins WHERE left_group = 0 GROUP BY account
+            ON CONFLICT (account) DO UPDATE SET groups = excluded.groups;
+        ALTER TABLE devices ADD COLUMN kp_seq INTEGER NOT NULL DEFAULT 0;
+        UPDATE devices SET kp_seq = coalesce((SELECT max(k.seq) FROM key_packages k
+            WHERE k.account = devices.account AND k.device_id = devices.device_id), 0);",
+    ),
+    // 14: the Delivery Service's copy of each group's public state as one
     // compact blob (store/state.rs) and the proposals queued in its epoch,
     // in place of openmls' JSON tables (groups kept there are converted
     // when the store opens: mls::convert_public_groups).
@@ -261,5 +283,34 @@ mod tests {
         let joined: Vec<String> =
             c.prepare("SELECT account FROM group_joins WHERE left_group = 0").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(joined, ["bob@example.org"]);
+    }
+
+    /// Migration 13 counts each account's vault and joined groups, and
+    /// starts each device's upload positions after its stored packages.
+    #[test]
+    fn usage_is_counted_from_the_stored_rows() {
+        let mut c = rusqlite::Connection::open_in_memory().unwrap();
+        let migrations = rusqlite_migration::Migrations::from_slice(super::MIGRATIONS);
+        migrations.to_version(&mut c, 12).unwrap();
+        c.execute_batch(
+            "INSERT INTO vault VALUES ('a', 'x', 1, x'0102', 0), ('a', 'y', 3, x'03', 0), ('b', 'x', 1, x'', 0);
+             INSERT INTO group_joins VALUES (x'01', 'a', 0), (x'02', 'a', 1), (x'01', 'c', 0);
+             INSERT INTO devices (account, device_id, signature_key, expires_at, published_at)
+               VALUES ('a', 'd', x'01', 9, 0), ('a', 'e', x'02', 9, 0);
+             INSERT INTO key_packages VALUES (x'01', 'a', 'd', 1, 0, 9, x'', 4), (x'02', 'a', 'd', 1, 0, 9, x'', 7);",
+        )
+        .unwrap();
+        migrations.to_latest(&mut c).unwrap();
+        let usage: Vec<(String, i64, i64, i64)> = c
+            .prepare("SELECT account, vault_bytes, vault_blobs, groups FROM account_usage ORDER BY account")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(usage, [("a".into(), 3, 2, 1), ("b".into(), 0, 1, 0), ("c".into(), 0, 0, 1)]);
+        let seqs: Vec<i64> =
+            c.prepare("SELECT kp_seq FROM devices ORDER BY device_id").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(seqs, [7, 0]);
     }
 }

@@ -41,14 +41,16 @@ impl Store {
     }
 
     /// Stores `key` if the service has none yet (its first start); the
-    /// current key either way.
+    /// current key either way. The first key is key 1: its INSERT does
+    /// nothing if a key 1 exists, so two first starts store one key.
     pub async fn ensure_service_key(&self, key: ServiceKey) -> Result<ServiceKey, StoreError> {
         self.write(move |c| {
-            if let Some(current) = service_keys(c)?.into_iter().next() {
-                return Ok(current);
-            }
-            add_key(c, &key, crate::protocol::now())?;
-            Ok(key)
+            c.execute(
+                "INSERT INTO service_keys (id, private, public, created_at) VALUES (1, ?1, ?2, ?3)
+                 ON CONFLICT (id) DO NOTHING",
+                params![key.private, key.public, crate::protocol::now()],
+            )?;
+            service_keys(c)?.into_iter().next().ok_or_else(|| StoreError::Batch("no service key after storing one".into()))
         })
         .await
     }
@@ -96,14 +98,16 @@ impl GroupTx<'_> {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Records a service Remove proposal of `leaf` in `epoch`. A leaf proposed again (a commit in
+    /// Records a service Remove proposal of `leaf` in `epoch`, once (a
+    /// second record of it does nothing). A leaf proposed again (a commit in
     /// between did not carry its proposal) keeps its first proposal's
     /// time: the grace runs from then.
     pub fn record_service_proposal(&self, epoch: u64, leaf: u32) -> Result<(), StoreError> {
         self.c.execute(
             "INSERT INTO service_proposals (group_id, epoch, leaf, created_at)
              VALUES (?1, ?2, ?3, coalesce((SELECT min(created_at) FROM service_proposals
-               WHERE group_id = ?1 AND leaf = ?3 AND epoch < ?2), ?4))",
+               WHERE group_id = ?1 AND leaf = ?3 AND epoch < ?2), ?4))
+             ON CONFLICT (group_id, epoch, leaf) DO NOTHING",
             params![self.group_id, epoch as i64, leaf, self.now],
         )?;
         Ok(())
@@ -122,5 +126,45 @@ impl GroupTx<'_> {
         )?;
         let rows = st.query_map(params![self.group_id, epoch as i64, before], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    fn key(n: u8) -> ServiceKey {
+        ServiceKey { private: vec![n; 32], public: vec![n + 100; 32] }
+    }
+
+    /// Two first starts store one key; a later start keeps the current one.
+    #[tokio::test]
+    async fn the_first_key_is_stored_once() {
+        let (_d, store) = temp_store();
+        let (a, b) = tokio::join!(store.ensure_service_key(key(1)), store.ensure_service_key(key(2)));
+        assert_eq!(a.unwrap(), b.unwrap());
+        assert_eq!(store.service_keys().await.unwrap().len(), 1);
+        store.rotate_service_key(key(3)).await.unwrap();
+        assert_eq!(store.ensure_service_key(key(4)).await.unwrap(), key(3));
+        let first = store.service_keys().await.unwrap()[1].clone();
+        assert!(first == key(1) || first == key(2), "one of the first two");
+        assert_eq!(store.service_keys().await.unwrap().len(), 2);
+    }
+
+    /// A proposal recorded twice is one row, with its first time.
+    #[tokio::test]
+    async fn a_proposal_is_recorded_once() {
+        let (_d, store) = temp_store();
+        let overdue = store
+            .group_tx(b"g".to_vec(), |tx| {
+                tx.record_service_proposal(1, 4)?;
+                let later = GroupTx { c: tx.c, group_id: tx.group_id.clone(), now: tx.now + 100 };
+                later.record_service_proposal(1, 4)?;
+                later.overdue_removals(1, tx.now)
+            })
+            .await
+            .unwrap();
+        assert_eq!(overdue, [4]);
     }
 }

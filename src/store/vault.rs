@@ -1,9 +1,11 @@
 //! The vault: opaque blobs per account, versioned, written by
-//! compare-and-swap inside one transaction.
+//! compare-and-swap (one conditional statement per blob) within quotas
+//! kept in the account's usage row.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Store, StoreError};
+use super::usage::{charge_vault, free_vault, VaultRefusal};
+use super::{undo_refused, Store, StoreError};
 use crate::protocol::mam::Cursor;
 
 /// What a write did.
@@ -52,7 +54,36 @@ fn usage(c: &Connection, account: &str) -> Result<(usize, usize), StoreError> {
     )?)
 }
 
+/// The compare-and-swap of one blob: writes version `if_version + 1` if
+/// the blob is at `if_version` with `old_size` octets (0: absent). False:
+/// it is not, and nothing was written.
+fn swap(c: &Connection, account: &str, name: &str, if_version: u64, old_size: usize, data: &[u8], now: i64) -> Result<bool, StoreError> {
+    let version = (if_version + 1) as i64;
+    let written = if if_version == 0 {
+        c.prepare_cached(
+            "INSERT INTO vault (account, name, version, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (account, name) DO NOTHING",
+        )?
+        .execute(params![account, name, version, data, now])?
+    } else {
+        c.prepare_cached(
+            "UPDATE vault SET version = ?3, data = ?4, updated_at = ?5
+             WHERE account = ?1 AND name = ?2 AND version = ?6 AND length(data) = ?7",
+        )?
+        .execute(params![account, name, version, data, now, if_version as i64, old_size as i64])?
+    };
+    Ok(written == 1)
+}
+
 impl Store {
+    /// Writes a blob if it is at `if_version` (0: absent) and the account's
+    /// vault stays within `limits`. The blob's compare-and-swap is one
+    /// statement (an UPDATE whose WHERE is the expected version and size,
+    /// or an INSERT that does nothing if the name exists); the quota is the
+    /// conditional UPDATE of the account's usage row (`account_usage`,
+    /// `charge_vault`), not a sum over the vault, because two writers of
+    /// different blobs would both pass a sum they read before either wrote.
+    /// A refused charge undoes the blob's write.
     pub async fn vault_put(
         &self,
         account: String,
@@ -63,37 +94,46 @@ impl Store {
         now: i64,
     ) -> Result<VaultWrite, StoreError> {
         self.write(move |c| {
-            let existing = current(c, &account, &name)?;
-            let version = existing.map_or(0, |(v, _)| v);
+            // The size this write replaces; the swap below checks it is
+            // still the stored one, so the charge is exact.
+            let (version, old_size) = current(c, &account, &name)?.unwrap_or((0, 0));
             if version != if_version {
                 return Ok(VaultWrite::Mismatch { current: version });
             }
-            let (used, blobs) = usage(c, &account)?;
-            let old_size = existing.map_or(0, |(_, s)| s);
-            if used - old_size + data.len() > limits.quota_bytes {
-                return Ok(VaultWrite::QuotaExceeded);
-            }
-            if existing.is_none() && blobs >= limits.max_blobs {
-                return Ok(VaultWrite::TooManyBlobs);
-            }
-            c.execute(
-                "INSERT INTO vault (account, name, version, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (account, name) DO UPDATE SET
-                   version = excluded.version, data = excluded.data, updated_at = excluded.updated_at",
-                params![account, name, (version + 1) as i64, data, now],
-            )?;
-            Ok(VaultWrite::Done { version: version + 1 })
+            undo_refused(c, || {
+                if !swap(c, &account, &name, if_version, old_size, &data, now)? {
+                    let current = current(c, &account, &name)?.map_or(0, |(v, _)| v);
+                    return Ok(Err(VaultWrite::Mismatch { current }));
+                }
+                let grown = data.len() as i64 - old_size as i64;
+                let new_blob = i64::from(if_version == 0);
+                Ok(match charge_vault(c, &account, grown, new_blob, limits.quota_bytes, limits.max_blobs)? {
+                    Ok(()) => Ok(VaultWrite::Done { version: if_version + 1 }),
+                    Err(VaultRefusal::Quota) => Err(VaultWrite::QuotaExceeded),
+                    Err(VaultRefusal::Blobs) => Err(VaultWrite::TooManyBlobs),
+                })
+            })
         })
         .await
     }
 
+    /// Deletes a blob if it is at `if_version`: one DELETE whose WHERE is
+    /// the version; the freed octets and blob leave the account's usage.
     pub async fn vault_delete(&self, account: String, name: String, if_version: u64) -> Result<VaultWrite, StoreError> {
         self.write(move |c| {
-            let Some((version, _)) = current(c, &account, &name)? else { return Ok(VaultWrite::NotFound) };
-            if version != if_version {
-                return Ok(VaultWrite::Mismatch { current: version });
-            }
-            c.execute("DELETE FROM vault WHERE account = ?1 AND name = ?2", params![account, name])?;
+            let deleted: Option<i64> = c
+                .prepare_cached(
+                    "DELETE FROM vault WHERE account = ?1 AND name = ?2 AND version = ?3 RETURNING length(data)",
+                )?
+                .query_row(params![account, name, if_version as i64], |r| r.get(0))
+                .optional()?;
+            let Some(size) = deleted else {
+                return Ok(match current(c, &account, &name)? {
+                    None => VaultWrite::NotFound,
+                    Some((current, _)) => VaultWrite::Mismatch { current },
+                });
+            };
+            free_vault(c, &account, size)?;
             Ok(VaultWrite::Done { version: 0 })
         })
         .await
@@ -147,5 +187,109 @@ impl Store {
             Ok(VaultPage { items, used, count, first_index })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::temp_store;
+
+    const LIMITS: VaultLimits = VaultLimits { quota_bytes: 100, max_blobs: 2 };
+
+    fn alice() -> String {
+        "alice@example.org".into()
+    }
+
+    async fn put(store: &Store, name: &str, if_version: u64, size: usize) -> VaultWrite {
+        store.vault_put(alice(), name.into(), if_version, vec![7; size], LIMITS, 1_000).await.unwrap()
+    }
+
+    /// (used octets, blobs) as the listing sums them, and as the usage row counts them.
+    async fn usage_both(store: &Store) -> ((usize, usize), (usize, usize)) {
+        let page = store.vault_list(alice(), Cursor::First, 10).await.unwrap();
+        let row = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT vault_bytes, vault_blobs FROM account_usage WHERE account = 'alice@example.org'",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+                )?)
+            })
+            .await
+            .unwrap();
+        ((page.used, page.count), row)
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_is_refused_and_changes_nothing() {
+        let (_d, store) = temp_store();
+        assert_eq!(put(&store, "a", 0, 10).await, VaultWrite::Done { version: 1 });
+        assert_eq!(put(&store, "a", 0, 20).await, VaultWrite::Mismatch { current: 1 }, "must not exist");
+        assert_eq!(put(&store, "a", 1, 30).await, VaultWrite::Done { version: 2 });
+        assert_eq!(put(&store, "a", 1, 40).await, VaultWrite::Mismatch { current: 2 }, "stale");
+        assert_eq!(put(&store, "b", 3, 40).await, VaultWrite::Mismatch { current: 0 }, "absent");
+        let del = |v| store.vault_delete(alice(), "a".into(), v);
+        assert_eq!(del(1).await.unwrap(), VaultWrite::Mismatch { current: 2 });
+        assert_eq!(store.vault_get(alice(), "a".into()).await.unwrap(), Some((2, vec![7; 30])));
+        assert_eq!(usage_both(&store).await, ((30, 1), (30, 1)));
+        assert_eq!(del(2).await.unwrap(), VaultWrite::Done { version: 0 });
+        assert_eq!(del(2).await.unwrap(), VaultWrite::NotFound);
+        assert_eq!(usage_both(&store).await, ((0, 0), (0, 0)));
+    }
+
+    #[tokio::test]
+    async fn the_quota_holds_at_its_last_octet_and_blob() {
+        let (_d, store) = temp_store();
+        assert_eq!(put(&store, "a", 0, 60).await, VaultWrite::Done { version: 1 });
+        assert_eq!(put(&store, "b", 0, 41).await, VaultWrite::QuotaExceeded, "one octet over");
+        assert_eq!(put(&store, "b", 0, 40).await, VaultWrite::Done { version: 1 }, "exactly at the quota");
+        assert_eq!(usage_both(&store).await, ((100, 2), (100, 2)));
+        assert_eq!(put(&store, "c", 0, 0).await, VaultWrite::TooManyBlobs, "a third blob");
+        assert_eq!(put(&store, "a", 1, 61).await, VaultWrite::QuotaExceeded, "growing one over");
+        assert_eq!(store.vault_get(alice(), "a".into()).await.unwrap(), Some((1, vec![7; 60])), "the refused write undone");
+        assert_eq!(put(&store, "a", 1, 10).await, VaultWrite::Done { version: 2 }, "shrinking");
+        assert_eq!(put(&store, "b", 1, 90).await, VaultWrite::Done { version: 2 }, "replacing within the quota");
+        assert_eq!(usage_both(&store).await, ((100, 2), (100, 2)));
+    }
+
+    /// Concurrent writers of one version: exactly one wins; of new blobs
+    /// against the quota: exactly as many as fit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_pass_each_decision_once() {
+        let (_d, store) = temp_store();
+        assert_eq!(put(&store, "a", 0, 1).await, VaultWrite::Done { version: 1 });
+        let writers: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { put(&store, "a", 1, 2 + n).await })
+            })
+            .collect();
+        let mut done = 0;
+        for w in writers {
+            match w.await.unwrap() {
+                VaultWrite::Done { version: 2 } => done += 1,
+                other => assert_eq!(other, VaultWrite::Mismatch { current: 2 }),
+            }
+        }
+        assert_eq!(done, 1);
+        let big = VaultLimits { quota_bytes: 1_000, max_blobs: 100 };
+        let creators: Vec<_> = (0..20)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.vault_put(alice(), format!("n{n:02}"), 0, vec![1; 100], big, 1_000).await })
+            })
+            .collect();
+        let mut created = 0;
+        for c in creators {
+            match c.await.unwrap().unwrap() {
+                VaultWrite::Done { version: 1 } => created += 1,
+                other => assert_eq!(other, VaultWrite::QuotaExceeded),
+            }
+        }
+        assert_eq!(created, 9, "as many as fit beside blob a (2 to 21 octets)");
+        let (summed, counted) = usage_both(&store).await;
+        assert_eq!(summed, counted);
+        assert_eq!(summed.1, 10);
     }
 }
