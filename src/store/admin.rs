@@ -100,8 +100,9 @@ fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSumma
         "SELECT g.group_id, g.epoch, g.seq, g.pruned_seq, g.created_at,
                 (SELECT count(*) FROM members m WHERE m.group_id = g.group_id),
                 (SELECT count(DISTINCT account) FROM members m WHERE m.group_id = g.group_id),
-                (SELECT count(*) FROM archive a WHERE a.group_id = g.group_id),
-                (SELECT max(created_at) FROM archive a WHERE a.group_id = g.group_id)
+                (SELECT count(*) FROM archive a WHERE a.pos > g.num << 32 AND a.pos < (g.num + 1) << 32),
+                (SELECT created_at FROM archive a WHERE a.pos > g.num << 32 AND a.pos < (g.num + 1) << 32
+                   ORDER BY pos DESC LIMIT 1)
          FROM groups g WHERE ?1 IS NULL OR g.group_id = ?1
          ORDER BY g.created_at, g.group_id",
     )?;
@@ -232,13 +233,17 @@ impl Store {
     }
 
     /// Deletes a group: its state, openmls' PublicGroup, members, archive,
-    /// feed, acknowledgements and acceptances. False if there was no such group.
+    /// feed, acknowledgements and resend keys. False if there was no such group.
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
-            if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
-                return Ok(false);
+            let Some(num) = super::archive::group_num(c, &group_id)? else { return Ok(false) };
+            c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])?;
+            let (from, to) = (super::archive::pos(num, 0), super::archive::pos(num, super::archive::MAX_SEQ));
+            for table in ["archive", "archive_ids"] {
+                c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), [from, to])?;
             }
-            for table in ["members", "archive", "feed", "group_accounts", "group_joins", "acceptances", "service_proposals"] {
+            c.execute("DELETE FROM resends WHERE grp = ?1", [num])?;
+            for table in ["members", "feed", "group_accounts", "group_joins", "service_proposals"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;

@@ -11,7 +11,8 @@ use minidom::Element;
 use rusqlite::{named_params, params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
-use super::inbox::{insert_inbox, new_stanza_id};
+use super::archive::{group_num, kind_code, pos, stanza_id, MAX_SEQ};
+use super::inbox::insert_inbox;
 use super::mls::TxStorage;
 use super::{Store, StoreError};
 use crate::protocol::devices::Device;
@@ -94,8 +95,8 @@ pub struct Archived {
     pub stanza_id: String,
 }
 
-/// What a group message was archived as, kept for [`RESEND_WINDOW`] seconds
-/// to answer a resend of it (xep/ §Resends).
+/// What a group message was archived as, remembered for a day or two (see
+/// [`resend_key`]) to answer a resend of it (xep/ §Resends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceptance {
     pub archived: Archived,
@@ -104,13 +105,27 @@ pub struct Acceptance {
     pub sender_device: String,
 }
 
-/// How long (seconds) a resend is recognised: a day.
-pub const RESEND_WINDOW: i64 = 86_400;
-
-/// A message's identity for resends: the SHA-256 of its MLS bytes.
-fn digest(message: &[u8]) -> Vec<u8> {
+/// A message's key in `resends` (xep/ §Resends): the UTC day it was
+/// archived in the high bits (the day and the next one are searched, and
+/// older days pruned by range) and 48 bits of a SHA-256 of who sent what
+/// in the low ones. A match is checked against the archived message.
+pub(super) fn resend_key(group_id: &[u8], account: &str, kind: Kind, message: &[u8], day: i64) -> i64 {
     use sha2::Digest as _;
-    sha2::Sha256::digest(message).to_vec()
+    let mut h = sha2::Sha256::new();
+    h.update(b"xmpp-mls resend");
+    for part in [group_id, account.as_bytes(), kind.name().as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(message);
+    let digest = h.finalize();
+    let low = digest[..6].iter().fold(0i64, |n, b| n << 8 | i64::from(*b));
+    day << 48 | low
+}
+
+/// The resend window's first day for `now`: what is older goes.
+fn resend_floor(now: i64) -> i64 {
+    now.div_euclid(DAY) - 1
 }
 
 /// How many octets of MLS messages archives may take in per UTC day
@@ -121,7 +136,7 @@ pub struct ArchiveBudget {
     pub account_bytes_per_day: u64,
 }
 
-const DAY: i64 = 24 * 3600;
+pub(super) const DAY: i64 = 24 * 3600;
 
 /// Octets counted today for (`scope`, `owner`).
 fn archived_today(c: &Connection, scope: &str, owner: &[u8], day: i64) -> Result<u64, StoreError> {
@@ -174,7 +189,8 @@ impl<'c> GroupTx<'c> {
 
     pub fn create(&self, epoch: u64, group_info: &[u8]) -> Result<(), StoreError> {
         self.c.execute(
-            "INSERT INTO groups (group_id, created_at, epoch, group_info) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO groups (group_id, created_at, epoch, group_info, num)
+             VALUES (?1, ?2, ?3, ?4, (SELECT coalesce(max(num), 0) + 1 FROM groups))",
             params![self.group_id, self.now, epoch as i64, group_info],
         )?;
         Ok(())
@@ -199,9 +215,10 @@ impl<'c> GroupTx<'c> {
         Ok(true)
     }
 
-    /// Appends to the archive; returns the message's place and stanza id.
     /// Appends `message` of `account` to the archive and remembers its
-    /// acceptance (see [`Self::acceptance`]).
+    /// acceptance (see [`Self::acceptance`]); returns the message's place
+    /// and stanza id. Timestamps never decrease along an archive: an item
+    /// is stamped no earlier than the one before it.
     pub fn append(
         &self,
         account: &str,
@@ -211,32 +228,32 @@ impl<'c> GroupTx<'c> {
         epoch_check: Option<&str>,
         message: &[u8],
     ) -> Result<Archived, StoreError> {
-        let seq: i64 = self
+        let (seq, num): (i64, i64) = self
             .c
-            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq")?
-            .query_row([&self.group_id], |r| r.get(0))?;
-        let stanza_id = new_stanza_id();
+            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq, num")?
+            .query_row([&self.group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let seq = seq as u64;
+        if seq > MAX_SEQ {
+            return Err(StoreError::ArchiveFull);
+        }
         self.c
             .prepare_cached(
-                "INSERT INTO archive (group_id, seq, stanza_id, epoch, kind, sender_device, epoch_check, message, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                   max(?7, coalesce((SELECT created_at FROM archive WHERE pos = ?1 - 1), ?7)))",
             )?
-            .execute(params![
-                self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now
-            ])?;
+            .execute(params![pos(num, seq), epoch as i64, kind_code(kind), sender_device, epoch_check, message, self.now])?;
+        let key = resend_key(&self.group_id, account, kind, message, self.now.div_euclid(DAY));
         self.c
-            .prepare_cached(
-                "INSERT INTO acceptances (group_id, account, digest, kind, seq, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![self.group_id, account, digest(message), kind.name(), seq, self.now])?;
-        Ok(Archived { seq: seq as u64, stanza_id })
+            .prepare_cached("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)")?
+            .execute(params![num, key, seq as i64])?;
+        Ok(Archived { seq, stanza_id: stanza_id(&self.group_id, seq, message) })
     }
 
     /// How `message` (of `kind`) of `account` was archived, if it was
     /// within the resend window: a resend of it is answered with this.
     pub fn acceptance(&self, account: &str, kind: Kind, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
-        acceptance(self.c, &self.group_id, account, kind, message)
+        acceptance(self.c, &self.group_id, account, kind, message, self.now)
     }
 
     /// Records a merged commit: the new epoch, its GroupInfo and commit id.
@@ -369,24 +386,32 @@ impl<'c> GroupTx<'c> {
     }
 }
 
+/// How `message` (of `kind`) of `account` was archived in the group, if it
+/// was on the day of `now` or the day before and is still in the archive.
 fn acceptance(
     c: &Connection,
     group_id: &[u8],
     account: &str,
     kind: Kind,
     message: &[u8],
+    now: i64,
 ) -> Result<Option<Acceptance>, StoreError> {
-    Ok(c
-        .prepare_cached(
-            "SELECT archive.stanza_id, archive.epoch, archive.sender_device, archive.seq FROM acceptances a
-             JOIN archive ON archive.group_id = a.group_id AND archive.seq = a.seq
-             WHERE a.group_id = ?1 AND a.account = ?2 AND a.digest = ?3 AND a.kind = ?4",
-        )?
-        .query_row(params![group_id, account, digest(message), kind.name()], |r| {
-            let archived = Archived { stanza_id: r.get(0)?, seq: r.get::<_, i64>(3)? as u64 };
-            Ok(Acceptance { archived, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
-        })
-        .optional()?)
+    let Some(num) = group_num(c, group_id)? else { return Ok(None) };
+    let day = now.div_euclid(DAY);
+    let keys = [day, day - 1].map(|d| resend_key(group_id, account, kind, message, d));
+    let seqs: Vec<i64> = c
+        .prepare_cached("SELECT seq FROM resends WHERE grp = ?1 AND key IN (?2, ?3)")?
+        .query_map(params![num, keys[0], keys[1]], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut st = c.prepare_cached("SELECT epoch, sender_device FROM archive WHERE pos = ?1 AND kind = ?2 AND message = ?3")?;
+    for seq in seqs.into_iter().map(|s| s as u64) {
+        let found = st.query_row(params![pos(num, seq), kind_code(kind), message], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?))).optional()?;
+        if let Some((epoch, sender_device)) = found {
+            let archived = Archived { seq, stanza_id: stanza_id(group_id, seq, message) };
+            return Ok(Some(Acceptance { archived, epoch: epoch as u64, sender_device }));
+        }
+    }
+    Ok(None)
 }
 
 fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
@@ -551,13 +576,18 @@ impl Store {
         kind: Kind,
         message: Vec<u8>,
     ) -> Result<Option<Acceptance>, StoreError> {
-        self.read(move |c| acceptance(c, &group_id, &account, kind, &message)).await
+        let now = crate::protocol::now();
+        self.read(move |c| acceptance(c, &group_id, &account, kind, &message, now)).await
     }
 
-    /// Forgets acceptances older than the resend window.
+    /// Forgets what was archived before the day before `now`'s for resends.
     pub async fn prune_acceptances(&self, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM acceptances WHERE created_at < ?1", [now - RESEND_WINDOW])?;
+            let mut st = c.prepare_cached("DELETE FROM resends WHERE grp = ?1 AND key < ?2")?;
+            let groups: Vec<i64> = c.prepare("SELECT num FROM groups")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            for num in groups {
+                st.execute(params![num, resend_floor(now) << 48])?;
+            }
             Ok(())
         })
         .await

@@ -59,6 +59,8 @@ pub enum StoreError {
     Closed,
     #[error("a write request panicked: {0}")]
     Panicked(String),
+    #[error("the group's archive has reached its last position")]
+    ArchiveFull,
 }
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

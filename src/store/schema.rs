@@ -1,11 +1,12 @@
 //! Versioned schema migrations (SQLite `user_version`). Append, never edit.
 
-use rusqlite::Connection;
-use rusqlite_migration::{Migrations, M};
+use rusqlite::{params, Connection, Transaction};
+use rusqlite_migration::{HookResult, Migrations, M};
 
 use super::StoreError;
 
-const MIGRATIONS: &[M<'static>] = &[
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
     // 1: groups the Delivery Service follows, keyed by MLS group_id.
     M::up(
         "CREATE TABLE groups (
@@ -207,10 +208,71 @@ const MIGRATIONS: &[M<'static>] = &[
             PRIMARY KEY (group_id, epoch, leaf)
         ) STRICT;",
     ),
-];
+    // 13: compact archives (issue 21). A group has a number; an archive
+    // row's key `pos` is (number << 32) | position, kinds are integers
+    // (archive::kind_code), and stanza ids are computed from the position
+    // and the message (archive::stanza_id), except those of migrated rows,
+    // kept in `archive_ids`. Time filters and retention walk positions, so
+    // the time index goes. `resends` replaces `acceptances`: a key per
+    // message (groups::resend_key) to its position, for a day or two.
+    M::up_with_hook(
+        "ALTER TABLE groups ADD COLUMN num INTEGER;
+        UPDATE groups SET num = rowid;
+        CREATE UNIQUE INDEX groups_by_num ON groups (num);
+        CREATE TABLE archive_by_pos (
+            pos           INTEGER PRIMARY KEY,
+            epoch         INTEGER NOT NULL,
+            kind          INTEGER NOT NULL,
+            sender_device TEXT NOT NULL,
+            epoch_check   TEXT,
+            message       BLOB NOT NULL,
+            created_at    INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO archive_by_pos (pos, epoch, kind, sender_device, epoch_check, message, created_at)
+            SELECT g.num << 32 | a.seq, a.epoch,
+                   CASE a.kind WHEN 'application' THEN 0 WHEN 'commit' THEN 1 ELSE 2 END,
+                   a.sender_device, a.epoch_check, a.message, a.created_at
+            FROM archive a JOIN groups g ON g.group_id = a.group_id;
+        CREATE TABLE archive_ids (
+            pos       INTEGER PRIMARY KEY,
+            stanza_id TEXT NOT NULL UNIQUE
+        ) STRICT;
+        INSERT INTO archive_ids (pos, stanza_id)
+            SELECT g.num << 32 | a.seq, a.stanza_id FROM archive a JOIN groups g ON g.group_id = a.group_id;
+        DROP TABLE archive;
+        ALTER TABLE archive_by_pos RENAME TO archive;
+        CREATE TABLE resends (
+            grp INTEGER NOT NULL,
+            key INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (grp, key)
+        ) STRICT, WITHOUT ROWID;",
+        resends_of_acceptances,
+    ),
+    ])
+}
+
+/// Migration 13: the acceptances of the resend window as `resends` keys.
+fn resends_of_acceptances(tx: &Transaction) -> HookResult {
+    let rows: Vec<(Vec<u8>, i64, String, String, i64, i64, Vec<u8>)> = {
+        let mut st = tx.prepare(
+            "SELECT g.group_id, g.num, ac.account, ac.kind, ac.seq, ac.created_at, a.message FROM acceptances ac
+             JOIN groups g ON g.group_id = ac.group_id JOIN archive a ON a.pos = g.num << 32 | ac.seq",
+        )?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (group_id, num, account, kind, seq, created_at, message) in rows {
+        let Some(kind) = crate::protocol::groups::Kind::from_name(&kind) else { continue };
+        let key = super::groups::resend_key(&group_id, &account, kind, &message, created_at.div_euclid(super::groups::DAY));
+        tx.execute("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)", params![num, key, seq])?;
+    }
+    tx.execute_batch("DROP TABLE acceptances;")?;
+    Ok(())
+}
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    Migrations::from_slice(MIGRATIONS).to_latest(conn)?;
+    migrations().to_latest(conn)?;
     Ok(())
 }
 
@@ -218,7 +280,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 mod tests {
     #[test]
     fn migrations_are_valid() {
-        rusqlite_migration::Migrations::from_slice(super::MIGRATIONS).validate().unwrap();
+        super::migrations().validate().unwrap();
     }
 
     /// Migration 8 keeps the feed entries whose full JID is of their
@@ -227,7 +289,7 @@ mod tests {
     #[test]
     fn the_feed_is_rekeyed_by_account() {
         let mut c = rusqlite::Connection::open_in_memory().unwrap();
-        let migrations = rusqlite_migration::Migrations::from_slice(super::MIGRATIONS);
+        let migrations = super::migrations();
         migrations.to_version(&mut c, 7).unwrap();
         c.execute_batch(
             "INSERT INTO feed (group_id, device_id, full_jid, account) VALUES
