@@ -80,6 +80,16 @@ pub(super) fn stanza_id(group_id: &[u8], seq: u64, message: &[u8]) -> String {
     crate::protocol::address::group_node(&octets)
 }
 
+/// The stanza id of the item at `seq` of the group numbered `num`, which
+/// holds `message`: kept in `archive_ids` if migrated, else computed.
+pub(super) fn item_stanza_id(c: &Connection, group_id: &[u8], num: i64, seq: u64, message: &[u8]) -> Result<String, StoreError> {
+    let legacy: Option<String> = c
+        .prepare_cached("SELECT stanza_id FROM archive_ids WHERE pos = ?1")?
+        .query_row([pos(num, seq)], |r| r.get(0))
+        .optional()?;
+    Ok(legacy.unwrap_or_else(|| stanza_id(group_id, seq, message)))
+}
+
 /// The position a stanza id names in a group's archive, if it is one of
 /// the archive's: the ids of migrated items are kept in `archive_ids`,
 /// the others carry their position and are checked against its message.
@@ -614,5 +624,94 @@ impl Store {
                 .unwrap_or(0) as u64)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::groups::{Archived, GroupTx};
+    use crate::store::tests::temp_store;
+
+    /// Appends an application message to `group` (created if needed) as if
+    /// it arrived at `now`.
+    async fn append_at(store: &Store, group: &'static [u8], now: i64, message: &'static [u8]) -> Archived {
+        store
+            .write(move |c| {
+                let tx = GroupTx { c, group_id: group.to_vec(), now };
+                if tx.state()?.is_none() {
+                    tx.create(0, b"info")?;
+                }
+                tx.append("alice@example.org", 0, Kind::Application, "laptop", None, message)
+            })
+            .await
+            .unwrap()
+    }
+
+    fn seqs(page: &Page) -> Vec<u64> {
+        page.items.iter().map(|i| i.seq).collect()
+    }
+
+    /// A stanza id names its position in its own group only, and only with
+    /// the tag of the message there; pages carry the same ids.
+    #[tokio::test]
+    async fn stanza_ids_name_positions_and_need_the_message() {
+        let (_dir, store) = temp_store();
+        let mut ids = vec![];
+        for m in [b"one".as_slice(), b"two", b"three"] {
+            ids.push(append_at(&store, b"g", 100, m).await.stanza_id);
+        }
+        let elsewhere = append_at(&store, b"h", 100, b"one").await.stanza_id;
+        assert_eq!(ids[0].len(), 20);
+        let g = || Source::Group(b"g".to_vec());
+        assert_eq!(store.positions(g(), ids.clone()).await.unwrap(), [Some(1), Some(2), Some(3)]);
+        let mut forged = crate::protocol::address::node_octets(&ids[2]).unwrap();
+        forged[ID_SEQ - 1] = 2; // position 2 with the tag of position 3
+        let forged = crate::protocol::address::group_node(&forged);
+        let random = crate::store::new_stanza_id();
+        let others = vec![forged, elsewhere, random, "not an id".into(), ids[0].to_uppercase()];
+        assert_eq!(store.positions(g(), others).await.unwrap(), [None; 5]);
+        let page = store.archive_page(g(), Filter::default(), PageStart::First, 10).await.unwrap();
+        assert_eq!(page.items.iter().map(|i| i.stanza_id.clone()).collect::<Vec<_>>(), ids);
+        assert_eq!(page.items[1].kind, "application");
+        let listed = Filter { ids: vec![ids[2].clone(), ids[0].clone()], ..Filter::default() };
+        let page = store.archive_page(g(), listed, PageStart::First, 10).await.unwrap();
+        assert_eq!((seqs(&page), page.count), (vec![1, 3], 2));
+    }
+
+    /// Timestamps never decrease along an archive; time filters and
+    /// retention find their bounds by position, and MAM positions (after,
+    /// before, counts) agree with them.
+    #[tokio::test]
+    async fn time_filters_and_retention_walk_positions() {
+        let (_dir, store) = temp_store();
+        for (now, m) in [(100, b"a"), (100, b"b"), (200, b"c"), (300, b"d"), (300, b"e"), (50, b"f")] {
+            append_at(&store, b"g", now, m).await;
+        }
+        let g = || Source::Group(b"g".to_vec());
+        let page = |f: Filter, start: PageStart| store.archive_page(g(), f, start, 10);
+        let all = page(Filter::default(), PageStart::First).await.unwrap();
+        assert_eq!(all.items.iter().map(|i| i.created_at).collect::<Vec<_>>(), [100, 100, 200, 300, 300, 300]);
+        let since = |t| Filter { start: Some(t), ..Filter::default() };
+        let until = |t| Filter { end: Some(t), ..Filter::default() };
+        assert_eq!(seqs(&page(since(200), PageStart::First).await.unwrap()), [3, 4, 5, 6]);
+        assert_eq!(seqs(&page(until(200), PageStart::First).await.unwrap()), [1, 2, 3]);
+        assert_eq!(seqs(&page(since(301), PageStart::First).await.unwrap()), Vec::<u64>::new());
+        assert_eq!(seqs(&page(until(99), PageStart::First).await.unwrap()), Vec::<u64>::new());
+        let between = Filter { start: Some(150), end: Some(300), ..Filter::default() };
+        let p = page(between.clone(), PageStart::After(3)).await.unwrap();
+        assert_eq!((seqs(&p), p.count, p.first_index), (vec![4, 5, 6], 4, 1));
+        let p = store.archive_page(g(), between, PageStart::Before(5), 1).await.unwrap();
+        assert_eq!((seqs(&p), p.count, p.first_index, p.complete), (vec![4], 4, 1, false));
+
+        let first = store.positions(g(), vec![all.items[0].stanza_id.clone(), all.items[3].stanza_id.clone()]);
+        assert_eq!(first.await.unwrap(), [Some(1), Some(4)]);
+        assert_eq!(store.prune_history(250).await.unwrap(), 3, "the items before 250 go");
+        assert_eq!(store.pruned_through(b"g".to_vec()).await.unwrap(), 3);
+        let after = store.positions(g(), vec![all.items[0].stanza_id.clone(), all.items[3].stanza_id.clone()]);
+        assert_eq!(after.await.unwrap(), [None, Some(4)]);
+        let p = page(Filter::default(), PageStart::First).await.unwrap();
+        assert_eq!((seqs(&p), p.count), (vec![4, 5, 6], 3));
+        assert_eq!(seqs(&page(until(200), PageStart::First).await.unwrap()), Vec::<u64>::new());
     }
 }

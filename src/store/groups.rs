@@ -11,7 +11,7 @@ use minidom::Element;
 use rusqlite::{named_params, params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
-use super::archive::{group_num, kind_code, pos, stanza_id, MAX_SEQ};
+use super::archive::{group_num, item_stanza_id, kind_code, pos, stanza_id, MAX_SEQ};
 use super::inbox::insert_inbox;
 use super::mls::TxStorage;
 use super::{Store, StoreError};
@@ -407,7 +407,7 @@ fn acceptance(
     for seq in seqs.into_iter().map(|s| s as u64) {
         let found = st.query_row(params![pos(num, seq), kind_code(kind), message], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?))).optional()?;
         if let Some((epoch, sender_device)) = found {
-            let archived = Archived { seq, stanza_id: stanza_id(group_id, seq, message) };
+            let archived = Archived { seq, stanza_id: item_stanza_id(c, group_id, num, seq, message)? };
             return Ok(Some(Acceptance { archived, epoch: epoch as u64, sender_device }));
         }
     }
@@ -640,30 +640,53 @@ mod tests {
     use super::*;
     use crate::store::tests::temp_store;
 
-    /// An archived message is remembered per (group, account, kind, octets), and
-    /// forgotten once it is older than the resend window.
+    /// Appends `message` of `account` to group "g" (created if needed).
+    async fn append(store: &Store, account: &'static str, message: &'static [u8]) -> Archived {
+        store
+            .group_tx(b"g".to_vec(), move |tx| {
+                if tx.state()?.is_none() {
+                    tx.create(0, b"info")?;
+                }
+                tx.append(account, 0, Kind::Application, "laptop", None, message)
+            })
+            .await
+            .unwrap()
+    }
+
+    /// An archived message is remembered per (group, account, kind, octets)
+    /// on the day it was archived and the next; the same octets from another
+    /// account are a new message, with their own position and stanza id.
     #[tokio::test]
     async fn acceptances_answer_resends_of_the_same_account_for_a_day() {
         let (_dir, store) = temp_store();
-        let archived = store
-            .group_tx(b"g".to_vec(), |tx| {
-                tx.create(0, b"info")?;
-                tx.append("alice@example.org", 0, Kind::Application, "laptop", None, b"ciphertext")
-            })
-            .await
-            .unwrap();
+        let archived = append(&store, "alice@example.org", b"ciphertext").await;
         let lookup =
             |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), Kind::Application, message.to_vec());
-        let expected = Acceptance { archived, epoch: 0, sender_device: "laptop".into() };
-        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected));
+        let expected = Acceptance { archived: archived.clone(), epoch: 0, sender_device: "laptop".into() };
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected.clone()));
         assert_eq!(lookup("mallory@example.org", b"ciphertext").await.unwrap(), None);
         assert_eq!(lookup("alice@example.org", b"other").await.unwrap(), None);
         let as_commit = store.acceptance(b"g".to_vec(), "alice@example.org".into(), Kind::Commit, b"ciphertext".to_vec());
         assert_eq!(as_commit.await.unwrap(), None, "a resend is of the same kind");
+
+        let replayed = append(&store, "mallory@example.org", b"ciphertext").await;
+        assert_eq!(replayed.seq, 2);
+        assert_ne!(replayed.stanza_id, archived.stanza_id);
+        let mallory = lookup("mallory@example.org", b"ciphertext").await.unwrap();
+        assert_eq!(mallory.map(|a| a.archived), Some(replayed));
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected.clone()));
+
         let now = crate::protocol::now();
-        store.prune_acceptances(now + RESEND_WINDOW - 60).await.unwrap();
-        assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept within the window");
-        store.prune_acceptances(now + RESEND_WINDOW + 60).await.unwrap();
+        let at = |t: i64| {
+            store.read(move |c| acceptance(c, b"g", "alice@example.org", Kind::Application, b"ciphertext", t))
+        };
+        assert_eq!(at(now + DAY).await.unwrap(), Some(expected), "found the next day");
+        assert_eq!(at(now + 2 * DAY).await.unwrap(), None, "not two days later");
+        store.prune_acceptances(now + DAY).await.unwrap();
+        assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept the next day");
+        store.prune_acceptances(now + 2 * DAY).await.unwrap();
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
+        let keys: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM resends", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(keys, 0, "pruned");
     }
 }
