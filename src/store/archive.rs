@@ -74,7 +74,7 @@ fn id_tag(group_id: &[u8], seq: u64, message: &[u8]) -> [u8; ID_TAG] {
 }
 
 /// The stanza id of `message` at position `seq` of a group's archive.
-pub(super) fn stanza_id(group_id: &[u8], seq: u64, message: &[u8]) -> String {
+pub fn stanza_id(group_id: &[u8], seq: u64, message: &[u8]) -> String {
     let mut octets = seq.to_be_bytes()[8 - ID_SEQ..].to_vec();
     octets.extend_from_slice(&id_tag(group_id, seq, message));
     crate::protocol::address::group_node(&octets)

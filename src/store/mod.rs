@@ -26,7 +26,7 @@ mod vault;
 pub const MIGRATION_LOG_TARGETS: &[&str] = &["rusqlite_migration", "refinery"];
 
 pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedAccount, Stats};
-pub use archive::{Filter, Item, Page, PageStart, Source};
+pub use archive::{stanza_id, Filter, Item, Page, PageStart, Source};
 pub use devices::{DevicePublish, Expired};
 pub use sender::ServiceKey;
 pub use groups::{

@@ -209,7 +209,8 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
 ];
 
-/// Every migration: [`MIGRATIONS`], then those that run Rust code.
+/// Every migration, in order: [`MIGRATIONS`] (1 to 12), then 13 on, which
+/// may run Rust code (append new ones here).
 fn migrations() -> Migrations<'static> {
     let mut all = MIGRATIONS.to_vec();
     all.push(
