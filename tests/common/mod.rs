@@ -411,10 +411,10 @@ pub fn archive_pos(path: &Path, stanza_id: &str) -> i64 {
     let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut st = conn.prepare("SELECT a.pos, g.group_id, a.message FROM archive a JOIN groups g ON g.num = a.pos >> 32").unwrap();
     let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))).unwrap();
-    rows.map(Result::unwrap)
-        .find(|(pos, group, message)| xmpp_mls::store::stanza_id(group, (pos & 0xffff_ffff) as u64, message) == stanza_id)
-        .unwrap_or_else(|| panic!("{stanza_id} is not archived"))
-        .0
+    let found = rows
+        .map(Result::unwrap)
+        .find(|(pos, group, message)| xmpp_mls::store::stanza_id(group, (pos & 0xffff_ffff) as u64, message) == stanza_id);
+    found.unwrap_or_else(|| panic!("{stanza_id} is not archived")).0
 }
 
 /// SQL: the archive rows of the group whose id is parameter ?1.
