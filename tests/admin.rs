@@ -271,12 +271,19 @@ async fn purges_ask_first_and_delete_exactly_their_rows() {
     assert_eq!(store_digest(&component.store_path()), digest);
 
     // purge-group, confirmed with "y": every row of that group goes, the other group's stay.
-    let group_rows = |id: &[u8]| {
-        ["groups", "members", "archive", "feed", "group_accounts"]
+    // Archive rows, their ids and resend keys are keyed by the group's number.
+    let number = |id: &[u8]| count(&db, "SELECT num FROM groups WHERE group_id = ?1", [id]);
+    let numbers = HashMap::from([(gone.clone(), number(&gone)), (kept.clone(), number(&kept))]);
+    let group_rows = |id: &Vec<u8>| {
+        ["groups", "members", "feed", "group_accounts"]
             .iter()
             .map(|t| count(&db, &format!("SELECT count(*) FROM {t} WHERE group_id = ?1"), [id]))
             .sum::<u64>()
             + count(&db, "SELECT count(*) FROM acks WHERE scope = ?1", [id])
+            + ["SELECT count(*) FROM archive WHERE pos >> 32 = ?1", "SELECT count(*) FROM archive_ids WHERE pos >> 32 = ?1", "SELECT count(*) FROM resends WHERE grp = ?1"]
+                .iter()
+                .map(|sql| count(&db, sql, [numbers[id] as i64]))
+                .sum::<u64>()
     };
     let kept_rows = group_rows(&kept);
     let run = admin_with(&component, &["purge-group", solo.as_str()], "y\n", &[]);
