@@ -29,7 +29,7 @@ impl Source {
 /// The low bits of an archive row's key (`pos`) hold its position in the
 /// group's archive, the high bits the group's number (`groups.num`), so
 /// that one group's archive is one range of the table's own b-tree.
-const SEQ_BITS: u32 = 32;
+pub(super) const SEQ_BITS: u32 = 32;
 
 /// The highest position a group's archive can reach.
 pub(super) const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
@@ -310,7 +310,7 @@ fn by_position(c: &Connection, group_id: &[u8], num: i64, f: &Filter) -> Result<
 /// or after `t` (one past the last if none did): a binary search over the
 /// positions, which have no holes.
 fn first_since(c: &Connection, num: i64, t: i64) -> Result<u64, StoreError> {
-    let Some((mut lo, mut hi)) = group_ends(c, num)? else { return Ok(1) };
+    let Some((mut lo, mut hi)) = positions_between(c, num, 0, MAX_SEQ)? else { return Ok(1) };
     let at = |seq: u64| -> Result<i64, StoreError> {
         Ok(c.prepare_cached("SELECT created_at FROM archive WHERE pos = ?1")?.query_row([pos(num, seq)], |r| r.get(0))?)
     };
@@ -324,11 +324,6 @@ fn first_since(c: &Connection, num: i64, t: i64) -> Result<u64, StoreError> {
         }
     }
     Ok(lo)
-}
-
-/// The first and last position of a group's archive, if it holds any.
-fn group_ends(c: &Connection, num: i64) -> Result<Option<(u64, u64)>, StoreError> {
-    Ok(positions_between(c, num, 0, MAX_SEQ)?)
 }
 
 /// The first and last position in (after, through] of a group's archive.

@@ -3,7 +3,9 @@
 use rusqlite::{params, Connection, Transaction};
 use rusqlite_migration::{HookResult, Migrations, M};
 
+use super::groups::{resend_key, DAY};
 use super::StoreError;
+use crate::protocol::groups::Kind;
 
 const MIGRATIONS: &[M<'static>] = &[
     // 1: groups the Delivery Service follows, keyed by MLS group_id.
@@ -260,17 +262,21 @@ fn migrations() -> Migrations<'static> {
 
 /// Migration 13: the acceptances of the resend window as `resends` keys.
 fn resends_of_acceptances(tx: &Transaction) -> HookResult {
-    let rows: Vec<(Vec<u8>, i64, String, String, i64, i64, Vec<u8>)> = {
+    // (group number, resend key, position) of each acceptance.
+    let keys: Vec<Option<(i64, i64, i64)>> = {
         let mut st = tx.prepare(
             "SELECT g.group_id, g.num, ac.account, ac.kind, ac.seq, ac.created_at, a.message FROM acceptances ac
              JOIN groups g ON g.group_id = ac.group_id JOIN archive a ON a.pos = g.num << 32 | ac.seq",
         )?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?;
+        let rows = st.query_map([], |r| {
+            let Some(kind) = Kind::from_name(&r.get::<_, String>(3)?) else { return Ok(None) };
+            let (group_id, account, message): (Vec<u8>, String, Vec<u8>) = (r.get(0)?, r.get(2)?, r.get(6)?);
+            let day = r.get::<_, i64>(5)?.div_euclid(DAY);
+            Ok(Some((r.get(1)?, resend_key(&group_id, &account, kind, &message, day), r.get(4)?)))
+        })?;
         rows.collect::<Result<_, _>>()?
     };
-    for (group_id, num, account, kind, seq, created_at, message) in rows {
-        let Some(kind) = crate::protocol::groups::Kind::from_name(&kind) else { continue };
-        let key = super::groups::resend_key(&group_id, &account, kind, &message, created_at.div_euclid(super::groups::DAY));
+    for (num, key, seq) in keys.into_iter().flatten() {
         tx.execute("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)", params![num, key, seq])?;
     }
     tx.execute_batch("DROP TABLE acceptances;")?;
