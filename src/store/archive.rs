@@ -58,7 +58,8 @@ fn kind_name(code: i64) -> &'static str {
 }
 
 /// Octets of a stanza id: the position (5 octets, big-endian) and a tag
-/// that only whoever has the message can compute (xep/ §Stanza IDs).
+/// that only whoever has the message can compute (xep-mls-delivery
+/// §Delivery to the Feed: clients treat stanza ids as opaque).
 const ID_SEQ: usize = 5;
 const ID_TAG: usize = 7;
 

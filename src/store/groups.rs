@@ -119,13 +119,17 @@ pub(super) fn resend_key(group_id: &[u8], account: &str, kind: Kind, message: &[
     }
     h.update(message);
     let digest = h.finalize();
-    let low = digest[..6].iter().fold(0i64, |n, b| n << 8 | i64::from(*b));
-    day << 48 | low
+    let low = digest[..RESEND_HASH_BITS as usize / 8].iter().fold(0i64, |n, b| n << 8 | i64::from(*b));
+    day << RESEND_HASH_BITS | low
 }
 
-/// The resend window's first day for `now`: what is older goes.
+/// Bits of a resend key below its day.
+const RESEND_HASH_BITS: u32 = 48;
+
+/// The lowest resend key of the window for `now` (the day before its
+/// day): lower keys go.
 fn resend_floor(now: i64) -> i64 {
-    now.div_euclid(DAY) - 1
+    (now.div_euclid(DAY) - 1) << RESEND_HASH_BITS
 }
 
 /// How many octets of MLS messages archives may take in per UTC day
@@ -586,7 +590,7 @@ impl Store {
             let mut st = c.prepare_cached("DELETE FROM resends WHERE grp = ?1 AND key < ?2")?;
             let groups: Vec<i64> = c.prepare("SELECT num FROM groups")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
             for num in groups {
-                st.execute(params![num, resend_floor(now) << 48])?;
+                st.execute(params![num, resend_floor(now)])?;
             }
             Ok(())
         })
