@@ -675,6 +675,32 @@ mod tests {
         assert_eq!((seqs(&page), page.count), (vec![1, 3], 2));
     }
 
+    /// Issue 21: an archived application message (row and resend key)
+    /// costs at most 1.2 times its MLS octets, 246 as for a 100-octet chat
+    /// line (examples/bench_paths.rs measures the same through the service).
+    #[tokio::test]
+    async fn an_archived_message_costs_at_most_a_fifth_more_than_its_octets() {
+        const MESSAGES: usize = 4000;
+        const OCTETS: usize = 246;
+        let (_dir, store) = temp_store();
+        append_at(&store, b"g", 100, b"first").await;
+        let before = store.used_bytes().await.unwrap();
+        store
+            .write(|c| {
+                let tx = GroupTx { c, group_id: b"g".to_vec(), now: 100 };
+                for _ in 0..MESSAGES {
+                    let message: [u8; OCTETS] = std::array::from_fn(|_| rand::random());
+                    tx.append("alice@example.org", 0, Kind::Application, "a0", None, &message)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .unwrap();
+        let per_message = (store.used_bytes().await.unwrap() - before) as f64 / MESSAGES as f64;
+        println!("stored bytes per message: {per_message:.1} ({:.3}x)", per_message / OCTETS as f64);
+        assert!(per_message <= 1.2 * OCTETS as f64, "{per_message} octets per message");
+    }
+
     /// Timestamps never decrease along an archive; time filters and
     /// retention find their bounds by position, and MAM positions (after,
     /// before, counts) agree with them.
