@@ -353,6 +353,14 @@ mod compact_archive {
             .unwrap();
         }
         let store = Store::open(&StoreConfig { path, ..StoreConfig::default() }).unwrap();
+        let schema: Vec<String> = store
+            .read(|c| {
+                let sql = "SELECT name FROM sqlite_master WHERE tbl_name IN ('archive', 'acceptances') ORDER BY name";
+                Ok(c.prepare(sql)?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(schema, ["archive"], "no index on the archive, no acceptances");
         let g = || Source::Group(vec![0x0a]);
         let ids = vec!["oldmessageidaaaaaaaa".to_string(), "oldcommitidaaaaaaaaa".into()];
         assert_eq!(store.positions(g(), ids.clone()).await.unwrap(), [Some(1), Some(2)]);
