@@ -146,13 +146,13 @@ async fn views_retention_check_and_backup_match_the_store() {
         let id = group_id(row["jid"].as_str().unwrap());
         let (epoch, created): (i64, i64) =
             db.query_row("SELECT epoch, created_at FROM groups WHERE group_id = ?1", [&id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-        let last: Option<i64> = db.query_row("SELECT max(created_at) FROM archive WHERE group_id = ?1", [&id], |r| r.get(0)).unwrap();
+        let last: Option<i64> = db.query_row(&format!("SELECT max(created_at) FROM archive WHERE {}", common::GROUP_ROWS), [&id], |r| r.get(0)).unwrap();
         let expected = json!({
             "jid": row["jid"],
             "epoch": epoch,
             "members": count(&db, "SELECT count(*) FROM members WHERE group_id = ?1", [&id]),
             "accounts": count(&db, "SELECT count(DISTINCT account) FROM members WHERE group_id = ?1", [&id]),
-            "archive_messages": count(&db, "SELECT count(*) FROM archive WHERE group_id = ?1", [&id]),
+            "archive_messages": count(&db, &format!("SELECT count(*) FROM archive WHERE {}", common::GROUP_ROWS), [&id]),
             "last_activity": format_time(last.unwrap_or(created)),
         });
         assert_eq!(*row, expected);
@@ -238,7 +238,7 @@ async fn views_retention_check_and_backup_match_the_store() {
     let after = count(&db, "SELECT count(*) FROM archive", []);
     let pruned = serde_json::from_str::<Value>(&run.stdout).unwrap();
     assert_eq!(pruned, json!({"pruned_messages": before - after, "archive_messages": after}));
-    assert_eq!(count(&db, "SELECT count(*) FROM archive WHERE group_id = ?1", [group_id(solo.as_str())]), 0);
+    assert_eq!(count(&db, &format!("SELECT count(*) FROM archive WHERE {}", common::GROUP_ROWS), [group_id(solo.as_str())]), 0);
     assert!(before > after, "something was pruned");
     let detail = admin_json(&component, &["group", group.as_str()]);
     let pruned_seq = count(&db, "SELECT pruned_seq FROM groups WHERE group_id = ?1", [&id]);
@@ -271,12 +271,19 @@ async fn purges_ask_first_and_delete_exactly_their_rows() {
     assert_eq!(store_digest(&component.store_path()), digest);
 
     // purge-group, confirmed with "y": every row of that group goes, the other group's stay.
-    let group_rows = |id: &[u8]| {
-        ["groups", "members", "archive", "feed", "group_accounts"]
+    // Archive rows, their ids and resend keys are keyed by the group's number.
+    let number = |id: &[u8]| count(&db, "SELECT num FROM groups WHERE group_id = ?1", [id]);
+    let numbers = HashMap::from([(gone.clone(), number(&gone)), (kept.clone(), number(&kept))]);
+    let group_rows = |id: &Vec<u8>| {
+        ["groups", "members", "feed", "group_accounts"]
             .iter()
             .map(|t| count(&db, &format!("SELECT count(*) FROM {t} WHERE group_id = ?1"), [id]))
             .sum::<u64>()
             + count(&db, "SELECT count(*) FROM acks WHERE scope = ?1", [id])
+            + ["SELECT count(*) FROM archive WHERE pos >> 32 = ?1", "SELECT count(*) FROM archive_ids WHERE pos >> 32 = ?1", "SELECT count(*) FROM resends WHERE grp = ?1"]
+                .iter()
+                .map(|sql| count(&db, sql, [numbers[id] as i64]))
+                .sum::<u64>()
     };
     let kept_rows = group_rows(&kept);
     let run = admin_with(&component, &["purge-group", solo.as_str()], "y\n", &[]);

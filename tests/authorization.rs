@@ -618,23 +618,25 @@ impl Fixture {
 
     /// The MLS message of the group's latest archived item of `kind`.
     fn last_archived(&self, kind: &str) -> Vec<u8> {
-        let sql = "SELECT message FROM archive WHERE group_id = ?1 AND kind = ?2 ORDER BY id DESC LIMIT 1";
-        self.query(sql, rusqlite::params![self.group_id(), kind])
+        let sql = format!("SELECT message FROM archive WHERE {} AND {KIND} = ?2 ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
+        self.query(&sql, rusqlite::params![self.group_id(), kind])
     }
 
     /// The stanza id and position of the latest item of the group's archive
     /// or, with `None`, of alice's inbox.
     fn last_item(&self, group: Option<Vec<u8>>) -> (String, i64) {
         use rusqlite::types::Value;
-        let (sql, key) = match group {
-            Some(id) => ("SELECT stanza_id, seq FROM archive WHERE group_id = ?1 ORDER BY seq DESC LIMIT 1", Value::Blob(id)),
-            None => ("SELECT stanza_id, seq FROM inbox WHERE account = ?1 ORDER BY seq DESC LIMIT 1", Value::Text("alice@example.org".into())),
+        let Some(id) = group else {
+            let sql = "SELECT stanza_id, seq FROM inbox WHERE account = ?1 ORDER BY seq DESC LIMIT 1";
+            return self.connection().query_row(sql, [Value::Text("alice@example.org".into())], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         };
-        self.connection().query_row(sql, [key], |r| Ok((r.get(0)?, r.get(1)?))).unwrap()
+        let sql = format!("SELECT pos & 0xffffffff, message FROM archive WHERE {} ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
+        let (seq, message): (i64, Vec<u8>) = self.connection().query_row(&sql, [&id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        (xmpp_mls::store::stanza_id(&id, seq as u64, &message), seq)
     }
 
     fn kind_of(&self, stanza_id: &str) -> String {
-        self.query("SELECT kind FROM archive WHERE stanza_id = ?1", [stanza_id])
+        self.query(&format!("SELECT {KIND} FROM archive WHERE pos = ?1"), [common::archive_pos(&self.store, stanza_id)])
     }
 
     fn connection(&self) -> rusqlite::Connection {
@@ -828,3 +830,6 @@ fn rsm_count(fin: Option<Element>) -> i64 {
     let set = fin.get_child("set", NS_RSM).expect("an RSM set");
     set.get_child("count", NS_RSM).expect("a count").text().parse().unwrap()
 }
+
+/// SQL: the name of an archived item's kind (the store keeps a number).
+const KIND: &str = "CASE kind WHEN 0 THEN 'application' WHEN 1 THEN 'commit' ELSE 'proposal' END";

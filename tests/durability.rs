@@ -82,7 +82,7 @@ async fn catch_up(client: &mut GroupClient, seen: &mut Seen) {
 /// (epoch, kind) of every archived handshake, in archive order.
 fn archived_handshakes(component: &Component) -> Vec<(i64, String)> {
     let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    let mut st = conn.prepare("SELECT epoch, kind FROM archive WHERE kind != 'application' ORDER BY seq").unwrap();
+    let mut st = conn.prepare("SELECT epoch, CASE kind WHEN 1 THEN 'commit' ELSE 'proposal' END FROM archive WHERE kind <> 0 ORDER BY pos").unwrap();
     st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
 

@@ -39,7 +39,7 @@ fn db(component: &Component) -> rusqlite::Connection {
 }
 
 fn archived(component: &Component, group: &BareJid) -> i64 {
-    db(component).query_row("SELECT count(*) FROM archive WHERE group_id = ?1", [group_id(group)], |r| r.get(0)).unwrap()
+    db(component).query_row(&format!("SELECT count(*) FROM archive WHERE {}", common::GROUP_ROWS), [group_id(group)], |r| r.get(0)).unwrap()
 }
 
 /// (account, full JID) of every feed entry of `device` in `group`.
@@ -140,8 +140,8 @@ async fn assert_post_refused(session: &mut Session, component: &Component, group
 
 /// The group's latest archived application message.
 fn last_application(component: &Component, group: &BareJid) -> Vec<u8> {
-    let sql = "SELECT message FROM archive WHERE group_id = ?1 AND kind = 'application' ORDER BY seq DESC LIMIT 1";
-    db(component).query_row(sql, [group_id(group)], |r| r.get(0)).unwrap()
+    let sql = format!("SELECT message FROM archive WHERE {} AND kind = 0 ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
+    db(component).query_row(&sql, [group_id(group)], |r| r.get(0)).unwrap()
 }
 
 async fn message_from(client: &mut GroupClient, body: &str) {

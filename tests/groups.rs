@@ -103,7 +103,7 @@ async fn three_accounts_five_devices_every_message_reaches_every_device() {
 fn commits_per_epoch(store: &std::path::Path) -> Vec<(i64, i64)> {
     let conn = rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let mut st = conn
-        .prepare("SELECT epoch, count(*) FROM archive WHERE kind = 'commit' GROUP BY epoch ORDER BY epoch")
+        .prepare("SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch")
         .unwrap();
     st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
@@ -482,12 +482,12 @@ async fn bursts_keep_the_senders_order_for_every_device() {
     assert_eq!(echoed, ids, "the echoes come back in the sender's order");
     let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap();
-    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
+    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 0", [], |r| r.get(0)).unwrap();
     assert_eq!(archived as usize, sent.len(), "each message archived once");
 }
 
 /// One column of the component's store, for the row `key` names.
-fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: &str) -> T {
+fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: impl rusqlite::ToSql) -> T {
     let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap();
     conn.query_row(sql, [key], |r| r.get(0)).unwrap()
@@ -515,7 +515,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     assert_eq!(alice.unechoed(), 0, "{id} was echoed");
 
     let before = common::store_digest(&component.store_path());
-    let message: Vec<u8> = stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &stanza_id);
+    let message: Vec<u8> = stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &stanza_id));
     let resend = minidom::Element::builder("message", "jabber:client")
         .attr("to".try_into().unwrap(), group.as_str())
         .attr("type".try_into().unwrap(), "groupchat")
@@ -553,10 +553,10 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     expect(&mut alice, "commit", |e| matches!(e, GroupEvent::Epoch { epoch: 2, .. })).await;
     let before = common::store_digest(&component.store_path());
     let bundle = CommitBundle {
-        commit: stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
+        commit: stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &accepted.stanza_id)),
         welcome: None,
         group_info: stored(&component, "SELECT group_info FROM groups WHERE last_commit = ?1", &accepted.stanza_id),
-        epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE stanza_id = ?1", &accepted.stanza_id),
+        epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &accepted.stanza_id)),
     };
     let reply = bob.submit(&group, &bundle).await.unwrap().unwrap();
     assert_eq!(Accepted::parse(&reply).unwrap(), accepted.clone());
@@ -569,7 +569,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     // A resent Proposal: its original acceptance.
     let proposed = alice.propose_update(&group).await.unwrap();
     let before = common::store_digest(&component.store_path());
-    let message = stored(&component, "SELECT message FROM archive WHERE stanza_id = ?1", &proposed.stanza_id);
+    let message = stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &proposed.stanza_id));
     let reply = alice.session.iq(&group.clone().into(), "set", Proposal { message }.to_element()).await.unwrap();
     assert_eq!(Accepted::parse(&reply.unwrap()).unwrap(), proposed);
     assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
@@ -600,7 +600,7 @@ async fn a_message_unechoed_at_a_disconnect_is_resent_after_and_archived_once() 
     assert_eq!(alice.unechoed(), 0);
     let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap();
-    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 'application'", [], |r| r.get(0)).unwrap();
+    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 0", [], |r| r.get(0)).unwrap();
     assert_eq!(archived, 1);
     alice.send_body(&group, "next").await.unwrap();
     let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;

@@ -50,10 +50,15 @@ pub fn group_node(group_id: &[u8]) -> String {
 /// Longest group_id whose JID fits a 1023-octet localpart (RFC 7622).
 pub const MAX_GROUP_ID: usize = 639;
 
-fn group_id_from_node(node: &str) -> Option<Vec<u8>> {
+/// The octets a [`group_node`] spelling stands for; None unless canonical.
+pub fn node_octets(node: &str) -> Option<Vec<u8>> {
     let id = lower_base32().decode(node.as_bytes()).ok()?;
-    // Reject non-canonical spellings so one group has exactly one JID.
-    (!id.is_empty() && id.len() <= MAX_GROUP_ID && group_node(&id) == node).then_some(id)
+    (group_node(&id) == node).then_some(id)
+}
+
+fn group_id_from_node(node: &str) -> Option<Vec<u8>> {
+    // Only canonical spellings, so that one group has exactly one JID.
+    node_octets(node).filter(|id| !id.is_empty() && id.len() <= MAX_GROUP_ID)
 }
 
 /// The directory localpart of an account: XEP-0106 escaping of its bare JID.

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use rusqlite::{params, Connection};
 
+use super::archive::{group_num, pos, MAX_SEQ, SEQ_BITS};
 use super::groups::forget_joins;
 use super::{Store, StoreError};
 use crate::metrics::StoreGauges;
@@ -92,15 +93,17 @@ fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<u64, Sto
 }
 
 fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, StoreError> {
-    let mut st = c.prepare(
+    // The group's archive rows (see archive::pos).
+    let rows = format!("FROM archive a WHERE a.pos > g.num << {bits} AND a.pos < (g.num + 1) << {bits}", bits = SEQ_BITS);
+    let mut st = c.prepare(&format!(
         "SELECT g.group_id, g.epoch, g.seq, g.pruned_seq, g.created_at,
                 (SELECT count(*) FROM members m WHERE m.group_id = g.group_id),
                 (SELECT count(DISTINCT account) FROM members m WHERE m.group_id = g.group_id),
-                (SELECT count(*) FROM archive a WHERE a.group_id = g.group_id),
-                (SELECT max(created_at) FROM archive a WHERE a.group_id = g.group_id)
+                (SELECT count(*) {rows}),
+                (SELECT created_at {rows} ORDER BY pos DESC LIMIT 1)
          FROM groups g WHERE ?1 IS NULL OR g.group_id = ?1
-         ORDER BY g.created_at, g.group_id",
-    )?;
+         ORDER BY g.created_at, g.group_id"
+    ))?;
     let rows = st.query_map([only], |r| {
         let created_at: i64 = r.get(4)?;
         Ok(GroupSummary {
@@ -217,13 +220,17 @@ impl Store {
     }
 
     /// Deletes a group: its state, queued proposals, members, archive,
-    /// feed, acknowledgements and acceptances. False if there was no such group.
+    /// feed, acknowledgements and resend keys. False if there was no such group.
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
-            if c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])? == 0 {
-                return Ok(false);
+            let Some(num) = group_num(c, &group_id)? else { return Ok(false) };
+            c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])?;
+            let (from, to) = (pos(num, 0), pos(num, MAX_SEQ));
+            for table in ["archive", "archive_ids"] {
+                c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), [from, to])?;
             }
-            for table in ["members", "archive", "feed", "group_accounts", "acceptances", "service_proposals", "group_proposals"] {
+            c.execute("DELETE FROM resends WHERE grp = ?1", [num])?;
+            for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             forget_joins(c, "DELETE FROM group_joins WHERE group_id = ?1 RETURNING account, left_group", &group_id)?;

@@ -13,7 +13,8 @@ use minidom::Element;
 use rusqlite::{named_params, params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
-use super::inbox::{insert_inbox, new_stanza_id};
+use super::archive::{group_num, item_stanza_id, kind_code, pos, stanza_id, MAX_SEQ};
+use super::inbox::insert_inbox;
 use super::state::PublicState;
 use super::usage::{count_join, uncount_join};
 use super::{undo_refused, Store, StoreError};
@@ -100,8 +101,8 @@ pub struct Archived {
     pub stanza_id: String,
 }
 
-/// What a group message was archived as, kept for [`RESEND_WINDOW`] seconds
-/// to answer a resend of it (xep/ §Resends).
+/// What a group message was archived as, remembered for a day or two (see
+/// [`resend_key`]) to answer a resend of it (xep/ §Resends).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acceptance {
     pub archived: Archived,
@@ -110,13 +111,31 @@ pub struct Acceptance {
     pub sender_device: String,
 }
 
-/// How long (seconds) a resend is recognised: a day.
-pub const RESEND_WINDOW: i64 = 86_400;
-
-/// A message's identity for resends: the SHA-256 of its MLS bytes.
-fn digest(message: &[u8]) -> Vec<u8> {
+/// A message's key in `resends` (xep/ §Resends): the UTC day it was
+/// archived in the high bits (the day and the next one are searched, and
+/// older days pruned by range) and 48 bits of a SHA-256 of who sent what
+/// in the low ones. A match is checked against the archived message.
+pub(super) fn resend_key(group_id: &[u8], account: &str, kind: Kind, message: &[u8], day: i64) -> i64 {
     use sha2::Digest as _;
-    sha2::Sha256::digest(message).to_vec()
+    let mut h = sha2::Sha256::new();
+    h.update(b"xmpp-mls resend");
+    for part in [group_id, account.as_bytes(), kind.name().as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.update(message);
+    let digest = h.finalize();
+    let low = digest[..RESEND_HASH_BITS as usize / 8].iter().fold(0i64, |n, b| n << 8 | i64::from(*b));
+    day << RESEND_HASH_BITS | low
+}
+
+/// Bits of a resend key below its day.
+const RESEND_HASH_BITS: u32 = 48;
+
+/// The lowest resend key of the window for `now` (the day before its
+/// day): lower keys go.
+fn resend_floor(now: i64) -> i64 {
+    (now.div_euclid(DAY) - 1) << RESEND_HASH_BITS
 }
 
 /// How many octets of MLS messages archives may take in per UTC day
@@ -127,7 +146,7 @@ pub struct ArchiveBudget {
     pub account_bytes_per_day: u64,
 }
 
-const DAY: i64 = 24 * 3600;
+pub(super) const DAY: i64 = 24 * 3600;
 
 /// Counts `bytes` for (`scope`, `owner`) on `day` if the day's count stays
 /// within `limit` (None: no limit): one upsert whose conditions are the
@@ -177,11 +196,12 @@ impl<'c> GroupTx<'c> {
         live_devices(self.c, account, self.now)
     }
 
-    /// Starts following the group at `epoch` with `state`; false, doing
-    /// nothing, if a group with this id exists.
+    /// Starts following the group at `epoch` with `state` (and the next
+    /// group number); false, doing nothing, if a group with this id exists.
     pub fn create(&self, epoch: u64, group_info: &[u8], state: &PublicState) -> Result<bool, StoreError> {
         let created = self.c.execute(
-            "INSERT INTO groups (group_id, created_at, epoch, group_info, state) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO groups (group_id, created_at, epoch, group_info, state, num)
+             VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(num), 0) + 1 FROM groups))
              ON CONFLICT (group_id) DO NOTHING",
             params![self.group_id, self.now, epoch as i64, group_info, state.blob],
         )? == 1;
@@ -208,9 +228,10 @@ impl<'c> GroupTx<'c> {
         })
     }
 
-    /// Appends to the archive; returns the message's place and stanza id.
     /// Appends `message` of `account` to the archive and remembers its
-    /// acceptance (see [`Self::acceptance`]).
+    /// acceptance (see [`Self::acceptance`]); returns the message's place
+    /// and stanza id. Timestamps never decrease along an archive: an item
+    /// is stamped no earlier than the one before it.
     pub fn append(
         &self,
         account: &str,
@@ -220,32 +241,32 @@ impl<'c> GroupTx<'c> {
         epoch_check: Option<&str>,
         message: &[u8],
     ) -> Result<Archived, StoreError> {
-        let seq: i64 = self
+        let (seq, num): (i64, i64) = self
             .c
-            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq")?
-            .query_row([&self.group_id], |r| r.get(0))?;
-        let stanza_id = new_stanza_id();
+            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq, num")?
+            .query_row([&self.group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let seq = seq as u64;
+        if seq > MAX_SEQ {
+            return Err(StoreError::ArchiveFull);
+        }
         self.c
             .prepare_cached(
-                "INSERT INTO archive (group_id, seq, stanza_id, epoch, kind, sender_device, epoch_check, message, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+                   max(?7, coalesce((SELECT created_at FROM archive WHERE pos = ?1 - 1), ?7)))",
             )?
-            .execute(params![
-                self.group_id, seq, stanza_id, epoch as i64, kind.name(), sender_device, epoch_check, message, self.now
-            ])?;
+            .execute(params![pos(num, seq), epoch as i64, kind_code(kind), sender_device, epoch_check, message, self.now])?;
+        let key = resend_key(&self.group_id, account, kind, message, self.now.div_euclid(DAY));
         self.c
-            .prepare_cached(
-                "INSERT INTO acceptances (group_id, account, digest, kind, seq, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![self.group_id, account, digest(message), kind.name(), seq, self.now])?;
-        Ok(Archived { seq: seq as u64, stanza_id })
+            .prepare_cached("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)")?
+            .execute(params![num, key, seq as i64])?;
+        Ok(Archived { seq, stanza_id: stanza_id(&self.group_id, seq, message) })
     }
 
     /// How `message` (of `kind`) of `account` was archived, if it was
     /// within the resend window: a resend of it is answered with this.
     pub fn acceptance(&self, account: &str, kind: Kind, message: &[u8]) -> Result<Option<Acceptance>, StoreError> {
-        acceptance(self.c, &self.group_id, account, kind, message)
+        acceptance(self.c, &self.group_id, account, kind, message, self.now)
     }
 
     /// The epoch's compare-and-swap: moves the group from epoch `from` to
@@ -414,24 +435,32 @@ impl<'c> GroupTx<'c> {
     }
 }
 
+/// How `message` (of `kind`) of `account` was archived in the group, if it
+/// was on the day of `now` or the day before and is still in the archive.
 fn acceptance(
     c: &Connection,
     group_id: &[u8],
     account: &str,
     kind: Kind,
     message: &[u8],
+    now: i64,
 ) -> Result<Option<Acceptance>, StoreError> {
-    Ok(c
-        .prepare_cached(
-            "SELECT archive.stanza_id, archive.epoch, archive.sender_device, archive.seq FROM acceptances a
-             JOIN archive ON archive.group_id = a.group_id AND archive.seq = a.seq
-             WHERE a.group_id = ?1 AND a.account = ?2 AND a.digest = ?3 AND a.kind = ?4",
-        )?
-        .query_row(params![group_id, account, digest(message), kind.name()], |r| {
-            let archived = Archived { stanza_id: r.get(0)?, seq: r.get::<_, i64>(3)? as u64 };
-            Ok(Acceptance { archived, epoch: r.get::<_, i64>(1)? as u64, sender_device: r.get(2)? })
-        })
-        .optional()?)
+    let Some(num) = group_num(c, group_id)? else { return Ok(None) };
+    let day = now.div_euclid(DAY);
+    let keys = [day, day - 1].map(|d| resend_key(group_id, account, kind, message, d));
+    let seqs: Vec<i64> = c
+        .prepare_cached("SELECT seq FROM resends WHERE grp = ?1 AND key IN (?2, ?3)")?
+        .query_map(params![num, keys[0], keys[1]], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut st = c.prepare_cached("SELECT epoch, sender_device FROM archive WHERE pos = ?1 AND kind = ?2 AND message = ?3")?;
+    for seq in seqs.into_iter().map(|s| s as u64) {
+        let found = st.query_row(params![pos(num, seq), kind_code(kind), message], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?))).optional()?;
+        if let Some((epoch, sender_device)) = found {
+            let archived = Archived { seq, stanza_id: item_stanza_id(c, group_id, num, seq, message)? };
+            return Ok(Some(Acceptance { archived, epoch: epoch as u64, sender_device }));
+        }
+    }
+    Ok(None)
 }
 
 fn group_state(c: &Connection, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
@@ -635,13 +664,18 @@ impl Store {
         kind: Kind,
         message: Vec<u8>,
     ) -> Result<Option<Acceptance>, StoreError> {
-        self.read(move |c| acceptance(c, &group_id, &account, kind, &message)).await
+        let now = crate::protocol::now();
+        self.read(move |c| acceptance(c, &group_id, &account, kind, &message, now)).await
     }
 
-    /// Forgets acceptances older than the resend window.
+    /// Forgets what was archived before the day before `now`'s for resends.
     pub async fn prune_acceptances(&self, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM acceptances WHERE created_at < ?1", [now - RESEND_WINDOW])?;
+            let mut st = c.prepare_cached("DELETE FROM resends WHERE grp = ?1 AND key < ?2")?;
+            let groups: Vec<i64> = c.prepare("SELECT num FROM groups")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            for num in groups {
+                st.execute(params![num, resend_floor(now)])?;
+            }
             Ok(())
         })
         .await
@@ -721,6 +755,19 @@ mod tests {
             .unwrap()
     }
 
+    /// Appends `message` of `account` to group "g" (created if needed).
+    async fn append(store: &Store, account: &'static str, message: &'static [u8]) -> Archived {
+        store
+            .group_tx(b"g".to_vec(), move |tx| {
+                if tx.state()?.is_none() {
+                    tx.create(0, b"info", &PublicState::default())?;
+                }
+                tx.append(account, 0, Kind::Application, "laptop", None, message)
+            })
+            .await
+            .unwrap()
+    }
+
     /// The group limit holds at its last group; leaving, a pruned join and
     /// a purged group each free one, and the count follows the joins.
     #[tokio::test]
@@ -781,30 +828,40 @@ mod tests {
         assert_eq!(counts().await.unwrap(), after);
     }
 
-    /// An archived message is remembered per (group, account, kind, octets), and
-    /// forgotten once it is older than the resend window.
+    /// An archived message is remembered per (group, account, kind, octets)
+    /// on the day it was archived and the next; the same octets from another
+    /// account are a new message, with their own position and stanza id.
     #[tokio::test]
     async fn acceptances_answer_resends_of_the_same_account_for_a_day() {
         let (_dir, store) = temp_store();
-        let archived = store
-            .group_tx(b"g".to_vec(), |tx| {
-                tx.create(0, b"info", &PublicState::default())?;
-                tx.append("alice@example.org", 0, Kind::Application, "laptop", None, b"ciphertext")
-            })
-            .await
-            .unwrap();
+        let archived = append(&store, "alice@example.org", b"ciphertext").await;
         let lookup =
             |account: &str, message: &[u8]| store.acceptance(b"g".to_vec(), account.into(), Kind::Application, message.to_vec());
-        let expected = Acceptance { archived, epoch: 0, sender_device: "laptop".into() };
-        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected));
+        let expected = Acceptance { archived: archived.clone(), epoch: 0, sender_device: "laptop".into() };
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected.clone()));
         assert_eq!(lookup("mallory@example.org", b"ciphertext").await.unwrap(), None);
         assert_eq!(lookup("alice@example.org", b"other").await.unwrap(), None);
         let as_commit = store.acceptance(b"g".to_vec(), "alice@example.org".into(), Kind::Commit, b"ciphertext".to_vec());
         assert_eq!(as_commit.await.unwrap(), None, "a resend is of the same kind");
+
+        let replayed = append(&store, "mallory@example.org", b"ciphertext").await;
+        assert_eq!(replayed.seq, 2);
+        assert_ne!(replayed.stanza_id, archived.stanza_id);
+        let mallory = lookup("mallory@example.org", b"ciphertext").await.unwrap();
+        assert_eq!(mallory.map(|a| a.archived), Some(replayed));
+        assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), Some(expected.clone()));
+
         let now = crate::protocol::now();
-        store.prune_acceptances(now + RESEND_WINDOW - 60).await.unwrap();
-        assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept within the window");
-        store.prune_acceptances(now + RESEND_WINDOW + 60).await.unwrap();
+        let at = |t: i64| {
+            store.read(move |c| acceptance(c, b"g", "alice@example.org", Kind::Application, b"ciphertext", t))
+        };
+        assert_eq!(at(now + DAY).await.unwrap(), Some(expected), "found the next day");
+        assert_eq!(at(now + 2 * DAY).await.unwrap(), None, "not two days later");
+        store.prune_acceptances(now + DAY).await.unwrap();
+        assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept the next day");
+        store.prune_acceptances(now + 2 * DAY).await.unwrap();
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
+        let keys: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM resends", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(keys, 0, "pruned");
     }
 }

@@ -40,7 +40,7 @@ mod vault;
 pub const MIGRATION_LOG_TARGETS: &[&str] = &["rusqlite_migration", "refinery"];
 
 pub use admin::{AccountSummary, DeviceStock, GroupSummary, MemberDevice, PurgedAccount, Stats};
-pub use archive::{Filter, Item, Page, PageStart, Source};
+pub use archive::{stanza_id, Filter, Item, Page, PageStart, Source};
 pub use devices::{DevicePublish, Expired};
 pub use sender::ServiceKey;
 pub use groups::{
@@ -73,6 +73,8 @@ pub enum StoreError {
     Closed,
     #[error("a write request panicked: {0}")]
     Panicked(String),
+    #[error("the group's archive has reached its last position")]
+    ArchiveFull,
 }
 
 type Finish = Box<dyn FnOnce(Result<(), StoreError>) + Send>;

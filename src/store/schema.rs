@@ -1,9 +1,11 @@
 //! Versioned schema migrations (SQLite `user_version`). Append, never edit.
 
-use rusqlite::Connection;
-use rusqlite_migration::{Migrations, M};
+use rusqlite::{params, Connection, Transaction};
+use rusqlite_migration::{HookResult, Migrations, M};
 
+use super::groups::{resend_key, DAY};
 use super::StoreError;
+use crate::protocol::groups::Kind;
 
 const MIGRATIONS: &[M<'static>] = &[
     // 1: groups the Delivery Service follows, keyed by MLS group_id.
@@ -245,8 +247,80 @@ const MIGRATIONS: &[M<'static>] = &[
     ),
 ];
 
+/// Every migration, in order: [`MIGRATIONS`] (1 to 14), then 15 on, which
+/// may run Rust code (append new ones here).
+fn migrations() -> Migrations<'static> {
+    let mut all = MIGRATIONS.to_vec();
+    all.push(
+        // 15: compact archives. A group has a number; an archive
+        // row's key `pos` is (number << 32) | position, kinds are integers
+        // (archive::kind_code), and stanza ids are computed from the position
+        // and the message (archive::stanza_id), except those of migrated rows,
+        // kept in `archive_ids`. Time filters and retention walk positions, so
+        // the time index goes. `resends` replaces `acceptances`: a key per
+        // message (groups::resend_key) to its position, for a day or two.
+        M::up_with_hook(
+            "ALTER TABLE groups ADD COLUMN num INTEGER;
+            UPDATE groups SET num = rowid;
+            CREATE UNIQUE INDEX groups_by_num ON groups (num);
+            CREATE TABLE archive_by_pos (
+                pos           INTEGER PRIMARY KEY,
+                epoch         INTEGER NOT NULL,
+                kind          INTEGER NOT NULL,
+                sender_device TEXT NOT NULL,
+                epoch_check   TEXT,
+                message       BLOB NOT NULL,
+                created_at    INTEGER NOT NULL
+            ) STRICT;
+            INSERT INTO archive_by_pos (pos, epoch, kind, sender_device, epoch_check, message, created_at)
+                SELECT g.num << 32 | a.seq, a.epoch,
+                       CASE a.kind WHEN 'application' THEN 0 WHEN 'commit' THEN 1 ELSE 2 END,
+                       a.sender_device, a.epoch_check, a.message, a.created_at
+                FROM archive a JOIN groups g ON g.group_id = a.group_id;
+            CREATE TABLE archive_ids (
+                pos       INTEGER PRIMARY KEY,
+                stanza_id TEXT NOT NULL UNIQUE
+            ) STRICT;
+            INSERT INTO archive_ids (pos, stanza_id)
+                SELECT g.num << 32 | a.seq, a.stanza_id FROM archive a JOIN groups g ON g.group_id = a.group_id;
+            DROP TABLE archive;
+            ALTER TABLE archive_by_pos RENAME TO archive;
+            CREATE TABLE resends (
+                grp INTEGER NOT NULL,
+                key INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                PRIMARY KEY (grp, key)
+            ) STRICT, WITHOUT ROWID;",
+            resends_of_acceptances,
+    ));
+    Migrations::new(all)
+}
+
+/// Migration 15: the acceptances of the resend window as `resends` keys.
+fn resends_of_acceptances(tx: &Transaction) -> HookResult {
+    // (group number, resend key, position) of each acceptance.
+    let keys: Vec<Option<(i64, i64, i64)>> = {
+        let mut st = tx.prepare(
+            "SELECT g.group_id, g.num, ac.account, ac.kind, ac.seq, ac.created_at, a.message FROM acceptances ac
+             JOIN groups g ON g.group_id = ac.group_id JOIN archive a ON a.pos = g.num << 32 | ac.seq",
+        )?;
+        let rows = st.query_map([], |r| {
+            let Some(kind) = Kind::from_name(&r.get::<_, String>(3)?) else { return Ok(None) };
+            let (group_id, account, message): (Vec<u8>, String, Vec<u8>) = (r.get(0)?, r.get(2)?, r.get(6)?);
+            let day = r.get::<_, i64>(5)?.div_euclid(DAY);
+            Ok(Some((r.get(1)?, resend_key(&group_id, &account, kind, &message, day), r.get(4)?)))
+        })?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (num, key, seq) in keys.into_iter().flatten() {
+        tx.execute("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)", params![num, key, seq])?;
+    }
+    tx.execute_batch("DROP TABLE acceptances;")?;
+    Ok(())
+}
+
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    Migrations::from_slice(MIGRATIONS).to_latest(conn)?;
+    migrations().to_latest(conn)?;
     Ok(())
 }
 
@@ -254,7 +328,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 mod tests {
     #[test]
     fn migrations_are_valid() {
-        rusqlite_migration::Migrations::from_slice(super::MIGRATIONS).validate().unwrap();
+        super::migrations().validate().unwrap();
     }
 
     /// Migration 8 keeps the feed entries whose full JID is of their
@@ -263,7 +337,7 @@ mod tests {
     #[test]
     fn the_feed_is_rekeyed_by_account() {
         let mut c = rusqlite::Connection::open_in_memory().unwrap();
-        let migrations = rusqlite_migration::Migrations::from_slice(super::MIGRATIONS);
+        let migrations = super::migrations();
         migrations.to_version(&mut c, 7).unwrap();
         c.execute_batch(
             "INSERT INTO feed (group_id, device_id, full_jid, account) VALUES
@@ -312,5 +386,72 @@ mod tests {
         let seqs: Vec<i64> =
             c.prepare("SELECT kp_seq FROM devices ORDER BY device_id").unwrap().query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(seqs, [7, 0]);
+    }
+}
+
+#[cfg(test)]
+mod compact_archive {
+    use crate::config::StoreConfig;
+    use crate::protocol::groups::Kind;
+    use crate::store::{Filter, PageStart, Source, Store};
+
+    /// Migration 15 carries a group's archive over: its stanza ids still
+    /// name their positions, pages show them with their kinds, a message
+    /// accepted within the resend window is still answered as a resend
+    /// (with its old id), and new items take the next positions.
+    #[tokio::test]
+    async fn the_archive_is_rekeyed_by_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite3");
+        let now = crate::protocol::now();
+        {
+            let mut c = rusqlite::Connection::open(&path).unwrap();
+            super::migrations().to_version(&mut c, 12).unwrap();
+            c.execute_batch(&format!(
+                "INSERT INTO groups (group_id, created_at, epoch, seq) VALUES (x'0a', {now}, 1, 2), (x'0b', {now}, 0, 0);
+                 INSERT INTO archive (group_id, seq, stanza_id, epoch, kind, sender_device, epoch_check, message, created_at) VALUES
+                   (x'0a', 1, 'oldmessageidaaaaaaaa', 0, 'application', 'phone', NULL, x'a1', {now}),
+                   (x'0a', 2, 'oldcommitidaaaaaaaaa', 0, 'commit', 'laptop', 'check', x'c0', {now});
+                 INSERT INTO acceptances (group_id, account, digest, kind, seq, created_at) VALUES
+                   (x'0a', 'bob@example.org', x'00', 'application', 1, {now});"
+            ))
+            .unwrap();
+        }
+        let store = Store::open(&StoreConfig { path, ..StoreConfig::default() }).unwrap();
+        let schema: Vec<String> = store
+            .read(|c| {
+                let sql = "SELECT name FROM sqlite_master WHERE tbl_name IN ('archive', 'acceptances') ORDER BY name";
+                Ok(c.prepare(sql)?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(schema, ["archive"], "no index on the archive, no acceptances");
+        let g = || Source::Group(vec![0x0a]);
+        let ids = vec!["oldmessageidaaaaaaaa".to_string(), "oldcommitidaaaaaaaaa".into()];
+        assert_eq!(store.positions(g(), ids.clone()).await.unwrap(), [Some(1), Some(2)]);
+        assert_eq!(store.positions(Source::Group(vec![0x0b]), ids.clone()).await.unwrap(), [None, None]);
+        let page = store.archive_page(g(), Filter::default(), PageStart::First, 10).await.unwrap();
+        let seen: Vec<_> = page.items.iter().map(|i| (i.stanza_id.as_str(), i.kind.as_str(), i.epoch_check.as_deref(), i.message.clone())).collect();
+        assert_eq!(seen, [(ids[0].as_str(), "application", None, vec![0xa1]), (ids[1].as_str(), "commit", Some("check"), vec![0xc0])]);
+
+        let resend = store.acceptance(vec![0x0a], "bob@example.org".into(), Kind::Application, vec![0xa1]).await.unwrap();
+        assert_eq!(resend.map(|a| (a.archived.seq, a.archived.stanza_id, a.sender_device)), Some((1, ids[0].clone(), "phone".into())));
+        let other = store.acceptance(vec![0x0a], "alice@example.org".into(), Kind::Application, vec![0xa1]).await.unwrap();
+        assert_eq!(other, None);
+
+        let next = store
+            .group_tx(vec![0x0a], |tx| tx.append("bob@example.org", 1, Kind::Application, "phone", None, b"new"))
+            .await
+            .unwrap();
+        assert_eq!(next.seq, 3);
+        assert_eq!(store.positions(g(), vec![next.stanza_id]).await.unwrap(), [Some(3)]);
+        let first = store.group_tx(vec![0x0b], |tx| tx.append("bob@example.org", 0, Kind::Commit, "phone", Some("c"), b"m")).await.unwrap();
+        assert_eq!(first.seq, 1, "each group has its own positions");
+        // Retention keeps the unacknowledged Commit and what follows.
+        assert_eq!(store.prune_history(now + 10).await.unwrap(), 1);
+        assert_eq!(store.positions(g(), ids).await.unwrap(), [None, Some(2)]);
+        let kept: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM archive_ids", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(kept, 1, "the pruned item's id went with it");
+        store.close().await;
     }
 }

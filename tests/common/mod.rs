@@ -404,6 +404,22 @@ pub fn to_string(el: &Element) -> String {
     String::from(el)
 }
 
+/// The key (`archive.pos`: group number << 32 | position) of the archived
+/// item with `stanza_id`, found by computing each item's id as the store
+/// does (it keeps the ids of migrated items only).
+pub fn archive_pos(path: &Path, stanza_id: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let mut st = conn.prepare("SELECT a.pos, g.group_id, a.message FROM archive a JOIN groups g ON g.num = a.pos >> 32").unwrap();
+    let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))).unwrap();
+    let found = rows
+        .map(Result::unwrap)
+        .find(|(pos, group, message)| xmpp_mls::store::stanza_id(group, (pos & 0xffff_ffff) as u64, message) == stanza_id);
+    found.unwrap_or_else(|| panic!("{stanza_id} is not archived")).0
+}
+
+/// SQL: the archive rows of the group whose id is parameter ?1.
+pub const GROUP_ROWS: &str = "pos >> 32 = (SELECT num FROM groups WHERE group_id = ?1)";
+
 /// Every row of every table of the component's store, as text: equal
 /// digests mean an unchanged store.
 pub fn store_digest(path: &Path) -> String {
