@@ -83,11 +83,10 @@ fn text_fields(text: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// The rows of openmls' storage that belong to a group.
-fn openmls_rows(c: &Connection, id: &[u8]) -> u64 {
-    let key = serde_json::to_vec(&openmls::prelude::GroupId::from_slice(id)).unwrap();
-    count(c, "SELECT count(*) FROM openmls_group_data WHERE group_id = ?1", [&key])
-        + count(c, "SELECT count(*) FROM openmls_proposals WHERE group_id = ?1", [&key])
+/// The rows of a group's MLS state: its state blob and queued proposals.
+fn mls_state_rows(c: &Connection, id: &[u8]) -> u64 {
+    count(c, "SELECT count(*) FROM groups WHERE group_id = ?1 AND state IS NOT NULL", [id])
+        + count(c, "SELECT count(*) FROM group_proposals WHERE group_id = ?1", [id])
 }
 
 /// Puts a vault blob of `size` bytes for the session's account.
@@ -256,8 +255,8 @@ async fn purges_ask_first_and_delete_exactly_their_rows() {
     put_blob(&carol.session, "carol@example.org", 50).await;
     let db = open(&component.store_path());
     let (kept, gone) = (group_id(group.as_str()), group_id(solo.as_str()));
-    let kept_openmls = openmls_rows(&db, &kept);
-    assert!(openmls_rows(&db, &gone) > 0 && kept_openmls > 0);
+    let kept_state = mls_state_rows(&db, &kept);
+    assert!(mls_state_rows(&db, &gone) > 0 && kept_state > 0);
 
     // Declined (end of input, or "n"): nothing changes.
     let digest = store_digest(&component.store_path());
@@ -289,8 +288,8 @@ async fn purges_ask_first_and_delete_exactly_their_rows() {
     let run = admin_with(&component, &["purge-group", solo.as_str()], "y\n", &[]);
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(text_fields(&run.stdout), HashMap::from([("purged".into(), "yes".into()), ("group".into(), solo.to_string())]));
-    assert_eq!((group_rows(&gone), openmls_rows(&db, &gone)), (0, 0));
-    assert_eq!((group_rows(&kept), openmls_rows(&db, &kept)), (kept_rows, kept_openmls));
+    assert_eq!((group_rows(&gone), mls_state_rows(&db, &gone)), (0, 0));
+    assert_eq!((group_rows(&kept), mls_state_rows(&db, &kept)), (kept_rows, kept_state));
     let listed = admin_json(&component, &["groups"]);
     assert_eq!(listed["groups"].as_array().unwrap().len(), 1);
     let request = "<group-info xmlns='urn:xmpp:mls:0'/>".parse().unwrap();

@@ -8,6 +8,8 @@
 //! epoch's compare-and-swap and the Welcomes land together or not at all,
 //! so exactly one commit wins each epoch, whatever runs concurrently.
 
+use std::collections::HashMap;
+
 use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup, StagedCommit};
 use openmls::prelude::{
@@ -22,6 +24,7 @@ use xmpp_parsers::jid::BareJid;
 use super::cache::Version;
 use super::{blocking, IqRequest, Response, Service, ServiceError};
 use crate::config::GroupsConfig;
+use crate::protocol::devices::Device;
 use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{
     group_info_element, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome, WrongEpoch,
@@ -90,14 +93,24 @@ impl LeafCheck {
         Self { credential: credential.clone(), key: key.to_vec(), expected: expected.cloned() }
     }
 
+    /// The account the credential names, if it is the expected one.
+    fn account(&self) -> Result<BareJid, ServiceError> {
+        let account = account_of(&self.credential).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
+        match self.expected.as_ref().is_some_and(|e| *e != account) {
+            true => Err(ServiceError::InvalidMessage(Invalid::ForeignIdentity)),
+            false => Ok(account),
+        }
+    }
+
+    /// The key is one of `devices` (the live devices of `account`).
+    fn check(&self, account: &BareJid, devices: &[Device]) -> Result<(), ServiceError> {
+        check_leaf(&self.credential, &self.key, account, devices).map(|_| ()).map_err(rejected)
+    }
+
     /// The AS check, in the deciding transaction; the leaf's account.
     fn run(&self, tx: &GroupTx<'_>) -> Result<String, ServiceError> {
-        let account = account_of(&self.credential).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
-        if self.expected.as_ref().is_some_and(|e| *e != account) {
-            return Err(ServiceError::InvalidMessage(Invalid::ForeignIdentity));
-        }
-        let devices = tx.live_devices(account.as_str())?;
-        check_leaf(&self.credential, &self.key, &account, &devices).map_err(rejected)?;
+        let account = self.account()?;
+        self.check(&account, &tx.live_devices(account.as_str())?)?;
         Ok(account.to_string())
     }
 }
@@ -540,8 +553,9 @@ impl Service {
 
     /// A new group from its creator's GroupInfo: every leaf passes the AS
     /// check and one of them is the creator's. The checks that need no
-    /// signature come first; the tree is verified outside the writer; the
-    /// store decides (a group id is created once).
+    /// signature come first (size, quota, device lists); the tree is
+    /// verified outside the writer; the store decides (a group id is
+    /// created once, the quota and the device lists as they are then).
     pub(super) async fn create_group(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
         let create = Create::parse(&req.payload)?;
         if self.store.group_exists(group_id.to_vec()).await? {
@@ -549,12 +563,18 @@ impl Service {
         }
         let (gi, tree) = mls::group_info(&create.group_info, group_id).map_err(ServiceError::InvalidMessage)?;
         check_size(tree.leaves().count(), &self.config.groups)?;
+        let account = req.from.to_bare();
+        if self.store.joined_groups(account.to_string()).await? >= self.config.groups.max_groups_per_account as u64 {
+            return Err(ServiceError::Limit(AppCondition::TooManyGroups));
+        }
+        let leaves: Vec<LeafCheck> =
+            tree.leaves().map(|l| LeafCheck::new(l.credential(), l.signature_key().as_slice(), None)).collect();
+        self.precheck_leaves(&leaves, &account).await?;
         if let Some(key) = self.store.service_keys().await?.first() {
             if !super::sender::lists(gi.group_context().extensions().external_senders(), &self.config.component.jid, key) {
                 return Err(ServiceError::Refused(AppCondition::ExternalSenderRequired));
             }
         }
-        let leaves: Vec<LeafCheck> = tree.leaves().map(|l| LeafCheck::new(l.credential(), l.signature_key().as_slice(), None)).collect();
         let crypto = self.crypto.clone();
         let (pg, state) = blocking(move || {
             let codec = StateCodec::default();
@@ -563,7 +583,7 @@ impl Service {
             Ok((pg, PublicState { blob: codec.blob().map_err(library)?, proposals: Vec::new() }))
         })
         .await?;
-        let (account, limits, members) = (req.from.to_bare(), self.config.groups.clone(), members_of(&pg));
+        let (limits, members) = (self.config.groups.clone(), members_of(&pg));
         let epoch = pg.group_context().epoch().as_u64();
         self.store
             .group_tx(group_id.to_vec(), move |tx| {
@@ -577,6 +597,24 @@ impl Service {
             .await?;
         self.states.put(group_id, (epoch, 0), pg);
         Ok(Response::default())
+    }
+
+    /// The AS check of a create's leaves against the device lists as read
+    /// now, one of them the creator's: before any signature is verified
+    /// (the deciding transaction checks again).
+    async fn precheck_leaves(&self, leaves: &[LeafCheck], creator: &BareJid) -> Result<(), ServiceError> {
+        let now = crate::protocol::now();
+        let mut devices: HashMap<BareJid, Vec<Device>> = HashMap::new();
+        let mut found = false;
+        for leaf in leaves {
+            let account = leaf.account()?;
+            if !devices.contains_key(&account) {
+                devices.insert(account.clone(), self.store.live_devices(account.to_string(), now).await?);
+            }
+            leaf.check(&account, &devices[&account])?;
+            found |= account == *creator;
+        }
+        found.then_some(()).ok_or(ServiceError::NotAMember)
     }
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
@@ -753,4 +791,48 @@ pub(super) fn presence(from: &str, to: &str, type_: Option<&str>, child: Option<
         b = b.append(c);
     }
     b.build()
+}
+
+#[cfg(test)]
+mod race {
+    use super::*;
+    use crate::service::tests::{bundle, Ds, Member};
+
+    /// Two commits of one epoch validated against the same snapshot: the
+    /// first decided wins; the second, decided after it, gets `wrong-epoch`
+    /// naming the winner, and nothing of it is kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_two_validated_commits_of_one_epoch_the_first_decided_wins() {
+        let (alice, bob) = (Member::new("alice"), Member::new("bob"));
+        let ds = Ds::new(&[&alice, &bob], "").await;
+        let mut groups = ds.create(&alice, &[&bob]).await;
+        let (a, b) = (bundle(&mut groups[0], &alice, &[]), bundle(&mut groups[1], &bob, &[]));
+        let (crypto, groups_config) = (RustCrypto::default(), GroupsConfig::default());
+        let mut validated = Vec::new();
+        for (who, commit) in [(&alice, a), (&bob, b)] {
+            let (state, public) = ds.store.group_snapshot(ds.id.to_vec()).await.unwrap().unwrap();
+            let pg = StateCodec::load(&public, &ds.id).unwrap().unwrap();
+            let Ok(valid) = validate_commit(&crypto, &groups_config, state.epoch, pg, &who.account, commit) else {
+                panic!("a valid commit")
+            };
+            validated.push((who.account.clone(), valid));
+        }
+        let mut decided = Vec::new();
+        for (account, (valid, pg)) in validated {
+            let budget = ArchiveBudget { group_bytes_per_day: u64::MAX, account_bytes_per_day: u64::MAX };
+            let limits = CommitLimits { budget, component: "mls.example.org".into(), grace: 60 };
+            let outcome = ds.store.group_tx(ds.id.to_vec(), move |tx| {
+                decide_commit(tx, &RustCrypto::default(), &limits, "g@mls.example.org", &account, valid, pg)
+                    .map(|(delivered, _, _)| delivered.archived)
+            });
+            decided.push(outcome.await);
+        }
+        let won = decided[0].as_ref().expect("the first decided wins");
+        assert!(
+            matches!(&decided[1], Err(ServiceError::WrongEpoch(w)) if w.epoch == 2 && w.commit.as_ref() == Some(&won.stanza_id)),
+            "{:?}",
+            decided[1]
+        );
+        assert_eq!(ds.archived().await, [("commit".to_string(), 1)]);
+    }
 }

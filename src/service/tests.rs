@@ -30,14 +30,14 @@ use crate::store::{Source, Store};
 const DOMAIN: &str = "mls.example.org";
 
 /// One device of its own account, `<name>@example.org`.
-struct Member {
-    account: BareJid,
+pub(super) struct Member {
+    pub account: BareJid,
     signer: SignatureKeyPair,
     provider: OpenMlsRustCrypto,
 }
 
 impl Member {
-    fn new(name: &str) -> Self {
+    pub(super) fn new(name: &str) -> Self {
         Self {
             account: BareJid::new(&format!("{name}@example.org")).unwrap(),
             signer: SignatureKeyPair::new(SignatureScheme::ED25519).unwrap(),
@@ -66,16 +66,16 @@ fn bytes(m: &MlsMessageOut) -> Vec<u8> {
 }
 
 /// A service on a fresh store (`extra`: TOML added to the configuration).
-struct Ds {
+pub(super) struct Ds {
     _dir: tempfile::TempDir,
-    store: Store,
+    pub store: Store,
     service: Arc<Service>,
     config: Arc<Config>,
-    id: [u8; 16],
+    pub id: [u8; 16],
 }
 
 impl Ds {
-    async fn new(members: &[&Member], extra: &str) -> Self {
+    pub(super) async fn new(members: &[&Member], extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "[component]\njid = \"{DOMAIN}\"\nsecret = \"t\"\n[store]\npath = \"{}\"\n{extra}",
@@ -108,7 +108,7 @@ impl Ds {
 
     /// `owner` creates the group with the other `members` in it; returns
     /// every member's group, the owner's first.
-    async fn create(&self, owner: &Member, members: &[&Member]) -> Vec<MlsGroup> {
+    pub(super) async fn create(&self, owner: &Member, members: &[&Member]) -> Vec<MlsGroup> {
         let config = MlsGroupCreateConfig::builder()
             .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
             .use_ratchet_tree_extension(true)
@@ -129,7 +129,7 @@ impl Ds {
         std::iter::once(group).chain(others).collect()
     }
 
-    async fn archived(&self) -> Vec<(String, u64)> {
+    pub(super) async fn archived(&self) -> Vec<(String, u64)> {
         let page = self
             .store
             .archive_page(Source::Group(self.id.to_vec()), Default::default(), crate::store::PageStart::First, 100)
@@ -156,7 +156,7 @@ fn join(member: &Member, welcome: &MlsMessageOut) -> MlsGroup {
 }
 
 /// `member`'s commit (pending in `group`) as a bundle.
-fn bundle(group: &mut MlsGroup, member: &Member, add: &[&Member]) -> CommitBundle {
+pub(super) fn bundle(group: &mut MlsGroup, member: &Member, add: &[&Member]) -> CommitBundle {
     let staged = if add.is_empty() {
         group.commit_builder().force_self_update(true).consume_proposal_store(true)
     } else {

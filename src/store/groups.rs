@@ -575,6 +575,16 @@ impl Store {
         self.read(move |c| group_state(c, &group_id)).await
     }
 
+    /// How many groups `account` counts as joined
+    /// (groups.max_groups_per_account).
+    pub async fn joined_groups(&self, account: String) -> Result<u64, StoreError> {
+        self.read(move |c| {
+            let sql = "SELECT coalesce((SELECT groups FROM account_usage WHERE account = ?1), 0)";
+            Ok(c.query_row(sql, [account], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
     /// The group's record and public state, read together (one snapshot).
     pub async fn group_snapshot(&self, group_id: Vec<u8>) -> Result<Option<(GroupState, PublicState)>, StoreError> {
         self.read(move |c| {
@@ -863,5 +873,28 @@ mod tests {
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
         let keys: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM resends", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(keys, 0, "pruned");
+    }
+
+    /// The epoch's compare-and-swap: of two moves from one epoch, the
+    /// second changes nothing, whatever it carries.
+    #[tokio::test]
+    async fn an_epoch_is_left_once() {
+        let (_dir, store) = temp_store();
+        let advance = |blob: &'static [u8]| {
+            store.group_tx(b"g".to_vec(), move |tx| {
+                if tx.state()?.is_none() {
+                    tx.create(1, b"info-1", &PublicState::default())?;
+                    tx.queue_proposals(1, &[(b"ref".to_vec(), b"proposal".to_vec())])?;
+                }
+                tx.advance(1, 2, b"info-2", "commit", blob)
+            })
+        };
+        assert!(advance(b"first").await.unwrap());
+        assert!(!advance(b"second").await.unwrap(), "the group left epoch 1 already");
+        let (state, public) = store.group_snapshot(b"g".to_vec()).await.unwrap().unwrap();
+        assert_eq!((state.epoch, state.last_commit.as_deref(), state.group_info.as_slice()), (2, Some("commit"), &b"info-2"[..]));
+        assert_eq!(public, PublicState { blob: b"first".to_vec(), proposals: Vec::new() }, "epoch 1's queue is gone");
+        let late = store.group_tx(b"g".to_vec(), |tx| tx.queue_proposals(1, &[(b"r2".to_vec(), b"p2".to_vec())]));
+        assert!(!late.await.unwrap(), "no proposal is queued for an epoch the group left");
     }
 }
