@@ -224,14 +224,13 @@ mod tests {
     #[test]
     #[ignore]
     fn write_seeds() {
-        use openmls::group::{MlsGroupCreateConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
         use openmls::prelude::{
             GroupId, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, ProtocolVersion,
         };
         use openmls_traits::OpenMlsProvider;
         use tls_codec::{Deserialize, Serialize};
 
-        use crate::client::{Device, KdfParams, CIPHERSUITE};
+        use crate::client::{Device, KdfParams};
 
         let write = |target: &str, name: &str, bytes: &[u8]| {
             std::fs::create_dir_all(dir("corpus", target)).unwrap();
@@ -248,11 +247,7 @@ mod tests {
         write("mls_message", "key-package", &kp);
 
         let (p, signer) = (alice.provider(), alice.signer());
-        let config = MlsGroupCreateConfig::builder()
-            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(true)
-            .ciphersuite(CIPHERSUITE)
-            .build();
+        let config = crate::client::groups::create_config(Default::default());
         let mut group =
             MlsGroup::new_with_group_id(p, signer, &config, GroupId::from_slice(GROUP_ID), alice.credential_with_key())
                 .unwrap();

@@ -17,7 +17,7 @@ use openmls::prelude::{
     GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome,
 };
-use openmls::prelude::{Extension, Extensions, ExternalSender, LeafNodeParameters};
+use openmls::prelude::{Extension, Extensions, ExternalSender, GroupContext, LeafNodeParameters};
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Deserialize, Serialize};
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -197,7 +197,22 @@ fn sender_ratchet() -> SenderRatchetConfiguration {
     SenderRatchetConfiguration::new(OUT_OF_ORDER_TOLERANCE, MAXIMUM_FORWARD_DISTANCE)
 }
 
-fn join_config() -> MlsGroupJoinConfig {
+/// How this client creates a group, with `extensions` in its context:
+/// handshakes as PublicMessages (the service validates them), the tree in
+/// GroupInfos and Welcomes.
+pub(crate) fn create_config(extensions: Extensions<GroupContext>) -> MlsGroupCreateConfig {
+    MlsGroupCreateConfig::builder()
+        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
+        .use_ratchet_tree_extension(true)
+        .max_past_epochs(PAST_EPOCHS)
+        .sender_ratchet_configuration(sender_ratchet())
+        .ciphersuite(super::device::CIPHERSUITE)
+        .with_group_context_extensions(extensions)
+        .build()
+}
+
+/// How this client joins a group (see [`create_config`]).
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
     MlsGroupJoinConfig::builder()
         .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
@@ -265,14 +280,7 @@ impl<S: DeviceStorage> Core<S> {
             false => Extensions::single(Extension::ExternalSenders(senders)).map_err(mls)?,
         };
         let provider = self.device.provider();
-        let config = MlsGroupCreateConfig::builder()
-            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(true)
-            .max_past_epochs(PAST_EPOCHS)
-            .sender_ratchet_configuration(sender_ratchet())
-            .ciphersuite(super::device::CIPHERSUITE)
-            .with_group_context_extensions(extensions)
-            .build();
+        let config = create_config(extensions);
         let id: [u8; 16] = rand::random();
         let group = MlsGroup::new_with_group_id(
             provider,

@@ -6,7 +6,7 @@ mod devices;
 mod drivers;
 #[cfg(test)]
 mod flows;
-mod groups;
+pub(crate) mod groups;
 mod history;
 mod keypackages;
 mod port;

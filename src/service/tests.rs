@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use minidom::Element;
-use openmls::group::{MlsGroup, MlsGroupCreateConfig, MlsGroupJoinConfig, StagedWelcome, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
+use openmls::group::{MlsGroup, StagedWelcome};
 use openmls::prelude::{
     BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
 };
@@ -109,11 +109,7 @@ impl Ds {
     /// `owner` creates the group with the other `members` in it; returns
     /// every member's group, the owner's first.
     pub(super) async fn create(&self, owner: &Member, members: &[&Member]) -> Vec<MlsGroup> {
-        let config = MlsGroupCreateConfig::builder()
-            .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-            .use_ratchet_tree_extension(true)
-            .ciphersuite(CIPHERSUITE)
-            .build();
+        let config = crate::client::groups::create_config(Default::default());
         let mut group =
             MlsGroup::new_with_group_id(&owner.provider, &owner.signer, &config, GroupId::from_slice(&self.id), owner.credential())
                 .unwrap();
@@ -148,11 +144,7 @@ fn join(member: &Member, welcome: &MlsMessageOut) -> MlsGroup {
     let MlsMessageBodyIn::Welcome(welcome) = MlsMessageIn::tls_deserialize_exact(bytes(welcome)).unwrap().extract() else {
         panic!("not a Welcome")
     };
-    let config = MlsGroupJoinConfig::builder()
-        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .use_ratchet_tree_extension(true)
-        .build();
-    StagedWelcome::new_from_welcome(&member.provider, &config, welcome, None).unwrap().into_group(&member.provider).unwrap()
+    StagedWelcome::new_from_welcome(&member.provider, &crate::client::groups::join_config(), welcome, None).unwrap().into_group(&member.provider).unwrap()
 }
 
 /// `member`'s commit (pending in `group`) as a bundle.
