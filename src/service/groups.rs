@@ -505,10 +505,10 @@ fn decide_proposal(tx: &GroupTx<'_>, budget: ArchiveBudget, account: &BareJid, v
     if !tx.queue_proposals(valid.epoch, &valid.queued)? {
         return Err(wrong_epoch(&tx.state()?.ok_or(ServiceError::UnknownGroup)?));
     }
+    let sender_device = device_of(tx, account.as_str(), &valid.sender_key)?;
     if let Some(leaf) = &valid.leaf {
         leaf.run(tx)?;
     }
-    let sender_device = device_of(tx, account.as_str(), &valid.sender_key)?;
     charge(tx, account, Kind::Proposal, &valid.message, budget)?;
     let archived = tx.append(account.as_str(), valid.epoch, Kind::Proposal, &sender_device, None, &valid.message)?;
     Ok(Delivered {
