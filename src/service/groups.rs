@@ -331,7 +331,6 @@ fn stage_commit(
 ) -> Result<(StagedCommit, Checked), ServiceError> {
     let message = mls::public_message(&bundle.commit, pg.group_id().as_slice(), ContentType::Commit)
         .map_err(ServiceError::InvalidMessage)?;
-    let before = members_of(pg);
     let processed: ProcessedMessage = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(processing)?;
     let sender = processed.sender().clone();
     let committer = account_of(processed.credential()).ok_or(ServiceError::InvalidMessage(Invalid::ForeignIdentity))?;
@@ -346,8 +345,8 @@ fn stage_commit(
         Sender::Member(index) => pg.leaf(index).map(|l| l.signature_key().as_slice().to_vec()),
         // External commit: only an account that is already a member may
         // bring in a new device of its own, replacing only its own leaves.
-        Sender::NewMemberCommit if before.iter().any(|m| m.account == account.as_str()) => {
-            check_own_removals(&staged, &before, account)?;
+        Sender::NewMemberCommit if members_of(pg).iter().any(|m| m.account == account.as_str()) => {
+            check_own_removals(&staged, &members_of(pg), account)?;
             staged.update_path_leaf_node().map(|l| l.signature_key().as_slice().to_vec())
         }
         _ => return Err(ServiceError::Forbidden),
