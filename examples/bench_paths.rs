@@ -2,11 +2,15 @@
 //! the same run (absolute times on a shared machine are noisy, ratios less
 //! so):
 //!
-//! - commit acceptance through `Service::handle_iq` (parse, the durable
-//!   store transaction with openmls' `PublicGroup` loaded from and saved to
-//!   the store, the GroupInfo check, archive, fan-out to every member
-//!   device) against openmls `PublicGroup` alone (process + merge, in
-//!   memory) on the same commits;
+//! - commit acceptance through `Service::handle_iq` (parse, validation
+//!   against the cached public state, the durable epoch compare-and-swap
+//!   with the state blob, the GroupInfo check, archive, fan-out to every
+//!   member device) against openmls `PublicGroup` alone (process + merge,
+//!   in memory) on the same commits;
+//! - the DS's group state blob against openmls' own JSON storage of the
+//!   same `PublicGroup`;
+//! - commits per second of 16 groups committing at once against one group
+//!   committing alone;
 //! - KeyPackage uploads through the service against raw Ed25519
 //!   verification of the packages' two signatures;
 //! - the CPU time of a refused KeyPackage upload (duplicates of stored
@@ -23,7 +27,7 @@
 //!   an empty one.
 //!
 //! `cargo run --release --example bench_paths -- [--quick] [--json PATH] [--only SECTION]`
-//! (sections: commits, keypackages, refusals, archive, rss) prints one line per
+//! (sections: commits, concurrency, keypackages, refusals, archive, rss) prints one line per
 //! figure, `name: value unit (ratio vs baseline)`, each a median of several
 //! runs; `--json` also writes them as `{"bench", "quick", "figures": [{"name",
 //! "value", "unit", "ratio", "baseline"}]}`.
