@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params};
+use super::sql::Db;
 
 use super::archive::{group_num, pos, MAX_SEQ, SEQ_BITS};
 use super::groups::forget_joins;
@@ -88,14 +89,14 @@ pub struct PurgedAccount {
     pub acks: u64,
 }
 
-fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<u64, StoreError> {
-    Ok(c.query_row(sql, p, |r| r.get::<_, i64>(0))? as u64)
+fn count(c: &Db, sql: &str, p: impl rusqlite::Params) -> Result<u64, StoreError> {
+    Ok(c.raw().query_row(sql, p, |r| r.get::<_, i64>(0))? as u64)
 }
 
-fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, StoreError> {
+fn group_summaries(c: &Db, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, StoreError> {
     // The group's archive rows (see archive::pos).
     let rows = format!("FROM archive a WHERE a.pos > g.num << {bits} AND a.pos < (g.num + 1) << {bits}", bits = SEQ_BITS);
-    let mut st = c.prepare(&format!(
+    let mut st = c.raw().prepare(&format!(
         "SELECT g.group_id, g.epoch, g.seq, g.pruned_seq, g.created_at,
                 (SELECT count(*) FROM members m WHERE m.group_id = g.group_id),
                 (SELECT count(DISTINCT account) FROM members m WHERE m.group_id = g.group_id),
@@ -121,8 +122,8 @@ fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSumma
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn member_devices(c: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>, StoreError> {
-    let mut st = c.prepare(
+fn member_devices(c: &Db, group_id: &[u8]) -> Result<Vec<MemberDevice>, StoreError> {
+    let mut st = c.raw().prepare(
         "SELECT m.leaf, m.account, d.device_id,
                 EXISTS (SELECT 1 FROM feed f WHERE f.group_id = m.group_id AND f.account = d.account AND f.device_id = d.device_id)
          FROM members m LEFT JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
@@ -134,8 +135,8 @@ fn member_devices(c: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>, 
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn device_stock(c: &Connection, account: &str, now: i64) -> Result<Vec<DeviceStock>, StoreError> {
-    let mut st = c.prepare(
+fn device_stock(c: &Db, account: &str, now: i64) -> Result<Vec<DeviceStock>, StoreError> {
+    let mut st = c.raw().prepare(
         "SELECT d.device_id, d.label, d.expires_at,
                 (SELECT count(*) FROM key_packages k
                  WHERE k.account = d.account AND k.device_id = d.device_id AND k.last_resort = 0 AND k.not_after > ?2),
@@ -206,7 +207,7 @@ impl Store {
 
     pub async fn account_summary(&self, account: String, now: i64) -> Result<AccountSummary, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare("SELECT DISTINCT group_id FROM members WHERE account = ?1 ORDER BY group_id")?;
+            let mut st = c.raw().prepare("SELECT DISTINCT group_id FROM members WHERE account = ?1 ORDER BY group_id")?;
             let groups = st.query_map([&account], |r| r.get(0))?.collect::<Result<_, _>>()?;
             Ok(AccountSummary {
                 devices: device_stock(c, &account, now)?,
@@ -224,17 +225,17 @@ impl Store {
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
             let Some(num) = group_num(c, &group_id)? else { return Ok(false) };
-            c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])?;
+            c.raw().execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])?;
             let (from, to) = (pos(num, 0), pos(num, MAX_SEQ));
             for table in ["archive", "archive_ids"] {
-                c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), [from, to])?;
+                c.raw().execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), [from, to])?;
             }
-            c.execute("DELETE FROM resends WHERE grp = ?1", [num])?;
+            c.raw().execute("DELETE FROM resends WHERE grp = ?1", [num])?;
             for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals"] {
-                c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
+                c.raw().execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
             }
             forget_joins(c, "DELETE FROM group_joins WHERE group_id = ?1 RETURNING account, left_group", &group_id)?;
-            c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
+            c.raw().execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
             Ok(true)
         })
         .await
@@ -247,9 +248,9 @@ impl Store {
     pub async fn purge_account(&self, account: String) -> Result<PurgedAccount, StoreError> {
         self.write(move |c| {
             let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", [&account])?;
-            let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, [&account])? as u64) };
-            c.execute("DELETE FROM group_joins WHERE account = ?1", [&account])?;
-            c.execute("DELETE FROM account_usage WHERE account = ?1", [&account])?;
+            let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.raw().execute(sql, [&account])? as u64) };
+            c.raw().execute("DELETE FROM group_joins WHERE account = ?1", [&account])?;
+            c.raw().execute("DELETE FROM account_usage WHERE account = ?1", [&account])?;
             Ok(PurgedAccount {
                 key_packages,
                 devices: delete("DELETE FROM devices WHERE account = ?1")?,
@@ -269,9 +270,9 @@ impl Store {
     /// `PRAGMA integrity_check` ("ok" when sound) and the schema version.
     pub async fn integrity(&self) -> Result<(Vec<String>, u32), StoreError> {
         self.read(|c| {
-            let mut st = c.prepare("PRAGMA integrity_check")?;
+            let mut st = c.raw().prepare("PRAGMA integrity_check")?;
             let problems = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            let version = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let version = c.raw().query_row("PRAGMA user_version", [], |r| r.get(0))?;
             Ok((problems, version))
         })
         .await
@@ -282,7 +283,7 @@ impl Store {
     pub async fn backup(&self, path: PathBuf) -> Result<(), StoreError> {
         self.read(move |c| {
             let path = path.to_str().ok_or_else(|| StoreError::Batch("backup path is not UTF-8".into()))?;
-            c.execute("VACUUM INTO ?1", [path])?;
+            c.raw().execute("VACUUM INTO ?1", [path])?;
             Ok(())
         })
         .await

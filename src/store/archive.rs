@@ -4,7 +4,8 @@
 use std::collections::HashSet;
 
 use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, OptionalExtension};
+use super::sql::Db;
 
 use super::devices::live_devices;
 use super::{Store, StoreError};
@@ -40,8 +41,8 @@ pub(super) fn pos(num: i64, seq: u64) -> i64 {
 }
 
 /// The number of a group (`groups.num`), if the DS follows it.
-pub(super) fn group_num(c: &Connection, group_id: &[u8]) -> Result<Option<i64>, StoreError> {
-    Ok(c.prepare_cached("SELECT num FROM groups WHERE group_id = ?1")?.query_row([group_id], |r| r.get(0)).optional()?)
+pub(super) fn group_num(c: &Db, group_id: &[u8]) -> Result<Option<i64>, StoreError> {
+    Ok(c.raw().prepare_cached("SELECT num FROM groups WHERE group_id = ?1")?.query_row([group_id], |r| r.get(0)).optional()?)
 }
 
 /// A kind as stored in `archive.kind`.
@@ -83,9 +84,9 @@ pub fn stanza_id(group_id: &[u8], seq: u64, message: &[u8]) -> String {
 
 /// The stanza id of the item at `seq` of the group numbered `num`, which
 /// holds `message`: kept in `archive_ids` if migrated, else computed.
-pub(super) fn item_stanza_id(c: &Connection, group_id: &[u8], num: i64, seq: u64, message: &[u8]) -> Result<String, StoreError> {
+pub(super) fn item_stanza_id(c: &Db, group_id: &[u8], num: i64, seq: u64, message: &[u8]) -> Result<String, StoreError> {
     let legacy: Option<String> = c
-        .prepare_cached("SELECT stanza_id FROM archive_ids WHERE pos = ?1")?
+        .raw().prepare_cached("SELECT stanza_id FROM archive_ids WHERE pos = ?1")?
         .query_row([pos(num, seq)], |r| r.get(0))
         .optional()?;
     Ok(legacy.unwrap_or_else(|| stanza_id(group_id, seq, message)))
@@ -94,9 +95,9 @@ pub(super) fn item_stanza_id(c: &Connection, group_id: &[u8], num: i64, seq: u64
 /// The position a stanza id names in a group's archive, if it is one of
 /// the archive's: the ids of migrated items are kept in `archive_ids`,
 /// the others carry their position and are checked against its message.
-fn group_position(c: &Connection, group_id: &[u8], num: i64, id: &str) -> Result<Option<u64>, StoreError> {
+fn group_position(c: &Db, group_id: &[u8], num: i64, id: &str) -> Result<Option<u64>, StoreError> {
     let legacy: Option<i64> = c
-        .prepare_cached("SELECT pos FROM archive_ids WHERE stanza_id = ?1 AND pos BETWEEN ?2 AND ?3")?
+        .raw().prepare_cached("SELECT pos FROM archive_ids WHERE stanza_id = ?1 AND pos BETWEEN ?2 AND ?3")?
         .query_row(params![id, pos(num, 0), pos(num, MAX_SEQ)], |r| r.get(0))
         .optional()?;
     if let Some(p) = legacy {
@@ -110,7 +111,7 @@ fn group_position(c: &Connection, group_id: &[u8], num: i64, id: &str) -> Result
         return Ok(None);
     }
     let message: Option<Vec<u8>> = c
-        .prepare_cached("SELECT message FROM archive WHERE pos = ?1")?
+        .raw().prepare_cached("SELECT message FROM archive WHERE pos = ?1")?
         .query_row([pos(num, seq)], |r| r.get(0))
         .optional()?;
     Ok(message.filter(|m| id_tag(group_id, seq, m)[..] == octets[ID_SEQ..]).map(|_| seq))
@@ -191,7 +192,7 @@ enum Scope {
 
 impl Scope {
     /// None for a group the DS does not follow.
-    fn of(c: &Connection, source: &Source) -> Result<Option<Scope>, StoreError> {
+    fn of(c: &Db, source: &Source) -> Result<Option<Scope>, StoreError> {
         Ok(match source {
             Source::Group(id) => group_num(c, id)?.map(|num| Scope::Group { id: id.clone(), num, listed: vec![] }),
             Source::Inbox(account) => Some(Scope::Inbox(account.clone())),
@@ -287,7 +288,7 @@ fn conditions(scope: &Scope, f: &Filter) -> (String, Vec<Value>) {
 /// never decrease along a group's archive), so that pages and counts walk
 /// positions only, and the positions of its stanza ids; None if one of
 /// these is not in the archive.
-fn by_position(c: &Connection, group_id: &[u8], num: i64, f: &Filter) -> Result<Option<(Filter, Vec<u64>)>, StoreError> {
+fn by_position(c: &Db, group_id: &[u8], num: i64, f: &Filter) -> Result<Option<(Filter, Vec<u64>)>, StoreError> {
     let mut f = f.clone();
     if let Some(t) = f.start.take() {
         let first = first_since(c, num, t)?;
@@ -310,10 +311,10 @@ fn by_position(c: &Connection, group_id: &[u8], num: i64, f: &Filter) -> Result<
 /// The first position of the group numbered `num` whose item arrived at
 /// or after `t` (one past the last if none did): a binary search over the
 /// positions, which have no holes.
-fn first_since(c: &Connection, num: i64, t: i64) -> Result<u64, StoreError> {
+fn first_since(c: &Db, num: i64, t: i64) -> Result<u64, StoreError> {
     let Some((mut lo, mut hi)) = positions_between(c, num, 0, MAX_SEQ)? else { return Ok(1) };
     let at = |seq: u64| -> Result<i64, StoreError> {
-        Ok(c.prepare_cached("SELECT created_at FROM archive WHERE pos = ?1")?.query_row([pos(num, seq)], |r| r.get(0))?)
+        Ok(c.raw().prepare_cached("SELECT created_at FROM archive WHERE pos = ?1")?.query_row([pos(num, seq)], |r| r.get(0))?)
     };
     hi += 1;
     while lo < hi {
@@ -328,8 +329,8 @@ fn first_since(c: &Connection, num: i64, t: i64) -> Result<u64, StoreError> {
 }
 
 /// The first and last position in (after, through] of a group's archive.
-fn positions_between(c: &Connection, num: i64, after: u64, through: u64) -> Result<Option<(u64, u64)>, StoreError> {
-    let (first, last): (Option<i64>, Option<i64>) = c.query_row(
+fn positions_between(c: &Db, num: i64, after: u64, through: u64) -> Result<Option<(u64, u64)>, StoreError> {
+    let (first, last): (Option<i64>, Option<i64>) = c.raw().query_row(
         "SELECT (SELECT min(pos) FROM archive WHERE pos > ?1 AND pos <= ?2),
                 (SELECT max(pos) FROM archive WHERE pos > ?1 AND pos <= ?2)",
         params![pos(num, after), pos(num, through)],
@@ -372,7 +373,7 @@ fn item(scope: &Scope, r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
 }
 
 /// Items matching `f`.
-fn count(c: &Connection, scope: &Scope, f: &Filter) -> Result<usize, StoreError> {
+fn count(c: &Db, scope: &Scope, f: &Filter) -> Result<usize, StoreError> {
     let positions_only = Filter { after_seq: None, through_seq: None, ..f.clone() } == Filter::default();
     if let (Scope::Group { num, listed, .. }, true) = (scope, positions_only) {
         if listed.is_empty() {
@@ -385,10 +386,10 @@ fn count(c: &Connection, scope: &Scope, f: &Filter) -> Result<usize, StoreError>
     }
     let (cond, values) = conditions(scope, f);
     let sql = format!("SELECT count(*) FROM {} WHERE {cond}", scope.table());
-    Ok(c.query_row(&sql, params_from_iter(values), |r| r.get(0))?)
+    Ok(c.raw().query_row(&sql, params_from_iter(values), |r| r.get(0))?)
 }
 
-fn page(c: &Connection, source: &Source, f: &Filter, start: PageStart, max: usize) -> Result<Page, StoreError> {
+fn page(c: &Db, source: &Source, f: &Filter, start: PageStart, max: usize) -> Result<Page, StoreError> {
     let empty = Page { items: vec![], complete: true, count: 0, first_index: 0 };
     let Some(mut scope) = Scope::of(c, source)? else { return Ok(empty) };
     let f = match &mut scope {
@@ -416,7 +417,7 @@ fn page(c: &Connection, source: &Source, f: &Filter, start: PageStart, max: usiz
         scope.order(),
         max + 1
     );
-    let mut st = c.prepare(&sql)?;
+    let mut st = c.raw().prepare(&sql)?;
     let mut items: Vec<Item> = st.query_map(params_from_iter(values), |r| item(&scope, r))?.collect::<Result<_, _>>()?;
     let complete = items.len() <= max;
     items.truncate(max);
@@ -438,7 +439,7 @@ impl Store {
                 match Scope::of(c, &source)? {
                     Some(Scope::Group { id: group_id, num, .. }) => group_position(c, &group_id, num, id),
                     Some(Scope::Inbox(account)) => Ok(c
-                        .prepare_cached("SELECT seq FROM inbox WHERE account = ?1 AND stanza_id = ?2")?
+                        .raw().prepare_cached("SELECT seq FROM inbox WHERE account = ?1 AND stanza_id = ?2")?
                         .query_row(params![account, id], |r| r.get::<_, i64>(0))
                         .optional()?
                         .map(|s| s as u64)),
@@ -468,7 +469,7 @@ impl Store {
     /// from its latest membership; None if it never was a member.
     pub async fn visible_range(&self, group_id: Vec<u8>, account: String) -> Result<Option<(u64, Option<u64>)>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            Ok(c.raw().query_row(
                 "SELECT joined_seq, left_seq FROM group_accounts WHERE group_id = ?1 AND account = ?2
                  ORDER BY joined_seq DESC LIMIT 1",
                 params![group_id, account],
@@ -483,7 +484,7 @@ impl Store {
     /// for an inbox, deletes what every live device has acknowledged.
     pub async fn acknowledge(&self, source: Source, account: String, device: String, seq: u64, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.execute(
+            c.raw().execute(
                 "INSERT INTO acks (scope, account, device_id, seq) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (scope, account, device_id) DO UPDATE SET seq = max(seq, excluded.seq)",
                 params![source.scope(), account, device, seq as i64],
@@ -493,7 +494,7 @@ impl Store {
                 let mut floor = u64::MAX;
                 for d in &devices {
                     let acked: Option<i64> = c
-                        .query_row(
+                        .raw().query_row(
                             "SELECT seq FROM acks WHERE scope = ?1 AND account = ?2 AND device_id = ?3",
                             params![source.scope(), owner, d.id],
                             |r| r.get(0),
@@ -502,7 +503,7 @@ impl Store {
                     floor = floor.min(acked.unwrap_or(0) as u64);
                 }
                 if !devices.is_empty() {
-                    c.execute("DELETE FROM inbox WHERE account = ?1 AND seq <= ?2", params![owner, floor as i64])?;
+                    c.raw().execute("DELETE FROM inbox WHERE account = ?1 AND seq <= ?2", params![owner, floor as i64])?;
                 }
             }
             Ok(())
@@ -520,13 +521,13 @@ impl Store {
     /// KeyPackages). Returns how many entries went.
     pub async fn prune_inboxes(&self, now: i64, cutoff: i64) -> Result<usize, StoreError> {
         self.write(move |c| {
-            let acked = c.execute(
+            let acked = c.raw().execute(
                 "DELETE FROM inbox WHERE seq <= (SELECT min(coalesce(a.seq, 0)) FROM devices d
                    LEFT JOIN acks a ON a.scope = CAST(d.account AS BLOB) AND a.account = d.account AND a.device_id = d.device_id
                    WHERE d.account = inbox.account AND d.expires_at > ?1)",
                 [now],
             )?;
-            let orphaned = c.execute(
+            let orphaned = c.raw().execute(
                 "DELETE FROM inbox WHERE created_at < ?2 AND NOT EXISTS
                    (SELECT 1 FROM devices d WHERE d.account = inbox.account AND d.expires_at > ?1)",
                 params![now, cutoff],
@@ -539,20 +540,20 @@ impl Store {
 
 /// Opens and closes accounts' membership intervals after a change of the
 /// group's leaves, at archive position `seq`; `accounts` is sorted.
-pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {
+pub(super) fn record_membership(c: &Db, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {
     let open: HashSet<String> = {
-        let mut st = c.prepare_cached("SELECT account FROM group_accounts WHERE group_id = ?1 AND left_seq IS NULL")?;
+        let mut st = c.raw().prepare_cached("SELECT account FROM group_accounts WHERE group_id = ?1 AND left_seq IS NULL")?;
         let rows = st.query_map([group_id], |r| r.get(0))?;
         rows.collect::<Result<_, _>>()?
     };
     for gone in open.iter().filter(|a| accounts.binary_search(a).is_err()) {
-        c.execute(
+        c.raw().execute(
             "UPDATE group_accounts SET left_seq = ?3 WHERE group_id = ?1 AND account = ?2 AND left_seq IS NULL",
             params![group_id, gone, seq as i64],
         )?;
     }
     for new in accounts.iter().filter(|a| !open.contains(*a)) {
-        c.execute(
+        c.raw().execute(
             "INSERT OR IGNORE INTO group_accounts (group_id, account, joined_seq) VALUES (?1, ?2, ?3)",
             params![group_id, new, seq as i64],
         )?;
@@ -565,9 +566,9 @@ pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[Str
 /// handshake that a member device has not acknowledged (or that is younger
 /// than `cutoff`). Walks the archive from its oldest end, touching only
 /// what retention will remove.
-fn first_kept(c: &Connection, group_id: &[u8], num: i64, cutoff: i64) -> Result<Option<u64>, StoreError> {
+fn first_kept(c: &Db, group_id: &[u8], num: i64, cutoff: i64) -> Result<Option<u64>, StoreError> {
     // Devices whose keys are leaves; one that never acknowledged holds everything.
-    let min_ack: i64 = c.query_row(
+    let min_ack: i64 = c.raw().query_row(
         "SELECT coalesce(min(coalesce(a.seq, 0)), 0) FROM members m
          JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
          LEFT JOIN acks a ON a.scope = m.group_id AND a.account = d.account AND a.device_id = d.device_id
@@ -576,7 +577,7 @@ fn first_kept(c: &Connection, group_id: &[u8], num: i64, cutoff: i64) -> Result<
         |r| r.get(0),
     )?;
     let application = kind_code(Kind::Application);
-    Ok(c.query_row(
+    Ok(c.raw().query_row(
         "SELECT pos FROM archive WHERE pos > ?1 AND pos <= ?2
            AND (created_at >= ?3 OR (kind <> ?4 AND pos > ?5)) ORDER BY pos LIMIT 1",
         params![pos(num, 0), pos(num, MAX_SEQ), cutoff, application, pos(num, min_ack as u64)],
@@ -592,7 +593,7 @@ impl Store {
     pub async fn prune_history(&self, cutoff: i64) -> Result<usize, StoreError> {
         self.write(move |c| {
             let groups: Vec<(Vec<u8>, i64, i64)> = {
-                let mut st = c.prepare("SELECT group_id, num, seq FROM groups")?;
+                let mut st = c.raw().prepare("SELECT group_id, num, seq FROM groups")?;
                 let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
                 rows.collect::<Result<_, _>>()?
             };
@@ -600,9 +601,9 @@ impl Store {
             for (group_id, num, last) in groups {
                 let keep = first_kept(c, &group_id, num, cutoff)?.unwrap_or(last as u64 + 1);
                 let (from, to) = (pos(num, 0), pos(num, keep - 1));
-                pruned += c.execute("DELETE FROM archive WHERE pos > ?1 AND pos <= ?2", params![from, to])?;
-                c.execute("DELETE FROM archive_ids WHERE pos > ?1 AND pos <= ?2", params![from, to])?;
-                c.execute(
+                pruned += c.raw().execute("DELETE FROM archive WHERE pos > ?1 AND pos <= ?2", params![from, to])?;
+                c.raw().execute("DELETE FROM archive_ids WHERE pos > ?1 AND pos <= ?2", params![from, to])?;
+                c.raw().execute(
                     "UPDATE groups SET pruned_seq = max(pruned_seq, ?2) WHERE group_id = ?1",
                     params![group_id, keep as i64 - 1],
                 )?;
@@ -615,7 +616,7 @@ impl Store {
     /// How far a group's archive has been pruned (0: never).
     pub async fn pruned_through(&self, group_id: Vec<u8>) -> Result<u64, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row("SELECT pruned_seq FROM groups WHERE group_id = ?1", [group_id], |r| r.get::<_, i64>(0))
+            Ok(c.raw().query_row("SELECT pruned_seq FROM groups WHERE group_id = ?1", [group_id], |r| r.get::<_, i64>(0))
                 .optional()?
                 .unwrap_or(0) as u64)
         })

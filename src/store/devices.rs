@@ -1,6 +1,7 @@
 //! Device lists and their subscriptions.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
+use super::sql::Db;
 
 use minidom::Element;
 
@@ -29,8 +30,8 @@ pub struct Expired {
 }
 
 /// Live devices of `account`, in publication order.
-pub(super) fn live_devices(c: &Connection, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
-    let mut st = c.prepare_cached(
+pub(super) fn live_devices(c: &Db, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
+    let mut st = c.raw().prepare_cached(
         "SELECT device_id, signature_key, label, expires_at FROM devices
          WHERE account = ?1 AND expires_at > ?2 ORDER BY published_at, device_id",
     )?;
@@ -64,18 +65,18 @@ impl Store {
         self.write(move |c| {
             lock_account(c, &account)?;
             let expired: Vec<Expired> = c
-                .prepare_cached("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id")?
+                .raw().prepare_cached("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id")?
                 .query_map(params![account, now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
                 .collect::<Result<_, _>>()?;
             let old_key: Option<Vec<u8>> = c
-                .query_row(
+                .raw().query_row(
                     "SELECT signature_key FROM devices WHERE account = ?1 AND device_id = ?2",
                     params![account, device.id],
                     |r| r.get(0),
                 )
                 .optional()?;
             let key_owner: Option<String> = c
-                .query_row(
+                .raw().query_row(
                     "SELECT device_id FROM devices WHERE account = ?1 AND signature_key = ?2",
                     params![account, device.signature_key],
                     |r| r.get(0),
@@ -86,19 +87,19 @@ impl Store {
             }
             if old_key.is_none() {
                 let count: usize =
-                    c.query_row("SELECT count(*) FROM devices WHERE account = ?1", [&account], |r| r.get(0))?;
+                    c.raw().query_row("SELECT count(*) FROM devices WHERE account = ?1", [&account], |r| r.get(0))?;
                 if count >= max_devices {
                     return Ok((DevicePublish::TooManyDevices, None, expired));
                 }
             }
             let replaced_key = old_key.as_ref().is_some_and(|k| *k != device.signature_key);
             if replaced_key {
-                c.execute(
+                c.raw().execute(
                     "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2",
                     params![account, device.id],
                 )?;
             }
-            c.execute(
+            c.raw().execute(
                 "INSERT INTO devices (account, device_id, signature_key, label, expires_at, published_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (account, device_id) DO UPDATE SET
@@ -123,7 +124,7 @@ impl Store {
         now: i64,
     ) -> Result<Option<(String, Vec<Departed>)>, StoreError> {
         self.write(move |c| {
-            let n = c.execute(
+            let n = c.raw().execute(
                 "DELETE FROM devices WHERE account = ?1 AND device_id = ?2 AND expires_at > ?3",
                 params![account, device_id, now],
             )?;
@@ -142,10 +143,10 @@ impl Store {
     pub async fn prune_directory(&self, now: i64) -> Result<(Vec<Expired>, Vec<Departed>), StoreError> {
         self.write(move |c| {
             let expired = c
-                .prepare_cached("DELETE FROM devices WHERE expires_at <= ?1 RETURNING account, device_id")?
+                .raw().prepare_cached("DELETE FROM devices WHERE expires_at <= ?1 RETURNING account, device_id")?
                 .query_map([now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
                 .collect::<Result<_, _>>()?;
-            c.execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
+            c.raw().execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
             Ok((expired, drop_stale_feed(c, None, None, now)?))
         })
         .await
@@ -169,7 +170,7 @@ impl Store {
         self.write(move |c| {
             lock_account(c, &account)?;
             let (own, mine, others): (bool, usize, usize) = c
-                .prepare_cached(
+                .raw().prepare_cached(
                     "SELECT coalesce(max(subscriber = ?3), 0),
                             count(*) FILTER (WHERE s.bare = ?4),
                             count(DISTINCT s.bare) FILTER (WHERE s.bare <> ?4)
@@ -185,7 +186,7 @@ impl Store {
             if mine >= per_account || (mine == 0 && others >= max) {
                 return Ok(false);
             }
-            c.execute(
+            c.raw().execute(
                 "INSERT INTO subscriptions (account, node, subscriber) VALUES (?1, ?2, ?3)",
                 params![account, node, subscriber],
             )?;
@@ -202,7 +203,7 @@ impl Store {
         subscriber: String,
     ) -> Result<bool, StoreError> {
         self.write(move |c| {
-            let n = c.execute(
+            let n = c.raw().execute(
                 "DELETE FROM subscriptions WHERE account = ?1 AND node = ?2 AND subscriber = ?3",
                 params![account, node, subscriber],
             )?;
@@ -213,7 +214,7 @@ impl Store {
 
     pub async fn subscribers(&self, account: String, node: &'static str) -> Result<Vec<String>, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
+            let mut st = c.raw().prepare_cached(
                 "SELECT subscriber FROM subscriptions WHERE account = ?1 AND node = ?2 ORDER BY subscriber",
             )?;
             let rows = st.query_map(params![account, node], |r| r.get(0))?;

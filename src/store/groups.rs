@@ -10,7 +10,8 @@
 use std::collections::{HashMap, HashSet};
 
 use minidom::Element;
-use rusqlite::{named_params, params, Connection, OptionalExtension};
+use rusqlite::{named_params, params, OptionalExtension};
+use super::sql::Db;
 
 use super::devices::live_devices;
 use super::archive::{group_num, item_stanza_id, kind_code, pos, stanza_id, MAX_SEQ};
@@ -76,7 +77,7 @@ const LIVE_LEAF: &str = "EXISTS (SELECT 1 FROM members m JOIN devices d
 /// Takes off the feeds (of one group, of one account's devices, or all)
 /// every device that has no live leaf in the group; returns them.
 pub(super) fn drop_stale_feed(
-    c: &Connection,
+    c: &Db,
     group_id: Option<&[u8]>,
     account: Option<&str>,
     now: i64,
@@ -86,7 +87,7 @@ pub(super) fn drop_stale_feed(
            AND (:account IS NULL OR f.account = :account) AND NOT {LIVE_LEAF}
          RETURNING group_id, device_id, full_jid, account"
     );
-    let mut st = c.prepare_cached(&sql)?;
+    let mut st = c.raw().prepare_cached(&sql)?;
     let rows = st.query_map(named_params! {":group": group_id, ":account": account, ":now": now}, |r| {
         Ok(Departed { group_id: r.get(0)?, entry: FeedEntry { device_id: r.get(1)?, full_jid: r.get(2)?, account: r.get(3)? } })
     })?;
@@ -151,10 +152,10 @@ pub(super) const DAY: i64 = 24 * 3600;
 /// Counts `bytes` for (`scope`, `owner`) on `day` if the day's count stays
 /// within `limit` (None: no limit): one upsert whose conditions are the
 /// limit, for a new row and for the stored one. False: nothing counted.
-fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u64, limit: Option<u64>) -> Result<bool, StoreError> {
+fn count_archived(c: &Db, scope: &str, owner: &[u8], day: i64, bytes: u64, limit: Option<u64>) -> Result<bool, StoreError> {
     let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
     let counted = c
-        .prepare_cached(
+        .raw().prepare_cached(
             "INSERT INTO archive_bytes (scope, owner, day, bytes) SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR ?4 <= ?5
              ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = archive_bytes.bytes + excluded.bytes
              WHERE ?5 IS NULL OR archive_bytes.bytes + excluded.bytes <= ?5",
@@ -165,9 +166,9 @@ fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u6
 
 /// Deletes the joins that `delete` (one parameter, `owner`; RETURNING
 /// account, left_group) chooses, and counts each joined one less.
-pub(super) fn forget_joins(c: &Connection, delete: &str, owner: &[u8]) -> Result<(), StoreError> {
+pub(super) fn forget_joins(c: &Db, delete: &str, owner: &[u8]) -> Result<(), StoreError> {
     let gone: Vec<(String, bool)> =
-        c.prepare_cached(delete)?.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+        c.raw().prepare_cached(delete)?.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
     for (account, left) in gone {
         if !left {
             uncount_join(c, &account)?;
@@ -178,7 +179,7 @@ pub(super) fn forget_joins(c: &Connection, delete: &str, owner: &[u8]) -> Result
 
 /// One group's rows inside a write transaction.
 pub struct GroupTx<'c> {
-    pub(super) c: &'c Connection,
+    pub(super) c: &'c Db<'c>,
     pub(super) group_id: Vec<u8>,
     pub(super) now: i64,
 }
@@ -199,7 +200,7 @@ impl<'c> GroupTx<'c> {
     /// Starts following the group at `epoch` with `state` (and the next
     /// group number); false, doing nothing, if a group with this id exists.
     pub fn create(&self, epoch: u64, group_info: &[u8], state: &PublicState) -> Result<bool, StoreError> {
-        let created = self.c.execute(
+        let created = self.c.raw().execute(
             "INSERT INTO groups (group_id, created_at, epoch, group_info, state, num)
              VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(num), 0) + 1 FROM groups))
              ON CONFLICT (group_id) DO NOTHING",
@@ -243,14 +244,14 @@ impl<'c> GroupTx<'c> {
     ) -> Result<Archived, StoreError> {
         let (seq, num): (i64, i64) = self
             .c
-            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq, num")?
+            .raw().prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq, num")?
             .query_row([&self.group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let seq = seq as u64;
         if seq > MAX_SEQ {
             return Err(StoreError::ArchiveFull);
         }
         self.c
-            .prepare_cached(
+            .raw().prepare_cached(
                 "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6,
                    max(?7, coalesce((SELECT created_at FROM archive WHERE pos = ?1 - 1), ?7)))",
@@ -258,7 +259,7 @@ impl<'c> GroupTx<'c> {
             .execute(params![pos(num, seq), epoch as i64, kind_code(kind), sender_device, epoch_check, message, self.now])?;
         let key = resend_key(&self.group_id, account, kind, message, self.now.div_euclid(DAY));
         self.c
-            .prepare_cached("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)")?
+            .raw().prepare_cached("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)")?
             .execute(params![num, key, seq as i64])?;
         Ok(Archived { seq, stanza_id: stanza_id(&self.group_id, seq, message) })
     }
@@ -276,7 +277,7 @@ impl<'c> GroupTx<'c> {
     pub fn advance(&self, from: u64, to: u64, group_info: &[u8], commit: &str, state: &[u8]) -> Result<bool, StoreError> {
         let moved = self
             .c
-            .prepare_cached(
+            .raw().prepare_cached(
                 "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, state = ?6
                  WHERE group_id = ?1 AND epoch = ?2",
             )?
@@ -284,7 +285,7 @@ impl<'c> GroupTx<'c> {
             == 1;
         if moved {
             self.c
-                .prepare_cached("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2")?
+                .raw().prepare_cached("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2")?
                 .execute(params![self.group_id, to as i64])?;
         }
         Ok(moved)
@@ -293,7 +294,7 @@ impl<'c> GroupTx<'c> {
     /// Queues proposals (reference, proposal) in `epoch`, if the group is
     /// still at it; false, queuing none, if it is not.
     pub fn queue_proposals(&self, epoch: u64, proposals: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, StoreError> {
-        let mut queue = self.c.prepare_cached(
+        let mut queue = self.c.raw().prepare_cached(
             "INSERT INTO group_proposals (group_id, epoch, ref, proposal)
              SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1 AND epoch = ?2)",
         )?;
@@ -315,11 +316,11 @@ impl<'c> GroupTx<'c> {
         super::archive::record_membership(self.c, &self.group_id, &accounts, seq)?;
         let old: HashMap<u32, Member> = self.members()?.into_iter().map(|m| (m.leaf, m)).collect();
         let leaves: HashSet<u32> = members.iter().map(|m| m.leaf).collect();
-        let mut gone = self.c.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND leaf = ?2")?;
+        let mut gone = self.c.raw().prepare_cached("DELETE FROM members WHERE group_id = ?1 AND leaf = ?2")?;
         for leaf in old.keys().filter(|l| !leaves.contains(l)) {
             gone.execute(params![self.group_id, leaf])?;
         }
-        let mut put = self.c.prepare_cached(
+        let mut put = self.c.raw().prepare_cached(
             "INSERT OR REPLACE INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
         )?;
         for m in members.iter().filter(|m| old.get(&m.leaf) != Some(m)) {
@@ -342,12 +343,12 @@ impl<'c> GroupTx<'c> {
         undo_refused(self.c, || {
             let joined = self
                 .c
-                .prepare_cached("INSERT INTO group_joins (group_id, account) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
+                .raw().prepare_cached("INSERT INTO group_joins (group_id, account) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
                 .execute(params![self.group_id, account])?;
             if joined == 0 {
                 let left: bool = self
                     .c
-                    .prepare_cached("SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2")?
+                    .raw().prepare_cached("SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2")?
                     .query_row(params![self.group_id, account], |r| r.get(0))?;
                 return Ok(Ok(if left { Join::Left } else { Join::Joined }));
             }
@@ -359,7 +360,7 @@ impl<'c> GroupTx<'c> {
     pub fn has_live_leaf(&self, account: &str, device_id: &str) -> Result<bool, StoreError> {
         Ok(self
             .c
-            .prepare_cached(
+            .raw().prepare_cached(
                 "SELECT EXISTS (SELECT 1 FROM members m JOIN devices d
                    ON d.account = m.account AND d.signature_key = m.signature_key
                  WHERE m.group_id = ?1 AND d.account = ?2 AND d.device_id = ?3 AND d.expires_at > ?4)",
@@ -375,7 +376,7 @@ impl<'c> GroupTx<'c> {
         );
         Ok(self
             .c
-            .prepare_cached(&sql)?
+            .raw().prepare_cached(&sql)?
             .query_row(named_params! {":group": self.group_id, ":jid": full_jid, ":now": self.now}, feed_row)
             .optional()?)
     }
@@ -407,14 +408,14 @@ impl<'c> GroupTx<'c> {
         }
         let never_joined = self
             .c
-            .prepare_cached(
+            .raw().prepare_cached(
                 "INSERT INTO group_joins (group_id, account, left_group) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
             )?
             .execute(params![self.group_id, account])?;
         if never_joined == 0 {
             let was_joined = self
                 .c
-                .prepare_cached(
+                .raw().prepare_cached(
                     "UPDATE group_joins SET left_group = 1 WHERE group_id = ?1 AND account = ?2 AND left_group = 0",
                 )?
                 .execute(params![self.group_id, account])?;
@@ -422,7 +423,7 @@ impl<'c> GroupTx<'c> {
                 uncount_join(self.c, account)?;
             }
         }
-        let mut st = self.c.prepare_cached(
+        let mut st = self.c.raw().prepare_cached(
             "DELETE FROM feed WHERE group_id = ?1 AND account = ?2 RETURNING device_id, full_jid, account",
         )?;
         let gone = st.query_map(params![self.group_id, account], feed_row)?;
@@ -438,7 +439,7 @@ impl<'c> GroupTx<'c> {
 /// How `message` (of `kind`) of `account` was archived in the group, if it
 /// was on the day of `now` or the day before and is still in the archive.
 fn acceptance(
-    c: &Connection,
+    c: &Db,
     group_id: &[u8],
     account: &str,
     kind: Kind,
@@ -449,10 +450,10 @@ fn acceptance(
     let day = now.div_euclid(DAY);
     let keys = [day, day - 1].map(|d| resend_key(group_id, account, kind, message, d));
     let seqs: Vec<i64> = c
-        .prepare_cached("SELECT seq FROM resends WHERE grp = ?1 AND key IN (?2, ?3)")?
+        .raw().prepare_cached("SELECT seq FROM resends WHERE grp = ?1 AND key IN (?2, ?3)")?
         .query_map(params![num, keys[0], keys[1]], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let mut st = c.prepare_cached("SELECT epoch, sender_device FROM archive WHERE pos = ?1 AND kind = ?2 AND message = ?3")?;
+    let mut st = c.raw().prepare_cached("SELECT epoch, sender_device FROM archive WHERE pos = ?1 AND kind = ?2 AND message = ?3")?;
     for seq in seqs.into_iter().map(|s| s as u64) {
         let found = st.query_row(params![pos(num, seq), kind_code(kind), message], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?))).optional()?;
         if let Some((epoch, sender_device)) = found {
@@ -463,9 +464,9 @@ fn acceptance(
     Ok(None)
 }
 
-fn group_state(c: &Connection, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
+fn group_state(c: &Db, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
     Ok(c
-        .prepare_cached(
+        .raw().prepare_cached(
             "SELECT epoch, last_commit, group_info,
                     (SELECT count(*) FROM group_proposals p WHERE p.group_id = g.group_id AND p.epoch = g.epoch)
              FROM groups g WHERE group_id = ?1",
@@ -482,11 +483,11 @@ fn group_state(c: &Connection, group_id: &[u8]) -> Result<Option<GroupState>, St
 }
 
 /// The group's public state in its current epoch.
-fn public_state(c: &Connection, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
+fn public_state(c: &Db, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
     let blob: Option<Vec<u8>> = c
-        .prepare_cached("SELECT state FROM groups WHERE group_id = ?1")?
+        .raw().prepare_cached("SELECT state FROM groups WHERE group_id = ?1")?
         .query_row([group_id], |r| r.get(0))?;
-    let mut st = c.prepare_cached("SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY rowid")?;
+    let mut st = c.raw().prepare_cached("SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY rowid")?;
     let proposals = st.query_map(params![group_id, epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(PublicState { blob: blob.unwrap_or_default(), proposals: proposals.collect::<Result<_, _>>()? })
 }
@@ -495,15 +496,15 @@ fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
     Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
 }
 
-fn members(c: &Connection, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
+fn members(c: &Db, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
     let mut st =
-        c.prepare_cached("SELECT leaf, account, signature_key FROM members WHERE group_id = ?1 ORDER BY leaf")?;
+        c.raw().prepare_cached("SELECT leaf, account, signature_key FROM members WHERE group_id = ?1 ORDER BY leaf")?;
     let rows = st.query_map([group_id], |r| Ok(Member { leaf: r.get(0)?, account: r.get(1)?, signature_key: r.get(2)? }))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn feed(c: &Connection, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
-    let mut st = c.prepare_cached(
+fn feed(c: &Db, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
+    let mut st = c.raw().prepare_cached(
         "SELECT device_id, full_jid, account FROM feed WHERE group_id = ?1 ORDER BY device_id, account",
     )?;
     let rows = st.query_map([group_id], feed_row)?;
@@ -549,7 +550,7 @@ impl Store {
     /// Whether the DS follows a group with this MLS group_id.
     pub async fn group_exists(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row("SELECT 1 FROM groups WHERE group_id = ?1", [group_id], |_| Ok(()))
+            Ok(c.raw().query_row("SELECT 1 FROM groups WHERE group_id = ?1", [group_id], |_| Ok(()))
                 .optional()?
                 .is_some())
         })
@@ -580,7 +581,7 @@ impl Store {
     pub async fn joined_groups(&self, account: String) -> Result<u64, StoreError> {
         self.read(move |c| {
             let sql = "SELECT coalesce((SELECT groups FROM account_usage WHERE account = ?1), 0)";
-            Ok(c.query_row(sql, [account], |r| r.get::<_, i64>(0))? as u64)
+            Ok(c.raw().query_row(sql, [account], |r| r.get::<_, i64>(0))? as u64)
         })
         .await
     }
@@ -588,10 +589,11 @@ impl Store {
     /// The group's record and public state, read together (one snapshot).
     pub async fn group_snapshot(&self, group_id: Vec<u8>) -> Result<Option<(GroupState, PublicState)>, StoreError> {
         self.read(move |c| {
-            let tx = c.unchecked_transaction()?;
-            let Some(state) = group_state(&tx, &group_id)? else { return Ok(None) };
-            let public = public_state(&tx, &group_id, state.epoch)?;
-            Ok(Some((state, public)))
+            c.snapshot(|c| {
+                let Some(state) = group_state(c, &group_id)? else { return Ok(None) };
+                let public = public_state(c, &group_id, state.epoch)?;
+                Ok(Some((state, public)))
+            })
         })
         .await
     }
@@ -603,7 +605,7 @@ impl Store {
     /// The last archive position of every group, for ordered delivery.
     pub async fn group_seqs(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare("SELECT group_id, seq FROM groups")?;
+            let mut st = c.raw().prepare("SELECT group_id, seq FROM groups")?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
@@ -655,7 +657,7 @@ impl Store {
                 Join::Left => return Ok(FeedJoin::NotAMember),
                 Join::TooManyGroups => return Ok(FeedJoin::TooManyGroups),
             }
-            tx.c.prepare_cached(
+            tx.c.raw().prepare_cached(
                 "INSERT INTO feed (group_id, account, device_id, full_jid) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (group_id, account, device_id) DO UPDATE SET full_jid = excluded.full_jid",
             )?
@@ -681,8 +683,8 @@ impl Store {
     /// Forgets what was archived before the day before `now`'s for resends.
     pub async fn prune_acceptances(&self, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            let mut st = c.prepare_cached("DELETE FROM resends WHERE grp = ?1 AND key < ?2")?;
-            let groups: Vec<i64> = c.prepare("SELECT num FROM groups")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let mut st = c.raw().prepare_cached("DELETE FROM resends WHERE grp = ?1 AND key < ?2")?;
+            let groups: Vec<i64> = c.raw().prepare("SELECT num FROM groups")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
             for num in groups {
                 st.execute(params![num, resend_floor(now)])?;
             }
@@ -694,7 +696,7 @@ impl Store {
     /// Forgets archive budget counts of days before `now`'s.
     pub async fn prune_archive_budgets(&self, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM archive_bytes WHERE day < ?1", [now.div_euclid(DAY)])?;
+            c.raw().execute("DELETE FROM archive_bytes WHERE day < ?1", [now.div_euclid(DAY)])?;
             Ok(())
         })
         .await
@@ -704,7 +706,7 @@ impl Store {
     /// is not on costs no write).
     pub async fn on_feed(&self, group_id: Vec<u8>, full_jid: String) -> Result<bool, StoreError> {
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM feed WHERE group_id = ?1 AND full_jid = ?2)")?
+            Ok(c.raw().prepare_cached("SELECT EXISTS (SELECT 1 FROM feed WHERE group_id = ?1 AND full_jid = ?2)")?
                 .query_row(params![group_id, full_jid], |r| r.get(0))?)
         })
         .await
@@ -724,7 +726,7 @@ impl Store {
     /// Takes `full_jid` off every feed (or one group's); returns the groups.
     pub async fn leave_feed(&self, group_id: Option<Vec<u8>>, full_jid: String) -> Result<usize, StoreError> {
         self.write(move |c| {
-            Ok(c.execute(
+            Ok(c.raw().execute(
                 "DELETE FROM feed WHERE full_jid = ?1 AND (?2 IS NULL OR group_id = ?2)",
                 params![full_jid, group_id],
             )?)
@@ -744,9 +746,9 @@ mod tests {
     async fn joined(store: &Store) -> (i64, i64) {
         store
             .read(|c| {
-                let counted = c.query_row("SELECT groups FROM account_usage WHERE account = ?1", [A], |r| r.get(0))?;
+                let counted = c.raw().query_row("SELECT groups FROM account_usage WHERE account = ?1", [A], |r| r.get(0))?;
                 let rows =
-                    c.query_row("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0", [A], |r| r.get(0))?;
+                    c.raw().query_row("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0", [A], |r| r.get(0))?;
                 Ok((counted, rows))
             })
             .await
@@ -820,7 +822,7 @@ mod tests {
         };
         let counts = || {
             store.read(|c| {
-                let mut st = c.prepare("SELECT scope, bytes FROM archive_bytes ORDER BY scope, owner")?;
+                let mut st = c.raw().prepare("SELECT scope, bytes FROM archive_bytes ORDER BY scope, owner")?;
                 let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
                 Ok(rows.collect::<Result<Vec<_>, _>>()?)
             })
@@ -871,7 +873,7 @@ mod tests {
         assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept the next day");
         store.prune_acceptances(now + 2 * DAY).await.unwrap();
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
-        let keys: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM resends", [], |r| r.get(0))?)).await.unwrap();
+        let keys: i64 = store.read(|c| Ok(c.raw().query_row("SELECT count(*) FROM resends", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(keys, 0, "pruned");
     }
 

@@ -2,7 +2,8 @@
 //! compare-and-swap (one conditional statement per blob) within quotas
 //! kept in the account's usage row.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, OptionalExtension};
+use super::sql::Db;
 
 use super::usage::{charge_vault, free_vault, VaultRefusal};
 use super::{undo_refused, Store, StoreError};
@@ -37,8 +38,8 @@ pub struct VaultLimits {
     pub max_blobs: usize,
 }
 
-fn current(c: &Connection, account: &str, name: &str) -> Result<Option<(u64, usize)>, StoreError> {
-    Ok(c.query_row(
+fn current(c: &Db, account: &str, name: &str) -> Result<Option<(u64, usize)>, StoreError> {
+    Ok(c.raw().query_row(
         "SELECT version, length(data) FROM vault WHERE account = ?1 AND name = ?2",
         params![account, name],
         |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize)),
@@ -46,8 +47,8 @@ fn current(c: &Connection, account: &str, name: &str) -> Result<Option<(u64, usi
     .optional()?)
 }
 
-fn usage(c: &Connection, account: &str) -> Result<(usize, usize), StoreError> {
-    Ok(c.query_row(
+fn usage(c: &Db, account: &str) -> Result<(usize, usize), StoreError> {
+    Ok(c.raw().query_row(
         "SELECT coalesce(sum(length(data)), 0), count(*) FROM vault WHERE account = ?1",
         [account],
         |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
@@ -57,16 +58,16 @@ fn usage(c: &Connection, account: &str) -> Result<(usize, usize), StoreError> {
 /// The compare-and-swap of one blob: writes version `if_version + 1` if
 /// the blob is at `if_version` with `old_size` octets (0: absent). False:
 /// it is not, and nothing was written.
-fn swap(c: &Connection, account: &str, name: &str, if_version: u64, old_size: usize, data: &[u8], now: i64) -> Result<bool, StoreError> {
+fn swap(c: &Db, account: &str, name: &str, if_version: u64, old_size: usize, data: &[u8], now: i64) -> Result<bool, StoreError> {
     let version = (if_version + 1) as i64;
     let written = if if_version == 0 {
-        c.prepare_cached(
+        c.raw().prepare_cached(
             "INSERT INTO vault (account, name, version, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (account, name) DO NOTHING",
         )?
         .execute(params![account, name, version, data, now])?
     } else {
-        c.prepare_cached(
+        c.raw().prepare_cached(
             "UPDATE vault SET version = ?3, data = ?4, updated_at = ?5
              WHERE account = ?1 AND name = ?2 AND version = ?6 AND length(data) = ?7",
         )?
@@ -122,7 +123,7 @@ impl Store {
     pub async fn vault_delete(&self, account: String, name: String, if_version: u64) -> Result<VaultWrite, StoreError> {
         self.write(move |c| {
             let deleted: Option<i64> = c
-                .prepare_cached(
+                .raw().prepare_cached(
                     "DELETE FROM vault WHERE account = ?1 AND name = ?2 AND version = ?3 RETURNING length(data)",
                 )?
                 .query_row(params![account, name, if_version as i64], |r| r.get(0))
@@ -142,7 +143,7 @@ impl Store {
     /// A blob's version and data.
     pub async fn vault_get(&self, account: String, name: String) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            Ok(c.raw().query_row(
                 "SELECT version, data FROM vault WHERE account = ?1 AND name = ?2",
                 params![account, name],
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
@@ -162,7 +163,7 @@ impl Store {
                 Cursor::Last => (None, None, true),
             };
             let order = if descending { "DESC" } else { "ASC" };
-            let mut st = c.prepare_cached(&format!(
+            let mut st = c.raw().prepare_cached(&format!(
                 "SELECT name, version, length(data) FROM vault
                  WHERE account = ?1 AND (?2 IS NULL OR name > ?2) AND (?3 IS NULL OR name < ?3)
                  ORDER BY name {order} LIMIT ?4"
@@ -176,7 +177,7 @@ impl Store {
                 items.reverse();
             }
             let first_index = match items.first() {
-                Some((name, ..)) => c.query_row(
+                Some((name, ..)) => c.raw().query_row(
                     "SELECT count(*) FROM vault WHERE account = ?1 AND name < ?2",
                     params![account, name],
                     |r| r.get::<_, i64>(0),
@@ -210,7 +211,7 @@ mod tests {
         let page = store.vault_list(alice(), Cursor::First, 10).await.unwrap();
         let row = store
             .read(|c| {
-                Ok(c.query_row(
+                Ok(c.raw().query_row(
                     "SELECT vault_bytes, vault_blobs FROM account_usage WHERE account = 'alice@example.org'",
                     [],
                     |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
