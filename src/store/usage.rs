@@ -4,15 +4,12 @@
 //! that concurrent writers cannot both pass it; and the row as the lock
 //! of the account's decisions that a counter cannot express.
 
-use rusqlite::{params};
-use super::sql::Db;
-
+use super::sql::{params, Db};
 use super::StoreError;
 
 /// Creates the account's row if it has none (all counters at 0).
 fn ensure(c: &Db, account: &str) -> Result<(), StoreError> {
-    c.raw().prepare_cached("INSERT INTO account_usage (account) VALUES (?1) ON CONFLICT (account) DO NOTHING")?
-        .execute([account])?;
+    c.execute("INSERT INTO account_usage (account) VALUES (?1) ON CONFLICT (account) DO NOTHING", params![account])?;
     Ok(())
 }
 
@@ -22,10 +19,10 @@ fn ensure(c: &Db, account: &str) -> Result<(), StoreError> {
 /// with time (live devices) or are keyed by something a counter cannot
 /// follow (subscriptions by bare JID) are taken under this lock.
 pub(super) fn lock_account(c: &Db, account: &str) -> Result<(), StoreError> {
-    c.raw().prepare_cached(
+    c.execute(
         "INSERT INTO account_usage (account) VALUES (?1) ON CONFLICT (account) DO UPDATE SET account = excluded.account",
-    )?
-    .execute([account])?;
+        params![account],
+    )?;
     Ok(())
 }
 
@@ -50,27 +47,26 @@ pub(super) fn charge_vault(
     ensure(c, account)?;
     let (quota, max_blobs) = (clamp(quota), clamp(max_blobs));
     let charged = c
-        .raw().prepare_cached(
+        .execute(
             "UPDATE account_usage SET vault_bytes = vault_bytes + ?2, vault_blobs = vault_blobs + ?3
              WHERE account = ?1 AND vault_bytes + ?2 <= ?4 AND (?3 = 0 OR vault_blobs + ?3 <= ?5)",
-        )?
-        .execute(params![account, bytes, blobs, quota, max_blobs])?;
+            params![account, bytes, blobs, quota, max_blobs],
+        )?;
     if charged == 1 {
         return Ok(Ok(()));
     }
     // Refused: which limit (the row is not changed, so this only explains).
     let used: i64 = c
-        .raw().prepare_cached("SELECT vault_bytes FROM account_usage WHERE account = ?1")?
-        .query_row([account], |r| r.get(0))?;
+        .query_row("SELECT vault_bytes FROM account_usage WHERE account = ?1", params![account], |r| r.get(0))?;
     Ok(Err(if used + bytes > quota { VaultRefusal::Quota } else { VaultRefusal::Blobs }))
 }
 
 /// Takes a deleted blob of `bytes` octets off the account's vault usage.
 pub(super) fn free_vault(c: &Db, account: &str, bytes: i64) -> Result<(), StoreError> {
-    c.raw().prepare_cached(
+    c.execute(
         "UPDATE account_usage SET vault_bytes = vault_bytes - ?2, vault_blobs = vault_blobs - 1 WHERE account = ?1",
-    )?
-    .execute(params![account, bytes])?;
+        params![account, bytes],
+    )?;
     Ok(())
 }
 
@@ -79,14 +75,16 @@ pub(super) fn free_vault(c: &Db, account: &str, bytes: i64) -> Result<(), StoreE
 pub(super) fn count_join(c: &Db, account: &str, max_groups: usize) -> Result<bool, StoreError> {
     ensure(c, account)?;
     let counted = c
-        .raw().prepare_cached("UPDATE account_usage SET groups = groups + 1 WHERE account = ?1 AND groups < ?2")?
-        .execute(params![account, clamp(max_groups)])?;
+        .execute(
+            "UPDATE account_usage SET groups = groups + 1 WHERE account = ?1 AND groups < ?2",
+            params![account, clamp(max_groups)],
+        )?;
     Ok(counted == 1)
 }
 
 /// Counts one joined group of `account` less.
 pub(super) fn uncount_join(c: &Db, account: &str) -> Result<(), StoreError> {
-    c.raw().prepare_cached("UPDATE account_usage SET groups = groups - 1 WHERE account = ?1")?.execute([account])?;
+    c.execute("UPDATE account_usage SET groups = groups - 1 WHERE account = ?1", params![account])?;
     Ok(())
 }
 
