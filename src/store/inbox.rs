@@ -2,8 +2,7 @@
 //! acknowledged them (querying and acknowledgements come with history).
 
 use minidom::Element;
-use rusqlite::{params};
-use super::sql::Db;
+use super::sql::{params, Db};
 
 use super::StoreError;
 use crate::protocol::notices::Notice;
@@ -25,8 +24,10 @@ pub fn new_stanza_id() -> String {
 /// returns its stanza id.
 pub(super) fn insert_inbox(c: &Db, account: &str, payload: &Element, now: i64) -> Result<String, StoreError> {
     let stanza_id = new_stanza_id();
-    c.raw().prepare_cached("INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![account, stanza_id, now, String::from(payload)])?;
+    c.execute(
+        "INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)",
+        params![account, stanza_id, now, String::from(payload)],
+    )?;
     Ok(stanza_id)
 }
 
@@ -38,7 +39,6 @@ pub(super) fn insert_notice(c: &Db, account: &str, notice: Notice, now: i64) -> 
 impl super::Store {
     /// How many entries `account`'s inbox holds.
     pub async fn inbox_len(&self, account: String) -> Result<usize, StoreError> {
-        self.read(move |c| Ok(c.raw().query_row("SELECT count(*) FROM inbox WHERE account = ?1", [account], |r| r.get(0))?))
-            .await
+        self.read(move |c| c.query_row("SELECT count(*) FROM inbox WHERE account = ?1", params![account], |r| r.get(0))).await
     }
 }
