@@ -114,11 +114,6 @@ impl<'c> Db<'c> {
         Ok(out)
     }
 
-    /// The SQLite connection, while modules move to [`Db`]'s own methods.
-    pub(super) fn raw(&self) -> &'c rusqlite::Connection {
-        self.conn
-    }
-
     /// Appended to a `SELECT` that reads the rows a decision then writes,
     /// on engines where other writers run meanwhile: they wait for this
     /// transaction. Empty on SQLite, whose write transaction excludes every
