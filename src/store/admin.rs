@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use rusqlite::{params, Connection};
+use super::sql::{params, Db, Param};
 
 use super::archive::{group_num, pos, MAX_SEQ, SEQ_BITS};
 use super::groups::forget_joins;
@@ -88,14 +88,14 @@ pub struct PurgedAccount {
     pub acks: u64,
 }
 
-fn count(c: &Connection, sql: &str, p: impl rusqlite::Params) -> Result<u64, StoreError> {
-    Ok(c.query_row(sql, p, |r| r.get::<_, i64>(0))? as u64)
+fn count(c: &Db, sql: &str, p: &[&dyn Param]) -> Result<u64, StoreError> {
+    Ok(c.query_row(sql, p, |r| r.get::<i64>(0))? as u64)
 }
 
-fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, StoreError> {
+fn group_summaries(c: &Db, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, StoreError> {
     // The group's archive rows (see archive::pos).
     let rows = format!("FROM archive a WHERE a.pos > g.num << {bits} AND a.pos < (g.num + 1) << {bits}", bits = SEQ_BITS);
-    let mut st = c.prepare(&format!(
+    let sql = format!(
         "SELECT g.group_id, g.epoch, g.seq, g.pruned_seq, g.created_at,
                 (SELECT count(*) FROM members m WHERE m.group_id = g.group_id),
                 (SELECT count(DISTINCT account) FROM members m WHERE m.group_id = g.group_id),
@@ -103,71 +103,76 @@ fn group_summaries(c: &Connection, only: Option<&[u8]>) -> Result<Vec<GroupSumma
                 (SELECT created_at {rows} ORDER BY pos DESC LIMIT 1)
          FROM groups g WHERE ?1 IS NULL OR g.group_id = ?1
          ORDER BY g.created_at, g.group_id"
-    ))?;
-    let rows = st.query_map([only], |r| {
+    );
+    c.query_map(&sql, params![only], |r| {
         let created_at: i64 = r.get(4)?;
         Ok(GroupSummary {
             group_id: r.get(0)?,
-            epoch: r.get::<_, i64>(1)? as u64,
-            last_seq: r.get::<_, i64>(2)? as u64,
-            pruned_seq: r.get::<_, i64>(3)? as u64,
+            epoch: r.get::<i64>(1)? as u64,
+            last_seq: r.get::<i64>(2)? as u64,
+            pruned_seq: r.get::<i64>(3)? as u64,
             created_at,
-            members: r.get::<_, i64>(5)? as u64,
-            accounts: r.get::<_, i64>(6)? as u64,
-            archive_messages: r.get::<_, i64>(7)? as u64,
-            last_activity: r.get::<_, Option<i64>>(8)?.unwrap_or(created_at),
+            members: r.get::<i64>(5)? as u64,
+            accounts: r.get::<i64>(6)? as u64,
+            archive_messages: r.get::<i64>(7)? as u64,
+            last_activity: r.get::<Option<i64>>(8)?.unwrap_or(created_at),
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    })
 }
 
-fn member_devices(c: &Connection, group_id: &[u8]) -> Result<Vec<MemberDevice>, StoreError> {
-    let mut st = c.prepare(
+fn member_devices(c: &Db, group_id: &[u8]) -> Result<Vec<MemberDevice>, StoreError> {
+    c.query_map(
         "SELECT m.leaf, m.account, d.device_id,
                 EXISTS (SELECT 1 FROM feed f WHERE f.group_id = m.group_id AND f.account = d.account AND f.device_id = d.device_id)
          FROM members m LEFT JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
          WHERE m.group_id = ?1 ORDER BY m.leaf",
-    )?;
-    let rows = st.query_map([group_id], |r| {
-        Ok(MemberDevice { leaf: r.get(0)?, account: r.get(1)?, device_id: r.get(2)?, online: r.get(3)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![group_id],
+        |r| Ok(MemberDevice { leaf: r.get(0)?, account: r.get(1)?, device_id: r.get(2)?, online: r.get(3)? }),
+    )
 }
 
-fn device_stock(c: &Connection, account: &str, now: i64) -> Result<Vec<DeviceStock>, StoreError> {
-    let mut st = c.prepare(
+fn device_stock(c: &Db, account: &str, now: i64) -> Result<Vec<DeviceStock>, StoreError> {
+    c.query_map(
         "SELECT d.device_id, d.label, d.expires_at,
                 (SELECT count(*) FROM key_packages k
                  WHERE k.account = d.account AND k.device_id = d.device_id AND k.last_resort = 0 AND k.not_after > ?2),
                 EXISTS (SELECT 1 FROM key_packages k
                         WHERE k.account = d.account AND k.device_id = d.device_id AND k.last_resort = 1 AND k.not_after > ?2)
          FROM devices d WHERE d.account = ?1 ORDER BY d.published_at, d.device_id",
-    )?;
-    let rows = st.query_map(params![account, now], |r| {
-        Ok(DeviceStock {
-            device_id: r.get(0)?,
-            label: r.get(1)?,
-            expires_at: r.get(2)?,
-            key_packages: r.get::<_, i64>(3)? as u64,
-            last_resort: r.get(4)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![account, now],
+        |r| {
+            Ok(DeviceStock {
+                device_id: r.get(0)?,
+                label: r.get(1)?,
+                expires_at: r.get(2)?,
+                key_packages: r.get::<i64>(3)? as u64,
+                last_resort: r.get(4)?,
+            })
+        },
+    )
 }
 
 impl Store {
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         self.read(|c| {
             Ok(Stats {
-                accounts: count(c, "SELECT count(*) FROM (SELECT account FROM devices UNION SELECT account FROM vault)", [])?,
-                devices: count(c, "SELECT count(*) FROM devices", [])?,
-                key_packages: count(c, "SELECT count(*) FROM key_packages", [])?,
-                groups: count(c, "SELECT count(*) FROM groups", [])?,
-                archive_messages: count(c, "SELECT count(*) FROM archive", [])?,
-                inbox_notices: count(c, "SELECT count(*) FROM inbox", [])?,
-                vault_blobs: count(c, "SELECT count(*) FROM vault", [])?,
-                vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault", [])?,
-                database_bytes: count(c, "SELECT p.page_count * s.page_size FROM pragma_page_count() p, pragma_page_size() s", [])?,
+                accounts: count(
+                    c,
+                    "SELECT count(*) FROM (SELECT account FROM devices UNION SELECT account FROM vault)",
+                    params![],
+                )?,
+                devices: count(c, "SELECT count(*) FROM devices", params![])?,
+                key_packages: count(c, "SELECT count(*) FROM key_packages", params![])?,
+                groups: count(c, "SELECT count(*) FROM groups", params![])?,
+                archive_messages: count(c, "SELECT count(*) FROM archive", params![])?,
+                inbox_notices: count(c, "SELECT count(*) FROM inbox", params![])?,
+                vault_blobs: count(c, "SELECT count(*) FROM vault", params![])?,
+                vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault", params![])?,
+                database_bytes: count(
+                    c,
+                    "SELECT p.page_count * s.page_size FROM pragma_page_count() p, pragma_page_size() s",
+                    params![],
+                )?,
             })
         })
         .await
@@ -177,7 +182,7 @@ impl Store {
     pub async fn gauges(&self, low_water: u32, now: i64) -> Result<StoreGauges, StoreError> {
         self.read(move |c| {
             Ok(StoreGauges {
-                archive_messages: count(c, "SELECT count(*) FROM archive", [])?,
+                archive_messages: count(c, "SELECT count(*) FROM archive", params![])?,
                 low_key_package_devices: count(
                     c,
                     "SELECT count(*) FROM devices d WHERE d.expires_at > ?1
@@ -206,14 +211,17 @@ impl Store {
 
     pub async fn account_summary(&self, account: String, now: i64) -> Result<AccountSummary, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare("SELECT DISTINCT group_id FROM members WHERE account = ?1 ORDER BY group_id")?;
-            let groups = st.query_map([&account], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let groups = c.query_map(
+                "SELECT DISTINCT group_id FROM members WHERE account = ?1 ORDER BY group_id",
+                params![account],
+                |r| r.get(0),
+            )?;
             Ok(AccountSummary {
                 devices: device_stock(c, &account, now)?,
                 groups,
-                inbox_notices: count(c, "SELECT count(*) FROM inbox WHERE account = ?1", [&account])?,
-                vault_blobs: count(c, "SELECT count(*) FROM vault WHERE account = ?1", [&account])?,
-                vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault WHERE account = ?1", [&account])?,
+                inbox_notices: count(c, "SELECT count(*) FROM inbox WHERE account = ?1", params![account])?,
+                vault_blobs: count(c, "SELECT count(*) FROM vault WHERE account = ?1", params![account])?,
+                vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault WHERE account = ?1", params![account])?,
             })
         })
         .await
@@ -224,17 +232,17 @@ impl Store {
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
             let Some(num) = group_num(c, &group_id)? else { return Ok(false) };
-            c.execute("DELETE FROM groups WHERE group_id = ?1", [&group_id])?;
+            c.execute("DELETE FROM groups WHERE group_id = ?1", params![group_id])?;
             let (from, to) = (pos(num, 0), pos(num, MAX_SEQ));
             for table in ["archive", "archive_ids"] {
-                c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), [from, to])?;
+                c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), params![from, to])?;
             }
-            c.execute("DELETE FROM resends WHERE grp = ?1", [num])?;
+            c.execute("DELETE FROM resends WHERE grp = ?1", params![num])?;
             for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals"] {
-                c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), [&group_id])?;
+                c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), params![group_id])?;
             }
             forget_joins(c, "DELETE FROM group_joins WHERE group_id = ?1 RETURNING account, left_group", &group_id)?;
-            c.execute("DELETE FROM acks WHERE scope = ?1", [&group_id])?;
+            c.execute("DELETE FROM acks WHERE scope = ?1", params![group_id])?;
             Ok(true)
         })
         .await
@@ -246,10 +254,10 @@ impl Store {
     /// a member commits the service's Remove proposals for them.
     pub async fn purge_account(&self, account: String) -> Result<PurgedAccount, StoreError> {
         self.write(move |c| {
-            let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", [&account])?;
-            let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, [&account])? as u64) };
-            c.execute("DELETE FROM group_joins WHERE account = ?1", [&account])?;
-            c.execute("DELETE FROM account_usage WHERE account = ?1", [&account])?;
+            let key_packages = count(c, "SELECT count(*) FROM key_packages WHERE account = ?1", params![account])?;
+            let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, params![account])? as u64) };
+            c.execute("DELETE FROM group_joins WHERE account = ?1", params![account])?;
+            c.execute("DELETE FROM account_usage WHERE account = ?1", params![account])?;
             Ok(PurgedAccount {
                 key_packages,
                 devices: delete("DELETE FROM devices WHERE account = ?1")?,
@@ -269,9 +277,8 @@ impl Store {
     /// `PRAGMA integrity_check` ("ok" when sound) and the schema version.
     pub async fn integrity(&self) -> Result<(Vec<String>, u32), StoreError> {
         self.read(|c| {
-            let mut st = c.prepare("PRAGMA integrity_check")?;
-            let problems = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            let version = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+            let problems = c.query_map("PRAGMA integrity_check", params![], |r| r.get(0))?;
+            let version = c.query_row("PRAGMA user_version", params![], |r| r.get(0))?;
             Ok((problems, version))
         })
         .await
@@ -282,7 +289,7 @@ impl Store {
     pub async fn backup(&self, path: PathBuf) -> Result<(), StoreError> {
         self.read(move |c| {
             let path = path.to_str().ok_or_else(|| StoreError::Batch("backup path is not UTF-8".into()))?;
-            c.execute("VACUUM INTO ?1", [path])?;
+            c.execute("VACUUM INTO ?1", params![path])?;
             Ok(())
         })
         .await

@@ -3,8 +3,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::types::Value;
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
+use super::sql::{params, Db, Param, Row};
 
 use super::devices::live_devices;
 use super::{Store, StoreError};
@@ -40,8 +39,8 @@ pub(super) fn pos(num: i64, seq: u64) -> i64 {
 }
 
 /// The number of a group (`groups.num`), if the DS follows it.
-pub(super) fn group_num(c: &Connection, group_id: &[u8]) -> Result<Option<i64>, StoreError> {
-    Ok(c.prepare_cached("SELECT num FROM groups WHERE group_id = ?1")?.query_row([group_id], |r| r.get(0)).optional()?)
+pub(super) fn group_num(c: &Db, group_id: &[u8]) -> Result<Option<i64>, StoreError> {
+    c.query_opt("SELECT num FROM groups WHERE group_id = ?1", params![group_id], |r| r.get(0))
 }
 
 /// A kind as stored in `archive.kind`.
@@ -83,22 +82,21 @@ pub fn stanza_id(group_id: &[u8], seq: u64, message: &[u8]) -> String {
 
 /// The stanza id of the item at `seq` of the group numbered `num`, which
 /// holds `message`: kept in `archive_ids` if migrated, else computed.
-pub(super) fn item_stanza_id(c: &Connection, group_id: &[u8], num: i64, seq: u64, message: &[u8]) -> Result<String, StoreError> {
-    let legacy: Option<String> = c
-        .prepare_cached("SELECT stanza_id FROM archive_ids WHERE pos = ?1")?
-        .query_row([pos(num, seq)], |r| r.get(0))
-        .optional()?;
+pub(super) fn item_stanza_id(c: &Db, group_id: &[u8], num: i64, seq: u64, message: &[u8]) -> Result<String, StoreError> {
+    let legacy: Option<String> =
+        c.query_opt("SELECT stanza_id FROM archive_ids WHERE pos = ?1", params![pos(num, seq)], |r| r.get(0))?;
     Ok(legacy.unwrap_or_else(|| stanza_id(group_id, seq, message)))
 }
 
 /// The position a stanza id names in a group's archive, if it is one of
 /// the archive's: the ids of migrated items are kept in `archive_ids`,
 /// the others carry their position and are checked against its message.
-fn group_position(c: &Connection, group_id: &[u8], num: i64, id: &str) -> Result<Option<u64>, StoreError> {
-    let legacy: Option<i64> = c
-        .prepare_cached("SELECT pos FROM archive_ids WHERE stanza_id = ?1 AND pos BETWEEN ?2 AND ?3")?
-        .query_row(params![id, pos(num, 0), pos(num, MAX_SEQ)], |r| r.get(0))
-        .optional()?;
+fn group_position(c: &Db, group_id: &[u8], num: i64, id: &str) -> Result<Option<u64>, StoreError> {
+    let legacy: Option<i64> = c.query_opt(
+        "SELECT pos FROM archive_ids WHERE stanza_id = ?1 AND pos BETWEEN ?2 AND ?3",
+        params![id, pos(num, 0), pos(num, MAX_SEQ)],
+        |r| r.get(0),
+    )?;
     if let Some(p) = legacy {
         return Ok(Some((p - pos(num, 0)) as u64));
     }
@@ -109,10 +107,8 @@ fn group_position(c: &Connection, group_id: &[u8], num: i64, id: &str) -> Result
     if seq > MAX_SEQ {
         return Ok(None);
     }
-    let message: Option<Vec<u8>> = c
-        .prepare_cached("SELECT message FROM archive WHERE pos = ?1")?
-        .query_row([pos(num, seq)], |r| r.get(0))
-        .optional()?;
+    let message: Option<Vec<u8>> =
+        c.query_opt("SELECT message FROM archive WHERE pos = ?1", params![pos(num, seq)], |r| r.get(0))?;
     Ok(message.filter(|m| id_tag(group_id, seq, m)[..] == octets[ID_SEQ..]).map(|_| seq))
 }
 
@@ -191,7 +187,7 @@ enum Scope {
 
 impl Scope {
     /// None for a group the DS does not follow.
-    fn of(c: &Connection, source: &Source) -> Result<Option<Scope>, StoreError> {
+    fn of(c: &Db, source: &Source) -> Result<Option<Scope>, StoreError> {
         Ok(match source {
             Source::Group(id) => group_num(c, id)?.map(|num| Scope::Group { id: id.clone(), num, listed: vec![] }),
             Source::Inbox(account) => Some(Scope::Inbox(account.clone())),
@@ -218,16 +214,16 @@ impl Scope {
 #[derive(Default)]
 struct Where {
     sql: String,
-    values: Vec<Value>,
+    values: Vec<Box<dyn Param>>,
 }
 
 impl Where {
-    fn and(&mut self, cond: &str, v: Value) {
-        self.and_in(cond, vec![v]);
+    fn and(&mut self, cond: &str, v: impl Param + 'static) {
+        self.and_in(cond, vec![Box::new(v)]);
     }
 
     /// `cond` with `?` for the list of `values` (which must not be empty).
-    fn and_in(&mut self, cond: &str, values: Vec<Value>) {
+    fn and_in(&mut self, cond: &str, values: Vec<Box<dyn Param>>) {
         if !self.sql.is_empty() {
             self.sql.push_str(" AND ");
         }
@@ -236,47 +232,47 @@ impl Where {
     }
 }
 
-fn conditions(scope: &Scope, f: &Filter) -> (String, Vec<Value>) {
+fn conditions(scope: &Scope, f: &Filter) -> (String, Vec<Box<dyn Param>>) {
     let mut w = Where::default();
     match scope {
         Scope::Group { num, listed, .. } => {
-            w.and("pos > ?", Value::Integer(pos(*num, f.after_seq.unwrap_or(0))));
-            w.and("pos <= ?", Value::Integer(pos(*num, f.through_seq.unwrap_or(MAX_SEQ))));
+            w.and("pos > ?", pos(*num, f.after_seq.unwrap_or(0)));
+            w.and("pos <= ?", pos(*num, f.through_seq.unwrap_or(MAX_SEQ)));
             if !listed.is_empty() {
-                w.and_in("pos IN (?)", listed.iter().map(|s| Value::Integer(pos(*num, *s))).collect());
+                w.and_in("pos IN (?)", listed.iter().map(|s| Box::new(pos(*num, *s)) as Box<dyn Param>).collect());
             }
             if let Some(d) = &f.sender_device {
-                w.and("sender_device = ?", Value::Text(d.clone()));
+                w.and("sender_device = ?", d.clone());
             }
             // Epochs above i64::MAX exist in no archive (nor in practice): the
             // bounds are clamped, not wrapped to negative numbers.
             if let Some(e) = f.epoch_from {
-                w.and("epoch >= ?", Value::Integer(i64::try_from(e).unwrap_or(i64::MAX)));
+                w.and("epoch >= ?", i64::try_from(e).unwrap_or(i64::MAX));
             }
             if let Some(e) = f.epoch_to {
-                w.and("epoch <= ?", Value::Integer(i64::try_from(e).unwrap_or(i64::MAX)));
+                w.and("epoch <= ?", i64::try_from(e).unwrap_or(i64::MAX));
             }
             if !f.kinds.is_empty() {
                 let codes = f.kinds.iter().filter_map(|k| Kind::from_name(k)).map(kind_code);
-                w.and_in("kind IN (?)", codes.map(Value::Integer).collect());
+                w.and_in("kind IN (?)", codes.map(|k| Box::new(k) as Box<dyn Param>).collect());
             }
         }
         Scope::Inbox(account) => {
-            w.and("account = ?", Value::Text(account.clone()));
+            w.and("account = ?", account.clone());
             if let Some(s) = f.after_seq {
-                w.and("seq > ?", Value::Integer(s as i64));
+                w.and("seq > ?", s as i64);
             }
             if let Some(s) = f.through_seq {
-                w.and("seq <= ?", Value::Integer(s as i64));
+                w.and("seq <= ?", s as i64);
             }
             if let Some(t) = f.start {
-                w.and("created_at >= ?", Value::Integer(t));
+                w.and("created_at >= ?", t);
             }
             if let Some(t) = f.end {
-                w.and("created_at <= ?", Value::Integer(t));
+                w.and("created_at <= ?", t);
             }
             if !f.ids.is_empty() {
-                w.and_in("stanza_id IN (?)", f.ids.iter().map(|i| Value::Text(i.clone())).collect());
+                w.and_in("stanza_id IN (?)", f.ids.iter().map(|i| Box::new(i.clone()) as Box<dyn Param>).collect());
             }
         }
     }
@@ -287,7 +283,7 @@ fn conditions(scope: &Scope, f: &Filter) -> (String, Vec<Value>) {
 /// never decrease along a group's archive), so that pages and counts walk
 /// positions only, and the positions of its stanza ids; None if one of
 /// these is not in the archive.
-fn by_position(c: &Connection, group_id: &[u8], num: i64, f: &Filter) -> Result<Option<(Filter, Vec<u64>)>, StoreError> {
+fn by_position(c: &Db, group_id: &[u8], num: i64, f: &Filter) -> Result<Option<(Filter, Vec<u64>)>, StoreError> {
     let mut f = f.clone();
     if let Some(t) = f.start.take() {
         let first = first_since(c, num, t)?;
@@ -310,10 +306,10 @@ fn by_position(c: &Connection, group_id: &[u8], num: i64, f: &Filter) -> Result<
 /// The first position of the group numbered `num` whose item arrived at
 /// or after `t` (one past the last if none did): a binary search over the
 /// positions, which have no holes.
-fn first_since(c: &Connection, num: i64, t: i64) -> Result<u64, StoreError> {
+fn first_since(c: &Db, num: i64, t: i64) -> Result<u64, StoreError> {
     let Some((mut lo, mut hi)) = positions_between(c, num, 0, MAX_SEQ)? else { return Ok(1) };
     let at = |seq: u64| -> Result<i64, StoreError> {
-        Ok(c.prepare_cached("SELECT created_at FROM archive WHERE pos = ?1")?.query_row([pos(num, seq)], |r| r.get(0))?)
+        c.query_row("SELECT created_at FROM archive WHERE pos = ?1", params![pos(num, seq)], |r| r.get(0))
     };
     hi += 1;
     while lo < hi {
@@ -328,7 +324,7 @@ fn first_since(c: &Connection, num: i64, t: i64) -> Result<u64, StoreError> {
 }
 
 /// The first and last position in (after, through] of a group's archive.
-fn positions_between(c: &Connection, num: i64, after: u64, through: u64) -> Result<Option<(u64, u64)>, StoreError> {
+fn positions_between(c: &Db, num: i64, after: u64, through: u64) -> Result<Option<(u64, u64)>, StoreError> {
     let (first, last): (Option<i64>, Option<i64>) = c.query_row(
         "SELECT (SELECT min(pos) FROM archive WHERE pos > ?1 AND pos <= ?2),
                 (SELECT max(pos) FROM archive WHERE pos > ?1 AND pos <= ?2)",
@@ -349,13 +345,13 @@ fn columns(scope: &Scope) -> &'static str {
     }
 }
 
-fn item(scope: &Scope, r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
+fn item(scope: &Scope, r: &Row) -> Result<Item, StoreError> {
     let mut item = Item {
-        seq: r.get::<_, i64>(0)? as u64,
+        seq: r.get::<i64>(0)? as u64,
         stanza_id: r.get(1)?,
         created_at: r.get(2)?,
         kind: String::new(),
-        epoch: r.get::<_, i64>(4)? as u64,
+        epoch: r.get::<i64>(4)? as u64,
         sender_device: r.get(5)?,
         epoch_check: r.get(6)?,
         message: r.get(7)?,
@@ -372,7 +368,7 @@ fn item(scope: &Scope, r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
 }
 
 /// Items matching `f`.
-fn count(c: &Connection, scope: &Scope, f: &Filter) -> Result<usize, StoreError> {
+fn count(c: &Db, scope: &Scope, f: &Filter) -> Result<usize, StoreError> {
     let positions_only = Filter { after_seq: None, through_seq: None, ..f.clone() } == Filter::default();
     if let (Scope::Group { num, listed, .. }, true) = (scope, positions_only) {
         if listed.is_empty() {
@@ -385,10 +381,10 @@ fn count(c: &Connection, scope: &Scope, f: &Filter) -> Result<usize, StoreError>
     }
     let (cond, values) = conditions(scope, f);
     let sql = format!("SELECT count(*) FROM {} WHERE {cond}", scope.table());
-    Ok(c.query_row(&sql, params_from_iter(values), |r| r.get(0))?)
+    c.query_row(&sql, &values.iter().map(|v| v.as_ref()).collect::<Vec<&dyn Param>>(), |r| r.get(0))
 }
 
-fn page(c: &Connection, source: &Source, f: &Filter, start: PageStart, max: usize) -> Result<Page, StoreError> {
+fn page(c: &Db, source: &Source, f: &Filter, start: PageStart, max: usize) -> Result<Page, StoreError> {
     let empty = Page { items: vec![], complete: true, count: 0, first_index: 0 };
     let Some(mut scope) = Scope::of(c, source)? else { return Ok(empty) };
     let f = match &mut scope {
@@ -416,8 +412,7 @@ fn page(c: &Connection, source: &Source, f: &Filter, start: PageStart, max: usiz
         scope.order(),
         max + 1
     );
-    let mut st = c.prepare(&sql)?;
-    let mut items: Vec<Item> = st.query_map(params_from_iter(values), |r| item(&scope, r))?.collect::<Result<_, _>>()?;
+    let mut items = c.query_map(&sql, &values.iter().map(|v| v.as_ref()).collect::<Vec<&dyn Param>>(), |r| item(&scope, r))?;
     let complete = items.len() <= max;
     items.truncate(max);
     if backwards {
@@ -438,9 +433,9 @@ impl Store {
                 match Scope::of(c, &source)? {
                     Some(Scope::Group { id: group_id, num, .. }) => group_position(c, &group_id, num, id),
                     Some(Scope::Inbox(account)) => Ok(c
-                        .prepare_cached("SELECT seq FROM inbox WHERE account = ?1 AND stanza_id = ?2")?
-                        .query_row(params![account, id], |r| r.get::<_, i64>(0))
-                        .optional()?
+                        .query_opt("SELECT seq FROM inbox WHERE account = ?1 AND stanza_id = ?2", params![account, id], |r| {
+                            r.get::<i64>(0)
+                        })?
                         .map(|s| s as u64)),
                     None => Ok(None),
                 }
@@ -468,13 +463,12 @@ impl Store {
     /// from its latest membership; None if it never was a member.
     pub async fn visible_range(&self, group_id: Vec<u8>, account: String) -> Result<Option<(u64, Option<u64>)>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            c.query_opt(
                 "SELECT joined_seq, left_seq FROM group_accounts WHERE group_id = ?1 AND account = ?2
                  ORDER BY joined_seq DESC LIMIT 1",
                 params![group_id, account],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, Option<i64>>(1)?.map(|s| s as u64))),
+                |r| Ok((r.get::<i64>(0)? as u64, r.get::<Option<i64>>(1)?.map(|s| s as u64))),
             )
-            .optional()?)
         })
         .await
     }
@@ -492,13 +486,11 @@ impl Store {
                 let devices = live_devices(c, owner, now)?;
                 let mut floor = u64::MAX;
                 for d in &devices {
-                    let acked: Option<i64> = c
-                        .query_row(
-                            "SELECT seq FROM acks WHERE scope = ?1 AND account = ?2 AND device_id = ?3",
-                            params![source.scope(), owner, d.id],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
+                    let acked: Option<i64> = c.query_opt(
+                        "SELECT seq FROM acks WHERE scope = ?1 AND account = ?2 AND device_id = ?3",
+                        params![source.scope(), owner, d.id],
+                        |r| r.get(0),
+                    )?;
                     floor = floor.min(acked.unwrap_or(0) as u64);
                 }
                 if !devices.is_empty() {
@@ -524,7 +516,7 @@ impl Store {
                 "DELETE FROM inbox WHERE seq <= (SELECT min(coalesce(a.seq, 0)) FROM devices d
                    LEFT JOIN acks a ON a.scope = CAST(d.account AS BLOB) AND a.account = d.account AND a.device_id = d.device_id
                    WHERE d.account = inbox.account AND d.expires_at > ?1)",
-                [now],
+                params![now],
             )?;
             let orphaned = c.execute(
                 "DELETE FROM inbox WHERE created_at < ?2 AND NOT EXISTS
@@ -539,12 +531,13 @@ impl Store {
 
 /// Opens and closes accounts' membership intervals after a change of the
 /// group's leaves, at archive position `seq`; `accounts` is sorted.
-pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {
-    let open: HashSet<String> = {
-        let mut st = c.prepare_cached("SELECT account FROM group_accounts WHERE group_id = ?1 AND left_seq IS NULL")?;
-        let rows = st.query_map([group_id], |r| r.get(0))?;
-        rows.collect::<Result<_, _>>()?
-    };
+pub(super) fn record_membership(c: &Db, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {
+    let open: HashSet<String> = c
+        .query_map("SELECT account FROM group_accounts WHERE group_id = ?1 AND left_seq IS NULL", params![group_id], |r| {
+            r.get(0)
+        })?
+        .into_iter()
+        .collect();
     for gone in open.iter().filter(|a| accounts.binary_search(a).is_err()) {
         c.execute(
             "UPDATE group_accounts SET left_seq = ?3 WHERE group_id = ?1 AND account = ?2 AND left_seq IS NULL",
@@ -565,24 +558,23 @@ pub(super) fn record_membership(c: &Connection, group_id: &[u8], accounts: &[Str
 /// handshake that a member device has not acknowledged (or that is younger
 /// than `cutoff`). Walks the archive from its oldest end, touching only
 /// what retention will remove.
-fn first_kept(c: &Connection, group_id: &[u8], num: i64, cutoff: i64) -> Result<Option<u64>, StoreError> {
+fn first_kept(c: &Db, group_id: &[u8], num: i64, cutoff: i64) -> Result<Option<u64>, StoreError> {
     // Devices whose keys are leaves; one that never acknowledged holds everything.
     let min_ack: i64 = c.query_row(
         "SELECT coalesce(min(coalesce(a.seq, 0)), 0) FROM members m
          JOIN devices d ON d.account = m.account AND d.signature_key = m.signature_key
          LEFT JOIN acks a ON a.scope = m.group_id AND a.account = d.account AND a.device_id = d.device_id
          WHERE m.group_id = ?1",
-        [group_id],
+        params![group_id],
         |r| r.get(0),
     )?;
     let application = kind_code(Kind::Application);
-    Ok(c.query_row(
+    Ok(c.query_opt(
         "SELECT pos FROM archive WHERE pos > ?1 AND pos <= ?2
            AND (created_at >= ?3 OR (kind <> ?4 AND pos > ?5)) ORDER BY pos LIMIT 1",
         params![pos(num, 0), pos(num, MAX_SEQ), cutoff, application, pos(num, min_ack as u64)],
-        |r| r.get::<_, i64>(0),
-    )
-    .optional()?
+        |r| r.get::<i64>(0),
+    )?
     .map(|p| (p - pos(num, 0)) as u64))
 }
 
@@ -591,11 +583,8 @@ impl Store {
     /// hole); returns how many items went.
     pub async fn prune_history(&self, cutoff: i64) -> Result<usize, StoreError> {
         self.write(move |c| {
-            let groups: Vec<(Vec<u8>, i64, i64)> = {
-                let mut st = c.prepare("SELECT group_id, num, seq FROM groups")?;
-                let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                rows.collect::<Result<_, _>>()?
-            };
+            let groups: Vec<(Vec<u8>, i64, i64)> =
+                c.query_map("SELECT group_id, num, seq FROM groups", params![], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             let mut pruned = 0;
             for (group_id, num, last) in groups {
                 let keep = first_kept(c, &group_id, num, cutoff)?.unwrap_or(last as u64 + 1);
@@ -615,8 +604,7 @@ impl Store {
     /// How far a group's archive has been pruned (0: never).
     pub async fn pruned_through(&self, group_id: Vec<u8>) -> Result<u64, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row("SELECT pruned_seq FROM groups WHERE group_id = ?1", [group_id], |r| r.get::<_, i64>(0))
-                .optional()?
+            Ok(c.query_opt("SELECT pruned_seq FROM groups WHERE group_id = ?1", params![group_id], |r| r.get::<i64>(0))?
                 .unwrap_or(0) as u64)
         })
         .await

@@ -1,11 +1,10 @@
 //! Device lists and their subscriptions.
 
-use rusqlite::{params, Connection, OptionalExtension};
-
 use minidom::Element;
 
 use super::groups::drop_stale_feed;
 use super::inbox::insert_inbox;
+use super::sql::{params, Db};
 use super::usage::lock_account;
 use super::{Departed, Store, StoreError};
 use crate::protocol::devices::Device;
@@ -29,15 +28,13 @@ pub struct Expired {
 }
 
 /// Live devices of `account`, in publication order.
-pub(super) fn live_devices(c: &Connection, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
-    let mut st = c.prepare_cached(
+pub(super) fn live_devices(c: &Db, account: &str, now: i64) -> Result<Vec<Device>, StoreError> {
+    c.query_map(
         "SELECT device_id, signature_key, label, expires_at FROM devices
          WHERE account = ?1 AND expires_at > ?2 ORDER BY published_at, device_id",
-    )?;
-    let rows = st.query_map(params![account, now], |r| {
-        Ok(Device { id: r.get(0)?, signature_key: r.get(1)?, label: r.get(2)?, expires: Some(r.get(3)?) })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![account, now],
+        |r| Ok(Device { id: r.get(0)?, signature_key: r.get(1)?, label: r.get(2)?, expires: Some(r.get(3)?) }),
+    )
 }
 
 impl Store {
@@ -64,39 +61,36 @@ impl Store {
         self.write(move |c| {
             lock_account(c, &account)?;
             let expired: Vec<Expired> = c
-                .prepare_cached("DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id")?
-                .query_map(params![account, now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
-                .collect::<Result<_, _>>()?;
+                .query_map(
+                    "DELETE FROM devices WHERE account = ?1 AND expires_at <= ?2 RETURNING account, device_id",
+                    params![account, now],
+                    |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }),
+                )?;
             let old_key: Option<Vec<u8>> = c
-                .query_row(
+                .query_opt(
                     "SELECT signature_key FROM devices WHERE account = ?1 AND device_id = ?2",
                     params![account, device.id],
                     |r| r.get(0),
-                )
-                .optional()?;
+                )?;
             let key_owner: Option<String> = c
-                .query_row(
+                .query_opt(
                     "SELECT device_id FROM devices WHERE account = ?1 AND signature_key = ?2",
                     params![account, device.signature_key],
                     |r| r.get(0),
-                )
-                .optional()?;
+                )?;
             if key_owner.is_some_and(|owner| owner != device.id) {
                 return Ok((DevicePublish::KeyInUse, None, expired));
             }
             if old_key.is_none() {
                 let count: usize =
-                    c.query_row("SELECT count(*) FROM devices WHERE account = ?1", [&account], |r| r.get(0))?;
+                    c.query_row("SELECT count(*) FROM devices WHERE account = ?1", params![&account], |r| r.get(0))?;
                 if count >= max_devices {
                     return Ok((DevicePublish::TooManyDevices, None, expired));
                 }
             }
             let replaced_key = old_key.as_ref().is_some_and(|k| *k != device.signature_key);
             if replaced_key {
-                c.execute(
-                    "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2",
-                    params![account, device.id],
-                )?;
+                c.execute("DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2", params![account, device.id])?;
             }
             c.execute(
                 "INSERT INTO devices (account, device_id, signature_key, label, expires_at, published_at)
@@ -142,10 +136,12 @@ impl Store {
     pub async fn prune_directory(&self, now: i64) -> Result<(Vec<Expired>, Vec<Departed>), StoreError> {
         self.write(move |c| {
             let expired = c
-                .prepare_cached("DELETE FROM devices WHERE expires_at <= ?1 RETURNING account, device_id")?
-                .query_map([now], |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }))?
-                .collect::<Result<_, _>>()?;
-            c.execute("DELETE FROM key_packages WHERE not_after <= ?1", [now])?;
+                .query_map(
+                    "DELETE FROM devices WHERE expires_at <= ?1 RETURNING account, device_id",
+                    params![now],
+                    |r| Ok(Expired { account: r.get(0)?, device_id: r.get(1)? }),
+                )?;
+            c.execute("DELETE FROM key_packages WHERE not_after <= ?1", params![now])?;
             Ok((expired, drop_stale_feed(c, None, None, now)?))
         })
         .await
@@ -169,7 +165,7 @@ impl Store {
         self.write(move |c| {
             lock_account(c, &account)?;
             let (own, mine, others): (bool, usize, usize) = c
-                .prepare_cached(
+                .query_row(
                     "SELECT coalesce(max(subscriber = ?3), 0),
                             count(*) FILTER (WHERE s.bare = ?4),
                             count(DISTINCT s.bare) FILTER (WHERE s.bare <> ?4)
@@ -177,8 +173,9 @@ impl Store {
                                   CASE instr(subscriber, '/') WHEN 0 THEN subscriber
                                   ELSE substr(subscriber, 1, instr(subscriber, '/') - 1) END AS bare
                            FROM subscriptions WHERE account = ?1 AND node = ?2) s",
-                )?
-                .query_row(params![account, node, subscriber, by], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    params![account, node, subscriber, by],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )?;
             if own {
                 return Ok(true);
             }
@@ -213,11 +210,11 @@ impl Store {
 
     pub async fn subscribers(&self, account: String, node: &'static str) -> Result<Vec<String>, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
+            c.query_map(
                 "SELECT subscriber FROM subscriptions WHERE account = ?1 AND node = ?2 ORDER BY subscriber",
-            )?;
-            let rows = st.query_map(params![account, node], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+                params![account, node],
+                |r| r.get(0),
+            )
         })
         .await
     }

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 
 use minidom::Element;
-use rusqlite::{named_params, params, Connection, OptionalExtension};
+use super::sql::{params, Db, Row};
 
 use super::devices::live_devices;
 use super::archive::{group_num, item_stanza_id, kind_code, pos, stanza_id, MAX_SEQ};
@@ -67,30 +67,28 @@ pub enum Join {
     TooManyGroups,
 }
 
-/// SQL: the feed row `f` is of a live device (at `:now`) of its own
+/// SQL: the feed row `f` is of a live device (at `?3`) of its own
 /// account whose signature key is a leaf of the group.
 const LIVE_LEAF: &str = "EXISTS (SELECT 1 FROM members m JOIN devices d
     ON d.account = m.account AND d.signature_key = m.signature_key
-    WHERE m.group_id = f.group_id AND d.account = f.account AND d.device_id = f.device_id AND d.expires_at > :now)";
+    WHERE m.group_id = f.group_id AND d.account = f.account AND d.device_id = f.device_id AND d.expires_at > ?3)";
 
 /// Takes off the feeds (of one group, of one account's devices, or all)
 /// every device that has no live leaf in the group; returns them.
 pub(super) fn drop_stale_feed(
-    c: &Connection,
+    c: &Db,
     group_id: Option<&[u8]>,
     account: Option<&str>,
     now: i64,
 ) -> Result<Vec<Departed>, StoreError> {
     let sql = format!(
-        "DELETE FROM feed AS f WHERE (:group IS NULL OR f.group_id = :group)
-           AND (:account IS NULL OR f.account = :account) AND NOT {LIVE_LEAF}
+        "DELETE FROM feed AS f WHERE (?1 IS NULL OR f.group_id = ?1)
+           AND (?2 IS NULL OR f.account = ?2) AND NOT {LIVE_LEAF}
          RETURNING group_id, device_id, full_jid, account"
     );
-    let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(named_params! {":group": group_id, ":account": account, ":now": now}, |r| {
+    c.query_map(&sql, params![group_id, account, now], |r| {
         Ok(Departed { group_id: r.get(0)?, entry: FeedEntry { device_id: r.get(1)?, full_jid: r.get(2)?, account: r.get(3)? } })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    })
 }
 
 /// A message appended to a group's archive.
@@ -151,23 +149,21 @@ pub(super) const DAY: i64 = 24 * 3600;
 /// Counts `bytes` for (`scope`, `owner`) on `day` if the day's count stays
 /// within `limit` (None: no limit): one upsert whose conditions are the
 /// limit, for a new row and for the stored one. False: nothing counted.
-fn count_archived(c: &Connection, scope: &str, owner: &[u8], day: i64, bytes: u64, limit: Option<u64>) -> Result<bool, StoreError> {
+fn count_archived(c: &Db, scope: &str, owner: &[u8], day: i64, bytes: u64, limit: Option<u64>) -> Result<bool, StoreError> {
     let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
-    let counted = c
-        .prepare_cached(
-            "INSERT INTO archive_bytes (scope, owner, day, bytes) SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR ?4 <= ?5
-             ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = archive_bytes.bytes + excluded.bytes
-             WHERE ?5 IS NULL OR archive_bytes.bytes + excluded.bytes <= ?5",
-        )?
-        .execute(params![scope, owner, day, bytes as i64, limit])?;
+    let counted = c.execute(
+        "INSERT INTO archive_bytes (scope, owner, day, bytes) SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR ?4 <= ?5
+         ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = archive_bytes.bytes + excluded.bytes
+         WHERE ?5 IS NULL OR archive_bytes.bytes + excluded.bytes <= ?5",
+        params![scope, owner, day, bytes as i64, limit],
+    )?;
     Ok(counted == 1)
 }
 
 /// Deletes the joins that `delete` (one parameter, `owner`; RETURNING
 /// account, left_group) chooses, and counts each joined one less.
-pub(super) fn forget_joins(c: &Connection, delete: &str, owner: &[u8]) -> Result<(), StoreError> {
-    let gone: Vec<(String, bool)> =
-        c.prepare_cached(delete)?.query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+pub(super) fn forget_joins(c: &Db, delete: &str, owner: &[u8]) -> Result<(), StoreError> {
+    let gone: Vec<(String, bool)> = c.query_map(delete, params![owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
     for (account, left) in gone {
         if !left {
             uncount_join(c, &account)?;
@@ -178,7 +174,7 @@ pub(super) fn forget_joins(c: &Connection, delete: &str, owner: &[u8]) -> Result
 
 /// One group's rows inside a write transaction.
 pub struct GroupTx<'c> {
-    pub(super) c: &'c Connection,
+    pub(super) c: &'c Db<'c>,
     pub(super) group_id: Vec<u8>,
     pub(super) now: i64,
 }
@@ -241,25 +237,23 @@ impl<'c> GroupTx<'c> {
         epoch_check: Option<&str>,
         message: &[u8],
     ) -> Result<Archived, StoreError> {
-        let (seq, num): (i64, i64) = self
-            .c
-            .prepare_cached("UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq, num")?
-            .query_row([&self.group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let (seq, num): (i64, i64) = self.c.query_row(
+            "UPDATE groups SET seq = seq + 1 WHERE group_id = ?1 RETURNING seq, num",
+            params![self.group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         let seq = seq as u64;
         if seq > MAX_SEQ {
             return Err(StoreError::ArchiveFull);
         }
-        self.c
-            .prepare_cached(
-                "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-                   max(?7, coalesce((SELECT created_at FROM archive WHERE pos = ?1 - 1), ?7)))",
-            )?
-            .execute(params![pos(num, seq), epoch as i64, kind_code(kind), sender_device, epoch_check, message, self.now])?;
+        self.c.execute(
+            "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6,
+               max(?7, coalesce((SELECT created_at FROM archive WHERE pos = ?1 - 1), ?7)))",
+            params![pos(num, seq), epoch as i64, kind_code(kind), sender_device, epoch_check, message, self.now],
+        )?;
         let key = resend_key(&self.group_id, account, kind, message, self.now.div_euclid(DAY));
-        self.c
-            .prepare_cached("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)")?
-            .execute(params![num, key, seq as i64])?;
+        self.c.execute("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)", params![num, key, seq as i64])?;
         Ok(Archived { seq, stanza_id: stanza_id(&self.group_id, seq, message) })
     }
 
@@ -274,18 +268,13 @@ impl<'c> GroupTx<'c> {
     /// proposals of earlier epochs; false, changing nothing, if the group
     /// is no longer at `from` (another commit won).
     pub fn advance(&self, from: u64, to: u64, group_info: &[u8], commit: &str, state: &[u8]) -> Result<bool, StoreError> {
-        let moved = self
-            .c
-            .prepare_cached(
-                "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, state = ?6
-                 WHERE group_id = ?1 AND epoch = ?2",
-            )?
-            .execute(params![self.group_id, from as i64, to as i64, group_info, commit, state])?
-            == 1;
+        let moved = self.c.execute(
+            "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, state = ?6
+             WHERE group_id = ?1 AND epoch = ?2",
+            params![self.group_id, from as i64, to as i64, group_info, commit, state],
+        )? == 1;
         if moved {
-            self.c
-                .prepare_cached("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2")?
-                .execute(params![self.group_id, to as i64])?;
+            self.c.execute("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2", params![self.group_id, to as i64])?;
         }
         Ok(moved)
     }
@@ -293,12 +282,13 @@ impl<'c> GroupTx<'c> {
     /// Queues proposals (reference, proposal) in `epoch`, if the group is
     /// still at it; false, queuing none, if it is not.
     pub fn queue_proposals(&self, epoch: u64, proposals: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, StoreError> {
-        let mut queue = self.c.prepare_cached(
-            "INSERT INTO group_proposals (group_id, epoch, ref, proposal)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1 AND epoch = ?2)",
-        )?;
         for (reference, proposal) in proposals {
-            if queue.execute(params![self.group_id, epoch as i64, reference, proposal])? == 0 {
+            let queued = self.c.execute(
+                "INSERT INTO group_proposals (group_id, epoch, ref, proposal)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM groups WHERE group_id = ?1 AND epoch = ?2)",
+                params![self.group_id, epoch as i64, reference, proposal],
+            )?;
+            if queued == 0 {
                 return Ok(false);
             }
         }
@@ -315,15 +305,14 @@ impl<'c> GroupTx<'c> {
         super::archive::record_membership(self.c, &self.group_id, &accounts, seq)?;
         let old: HashMap<u32, Member> = self.members()?.into_iter().map(|m| (m.leaf, m)).collect();
         let leaves: HashSet<u32> = members.iter().map(|m| m.leaf).collect();
-        let mut gone = self.c.prepare_cached("DELETE FROM members WHERE group_id = ?1 AND leaf = ?2")?;
         for leaf in old.keys().filter(|l| !leaves.contains(l)) {
-            gone.execute(params![self.group_id, leaf])?;
+            self.c.execute("DELETE FROM members WHERE group_id = ?1 AND leaf = ?2", params![self.group_id, leaf])?;
         }
-        let mut put = self.c.prepare_cached(
-            "INSERT OR REPLACE INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
-        )?;
         for m in members.iter().filter(|m| old.get(&m.leaf) != Some(m)) {
-            put.execute(params![self.group_id, m.leaf, m.account, m.signature_key])?;
+            self.c.execute(
+                "INSERT OR REPLACE INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
+                params![self.group_id, m.leaf, m.account, m.signature_key],
+            )?;
         }
         Ok(())
     }
@@ -340,15 +329,16 @@ impl<'c> GroupTx<'c> {
     /// refusal undoes the join.
     pub fn join(&self, account: &str, max_groups: usize) -> Result<Join, StoreError> {
         undo_refused(self.c, || {
-            let joined = self
-                .c
-                .prepare_cached("INSERT INTO group_joins (group_id, account) VALUES (?1, ?2) ON CONFLICT DO NOTHING")?
-                .execute(params![self.group_id, account])?;
+            let joined = self.c.execute(
+                "INSERT INTO group_joins (group_id, account) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![self.group_id, account],
+            )?;
             if joined == 0 {
-                let left: bool = self
-                    .c
-                    .prepare_cached("SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2")?
-                    .query_row(params![self.group_id, account], |r| r.get(0))?;
+                let left: bool = self.c.query_row(
+                    "SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2",
+                    params![self.group_id, account],
+                    |r| r.get(0),
+                )?;
                 return Ok(Ok(if left { Join::Left } else { Join::Joined }));
             }
             Ok(if count_join(self.c, account, max_groups)? { Ok(Join::Joined) } else { Err(Join::TooManyGroups) })
@@ -357,27 +347,22 @@ impl<'c> GroupTx<'c> {
 
     /// Whether `device_id` of `account` is live and its key a leaf here.
     pub fn has_live_leaf(&self, account: &str, device_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .c
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM members m JOIN devices d
-                   ON d.account = m.account AND d.signature_key = m.signature_key
-                 WHERE m.group_id = ?1 AND d.account = ?2 AND d.device_id = ?3 AND d.expires_at > ?4)",
-            )?
-            .query_row(params![self.group_id, account, device_id, self.now], |r| r.get(0))?)
+        self.c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM members m JOIN devices d
+               ON d.account = m.account AND d.signature_key = m.signature_key
+             WHERE m.group_id = ?1 AND d.account = ?2 AND d.device_id = ?3 AND d.expires_at > ?4)",
+            params![self.group_id, account, device_id, self.now],
+            |r| r.get(0),
+        )
     }
 
     /// The feed entry of `full_jid` if its device still has a live leaf.
     pub fn sender(&self, full_jid: &str) -> Result<Option<FeedEntry>, StoreError> {
         let sql = format!(
             "SELECT device_id, full_jid, account FROM feed AS f
-             WHERE f.group_id = :group AND f.full_jid = :jid AND {LIVE_LEAF}"
+             WHERE f.group_id = ?1 AND f.full_jid = ?2 AND {LIVE_LEAF}"
         );
-        Ok(self
-            .c
-            .prepare_cached(&sql)?
-            .query_row(named_params! {":group": self.group_id, ":jid": full_jid, ":now": self.now}, feed_row)
-            .optional()?)
+        self.c.query_opt(&sql, params![self.group_id, full_jid, self.now], feed_row)
     }
 
     pub fn feed(&self) -> Result<Vec<FeedEntry>, StoreError> {
@@ -405,28 +390,25 @@ impl<'c> GroupTx<'c> {
         if !self.members()?.iter().any(|m| m.account == account) {
             return Ok(None);
         }
-        let never_joined = self
-            .c
-            .prepare_cached(
-                "INSERT INTO group_joins (group_id, account, left_group) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
-            )?
-            .execute(params![self.group_id, account])?;
+        let never_joined = self.c.execute(
+            "INSERT INTO group_joins (group_id, account, left_group) VALUES (?1, ?2, 1) ON CONFLICT DO NOTHING",
+            params![self.group_id, account],
+        )?;
         if never_joined == 0 {
-            let was_joined = self
-                .c
-                .prepare_cached(
-                    "UPDATE group_joins SET left_group = 1 WHERE group_id = ?1 AND account = ?2 AND left_group = 0",
-                )?
-                .execute(params![self.group_id, account])?;
+            let was_joined = self.c.execute(
+                "UPDATE group_joins SET left_group = 1 WHERE group_id = ?1 AND account = ?2 AND left_group = 0",
+                params![self.group_id, account],
+            )?;
             if was_joined == 1 {
                 uncount_join(self.c, account)?;
             }
         }
-        let mut st = self.c.prepare_cached(
+        let gone = self.c.query_map(
             "DELETE FROM feed WHERE group_id = ?1 AND account = ?2 RETURNING device_id, full_jid, account",
+            params![self.group_id, account],
+            feed_row,
         )?;
-        let gone = st.query_map(params![self.group_id, account], feed_row)?;
-        Ok(Some(gone.collect::<Result<_, _>>()?))
+        Ok(Some(gone))
     }
 
     /// Keeps `payload` in `account`'s inbox; returns its stanza id.
@@ -438,7 +420,7 @@ impl<'c> GroupTx<'c> {
 /// How `message` (of `kind`) of `account` was archived in the group, if it
 /// was on the day of `now` or the day before and is still in the archive.
 fn acceptance(
-    c: &Connection,
+    c: &Db,
     group_id: &[u8],
     account: &str,
     kind: Kind,
@@ -448,13 +430,14 @@ fn acceptance(
     let Some(num) = group_num(c, group_id)? else { return Ok(None) };
     let day = now.div_euclid(DAY);
     let keys = [day, day - 1].map(|d| resend_key(group_id, account, kind, message, d));
-    let seqs: Vec<i64> = c
-        .prepare_cached("SELECT seq FROM resends WHERE grp = ?1 AND key IN (?2, ?3)")?
-        .query_map(params![num, keys[0], keys[1]], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut st = c.prepare_cached("SELECT epoch, sender_device FROM archive WHERE pos = ?1 AND kind = ?2 AND message = ?3")?;
+    let seqs: Vec<i64> =
+        c.query_map("SELECT seq FROM resends WHERE grp = ?1 AND key IN (?2, ?3)", params![num, keys[0], keys[1]], |r| r.get(0))?;
     for seq in seqs.into_iter().map(|s| s as u64) {
-        let found = st.query_row(params![pos(num, seq), kind_code(kind), message], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?))).optional()?;
+        let found = c.query_opt(
+            "SELECT epoch, sender_device FROM archive WHERE pos = ?1 AND kind = ?2 AND message = ?3",
+            params![pos(num, seq), kind_code(kind), message],
+            |r| Ok((r.get::<i64>(0)?, r.get(1)?)),
+        )?;
         if let Some((epoch, sender_device)) = found {
             let archived = Archived { seq, stanza_id: item_stanza_id(c, group_id, num, seq, message)? };
             return Ok(Some(Acceptance { archived, epoch: epoch as u64, sender_device }));
@@ -463,51 +446,50 @@ fn acceptance(
     Ok(None)
 }
 
-fn group_state(c: &Connection, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
-    Ok(c
-        .prepare_cached(
-            "SELECT epoch, last_commit, group_info,
-                    (SELECT count(*) FROM group_proposals p WHERE p.group_id = g.group_id AND p.epoch = g.epoch)
-             FROM groups g WHERE group_id = ?1",
-        )?
-        .query_row([group_id], |r| {
+fn group_state(c: &Db, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
+    c.query_opt(
+        "SELECT epoch, last_commit, group_info,
+                (SELECT count(*) FROM group_proposals p WHERE p.group_id = g.group_id AND p.epoch = g.epoch)
+         FROM groups g WHERE group_id = ?1",
+        params![group_id],
+        |r| {
             Ok(GroupState {
-                epoch: r.get::<_, i64>(0)? as u64,
+                epoch: r.get::<i64>(0)? as u64,
                 last_commit: r.get(1)?,
                 group_info: r.get(2)?,
-                queued: r.get::<_, i64>(3)? as u64,
+                queued: r.get::<i64>(3)? as u64,
             })
-        })
-        .optional()?)
+        },
+    )
 }
 
 /// The group's public state in its current epoch.
-fn public_state(c: &Connection, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
-    let blob: Option<Vec<u8>> = c
-        .prepare_cached("SELECT state FROM groups WHERE group_id = ?1")?
-        .query_row([group_id], |r| r.get(0))?;
-    let mut st = c.prepare_cached("SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY rowid")?;
-    let proposals = st.query_map(params![group_id, epoch as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(PublicState { blob: blob.unwrap_or_default(), proposals: proposals.collect::<Result<_, _>>()? })
+fn public_state(c: &Db, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
+    let blob: Option<Vec<u8>> = c.query_row("SELECT state FROM groups WHERE group_id = ?1", params![group_id], |r| r.get(0))?;
+    let proposals = c.query_map(
+        "SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY rowid",
+        params![group_id, epoch as i64],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(PublicState { blob: blob.unwrap_or_default(), proposals })
 }
 
-fn feed_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FeedEntry> {
+fn feed_row(r: &Row) -> Result<FeedEntry, StoreError> {
     Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
 }
 
-fn members(c: &Connection, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
-    let mut st =
-        c.prepare_cached("SELECT leaf, account, signature_key FROM members WHERE group_id = ?1 ORDER BY leaf")?;
-    let rows = st.query_map([group_id], |r| Ok(Member { leaf: r.get(0)?, account: r.get(1)?, signature_key: r.get(2)? }))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+fn members(c: &Db, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
+    c.query_map("SELECT leaf, account, signature_key FROM members WHERE group_id = ?1 ORDER BY leaf", params![group_id], |r| {
+        Ok(Member { leaf: r.get(0)?, account: r.get(1)?, signature_key: r.get(2)? })
+    })
 }
 
-fn feed(c: &Connection, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
-    let mut st = c.prepare_cached(
+fn feed(c: &Db, group_id: &[u8]) -> Result<Vec<FeedEntry>, StoreError> {
+    c.query_map(
         "SELECT device_id, full_jid, account FROM feed WHERE group_id = ?1 ORDER BY device_id, account",
-    )?;
-    let rows = st.query_map([group_id], feed_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        params![group_id],
+        feed_row,
+    )
 }
 
 /// What joining a feed did.
@@ -548,12 +530,8 @@ pub enum AppendOutcome {
 impl Store {
     /// Whether the DS follows a group with this MLS group_id.
     pub async fn group_exists(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
-        self.read(move |c| {
-            Ok(c.query_row("SELECT 1 FROM groups WHERE group_id = ?1", [group_id], |_| Ok(()))
-                .optional()?
-                .is_some())
-        })
-        .await
+        self.read(move |c| Ok(c.query_opt("SELECT 1 FROM groups WHERE group_id = ?1", params![group_id], |_| Ok(()))?.is_some()))
+            .await
     }
 
     /// Runs `f` on one group inside a write transaction; if `f` fails,
@@ -580,7 +558,7 @@ impl Store {
     pub async fn joined_groups(&self, account: String) -> Result<u64, StoreError> {
         self.read(move |c| {
             let sql = "SELECT coalesce((SELECT groups FROM account_usage WHERE account = ?1), 0)";
-            Ok(c.query_row(sql, [account], |r| r.get::<_, i64>(0))? as u64)
+            Ok(c.query_row(sql, params![account], |r| r.get::<i64>(0))? as u64)
         })
         .await
     }
@@ -588,10 +566,11 @@ impl Store {
     /// The group's record and public state, read together (one snapshot).
     pub async fn group_snapshot(&self, group_id: Vec<u8>) -> Result<Option<(GroupState, PublicState)>, StoreError> {
         self.read(move |c| {
-            let tx = c.unchecked_transaction()?;
-            let Some(state) = group_state(&tx, &group_id)? else { return Ok(None) };
-            let public = public_state(&tx, &group_id, state.epoch)?;
-            Ok(Some((state, public)))
+            c.snapshot(|c| {
+                let Some(state) = group_state(c, &group_id)? else { return Ok(None) };
+                let public = public_state(c, &group_id, state.epoch)?;
+                Ok(Some((state, public)))
+            })
         })
         .await
     }
@@ -602,12 +581,8 @@ impl Store {
 
     /// The last archive position of every group, for ordered delivery.
     pub async fn group_seqs(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare("SELECT group_id, seq FROM groups")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-        .await
+        self.read(|c| c.query_map("SELECT group_id, seq FROM groups", params![], |r| Ok((r.get(0)?, r.get::<i64>(1)? as u64))))
+            .await
     }
 
     /// Archives an application message from `full_jid` (which must be on
@@ -655,11 +630,11 @@ impl Store {
                 Join::Left => return Ok(FeedJoin::NotAMember),
                 Join::TooManyGroups => return Ok(FeedJoin::TooManyGroups),
             }
-            tx.c.prepare_cached(
+            tx.c.execute(
                 "INSERT INTO feed (group_id, account, device_id, full_jid) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (group_id, account, device_id) DO UPDATE SET full_jid = excluded.full_jid",
-            )?
-            .execute(params![tx.group_id, entry.account, entry.device_id, entry.full_jid])?;
+                params![tx.group_id, entry.account, entry.device_id, entry.full_jid],
+            )?;
             Ok(FeedJoin::Joined { epoch: state.epoch })
         })
         .await
@@ -681,10 +656,9 @@ impl Store {
     /// Forgets what was archived before the day before `now`'s for resends.
     pub async fn prune_acceptances(&self, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            let mut st = c.prepare_cached("DELETE FROM resends WHERE grp = ?1 AND key < ?2")?;
-            let groups: Vec<i64> = c.prepare("SELECT num FROM groups")?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            let groups: Vec<i64> = c.query_map("SELECT num FROM groups", params![], |r| r.get(0))?;
             for num in groups {
-                st.execute(params![num, resend_floor(now)])?;
+                c.execute("DELETE FROM resends WHERE grp = ?1 AND key < ?2", params![num, resend_floor(now)])?;
             }
             Ok(())
         })
@@ -694,7 +668,7 @@ impl Store {
     /// Forgets archive budget counts of days before `now`'s.
     pub async fn prune_archive_budgets(&self, now: i64) -> Result<(), StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM archive_bytes WHERE day < ?1", [now.div_euclid(DAY)])?;
+            c.execute("DELETE FROM archive_bytes WHERE day < ?1", params![now.div_euclid(DAY)])?;
             Ok(())
         })
         .await
@@ -704,8 +678,11 @@ impl Store {
     /// is not on costs no write).
     pub async fn on_feed(&self, group_id: Vec<u8>, full_jid: String) -> Result<bool, StoreError> {
         self.read(move |c| {
-            Ok(c.prepare_cached("SELECT EXISTS (SELECT 1 FROM feed WHERE group_id = ?1 AND full_jid = ?2)")?
-                .query_row(params![group_id, full_jid], |r| r.get(0))?)
+            c.query_row(
+                "SELECT EXISTS (SELECT 1 FROM feed WHERE group_id = ?1 AND full_jid = ?2)",
+                params![group_id, full_jid],
+                |r| r.get(0),
+            )
         })
         .await
     }
@@ -724,10 +701,7 @@ impl Store {
     /// Takes `full_jid` off every feed (or one group's); returns the groups.
     pub async fn leave_feed(&self, group_id: Option<Vec<u8>>, full_jid: String) -> Result<usize, StoreError> {
         self.write(move |c| {
-            Ok(c.execute(
-                "DELETE FROM feed WHERE full_jid = ?1 AND (?2 IS NULL OR group_id = ?2)",
-                params![full_jid, group_id],
-            )?)
+            c.execute("DELETE FROM feed WHERE full_jid = ?1 AND (?2 IS NULL OR group_id = ?2)", params![full_jid, group_id])
         })
         .await
     }
@@ -744,9 +718,12 @@ mod tests {
     async fn joined(store: &Store) -> (i64, i64) {
         store
             .read(|c| {
-                let counted = c.query_row("SELECT groups FROM account_usage WHERE account = ?1", [A], |r| r.get(0))?;
-                let rows =
-                    c.query_row("SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0", [A], |r| r.get(0))?;
+                let counted = c.query_row("SELECT groups FROM account_usage WHERE account = ?1", params![A], |r| r.get(0))?;
+                let rows = c.query_row(
+                    "SELECT count(*) FROM group_joins WHERE account = ?1 AND left_group = 0",
+                    params![A],
+                    |r| r.get(0),
+                )?;
                 Ok((counted, rows))
             })
             .await
@@ -820,9 +797,9 @@ mod tests {
         };
         let counts = || {
             store.read(|c| {
-                let mut st = c.prepare("SELECT scope, bytes FROM archive_bytes ORDER BY scope, owner")?;
-                let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                c.query_map("SELECT scope, bytes FROM archive_bytes ORDER BY scope, owner", params![], |r| {
+                    Ok((r.get::<String>(0)?, r.get::<i64>(1)?))
+                })
             })
         };
         assert!(!charge(A, Kind::Application, 101).await.unwrap(), "over the account's budget at once");
@@ -871,7 +848,7 @@ mod tests {
         assert!(lookup("alice@example.org", b"ciphertext").await.unwrap().is_some(), "kept the next day");
         store.prune_acceptances(now + 2 * DAY).await.unwrap();
         assert_eq!(lookup("alice@example.org", b"ciphertext").await.unwrap(), None);
-        let keys: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM resends", [], |r| r.get(0))?)).await.unwrap();
+        let keys: i64 = store.read(|c| c.query_row("SELECT count(*) FROM resends", params![], |r| r.get(0))).await.unwrap();
         assert_eq!(keys, 0, "pruned");
     }
 

@@ -2,7 +2,7 @@
 //! acknowledged them (querying and acknowledgements come with history).
 
 use minidom::Element;
-use rusqlite::{params, Connection};
+use super::sql::{params, Db};
 
 use super::StoreError;
 use crate::protocol::notices::Notice;
@@ -22,14 +22,16 @@ pub fn new_stanza_id() -> String {
 
 /// Appends `payload` to `account`'s inbox inside the caller's transaction;
 /// returns its stanza id.
-pub(super) fn insert_inbox(c: &Connection, account: &str, payload: &Element, now: i64) -> Result<String, StoreError> {
+pub(super) fn insert_inbox(c: &Db, account: &str, payload: &Element, now: i64) -> Result<String, StoreError> {
     let stanza_id = new_stanza_id();
-    c.prepare_cached("INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![account, stanza_id, now, String::from(payload)])?;
+    c.execute(
+        "INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)",
+        params![account, stanza_id, now, String::from(payload)],
+    )?;
     Ok(stanza_id)
 }
 
-pub(super) fn insert_notice(c: &Connection, account: &str, notice: Notice, now: i64) -> Result<StoredNotice, StoreError> {
+pub(super) fn insert_notice(c: &Db, account: &str, notice: Notice, now: i64) -> Result<StoredNotice, StoreError> {
     let stanza_id = insert_inbox(c, account, &notice.to_element(), now)?;
     Ok(StoredNotice { stanza_id, notice })
 }
@@ -37,7 +39,6 @@ pub(super) fn insert_notice(c: &Connection, account: &str, notice: Notice, now: 
 impl super::Store {
     /// How many entries `account`'s inbox holds.
     pub async fn inbox_len(&self, account: String) -> Result<usize, StoreError> {
-        self.read(move |c| Ok(c.query_row("SELECT count(*) FROM inbox WHERE account = ?1", [account], |r| r.get(0))?))
-            .await
+        self.read(move |c| c.query_row("SELECT count(*) FROM inbox WHERE account = ?1", params![account], |r| r.get(0))).await
     }
 }

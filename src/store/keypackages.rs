@@ -2,10 +2,10 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::devices::live_devices;
 use super::inbox::{insert_notice, StoredNotice};
+use super::sql::{params, Db, Param};
 use super::{undo_refused, Store, StoreError};
 use crate::protocol::keypackages::{
     ref_hex, Claim, ClaimOutcome, Inspected, KeyPackageInfo, Rejection, VerifiedKeyPackage,
@@ -45,24 +45,25 @@ pub struct ClaimContext {
 /// A package must outlive its hand-out by this much to be handed out.
 const MIN_REMAINING_LIFETIME: i64 = 60;
 
-fn ordinary_count(c: &Connection, account: &str, device: &str, now: i64) -> Result<usize, StoreError> {
-    Ok(c.prepare_cached(
+fn ordinary_count(c: &Db, account: &str, device: &str, now: i64) -> Result<usize, StoreError> {
+    Ok(c.query_row(
         "SELECT count(*) FROM key_packages
          WHERE account = ?1 AND device_id = ?2 AND last_resort = 0 AND not_after > ?3",
-    )?
-    .query_row(params![account, device, now + MIN_REMAINING_LIFETIME], |r| r.get(0))?)
+        params![account, device, now + MIN_REMAINING_LIFETIME],
+        |r| r.get(0),
+    )?)
 }
 
 /// Whether the `i`th of `refs` is stored already or occurs earlier in them.
-fn duplicate(c: &Connection, refs: &[&[u8]], i: usize) -> Result<bool, StoreError> {
+fn duplicate(c: &Db, refs: &[&[u8]], i: usize) -> Result<bool, StoreError> {
     let stored: Option<i64> =
-        c.prepare_cached("SELECT 1 FROM key_packages WHERE kp_ref = ?1")?.query_row([refs[i]], |r| r.get(0)).optional()?;
+        c.query_opt("SELECT 1 FROM key_packages WHERE kp_ref = ?1", params![refs[i]], |r| r.get(0))?;
     Ok(stored.is_some() || refs[..i].contains(&refs[i]))
 }
 
 /// Checks an upload against the store: devices live (their pools
 /// locked, see `lock_pools`), no duplicates.
-fn refusals(c: &Connection, pools: &HashMap<String, i64>, kps: &[VerifiedKeyPackage]) -> Result<Vec<(usize, Rejection)>, StoreError> {
+fn refusals(c: &Db, pools: &HashMap<String, i64>, kps: &[VerifiedKeyPackage]) -> Result<Vec<(usize, Rejection)>, StoreError> {
     let refs: Vec<&[u8]> = kps.iter().map(|k| k.kp_ref.as_slice()).collect();
     let mut refused = Vec::new();
     for (i, kp) in kps.iter().enumerate() {
@@ -83,16 +84,17 @@ fn refusals(c: &Connection, pools: &HashMap<String, i64>, kps: &[VerifiedKeyPack
 /// its packages' upload positions (`kp_seq`); returns the first position
 /// per live device. Its count of fresh packages changes with time, not
 /// only with writes, so no counter can hold it: it is read under this lock.
-fn lock_pools(c: &Connection, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<HashMap<String, i64>, StoreError> {
+fn lock_pools(c: &Db, account: &str, kps: &[VerifiedKeyPackage], now: i64) -> Result<HashMap<String, i64>, StoreError> {
     let devices: BTreeSet<&str> = kps.iter().map(|k| k.device_id.as_str()).collect();
-    let mut st = c.prepare_cached(
-        "UPDATE devices SET low_warned = 0, kp_seq = kp_seq + ?3
-         WHERE account = ?1 AND device_id = ?2 AND expires_at > ?4 RETURNING kp_seq",
-    )?;
     let mut pools = HashMap::new();
     for device in devices {
         let new = kps.iter().filter(|k| k.device_id == device).count() as i64;
-        let last: Option<i64> = st.query_row(params![account, device, new, now], |r| r.get(0)).optional()?;
+        let last: Option<i64> = c.query_opt(
+            "UPDATE devices SET low_warned = 0, kp_seq = kp_seq + ?3
+             WHERE account = ?1 AND device_id = ?2 AND expires_at > ?4 RETURNING kp_seq",
+            params![account, device, new, now],
+            |r| r.get(0),
+        )?;
         if let Some(last) = last {
             pools.insert(device.to_owned(), last - new + 1);
         }
@@ -181,22 +183,22 @@ impl Store {
     /// The account's stored packages of live devices, for its owner.
     pub async fn key_package_infos(&self, account: String, now: i64) -> Result<Vec<KeyPackageInfo>, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
+            c.query_map(
                 "SELECT k.kp_ref, k.device_id, k.cipher_suite, k.not_after, k.last_resort
                  FROM key_packages k JOIN devices d USING (account, device_id)
                  WHERE k.account = ?1 AND d.expires_at > ?2 AND k.not_after > ?2
                  ORDER BY k.device_id, k.last_resort, k.seq",
-            )?;
-            let rows = st.query_map(params![account, now], |r| {
-                Ok(KeyPackageInfo {
-                    kp_ref: ref_hex(&r.get::<_, Vec<u8>>(0)?),
-                    device_id: r.get(1)?,
-                    cipher_suite: r.get(2)?,
-                    not_after: r.get(3)?,
-                    last_resort: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+                params![account, now],
+                |r| {
+                    Ok(KeyPackageInfo {
+                        kp_ref: ref_hex(&r.get::<Vec<u8>>(0)?),
+                        device_id: r.get(1)?,
+                        cipher_suite: r.get(2)?,
+                        not_after: r.get(3)?,
+                        last_resort: r.get(4)?,
+                    })
+                },
+            )
         })
         .await
     }
@@ -239,17 +241,19 @@ impl Store {
 /// Stores `kp` at position `seq` of its device's pool (a last-resort
 /// package replaces the device's previous one); false, storing nothing,
 /// if a package with its KeyPackageRef is stored already.
-fn insert_key_package(c: &Connection, account: &str, kp: &VerifiedKeyPackage, seq: i64) -> Result<bool, StoreError> {
+fn insert_key_package(c: &Db, account: &str, kp: &VerifiedKeyPackage, seq: i64) -> Result<bool, StoreError> {
     if kp.last_resort {
-        c.prepare_cached("DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1")?
-            .execute(params![account, kp.device_id])?;
+        c.execute(
+            "DELETE FROM key_packages WHERE account = ?1 AND device_id = ?2 AND last_resort = 1",
+            params![account, kp.device_id],
+        )?;
     }
     let stored = c
-        .prepare_cached(
+        .execute(
             "INSERT INTO key_packages (kp_ref, account, device_id, cipher_suite, last_resort, not_after, message, seq)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (kp_ref) DO NOTHING",
-        )?
-        .execute(params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq])?;
+            params![kp.kp_ref, account, kp.device_id, kp.cipher_suite, kp.last_resort, kp.not_after, kp.message, seq],
+        )?;
     Ok(stored == 1)
 }
 
@@ -269,9 +273,9 @@ type HandedOut = (Vec<u8>, Vec<u8>, bool);
 /// it gets no row and tries again while ordinary candidates remain. The
 /// last-resort package is read only under the condition (in the same
 /// statement) that no ordinary candidate is left.
-fn hand_out(c: &Connection, args: &[&dyn rusqlite::ToSql]) -> Result<Option<HandedOut>, StoreError> {
+fn hand_out(c: &Db, args: &[&dyn Param]) -> Result<Option<HandedOut>, StoreError> {
     let take = |sql: &str, last_resort: bool| -> Result<Option<HandedOut>, StoreError> {
-        Ok(c.prepare_cached(sql)?.query_row(args, |r| Ok((r.get(0)?, r.get(1)?, last_resort))).optional()?)
+        Ok(c.query_opt(sql, args, |r| Ok((r.get(0)?, r.get(1)?, last_resort)))?)
     };
     let ordinary = format!(
         "DELETE FROM key_packages WHERE kp_ref = (
@@ -290,13 +294,13 @@ fn hand_out(c: &Connection, args: &[&dyn rusqlite::ToSql]) -> Result<Option<Hand
         if let Some(kp) = take(&last_resort, true)? {
             return Ok(Some(kp));
         }
-        if !c.prepare_cached(&ordinary_left)?.query_row(args, |r| r.get::<_, bool>(0))? {
+        if !c.query_row(&ordinary_left, args, |r| r.get::<bool>(0))? {
             return Ok(None);
         }
     }
 }
 
-fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
+fn claim_one(c: &Db, ctx: &ClaimContext, device: &str, suite: Option<u16>) -> Result<ClaimOutcome, StoreError> {
     let fresh = ctx.now + MIN_REMAINING_LIFETIME;
     let max_size = i64::try_from(ctx.max_key_package_size).unwrap_or(i64::MAX);
     let found = hand_out(c, params![ctx.account, device, fresh, suite, max_size])?;
@@ -324,7 +328,7 @@ fn claim_one(c: &Connection, ctx: &ClaimContext, device: &str, suite: Option<u16
 /// device's pool at or below the mark and the account was not warned
 /// since the device's last upload.
 fn notify_claim(
-    c: &Connection,
+    c: &Db,
     ctx: &ClaimContext,
     device: &str,
     kp_ref: &str,
@@ -349,10 +353,12 @@ fn notify_claim(
 }
 
 /// Marks the device warned; false if it was already.
-fn first_warning(c: &Connection, account: &str, device: &str) -> Result<bool, StoreError> {
+fn first_warning(c: &Db, account: &str, device: &str) -> Result<bool, StoreError> {
     let changed = c
-        .prepare_cached("UPDATE devices SET low_warned = 1 WHERE account = ?1 AND device_id = ?2 AND low_warned = 0")?
-        .execute(params![account, device])?;
+        .execute(
+            "UPDATE devices SET low_warned = 1 WHERE account = ?1 AND device_id = ?2 AND low_warned = 0",
+            params![account, device],
+        )?;
     Ok(changed == 1)
 }
 

@@ -30,6 +30,7 @@ pub mod local;
 pub mod mls;
 mod schema;
 mod sender;
+pub mod sql;
 pub mod state;
 mod usage;
 mod vault;
@@ -58,6 +59,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::config::{StoreConfig, Synchronous};
+use sql::Db;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -136,11 +138,11 @@ impl Store {
     /// returned; the writer and the batch's other requests go on.
     async fn write<R: Send + 'static, E: From<StoreError> + Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<R, E> + Send + 'static,
+        f: impl FnOnce(&Db) -> Result<R, E> + Send + 'static,
     ) -> Result<R, E> {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
-            let result = contain(|| f(conn)).unwrap_or_else(|e| Err(E::from(e)));
+            let result = contain(|| f(&Db::sqlite(conn))).unwrap_or_else(|e| Err(E::from(e)));
             let ok = result.is_ok();
             let finish: Finish = Box::new(move |committed| {
                 let _ = tx.send(committed.map_err(E::from).and(result));
@@ -155,7 +157,7 @@ impl Store {
     /// Runs `f` on a read connection, on a blocking thread.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        f: impl FnOnce(&Db) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
@@ -163,7 +165,7 @@ impl Store {
                 Some(conn) => conn,
                 None => open_reader(&inner.path)?,
             };
-            let result = f(&conn);
+            let result = f(&Db::sqlite(&conn));
             let mut pool = inner.readers.lock().expect("readers lock");
             if pool.len() < inner.max_readers {
                 pool.push(conn);
@@ -180,7 +182,7 @@ impl Store {
         self.read(|c| {
             let sql = "SELECT (p.page_count - f.freelist_count) * s.page_size
                        FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s";
-            Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(c.query_row(sql, sql::params![], |r| r.get::<i64>(0))? as u64)
         })
         .await
     }
@@ -214,7 +216,7 @@ fn contain<T>(f: impl FnOnce() -> T) -> Result<T, StoreError> {
 /// `Ok(Ok(t))` keeps them, `Ok(Err(t))` (a refusal, answered with `t`)
 /// and `Err` undo them, so a refused decision changes nothing.
 pub(super) fn undo_refused<T>(
-    c: &Connection,
+    c: &Db,
     decide: impl FnOnce() -> Result<Result<T, T>, StoreError>,
 ) -> Result<T, StoreError> {
     c.execute_batch("SAVEPOINT decision")?;
@@ -299,6 +301,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
 
 #[cfg(test)]
 mod tests {
+    use super::sql::params;
     use super::*;
 
     pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
@@ -316,7 +319,7 @@ mod tests {
             .map(|n| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    store.write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (?1)", [n])?)).await
+                    store.write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (?1)", params![n])?)).await
                 })
             })
             .collect();
@@ -324,7 +327,7 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), 1);
         }
         let count: i64 =
-            store.read(|c| Ok(c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))?)).await.unwrap();
+            store.read(|c| Ok(c.query_row("SELECT count(*) FROM t", params![], |r| r.get(0))?)).await.unwrap();
         assert_eq!(count, 200);
     }
 
@@ -341,9 +344,7 @@ mod tests {
     async fn rows_of_t(store: &Store) -> Vec<i64> {
         store
             .read(|c| {
-                let mut st = c.prepare("SELECT n FROM t ORDER BY n")?;
-                let rows = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-                Ok::<_, StoreError>(rows)
+                c.query_map("SELECT n FROM t ORDER BY n", params![], |r| r.get(0))
             })
             .await
             .unwrap()
@@ -352,12 +353,12 @@ mod tests {
     #[tokio::test]
     async fn a_failing_request_does_not_undo_its_batch_neighbours() {
         let (_dir, store) = table_store().await;
-        let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?));
+        let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", params![])?));
         let bad = store.write(|c| {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
-            Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?) // duplicate key
+            c.execute("INSERT INTO t VALUES (2)", params![])?;
+            Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", params![])?) // duplicate key
         });
-        let ok3 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (3)", [])?));
+        let ok3 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (3)", params![])?));
         let (a, b, c) = tokio::join!(ok1, bad, ok3);
         assert!(a.is_ok() && c.is_ok());
         assert!(matches!(b, Err(StoreError::Sqlite(_))));
@@ -367,16 +368,16 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_request_is_rolled_back_and_the_writer_goes_on() {
         let (_dir, store) = table_store().await;
-        let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", [])?));
+        let ok1 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (1)", params![])?));
         let panics = store.write(|c| -> Result<usize, StoreError> {
-            c.execute("INSERT INTO t VALUES (2)", [])?;
+            c.execute("INSERT INTO t VALUES (2)", params![])?;
             panic!("injected")
         });
-        let ok3 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (3)", [])?));
+        let ok3 = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (3)", params![])?));
         let (a, b, c) = tokio::join!(ok1, panics, ok3);
         assert_eq!((a.unwrap(), c.unwrap()), (1, 1), "the batch's other requests are committed");
         assert!(matches!(b, Err(StoreError::Panicked(ref what)) if what == "injected"), "{b:?}");
-        let later = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (4)", [])?)).await;
+        let later = store.write(|c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (4)", params![])?)).await;
         assert_eq!(later.unwrap(), 1, "the writer survived");
         assert_eq!(rows_of_t(&store).await, vec![1, 3, 4], "the panicking request's insert is rolled back");
     }
@@ -388,9 +389,9 @@ mod tests {
         let (_dir, store) = table_store().await;
         let decide = |keep: bool| {
             store.write(move |c| {
-                c.execute("INSERT INTO t VALUES (?1)", [i64::from(keep)])?;
+                c.execute("INSERT INTO t VALUES (?1)", params![i64::from(keep)])?;
                 undo_refused(c, || {
-                    c.execute("INSERT INTO t VALUES (?1)", [10 + i64::from(keep)])?;
+                    c.execute("INSERT INTO t VALUES (?1)", params![10 + i64::from(keep)])?;
                     Ok(if keep { Ok("kept") } else { Err("refused") })
                 })
             })
@@ -405,7 +406,7 @@ mod tests {
         let (dir, store) = temp_store();
         store.write(|c| Ok::<_, StoreError>(c.execute_batch("CREATE TABLE t (n INTEGER)")?)).await.unwrap();
         let mut queued: Vec<_> = (0..50)
-            .map(|n| Box::pin(store.write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (?1)", [n])?))))
+            .map(|n| Box::pin(store.write(move |c| Ok::<_, StoreError>(c.execute("INSERT INTO t VALUES (?1)", params![n])?))))
             .collect();
         for f in &mut queued {
             let _ = futures::poll!(f.as_mut()); // enqueues the request

@@ -421,7 +421,7 @@ mod compact_archive {
         let schema: Vec<String> = store
             .read(|c| {
                 let sql = "SELECT name FROM sqlite_master WHERE tbl_name IN ('archive', 'acceptances') ORDER BY name";
-                Ok(c.prepare(sql)?.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?)
+                c.query_map(sql, crate::store::sql::params![], |r| r.get(0))
             })
             .await
             .unwrap();
@@ -450,7 +450,7 @@ mod compact_archive {
         // Retention keeps the unacknowledged Commit and what follows.
         assert_eq!(store.prune_history(now + 10).await.unwrap(), 1);
         assert_eq!(store.positions(g(), ids).await.unwrap(), [None, Some(2)]);
-        let kept: i64 = store.read(|c| Ok(c.query_row("SELECT count(*) FROM archive_ids", [], |r| r.get(0))?)).await.unwrap();
+        let kept: i64 = store.read(|c| c.query_row("SELECT count(*) FROM archive_ids", crate::store::sql::params![], |r| r.get(0))).await.unwrap();
         assert_eq!(kept, 1, "the pruned item's id went with it");
         store.close().await;
     }

@@ -1,9 +1,8 @@
 //! The service as an MLS external sender (xep/ §Service Removals): its
 //! signature keys and the Remove proposals it issued.
 
-use rusqlite::{params, Connection};
-
 use super::groups::GroupTx;
+use super::sql::{params, Db};
 use super::{Store, StoreError};
 
 /// One of the service's Ed25519 signature keys, as stored.
@@ -20,13 +19,15 @@ impl std::fmt::Debug for ServiceKey {
 }
 
 /// The service's keys, newest (current) first.
-fn service_keys(c: &Connection) -> Result<Vec<ServiceKey>, StoreError> {
-    let mut st = c.prepare_cached("SELECT private, public FROM service_keys ORDER BY id DESC")?;
-    let rows = st.query_map([], |r| Ok(ServiceKey { private: r.get(0)?, public: r.get(1)? }))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+fn service_keys(c: &Db) -> Result<Vec<ServiceKey>, StoreError> {
+    c.query_map(
+        "SELECT private, public FROM service_keys ORDER BY id DESC",
+        params![],
+        |r| Ok(ServiceKey { private: r.get(0)?, public: r.get(1)? }),
+    )
 }
 
-fn add_key(c: &Connection, key: &ServiceKey, now: i64) -> Result<(), StoreError> {
+fn add_key(c: &Db, key: &ServiceKey, now: i64) -> Result<(), StoreError> {
     c.execute(
         "INSERT INTO service_keys (private, public, created_at) VALUES (?1, ?2, ?3)",
         params![key.private, key.public, now],
@@ -65,14 +66,14 @@ impl Store {
     /// key is not a live device of its account.
     pub async fn groups_with_stale_leaves(&self, account: Option<String>, now: i64) -> Result<Vec<Vec<u8>>, StoreError> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
+            c.query_map(
                 "SELECT DISTINCT m.group_id FROM members m
                  WHERE (?1 IS NULL OR m.account = ?1) AND NOT EXISTS (SELECT 1 FROM devices d
                    WHERE d.account = m.account AND d.signature_key = m.signature_key AND d.expires_at > ?2)
                  ORDER BY m.group_id",
-            )?;
-            let rows = st.query_map(params![account, now], |r| r.get(0))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+                params![account, now],
+                |r| r.get(0),
+            )
         })
         .await
     }
@@ -86,16 +87,16 @@ impl GroupTx<'_> {
     /// Leaves of the group whose signature key is not a live device of
     /// their account and for which no service proposal of `epoch` exists.
     pub fn stale_leaves(&self, epoch: u64) -> Result<Vec<u32>, StoreError> {
-        let mut st = self.c.prepare_cached(
+        self.c.query_map(
             "SELECT m.leaf FROM members m
              WHERE m.group_id = ?1 AND NOT EXISTS (SELECT 1 FROM devices d
                WHERE d.account = m.account AND d.signature_key = m.signature_key AND d.expires_at > ?2)
              AND NOT EXISTS (SELECT 1 FROM service_proposals p
                WHERE p.group_id = m.group_id AND p.epoch = ?3 AND p.leaf = m.leaf)
              ORDER BY m.leaf",
-        )?;
-        let rows = st.query_map(params![self.group_id, self.now, epoch as i64], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![self.group_id, self.now, epoch as i64],
+            |r| r.get(0),
+        )
     }
 
     /// Records a service Remove proposal of `leaf` in `epoch`, once (a
@@ -115,17 +116,20 @@ impl GroupTx<'_> {
 
     /// Forgets the service proposals of epochs before `epoch`.
     pub fn forget_service_proposals(&self, epoch: u64) -> Result<(), StoreError> {
-        self.c.execute("DELETE FROM service_proposals WHERE group_id = ?1 AND epoch < ?2", params![self.group_id, epoch as i64])?;
+        self.c.execute(
+            "DELETE FROM service_proposals WHERE group_id = ?1 AND epoch < ?2",
+            params![self.group_id, epoch as i64],
+        )?;
         Ok(())
     }
 
     /// Leaves the service proposed to remove in `epoch` at or before `before`.
     pub fn overdue_removals(&self, epoch: u64, before: i64) -> Result<Vec<u32>, StoreError> {
-        let mut st = self.c.prepare_cached(
+        self.c.query_map(
             "SELECT leaf FROM service_proposals WHERE group_id = ?1 AND epoch = ?2 AND created_at <= ?3 ORDER BY leaf",
-        )?;
-        let rows = st.query_map(params![self.group_id, epoch as i64, before], |r| r.get(0))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+            params![self.group_id, epoch as i64, before],
+            |r| r.get(0),
+        )
     }
 }
 

@@ -2,8 +2,7 @@
 //! compare-and-swap (one conditional statement per blob) within quotas
 //! kept in the account's usage row.
 
-use rusqlite::{params, Connection, OptionalExtension};
-
+use super::sql::{params, Db};
 use super::usage::{charge_vault, free_vault, VaultRefusal};
 use super::{undo_refused, Store, StoreError};
 use crate::protocol::mam::Cursor;
@@ -37,40 +36,39 @@ pub struct VaultLimits {
     pub max_blobs: usize,
 }
 
-fn current(c: &Connection, account: &str, name: &str) -> Result<Option<(u64, usize)>, StoreError> {
-    Ok(c.query_row(
+fn current(c: &Db, account: &str, name: &str) -> Result<Option<(u64, usize)>, StoreError> {
+    Ok(c.query_opt(
         "SELECT version, length(data) FROM vault WHERE account = ?1 AND name = ?2",
         params![account, name],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as usize)),
-    )
-    .optional()?)
+        |r| Ok((r.get::<i64>(0)? as u64, r.get::<i64>(1)? as usize)),
+    )?)
 }
 
-fn usage(c: &Connection, account: &str) -> Result<(usize, usize), StoreError> {
+fn usage(c: &Db, account: &str) -> Result<(usize, usize), StoreError> {
     Ok(c.query_row(
         "SELECT coalesce(sum(length(data)), 0), count(*) FROM vault WHERE account = ?1",
-        [account],
-        |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+        params![account],
+        |r| Ok((r.get::<i64>(0)? as usize, r.get::<i64>(1)? as usize)),
     )?)
 }
 
 /// The compare-and-swap of one blob: writes version `if_version + 1` if
 /// the blob is at `if_version` with `old_size` octets (0: absent). False:
 /// it is not, and nothing was written.
-fn swap(c: &Connection, account: &str, name: &str, if_version: u64, old_size: usize, data: &[u8], now: i64) -> Result<bool, StoreError> {
+fn swap(c: &Db, account: &str, name: &str, if_version: u64, old_size: usize, data: &[u8], now: i64) -> Result<bool, StoreError> {
     let version = (if_version + 1) as i64;
     let written = if if_version == 0 {
-        c.prepare_cached(
+        c.execute(
             "INSERT INTO vault (account, name, version, data, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (account, name) DO NOTHING",
+            params![account, name, version, data, now],
         )?
-        .execute(params![account, name, version, data, now])?
     } else {
-        c.prepare_cached(
+        c.execute(
             "UPDATE vault SET version = ?3, data = ?4, updated_at = ?5
              WHERE account = ?1 AND name = ?2 AND version = ?6 AND length(data) = ?7",
+            params![account, name, version, data, now, if_version as i64, old_size as i64],
         )?
-        .execute(params![account, name, version, data, now, if_version as i64, old_size as i64])?
     };
     Ok(written == 1)
 }
@@ -122,11 +120,11 @@ impl Store {
     pub async fn vault_delete(&self, account: String, name: String, if_version: u64) -> Result<VaultWrite, StoreError> {
         self.write(move |c| {
             let deleted: Option<i64> = c
-                .prepare_cached(
+                .query_opt(
                     "DELETE FROM vault WHERE account = ?1 AND name = ?2 AND version = ?3 RETURNING length(data)",
-                )?
-                .query_row(params![account, name, if_version as i64], |r| r.get(0))
-                .optional()?;
+                    params![account, name, if_version as i64],
+                    |r| r.get(0),
+                )?;
             let Some(size) = deleted else {
                 return Ok(match current(c, &account, &name)? {
                     None => VaultWrite::NotFound,
@@ -142,12 +140,11 @@ impl Store {
     /// A blob's version and data.
     pub async fn vault_get(&self, account: String, name: String) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
         self.read(move |c| {
-            Ok(c.query_row(
+            Ok(c.query_opt(
                 "SELECT version, data FROM vault WHERE account = ?1 AND name = ?2",
                 params![account, name],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-            )
-            .optional()?)
+                |r| Ok((r.get::<i64>(0)? as u64, r.get(1)?)),
+            )?)
         })
         .await
     }
@@ -162,16 +159,16 @@ impl Store {
                 Cursor::Last => (None, None, true),
             };
             let order = if descending { "DESC" } else { "ASC" };
-            let mut st = c.prepare_cached(&format!(
-                "SELECT name, version, length(data) FROM vault
-                 WHERE account = ?1 AND (?2 IS NULL OR name > ?2) AND (?3 IS NULL OR name < ?3)
-                 ORDER BY name {order} LIMIT ?4"
-            ))?;
             let limit = i64::try_from(max).unwrap_or(i64::MAX);
-            let rows = st.query_map(params![account, after, before, limit], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as usize))
-            })?;
-            let mut items: Vec<(String, u64, usize)> = rows.collect::<Result<_, _>>()?;
+            let mut items: Vec<(String, u64, usize)> = c.query_map(
+                &format!(
+                    "SELECT name, version, length(data) FROM vault
+                     WHERE account = ?1 AND (?2 IS NULL OR name > ?2) AND (?3 IS NULL OR name < ?3)
+                     ORDER BY name {order} LIMIT ?4"
+                ),
+                params![account, after, before, limit],
+                |r| Ok((r.get(0)?, r.get::<i64>(1)? as u64, r.get::<i64>(2)? as usize)),
+            )?;
             if descending {
                 items.reverse();
             }
@@ -179,7 +176,7 @@ impl Store {
                 Some((name, ..)) => c.query_row(
                     "SELECT count(*) FROM vault WHERE account = ?1 AND name < ?2",
                     params![account, name],
-                    |r| r.get::<_, i64>(0),
+                    |r| r.get::<i64>(0),
                 )? as usize,
                 None => 0,
             };
@@ -212,8 +209,8 @@ mod tests {
             .read(|c| {
                 Ok(c.query_row(
                     "SELECT vault_bytes, vault_blobs FROM account_usage WHERE account = 'alice@example.org'",
-                    [],
-                    |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as usize)),
+                    params![],
+                    |r| Ok((r.get::<i64>(0)? as usize, r.get::<i64>(1)? as usize)),
                 )?)
             })
             .await
