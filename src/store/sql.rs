@@ -1,12 +1,10 @@
-//! The one way the store's modules run SQL: [`Db`], a connection inside
-//! the request's transaction, with parameters and columns of the few types
-//! the schema uses (integers, text, octets, and NULL as `Option`).
-//!
-//! Statements are written once, in the dialect both engines read:
-//! numbered parameters (`?1`), `ON CONFLICT` instead of `INSERT OR …`,
-//! `RETURNING` instead of rowids, sums cast back to integers. What a store
-//! module must not assume of the engine is the writer: a decision holds by
-//! its predicate or by a lock it names ([`Db::lock_clause`]).
+//! The one way the store's modules run SQL: [`Db`], a connection (a
+//! write request's transaction, or a reader), with parameters and columns
+//! of the few types the schema uses (integers, text, octets, and NULL as
+//! `Option`). No store module names the engine's own types, so each
+//! decision's statements are written once for every engine the store runs
+//! on. What a module must not assume of the engine is the writer: a
+//! decision holds by its predicate or by a lock it names.
 
 use rusqlite::types::{FromSql, ToSql, ValueRef};
 
@@ -57,7 +55,8 @@ impl Row<'_> {
     /// The value of column `i` (from 0).
     pub fn get<T: Column>(&self, i: usize) -> Result<T, StoreError> {
         let value = self.row.get_ref(i)?;
-        T::from_sqlite(value).map_err(|e| StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e))))
+        T::from_sqlite(value)
+            .map_err(|e| StoreError::Sqlite(rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e))))
     }
 }
 
@@ -81,12 +80,22 @@ impl<'c> Db<'c> {
     }
 
     /// The one row a statement returns (an error if none).
-    pub fn query_row<T>(&self, sql: &str, params: &[&dyn Param], f: impl FnOnce(&Row) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn query_row<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        f: impl FnOnce(&Row) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.query_opt(sql, params, f)?.ok_or(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows))
     }
 
     /// The first row a statement returns, if any.
-    pub fn query_opt<T>(&self, sql: &str, params: &[&dyn Param], f: impl FnOnce(&Row) -> Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    pub fn query_opt<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        f: impl FnOnce(&Row) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
         let mut st = self.conn.prepare_cached(sql)?;
         let mut rows = st.query(bind(params).as_slice())?;
         match rows.next()? {
@@ -96,7 +105,12 @@ impl<'c> Db<'c> {
     }
 
     /// Every row a statement returns, each read by `f`.
-    pub fn query_map<T>(&self, sql: &str, params: &[&dyn Param], mut f: impl FnMut(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
+    pub fn query_map<T>(
+        &self,
+        sql: &str,
+        params: &[&dyn Param],
+        mut f: impl FnMut(&Row) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
         let mut st = self.conn.prepare_cached(sql)?;
         let mut rows = st.query(bind(params).as_slice())?;
         let mut out = Vec::new();
@@ -112,13 +126,5 @@ impl<'c> Db<'c> {
         let out = f(&Db { conn: &tx })?;
         tx.commit()?;
         Ok(out)
-    }
-
-    /// Appended to a `SELECT` that reads the rows a decision then writes,
-    /// on engines where other writers run meanwhile: they wait for this
-    /// transaction. Empty on SQLite, whose write transaction excludes every
-    /// other writer from its start.
-    pub fn lock_clause(&self) -> &'static str {
-        ""
     }
 }
