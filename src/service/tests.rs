@@ -3,6 +3,8 @@
 //! on a temporary store, and each test asserts the exact answer or error
 //! and what the store then holds.
 
+#![cfg(test)]
+
 use std::sync::Arc;
 
 use minidom::Element;
