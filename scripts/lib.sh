@@ -147,3 +147,37 @@ stop_server() {
   esac
   server_kind=
 }
+
+# PostgreSQL 15 from Debian's packages; the binaries are called directly,
+# so the package's own cluster stays down and untouched.
+PG_BIN=/usr/lib/postgresql/15/bin
+ensure_postgresql() {
+  [ -x "$PG_BIN/initdb" ] || install_debian_package postgresql-15
+  [ -x "$PG_BIN/initdb" ] || { echo "postgresql-15 did not install" >&2; return 1; }
+}
+
+# Starts a private PostgreSQL cluster in a new directory (its socket
+# there, TCP on a free port of 127.0.0.1, trust authentication) and exports
+# XMPP_TEST_POSTGRES, the connection string of its `postgres`
+# database. PostgreSQL refuses to run as root: as root, the server runs as
+# the `postgres` user. Durable settings (fsync on): what is measured and
+# tested is what an operator gets. Stop it with stop_postgresql.
+start_postgresql() {
+  PG_DIR=$(mktemp -d /tmp/xmpp-mls-pg.XXXXXX)
+  local as=() port
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$PG_DIR"; as=(runuser -u postgres --); fi
+  port=$(free_port 25432)
+  "${as[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >"$PG_DIR/initdb.log"
+  "${as[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$PG_DIR -c max_connections=400" start >/dev/null
+  export XMPP_TEST_POSTGRES="host=$PG_DIR port=$port user=postgres dbname=postgres"
+}
+
+stop_postgresql() {
+  [ -n "${PG_DIR:-}" ] || return 0
+  local as=()
+  [ "$(id -u)" -eq 0 ] && as=(runuser -u postgres --)
+  "${as[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null || true
+  rm -rf "$PG_DIR"
+  PG_DIR=
+}

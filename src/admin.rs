@@ -126,7 +126,7 @@ fn text(v: &Value) -> String {
 /// (check found a problem, a purge was declined).
 pub async fn run(config: &Config, json: bool, action: AdminAction) -> Result<bool, Box<dyn Error>> {
     let path = &config.store.path;
-    if !path.exists() {
+    if config.store.url.is_empty() && !path.exists() {
         return Err(format!("no store at {} (store.path)", path.display()).into());
     }
     let store = Store::open(&config.store)?;

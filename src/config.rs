@@ -80,8 +80,13 @@ pub struct ComponentConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite database file (created if missing).
+    /// SQLite database file (created if missing); unused with `url`.
     pub path: PathBuf,
+    /// A PostgreSQL connection string (`postgres://user@host/db` or
+    /// `host=… dbname=…`): the store is that database instead of SQLite.
+    pub url: String,
+    /// Most PostgreSQL connections open at once (requests beyond wait).
+    pub connections: usize,
     /// `full` fsyncs every batch (survives power loss); `normal` survives
     /// process crashes only.
     pub synchronous: Synchronous,
@@ -310,6 +315,8 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: "xmpp-mls.sqlite3".into(),
+            url: String::new(),
+            connections: 16,
             synchronous: Synchronous::Full,
             batch_max: 256,
             readers: 4,
@@ -396,6 +403,7 @@ impl Config {
             ("component.reconnect_max_secs", c.reconnect_max_secs),
             ("store.batch_max", self.store.batch_max as u64),
             ("store.readers", self.store.readers as u64),
+            ("store.connections", self.store.connections as u64),
             ("limits.max_payload_size", self.limits.max_payload_size as u64),
             ("limits.max_in_flight", self.limits.max_in_flight as u64),
             ("limits.max_page_size", self.limits.max_page_size as u64),

@@ -70,7 +70,7 @@ fn log_startup(config: &Config) {
         version = env!("CARGO_PKG_VERSION"),
         jid = %c.jid,
         server = %c.server,
-        store = %format_args!("sqlite:{}", config.store.path.display()),
+        store = %Store::describe(&config.store),
         synchronous = ?config.store.synchronous,
         max_payload_size = l.max_payload_size,
         max_stanza_out = l.max_stanza_out,

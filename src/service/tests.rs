@@ -69,7 +69,7 @@ fn bytes(m: &MlsMessageOut) -> Vec<u8> {
 
 /// A service on a fresh store (`extra`: TOML added to the configuration).
 pub(super) struct Ds {
-    _dir: tempfile::TempDir,
+    _scratch: crate::store::tests::Scratch,
     pub store: Store,
     service: Arc<Service>,
     config: Arc<Config>,
@@ -78,12 +78,11 @@ pub(super) struct Ds {
 
 impl Ds {
     pub(super) async fn new(members: &[&Member], extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "[component]\njid = \"{DOMAIN}\"\nsecret = \"t\"\n[store]\npath = \"{}\"\n{extra}",
-            dir.path().join("ds.sqlite3").display()
-        );
-        let config = Arc::new(Config::from_toml(&text, std::iter::empty()).unwrap());
+        let scratch = crate::store::tests::Scratch::new();
+        let text = format!("[component]\njid = \"{DOMAIN}\"\nsecret = \"t\"\n{extra}");
+        let mut config = Config::from_toml(&text, std::iter::empty()).unwrap();
+        config.store = scratch.config.clone();
+        let config = Arc::new(config);
         let store = Store::open(&config.store).unwrap();
         let now = crate::protocol::now();
         for m in members {
@@ -91,7 +90,7 @@ impl Ds {
             store.publish_device(m.account.to_string(), device, Element::bare("event", "urn:x"), 16, now).await.unwrap();
         }
         let service = Arc::new(Service::new(config.clone(), store.clone(), Vec::new()));
-        Self { _dir: dir, store, service, config, id: rand::random() }
+        Self { _scratch: scratch, store, service, config, id: rand::random() }
     }
 
     /// Another service process on the same store (its own cache).

@@ -101,7 +101,7 @@ fn group_summaries(c: &Db, only: Option<&[u8]>) -> Result<Vec<GroupSummary>, Sto
                 (SELECT count(DISTINCT account) FROM members m WHERE m.group_id = g.group_id),
                 (SELECT count(*) {rows}),
                 (SELECT created_at {rows} ORDER BY pos DESC LIMIT 1)
-         FROM groups g WHERE ?1 IS NULL OR g.group_id = ?1
+         FROM groups g WHERE g.group_id = ?1 OR ?1 IS NULL
          ORDER BY g.created_at, g.group_id"
     );
     c.query_map(&sql, params![only], |r| {
@@ -152,6 +152,14 @@ fn device_stock(c: &Db, account: &str, now: i64) -> Result<Vec<DeviceStock>, Sto
     )
 }
 
+/// The statement for the database's size in octets.
+fn database_size(c: &Db) -> &'static str {
+    match c.is_postgres() {
+        true => "SELECT pg_database_size(current_database())",
+        false => "SELECT p.page_count * s.page_size FROM pragma_page_count() p, pragma_page_size() s",
+    }
+}
+
 impl Store {
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         self.read(|c| {
@@ -168,11 +176,7 @@ impl Store {
                 inbox_notices: count(c, "SELECT count(*) FROM inbox", params![])?,
                 vault_blobs: count(c, "SELECT count(*) FROM vault", params![])?,
                 vault_bytes: count(c, "SELECT coalesce(sum(length(data)), 0) FROM vault", params![])?,
-                database_bytes: count(
-                    c,
-                    "SELECT p.page_count * s.page_size FROM pragma_page_count() p, pragma_page_size() s",
-                    params![],
-                )?,
+                database_bytes: count(c, database_size(c), params![])?,
             })
         })
         .await
@@ -274,12 +278,23 @@ impl Store {
         .await
     }
 
-    /// `PRAGMA integrity_check` ("ok" when sound) and the schema version.
+    /// The engine's integrity check ("ok" when sound) and the schema
+    /// version. SQLite: `PRAGMA integrity_check`. PostgreSQL checks its
+    /// pages itself (with data checksums, if the cluster has them): what is
+    /// checked here is that the schema is the one this code knows.
     pub async fn integrity(&self) -> Result<(Vec<String>, u32), StoreError> {
-        self.read(|c| {
-            let problems = c.query_map("PRAGMA integrity_check", params![], |r| r.get(0))?;
-            let version = c.query_row("PRAGMA user_version", params![], |r| r.get(0))?;
-            Ok((problems, version))
+        self.read(|c| match c.is_postgres() {
+            false => {
+                let problems = c.query_map("PRAGMA integrity_check", params![], |r| r.get(0))?;
+                let version = c.query_row("PRAGMA user_version", params![], |r| r.get(0))?;
+                Ok((problems, version))
+            }
+            true => {
+                let version = super::pg_schema::version(c)?;
+                let known = version as usize == super::pg_schema::VERSION;
+                let problem = format!("schema version {version}, this program knows {}", super::pg_schema::VERSION);
+                Ok((vec![if known { "ok".into() } else { problem }], version))
+            }
         })
         .await
     }
@@ -288,6 +303,9 @@ impl Store {
     /// not exist), taken while the component may be writing.
     pub async fn backup(&self, path: PathBuf) -> Result<(), StoreError> {
         self.read(move |c| {
+            if c.is_postgres() {
+                return Err(StoreError::Unsupported("on PostgreSQL, back up with pg_dump or the cluster's own backups"));
+            }
             let path = path.to_str().ok_or_else(|| StoreError::Batch("backup path is not UTF-8".into()))?;
             c.execute("VACUUM INTO ?1", params![path])?;
             Ok(())

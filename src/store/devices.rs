@@ -1,5 +1,7 @@
 //! Device lists and their subscriptions.
 
+use std::collections::HashSet;
+
 use minidom::Element;
 
 use super::groups::drop_stale_feed;
@@ -164,21 +166,18 @@ impl Store {
         let (max, per_account) = limits;
         self.write(move |c| {
             lock_account(c, &account)?;
-            let (own, mine, others): (bool, usize, usize) = c
-                .query_row(
-                    "SELECT coalesce(max(subscriber = ?3), 0),
-                            count(*) FILTER (WHERE s.bare = ?4),
-                            count(DISTINCT s.bare) FILTER (WHERE s.bare <> ?4)
-                     FROM (SELECT subscriber,
-                                  CASE instr(subscriber, '/') WHEN 0 THEN subscriber
-                                  ELSE substr(subscriber, 1, instr(subscriber, '/') - 1) END AS bare
-                           FROM subscriptions WHERE account = ?1 AND node = ?2) s",
-                    params![account, node, subscriber, by],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )?;
-            if own {
+            // At most max × per_account rows: the limits below keep it so.
+            let subscribers: Vec<String> = c.query_map(
+                "SELECT subscriber FROM subscriptions WHERE account = ?1 AND node = ?2",
+                params![account, node],
+                |r| r.get(0),
+            )?;
+            if subscribers.contains(&subscriber) {
                 return Ok(true);
             }
+            let bare = |s: &String| s.split('/').next().unwrap_or_default().to_owned();
+            let mine = subscribers.iter().filter(|s| bare(s) == by).count();
+            let others = subscribers.iter().map(bare).filter(|b| *b != by).collect::<HashSet<_>>().len();
             if mine >= per_account || (mine == 0 && others >= max) {
                 return Ok(false);
             }

@@ -82,8 +82,8 @@ pub(super) fn drop_stale_feed(
     now: i64,
 ) -> Result<Vec<Departed>, StoreError> {
     let sql = format!(
-        "DELETE FROM feed AS f WHERE (?1 IS NULL OR f.group_id = ?1)
-           AND (?2 IS NULL OR f.account = ?2) AND NOT {LIVE_LEAF}
+        "DELETE FROM feed AS f WHERE (f.group_id = ?1 OR ?1 IS NULL)
+           AND (f.account = ?2 OR ?2 IS NULL) AND NOT {LIVE_LEAF}
          RETURNING group_id, device_id, full_jid, account"
     );
     c.query_map(&sql, params![group_id, account, now], |r| {
@@ -152,9 +152,9 @@ pub(super) const DAY: i64 = 24 * 3600;
 fn count_archived(c: &Db, scope: &str, owner: &[u8], day: i64, bytes: u64, limit: Option<u64>) -> Result<bool, StoreError> {
     let limit = limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
     let counted = c.execute(
-        "INSERT INTO archive_bytes (scope, owner, day, bytes) SELECT ?1, ?2, ?3, ?4 WHERE ?5 IS NULL OR ?4 <= ?5
+        "INSERT INTO archive_bytes (scope, owner, day, bytes) SELECT ?1, ?2, ?3, ?4 WHERE ?4 <= ?5 OR ?5 IS NULL
          ON CONFLICT (scope, owner, day) DO UPDATE SET bytes = archive_bytes.bytes + excluded.bytes
-         WHERE ?5 IS NULL OR archive_bytes.bytes + excluded.bytes <= ?5",
+         WHERE archive_bytes.bytes + excluded.bytes <= ?5 OR ?5 IS NULL",
         params![scope, owner, day, bytes as i64, limit],
     )?;
     Ok(counted == 1)
@@ -195,11 +195,16 @@ impl<'c> GroupTx<'c> {
     /// Starts following the group at `epoch` with `state` (and the next
     /// group number); false, doing nothing, if a group with this id exists.
     pub fn create(&self, epoch: u64, group_info: &[u8], state: &PublicState) -> Result<bool, StoreError> {
+        let num: i64 = self.c.query_row(
+            "UPDATE counters SET value = value + 1 WHERE name = 'group_num' RETURNING value",
+            params![],
+            |r| r.get(0),
+        )?;
         let created = self.c.execute(
             "INSERT INTO groups (group_id, created_at, epoch, group_info, state, num)
-             VALUES (?1, ?2, ?3, ?4, ?5, (SELECT coalesce(max(num), 0) + 1 FROM groups))
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT (group_id) DO NOTHING",
-            params![self.group_id, self.now, epoch as i64, group_info, state.blob],
+            params![self.group_id, self.now, epoch as i64, group_info, state.blob, num],
         )? == 1;
         if created {
             self.queue_proposals(epoch, &state.proposals)?;
@@ -249,11 +254,14 @@ impl<'c> GroupTx<'c> {
         self.c.execute(
             "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6,
-               max(?7, coalesce((SELECT created_at FROM archive WHERE pos = ?1 - 1), ?7)))",
+               coalesce((SELECT CASE WHEN created_at > ?7 THEN created_at END FROM archive WHERE pos = ?1 - 1), ?7))",
             params![pos(num, seq), epoch as i64, kind_code(kind), sender_device, epoch_check, message, self.now],
         )?;
         let key = resend_key(&self.group_id, account, kind, message, self.now.div_euclid(DAY));
-        self.c.execute("INSERT OR REPLACE INTO resends (grp, key, seq) VALUES (?1, ?2, ?3)", params![num, key, seq as i64])?;
+        self.c.execute(
+            "INSERT INTO resends (grp, key, seq) VALUES (?1, ?2, ?3) ON CONFLICT (grp, key) DO UPDATE SET seq = excluded.seq",
+            params![num, key, seq as i64],
+        )?;
         Ok(Archived { seq, stanza_id: stanza_id(&self.group_id, seq, message) })
     }
 
@@ -310,7 +318,8 @@ impl<'c> GroupTx<'c> {
         }
         for m in members.iter().filter(|m| old.get(&m.leaf) != Some(m)) {
             self.c.execute(
-                "INSERT OR REPLACE INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (group_id, leaf) DO UPDATE SET account = excluded.account, signature_key = excluded.signature_key",
                 params![self.group_id, m.leaf, m.account, m.signature_key],
             )?;
         }
@@ -463,11 +472,13 @@ fn group_state(c: &Db, group_id: &[u8]) -> Result<Option<GroupState>, StoreError
     )
 }
 
-/// The group's public state in its current epoch.
+/// The group's public state in its current epoch. Queued proposals come
+/// in the order of their references: a commit names the proposals it
+/// includes, so their order is not significant.
 fn public_state(c: &Db, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
     let blob: Option<Vec<u8>> = c.query_row("SELECT state FROM groups WHERE group_id = ?1", params![group_id], |r| r.get(0))?;
     let proposals = c.query_map(
-        "SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY rowid",
+        "SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY ref",
         params![group_id, epoch as i64],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
@@ -701,7 +712,7 @@ impl Store {
     /// Takes `full_jid` off every feed (or one group's); returns the groups.
     pub async fn leave_feed(&self, group_id: Option<Vec<u8>>, full_jid: String) -> Result<usize, StoreError> {
         self.write(move |c| {
-            c.execute("DELETE FROM feed WHERE full_jid = ?1 AND (?2 IS NULL OR group_id = ?2)", params![full_jid, group_id])
+            c.execute("DELETE FROM feed WHERE full_jid = ?1 AND (group_id = ?2 OR ?2 IS NULL)", params![full_jid, group_id])
         })
         .await
     }

@@ -21,8 +21,12 @@ pub fn new_stanza_id() -> String {
 }
 
 /// Appends `payload` to `account`'s inbox inside the caller's transaction;
-/// returns its stanza id.
+/// returns its stanza id. The entry's position is taken under the account's
+/// lock (`lock_account`), so that an account's positions are committed in
+/// the order they are taken, whatever the number of writers: a device that
+/// acknowledged position n never has an entry below n appear later.
 pub(super) fn insert_inbox(c: &Db, account: &str, payload: &Element, now: i64) -> Result<String, StoreError> {
+    super::usage::lock_account(c, account)?;
     let stanza_id = new_stanza_id();
     c.execute(
         "INSERT INTO inbox (account, stanza_id, created_at, payload) VALUES (?1, ?2, ?3, ?4)",

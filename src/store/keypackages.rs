@@ -260,7 +260,7 @@ fn insert_key_package(c: &Db, account: &str, kp: &VerifiedKeyPackage, seq: i64) 
 /// SQL: a package of device `?2` of account `?1` that a claim may hand
 /// out: fresh at `?3`, of suite `?4` (NULL: any), at most `?5` octets.
 const CANDIDATE: &str = "account = ?1 AND device_id = ?2 AND not_after > ?3
-    AND (?4 IS NULL OR cipher_suite = ?4) AND length(message) <= ?5";
+    AND (cipher_suite = ?4 OR ?4 IS NULL) AND length(message) <= ?5";
 
 /// A handed-out package: its KeyPackageRef, its message, and whether it
 /// is the device's last-resort package.
@@ -271,31 +271,22 @@ type HandedOut = (Vec<u8>, Vec<u8>, bool);
 /// RETURNING of the oldest candidate: its WHERE is the decision, so a
 /// package is handed out at most once; a claimer that lost the race for
 /// it gets no row and tries again while ordinary candidates remain. The
-/// last-resort package is read only under the condition (in the same
-/// statement) that no ordinary candidate is left.
+/// last-resort package is read only once a statement has seen no ordinary
+/// candidate left (each statement sees what was committed before it).
 fn hand_out(c: &Db, args: &[&dyn Param]) -> Result<Option<HandedOut>, StoreError> {
-    let take = |sql: &str, last_resort: bool| -> Result<Option<HandedOut>, StoreError> {
-        Ok(c.query_opt(sql, args, |r| Ok((r.get(0)?, r.get(1)?, last_resort)))?)
-    };
     let ordinary = format!(
         "DELETE FROM key_packages WHERE kp_ref = (
             SELECT kp_ref FROM key_packages WHERE {CANDIDATE} AND last_resort = 0 ORDER BY seq LIMIT 1)
          RETURNING kp_ref, message"
     );
-    let last_resort = format!(
-        "SELECT kp_ref, message FROM key_packages WHERE {CANDIDATE} AND last_resort = 1
-           AND NOT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)"
-    );
     let ordinary_left = format!("SELECT EXISTS (SELECT 1 FROM key_packages WHERE {CANDIDATE} AND last_resort = 0)");
+    let last_resort = format!("SELECT kp_ref, message FROM key_packages WHERE {CANDIDATE} AND last_resort = 1");
     loop {
-        if let Some(kp) = take(&ordinary, false)? {
-            return Ok(Some(kp));
-        }
-        if let Some(kp) = take(&last_resort, true)? {
+        if let Some(kp) = c.query_opt(&ordinary, args, |r| Ok((r.get(0)?, r.get(1)?, false)))? {
             return Ok(Some(kp));
         }
         if !c.query_row(&ordinary_left, args, |r| r.get::<bool>(0))? {
-            return Ok(None);
+            return c.query_opt(&last_resort, args, |r| Ok((r.get(0)?, r.get(1)?, true)));
         }
     }
 }
@@ -406,7 +397,7 @@ mod tests {
         assert!(matches!(&last.outcomes[..], [ClaimOutcome::Claimed { last_resort: true, .. }]), "{last:?}");
     }
 
-    async fn store_with_device() -> (tempfile::TempDir, Store) {
+    async fn store_with_device() -> (crate::store::tests::Scratch, Store) {
         let (d, store) = temp_store();
         let device = Device { id: "d".into(), signature_key: vec![1; 32], label: None, expires: Some(5_000) };
         store.publish_device("alice@example.org".into(), device, Element::builder("e", "urn:x").build(), 2, 1_000).await.unwrap();

@@ -248,7 +248,8 @@ const MIGRATIONS: &[M<'static>] = &[
 ];
 
 /// Every migration, in order: [`MIGRATIONS`] (1 to 14), then 15 on, which
-/// may run Rust code (append new ones here).
+/// may run Rust code (append new ones here, and the same change to
+/// PostgreSQL's schema in `pg_schema.rs`).
 fn migrations() -> Migrations<'static> {
     let mut all = MIGRATIONS.to_vec();
     all.push(
@@ -292,6 +293,15 @@ fn migrations() -> Migrations<'static> {
                 PRIMARY KEY (grp, key)
             ) STRICT, WITHOUT ROWID;",
             resends_of_acceptances,
+    ));
+    // 16: counters taken under their row's lock (the next group number), so
+    // that two writers never take the same value.
+    all.push(M::up(
+        "CREATE TABLE counters (
+            name  TEXT PRIMARY KEY,
+            value INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO counters (name, value) VALUES ('group_num', coalesce((SELECT max(num) FROM groups), 0));",
     ));
     Migrations::new(all)
 }

@@ -29,7 +29,8 @@ fn service_keys(c: &Db) -> Result<Vec<ServiceKey>, StoreError> {
 
 fn add_key(c: &Db, key: &ServiceKey, now: i64) -> Result<(), StoreError> {
     c.execute(
-        "INSERT INTO service_keys (private, public, created_at) VALUES (?1, ?2, ?3)",
+        "INSERT INTO service_keys (id, private, public, created_at)
+         VALUES ((SELECT coalesce(max(id), 0) + 1 FROM service_keys), ?1, ?2, ?3)",
         params![key.private, key.public, now],
     )?;
     Ok(())
@@ -68,7 +69,7 @@ impl Store {
         self.read(move |c| {
             c.query_map(
                 "SELECT DISTINCT m.group_id FROM members m
-                 WHERE (?1 IS NULL OR m.account = ?1) AND NOT EXISTS (SELECT 1 FROM devices d
+                 WHERE (m.account = ?1 OR ?1 IS NULL) AND NOT EXISTS (SELECT 1 FROM devices d
                    WHERE d.account = m.account AND d.signature_key = m.signature_key AND d.expires_at > ?2)
                  ORDER BY m.group_id",
                 params![account, now],

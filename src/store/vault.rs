@@ -163,7 +163,7 @@ impl Store {
             let mut items: Vec<(String, u64, usize)> = c.query_map(
                 &format!(
                     "SELECT name, version, length(data) FROM vault
-                     WHERE account = ?1 AND (?2 IS NULL OR name > ?2) AND (?3 IS NULL OR name < ?3)
+                     WHERE account = ?1 AND (name > ?2 OR ?2 IS NULL) AND (name < ?3 OR ?3 IS NULL)
                      ORDER BY name {order} LIMIT ?4"
                 ),
                 params![account, after, before, limit],
