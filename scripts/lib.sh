@@ -157,9 +157,9 @@ ensure_postgresql() {
 }
 
 # Starts a private PostgreSQL cluster in a new directory (its socket
-# there, TCP on a free port of 127.0.0.1, trust authentication) and exports
-# XMPP_TEST_POSTGRES, the connection string of its `postgres`
-# database. PostgreSQL refuses to run as root: as root, the server runs as
+# there, TCP on a free port of 127.0.0.1, trust authentication) and sets
+# PG_CONNINFO, the connection string of its `postgres` database (the
+# tests take it as XMPP_TEST_POSTGRES). PostgreSQL refuses to run as root: as root, the server runs as
 # the `postgres` user. Durable settings (fsync on): what is measured and
 # tested is what an operator gets. Stop it with stop_postgresql.
 start_postgresql() {
@@ -170,7 +170,7 @@ start_postgresql() {
   "${as[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 --no-sync >"$PG_DIR/initdb.log"
   "${as[@]}" "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$PG_DIR -c max_connections=400" start >/dev/null
-  export XMPP_TEST_POSTGRES="host=$PG_DIR port=$port user=postgres dbname=postgres"
+  PG_CONNINFO="host=$PG_DIR port=$port user=postgres dbname=postgres"
 }
 
 stop_postgresql() {

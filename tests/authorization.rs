@@ -12,10 +12,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{expect, member, member_on, store_digest, Component, Prosody, COMPONENT, OTHER_DOMAIN};
+use common::db::StoreDb;
+use common::{expect, member, member_on, Component, Prosody, COMPONENT, OTHER_DOMAIN};
 use minidom::Element;
 use openmls::group::{MlsGroupCreateConfig, MlsGroupJoinConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
 use openmls::prelude::{
@@ -23,7 +23,6 @@ use openmls::prelude::{
     ProtocolVersion,
 };
 use openmls_traits::OpenMlsProvider;
-use rusqlite::types::FromSql;
 use tls_codec::{Deserialize, Serialize};
 use xmpp_mls::client::{directory_jid, iq_element, ClientError, GroupClient, GroupError, GroupEvent, Session};
 use xmpp_mls::protocol::groups::{epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Proposal};
@@ -32,6 +31,7 @@ use xmpp_mls::protocol::mam::{query_element, Ack, Cursor, NS_MAM, NS_RSM};
 use xmpp_mls::protocol::pubsub::{publish_request, simple_request, NS_PUBSUB, NS_PUBSUB_ERRORS};
 use xmpp_mls::protocol::vault::VaultRequest;
 use xmpp_mls::protocol::{devices, keypackages, n, NS, NS_ERRORS};
+use xmpp_mls::store_params;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::ns::{DISCO_INFO, DISCO_ITEMS};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
@@ -164,7 +164,7 @@ async fn every_operation_against_every_kind_of_requester() {
                     let app = app.map(|(ns, name)| (ns.to_owned(), name.to_owned()));
                     let got_app = e.other.as_ref().map(|o| (o.ns(), o.name().to_owned()));
                     assert_eq!((&e.type_, &e.defined_condition, got_app), (type_, condition, app), "{cell}");
-                    assert_eq!(store_digest(&fx.store), fx.before, "{cell} was refused, yet the store changed");
+                    assert_eq!(fx.store.dump(), fx.before, "{cell} was refused, yet the store changed");
                 }
                 (expected, got) => panic!("{cell}: expected {expected:?}, got {got:?}"),
             }
@@ -177,7 +177,7 @@ async fn every_operation_against_every_kind_of_requester() {
 
 /// The accounts, the group, and the store as the last request found it.
 struct Fixture {
-    store: PathBuf,
+    store: StoreDb,
     service: Jid,
     group: BareJid,
     owner: GroupClient,
@@ -187,7 +187,7 @@ struct Fixture {
     other_server: GroupClient,
     spoofer: Session,
     /// The store's digest when the last request went out.
-    before: String,
+    before: common::db::Dump,
     /// Numbers the items that cells create.
     serial: usize,
 }
@@ -206,9 +206,9 @@ impl Fixture {
         expect(&mut member_, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
         owner.send_body(&group, "before the matrix").await.unwrap();
         expect(&mut member_, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
-        let store = component.store_path();
+        let store = component.db();
         Fixture {
-            before: store_digest(&store),
+            before: store.dump(),
             store,
             service: Jid::new(COMPONENT).unwrap(),
             group,
@@ -270,7 +270,7 @@ impl Fixture {
             }
             Op::ListKeyPackages => {
                 let items = self.iq(actor, &directory, "get", simple_request("items", keypackages::NODE, &[], None)).await?;
-                let stored: i64 = self.query("SELECT count(*) FROM key_packages WHERE account = 'alice@example.org'", []);
+                let stored: i64 = self.store.one("SELECT count(*) FROM key_packages WHERE account = 'alice@example.org'", &[]);
                 assert_eq!(item_ids(items).len() as i64, stored);
             }
             Op::ClaimKeyPackages => {
@@ -282,13 +282,13 @@ impl Fixture {
                 // The notice names the account that really sent the claim.
                 let sql = "SELECT payload FROM inbox WHERE account = 'alice@example.org' AND payload LIKE '%<key-package-claimed%'
                            ORDER BY seq DESC LIMIT 1";
-                let notice: String = self.query(sql, []);
+                let notice: String = self.store.one(sql, &[]);
                 let notice: Element = notice.parse().unwrap();
                 assert_eq!(notice.attr("by"), Some(self.account(actor.sender()).as_str()));
             }
             Op::ReadInbox => {
                 let fin = self.iq(actor, &directory, "set", query_element("inbox", &[], 100, &Cursor::First, false)).await?;
-                let inbox: i64 = self.query("SELECT count(*) FROM inbox WHERE account = 'alice@example.org'", []);
+                let inbox: i64 = self.store.one("SELECT count(*) FROM inbox WHERE account = 'alice@example.org'", &[]);
                 assert!(inbox > 0);
                 assert_eq!(rsm_count(fin), inbox);
             }
@@ -319,7 +319,7 @@ impl Fixture {
                 let epoch = reply.get_child("x", NS).and_then(|x| x.attr("epoch")).expect("the epoch");
                 assert_eq!(epoch.parse::<u64>().unwrap(), self.group_state().0);
                 let on_feed: String =
-                    self.query("SELECT full_jid FROM feed WHERE group_id = ?1 AND device_id = ?2", rusqlite::params![self.group_id(), device]);
+                    self.store.one("SELECT full_jid FROM feed WHERE group_id = ?1 AND device_id = ?2", store_params![self.group_id(), device]);
                 assert_eq!(on_feed, self.full_jid(actor));
             }
             Op::JoinFeedAsOwnerDevice => {
@@ -330,9 +330,9 @@ impl Fixture {
                     .build();
                 self.stanza(actor, presence).await?;
                 let sql = "SELECT full_jid FROM feed WHERE group_id = ?1 AND account = 'alice@example.org' AND device_id = ?2";
-                let on_feed: String = self.query(sql, rusqlite::params![self.group_id(), device]);
+                let on_feed: String = self.store.one(sql, store_params![self.group_id(), device]);
                 assert_eq!(on_feed, self.full_jid(actor));
-                let feeds: i64 = self.query("SELECT count(*) FROM feed WHERE device_id = ?1", [&device]);
+                let feeds: i64 = self.store.one("SELECT count(*) FROM feed WHERE device_id = ?1", store_params![device]);
                 assert_eq!(feeds, 1, "one entry for the laptop, of alice's account");
                 // The later cells send from the laptop: it joins again.
                 let group = self.group.clone();
@@ -396,10 +396,10 @@ impl Fixture {
                 self.iq(actor, &group, "set", Element::builder("leave", NS).build()).await?;
                 let account = self.account(actor).to_string();
                 let sql = "SELECT left_group FROM group_joins WHERE group_id = ?1 AND account = ?2";
-                let left: i64 = self.query(sql, rusqlite::params![self.group_id(), account]);
+                let left: i64 = self.store.one(sql, store_params![self.group_id(), account]);
                 assert_eq!(left, 1, "{account} has not left");
                 let on_feed: i64 =
-                    self.query("SELECT count(*) FROM feed WHERE group_id = ?1 AND account = ?2", rusqlite::params![self.group_id(), account]);
+                    self.store.one("SELECT count(*) FROM feed WHERE group_id = ?1 AND account = ?2", store_params![self.group_id(), account]);
                 assert_eq!(on_feed, 0, "{account} is still on the feed");
             }
         }
@@ -523,7 +523,7 @@ impl Fixture {
     }
 
     fn note_store(&mut self) {
-        self.before = store_digest(&self.store);
+        self.before = self.store.dump();
     }
 
     /// ejabberd refuses a stanza whose 'from' names another account before
@@ -547,7 +547,7 @@ impl Fixture {
             let kind = stanza.name().to_owned();
             self.note_store();
             server.assert_closed_for_invalid_from(&mut self.spoofer, stanza).await;
-            assert_eq!(store_digest(&self.store), self.before, "a spoofed {kind} changed the store");
+            assert_eq!(self.store.dump(), self.before, "a spoofed {kind} changed the store");
             self.spoofer = server.client("mallory", "spoof").await;
         }
     }
@@ -598,11 +598,9 @@ impl Fixture {
 
     /// The group's epoch and latest GroupInfo, as the service holds them.
     fn group_state(&self) -> (u64, Vec<u8>) {
-        let conn = self.connection();
-        conn.query_row("SELECT epoch, group_info FROM groups WHERE group_id = ?1", [self.group_id()], |r| {
-            Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-        })
-        .unwrap()
+        let sql = "SELECT epoch, group_info FROM groups WHERE group_id = ?1";
+        let (epoch, info): (i64, Vec<u8>) = self.store.two(sql, store_params![self.group_id()]);
+        (epoch as u64, info)
     }
 
     /// Whether `actor` sends from a device with a leaf in the group.
@@ -612,66 +610,47 @@ impl Fixture {
         }
         let key = self.client(actor).device().signature_key().to_vec();
         let n: i64 =
-            self.query("SELECT count(*) FROM members WHERE group_id = ?1 AND signature_key = ?2", rusqlite::params![self.group_id(), key]);
+            self.store.one("SELECT count(*) FROM members WHERE group_id = ?1 AND signature_key = ?2", store_params![self.group_id(), key]);
         n > 0
     }
 
     /// The MLS message of the group's latest archived item of `kind`.
     fn last_archived(&self, kind: &str) -> Vec<u8> {
         let sql = format!("SELECT message FROM archive WHERE {} AND {KIND} = ?2 ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
-        self.query(&sql, rusqlite::params![self.group_id(), kind])
+        self.store.one(&sql, store_params![self.group_id(), kind])
     }
 
     /// The stanza id and position of the latest item of the group's archive
     /// or, with `None`, of alice's inbox.
     fn last_item(&self, group: Option<Vec<u8>>) -> (String, i64) {
-        use rusqlite::types::Value;
         let Some(id) = group else {
             let sql = "SELECT stanza_id, seq FROM inbox WHERE account = ?1 ORDER BY seq DESC LIMIT 1";
-            return self.connection().query_row(sql, [Value::Text("alice@example.org".into())], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            return self.store.two(sql, store_params!["alice@example.org"]);
         };
-        let sql = format!("SELECT pos & 0xffffffff, message FROM archive WHERE {} ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
-        let (seq, message): (i64, Vec<u8>) = self.connection().query_row(&sql, [&id], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        // Positions are pos's low 32 bits (a decimal mask: PostgreSQL 15 has no hex literals).
+        let sql = format!("SELECT pos & 4294967295, message FROM archive WHERE {} ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
+        let (seq, message): (i64, Vec<u8>) = self.store.two(&sql, store_params![id]);
         (xmpp_mls::store::stanza_id(&id, seq as u64, &message), seq)
     }
 
     fn kind_of(&self, stanza_id: &str) -> String {
-        self.query(&format!("SELECT {KIND} FROM archive WHERE pos = ?1"), [common::archive_pos(&self.store, stanza_id)])
-    }
-
-    fn connection(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(&self.store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
-    }
-
-    fn query<T: FromSql>(&self, sql: &str, params: impl rusqlite::Params) -> T {
-        self.connection().query_row(sql, params, |r| r.get(0)).unwrap()
+        let pos = common::archive_pos(&self.store, stanza_id);
+        self.store.one(&format!("SELECT {KIND} FROM archive WHERE pos = ?1"), store_params![pos])
     }
 
     fn subscriptions(&self, jid: &str) -> i64 {
-        self.query("SELECT count(*) FROM subscriptions WHERE account = 'alice@example.org' AND subscriber = ?1", [jid])
+        self.store.one("SELECT count(*) FROM subscriptions WHERE account = 'alice@example.org' AND subscriber = ?1", store_params![jid])
     }
 
     fn acked(&self, scope: Vec<u8>, account: &str, device: &str) -> Option<i64> {
-        use rusqlite::OptionalExtension;
-        self.connection()
-            .query_row(
-                "SELECT seq FROM acks WHERE scope = ?1 AND account = ?2 AND device_id = ?3",
-                rusqlite::params![scope, account, device],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap()
+        let sql = "SELECT seq FROM acks WHERE scope = ?1 AND account = ?2 AND device_id = ?3";
+        self.store.opt(sql, store_params![scope, account, device])
     }
 
     /// alice's blob `name` as (version, data).
     fn blob(&self, name: &str) -> Option<(i64, Vec<u8>)> {
-        use rusqlite::OptionalExtension;
-        self.connection()
-            .query_row("SELECT version, data FROM vault WHERE account = 'alice@example.org' AND name = ?1", [name], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .unwrap()
+        let sql = "SELECT version, data FROM vault WHERE account = 'alice@example.org' AND name = ?1";
+        self.store.with(|c| c.query_opt(sql, store_params![name], |r| Ok((r.get(0)?, r.get(1)?))))
     }
 
     /// A new blob "sealed" at version 1, written by the owner.

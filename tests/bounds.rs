@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::mls::{KpOptions, TestSigner};
-use common::{bare, outcome, raw, store_digest, COMPONENT, Component, Prosody};
+use common::{bare, outcome, raw, COMPONENT, Component, Prosody};
 use minidom::Element;
 use xmpp_mls::client::{directory_jid, KdfParams, Session, Vault};
 use xmpp_mls::protocol::keypackages::{parse_claimed, parse_rejections, Claim, ClaimOutcome, Rejection};
@@ -68,12 +68,12 @@ async fn a_claim_naming_a_device_twice_or_too_many_devices_is_refused_unwritten(
     let bob = prosody.client("bob", "phone").await;
     let at = directory_jid(&bare("alice@example.org"), &service());
 
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let fifty = raw(&bob, &at, "set", claim_of(&["d1"; 50])).await;
     assert_eq!(outcome(&fifty), "modify/bad-request (duplicate-device)");
     let three = raw(&bob, &at, "set", claim_of(&["d1", "d2", "d3"])).await;
     assert_eq!(outcome(&three), "modify/policy-violation (too-many-devices)");
-    assert!(store_digest(&component.store_path()) == before, "a refused claim changed the store");
+    assert!(component.db().dump() == before, "a refused claim changed the store");
 
     // The refusals cost no rate tokens, and the owner's first notice is
     // the one of the first claim that was accepted.
@@ -101,10 +101,10 @@ async fn a_claim_of_n_devices_costs_n_rate_tokens() {
     let at = directory_jid(&bare("alice@example.org"), &service());
 
     assert_eq!(claimed(&raw(&bob, &at, "set", claim_of(&["d1", "d2"])).await), ["d1", "d2"]);
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let over = raw(&bob, &at, "set", claim_of(&["d2", "d3"])).await;
     assert_eq!(outcome(&over), "wait/resource-constraint (rate-limited)");
-    assert!(store_digest(&component.store_path()) == before, "a claim over the rate changed the store");
+    assert!(component.db().dump() == before, "a claim over the rate changed the store");
     assert_eq!(claimed(&raw(&bob, &at, "set", claim_of(&["d3"])).await), ["d3"]);
     assert_eq!(outcome(&raw(&bob, &at, "set", claim_of(&["d1"])).await), "wait/resource-constraint (rate-limited)");
 

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use common::mls::{KpOptions, TestSigner};
-use common::{bare, store_digest, COMPONENT, Component, Prosody};
+use common::{bare, COMPONENT, Component, Prosody};
 use minidom::Element;
 use openmls::prelude::{Ciphersuite, Lifetime};
 use openmls_rust_crypto::RustCrypto;
@@ -88,7 +88,7 @@ async fn a_foreign_account_cannot_publish_or_retract_and_nothing_changes() {
     let alice = bare("alice@example.org");
     let key = TestSigner::new("alice@example.org");
     alice_s.publish_device(&service(), &key.device("laptop-1", None)).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let listed = bob.devices(&service(), &alice).await.unwrap();
 
     // bob addresses alice's directory: publish a device of his, retract hers.
@@ -105,7 +105,7 @@ async fn a_foreign_account_cannot_publish_or_retract_and_nothing_changes() {
     assert_eq!(e.defined_condition, DefinedCondition::Forbidden);
 
     assert_eq!(bob.devices(&service(), &alice).await.unwrap(), listed);
-    assert_eq!(store_digest(&component.store_path()), before);
+    assert_eq!(component.db().dump(), before);
 }
 
 /// Uploads `[valid, bad]` and expects the bad one refused with `reason`.
@@ -124,7 +124,7 @@ async fn every_kind_of_bad_upload_is_refused_with_its_reason_and_nothing_is_stor
     let session = prosody.client("alice", "laptop").await;
     let alice = TestSigner::new("alice@example.org");
     session.publish_device(&service(), &alice.device("laptop-1", None)).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
 
     let stranger = TestSigner::new("alice@example.org"); // key not in the list
     let mut bad_signature = alice.valid_kp();
@@ -145,7 +145,7 @@ async fn every_kind_of_bad_upload_is_refused_with_its_reason_and_nothing_is_stor
     ];
     for (bad, reason) in cases {
         expect_refused(&session, &alice, bad, reason).await;
-        assert_eq!(store_digest(&component.store_path()), before, "{reason:?} changed the store");
+        assert_eq!(component.db().dump(), before, "{reason:?} changed the store");
     }
     // Not even base64: refused per package too.
     let to = xmpp_mls::client::directory_jid(&bare("alice@example.org"), &service());

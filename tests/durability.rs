@@ -81,15 +81,13 @@ async fn catch_up(client: &mut GroupClient, seen: &mut Seen) {
 
 /// (epoch, kind) of every archived handshake, in archive order.
 fn archived_handshakes(component: &Component) -> Vec<(i64, String)> {
-    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    let mut st = conn.prepare("SELECT epoch, CASE kind WHEN 1 THEN 'commit' ELSE 'proposal' END FROM archive WHERE kind <> 0 ORDER BY pos").unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    let sql = "SELECT epoch, CASE kind WHEN 1 THEN 'commit' ELSE 'proposal' END FROM archive WHERE kind <> 0 ORDER BY pos";
+    component.db().with(|c| c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?))))
 }
 
 /// Archive items whose MLS octets another item has too.
 fn duplicates(component: &Component) -> i64 {
-    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    conn.query_row("SELECT count(*) - count(DISTINCT message) FROM archive", [], |r| r.get(0)).unwrap()
+    component.db().one("SELECT count(*) - count(DISTINCT message) FROM archive", &[])
 }
 
 /// Waits until the component connected `times` times in all.
@@ -102,9 +100,18 @@ fn wait_connected(component: &Mutex<Component>, times: usize) {
     }
 }
 
+/// What `xmpp-mls admin check` finds: SQLite's integrity check ("ok" when
+/// sound), or on PostgreSQL, which checks its own pages, the schema.
 fn integrity(component: &Component) -> String {
-    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xmpp-mls"))
+        .args(["admin", "--json", "--config"])
+        .arg(component.dir.path().join("xmpp-mls.toml"))
+        .arg("check")
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    report["integrity"].as_str().map(str::to_owned).unwrap_or_else(|| report.to_string())
 }
 
 /// Three devices in one group: alice's laptop sends, bob's phone commits

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{alice_and_bob, bare, expect, member, store_digest, Component, Prosody, COMPONENT};
+use common::{alice_and_bob, bare, expect, member, Component, Prosody, COMPONENT};
 use minidom::Element;
 use openmls::group::{MlsGroup, MlsGroupJoinConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
 use openmls::prelude::{BasicCredential, CredentialWithKey, MlsMessageBodyIn, MlsMessageIn};
@@ -18,6 +18,7 @@ use xmpp_mls::client::{GroupClient, GroupEvent, Session};
 use xmpp_mls::protocol::address::Address;
 use xmpp_mls::protocol::groups::{epoch_check, parse_group_info, CommitBundle, GroupMessage};
 use xmpp_mls::protocol::{n, NS, NS_ERRORS};
+use xmpp_mls::store_params;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType, StanzaError};
 
@@ -34,22 +35,15 @@ fn group_id(group: &BareJid) -> Vec<u8> {
     }
 }
 
-fn db(component: &Component) -> rusqlite::Connection {
-    rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
-}
-
 fn archived(component: &Component, group: &BareJid) -> i64 {
-    db(component).query_row(&format!("SELECT count(*) FROM archive WHERE {}", common::GROUP_ROWS), [group_id(group)], |r| r.get(0)).unwrap()
+    component.db().one(&format!("SELECT count(*) FROM archive WHERE {}", common::GROUP_ROWS), store_params![group_id(group)])
 }
 
 /// (account, full JID) of every feed entry of `device` in `group`.
 fn feed_rows(component: &Component, group: &BareJid, device: &str) -> Vec<(String, String)> {
-    let db = db(component);
-    let mut st = db
-        .prepare("SELECT account, full_jid FROM feed WHERE group_id = ?1 AND device_id = ?2 ORDER BY account")
-        .unwrap();
-    let rows = st.query_map(rusqlite::params![group_id(group), device], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-    rows.collect::<Result<_, _>>().unwrap()
+    let sql = "SELECT account, full_jid FROM feed WHERE group_id = ?1 AND device_id = ?2 ORDER BY account";
+    let id = group_id(group);
+    component.db().with(|c| c.query_map(sql, store_params![id, device], |r| Ok((r.get(0)?, r.get(1)?))))
 }
 
 /// The next stanza on `session` that `pred` accepts, skipping others.
@@ -132,16 +126,16 @@ async fn post(session: &mut Session, group: &BareJid, message: Vec<u8>) -> Eleme
 /// `message` from `session` to the group is refused with not-joined, and
 /// nothing is archived or changed in the store.
 async fn assert_post_refused(session: &mut Session, component: &Component, group: &BareJid, message: Vec<u8>) {
-    let before = (archived(component, group), store_digest(&component.store_path()));
+    let before = (archived(component, group), component.db().dump());
     let refused = post(session, group, message).await;
     assert_eq!(error_of(&refused), not_joined());
-    assert_eq!((archived(component, group), store_digest(&component.store_path())), before);
+    assert_eq!((archived(component, group), component.db().dump()), before);
 }
 
 /// The group's latest archived application message.
 fn last_application(component: &Component, group: &BareJid) -> Vec<u8> {
     let sql = format!("SELECT message FROM archive WHERE {} AND kind = 0 ORDER BY pos DESC LIMIT 1", common::GROUP_ROWS);
-    db(component).query_row(&sql, [group_id(group)], |r| r.get(0)).unwrap()
+    component.db().one(&sql, store_params![group_id(group)])
 }
 
 async fn message_from(client: &mut GroupClient, body: &str) {
@@ -278,18 +272,16 @@ async fn groups_others_add_an_account_to_do_not_fill_its_quota() {
         mallory.add(&group, &[bare("bob@example.org")]).await.unwrap();
         groups.push(group);
     }
-    let bob_groups: i64 = db(&component)
-        .query_row("SELECT count(DISTINCT group_id) FROM members WHERE account = 'bob@example.org'", [], |r| r.get(0))
-        .unwrap();
+    let bob_groups: i64 = component.db().one("SELECT count(DISTINCT group_id) FROM members WHERE account = 'bob@example.org'", &[]);
     assert_eq!(bob_groups, 2);
     bob.create().await.expect("bob creates a group of his own");
     let device = bob.device().id().to_owned();
     let joined = join_as(&mut bob.session, &groups[0], &device).await;
     assert_eq!(joined.attr("type"), None, "{}", String::from(&joined));
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let refused = join_as(&mut bob.session, &groups[1], &device).await;
     assert_eq!(error_of(&refused), too_many_groups());
-    assert_eq!(store_digest(&component.store_path()), before);
+    assert_eq!(component.db().dump(), before);
 
     let leave = Element::builder("leave", NS).build();
     bob.session.iq(&Jid::from(groups[0].clone()), "set", leave.clone()).await.expect("bob leaves");
@@ -309,10 +301,10 @@ async fn groups_others_add_an_account_to_do_not_fill_its_quota() {
     let g0 = groups[0].to_string();
     let first = next_matching(&mut bob.session, "a group message", |s| s.name() == "message" && s.attr("type") == Some("groupchat")).await;
     assert_ne!(first.attr("from").map(|f| f.split('/').next().unwrap().to_owned()), Some(g0), "{}", String::from(&first));
-    let before = (archived(&component, &groups[0]), store_digest(&component.store_path()));
+    let before = (archived(&component, &groups[0]), component.db().dump());
     let refused = post(&mut bob.session, &groups[0], last_application(&component, &groups[0])).await;
     assert_eq!(error_of(&refused), not_joined());
-    assert_eq!((archived(&component, &groups[0]), store_digest(&component.store_path())), before);
+    assert_eq!((archived(&component, &groups[0]), component.db().dump()), before);
     component.assert_never_reconnected();
 }
 
@@ -363,7 +355,7 @@ async fn an_external_commit_cannot_remove_another_account() {
         epoch_check: epoch_check(joined.epoch_authenticator().as_slice()),
     };
     assert_eq!(joined.members().count(), 3, "alice, mallory and the new leaf: bob's is gone in the joiner's view");
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let id = mallory.session.next_id();
     let iq = xmpp_mls::client::iq_element("set", &id, group.as_str(), Some(bundle.to_element()));
     let reply = mallory.session.request(iq).await.unwrap();
@@ -371,7 +363,7 @@ async fn an_external_commit_cannot_remove_another_account() {
         error_of(&reply),
         (ErrorType::Modify, DefinedCondition::NotAcceptable, Some("invalid-message:foreign-removal".into()))
     );
-    assert_eq!(store_digest(&component.store_path()), before);
+    assert_eq!(component.db().dump(), before);
     alice.send_body(&group, "bob is still here").await.unwrap();
     message_from(&mut bob, "bob is still here").await;
     component.assert_never_reconnected();
@@ -387,7 +379,7 @@ async fn leaving_nothing_costs_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (_alice, mut bob, group) = alice_and_bob(&prosody, &dir).await;
     let mallory = prosody.client("mallory", "pc").await;
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let nowhere = format!("aaaaaaaaaaaaaaaaaaaaaaaaaa@{COMPONENT}/x");
     for i in 0..60 {
         let to = if i % 2 == 0 { nowhere.clone() } else { format!("{group}/{}", bob.device().id()) };
@@ -399,7 +391,7 @@ async fn leaving_nothing_costs_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     mallory.iq(&service(), "get", disco).await.expect("disco#info");
     assert!(mallory.try_next_event().is_none(), "an answer to unavailable presence with nothing to leave");
-    assert_eq!(store_digest(&component.store_path()), before);
+    assert_eq!(component.db().dump(), before);
     let device = bob.device().id().to_owned();
     bob.session.send(presence_to(&format!("{group}/{device}"), Some("unavailable"))).await.unwrap();
     expect_unavailable(&mut bob.session, &group, &device).await;

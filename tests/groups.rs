@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use common::{alice_and_bob, bare, expect, member, Component, Prosody};
 use xmpp_mls::client::{GroupClient, GroupEvent};
+use xmpp_mls::store::sql::{Column, Param};
+use xmpp_mls::store_params;
 use xmpp_parsers::jid::BareJid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +102,9 @@ async fn three_accounts_five_devices_every_message_reaches_every_device() {
 }
 
 /// Commits of one epoch per group in the archive, as (epoch, count).
-fn commits_per_epoch(store: &std::path::Path) -> Vec<(i64, i64)> {
-    let conn = rusqlite::Connection::open_with_flags(store, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut st = conn
-        .prepare("SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch")
-        .unwrap();
-    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+fn commits_per_epoch(store: &common::db::StoreDb) -> Vec<(i64, i64)> {
+    let sql = "SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch";
+    store.with(|c| c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?))))
 }
 
 /// Drains events until the group reaches `epoch`.
@@ -150,7 +149,7 @@ async fn concurrent_commits_one_winner_per_epoch_and_everyone_converges() {
         checks.insert(d.epoch_check(&group).unwrap());
     }
     assert_eq!(checks.len(), 1, "devices disagree on the epoch: {checks:?}");
-    let per_epoch = commits_per_epoch(&component.store_path());
+    let per_epoch = commits_per_epoch(&component.db());
     assert_eq!(per_epoch.len(), commits, "one accepted commit per epoch");
     assert!(per_epoch.iter().all(|(_, n)| *n == 1), "two commits won one epoch: {per_epoch:?}");
 }
@@ -339,10 +338,8 @@ async fn strangers_and_removed_devices_stay_out() {
     bob.discard_pending(&group).unwrap();
     let welcome = dave.next_event(Duration::from_secs(2)).await.unwrap();
     assert!(!matches!(welcome, Some(GroupEvent::Joined { .. })), "the losing Welcome was delivered");
-    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let kept: i64 = conn
-        .query_row("SELECT count(*) FROM inbox WHERE account = 'dave@example.org' AND payload LIKE '%welcome%'", [], |r| r.get(0))
-        .unwrap();
+    let sql = "SELECT count(*) FROM inbox WHERE account = 'dave@example.org' AND payload LIKE '%welcome%'";
+    let kept: i64 = component.db().one(sql, &[]);
     assert_eq!(kept, 0, "the losing Welcome reached dave's inbox");
 }
 
@@ -480,17 +477,13 @@ async fn bursts_keep_the_senders_order_for_every_device() {
         })
         .collect();
     assert_eq!(echoed, ids, "the echoes come back in the sender's order");
-    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 0", [], |r| r.get(0)).unwrap();
+    let archived: i64 = component.db().one("SELECT count(*) FROM archive WHERE kind = 0", &[]);
     assert_eq!(archived as usize, sent.len(), "each message archived once");
 }
 
 /// One column of the component's store, for the row `key` names.
-fn stored<T: rusqlite::types::FromSql>(component: &Component, sql: &str, key: impl rusqlite::ToSql) -> T {
-    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    conn.query_row(sql, [key], |r| r.get(0)).unwrap()
+fn stored<T: Column + Send>(component: &Component, sql: &str, key: impl Param) -> T {
+    component.db().one(sql, store_params![key])
 }
 
 /// A resend (xep/ §Resends) of an archived application message gets its
@@ -514,8 +507,8 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     assert!(matches!(got, GroupEvent::Message { stanza_id: ref s, ref content, .. } if *s == stanza_id && content.body().as_deref() == Some("once")));
     assert_eq!(alice.unechoed(), 0, "{id} was echoed");
 
-    let before = common::store_digest(&component.store_path());
-    let message: Vec<u8> = stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &stanza_id));
+    let before = component.db().dump();
+    let message: Vec<u8> = stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.db(), &stanza_id));
     let resend = minidom::Element::builder("message", "jabber:client")
         .attr("to".try_into().unwrap(), group.as_str())
         .attr("type".try_into().unwrap(), "groupchat")
@@ -542,7 +535,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
         )
         .build();
     assert_eq!(common::as_received(&again), expected);
-    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    assert_eq!(component.db().dump(), before, "nothing archived again");
     // bob applies the message once: his next message is the next one.
     alice.send_body(&group, "next").await.unwrap();
     let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
@@ -551,28 +544,28 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     // A Commit resent after it won: its original acceptance.
     let accepted = bob.update(&group).await.unwrap();
     expect(&mut alice, "commit", |e| matches!(e, GroupEvent::Epoch { epoch: 2, .. })).await;
-    let before = common::store_digest(&component.store_path());
+    let before = component.db().dump();
     let bundle = CommitBundle {
-        commit: stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &accepted.stanza_id)),
+        commit: stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.db(), &accepted.stanza_id)),
         welcome: None,
         group_info: stored(&component, "SELECT group_info FROM groups WHERE last_commit = ?1", &accepted.stanza_id),
-        epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &accepted.stanza_id)),
+        epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE pos = ?1", common::archive_pos(&component.db(), &accepted.stanza_id)),
     };
     let reply = bob.submit(&group, &bundle).await.unwrap().unwrap();
     assert_eq!(Accepted::parse(&reply).unwrap(), accepted.clone());
-    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    assert_eq!(component.db().dump(), before, "nothing archived again");
     // From another account the same bytes are no resend: refused as stale.
     let error = alice.submit(&group, &bundle).await.unwrap_err();
     assert!(error.to_string().contains("wrong-epoch"), "{error}");
-    assert_eq!(common::store_digest(&component.store_path()), before);
+    assert_eq!(component.db().dump(), before);
 
     // A resent Proposal: its original acceptance.
     let proposed = alice.propose_update(&group).await.unwrap();
-    let before = common::store_digest(&component.store_path());
-    let message = stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.store_path(), &proposed.stanza_id));
+    let before = component.db().dump();
+    let message = stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.db(), &proposed.stanza_id));
     let reply = alice.session.iq(&group.clone().into(), "set", Proposal { message }.to_element()).await.unwrap();
     assert_eq!(Accepted::parse(&reply.unwrap()).unwrap(), proposed);
-    assert_eq!(common::store_digest(&component.store_path()), before, "nothing archived again");
+    assert_eq!(component.db().dump(), before, "nothing archived again");
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }
 
@@ -598,9 +591,7 @@ async fn a_message_unechoed_at_a_disconnect_is_resent_after_and_archived_once() 
     let echo = expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     assert_eq!(echo, GroupEvent::Delivered { group: group.clone(), id, stanza_id });
     assert_eq!(alice.unechoed(), 0);
-    let conn = rusqlite::Connection::open_with_flags(component.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let archived: i64 = conn.query_row("SELECT count(*) FROM archive WHERE kind = 0", [], |r| r.get(0)).unwrap();
+    let archived: i64 = component.db().one("SELECT count(*) FROM archive WHERE kind = 0", &[]);
     assert_eq!(archived, 1);
     alice.send_body(&group, "next").await.unwrap();
     let next = expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;

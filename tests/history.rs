@@ -247,17 +247,8 @@ async fn retention_prunes_from_the_oldest_end_and_a_device_behind_it_recovers() 
     for i in 0..3 {
         alice.send_body(&group, &format!("while bob is away {i}")).await.unwrap();
     }
-    let held = |c: &Component| {
-        let conn = rusqlite::Connection::open_with_flags(c.store_path(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-        let seqs: Vec<i64> = conn
-            .prepare("SELECT pos & 0xffffffff FROM archive ORDER BY pos")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        seqs
-    };
+    // Positions are pos's low 32 bits (a decimal mask: PostgreSQL 15 has no hex literals).
+    let held = |c: &Component| c.db().all::<i64>("SELECT pos & 4294967295 FROM archive ORDER BY pos", &[]);
     assert!(common::wait_until(Duration::from_secs(10), || held(&component).first() == Some(&3)), "{:?}", held(&component));
     let kept = held(&component);
     assert_eq!(kept, (3..=kept[kept.len() - 1]).collect::<Vec<_>>(), "pruned from the oldest end, no hole");
@@ -384,7 +375,7 @@ async fn filters_metadata_and_the_exact_shape_of_results() {
 
 /// `SELECT count(*)` (or another one-number query) on the component's store.
 fn store_number(component: &Component, sql: &str, account: &str) -> i64 {
-    rusqlite::Connection::open(component.store_path()).unwrap().query_row(sql, [account], |r| r.get(0)).unwrap()
+    component.db().one(sql, xmpp_mls::store_params![account])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,12 +394,10 @@ async fn a_device_on_the_feed_acknowledges_without_catching_up() {
     }
     // Handling what arrives (nothing more) for a while acknowledges it.
     assert_eq!(bob.next_event(Duration::from_secs(7)).await.unwrap(), None);
-    let position = common::archive_pos(&component.store_path(), &last) & 0xffff_ffff;
-    let acked = store_number(
-        &component,
-        "SELECT max(seq) FROM acks WHERE account = ?1 AND scope <> CAST(account AS BLOB)",
-        "bob@example.org",
-    );
+    let position = common::archive_pos(&component.db(), &last) & 0xffff_ffff;
+    // The acknowledgement of his inbox has his account's octets as its scope.
+    let sql = "SELECT max(seq) FROM acks WHERE account = ?1 AND scope <> ?2";
+    let acked: i64 = component.db().one(sql, xmpp_mls::store_params!["bob@example.org", b"bob@example.org".as_slice()]);
     assert_eq!(acked, position);
     // His Welcome, handled live, is acknowledged too: his inbox is empty.
     assert_eq!(store_number(&component, "SELECT count(*) FROM inbox WHERE account = ?1", "bob@example.org"), 0);

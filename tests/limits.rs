@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{bare, expect, member, store_digest, COMPONENT, Component, Prosody};
+use common::{bare, expect, member, COMPONENT, Component, Prosody};
 use minidom::Element;
 use xmpp_mls::client::{describe, iq_element, ClientError, GroupClient, GroupError, GroupEvent};
 use xmpp_parsers::jid::BareJid;
@@ -18,14 +18,14 @@ async fn refused_add(by: &mut GroupClient, group: &BareJid, account: &str, compo
     let account = bare(account);
     let devices = by.session.devices(by.service(), &account).await.unwrap();
     let kps = by.key_packages_for(&account, devices.into_iter().map(|d| d.id).collect()).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let bundle = by.stage_add(group, kps).await.unwrap();
     let refusal = match by.submit(group, &bundle).await {
         Err(ClientError::Stanza(e)) => describe(&e),
         other => panic!("expected a stanza error, got {other:?}"),
     };
     by.discard_pending(group).unwrap();
-    assert!(store_digest(&component.store_path()) == before, "the refused Commit changed the store");
+    assert!(component.db().dump() == before, "the refused Commit changed the store");
     refusal
 }
 
@@ -44,17 +44,17 @@ async fn group_size_and_groups_per_account_are_policy_violations() {
     assert_eq!(refused_add(&mut alice, &group, "carol@example.org", &component).await, "modify/policy-violation (too-many-members)");
 
     // alice is in one group already: she cannot register a second...
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let Err(GroupError::Client(ClientError::Stanza(e))) = alice.create().await else { panic!("created") };
     assert_eq!(describe(&e), "modify/policy-violation (too-many-groups)");
-    assert!(store_digest(&component.store_path()) == before, "the refused create changed the store");
+    assert!(component.db().dump() == before, "the refused create changed the store");
 
     // bob joins alice's group: that is his one. carol can still add him to
     // another (being added counts for nobody), but he cannot join it.
     bob.join_feed(&group).await.unwrap();
     let other = carol.create().await.unwrap();
     carol.add(&other, &[bare("bob@example.org")]).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let to = format!("{other}/{}", bob.device().id());
     bob.session.send(Element::builder("presence", "jabber:client").attr(xmpp_mls::protocol::n("to"), to.as_str()).build()).await.unwrap();
     let reply = loop {
@@ -65,7 +65,7 @@ async fn group_size_and_groups_per_account_are_policy_violations() {
     };
     let error = xmpp_parsers::stanza_error::StanzaError::try_from(reply.get_child("error", "jabber:client").expect("an error").clone());
     assert_eq!(describe(&error.unwrap()), "modify/policy-violation (too-many-groups)");
-    assert!(store_digest(&component.store_path()) == before, "the refused join changed the store");
+    assert!(component.db().dump() == before, "the refused join changed the store");
 }
 
 fn disco_info() -> Element {
@@ -160,7 +160,7 @@ async fn a_group_message_over_the_payload_limit_is_refused_unread() {
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let group = alice.create().await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let body = "A".repeat(16 * 1024);
     let msg = format!("<message xmlns='jabber:client' type='groupchat' id='big' to='{group}'><mls xmlns='urn:xmpp:mls:0'>{body}</mls></message>");
     alice.session.send(msg.parse().unwrap()).await.unwrap();
@@ -171,7 +171,7 @@ async fn a_group_message_over_the_payload_limit_is_refused_unread() {
         error: "modify/policy-violation (payload-too-big)".into(),
     };
     assert_eq!(refused, expected);
-    assert!(store_digest(&component.store_path()) == before, "the refused message changed the store");
+    assert!(component.db().dump() == before, "the refused message changed the store");
 }
 
 /// One account cannot take every subscriber slot of another's device list
@@ -193,50 +193,39 @@ async fn subscribers_of_a_device_list_are_counted_per_account() {
     };
     mallory[0].subscribe_devices(&service, &alice).await.unwrap();
     mallory[1].subscribe_devices(&service, &alice).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let third = refusal(mallory[2].subscribe_devices(&service, &alice).await);
     assert_eq!(third, "modify/policy-violation (too-many-subscribers)");
     mallory[0].subscribe_devices(&service, &alice).await.unwrap(); // again: still one
-    assert!(store_digest(&component.store_path()) == before, "a refused or repeated subscription changed the store");
+    assert!(component.db().dump() == before, "a refused or repeated subscription changed the store");
 
     // bob, a second account, still finds a slot; carol, a third, does not.
     let bob = prosody.client("bob", "phone").await;
     bob.subscribe_devices(&service, &alice).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let carol = prosody.client("carol", "pc").await;
     assert_eq!(refusal(carol.subscribe_devices(&service, &alice).await), "modify/policy-violation (too-many-subscribers)");
-    assert!(store_digest(&component.store_path()) == before, "the refused subscription changed the store");
-    let listed: Vec<String> = rusqlite::Connection::open(component.store_path())
-        .unwrap()
-        .prepare("SELECT subscriber FROM subscriptions ORDER BY subscriber")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    assert!(component.db().dump() == before, "the refused subscription changed the store");
+    let listed: Vec<String> = component.db().all("SELECT subscriber FROM subscriptions ORDER BY subscriber", &[]);
     assert_eq!(listed, ["bob@example.org/phone", "mallory@example.org/a", "mallory@example.org/b"]);
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }
 
 /// Octets archived today for (`scope`, `owner`), read from the store.
 fn archived_today(component: &Component, scope: &str, owner: &[u8]) -> usize {
-    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    conn.query_row(
-        "SELECT coalesce(sum(bytes), 0) FROM archive_bytes WHERE scope = ?1 AND owner = ?2 AND day = unixepoch() / 86400",
-        rusqlite::params![scope, owner],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap() as usize
+    // The sum of BIGINTs is a NUMERIC on PostgreSQL: cast back.
+    let sql = "SELECT CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM archive_bytes WHERE scope = ?1 AND owner = ?2 AND day = ?3";
+    component.db().one::<i64>(sql, xmpp_mls::store_params![scope, owner, xmpp_mls::protocol::now() / 86400]) as usize
 }
 
 /// Sends `body` from `from` and returns the refusal, which must leave the
 /// store unchanged.
 async fn refused_message(from: &mut GroupClient, group: &BareJid, body: &[u8], component: &Component) -> String {
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let id = from.send_data(group, body).await.unwrap();
     let ours = |e: &GroupEvent| matches!(e, GroupEvent::Refused { id: i, .. } | GroupEvent::Delivered { id: i, .. } if *i == id);
     let GroupEvent::Refused { error, .. } = expect(from, "refusal", ours).await else { panic!("the message was delivered") };
-    assert!(store_digest(&component.store_path()) == before, "the refused message changed the store");
+    assert!(component.db().dump() == before, "the refused message changed the store");
     error
 }
 

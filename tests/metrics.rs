@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use common::mls::TestSigner;
 use common::scrape::{get, health, scrape};
-use common::{expect, free_port, member, store_digest, wait_until, Component, Prosody, COMPONENT};
+use common::{expect, free_port, member, wait_until, Component, Prosody, COMPONENT};
 use minidom::Element;
 use xmpp_mls::client::GroupEvent;
 use xmpp_mls::client::{describe, ClientError};
 use xmpp_mls::protocol::keypackages::{parse_rejections, Claim, Rejection};
+use xmpp_mls::store_params;
 use xmpp_parsers::jid::{BareJid, Jid};
 
 /// A string that only ever travels inside stanza payloads.
@@ -67,29 +68,22 @@ fn with_one_batch(pairs: &[(&str, f64)]) -> HashMap<String, f64> {
 /// Devices with directory.low_water (10) ordinary KeyPackages or fewer,
 /// counted in the store file.
 fn low_devices_in_store(component: &Component) -> f64 {
-    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    let devices: Vec<(String, String)> = conn
-        .prepare("SELECT account, device_id FROM devices WHERE expires_at > unixepoch()")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let pool = |(a, d): &(String, String)| -> i64 {
-        conn.query_row(
-            "SELECT count(*) FROM key_packages WHERE account = ?1 AND device_id = ?2
-               AND last_resort = 0 AND not_after > unixepoch()",
-            [a, d],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    devices.iter().filter(|d| pool(d) <= 10).count() as f64
+    let now = xmpp_mls::protocol::now();
+    let pool = "SELECT count(*) FROM key_packages WHERE account = ?1 AND device_id = ?2
+                  AND last_resort = 0 AND not_after > ?3";
+    component.db().with(|c| {
+        let live = "SELECT account, device_id FROM devices WHERE expires_at > ?1";
+        let devices: Vec<(String, String)> = c.query_map(live, store_params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut low = 0;
+        for (account, device) in devices {
+            low += usize::from(c.query_row(pool, store_params![account, device, now], |r| r.get::<i64>(0))? <= 10);
+        }
+        Ok(low as f64)
+    })
 }
 
 fn archive_rows(component: &Component) -> f64 {
-    let conn = rusqlite::Connection::open(component.store_path()).unwrap();
-    conn.query_row("SELECT count(*) FROM archive", [], |r| r.get::<_, i64>(0)).unwrap() as f64
+    component.db().one::<i64>("SELECT count(*) FROM archive", &[]) as f64
 }
 
 fn raw_iq(session: &xmpp_mls::client::Session, to: &str, type_: &str, children: &str) -> Element {
@@ -260,7 +254,7 @@ async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() 
     let stored = alice.valid_kp();
     session.upload_key_packages(&service, &[stored.clone(), alice.valid_kp(), alice.valid_kp()]).await.unwrap();
     assert_eq!(verified(), 3.0);
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
 
     let (refusal, app) = refused_upload(&session, &[alice.valid_kp(), stored]).await;
     assert_eq!(refusal, "modify/not-acceptable (invalid-key-packages)");
@@ -269,12 +263,12 @@ async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() 
     let (refusal, _) = refused_upload(&session, &[alice.valid_kp(), alice.valid_kp()]).await;
     assert_eq!(refusal, "modify/policy-violation (too-many-key-packages)");
     assert_eq!(verified(), 3.0, "no signature was verified for either refusal");
-    assert!(store_digest(&component.store_path()) == before, "a refused upload changed the store");
+    assert!(component.db().dump() == before, "a refused upload changed the store");
 
     // The last unit pays for a last-resort package; the next upload waits.
     session.upload_key_packages(&service, &[alice.last_resort_kp()]).await.unwrap();
     assert_eq!(verified(), 4.0);
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let (refusal, app) = refused_upload(&session, &[alice.last_resort_kp()]).await;
     assert_eq!(refusal, "wait/resource-constraint (rate-limited)");
     let retry: u64 = app.attr("retry-after").expect("retry-after").parse().unwrap();
@@ -284,7 +278,7 @@ async fn refused_uploads_verify_no_signature_and_a_budget_bounds_the_verified() 
     for (limit, n) in [("key_package_verification", 1.0), ("claim", 0.0), ("account", 0.0), ("domain", 0.0)] {
         assert_eq!(refusals[&format!("xmpp_mls_rate_limited_total{{limit=\"{limit}\"}}")], n, "{limit}");
     }
-    assert!(store_digest(&component.store_path()) == before, "the upload over budget changed the store");
+    assert!(component.db().dump() == before, "the upload over budget changed the store");
 
     // bob's budget is his own; the component never lost its link.
     let bob_key = TestSigner::new("bob@example.org");
@@ -313,7 +307,7 @@ async fn commits_of_another_leaf_are_refused_without_a_write_and_a_resend_writes
     let bundle = alice.stage_add(&group, kps).await.unwrap();
     alice.discard_pending(&group).unwrap();
     let refused_without_a_write = |refusal: Result<Option<Element>, ClientError>, expect: &str, last: &mut HashMap<String, f64>| {
-        let before = store_digest(&component.store_path());
+        let before = component.db().dump();
         match refusal {
             Err(ClientError::Stanza(e)) => assert_eq!(describe(&e), expect),
             other => panic!("expected a stanza error, got {other:?}"),
@@ -330,7 +324,7 @@ async fn commits_of_another_leaf_are_refused_without_a_write_and_a_resend_writes
             ]),
             "{expect}"
         );
-        assert!(store_digest(&component.store_path()) == before, "{expect}: the refused Commit changed the store");
+        assert!(component.db().dump() == before, "{expect}: the refused Commit changed the store");
     };
 
     // bob sends alice's Commit for the current epoch: her leaf is not his.
@@ -340,9 +334,9 @@ async fn commits_of_another_leaf_are_refused_without_a_write_and_a_resend_writes
     // alice's own is accepted; sent again, it is a resend (xep/ §Resends):
     // the same acceptance, nothing written.
     let first = alice.submit(&group, &bundle).await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     assert_eq!(alice.submit(&group, &bundle).await.unwrap(), first);
-    assert!(store_digest(&component.store_path()) == before, "the resent Commit changed the store");
+    assert!(component.db().dump() == before, "the resent Commit changed the store");
     assert_eq!(component.count_in_log("component connected"), 1, "{}", component.log());
 }
 

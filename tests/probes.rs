@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{alice_and_bob, expect, member, outcome, raw, store_digest, Component, Prosody};
+use common::{alice_and_bob, expect, member, outcome, raw, Component, Prosody};
 use minidom::rxml::NcName;
 use minidom::Element;
 use xmpp_mls::client::{GroupEvent, Session};
@@ -41,7 +41,7 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
     let service = common::COMPONENT;
     let long = "i".repeat(10_000);
 
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     // Built, not parsed: our own parser has the same limit.
     let ping = |id: &str, attrs: &[(&str, &str)]| {
         let mut iq = Element::builder("iq", "jabber:client").attr(n("type"), "get").attr(n("to"), service).attr(n("id"), id);
@@ -57,7 +57,7 @@ async fn a_name_or_attribute_over_the_parser_limit_closes_no_stream() {
     assert_eq!(outcome(&refused), "modify/bad-request: an id is at most 1024 octets");
     let answered = mallory.request(ping("p2", &[(&long, "1"), ("a", &long)])).await.unwrap();
     assert_eq!(outcome(&answered), "result");
-    assert!(store_digest(&component.store_path()) == before, "a refused stanza changed the store");
+    assert!(component.db().dump() == before, "a refused stanza changed the store");
 
     // A contact's message with a long attribute: alice's client stays up.
     let to_alice = Element::builder("message", "jabber:client")
@@ -91,14 +91,14 @@ async fn a_queryid_longer_than_an_id_is_refused_and_the_longest_carries_the_larg
     let group = Jid::from(g.clone());
     let mut raw_alice = prosody.client("alice", "raw").await;
 
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     for queryid in ["q".repeat(MAX_ID + 1), "q".repeat(225_000)] {
         let query = query_element(&queryid, &[], 100, &Cursor::First, false);
         let reply = raw(&raw_alice, &group, "set", query).await;
         assert_eq!(outcome(&reply), "modify/bad-request: a queryid is at most 1024 octets", "{} octets", queryid.len());
         assert_eq!(results(&mut raw_alice), Vec::<Element>::new());
     }
-    assert!(store_digest(&component.store_path()) == before, "a refused query changed the store");
+    assert!(component.db().dump() == before, "a refused query changed the store");
 
     // The longest queryid and the largest item: the whole page arrives.
     let queryid = "q".repeat(MAX_ID);
@@ -146,13 +146,13 @@ async fn a_query_naming_more_ids_than_a_page_is_refused() {
         .unwrap()
     };
 
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     for n in [4, 5_000] {
         let reply = raw(&raw_alice, &group, "set", query(n)).await;
         assert_eq!(outcome(&reply), "modify/bad-request: ids names at most max-page-size stanza ids", "{n} ids");
         assert_eq!(results(&mut raw_alice), Vec::<Element>::new());
     }
-    assert!(store_digest(&component.store_path()) == before, "a refused query changed the store");
+    assert!(component.db().dump() == before, "a refused query changed the store");
     let reply = raw(&raw_alice, &group, "set", query(3)).await;
     assert_eq!(outcome(&reply), "result");
     assert_eq!(results(&mut raw_alice).len(), 1);
@@ -200,7 +200,7 @@ async fn a_client_takes_group_traffic_and_welcomes_only_from_the_service() {
         .build();
     impostor.send(gone).await.unwrap();
 
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     alice.send_body(&g, "after").await.unwrap();
     let mut seen = Vec::new();
     loop {
@@ -212,7 +212,7 @@ async fn a_client_takes_group_traffic_and_welcomes_only_from_the_service() {
     }
     assert_eq!(seen, Vec::new(), "bob's client acted on stanzas that did not come from the service");
     assert_eq!(bob.groups().unwrap(), vec![g.clone()]);
-    assert!(store_digest(&component.store_path()) != before, "alice's message was archived");
+    assert!(component.db().dump() != before, "alice's message was archived");
     component.assert_never_reconnected();
 }
 
@@ -288,20 +288,20 @@ async fn a_create_is_refused_by_size_quota_and_keys_before_any_signature_is_veri
         (group, payload)
     };
 
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let (group, too_big) = create(&[1; 16], 9);
     assert_eq!(refusal(&raw(&mallory.session, &group, "set", too_big).await), "policy-violation too-many-members");
     let (group, unknown_keys) = create(&[2; 16], 8);
     let reply = raw(&mallory.session, &group, "set", unknown_keys).await;
     assert_eq!(refusal(&reply), "not-acceptable invalid-message/unknown-signature-key");
-    assert!(store_digest(&component.store_path()) == before, "a refused create changed the store");
+    assert!(component.db().dump() == before, "a refused create changed the store");
 
     // At its quota, the account is refused before its leaves are looked at.
     mallory.create().await.unwrap();
     mallory.create().await.unwrap();
-    let before = store_digest(&component.store_path());
+    let before = component.db().dump();
     let (group, over_quota) = create(&[3; 16], 2);
     assert_eq!(refusal(&raw(&mallory.session, &group, "set", over_quota).await), "policy-violation too-many-groups");
-    assert!(store_digest(&component.store_path()) == before, "a refused create changed the store");
+    assert!(component.db().dump() == before, "a refused create changed the store");
     component.assert_never_reconnected();
 }

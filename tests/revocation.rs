@@ -294,14 +294,11 @@ async fn a_leaf_the_directory_lists_without_notifying_is_reported_and_removed_by
     let planted = common::mls::TestSigner::new("bob@example.org");
     let key = planted.signer.to_public_vec();
     let now = xmpp_mls::protocol::now();
-    rusqlite::Connection::open(component.store_path())
-        .unwrap()
-        .execute(
-            "INSERT INTO devices (account, device_id, signature_key, label, expires_at, published_at)
-             VALUES ('bob@example.org', 'planted', ?1, NULL, ?2, ?3)",
-            rusqlite::params![key, now + 3600, now],
-        )
-        .unwrap();
+    component.db().execute(
+        "INSERT INTO devices (account, device_id, signature_key, label, expires_at, published_at)
+         VALUES ('bob@example.org', 'planted', ?1, NULL, ?2, ?3)",
+        xmpp_mls::store_params![key, now + 3600, now],
+    );
     bob.session.upload_key_packages(&service(), &[planted.valid_kp()]).await.unwrap();
 
     // alice's client claims it (the directory answers with the planted

@@ -5,12 +5,14 @@ mod common;
 
 use std::time::Duration;
 
+use common::db::StoreDb;
 use common::{bare, expect, member, COMPONENT, Component, Prosody};
 use xmpp_mls::client::{
     backed_up_devices, backup_device, restore_device, ClientError, Device, GroupClient, GroupEvent,
     KdfParams, Session, Unreadable, Vault, VaultError,
 };
 use xmpp_mls::protocol::vault::VaultRequest;
+use xmpp_mls::store_params;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
@@ -220,11 +222,9 @@ async fn with_one_epoch_kept_a_new_device_reads_that_epoch_and_is_told_why_not_t
     assert_eq!(why, vec![(1, Unreadable::NoSnapshot), (1, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot), (2, Unreadable::NoSnapshot)]);
 }
 
-/// Rewrites the vault row `name` of alice's vault in the component's store.
-fn tamper(store: &std::path::Path, sql: &str, params: &[&dyn rusqlite::ToSql]) {
-    let conn = rusqlite::Connection::open(store).unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.execute(sql, params).unwrap();
+/// The `data` of the vault row `name` in the component's store.
+fn blob_data(store: &StoreDb, name: &str) -> Vec<u8> {
+    store.one("SELECT data FROM vault WHERE name = ?1", store_params![name])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,34 +235,26 @@ async fn tampering_is_detected_and_the_passphrase_change_rewrites_one_blob() {
     let mut vault = Vault::create(&alice, &service(), "old", FAST).await.unwrap();
     vault.put(&alice, "a", 0, b"alpha v1").await.unwrap();
     vault.put(&alice, "b", 0, b"beta").await.unwrap();
-    let store = component.store_path();
-    let v1: Vec<u8> = rusqlite::Connection::open(&store)
-        .unwrap()
-        .query_row("SELECT data FROM vault WHERE name = 'a'", [], |r| r.get(0))
-        .unwrap();
+    let store = component.db();
+    let v1 = blob_data(&store, "a");
     vault.put(&alice, "a", 1, b"alpha v2").await.unwrap();
 
     // An old version replayed under the current version number.
-    tamper(&store, "UPDATE vault SET data = ?1 WHERE name = 'a'", &[&v1]);
+    store.execute("UPDATE vault SET data = ?1 WHERE name = 'a'", store_params![v1]);
     assert!(matches!(vault.get(&alice, "a").await, Err(VaultError::Corrupt(_))), "replay detected");
     // A blob moved to another name.
-    tamper(&store, "UPDATE vault SET data = (SELECT data FROM vault WHERE name = 'b') WHERE name = 'a'", &[]);
+    store.execute("UPDATE vault SET data = (SELECT data FROM vault WHERE name = 'b') WHERE name = 'a'", &[]);
     assert!(matches!(vault.get(&alice, "a").await, Err(VaultError::Corrupt(_))), "move detected");
     // A flipped byte.
-    let mut b: Vec<u8> = rusqlite::Connection::open(&store)
-        .unwrap()
-        .query_row("SELECT data FROM vault WHERE name = 'b'", [], |r| r.get(0))
-        .unwrap();
+    let mut b = blob_data(&store, "b");
     let last = b.len() - 1;
     b[last] ^= 1;
-    tamper(&store, "UPDATE vault SET data = ?1 WHERE name = 'b'", &[&b]);
+    store.execute("UPDATE vault SET data = ?1 WHERE name = 'b'", store_params![b]);
     assert!(matches!(vault.get(&alice, "b").await, Err(VaultError::Corrupt(_))), "flip detected");
 
     // A passphrase change writes exactly one blob: the keys.
-    let versions = |s: &std::path::Path| -> Vec<(String, i64)> {
-        let conn = rusqlite::Connection::open(s).unwrap();
-        let mut st = conn.prepare("SELECT name, version FROM vault ORDER BY name").unwrap();
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    let versions = |s: &StoreDb| -> Vec<(String, i64)> {
+        s.with(|c| c.query_map("SELECT name, version FROM vault ORDER BY name", &[], |r| Ok((r.get(0)?, r.get(1)?))))
     };
     let before = versions(&store);
     vault.change_passphrase(&alice, "new", FAST).await.unwrap();
@@ -315,6 +307,9 @@ async fn a_deleted_blob_is_overwritten_on_disk() {
     alice.iq(&at, "set", VaultRequest::Delete { name: "erased".into(), if_version: 1 }.to_element()).await.unwrap();
     // A clean stop checkpoints the WAL into the database file.
     assert_eq!(component.terminate(), Some(0));
+    if component.db().is_postgres() {
+        return; // PostgreSQL: its files are the server's; secure_delete is SQLite's.
+    }
     let file = std::fs::read(component.store_path()).unwrap();
     let has = |n: &[u8]| file.windows(n.len()).any(|w| w == n);
     assert!(has(&kept), "the live blob is in the file (the scan works)");
@@ -406,18 +401,13 @@ async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none(
 
 /// The `keys` row of `account`'s vault in the component's store: (version, data).
 fn stored_keys(component: &Component, account: &str) -> (i64, Vec<u8>) {
-    rusqlite::Connection::open(component.store_path())
-        .unwrap()
-        .query_row("SELECT version, data FROM vault WHERE account = ?1 AND name = 'keys'", [account], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
+    component.db().two("SELECT version, data FROM vault WHERE account = ?1 AND name = 'keys'", store_params![account])
 }
 
 /// The service (here: the test writing its store) serves `keys` as `version` with `data`.
 fn serve_keys(component: &Component, account: &str, version: i64, data: &[u8]) {
-    rusqlite::Connection::open(component.store_path())
-        .unwrap()
-        .execute("UPDATE vault SET version = ?2, data = ?3 WHERE account = ?1 AND name = 'keys'", rusqlite::params![account, version, data])
-        .unwrap();
+    let sql = "UPDATE vault SET version = ?2, data = ?3 WHERE account = ?1 AND name = 'keys'";
+    component.db().execute(sql, store_params![account, version, data]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,7 +166,7 @@ impl Store {
             Ok(Stats {
                 accounts: count(
                     c,
-                    "SELECT count(*) FROM (SELECT account FROM devices UNION SELECT account FROM vault)",
+                    "SELECT count(*) FROM (SELECT account FROM devices UNION SELECT account FROM vault) AS a",
                     params![],
                 )?,
                 devices: count(c, "SELECT count(*) FROM devices", params![])?,

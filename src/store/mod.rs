@@ -68,7 +68,7 @@ use sql::{Db, Pg};
 pub enum StoreError {
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("PostgreSQL error: {0}")]
+    #[error("PostgreSQL error: {0}{detail}", detail = .0.as_db_error().map(|e| format!(": {e}")).unwrap_or_default())]
     Postgres(#[from] ::postgres::Error),
     #[error("the statement returned no row")]
     NoRow,
@@ -165,9 +165,11 @@ impl Store {
             }
             Engine::Postgres { .. } => {
                 self.on_postgres(move |c| {
+                    let started = std::time::Instant::now();
                     c.execute_batch("BEGIN")?;
                     let result = contain(|| f(c)).unwrap_or_else(|e| Err(E::from(e)));
                     c.execute_batch(if result.is_ok() { "COMMIT" } else { "ROLLBACK" })?;
+                    crate::metrics::metrics().write_batch(1, started.elapsed());
                     Ok(result)
                 })
                 .await

@@ -18,6 +18,7 @@ pub const COMPONENT: &str = "mls.example.org";
 /// The fixture's second VirtualHost: accounts of another domain.
 pub const OTHER_DOMAIN: &str = "other.example";
 pub const SECRET: &str = "component-secret";
+pub mod db;
 pub mod ejabberd;
 pub mod federation;
 pub mod mls;
@@ -240,6 +241,7 @@ impl Drop for Server {
 pub struct Component {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    store: xmpp_mls::config::StoreConfig,
 }
 
 impl Component {
@@ -252,13 +254,13 @@ impl Component {
     /// [`Self::start`] as `jid` on any server's component port.
     pub fn start_with(server: &str, jid: &str, secret: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let store = db::new_store(dir.path());
         let config = format!(
-            "[component]\njid = \"{jid}\"\nsecret = \"{secret}\"\nserver = \"{server}\"\n{extra}\n\
-             [store]\npath = \"{}\"\n",
-            dir.path().join("store.sqlite3").display(),
+            "[component]\njid = \"{jid}\"\nsecret = \"{secret}\"\nserver = \"{server}\"\n{extra}\n{}",
+            db::store_section(&store),
         );
         std::fs::write(dir.path().join("xmpp-mls.toml"), config).unwrap();
-        let mut c = Component { dir, child: None };
+        let mut c = Component { dir, child: None, store };
         c.launch();
         assert!(c.wait_log("component connected", 1, Duration::from_secs(15)), "{}", c.log());
         c
@@ -317,8 +319,15 @@ impl Component {
         status.code()
     }
 
+    /// The SQLite file of the store (for the tests of SQLite's own
+    /// behaviour: its files, its backups).
     pub fn store_path(&self) -> PathBuf {
-        self.dir.path().join("store.sqlite3")
+        self.store.path.clone()
+    }
+
+    /// The component's store, for SQL beside it (either backend).
+    pub fn db(&self) -> db::StoreDb {
+        db::StoreDb { config: self.store.clone() }
     }
 
     /// SIGKILL: no shutdown, no final commit or checkpoint.
@@ -353,6 +362,7 @@ impl Drop for Component {
             let _ = child.kill();
             let _ = child.wait();
         }
+        db::drop_store(&self.store);
         if std::thread::panicking() {
             eprintln!("--- component log ---\n{}", self.log());
         }
@@ -407,12 +417,13 @@ pub fn to_string(el: &Element) -> String {
 /// The key (`archive.pos`: group number << 32 | position) of the archived
 /// item with `stanza_id`, found by computing each item's id as the store
 /// does (it keeps the ids of migrated items only).
-pub fn archive_pos(path: &Path, stanza_id: &str) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let mut st = conn.prepare("SELECT a.pos, g.group_id, a.message FROM archive a JOIN groups g ON g.num = a.pos >> 32").unwrap();
-    let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))).unwrap();
+pub fn archive_pos(db: &db::StoreDb, stanza_id: &str) -> i64 {
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = db.with(|c| {
+        let sql = "SELECT a.pos, g.group_id, a.message FROM archive a JOIN groups g ON g.num = a.pos >> 32";
+        c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    });
     let found = rows
-        .map(Result::unwrap)
+        .into_iter()
         .find(|(pos, group, message)| xmpp_mls::store::stanza_id(group, (pos & 0xffff_ffff) as u64, message) == stanza_id);
     found.unwrap_or_else(|| panic!("{stanza_id} is not archived")).0
 }
@@ -420,33 +431,6 @@ pub fn archive_pos(path: &Path, stanza_id: &str) -> i64 {
 /// SQL: the archive rows of the group whose id is parameter ?1.
 pub const GROUP_ROWS: &str = "pos >> 32 = (SELECT num FROM groups WHERE group_id = ?1)";
 
-/// Every row of every table of the component's store, as text: equal
-/// digests mean an unchanged store.
-pub fn store_digest(path: &Path) -> String {
-    let conn = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let mut out = String::new();
-    for table in tables {
-        let mut st = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
-        let columns = st.column_count();
-        let mut rows: Vec<String> = st
-            .query_map([], |r| {
-                Ok((0..columns).map(|i| format!("{:?}", r.get_ref(i).unwrap())).collect::<Vec<_>>().join("|"))
-            })
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        rows.sort();
-        out.push_str(&format!("{table}: {}\n", rows.join("; ")));
-    }
-    out
-}
 
 /// A logged-in device of `user` with a published key and `pool`
 /// KeyPackages, its state in `dir/<user>-<resource>.sqlite3`.
@@ -511,20 +495,26 @@ pub async fn expect(
     }
 }
 
-/// Where in the component's files (store, its WAL, its log) `needle`
-/// occurs, raw or base64-encoded: the at-rest check for secrets.
+/// Where in the component's store (its files, or its PostgreSQL rows) and
+/// log `needle` occurs, raw or base64-encoded: the at-rest check for secrets.
 pub fn found_in(component: &Component, needle: &[u8]) -> Vec<String> {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::STANDARD.encode(needle);
-    let store = component.store_path();
-    let mut files = vec![("log".to_owned(), component.log().into_bytes())];
-    for path in [store.clone(), store.with_extension("sqlite3-wal")] {
-        if let Ok(bytes) = std::fs::read(&path) {
-            files.push((path.display().to_string(), bytes));
+    let mut places = vec![("log".to_owned(), component.log().into_bytes())];
+    let db = component.db();
+    match db.is_postgres() {
+        true => places.extend(db.dump().into_iter().map(|(table, rows)| (table, rows.concat().concat()))),
+        false => {
+            let store = component.store_path();
+            for path in [store.clone(), store.with_extension("sqlite3-wal")] {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    places.push((path.display().to_string(), bytes));
+                }
+            }
         }
     }
     let has = |hay: &[u8], n: &[u8]| hay.windows(n.len()).any(|w| w == n);
-    files.into_iter().filter(|(_, bytes)| has(bytes, needle) || has(bytes, b64.as_bytes())).map(|(f, _)| f).collect()
+    places.into_iter().filter(|(_, bytes)| has(bytes, needle) || has(bytes, b64.as_bytes())).map(|(f, _)| f).collect()
 }
 
 /// alice's laptop and bob's phone ([`member`]s) in a group alice created,
