@@ -207,7 +207,7 @@ fn service(dir: &Path, extra: &str) -> (Arc<Service>, Store) {
     );
     let config = Config::from_toml(&text, std::iter::empty()).unwrap();
     let store = Store::open(&config.store).unwrap();
-    (Arc::new(Service::new(Arc::new(config), store.clone(), Vec::new())), store)
+    (Arc::new(Service::new(Arc::new(config), store.clone())), store)
 }
 
 fn iq(from: &Jid, to: String, kind: IqKind, payload: Element) -> IqRequest {

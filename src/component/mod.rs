@@ -41,8 +41,7 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     log_startup(&config);
     let store = Store::open(&config.store)?;
     store.ensure_service_key(crate::service::new_key()).await?;
-    let positions = store.group_seqs().await?;
-    let service = Arc::new(Service::new(config.clone(), store.clone(), positions));
+    let service = Arc::new(Service::new(config.clone(), store.clone()));
     let every = Duration::from_secs(config.history.maintenance_secs);
     let endpoint = match config.metrics_addr()? {
         Some(addr) => {

@@ -351,7 +351,7 @@ mod tests {
             Config::from_toml("[component]\njid = \"mls.example.org\"\nsecret = \"s\"\n", Vec::new()).unwrap();
         config.store.path = dir.join("s.db");
         let store = Store::open(&config.store).unwrap();
-        Service::new(Arc::new(config), store, Vec::new())
+        Service::new(Arc::new(config), store)
     }
 
     fn stanza(xml: &str) -> Element {

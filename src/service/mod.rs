@@ -9,14 +9,13 @@ mod disco;
 mod feed;
 mod groups;
 mod keypackages;
-mod order;
 mod pubsub;
 mod sender;
 #[cfg(test)]
 mod tests;
 mod vault;
 
-pub use order::Order;
+pub use crate::store::order::Order;
 pub use sender::{external_sender_bytes, new_key, Issued};
 
 use std::num::NonZeroU32;
@@ -144,8 +143,8 @@ pub struct Service {
     config: Arc<Config>,
     store: Store,
     crypto: Arc<RustCrypto>,
-    /// Delivery order of group messages.
-    pub order: Order,
+    /// Delivery order of group messages (the store's positions).
+    pub order: Arc<Order>,
     /// Claims per (claimer, account): bounded by `maintain`.
     claims: DefaultKeyedRateLimiter<(String, String)>,
     /// Stanzas per sending account: bounded by `maintain`.
@@ -168,7 +167,7 @@ pub(super) async fn blocking<R: Send + 'static>(
 
 impl Service {
     /// `positions`: the store's archive position of every group.
-    pub fn new(config: Arc<Config>, store: Store, positions: Vec<(Vec<u8>, u64)>) -> Self {
+    pub fn new(config: Arc<Config>, store: Store) -> Self {
         let (d, l) = (&config.directory, &config.limits);
         let claims = refilled(d.claim_refill_secs, d.claim_burst);
         let verifications = refilled(d.key_package_refill_secs, d.key_package_burst);
@@ -177,9 +176,9 @@ impl Service {
         let states = cache::GroupCache::new(config.groups.cached_groups);
         Self {
             config,
+            order: store.order().clone(),
             store,
             crypto: Arc::default(),
-            order: Order::new(positions),
             claims: RateLimiter::keyed(claims),
             accounts: RateLimiter::keyed(accounts),
             domains: RateLimiter::keyed(domains),

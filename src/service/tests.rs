@@ -89,13 +89,13 @@ impl Ds {
             let device = Device { id: "dev".into(), signature_key: m.signer.to_public_vec(), label: None, expires: Some(i64::MAX / 2) };
             store.publish_device(m.account.to_string(), device, Element::bare("event", "urn:x"), 16, now).await.unwrap();
         }
-        let service = Arc::new(Service::new(config.clone(), store.clone(), Vec::new()));
+        let service = Arc::new(Service::new(config.clone(), store.clone()));
         Self { _scratch: scratch, store, service, config, id: rand::random() }
     }
 
     /// Another service process on the same store (its own cache).
     fn second(&self) -> Arc<Service> {
-        Arc::new(Service::new(self.config.clone(), self.store.clone(), Vec::new()))
+        Arc::new(Service::new(self.config.clone(), self.store.clone()))
     }
 
     fn request(&self, from: &Member, payload: Element) -> IqRequest {

@@ -624,7 +624,7 @@ mod tests {
     async fn append_at(store: &Store, group: &'static [u8], now: i64, message: &'static [u8]) -> Archived {
         store
             .write(move |c| {
-                let tx = GroupTx { c, group_id: group.to_vec(), now };
+                let tx = GroupTx::new(c, group.to_vec(), now);
                 if tx.state()?.is_none() {
                     tx.create(0, b"info", &crate::store::state::PublicState::default())?;
                 }
@@ -683,7 +683,7 @@ mod tests {
         let before = store.used_bytes().await.unwrap();
         store
             .write(|c| {
-                let tx = GroupTx { c, group_id: b"g".to_vec(), now: 100 };
+                let tx = GroupTx::new(c, b"g".to_vec(), 100);
                 for _ in 0..MESSAGES {
                     let message: [u8; OCTETS] = std::array::from_fn(|_| rand::random());
                     tx.append("alice@example.org", 0, Kind::Application, "a0", None, &message)?;

@@ -7,6 +7,7 @@
 //! makes exactly one commit win each epoch, and the new state, the archive
 //! entry and the Welcomes land with it or not at all.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use minidom::Element;
@@ -177,9 +178,15 @@ pub struct GroupTx<'c> {
     pub(super) c: &'c Db<'c>,
     pub(super) group_id: Vec<u8>,
     pub(super) now: i64,
+    /// The archive positions taken, for delivery in their order.
+    appended: RefCell<Vec<u64>>,
 }
 
 impl<'c> GroupTx<'c> {
+    pub(super) fn new(c: &'c Db<'c>, group_id: Vec<u8>, now: i64) -> Self {
+        GroupTx { c, group_id, now, appended: RefCell::default() }
+    }
+
     pub fn now(&self) -> i64 {
         self.now
     }
@@ -251,6 +258,7 @@ impl<'c> GroupTx<'c> {
         if seq > MAX_SEQ {
             return Err(StoreError::ArchiveFull);
         }
+        self.appended.borrow_mut().push(seq);
         self.c.execute(
             "INSERT INTO archive (pos, epoch, kind, sender_device, epoch_check, message, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6,
@@ -546,7 +554,10 @@ impl Store {
     }
 
     /// Runs `f` on one group inside a write transaction; if `f` fails,
-    /// nothing it did is kept.
+    /// nothing it did is kept. The positions it took are delivered in
+    /// their order ([`Self::order`]); an append is never undone alone (no
+    /// `undo_refused` around one), so a committed request's positions are
+    /// all taken.
     pub async fn group_tx<R, E>(
         &self,
         group_id: Vec<u8>,
@@ -557,7 +568,16 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         let now = crate::protocol::now();
-        self.write(move |c| f(&GroupTx { c, group_id, now })).await
+        let taking = self.order().taking(&group_id);
+        let (out, taken) = self
+            .write(move |c| {
+                let tx = GroupTx::new(c, group_id, now);
+                let out = f(&tx)?;
+                Ok::<_, E>((out, tx.appended.into_inner()))
+            })
+            .await?;
+        taking.taken(&taken);
+        Ok(out)
     }
 
     pub async fn group_state(&self, group_id: Vec<u8>) -> Result<Option<GroupState>, StoreError> {
@@ -590,11 +610,6 @@ impl Store {
         self.read(move |c| members(c, &group_id)).await
     }
 
-    /// The last archive position of every group, for ordered delivery.
-    pub async fn group_seqs(&self) -> Result<Vec<(Vec<u8>, u64)>, StoreError> {
-        self.read(|c| c.query_map("SELECT group_id, seq FROM groups", params![], |r| Ok((r.get(0)?, r.get::<i64>(1)? as u64))))
-            .await
-    }
 
     /// Archives an application message from `full_jid` (which must be on
     /// the feed with a device that has a live leaf) at `epoch`, if that is the

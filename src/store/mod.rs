@@ -26,6 +26,7 @@ mod devices;
 mod groups;
 mod inbox;
 mod keypackages;
+pub mod order;
 mod pg_schema;
 pub mod local;
 pub mod mls;
@@ -96,6 +97,8 @@ type Job = Box<dyn FnOnce(&Connection) -> (bool, Finish) + Send>;
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Engine>,
+    /// The archive positions this process took and has not delivered.
+    order: Arc<order::Order>,
 }
 
 /// The database under the store.
@@ -128,7 +131,7 @@ impl Store {
             true => open_sqlite(config)?,
             false => open_postgres(config)?,
         };
-        Ok(Self { inner: Arc::new(engine) })
+        Ok(Self { inner: Arc::new(engine), order: Arc::default() })
     }
 
     /// Where the store is, for the log: never a password.
@@ -239,6 +242,11 @@ impl Store {
             .map_err(|_| StoreError::Closed)?
         });
         request.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Delivery in archive order, of the positions this process takes.
+    pub fn order(&self) -> &Arc<order::Order> {
+        &self.order
     }
 
     /// True if the store is on PostgreSQL.

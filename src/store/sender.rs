@@ -164,7 +164,7 @@ mod tests {
         let overdue = store
             .group_tx(b"g".to_vec(), |tx| {
                 tx.record_service_proposal(1, 4)?;
-                let later = GroupTx { c: tx.c, group_id: tx.group_id.clone(), now: tx.now + 100 };
+                let later = GroupTx::new(tx.c, tx.group_id.clone(), tx.now + 100);
                 later.record_service_proposal(1, 4)?;
                 later.overdue_removals(1, tx.now)
             })
