@@ -242,6 +242,8 @@ pub struct Component {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     store: xmpp_mls::config::StoreConfig,
+    /// Whether dropping this instance drops its store (the first one does).
+    owns_store: bool,
 }
 
 impl Component {
@@ -260,9 +262,20 @@ impl Component {
             db::store_section(&store),
         );
         std::fs::write(dir.path().join("xmpp-mls.toml"), config).unwrap();
-        let mut c = Component { dir, child: None, store };
+        let mut c = Component { dir, child: None, store, owns_store: true };
         c.launch();
         assert!(c.wait_log("component connected", 1, Duration::from_secs(15)), "{}", c.log());
+        c
+    }
+
+    /// Another instance of this component: the same configuration (domain,
+    /// secret, server and store), its own process, directory and log. Not
+    /// waited for: a server may refuse a second connection.
+    pub fn another(&self) -> Component {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(self.dir.path().join("xmpp-mls.toml"), dir.path().join("xmpp-mls.toml")).unwrap();
+        let mut c = Component { dir, child: None, store: self.store.clone(), owns_store: false };
+        c.launch();
         c
     }
 
@@ -362,7 +375,9 @@ impl Drop for Component {
             let _ = child.kill();
             let _ = child.wait();
         }
-        db::drop_store(&self.store);
+        if self.owns_store {
+            db::drop_store(&self.store);
+        }
         if std::thread::panicking() {
             eprintln!("--- component log ---\n{}", self.log());
         }
