@@ -24,10 +24,14 @@
 //!   against the same page at the smallest size;
 //! - stored bytes per message and per KeyPackage against the MLS object;
 //! - peak RSS of the idle `xmpp-mls serve` binary on a full store against
-//!   an empty one.
+//!   an empty one;
+//! - with `XMPP_BENCH_POSTGRES` (a PostgreSQL server's connection string;
+//!   scripts/bench starts a private one): commit acceptance and commits per
+//!   second on PostgreSQL against SQLite, and over 2 and 3 instances on one
+//!   database against one.
 //!
 //! `cargo run --release --example bench_paths -- [--quick] [--json PATH] [--only SECTION]`
-//! (sections: commits, concurrency, keypackages, refusals, archive, rss) prints one line per
+//! (sections: commits, concurrency, keypackages, refusals, archive, rss, postgres) prints one line per
 //! figure, `name: value unit (ratio vs baseline)`, each a median of several
 //! runs; `--json` also writes them as `{"bench", "quick", "figures": [{"name",
 //! "value", "unit", "ratio", "baseline"}]}`.
@@ -56,7 +60,7 @@ use openmls_traits::types::SignatureScheme;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Serialize, VLBytes};
 use xmpp_mls::client::CIPHERSUITE;
-use xmpp_mls::config::Config;
+use xmpp_mls::config::{Config, StoreConfig};
 use xmpp_mls::protocol::address::{directory_node, group_node, Address};
 use xmpp_mls::protocol::devices::Device;
 use xmpp_mls::protocol::groups::{epoch_check, CommitBundle, Create};
@@ -66,7 +70,7 @@ use xmpp_mls::protocol::mls;
 use xmpp_mls::protocol::pubsub::publish_request;
 use xmpp_mls::service::{IqKind, IqRequest, Response, Service};
 use xmpp_mls::store::state::StateCodec;
-use xmpp_mls::store::{AppendOutcome, ArchiveBudget, FeedEntry, FeedJoin, Filter, Member, PageStart, Source, Store};
+use xmpp_mls::store::{AppendOutcome, ArchiveBudget, FeedEntry, FeedJoin, Filter, Inspector, Member, PageStart, Source, Store};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 const DOMAIN: &str = "mls.example.org";
@@ -198,16 +202,43 @@ fn bytes(m: &MlsMessageOut) -> Vec<u8> {
     m.tls_serialize_detached().unwrap()
 }
 
-/// A service on a fresh store in `dir`, with the default configuration
-/// but for `extra` TOML.
+/// A service on a fresh SQLite store in `dir`, with the default
+/// configuration but for `extra` TOML.
 fn service(dir: &Path, extra: &str) -> (Arc<Service>, Store) {
-    let text = format!(
-        "[component]\njid = \"{DOMAIN}\"\nsecret = \"bench\"\n[store]\npath = \"{}\"\n{extra}",
-        dir.join("store.sqlite3").display()
-    );
+    service_on(&Backend::Sqlite.new_store(dir), extra)
+}
+
+/// A service on the store of `store` (a `[store]` section).
+fn service_on(store: &str, extra: &str) -> (Arc<Service>, Store) {
+    let text = format!("[component]\njid = \"{DOMAIN}\"\nsecret = \"bench\"\n{store}{extra}");
     let config = Config::from_toml(&text, std::iter::empty()).unwrap();
     let store = Store::open(&config.store).unwrap();
     (Arc::new(Service::new(Arc::new(config), store.clone())), store)
+}
+
+/// Where a benchmark's store is.
+enum Backend {
+    Sqlite,
+    /// A PostgreSQL server's connection string (a new database per store).
+    Postgres(String),
+}
+
+impl Backend {
+    /// The `[store]` section of a new, empty store.
+    fn new_store(&self, dir: &Path) -> String {
+        match self {
+            Backend::Sqlite => format!("[store]\npath = \"{}\"\n", dir.join("store.sqlite3").display()),
+            Backend::Postgres(server) => {
+                let name = format!("bench_{:08x}", rand::random::<u32>());
+                let admin = StoreConfig { url: server.clone(), ..StoreConfig::default() };
+                let create = format!("CREATE DATABASE {name}");
+                std::thread::spawn(move || Inspector::open(&admin).and_then(|i| i.with(|c| c.execute_batch(&create))).unwrap())
+                    .join()
+                    .unwrap();
+                format!("[store]\nurl = \"{server} dbname={name}\"\n")
+            }
+        }
+    }
 }
 
 fn iq(from: &Jid, to: String, kind: IqKind, payload: Element) -> IqRequest {
@@ -314,45 +345,54 @@ fn public_group_apply(pg: &mut PublicGroup, crypto: &impl OpenMlsCrypto, storage
 async fn bench_commits(plan: &Plan, figures: &mut Vec<Figure>) {
     for &size in &plan.group_sizes {
         let dir = tempfile::tempdir().unwrap();
-        let (service, store) = service(dir.path(), "[limits]\nmax_payload_size = 16777216\nmax_stanza_out = 17825792\n");
-        let people: Vec<Person> = (0..size).map(|i| Person::new("m", i)).collect();
-        publish(&store, &people).await;
-        let id: [u8; 16] = rand::random();
-        let mut group = create_group(&service, &people, id).await;
-        for p in &people {
-            let entry =
-                FeedEntry { device_id: p.device_id.clone(), full_jid: p.jid().to_string(), account: p.account.to_string() };
-            joined(&store, &id, entry).await;
-        }
-        let owner = &people[0];
-        let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
-        let (gi, tree) = mls::group_info(&bytes(&info), &id).unwrap();
-        let storage = MemoryStorage::default();
-        let (mut pg, _) =
-            PublicGroup::from_external(owner.provider.crypto(), &storage, tree.clone(), gi.clone(), ProposalStore::new()).unwrap();
-        state_size(&storage, owner.provider.crypto(), tree, gi, size, figures);
-        let (mut ours, mut raw) = (Vec::new(), Vec::new());
-        // One unmeasured commit first: caches, and a tree as commits leave it.
-        for i in 0..=plan.commits {
-            let bundle = self_update(&mut group, owner);
-            let t = Instant::now();
-            public_group_apply(&mut pg, owner.provider.crypto(), &storage, &bundle.commit, &id);
-            let raw_time = t.elapsed();
-            let req = iq(&owner.jid(), group_jid(&id), IqKind::Set, bundle.to_element());
-            let t = Instant::now();
-            let response = handle(&service, req).await;
-            let our_time = t.elapsed();
-            assert_eq!(response.messages.len(), size, "one copy per device on the feed");
-            group.merge_pending_commit(&owner.provider).unwrap();
-            if i > 0 {
-                ours.push(ms(our_time));
-                raw.push(ms(raw_time));
-            }
-        }
-        store.close().await;
-        let (ours, raw) = (median(ours), median(raw));
+        let (ours, raw) = commit_times(&Backend::Sqlite, dir.path(), size, plan.commits, Some(&mut *figures)).await;
         figures.push(Figure::new(format!("commit_accept_{size}"), ours, "ms", ours / raw, "openmls PublicGroup"));
     }
+}
+
+/// The median milliseconds of accepting a commit in a group of `size`
+/// through the service on `backend`, and of openmls `PublicGroup` alone on
+/// the same commits; with `state`, also the state's size figure.
+async fn commit_times(backend: &Backend, dir: &Path, size: usize, commits: usize, state: Option<&mut Vec<Figure>>) -> (f64, f64) {
+    let extra = "[limits]\nmax_payload_size = 16777216\nmax_stanza_out = 17825792\n";
+    let (service, store) = service_on(&backend.new_store(dir), extra);
+    let people: Vec<Person> = (0..size).map(|i| Person::new("m", i)).collect();
+    publish(&store, &people).await;
+    let id: [u8; 16] = rand::random();
+    let mut group = create_group(&service, &people, id).await;
+    for p in &people {
+        let entry = FeedEntry { device_id: p.device_id.clone(), full_jid: p.jid().to_string(), account: p.account.to_string() };
+        joined(&store, &id, entry).await;
+    }
+    let owner = &people[0];
+    let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
+    let (gi, tree) = mls::group_info(&bytes(&info), &id).unwrap();
+    let storage = MemoryStorage::default();
+    let (mut pg, _) =
+        PublicGroup::from_external(owner.provider.crypto(), &storage, tree.clone(), gi.clone(), ProposalStore::new()).unwrap();
+    if let Some(figures) = state {
+        state_size(&storage, owner.provider.crypto(), tree, gi, size, figures);
+    }
+    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    // One unmeasured commit first: caches, and a tree as commits leave it.
+    for i in 0..=commits {
+        let bundle = self_update(&mut group, owner);
+        let t = Instant::now();
+        public_group_apply(&mut pg, owner.provider.crypto(), &storage, &bundle.commit, &id);
+        let raw_time = t.elapsed();
+        let req = iq(&owner.jid(), group_jid(&id), IqKind::Set, bundle.to_element());
+        let t = Instant::now();
+        let response = handle(&service, req).await;
+        let our_time = t.elapsed();
+        assert_eq!(response.messages.len(), size, "one copy per device on the feed");
+        group.merge_pending_commit(&owner.provider).unwrap();
+        if i > 0 {
+            ours.push(ms(our_time));
+            raw.push(ms(raw_time));
+        }
+    }
+    store.close().await;
+    (median(ours), median(raw))
 }
 
 /// The DS's stored state of a group of `size` against openmls' own JSON
@@ -369,41 +409,76 @@ fn state_size(json: &MemoryStorage, crypto: &impl OpenMlsCrypto, tree: RatchetTr
 /// round in its own task) against one group committing alone: the store's
 /// writer decides, validation runs beside it.
 async fn bench_concurrent_commits(plan: &Plan, figures: &mut Vec<Figure>) {
-    const GROUPS: usize = 16;
+    let alone = commit_rate(&Backend::Sqlite, 1, 1, plan.commits * 4).await;
+    let together = commit_rate(&Backend::Sqlite, GROUPS, 1, plan.commits * 4).await;
+    figures.push(Figure::new(format!("commits_per_s_{GROUPS}_groups"), together, "commits/s", together / alone, "one group alone"));
+}
+
+/// Groups committing at once in [`commit_rate`].
+const GROUPS: usize = 16;
+
+/// Commits per second of `groups` groups of 8 committing at once for
+/// `rounds` rounds, on `instances` services that share one store (each
+/// with its own pool and cache, as instances do; group g is served by
+/// instance g mod `instances`, as ejabberd's `bare_destination` pins it).
+async fn commit_rate(backend: &Backend, groups: usize, instances: usize, rounds: usize) -> f64 {
     const SIZE: usize = 8;
-    let mut rates = Vec::new();
-    for groups in [1, GROUPS] {
-        let dir = tempfile::tempdir().unwrap();
-        let (service, store) = service(dir.path(), "");
-        let mut all = Vec::new();
-        for g in 0..groups {
-            let people: Vec<Person> = (0..SIZE).map(|i| Person::new(&format!("c{g}x"), i)).collect();
-            publish(&store, &people).await;
-            let id: [u8; 16] = rand::random();
-            let group = create_group(&service, &people, id).await;
-            all.push((people, group));
-        }
-        let mut busy = Duration::ZERO;
-        for _ in 0..plan.commits * 4 {
-            let requests: Vec<IqRequest> = all
-                .iter_mut()
-                .map(|(people, group)| {
-                    let id = group.group_id().as_slice().to_vec();
-                    iq(&people[0].jid(), group_jid(&id), IqKind::Set, self_update(group, &people[0]).to_element())
-                })
-                .collect();
-            let t = Instant::now();
-            handle_all(&service, requests).await;
-            busy += t.elapsed();
-            for (people, group) in &mut all {
-                group.merge_pending_commit(&people[0].provider).unwrap();
-            }
-        }
-        store.close().await;
-        rates.push((groups * plan.commits * 4) as f64 / busy.as_secs_f64());
+    let dir = tempfile::tempdir().unwrap();
+    let section = backend.new_store(dir.path());
+    let services: Vec<(Arc<Service>, Store)> = (0..instances).map(|_| service_on(&section, "")).collect();
+    let store = &services[0].1;
+    let mut all = Vec::new();
+    for g in 0..groups {
+        let people: Vec<Person> = (0..SIZE).map(|i| Person::new(&format!("c{g}x"), i)).collect();
+        publish(store, &people).await;
+        let id: [u8; 16] = rand::random();
+        let group = create_group(&services[0].0, &people, id).await;
+        all.push((people, group));
     }
-    let name = format!("commits_per_s_{GROUPS}_groups");
-    figures.push(Figure::new(name, rates[1], "commits/s", rates[1] / rates[0], "one group alone"));
+    let mut busy = Duration::ZERO;
+    for _ in 0..rounds {
+        let requests = all.iter_mut().enumerate().map(|(g, (people, group))| {
+            let id = group.group_id().as_slice().to_vec();
+            let req = iq(&people[0].jid(), group_jid(&id), IqKind::Set, self_update(group, &people[0]).to_element());
+            let service = services[g % instances].0.clone();
+            tokio::spawn(async move { handle(&service, req).await })
+        });
+        let requests: Vec<_> = requests.collect();
+        let t = Instant::now();
+        for r in join_all(requests).await {
+            r.unwrap();
+        }
+        busy += t.elapsed();
+        for (people, group) in &mut all {
+            group.merge_pending_commit(&people[0].provider).unwrap();
+        }
+    }
+    for (_, store) in &services {
+        store.close().await;
+    }
+    (groups * rounds) as f64 / busy.as_secs_f64()
+}
+
+/// The PostgreSQL store against SQLite in the same run: commit acceptance
+/// in a group of 8 and of 128, commits per second of 16 groups, and of 16
+/// groups over 2 and 3 instances on one database against one instance.
+async fn bench_postgres(plan: &Plan, server: &str, figures: &mut Vec<Figure>) {
+    let pg = Backend::Postgres(server.to_owned());
+    for size in [8, 128] {
+        let dir = tempfile::tempdir().unwrap();
+        let (sqlite, _) = commit_times(&Backend::Sqlite, dir.path(), size, plan.commits, None).await;
+        let (postgres, _) = commit_times(&pg, dir.path(), size, plan.commits, None).await;
+        figures.push(Figure::new(format!("pg_commit_accept_{size}"), postgres, "ms", postgres / sqlite, "SQLite, same run"));
+    }
+    let rounds = plan.commits * 4;
+    let sqlite = commit_rate(&Backend::Sqlite, GROUPS, 1, rounds).await;
+    let one = commit_rate(&pg, GROUPS, 1, rounds).await;
+    figures.push(Figure::new(format!("pg_commits_per_s_{GROUPS}_groups"), one, "commits/s", one / sqlite, "SQLite, same run"));
+    for instances in [2, 3] {
+        let rate = commit_rate(&pg, GROUPS, instances, rounds).await;
+        let name = format!("pg_commits_per_s_{GROUPS}_groups_{instances}_instances");
+        figures.push(Figure::new(name, rate, "commits/s", rate / one, "one instance, same run"));
+    }
 }
 
 /// Signature-input of an RFC 9420 SignWithLabel.
@@ -773,6 +848,10 @@ async fn main() {
     }
     if run("rss") {
         bench_rss(&mut figures).await;
+    }
+    match std::env::var("XMPP_BENCH_POSTGRES") {
+        Ok(server) if run("postgres") => bench_postgres(&plan, &server, &mut figures).await,
+        _ => println!("# postgres section skipped: XMPP_BENCH_POSTGRES names no PostgreSQL server"),
     }
     if let Some(path) = json {
         if let Some(parent) = path.parent() {

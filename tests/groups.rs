@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{alice_and_bob, bare, expect, member, Component, Prosody};
+use common::{alice_and_bob, bare, commits_per_epoch, expect, member, one_group, race_commits, reach, Component, Prosody};
 use xmpp_mls::client::{GroupClient, GroupEvent};
 use xmpp_mls::store::sql::{Column, Param};
 use xmpp_mls::store_params;
@@ -101,19 +101,6 @@ async fn three_accounts_five_devices_every_message_reaches_every_device() {
     }
 }
 
-/// Commits of one epoch per group in the archive, as (epoch, count).
-fn commits_per_epoch(store: &common::db::StoreDb) -> Vec<(i64, i64)> {
-    let sql = "SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch";
-    store.with(|c| c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?))))
-}
-
-/// Drains events until the group reaches `epoch`.
-async fn reach(client: &mut GroupClient, group: &BareJid, epoch: u64) {
-    while client.epoch(group).unwrap() < epoch {
-        expect(client, "commit", |e| matches!(e, GroupEvent::Epoch { .. })).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_commits_one_winner_per_epoch_and_everyone_converges() {
     const DEVICES: usize = 10;
@@ -121,34 +108,8 @@ async fn concurrent_commits_one_winner_per_epoch_and_everyone_converges() {
     let prosody = Prosody::start();
     let component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
-    let mut devices = Vec::new();
-    for i in 0..DEVICES {
-        devices.push(member(&prosody, &dir, &format!("u{i}"), "d").await);
-    }
-    let group = devices[0].create().await.unwrap();
-    let others: Vec<BareJid> = (1..DEVICES).map(|i| bare(&format!("u{i}@example.org"))).collect();
-    devices[0].add(&group, &others).await.unwrap();
-    for d in devices.iter_mut().skip(1) {
-        expect(d, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    }
-
-    let mut commits = 1;
-    for round in 0..ROUNDS {
-        let contenders = 2 + round % (DEVICES - 1); // 2 ..= 10 at once
-        let results = futures::future::join_all(devices[..contenders].iter_mut().map(|d| d.update(&group))).await;
-        for r in results {
-            r.expect("every contender gets its commit in, retrying after a lost epoch");
-        }
-        commits += contenders;
-    }
-    let epoch = commits as u64;
-    let mut checks = std::collections::HashSet::new();
-    for d in devices.iter_mut() {
-        reach(d, &group, epoch).await;
-        assert_eq!(d.epoch(&group).unwrap(), epoch);
-        checks.insert(d.epoch_check(&group).unwrap());
-    }
-    assert_eq!(checks.len(), 1, "devices disagree on the epoch: {checks:?}");
+    let (mut devices, group) = one_group(&prosody, &dir, DEVICES).await;
+    let commits = race_commits(&mut devices, &group, ROUNDS).await;
     let per_epoch = commits_per_epoch(&component.db());
     assert_eq!(per_epoch.len(), commits, "one accepted commit per epoch");
     assert!(per_epoch.iter().all(|(_, n)| *n == 1), "two commits won one epoch: {per_epoch:?}");

@@ -12,10 +12,9 @@ use std::time::Duration;
 
 use common::db::postgres;
 use common::mls::TestSigner;
-use common::{bare, expect, member, wait_until, Component, Kind, Server, COMPONENT};
-use xmpp_mls::client::{GroupClient, GroupEvent};
+use common::{commits_per_epoch, member, one_group, race_commits, wait_until, Component, Kind, Server, COMPONENT};
 use xmpp_mls::protocol::keypackages::{Claim, ClaimOutcome};
-use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::jid::Jid;
 
 /// Whether this run has what the several-instance test needs.
 fn several_instances_possible() -> bool {
@@ -24,19 +23,6 @@ fn several_instances_possible() -> bool {
         eprintln!("skipped: several instances need ejabberd (XMPP_TEST_SERVER=ejabberd) and PostgreSQL (XMPP_TEST_POSTGRES)");
     }
     possible
-}
-
-/// Drains events until the group reaches `epoch`.
-async fn reach(client: &mut GroupClient, group: &BareJid, epoch: u64) {
-    while client.epoch(group).unwrap() < epoch {
-        expect(client, "commit", |e| matches!(e, GroupEvent::Epoch { .. })).await;
-    }
-}
-
-/// Commits of each epoch in the archive, as (epoch, count).
-fn commits_per_epoch(component: &Component) -> Vec<(i64, i64)> {
-    let sql = "SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch";
-    component.db().with(|c| c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?))))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,33 +41,9 @@ async fn three_instances_on_one_store_decide_every_race_once() {
     const DEVICES: usize = 6;
     const ROUNDS: usize = 12;
     let dir = tempfile::tempdir().unwrap();
-    let mut devices = Vec::new();
-    for i in 0..DEVICES {
-        devices.push(member(&server, &dir, &format!("u{i}"), "d").await);
-    }
-    let group = devices[0].create().await.unwrap();
-    let others: Vec<BareJid> = (1..DEVICES).map(|i| bare(&format!("u{i}@example.org"))).collect();
-    devices[0].add(&group, &others).await.unwrap();
-    for d in devices.iter_mut().skip(1) {
-        expect(d, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
-    }
-    let mut commits = 1;
-    for round in 0..ROUNDS {
-        let contenders = 2 + round % (DEVICES - 1);
-        let results = futures::future::join_all(devices[..contenders].iter_mut().map(|d| d.update(&group))).await;
-        for r in results {
-            r.expect("every contender gets its commit in, retrying after a lost epoch");
-        }
-        commits += contenders;
-    }
-    let epoch = commits as u64;
-    let mut checks = std::collections::HashSet::new();
-    for d in devices.iter_mut() {
-        reach(d, &group, epoch).await;
-        checks.insert(d.epoch_check(&group).unwrap());
-    }
-    assert_eq!(checks.len(), 1, "devices disagree on the epoch: {checks:?}");
-    let per_epoch = commits_per_epoch(&first);
+    let (mut devices, group) = one_group(&server, &dir, DEVICES).await;
+    let commits = race_commits(&mut devices, &group, ROUNDS).await;
+    let per_epoch = commits_per_epoch(&first.db());
     assert_eq!(per_epoch.len(), commits, "one accepted commit per epoch");
     assert!(per_epoch.iter().all(|(_, n)| *n == 1), "two commits won one epoch: {per_epoch:?}");
     for (i, instance) in std::iter::once(&first).chain(&instances).enumerate() {

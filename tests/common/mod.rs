@@ -558,3 +558,57 @@ pub async fn alice_and_bob(
     expect(&mut bob, "welcome", |e| matches!(e, xmpp_mls::client::GroupEvent::Joined { .. })).await;
     (alice, bob, group)
 }
+
+/// Drains events until the group reaches `epoch`.
+pub async fn reach(client: &mut xmpp_mls::client::GroupClient, group: &BareJid, epoch: u64) {
+    while client.epoch(group).unwrap() < epoch {
+        expect(client, "commit", |e| matches!(e, xmpp_mls::client::GroupEvent::Epoch { .. })).await;
+    }
+}
+
+/// A group of `n` accounts u0 … u{n-1}, one device each (device "d"),
+/// which u0 created and added the others to; every device has joined.
+pub async fn one_group(server: &Server, dir: &tempfile::TempDir, n: usize) -> (Vec<xmpp_mls::client::GroupClient>, BareJid) {
+    let mut devices = Vec::new();
+    for i in 0..n {
+        devices.push(member(server, dir, &format!("u{i}"), "d").await);
+    }
+    let group = devices[0].create().await.unwrap();
+    let others: Vec<BareJid> = (1..n).map(|i| bare(&format!("u{i}@example.org"))).collect();
+    devices[0].add(&group, &others).await.unwrap();
+    for d in devices.iter_mut().skip(1) {
+        expect(d, "welcome", |e| matches!(e, xmpp_mls::client::GroupEvent::Joined { .. })).await;
+    }
+    (devices, group)
+}
+
+/// `rounds` of concurrent Commits in `group`, whose members are
+/// `devices`: in round r the first 2 + r mod (n - 1) devices update at
+/// once, and each gets its Commit in (retrying after a lost epoch). Then
+/// every device reaches the last epoch, and all agree on it. Returns the
+/// group's Commits so far (its creation counts one).
+pub async fn race_commits(devices: &mut [xmpp_mls::client::GroupClient], group: &BareJid, rounds: usize) -> usize {
+    let mut commits = 1;
+    for round in 0..rounds {
+        let contenders = 2 + round % (devices.len() - 1);
+        let results = futures::future::join_all(devices[..contenders].iter_mut().map(|d| d.update(group))).await;
+        for r in results {
+            r.expect("every contender gets its commit in, retrying after a lost epoch");
+        }
+        commits += contenders;
+    }
+    let mut checks = std::collections::HashSet::new();
+    for d in devices.iter_mut() {
+        reach(d, group, commits as u64).await;
+        assert_eq!(d.epoch(group).unwrap(), commits as u64);
+        checks.insert(d.epoch_check(group).unwrap());
+    }
+    assert_eq!(checks.len(), 1, "devices disagree on the epoch: {checks:?}");
+    commits
+}
+
+/// Commits of each epoch in the store's archive, as (epoch, count).
+pub fn commits_per_epoch(db: &db::StoreDb) -> Vec<(i64, i64)> {
+    let sql = "SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch";
+    db.with(|c| c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?))))
+}
