@@ -470,6 +470,10 @@ async fn bench_postgres(plan: &Plan, server: &str, figures: &mut Vec<Figure>) {
         let (postgres, _) = commit_times(&pg, dir.path(), size, plan.commits, None).await;
         figures.push(Figure::new(format!("pg_commit_accept_{size}"), postgres, "ms", postgres / sqlite, "SQLite, same run"));
     }
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = admission_time(&Backend::Sqlite, dir.path(), plan.commits * 20).await;
+    let postgres = admission_time(&pg, dir.path(), plan.commits * 20).await;
+    figures.push(Figure::new("pg_admission", postgres, "ms", postgres / sqlite, "SQLite, same run"));
     let rounds = plan.commits * 4;
     let sqlite = commit_rate(&Backend::Sqlite, GROUPS, 1, rounds).await;
     let one = commit_rate(&pg, GROUPS, 1, rounds).await;
@@ -479,6 +483,21 @@ async fn bench_postgres(plan: &Plan, server: &str, figures: &mut Vec<Figure>) {
         let name = format!("pg_commits_per_s_{GROUPS}_groups_{instances}_instances");
         figures.push(Figure::new(name, rate, "commits/s", rate / one, "one instance, same run"));
     }
+}
+
+/// Median time of a stanza's admission (its account's rate-limit token:
+/// SQLite's in-memory bucket, or PostgreSQL's shared row), over `n`
+/// stanzas of as many accounts.
+async fn admission_time(backend: &Backend, dir: &Path, n: usize) -> f64 {
+    let (service, _store) = service_on(&backend.new_store(dir), "");
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let from = Jid::new(&format!("a{}@example.org/d", i % 64)).unwrap();
+        let t = Instant::now();
+        service.admit(&from).await.unwrap();
+        times.push(ms(t.elapsed()));
+    }
+    median(times)
 }
 
 /// Signature-input of an RFC 9420 SignWithLabel.

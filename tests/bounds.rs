@@ -8,16 +8,15 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::mls::{KpOptions, TestSigner};
-use common::{bare, outcome, raw, COMPONENT, Component, Prosody};
+use common::{bare, outcome, raw, COMPONENT, Component, Prosody, FAST};
 use minidom::Element;
-use xmpp_mls::client::{directory_jid, KdfParams, Session, Vault};
+use xmpp_mls::client::{directory_jid, Session, Vault};
 use xmpp_mls::protocol::keypackages::{parse_claimed, parse_rejections, Claim, ClaimOutcome, Rejection};
 use xmpp_mls::protocol::mam::{Cursor, NS_RSM};
 use xmpp_mls::protocol::notices::{KeyPackageClaimed, Notice};
 use xmpp_mls::protocol::vault::{parse_list_page, parse_vault_result, VaultRequest};
 use xmpp_parsers::jid::Jid;
 
-const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
 
 fn service() -> Jid {
     Jid::new(COMPONENT).unwrap()

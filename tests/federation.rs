@@ -8,13 +8,12 @@ use std::time::Duration;
 
 use common::federation::{Federation, DENIED, HOME, REMOTE, SECRET, SERVICE};
 use common::scrape::scrape;
-use common::{expect, free_port, new_device, old_device, Component};
-use xmpp_mls::client::{describe, directory_jid, ClientError, Device, GroupClient, GroupEvent, KdfParams, Vault};
+use common::{expect, free_port, new_device, old_device, Component, FAST};
+use xmpp_mls::client::{describe, directory_jid, ClientError, Device, GroupClient, GroupEvent, Vault};
 use xmpp_mls::protocol::devices::NODE;
 use xmpp_mls::protocol::pubsub::publish_request;
 use xmpp_parsers::jid::{BareJid, Jid};
 
-const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
 
 fn service() -> Jid {
     Jid::new(SERVICE).unwrap()

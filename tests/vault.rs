@@ -6,17 +6,16 @@ mod common;
 use std::time::Duration;
 
 use common::db::StoreDb;
-use common::{bare, expect, member, COMPONENT, Component, Prosody};
+use common::{bare, bump_counter, expect, member, COMPONENT, Component, Prosody, FAST};
 use xmpp_mls::client::{
     backed_up_devices, backup_device, restore_device, ClientError, Device, GroupClient, GroupEvent,
-    KdfParams, Session, Unreadable, Vault, VaultError,
+    Session, Unreadable, Vault, VaultError,
 };
 use xmpp_mls::protocol::vault::VaultRequest;
 use xmpp_mls::store_params;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
-const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
 
 fn service() -> Jid {
     Jid::new(COMPONENT).unwrap()
@@ -274,22 +273,7 @@ async fn two_devices_updating_concurrently_lose_no_update() {
     let vault = Vault::create(&laptop, &service(), "pass", FAST).await.unwrap();
     vault.put(&laptop, "counter", 0, &0u64.to_be_bytes()).await.unwrap();
     let other = Vault::open(&phone, &service(), "pass").await.unwrap();
-    async fn bump(vault: &Vault, session: &Session, times: usize) -> usize {
-        let mut conflicts = 0;
-        for _ in 0..times {
-            loop {
-                let (version, data) = vault.get(session, "counter").await.unwrap().unwrap();
-                let n = u64::from_be_bytes(data.try_into().unwrap());
-                match vault.put(session, "counter", version, &(n + 1).to_be_bytes()).await {
-                    Ok(_) => break,
-                    Err(VaultError::Conflict(..)) => conflicts += 1,
-                    Err(e) => panic!("{e}"),
-                }
-            }
-        }
-        conflicts
-    }
-    let (c1, c2) = tokio::join!(bump(&vault, &laptop, 100), bump(&other, &phone, 100));
+    let (c1, c2) = tokio::join!(bump_counter(&vault, &laptop, 100), bump_counter(&other, &phone, 100));
     let (_, data) = vault.get(&laptop, "counter").await.unwrap().unwrap();
     assert_eq!(u64::from_be_bytes(data.try_into().unwrap()), 200, "no update lost ({} conflicts retried)", c1 + c2);
 }

@@ -57,6 +57,9 @@ pub async fn serve(config: Config, mut shutdown: watch::Receiver<bool>) -> Resul
     let result = connection_loop(&config, &service, &link_tx, &mut shutdown).await;
     maintenance.abort();
     endpoint.inspect(|e| e.abort());
+    if let Err(e) = service.stop_maintaining().await {
+        tracing::warn!(error = %e, "cannot give the maintenance turn up");
+    }
     store.close().await;
     tracing::info!("stopped");
     result

@@ -146,7 +146,7 @@ async fn dispatch(service: &Service, stanza: Element) -> Routed {
 
 /// Group messages; anything else is bounced so the sender knows.
 async fn route_message(service: &Service, msg: &Element, from: &Jid, to: &Jid) -> Routed {
-    let outcome = match (service.admit(from).and_then(|()| check_id(msg)), Address::parse(to)) {
+    let outcome = match (service.admit(from).await.and_then(|()| check_id(msg)), Address::parse(to)) {
         (Err(e), _) => Err(e),
         (Ok(()), Ok(Address::Group(id))) if to.resource().is_none() && msg.attr("type") == Some("groupchat") => {
             service.group_message(from, &id, msg).await
@@ -173,7 +173,7 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
     let outcome = if unavailable {
         service.leave_feed(from, &id, device.as_str()).await
     } else {
-        match service.admit(from).and_then(|()| check_id(presence)) {
+        match service.admit(from).await.and_then(|()| check_id(presence)) {
             Ok(()) => service.join_feed(from, &id, device.as_str()).await,
             Err(e) => Err(e),
         }
@@ -214,7 +214,7 @@ async fn route_iq(service: &Service, iq: &Element, from: Jid, to: Jid) -> Routed
     };
     let Some(id) = iq.attr("id").map(str::to_owned) else { return Routed::default() };
     let payload = single_child(iq);
-    let outcome = match (service.admit(&from).and_then(|()| check_id(iq)), Address::parse(&to), payload) {
+    let outcome = match (service.admit(&from).await.and_then(|()| check_id(iq)), Address::parse(&to), payload) {
         (Err(e), _, _) => Err(e),
         (Ok(()), Err(e), _) => Err(e.into()),
         (Ok(()), Ok(_), None) => {

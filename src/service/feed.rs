@@ -34,7 +34,7 @@ impl Service {
             // Nothing to leave: no write and no answer, but it costs the
             // sender's stanza rate like any other stanza (a flood of such
             // presences exhausts the sender's own budget, no one else's).
-            let _ = self.admit(from);
+            let _ = self.admit(from).await;
             return Ok(Response::default());
         }
         self.store.leave_feed(Some(group_id.to_vec()), from.to_string()).await?;

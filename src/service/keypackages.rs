@@ -1,7 +1,5 @@
 //! The KeyPackage node (owner uploads and listings) and claims.
 
-use std::num::NonZeroU32;
-
 use xmpp_parsers::jid::BareJid;
 
 use super::pubsub::{headline, Caller};
@@ -50,7 +48,7 @@ impl Service {
         if let Some(refused) = self.store.precheck_key_packages(account.to_string(), inspected, max, now).await? {
             return Err(upload_refused(refused));
         }
-        self.charge_verifications(&account, messages.len())?;
+        self.charge_verifications(&account, messages.len()).await?;
         metrics().key_package_verifications.inc_by(messages.len() as u64);
         let crypto = self.crypto.clone();
         // Signature checks are CPU work: keep them off the async workers.
@@ -71,10 +69,15 @@ impl Service {
 
     /// Takes `n` signature verifications from the account's budget: an
     /// upload larger than the burst can never pass.
-    fn charge_verifications(&self, account: &BareJid, n: usize) -> Result<(), ServiceError> {
-        let Ok(n) = u32::try_from(n) else { return Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)) };
-        let Some(n) = NonZeroU32::new(n) else { return Ok(()) };
-        super::check_rate_n(&self.verifications, &account.to_string(), n, Limit::KeyPackageVerification, AppCondition::TooManyKeyPackages)
+    async fn charge_verifications(&self, account: &BareJid, n: usize) -> Result<(), ServiceError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        if n == 0 {
+            return Ok(());
+        }
+        match self.charge(Limit::KeyPackageVerification, account.to_string(), n).await? {
+            true => Ok(()),
+            false => Err(ServiceError::Limit(AppCondition::TooManyKeyPackages)),
+        }
     }
 
     /// The owner's view of the pool: references and metadata, no packages.
@@ -100,7 +103,7 @@ impl Service {
             n => n,
         };
         let claimer = req.from.to_bare();
-        self.check_claim_rate(&claimer, account, asked)?;
+        self.check_claim_rate(&claimer, account, asked).await?;
         let ctx = ClaimContext {
             account: account.to_string(),
             claimer: claimer.to_string(),
@@ -122,10 +125,13 @@ impl Service {
     }
 
     /// One token per device asked for; a claim that asks for none costs one.
-    fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid, devices: usize) -> Result<(), ServiceError> {
-        let tokens = NonZeroU32::new(u32::try_from(devices).unwrap_or(u32::MAX)).unwrap_or(NonZeroU32::MIN);
-        let key = (claimer.to_string(), account.to_string());
-        super::check_rate_n(&self.claims, &key, tokens, Limit::Claim, AppCondition::TooManyDevices)
+    /// The bucket is the claimer's and the account's (a JID has no space).
+    async fn check_claim_rate(&self, claimer: &BareJid, account: &BareJid, devices: usize) -> Result<(), ServiceError> {
+        let tokens = u32::try_from(devices).unwrap_or(u32::MAX).max(1);
+        match self.charge(Limit::Claim, format!("{claimer} {account}"), tokens).await? {
+            true => Ok(()),
+            false => Err(ServiceError::Limit(AppCondition::TooManyDevices)),
+        }
     }
 }
 

@@ -18,12 +18,10 @@ mod vault;
 pub use crate::store::order::Order;
 pub use sender::{external_sender_bytes, new_key, Issued};
 
-use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, NotUntil, Quota, RateLimiter};
 use openmls_rust_crypto::RustCrypto;
 
 use minidom::Element;
@@ -38,7 +36,7 @@ use crate::protocol::keypackages::Rejection;
 use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::{disco::PING, ProtocolError, NS};
-use crate::store::{ArchiveBudget, Departed, Expired, Store, StoreError};
+use crate::store::{ArchiveBudget, Departed, Expired, Rate, Store, StoreError, Tokens};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IqKind {
@@ -145,17 +143,16 @@ pub struct Service {
     crypto: Arc<RustCrypto>,
     /// Delivery order of group messages (the store's positions).
     pub order: Arc<Order>,
-    /// Claims per (claimer, account): bounded by `maintain`.
-    claims: DefaultKeyedRateLimiter<(String, String)>,
-    /// Stanzas per sending account: bounded by `maintain`.
-    accounts: DefaultKeyedRateLimiter<String>,
-    /// Stanzas per other (federated) domain: bounded by `maintain`.
-    domains: DefaultKeyedRateLimiter<String>,
-    /// KeyPackage signature verifications per account: bounded by `maintain`.
-    verifications: DefaultKeyedRateLimiter<String>,
     /// Groups' PublicGroups between handshakes.
     states: cache::GroupCache,
+    /// This process's name as the holder of the maintenance turn.
+    instance: String,
+    /// Whether this process had the maintenance turn at its last pass.
+    maintaining: AtomicBool,
 }
+
+/// The job whose turn [`Service::maintain`] takes (store::turns).
+const MAINTENANCE: &str = "maintenance";
 
 /// Runs CPU work (MLS validation) on a blocking thread, off the async
 /// workers and off the store's writer.
@@ -168,38 +165,58 @@ pub(super) async fn blocking<R: Send + 'static>(
 impl Service {
     /// `positions`: the store's archive position of every group.
     pub fn new(config: Arc<Config>, store: Store) -> Self {
-        let (d, l) = (&config.directory, &config.limits);
-        let claims = refilled(d.claim_refill_secs, d.claim_burst);
-        let verifications = refilled(d.key_package_refill_secs, d.key_package_burst);
-        let accounts = per_second(l.account_rate, l.account_burst);
-        let domains = per_second(config.federation.domain_rate, config.federation.domain_burst);
         let states = cache::GroupCache::new(config.groups.cached_groups);
+        let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
         Self {
             config,
             order: store.order().clone(),
             store,
             crypto: Arc::default(),
-            claims: RateLimiter::keyed(claims),
-            accounts: RateLimiter::keyed(accounts),
-            domains: RateLimiter::keyed(domains),
-            verifications: RateLimiter::keyed(verifications),
             states,
+            instance,
+            maintaining: AtomicBool::new(false),
         }
     }
 
     /// Admission, checked by the router before any work for every stanza
     /// that may be answered: the federation policy and per-domain rate for
     /// accounts of other domains, then the per-account rate.
-    pub fn admit(&self, from: &Jid) -> Result<(), ServiceError> {
+    pub async fn admit(&self, from: &Jid) -> Result<(), ServiceError> {
         let domain = from.domain().as_str();
         if let Some(label) = self.other_domain(domain) {
             if !self.config.federation.admits(domain) {
                 metrics().federation_refused(label);
                 return Err(ServiceError::DomainNotAllowed);
             }
-            check_rate(&self.domains, &domain.to_ascii_lowercase(), Limit::Domain)?;
+            self.charge(Limit::Domain, domain.to_ascii_lowercase(), 1).await?;
         }
-        check_rate(&self.accounts, &from.to_bare().to_string(), Limit::Account)
+        // One token is never more than a burst (at least one).
+        self.charge(Limit::Account, from.to_bare().to_string(), 1).await.map(drop)
+    }
+
+    /// Takes `n` tokens from `key`'s bucket of `limit`, shared by every
+    /// instance on the store, or refuses with the wait; `Ok(false)`: `n`
+    /// is more than the whole burst, which can never pass.
+    async fn charge(&self, limit: Limit, key: String, n: u32) -> Result<bool, ServiceError> {
+        match self.store.take_tokens(limit, key, n, self.rate(limit)).await? {
+            Tokens::Taken => Ok(true),
+            Tokens::OverBurst => Ok(false),
+            Tokens::Wait(wait) => {
+                metrics().rate_limited.inc(limit);
+                Err(ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) })
+            }
+        }
+    }
+
+    /// The bucket of `limit`, from the configuration.
+    fn rate(&self, limit: Limit) -> Rate {
+        let (d, l, f) = (&self.config.directory, &self.config.limits, &self.config.federation);
+        match limit {
+            Limit::Account => per_second(l.account_rate, l.account_burst),
+            Limit::Domain => per_second(f.domain_rate, f.domain_burst),
+            Limit::Claim => refilled(d.claim_refill_secs, d.claim_burst),
+            Limit::KeyPackageVerification => refilled(d.key_package_refill_secs, d.key_package_burst),
+        }
     }
 
     /// The metrics label of `domain` if it is not the home domain
@@ -215,19 +232,20 @@ impl Service {
         self.config.limits.max_stanza_out
     }
 
-    /// Periodic housekeeping: forget idle rate-limit state, drop expired
+    /// Periodic housekeeping, by one instance of those on the store at a
+    /// time (the maintenance turn): forget full rate buckets, drop expired
     /// devices and KeyPackages, propose the removal of leaves whose device
     /// left its account's list; returns the retract events of expired
     /// devices and the unavailable presences of the devices that this took
-    /// off feeds, then the service's proposals.
+    /// off feeds, then the service's proposals. Every instance refreshes
+    /// its gauges.
     pub async fn maintain(&self) -> Result<(Vec<Element>, Vec<Issued>), StoreError> {
-        self.claims.retain_recent();
-        self.claims.shrink_to_fit();
-        for limiter in [&self.accounts, &self.domains, &self.verifications] {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
         let now = crate::protocol::now();
+        if !self.maintenance_turn(now).await? {
+            self.refresh_gauges().await?;
+            return Ok(Default::default());
+        }
+        self.store.prune_rates().await?;
         let (pruned, expired, departed) = retention(&self.store, &self.config, now).await?;
         if pruned > 0 {
             tracing::info!(pruned, "history retention");
@@ -240,6 +258,25 @@ impl Service {
         messages.extend(self.departures(&departed));
         let stale = self.store.groups_with_stale_leaves(None, now).await?;
         Ok((messages, self.issue_removals(stale).await))
+    }
+
+    /// Takes or renews the maintenance turn for two intervals: the holder
+    /// renews it every interval; if it dies, another instance takes over
+    /// within two.
+    async fn maintenance_turn(&self, now: i64) -> Result<bool, StoreError> {
+        let until = now.saturating_add(2 * self.config.history.maintenance_secs as i64);
+        let held = self.store.take_turn(MAINTENANCE, self.instance.clone(), now, until).await?;
+        if held != self.maintaining.swap(held, Ordering::Relaxed) {
+            let what = if held { "took the maintenance turn" } else { "another instance has the maintenance turn" };
+            tracing::info!(instance = %self.instance, "{what}");
+        }
+        Ok(held)
+    }
+
+    /// Gives the maintenance turn up, at shutdown, so that another instance
+    /// takes it at its next pass.
+    pub async fn stop_maintaining(&self) -> Result<(), StoreError> {
+        self.store.give_up_turn(MAINTENANCE, self.instance.clone()).await
     }
 
     /// Sets the metrics' gauges of what the store holds. Called at start
@@ -321,16 +358,15 @@ impl Service {
     }
 }
 
-/// `burst` in a row, then one more every `refill_secs` seconds.
-fn refilled(refill_secs: u64, burst: u32) -> Quota {
-    Quota::with_period(Duration::from_secs(refill_secs))
-        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+/// `burst` in a row (at least one), then one more every `refill_secs`
+/// seconds (at least one).
+fn refilled(refill_secs: u64, burst: u32) -> Rate {
+    Rate { period: Duration::from_secs(refill_secs.max(1)), burst: burst.max(1) }
 }
 
-fn per_second(rate: u32, burst: u32) -> Quota {
-    Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+/// `burst` in a row (at least one), then `rate` a second (at least one).
+fn per_second(rate: u32, burst: u32) -> Rate {
+    Rate { period: Duration::from_secs(1) / rate.max(1), burst: burst.max(1) }
 }
 
 /// Retention as of `now`: drops expired devices and KeyPackages (and takes
@@ -346,38 +382,6 @@ pub async fn retention(store: &Store, config: &Config, now: i64) -> Result<(usiz
     let cutoff = now - config.history.retention_secs as i64;
     store.prune_inboxes(now, cutoff).await?;
     Ok((store.prune_history(cutoff).await?, expired, departed))
-}
-
-/// One token from `limiter` (`limit`) for `key`, or how long to wait for it.
-fn check_rate<K: Clone + Eq + std::hash::Hash>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-    limit: Limit,
-) -> Result<(), ServiceError> {
-    limiter.check_key(key).map_err(|not_until| rate_limited(limit, &not_until))
-}
-
-/// `n` tokens at once, or how long to wait for all of them; a request for
-/// more than the whole burst can never pass and is refused with `over_burst`.
-fn check_rate_n<K: Clone + Eq + std::hash::Hash>(
-    limiter: &DefaultKeyedRateLimiter<K>,
-    key: &K,
-    n: NonZeroU32,
-    limit: Limit,
-    over_burst: AppCondition,
-) -> Result<(), ServiceError> {
-    match limiter.check_key_n(key, n) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(not_until)) => Err(rate_limited(limit, &not_until)),
-        Err(_) => Err(ServiceError::Limit(over_burst)),
-    }
-}
-
-/// The refusal of a request that has to wait for `not_until`, counted.
-fn rate_limited(limit: Limit, not_until: &NotUntil<<DefaultClock as Clock>::Instant>) -> ServiceError {
-    metrics().rate_limited.inc(limit);
-    let wait = not_until.wait_time_from(DefaultClock::default().now());
-    ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
 }
 
 /// Bytes of `el` as XML, counted without building the string.

@@ -28,12 +28,14 @@ mod inbox;
 mod keypackages;
 pub mod order;
 mod pg_schema;
+mod rates;
 pub mod local;
 pub mod mls;
 mod schema;
 mod sender;
 pub mod sql;
 pub mod state;
+mod turns;
 mod usage;
 mod vault;
 
@@ -51,6 +53,7 @@ pub use groups::{
 };
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
+pub use rates::{Rate, Tokens};
 pub use vault::{VaultLimits, VaultPage, VaultWrite};
 
 use std::path::{Path, PathBuf};
@@ -110,6 +113,8 @@ enum Engine {
         writer: Mutex<Option<JoinHandle<()>>>,
         readers: Mutex<Vec<Connection>>,
         max_readers: usize,
+        /// The rate buckets (rates.rs), in memory.
+        rates: Mutex<Connection>,
     },
     /// PostgreSQL: each request in its own transaction on a connection of
     /// a bounded pool, on a blocking thread; requests run concurrently.
@@ -244,6 +249,19 @@ impl Store {
         request.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs `f` on the rate buckets: SQLite's in-memory database (a few
+    /// microseconds under its lock), or a pooled PostgreSQL connection
+    /// without a transaction (each statement commits on its own).
+    async fn on_rates<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        match &*self.inner {
+            Engine::Sqlite { rates, .. } => f(&Db::sqlite(&rates.lock().expect("rates lock"))),
+            Engine::Postgres { .. } => self.on_postgres(f).await,
+        }
+    }
+
     /// Delivery in archive order, of the positions this process takes.
     pub fn order(&self) -> &Arc<order::Order> {
         &self.order
@@ -338,6 +356,7 @@ fn open_sqlite(config: &StoreConfig) -> Result<Engine, StoreError> {
         writer: Mutex::new(Some(writer)),
         readers: Mutex::new(Vec::new()),
         max_readers: config.readers,
+        rates: Mutex::new(rates::memory()?),
     })
 }
 

@@ -164,6 +164,20 @@ const MIGRATIONS: &[&str] = &[
         seq BIGINT NOT NULL,
         PRIMARY KEY (grp, key)
     );",
+    // 2: SQLite's migration 17 (turns), and the rate buckets (rates.rs),
+    // which SQLite keeps in memory: UNLOGGED, since losing them refills
+    // them, and a take then costs no WAL and no fsync.
+    r"CREATE TABLE turns (
+        job    TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until  BIGINT NOT NULL
+    );
+    CREATE UNLOGGED TABLE rates (
+        bucket BIGINT NOT NULL,
+        key    TEXT NOT NULL,
+        tat    BIGINT NOT NULL,
+        PRIMARY KEY (bucket, key)
+    );",
 ];
 
 /// The advisory lock held while migrating (any constant the database's

@@ -303,6 +303,14 @@ fn migrations() -> Migrations<'static> {
         ) STRICT;
         INSERT INTO counters (name, value) VALUES ('group_num', coalesce((SELECT max(num) FROM groups), 0));",
     ));
+    // 17: turns of the jobs that one instance at a time runs (turns.rs).
+    all.push(M::up(
+        "CREATE TABLE turns (
+            job    TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            until  INTEGER NOT NULL
+        ) STRICT;",
+    ));
     Migrations::new(all)
 }
 

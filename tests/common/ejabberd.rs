@@ -54,12 +54,24 @@ pub fn require_tls(server: &Server, ca: &super::tls::TestCa) {
 /// `su`; the VM writes its own process id to `ejabberd.pid` for [`kill`].
 /// The node name is unique among the instances running at once.
 pub fn command(server: &Server) -> Command {
-    let node = format!("xmppmls{}_{}@localhost", std::process::id(), server.api_port);
-    foreground(server.dir.path(), &node, &pid_path(server))
+    foreground(server.dir.path(), &node(server), &pid_path(server))
+}
+
+/// The Erlang node name of `server`'s ejabberd.
+pub fn node(server: &Server) -> String {
+    format!("xmppmls{}_{}@localhost", std::process::id(), server.api_port)
 }
 
 /// `ejabberdctl foreground` for the ejabberd laid out in `dir` by [`lay_out`].
 pub fn foreground(dir: &Path, node: &str, pid_path: &Path) -> Command {
+    let mut command = ctl(dir, node);
+    command.arg("foreground").env("EJABBERD_PID_PATH", pid_path);
+    command
+}
+
+/// `ejabberdctl` for the ejabberd laid out in `dir` by [`lay_out`], as
+/// node `node`, before its command.
+pub fn ctl(dir: &Path, node: &str) -> Command {
     let mut command = Command::new("ejabberdctl");
     command
         .arg("--config-dir")
@@ -68,10 +80,15 @@ pub fn foreground(dir: &Path, node: &str, pid_path: &Path) -> Command {
         .arg(dir.join("log"))
         .arg("--spool")
         .arg(dir.join("db"))
-        .args(["--node", node])
-        .arg("foreground")
-        .env("EJABBERD_PID_PATH", pid_path);
+        .args(["--node", node]);
     command
+}
+
+/// Runs the ejabberdctl command `args` on `server`'s running node: its
+/// exit code and its output (stdout, then stderr).
+pub fn run_ctl(server: &Server, args: &[&str]) -> (Option<i32>, String) {
+    let out = ctl(server.dir.path(), &node(server)).args(args).output().unwrap();
+    (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 fn pid_path(server: &Server) -> PathBuf {

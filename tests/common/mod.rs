@@ -18,6 +18,7 @@ pub const COMPONENT: &str = "mls.example.org";
 /// The fixture's second VirtualHost: accounts of another domain.
 pub const OTHER_DOMAIN: &str = "other.example";
 pub const SECRET: &str = "component-secret";
+pub mod cluster;
 pub mod db;
 pub mod ejabberd;
 pub mod federation;
@@ -146,6 +147,11 @@ impl Server {
         };
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn();
         self.child = Some(child.unwrap_or_else(|e| panic!("start {:?}: {e} (scripts/test installs it)", self.kind)));
+        self.wait_listening();
+    }
+
+    /// Waits (30 s at most) until the server listens on each of its ports.
+    fn wait_listening(&self) {
         let ports = match self.kind {
             Kind::Prosody => vec![self.c2s_port, self.component_port],
             Kind::Ejabberd => vec![self.c2s_port, self.component_port, self.api_port],
@@ -171,6 +177,11 @@ impl Server {
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
+    }
+
+    /// Where the component connects: the component port, as host:port.
+    pub fn component_address(&self) -> String {
+        format!("127.0.0.1:{}", self.component_port)
     }
 
     pub fn register(&self, user: &str, password: &str) {
@@ -244,13 +255,15 @@ pub struct Component {
     store: xmpp_mls::config::StoreConfig,
     /// Whether dropping this instance drops its store (the first one does).
     owns_store: bool,
+    /// The server's component port it connects to, as host:port.
+    server: String,
 }
 
 impl Component {
     /// Starts the binary with a config for `prosody`; `extra` is appended
     /// to the `[component]` section (more sections may follow it).
     pub fn start(prosody: &Prosody, extra: &str) -> Self {
-        Self::start_with(&format!("127.0.0.1:{}", prosody.component_port), COMPONENT, SECRET, extra)
+        Self::start_with(&prosody.component_address(), COMPONENT, SECRET, extra)
     }
 
     /// [`Self::start`] as `jid` on any server's component port.
@@ -262,7 +275,7 @@ impl Component {
             db::store_section(&store),
         );
         std::fs::write(dir.path().join("xmpp-mls.toml"), config).unwrap();
-        let mut c = Component { dir, child: None, store, owns_store: true };
+        let mut c = Component { dir, child: None, store, owns_store: true, server: server.to_owned() };
         c.launch();
         assert!(c.wait_log("component connected", 1, Duration::from_secs(15)), "{}", c.log());
         c
@@ -272,9 +285,23 @@ impl Component {
     /// secret, server and store), its own process, directory and log. Not
     /// waited for: a server may refuse a second connection.
     pub fn another(&self) -> Component {
+        self.another_at(&self.server)
+    }
+
+    /// [`Self::another`], but connected to `server`'s component port: the
+    /// instance for another node of a cluster, on the same store.
+    pub fn another_on(&self, server: &Server) -> Component {
+        self.another_at(&server.component_address())
+    }
+
+    /// [`Self::another`], connected to `address` (host:port).
+    fn another_at(&self, address: &str) -> Component {
+        let config = std::fs::read_to_string(self.dir.path().join("xmpp-mls.toml")).unwrap();
+        let (ours, theirs) = (format!("\nserver = \"{}\"\n", self.server), format!("\nserver = \"{address}\"\n"));
+        assert!(config.contains(&ours), "no {ours:?} in {config}");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(self.dir.path().join("xmpp-mls.toml"), dir.path().join("xmpp-mls.toml")).unwrap();
-        let mut c = Component { dir, child: None, store: self.store.clone(), owns_store: false };
+        std::fs::write(dir.path().join("xmpp-mls.toml"), config.replacen(&ours, &theirs, 1)).unwrap();
+        let mut c = Component { dir, child: None, store: self.store.clone(), owns_store: false, server: address.to_owned() };
         c.launch();
         c
     }
@@ -569,9 +596,19 @@ pub async fn reach(client: &mut xmpp_mls::client::GroupClient, group: &BareJid, 
 /// A group of `n` accounts u0 … u{n-1}, one device each (device "d"),
 /// which u0 created and added the others to; every device has joined.
 pub async fn one_group(server: &Server, dir: &tempfile::TempDir, n: usize) -> (Vec<xmpp_mls::client::GroupClient>, BareJid) {
+    one_group_over(&[server], dir, n).await
+}
+
+/// [`one_group`] with u{i}'s device connected to `servers[i % servers.len()]`
+/// (to each node of a cluster in turn).
+pub async fn one_group_over(
+    servers: &[&Server],
+    dir: &tempfile::TempDir,
+    n: usize,
+) -> (Vec<xmpp_mls::client::GroupClient>, BareJid) {
     let mut devices = Vec::new();
     for i in 0..n {
-        devices.push(member(server, dir, &format!("u{i}"), "d").await);
+        devices.push(member(servers[i % servers.len()], dir, &format!("u{i}"), "d").await);
     }
     let group = devices[0].create().await.unwrap();
     let others: Vec<BareJid> = (1..n).map(|i| bare(&format!("u{i}@example.org"))).collect();
@@ -611,4 +648,91 @@ pub async fn race_commits(devices: &mut [xmpp_mls::client::GroupClient], group: 
 pub fn commits_per_epoch(db: &db::StoreDb) -> Vec<(i64, i64)> {
     let sql = "SELECT epoch, count(*) FROM archive WHERE kind = 1 GROUP BY epoch ORDER BY epoch";
     db.with(|c| c.query_map(sql, &[], |r| Ok((r.get(0)?, r.get(1)?))))
+}
+
+/// Whether this run has what several instances of the component on one
+/// store need: ejabberd (Prosody takes one connection per component
+/// domain) and PostgreSQL. Says why not.
+pub fn several_instances_possible() -> bool {
+    let possible = Kind::chosen() == Kind::Ejabberd && db::postgres().is_some();
+    if !possible {
+        eprintln!("skipped: several instances need ejabberd (XMPP_TEST_SERVER=ejabberd) and PostgreSQL (XMPP_TEST_POSTGRES)");
+    }
+    possible
+}
+
+/// [`race_commits`] in a group that `instances` of the component, all on
+/// one store, serve at once: exactly one accepted commit per epoch in the
+/// store, and each instance refused at least one lost race.
+pub async fn race_commits_over(
+    instances: &[&Component],
+    devices: &mut [xmpp_mls::client::GroupClient],
+    group: &BareJid,
+    rounds: usize,
+) {
+    let commits = race_commits(devices, group, rounds).await;
+    let per_epoch = commits_per_epoch(&instances[0].db());
+    assert_eq!(per_epoch.len(), commits, "one accepted commit per epoch: {per_epoch:?}");
+    assert!(per_epoch.iter().all(|(_, n)| *n == 1), "two commits won one epoch: {per_epoch:?}");
+    for (i, instance) in instances.iter().enumerate() {
+        assert!(instance.count_in_log("request refused") > 0, "instance {i} decided no lost race:\n{}", instance.log());
+    }
+}
+
+/// The one-time KeyPackages that alice has in [`race_claims`].
+pub const ONE_TIME_KPS: usize = 12;
+
+/// `claimers` accounts claim a KeyPackage of alice@example.org at once:
+/// alice's laptop (on the first of `servers`) has [`ONE_TIME_KPS`] one-time
+/// KeyPackages and a last-resort one; claimer{i} is on `servers[i %
+/// servers.len()]`. Each one-time KeyPackage is handed out exactly once,
+/// the last-resort one to each of the rest.
+pub async fn race_claims(servers: &[&Server], claimers: usize) {
+    use xmpp_mls::protocol::keypackages::{Claim, ClaimOutcome};
+    assert!(claimers > ONE_TIME_KPS, "more claimers than one-time KeyPackages");
+    let service = xmpp_parsers::jid::Jid::new(COMPONENT).unwrap();
+    let owner = servers[0].client("alice", "laptop").await;
+    let alice = mls::TestSigner::new("alice@example.org");
+    owner.publish_device(&service, &alice.device("laptop-1", None)).await.unwrap();
+    let mut kps: Vec<Vec<u8>> = (0..ONE_TIME_KPS).map(|_| alice.valid_kp()).collect();
+    kps.push(alice.last_resort_kp());
+    let refs = owner.upload_key_packages(&service, &kps).await.unwrap();
+    let mut sessions = Vec::new();
+    for i in 0..claimers {
+        sessions.push(servers[i % servers.len()].client(&format!("claimer{i}"), "c").await);
+    }
+    let any = Claim::default();
+    let results = futures::future::join_all(sessions.iter().map(|s| s.claim(&service, &alice.account, &any))).await;
+    let mut handed = std::collections::HashMap::<String, usize>::new();
+    for r in results {
+        let outcomes = r.expect("claim answered");
+        let [ClaimOutcome::Claimed { kp_ref, .. }] = outcomes.as_slice() else { panic!("one package per claim: {outcomes:?}") };
+        *handed.entry(kp_ref.clone()).or_default() += 1;
+    }
+    let (one_time, last_resort) = (&refs[..ONE_TIME_KPS], &refs[ONE_TIME_KPS]);
+    let mut expected: std::collections::HashMap<String, usize> = one_time.iter().map(|r| (r.clone(), 1)).collect();
+    expected.insert(last_resort.clone(), claimers - ONE_TIME_KPS);
+    assert_eq!(handed, expected, "each one-time package once ({one_time:?}), the last-resort one ({last_resort}) for the rest");
+}
+
+/// Key derivation cheap enough for tests (the vault's passphrase).
+pub const FAST: xmpp_mls::client::KdfParams = xmpp_mls::client::KdfParams { m_kib: 1024, t: 1, p: 1 };
+
+/// Adds one to the vault's big-endian `counter` `times` times, each a
+/// compare-and-swap on the version read, retried after a conflict;
+/// returns how many conflicts were retried.
+pub async fn bump_counter(vault: &xmpp_mls::client::Vault, session: &Session, times: usize) -> usize {
+    let mut conflicts = 0;
+    for _ in 0..times {
+        loop {
+            let (version, data) = vault.get(session, "counter").await.unwrap().unwrap();
+            let n = u64::from_be_bytes(data.try_into().unwrap());
+            match vault.put(session, "counter", version, &(n + 1).to_be_bytes()).await {
+                Ok(_) => break,
+                Err(xmpp_mls::client::VaultError::Conflict(..)) => conflicts += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    conflicts
 }
