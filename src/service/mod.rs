@@ -163,7 +163,8 @@ pub(super) async fn blocking<R: Send + 'static>(
 }
 
 impl Service {
-    /// `positions`: the store's archive position of every group.
+    /// The service on `store`; its name as a holder of the maintenance
+    /// turn is new for each process (pid and a random number, for the log).
     pub fn new(config: Arc<Config>, store: Store) -> Self {
         let states = cache::GroupCache::new(config.groups.cached_groups);
         let instance = format!("{}-{:016x}", std::process::id(), rand::random::<u64>());
