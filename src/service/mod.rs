@@ -11,8 +11,6 @@ mod groups;
 mod keypackages;
 mod pubsub;
 mod sender;
-#[cfg(test)]
-mod tests;
 mod vault;
 
 pub use crate::store::order::Order;
