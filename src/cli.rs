@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_mls::client::{
-    backed_up_devices, backup_device, describe, restore_device, ClientError, Content, Device, GroupClient, GroupEvent, KdfParams,
-    Session, Unreadable, Vault, VaultError, KEEP_EPOCHS, POOL_TARGET,
+    backed_up_devices, backup_device, describe, location, restore_device, set_location, ClientError, Content, Device, GroupClient,
+    GroupEvent, KdfParams, Location, Session, Unreadable, Vault, VaultError, KEEP_EPOCHS, POOL_TARGET,
 };
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::protocol::{format_time, NS, NS_SID};
@@ -126,10 +126,23 @@ pub enum GroupAction {
 
 #[derive(Subcommand)]
 pub enum VaultAction {
-    /// Set the vault up: a data key wrapped under the passphrase (Argon2id).
-    Init,
-    /// List the blobs and the quota used.
+    /// Set the vault up: a data key wrapped under the passphrase (Argon2id),
+    /// where the account's location record says (this service if none), or
+    /// --at "pep" (the account's own server), "service" or another MLS
+    /// service's JID, which then becomes the account's location record.
+    Init {
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Where the vault is, and its blobs with their versions and sizes.
     Status,
+    /// Move the vault --to "pep", "service" or another MLS service's JID:
+    /// copy, check the copy's digest, point the location record at it, and
+    /// only then erase the old place.
+    Move {
+        #[arg(long)]
+        to: String,
+    },
     /// Back this device's state up (sealed, compressed, in chunks).
     Backup,
     /// Restore a device's backup into --state (which must not exist), then
@@ -547,6 +560,15 @@ pub fn explain(e: &(dyn std::error::Error + 'static)) -> String {
     }
 }
 
+/// "pep", "service" (this device's service) or an MLS service's JID.
+fn parse_location(at: &str, service: &Jid) -> Result<Location, Box<dyn std::error::Error>> {
+    Ok(match at {
+        "pep" => Location::Pep,
+        "service" => Location::Service(service.clone()),
+        jid => Location::Service(Jid::new(jid).map_err(|e| format!("{jid}: not a JID ({e})"))?),
+    })
+}
+
 fn passphrase(var: &str) -> Result<String, Box<dyn std::error::Error>> {
     std::env::var(var).map_err(|_| format!("set {var} to the vault passphrase").into())
 }
@@ -554,9 +576,16 @@ fn passphrase(var: &str) -> Result<String, Box<dyn std::error::Error>> {
 async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
     let (session, service) = (&ctx.session, &ctx.service);
     let pass = passphrase("XMPP_MLS_PASSPHRASE")?;
-    if let VaultAction::Init = action {
-        Vault::create(session, service, &pass, KdfParams::default()).await?;
-        println!("vault ready: a random data key, wrapped under your passphrase (Argon2id, 64 MiB, t=3)");
+    if let VaultAction::Init { at } = &action {
+        let location = match at {
+            Some(at) => parse_location(at, service)?,
+            None => location(session, service).await?,
+        };
+        let vault = Vault::create(session, location.clone(), &pass, KdfParams::default()).await?;
+        if at.is_some() {
+            set_location(session, &location).await?;
+        }
+        println!("vault ready at {}: a random data key, wrapped under your passphrase (Argon2id, 64 MiB, t=3)", vault.location().describe());
         return Ok(());
     }
     let mut vault = Vault::open(session, service, &pass).await?;
@@ -566,11 +595,20 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         vault.check_high_water(&ctx.device()?)?;
     }
     match action {
-        VaultAction::Init => unreachable!("handled above"),
+        VaultAction::Init { .. } => unreachable!("handled above"),
         VaultAction::Status => {
-            for (name, version) in vault.list(session).await? {
-                println!("{name}  (version {version})");
+            println!("location: {}", vault.location().describe());
+            for name in vault.list(session).await? {
+                if let Some((version, plaintext)) = vault.get(session, &name).await? {
+                    println!("{name}  (version {version}, {} octets)", plaintext.len());
+                }
             }
+        }
+        VaultAction::Move { to } => {
+            let to = parse_location(&to, service)?;
+            let digest = vault.move_to(session, to, &pass).await?;
+            let digest = data_encoding::HEXLOWER.encode(&digest);
+            println!("vault moved to {}; its contents read back the same (SHA-256 {digest})", vault.location().describe());
         }
         VaultAction::Backup => {
             let bytes = backup_device(&vault, session, &ctx.device()?).await?;

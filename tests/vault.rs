@@ -44,7 +44,7 @@ async fn blobs_compare_and_swap_within_quota_for_their_owner_only() {
         other => panic!("a stale write must lose: {other:?}"),
     }
     assert_eq!(vault.get(&alice, "notes").await.unwrap(), Some((2, b"second".to_vec())));
-    assert_eq!(vault.list(&alice).await.unwrap(), vec![("notes".to_string(), 2)]);
+    assert_eq!(versions(&vault, &alice).await, vec![("notes".to_string(), 2)]);
 
     let big = vec![7u8; 1100];
     assert_eq!(condition(vault.put(&alice, "big", 0, &big).await.unwrap_err()).1.as_deref(), Some("blob-too-big"));
@@ -73,6 +73,16 @@ async fn blobs_compare_and_swap_within_quota_for_their_owner_only() {
     assert_eq!(vault.get(&alice, "notes").await.unwrap(), None);
 }
 
+/// Every blob's name and version, in name order.
+async fn versions(vault: &Vault, session: &Session) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for name in vault.list(session).await.unwrap() {
+        let (version, _) = vault.get(session, &name).await.unwrap().unwrap();
+        out.push((name, version));
+    }
+    out
+}
+
 async fn raw_keys(session: &Session) -> minidom::Element {
     let at = xmpp_mls::client::directory_jid(&session.jid().to_bare(), &service());
     session.iq(&at, "get", VaultRequest::Get { name: "keys".into() }.to_element()).await.unwrap().unwrap()
@@ -87,9 +97,9 @@ async fn changing_the_passphrase_rewraps_and_rotation_reseals() {
     for i in 0..3 {
         vault.put(&alice, &format!("blob{i}"), 0, format!("secret {i}").as_bytes()).await.unwrap();
     }
-    let versions_before = vault.list(&alice).await.unwrap();
+    let versions_before = versions(&vault, &alice).await;
     vault.change_passphrase(&alice, "new pass", FAST).await.unwrap();
-    assert_eq!(vault.list(&alice).await.unwrap(), versions_before, "only the keys were rewritten");
+    assert_eq!(versions(&vault, &alice).await, versions_before, "only the keys were rewritten");
     assert!(matches!(Vault::open(&alice, &service(), "old pass").await, Err(VaultError::WrongPassphrase)));
     let mut reopened = Vault::open(&alice, &service(), "new pass").await.unwrap();
     assert_eq!(reopened.get(&alice, "blob1").await.unwrap().unwrap().1, b"secret 1");
@@ -97,7 +107,7 @@ async fn changing_the_passphrase_rewraps_and_rotation_reseals() {
     reopened.rotate(&alice, "new pass").await.unwrap();
     assert_eq!(reopened.key_count(), 1);
     let after = Vault::open(&alice, &service(), "new pass").await.unwrap();
-    for (i, (name, version)) in after.list(&alice).await.unwrap().into_iter().enumerate() {
+    for (i, (name, version)) in versions(&after, &alice).await.into_iter().enumerate() {
         assert_eq!(version, 2, "{name} re-sealed under the new key");
         assert_eq!(after.get(&alice, &name).await.unwrap().unwrap().1, format!("secret {i}").as_bytes());
     }
@@ -318,14 +328,15 @@ async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored
         expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     }
 
-    // Chunks sent/<group>/<epoch>/0, 1, ..., each within the blob limit,
-    // and each message cost exactly one write (versions add up to 30).
+    // Chunks sent/<group>/<epoch>/<device>/0, 1, ..., each within the blob
+    // limit, and each message cost exactly one write (versions add up to 30).
     let session = prosody.client("alice", "new").await;
     let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
-    let prefix = format!("sent/{}/{epoch}/", group.node().unwrap());
-    let chunks: Vec<(String, u64)> = vault.list(&session).await.unwrap().into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect();
-    let mut names: Vec<String> = chunks.iter().map(|(n, _)| n.clone()).collect();
-    names.sort_by_key(|n| n[prefix.len()..].parse::<u32>().unwrap());
+    let prefix = format!("sent/{}/{epoch}/{}/", group.node().unwrap(), alice.device().id());
+    let mut chunks = versions(&vault, &session).await;
+    chunks.retain(|(n, _)| n.starts_with(&prefix));
+    chunks.sort_by_key(|(n, _)| n[prefix.len()..].parse::<u32>().unwrap());
+    let names: Vec<String> = chunks.iter().map(|(n, _)| n.clone()).collect();
     let expected: Vec<String> = (0..chunks.len()).map(|i| format!("{prefix}{i}")).collect();
     assert_eq!(names, expected);
     assert!(chunks.len() >= 4, "30 000 octets in blobs of at most {max_blob}: {chunks:?}");
@@ -345,7 +356,7 @@ async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none() {
+async fn two_devices_of_an_account_keep_their_own_sent_copies_and_a_new_device_reads_both() {
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, "");
     let dir = tempfile::tempdir().unwrap();
@@ -360,8 +371,7 @@ async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none(
     expect(&mut phone, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
     let epoch = laptop.epoch(&group).unwrap();
 
-    // Turn by turn: each device's last chunk is stale when it writes again,
-    // so every write after the first loses once and is merged.
+    // Turn by turn: each device appends to its own chunk, one write each.
     let mut sent = Vec::new();
     for i in 0..10 {
         for (name, client) in [("laptop", &mut laptop), ("phone", &mut phone)] {
@@ -374,8 +384,12 @@ async fn two_devices_of_an_account_append_to_the_same_sent_copies_and_lose_none(
     let session = prosody.client("alice", "new").await;
     let vault = Vault::open(&session, &service(), "pass").await.unwrap();
     let prefix = format!("sent/{}/{epoch}/", group.node().unwrap());
-    let chunks: Vec<(String, u64)> = vault.list(&session).await.unwrap().into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect();
-    assert_eq!(chunks, vec![(format!("{prefix}0"), 20)], "one chunk, one successful write per message");
+    let mut chunks = versions(&vault, &session).await;
+    chunks.retain(|(n, _)| n.starts_with(&prefix));
+    let mut expected: Vec<(String, u64)> =
+        [&laptop, &phone].iter().map(|c| (format!("{prefix}{}/0", c.device().id()), 10)).collect();
+    expected.sort();
+    assert_eq!(chunks, expected, "one chunk per device, one write per message");
     let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
     let mut new = GroupClient::start(session, device, service()).await.unwrap();
     let history = new.read_history(&group, &vault).await.unwrap();

@@ -240,12 +240,12 @@ impl<S: DeviceStorage> Device<S> {
 
     /// The highest vault `keys` record this device opened: (version,
     /// current data key ID).
-    pub fn vault_high_water(&self) -> Result<Option<(u64, u32)>, DeviceError> {
+    pub fn vault_high_water(&self) -> Result<Option<crate::store::local::VaultMark>, DeviceError> {
         self.store().vault_high_water()
     }
 
-    pub fn raise_vault_high_water(&self, version: u64, key_id: u32) -> Result<(), DeviceError> {
-        self.store().raise_vault_high_water(version, key_id)
+    pub fn raise_vault_high_water(&self, mark: &crate::store::local::VaultMark) -> Result<(), DeviceError> {
+        self.store().raise_vault_high_water(mark)
     }
 
     fn key_package(&self, last_resort: bool) -> Result<(Vec<u8>, String), DeviceError> {

@@ -199,8 +199,15 @@ fn snapshot_name(group_id: &[u8], epoch: u64) -> String {
     format!("history/{}/{epoch}", crate::protocol::address::group_node(group_id))
 }
 
-fn sent_name(group_id: &[u8], epoch: u64, chunk: u32) -> String {
-    format!("sent/{}/{epoch}/{chunk}", crate::protocol::address::group_node(group_id))
+/// Where the sent copies of (group, epoch) are, one series of chunks per device.
+fn sent_prefix(group_id: &[u8], epoch: u64) -> String {
+    format!("sent/{}/{epoch}/", crate::protocol::address::group_node(group_id))
+}
+
+/// Chunk `chunk` of the sent copies that `device` wrote in (group, epoch):
+/// each device writes its own, so every blob has one writer.
+fn sent_name(group_id: &[u8], epoch: u64, device: &str, chunk: u32) -> String {
+    format!("{}{device}/{chunk}", sent_prefix(group_id, epoch))
 }
 
 /// One sent copy as a chunk holds it: `len16 | stanza id | len32 | plaintext`.
@@ -217,9 +224,6 @@ fn sent_entry(stanza_id: &str, body: &[u8]) -> Vec<u8> {
 /// bounds what keeping one copy costs, however many came before.
 const SENT_CHUNK: usize = 16 * 1024;
 
-/// Writes of one sent copy lost to other devices of the account, then give up.
-const SENT_ATTEMPTS: usize = 10;
-
 /// A chunk of a group's sent copies, as this device last read or wrote it.
 struct SentChunk {
     epoch: u64,
@@ -229,7 +233,7 @@ struct SentChunk {
 }
 
 /// What a device that keeps history needs: the vault, how many epochs to
-/// keep, and per group the last chunk of sent copies that it wrote.
+/// keep, and per group the last chunk of sent copies that this device wrote.
 pub(super) struct Keeper {
     vault: super::vault::Vault,
     keep_epochs: u64,
@@ -237,63 +241,52 @@ pub(super) struct Keeper {
 }
 
 impl Keeper {
-    /// The last chunk of the sent copies of (group, epoch) from chunk `index`
-    /// on; an empty chunk `index` if there is none.
-    async fn last_chunk(&self, port: &Port, group_id: &[u8], epoch: u64, mut index: u32) -> Result<SentChunk, VaultError> {
-        let mut last = SentChunk { epoch, index, version: 0, data: Vec::new() };
-        while let Some((version, data)) = self.vault.get(port, &sent_name(group_id, epoch, index)).await? {
+    /// This device's last chunk of the sent copies of (group, epoch); an
+    /// empty chunk 0 if there is none.
+    async fn last_chunk(&self, port: &Port, group_id: &[u8], epoch: u64, device: &str) -> Result<SentChunk, VaultError> {
+        let mut last = SentChunk { epoch, index: 0, version: 0, data: Vec::new() };
+        let mut index = 0;
+        while let Some((version, data)) = self.vault.get(port, &sent_name(group_id, epoch, device, index)).await? {
             last = SentChunk { epoch, index, version, data };
             index += 1;
         }
         Ok(last)
     }
 
-    /// Appends `entry` to the sent copies of (group, epoch): one write, to
-    /// the last chunk or to a new one if it would outgrow the chunk size.
-    /// A write lost to another device of the account reads the chunks again.
-    async fn append_sent(&mut self, port: &Port, group_id: &[u8], epoch: u64, entry: &[u8]) -> Result<(), VaultError> {
+    /// Appends `entry` to this device's sent copies of (group, epoch): one
+    /// write, to its last chunk or to a new one if it would outgrow the
+    /// chunk size.
+    async fn append_sent(&mut self, port: &Port, group_id: &[u8], epoch: u64, device: &str, entry: &[u8]) -> Result<(), VaultError> {
         let max = SENT_CHUNK.min(self.vault.max_plaintext());
         let mut tail = match self.tails.remove(group_id) {
             Some(tail) if tail.epoch == epoch => tail,
-            _ => self.last_chunk(port, group_id, epoch, 0).await?,
+            _ => self.last_chunk(port, group_id, epoch, device).await?,
         };
-        let mut lost = 0;
-        loop {
-            if !tail.data.is_empty() && tail.data.len() + entry.len() > max {
-                tail = SentChunk { epoch, index: tail.index + 1, version: 0, data: Vec::new() };
-            }
-            let data = [tail.data.as_slice(), entry].concat();
-            match self.vault.put(port, &sent_name(group_id, epoch, tail.index), tail.version, &data).await {
-                Ok(version) => {
-                    self.tails.insert(group_id.to_vec(), SentChunk { version, data, ..tail });
-                    return Ok(());
-                }
-                Err(VaultError::Conflict(..)) if lost < SENT_ATTEMPTS => {
-                    lost += 1;
-                    tail = self.last_chunk(port, group_id, epoch, tail.index).await?;
-                }
-                Err(e) => return Err(e),
-            }
+        if !tail.data.is_empty() && tail.data.len() + entry.len() > max {
+            tail = SentChunk { epoch, index: tail.index + 1, version: 0, data: Vec::new() };
         }
+        let data = [tail.data.as_slice(), entry].concat();
+        let version = self.vault.put(port, &sent_name(group_id, epoch, device, tail.index), tail.version, &data).await?;
+        self.tails.insert(group_id.to_vec(), SentChunk { version, data, ..tail });
+        Ok(())
     }
 
-    /// Deletes every chunk of the sent copies of (group, epoch).
+    /// Deletes the sent copies of (group, epoch), every device's.
     async fn delete_sent(&self, port: &Port, group_id: &[u8], epoch: u64) -> Result<(), VaultError> {
-        let mut index = 0;
-        while self.vault.delete_any(port, &sent_name(group_id, epoch, index)).await? {
-            index += 1;
+        for name in self.vault.list_prefix(port, &sent_prefix(group_id, epoch)).await? {
+            self.vault.delete_any(port, &name).await?;
         }
         Ok(())
     }
 }
 
-/// Every sent copy of (group, epoch), from all its chunks.
+/// Every sent copy of (group, epoch), from every device's chunks.
 async fn read_sent(vault: &super::vault::Vault, port: &Port, group_id: &[u8], epoch: u64) -> Result<Vec<(String, Vec<u8>)>, VaultError> {
     let mut out = Vec::new();
-    let mut index = 0;
-    while let Some((_, data)) = vault.get(port, &sent_name(group_id, epoch, index)).await? {
-        out.extend(decode_sent(&data));
-        index += 1;
+    for name in vault.list_prefix(port, &sent_prefix(group_id, epoch)).await? {
+        if let Some((_, data)) = vault.get(port, &name).await? {
+            out.extend(decode_sent(&data));
+        }
     }
     Ok(out)
 }
@@ -411,11 +404,12 @@ impl<S: DeviceStorage> Core<S> {
 
     /// Appends a confirmed own message to the epoch's sent copies.
     pub(super) async fn keep_sent(&mut self, id: &str, stanza_id: &str) -> Result<(), GroupError> {
+        let device = self.device().id().to_owned();
         let (Some(keeper), Some((group_id, epoch, body))) = (&mut self.vault, self.unconfirmed.remove(id)) else {
             return Ok(());
         };
         let entry = sent_entry(stanza_id, &body);
-        keeper.append_sent(&self.port, &group_id, epoch, &entry).await.map_err(vault_failure)
+        keeper.append_sent(&self.port, &group_id, epoch, &device, &entry).await.map_err(vault_failure)
     }
 
     /// Reads a group's history with the vault's snapshots (and the sent

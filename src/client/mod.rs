@@ -25,5 +25,5 @@ pub use port::Port;
 pub use history::{pack_snapshot, KEEP_EPOCHS, ArchivePage, History, HistoryEntry, Unreadable};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
-pub use vault::{backed_up_devices, backup_device, restore_device, KdfParams, Vault, VaultError, KEYS};
+pub use vault::{backed_up_devices, backup_device, location, restore_device, set_location, KdfParams, Location, Vault, VaultError, CLAIM_GRACE, KEYS};
 pub(crate) use vault::KeyRing;

@@ -44,9 +44,9 @@ pub trait DeviceStorage {
     fn set_last_resort(&self, kp_ref: &str, now: i64) -> Result<(), DeviceError>;
 
     /// The highest vault `keys` record the device opened, as (version,
-    /// current data key ID), and raising it (each part never goes down).
-    fn vault_high_water(&self) -> Result<Option<(u64, u32)>, DeviceError>;
-    fn raise_vault_high_water(&self, version: u64, key_id: u32) -> Result<(), DeviceError>;
+    /// current data key ID), and raising it (see [`crate::store::local::VaultMark`]).
+    fn vault_high_water(&self) -> Result<Option<crate::store::local::VaultMark>, DeviceError>;
+    fn raise_vault_high_water(&self, mark: &crate::store::local::VaultMark) -> Result<(), DeviceError>;
 
     /// One group's MLS state as rows: what a decrypt-only snapshot for a
     /// new device of the account carries.
@@ -127,11 +127,11 @@ impl DeviceStorage for SqliteStorage {
     fn set_last_resort(&self, kp_ref: &str, now: i64) -> Result<(), DeviceError> {
         Ok(self.records.set_last_resort(kp_ref, now)?)
     }
-    fn vault_high_water(&self) -> Result<Option<(u64, u32)>, DeviceError> {
+    fn vault_high_water(&self) -> Result<Option<crate::store::local::VaultMark>, DeviceError> {
         Ok(self.records.vault_high_water()?)
     }
-    fn raise_vault_high_water(&self, version: u64, key_id: u32) -> Result<(), DeviceError> {
-        Ok(self.records.raise_vault_high_water(version, key_id)?)
+    fn raise_vault_high_water(&self, mark: &crate::store::local::VaultMark) -> Result<(), DeviceError> {
+        Ok(self.records.raise_vault_high_water(mark)?)
     }
     fn group_rows(&self, group_id: &[u8]) -> Result<Vec<StateRow>, DeviceError> {
         Ok(self.records.group_rows(&group_key(group_id)?)?)

@@ -11,11 +11,13 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use xmpp_parsers::jid::{BareJid, Jid};
 
-use super::devices::directory_jid;
 use super::port::Port;
 use super::session::ClientError;
-use crate::protocol::mam::Cursor;
-use crate::protocol::vault::{parse_list_page, parse_vault_result, parse_version_mismatch, VaultItem, VaultRequest};
+use crate::store::local::VaultMark;
+
+mod place;
+pub use place::{location, set_location, Location, CLAIM_GRACE};
+use place::Place;
 
 /// The record of the wrapped data keys.
 pub const KEYS: &str = "keys";
@@ -49,6 +51,8 @@ pub enum VaultError {
     Rollback((u64, u32), (u64, u32)),
     #[error("device storage: {0}")]
     Device(String),
+    #[error("blob {0} is larger than the new place takes ({1} octets of plaintext)")]
+    TooBig(String, usize),
 }
 
 /// Argon2id cost: memory in KiB, passes, lanes.
@@ -194,165 +198,120 @@ impl KeyRing {
     }
 }
 
-/// An open vault: the account's keys, unwrapped.
+/// An open vault: the account's keys, unwrapped, and where its blobs are.
 pub struct Vault {
     account: BareJid,
-    at: Jid,
+    place: Place,
     ring: KeyRing,
     keys_version: u64,
-    /// The service's max-vault-blob-size.
+    /// The largest blob the place takes.
     max_blob: usize,
 }
 
-/// The service's max-vault-blob-size, from its limits form.
-async fn max_blob_size(port: &Port, service: &Jid) -> Result<usize, ClientError> {
-    let limits = port.service_limits(service).await?;
-    limits
-        .iter()
-        .find(|(var, _)| var == "max-vault-blob-size")
-        .and_then(|(_, values)| values.first()?.parse().ok())
-        .ok_or_else(|| ClientError::Malformed("no max-vault-blob-size in the service's limits".into()))
-}
-
-fn vault_error(e: ClientError, name: &str) -> VaultError {
-    match &e {
-        ClientError::Stanza(s) => match s.other.as_ref().and_then(parse_version_mismatch) {
-            Some(current) => VaultError::Conflict(name.to_owned(), current),
-            None => VaultError::Client(e),
-        },
-        _ => VaultError::Client(e),
-    }
-}
-
-async fn request(port: &Port, at: &Jid, req: VaultRequest) -> Result<Vec<VaultItem>, ClientError> {
-    let type_ = if matches!(req, VaultRequest::Get { .. } | VaultRequest::List { .. }) { "get" } else { "set" };
-    let reply = port.iq(at, type_, req.to_element()).await?;
-    match reply {
-        Some(el) => parse_vault_result(&el).map(|(items, _)| items).map_err(|e| ClientError::Malformed(e.to_string())),
-        None => Ok(Vec::new()),
-    }
-}
-
-/// Every blob of the vault, page by page (xep/ §Listing the Vault): each
-/// page starts after the last name of the one before, until the count is
-/// reached or a page is empty.
-async fn list_all(port: &Port, at: &Jid) -> Result<Vec<VaultItem>, ClientError> {
-    let malformed = |e: crate::protocol::ProtocolError| ClientError::Malformed(e.to_string());
-    let mut all: Vec<VaultItem> = Vec::new();
-    loop {
-        let cursor = all.last().map_or(Cursor::First, |i| Cursor::After(i.name.clone()));
-        let page = VaultRequest::List { max: None, cursor };
-        let reply = port.iq(at, "get", page.to_element()).await?;
-        let reply = reply.ok_or_else(|| ClientError::Malformed("empty vault listing".into()))?;
-        let (items, _) = parse_vault_result(&reply).map_err(malformed)?;
-        let count = parse_list_page(&reply).map_or(0, |(_, count)| count);
-        if items.is_empty() {
-            return Ok(all);
-        }
-        if all.last().is_some_and(|prev| items[0].name <= prev.name) {
-            return Err(ClientError::Malformed("a vault listing page does not advance".into()));
-        }
-        all.extend(items);
-        if all.len() >= count {
-            return Ok(all);
-        }
-    }
-}
-
-/// A blob's current version and data (None: absent).
-async fn fetch(port: &Port, at: &Jid, name: &str) -> Result<Option<(u64, Vec<u8>)>, ClientError> {
-    match request(port, at, VaultRequest::Get { name: name.to_owned() }).await {
-        Ok(items) => Ok(items.into_iter().next().and_then(|i| Some((i.version, i.data?)))),
-        Err(ClientError::Stanza(e))
-            if e.defined_condition == xmpp_parsers::stanza_error::DefinedCondition::ItemNotFound =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e),
-    }
-}
-
 impl Vault {
-    /// Sets the account's vault up: a first data key, wrapped under the passphrase.
-    pub async fn create(port: &Port, service: &Jid, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
-        let account = port.jid().to_bare();
-        let at = directory_jid(&account, service);
-        let max_blob = max_blob_size(port, service).await?;
+    /// Sets the account's vault up at `location`: a first data key, wrapped
+    /// under the passphrase. The location record is left as it is.
+    pub async fn create(port: &Port, location: impl Into<Location>, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
         let ring = KeyRing::new(params, rand::random(), rand::random());
+        Self::create_with(port, location.into(), ring, passphrase).await
+    }
+
+    async fn create_with(port: &Port, location: Location, ring: KeyRing, passphrase: &str) -> Result<Self, VaultError> {
+        let account = port.jid().to_bare();
+        let place = Place::new(&account, location);
+        let max_blob = place.max_blob(port).await?;
         let data = ring.encode(passphrase, &account)?;
-        let put = VaultRequest::Put { name: KEYS.into(), if_version: 0, data };
-        request(port, &at, put).await.map_err(|e| match vault_error(e, KEYS) {
+        let keys_version = place.put_keys(port, 0, data).await.map_err(|e| match e {
             VaultError::Conflict(..) => VaultError::Exists,
             other => other,
         })?;
-        Ok(Vault { account, at, ring, keys_version: 1, max_blob })
+        Ok(Vault { account, place, ring, keys_version, max_blob })
     }
 
-    /// Opens the vault; a wrong passphrase fails without changing anything.
+    /// Opens the account's vault where its location record says (at
+    /// `service` if there is none); a wrong passphrase fails without
+    /// changing anything.
     pub async fn open(port: &Port, service: &Jid, passphrase: &str) -> Result<Self, VaultError> {
-        let account = port.jid().to_bare();
-        let at = directory_jid(&account, service);
-        let (version, data) = fetch(port, &at, KEYS).await?.ok_or(VaultError::NotInitialised)?;
-        let ring = KeyRing::decode(&data, passphrase, &account)?;
-        let max_blob = max_blob_size(port, service).await?;
-        Ok(Vault { account, at, ring, keys_version: version, max_blob })
+        let location = place::location(port, service).await?;
+        Self::open_at(port, location, passphrase).await
     }
 
-    /// Refuses a `keys` record older than the newest `device` opened: a
-    /// lower version, or a lower current data key ID (IDs only grow, and
-    /// the version is the service's to state), then raises the device's
-    /// mark to this one.
+    /// Opens the vault at `location`, whatever the location record says.
+    pub async fn open_at(port: &Port, location: Location, passphrase: &str) -> Result<Self, VaultError> {
+        let account = port.jid().to_bare();
+        let place = Place::new(&account, location);
+        let (keys_version, data) = place.keys(port).await?.ok_or(VaultError::NotInitialised)?;
+        let ring = KeyRing::decode(&data, passphrase, &account)?;
+        let max_blob = place.max_blob(port).await?;
+        Ok(Vault { account, place, ring, keys_version, max_blob })
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.place.location
+    }
+
+    /// Refuses a `keys` record older than the newest `device` opened: at
+    /// the same location a lower version, anywhere a lower current data key
+    /// ID (IDs only grow, and the version is the place's to state), then
+    /// raises the device's mark to this one.
     pub fn check_high_water<S: super::storage::DeviceStorage>(&self, device: &super::Device<S>) -> Result<(), VaultError> {
         let storage = |e: super::DeviceError| VaultError::Device(e.to_string());
-        let got = (self.keys_version, self.ring.current);
-        if let Some(seen) = device.vault_high_water().map_err(storage)?.filter(|seen| got.0 < seen.0 || got.1 < seen.1) {
-            return Err(VaultError::Rollback(got, seen));
+        let got = VaultMark {
+            location: self.place.location.jid(&self.account).to_string(),
+            version: self.keys_version,
+            key_id: self.ring.current,
+        };
+        if let Some(seen) = device.vault_high_water().map_err(storage)? {
+            let older = (seen.location == got.location && got.version < seen.version) || got.key_id < seen.key_id;
+            if older {
+                return Err(VaultError::Rollback((got.version, got.key_id), (seen.version, seen.key_id)));
+            }
         }
-        device.raise_vault_high_water(got.0, got.1).map_err(storage)
+        device.raise_vault_high_water(&got).map_err(storage)
     }
 
     /// Seals and stores `plaintext` under `name`, replacing version
     /// `if_version` (0: new); returns the new version.
     pub async fn put(&self, port: &Port, name: &str, if_version: u64, plaintext: &[u8]) -> Result<u64, VaultError> {
         let data = self.ring.seal_blob(&self.account, name, if_version + 1, plaintext);
-        let put = VaultRequest::Put { name: name.to_owned(), if_version, data };
-        let items = request(port, &self.at, put).await.map_err(|e| vault_error(e, name))?;
-        Ok(items.first().map_or(if_version + 1, |i| i.version))
+        self.place.put(port, name, if_version, data).await
     }
 
     /// Stores `plaintext` under `name` whatever its current version.
     pub async fn put_latest(&self, port: &Port, name: &str, plaintext: &[u8]) -> Result<u64, VaultError> {
-        let current = fetch(port, &self.at, name).await?.map_or(0, |(v, _)| v);
+        let current = self.place.get(port, name).await?.map_or(0, |(v, _)| v);
         self.put(port, name, current, plaintext).await
     }
 
     /// The blob's version and plaintext (None: absent).
     pub async fn get(&self, port: &Port, name: &str) -> Result<Option<(u64, Vec<u8>)>, VaultError> {
-        let Some((version, data)) = fetch(port, &self.at, name).await? else { return Ok(None) };
+        let Some((version, data)) = self.place.get(port, name).await? else { return Ok(None) };
         Ok(Some((version, self.ring.open_blob(&self.account, name, version, &data)?)))
     }
 
-    /// Names and versions of the blobs (the key record excluded).
-    pub async fn list(&self, port: &Port) -> Result<Vec<(String, u64)>, VaultError> {
-        let items = list_all(port, &self.at).await?;
-        Ok(items.into_iter().filter(|i| i.name != KEYS).map(|i| (i.name, i.version)).collect())
+    /// The names of the blobs (the key record excluded), in octet order.
+    pub async fn list(&self, port: &Port) -> Result<Vec<String>, VaultError> {
+        Ok(self.place.names(port, "").await?)
+    }
+
+    /// The names of the blobs that start with `prefix`, in octet order.
+    pub async fn list_prefix(&self, port: &Port, prefix: &str) -> Result<Vec<String>, VaultError> {
+        Ok(self.place.names(port, prefix).await?)
     }
 
     pub async fn delete(&self, port: &Port, name: &str, if_version: u64) -> Result<(), VaultError> {
-        let delete = VaultRequest::Delete { name: name.to_owned(), if_version };
-        request(port, &self.at, delete).await.map_err(|e| vault_error(e, name))?;
-        Ok(())
+        self.place.delete(port, name, if_version).await.map(drop)
     }
 
     /// Deletes `name` whatever its version; false if it was absent.
     pub async fn delete_any(&self, port: &Port, name: &str) -> Result<bool, VaultError> {
-        match fetch(port, &self.at, name).await? {
-            Some((version, _)) => self.delete(port, name, version).await.map(|()| true),
+        match self.place.get(port, name).await? {
+            Some((version, _)) => self.place.delete(port, name, version).await,
             None => Ok(false),
         }
     }
 
-    /// The largest plaintext whose sealed blob the service accepts.
+    /// The largest plaintext whose sealed blob the place accepts.
     pub fn max_plaintext(&self) -> usize {
         self.max_blob.saturating_sub(SEAL_OVERHEAD)
     }
@@ -373,7 +332,7 @@ impl Vault {
         keys.push((next, rand::random()));
         let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
         self.write_keys(port, ring, passphrase).await?;
-        for (name, _) in self.list(port).await? {
+        for name in self.list(port).await? {
             if let Some((version, plaintext)) = self.get(port, &name).await? {
                 self.put(port, &name, version, &plaintext).await?;
             }
@@ -385,9 +344,7 @@ impl Vault {
 
     async fn write_keys(&mut self, port: &Port, ring: KeyRing, passphrase: &str) -> Result<(), VaultError> {
         let data = ring.encode(passphrase, &self.account)?;
-        let put = VaultRequest::Put { name: KEYS.into(), if_version: self.keys_version, data };
-        let items = request(port, &self.at, put).await.map_err(|e| vault_error(e, KEYS))?;
-        self.keys_version = items.first().map_or(self.keys_version + 1, |i| i.version);
+        self.keys_version = self.place.put_keys(port, self.keys_version, data).await?;
         self.ring = ring;
         Ok(())
     }
@@ -395,6 +352,55 @@ impl Vault {
     /// Data keys in the ring (1 except during a rotation).
     pub fn key_count(&self) -> usize {
         self.ring.keys.len()
+    }
+
+    /// What the vault holds, as one SHA-256: each blob's name and
+    /// plaintext in name order, then the data key IDs and the current one.
+    /// Equal before and after a move (versions and sealing differ).
+    pub async fn digest(&self, port: &Port) -> Result<[u8; 32], VaultError> {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for name in self.list(port).await? {
+            let (_, plaintext) = self.get(port, &name).await?.ok_or_else(|| VaultError::Corrupt(name.clone()))?;
+            for part in [name.as_bytes(), &(plaintext.len() as u64).to_be_bytes(), &plaintext] {
+                hash.update(part);
+            }
+        }
+        for (id, _) in &self.ring.keys {
+            hash.update(id.to_be_bytes());
+        }
+        hash.update(self.ring.current.to_be_bytes());
+        Ok(hash.finalize().into())
+    }
+
+    /// Moves the vault to `to` (xep/ §Moving the Vault): copies the key
+    /// record and every blob there, checks that the copy reads back to the
+    /// same digest, then points the location record at it, and only then
+    /// erases the old place. Returns the digest. A failure before the
+    /// location record changes leaves the vault where it was.
+    pub async fn move_to(&mut self, port: &Port, to: Location, passphrase: &str) -> Result<[u8; 32], VaultError> {
+        if to == self.place.location {
+            return Err(VaultError::Exists);
+        }
+        let digest = self.digest(port).await?;
+        let ring = KeyRing { keys: self.ring.keys.clone(), ..self.ring };
+        let copy = Vault::create_with(port, to.clone(), ring, passphrase).await?;
+        for name in self.list(port).await? {
+            let (_, plaintext) = self.get(port, &name).await?.ok_or_else(|| VaultError::Corrupt(name.clone()))?;
+            if plaintext.len() > copy.max_plaintext() {
+                return Err(VaultError::TooBig(name, copy.max_plaintext()));
+            }
+            copy.put_latest(port, &name, &plaintext).await?;
+        }
+        let reopened = Vault::open_at(port, to.clone(), passphrase).await?;
+        if reopened.digest(port).await? != digest {
+            return Err(VaultError::Corrupt("the copy does not read back as the original".into()));
+        }
+        place::set_location(port, &to).await?;
+        let old = std::mem::replace(&mut self.place, reopened.place);
+        (self.keys_version, self.max_blob) = (reopened.keys_version, reopened.max_blob);
+        old.erase(port).await?;
+        Ok(digest)
     }
 }
 
@@ -452,8 +458,9 @@ mod tests {
     }
 }
 
-/// Largest chunk of a device backup (smaller if the service's blob limit is).
-const CHUNK: usize = 120 * 1024;
+/// Largest chunk of a device backup (smaller if the place's blob limit
+/// is): within PEP's limit, so that a backup moves to any place unchanged.
+const CHUNK: usize = crate::protocol::vault::PEP_MAX_BLOB - SEAL_OVERHEAD;
 
 fn manifest_name(device_id: &str) -> String {
     format!("device/{device_id}/manifest")
@@ -478,11 +485,8 @@ pub async fn backup_device<S: super::storage::DeviceStorage>(vault: &Vault, port
 
 /// The devices with a backup in the vault.
 pub async fn backed_up_devices(vault: &Vault, port: &Port) -> Result<Vec<String>, VaultError> {
-    let names = vault.list(port).await?;
-    Ok(names
-        .into_iter()
-        .filter_map(|(n, _)| n.strip_prefix("device/")?.strip_suffix("/manifest").map(str::to_owned))
-        .collect())
+    let names = vault.list_prefix(port, "device/").await?;
+    Ok(names.into_iter().filter_map(|n| n.strip_prefix("device/")?.strip_suffix("/manifest").map(str::to_owned)).collect())
 }
 
 /// Writes the backed-up state of `device_id` to `path` (which must not

@@ -2,6 +2,7 @@
 //! directory JID, owner only, written with compare-and-swap.
 
 use minidom::Element;
+use xmpp_parsers::jid::Jid;
 
 use super::mam::{parse_rsm, parse_rsm_result, rsm_request, rsm_result, Cursor, NS_RSM};
 use super::{attr, b64_decode, b64_encode, known_children, malformed, n, ProtocolError, NS, NS_ERRORS};
@@ -166,6 +167,90 @@ pub fn parse_version_mismatch(el: &Element) -> Option<u64> {
     el.is("version-mismatch", NS_ERRORS).then(|| el.attr("current")?.parse().ok()).flatten()
 }
 
+/// Where an account's vault lives (xep/ §Where the Vault Lives): the item
+/// "current" of this private PEP node of the account names a JID, an MLS
+/// service (the vault is at the account's directory there) or the
+/// account's own bare JID (the vault is in its PEP nodes).
+pub const LOCATION_NODE: &str = "urn:xmpp:mls:0:vault-location";
+pub const LOCATION_ITEM: &str = "current";
+/// Prefix of the PEP nodes holding a vault's blobs.
+pub const PEP_NODE: &str = "urn:xmpp:mls:0:vault";
+/// Prefix of the PEP nodes holding the key record, one node per version.
+pub const PEP_KEYS_NODE: &str = "urn:xmpp:mls:0:vault-keys";
+/// Largest blob in PEP: a server advertises no item limit, and its publish
+/// (a third larger in base64) stays far below every default c2s limit.
+pub const PEP_MAX_BLOB: usize = 64 * 1024;
+
+const NS_DATA: &str = "jabber:x:data";
+
+/// `<vault-location xmlns='urn:xmpp:mls:0' jid/>`.
+pub fn location_element(jid: &Jid) -> Element {
+    Element::builder("vault-location", NS).attr(n("jid"), jid.as_str()).build()
+}
+
+pub fn parse_location(el: &Element) -> Result<Jid, ProtocolError> {
+    if !el.is("vault-location", NS) {
+        return Err(malformed("expected <vault-location/>"));
+    }
+    Jid::new(attr(el, "jid", "vault-location without jid")?).map_err(|_| malformed("vault-location jid"))
+}
+
+/// The PEP node of blob `name`: [`PEP_NODE`], "/" and the name's first
+/// two segments (all of it if it has fewer); the item ID is the name.
+pub fn pep_node(name: &str) -> String {
+    let head: Vec<&str> = name.splitn(3, '/').take(2).collect();
+    format!("{PEP_NODE}/{}", head.join("/"))
+}
+
+/// The node of version `version` of the key record.
+pub fn pep_keys_node(version: u64) -> String {
+    format!("{PEP_KEYS_NODE}/{version}")
+}
+
+/// What every vault node is (XEP-0223): private to the account, persistent.
+const PRIVATE: [(&str, &str); 2] = [("pubsub#persist_items", "true"), ("pubsub#access_model", "whitelist")];
+
+/// A submitted data form of `form_type` with `fields`.
+fn submit_form(form_type: &str, fields: &[(&str, &str)]) -> Element {
+    let field = |var: &str, value: &str, hidden: bool| {
+        let mut b = Element::builder("field", NS_DATA).attr(n("var"), var);
+        if hidden {
+            b = b.attr(n("type"), "hidden");
+        }
+        b.append(Element::builder("value", NS_DATA).append(value).build()).build()
+    };
+    Element::builder("x", NS_DATA)
+        .attr(n("type"), "submit")
+        .append(field("FORM_TYPE", form_type, true))
+        .append_all(fields.iter().map(|(var, value)| field(var, value, false)))
+        .build()
+}
+
+/// Publishes `payload` as item `id` of the account's private node `node`,
+/// with publish-options as preconditions: a node that exists with other
+/// options (say, readable by contacts) is refused, not published to.
+pub fn private_publish(node: &str, id: &str, payload: Element) -> Element {
+    let mut pubsub = super::pubsub::publish_request(node, vec![(Some(id.to_owned()), payload)]);
+    let options = Element::builder("publish-options", super::pubsub::NS_PUBSUB)
+        .append(submit_form("http://jabber.org/protocol/pubsub#publish-options", &PRIVATE))
+        .build();
+    pubsub.append_child(options);
+    pubsub
+}
+
+/// Creates the private node `node`, keeping as many items as the server
+/// allows (a node that a publish creates keeps one); refused with
+/// `<conflict/>` if it exists, which makes it a claim too (xep/ §The Key
+/// Record in PEP).
+pub fn create_private_node(node: &str) -> Element {
+    let create = Element::builder("create", super::pubsub::NS_PUBSUB).attr(n("node"), node).build();
+    let fields = [PRIVATE[0], PRIVATE[1], ("pubsub#max_items", "max")];
+    let configure = Element::builder("configure", super::pubsub::NS_PUBSUB)
+        .append(submit_form("http://jabber.org/protocol/pubsub#node_config", &fields))
+        .build();
+    Element::builder("pubsub", super::pubsub::NS_PUBSUB).append(create).append(configure).build()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +275,16 @@ mod tests {
         assert_eq!(parse_version_mismatch(&version_mismatch(4)), Some(4));
         let bad = VaultRequest::List { max: None, cursor: Cursor::After("a b".into()) };
         assert!(VaultRequest::parse(&bad.to_element()).is_err());
+    }
+
+    #[test]
+    fn pep_nodes_follow_the_first_two_segments() {
+        assert_eq!(pep_node("keys"), "urn:xmpp:mls:0:vault/keys");
+        assert_eq!(pep_node("device/91ab/manifest"), "urn:xmpp:mls:0:vault/device/91ab");
+        assert_eq!(pep_node("sent/g/3/91ab/0"), "urn:xmpp:mls:0:vault/sent/g");
+        assert_eq!(pep_keys_node(12), "urn:xmpp:mls:0:vault-keys/12");
+        let jid = Jid::new("mls.example.org").unwrap();
+        assert_eq!(parse_location(&location_element(&jid)).unwrap(), jid);
     }
 
     #[test]

@@ -52,7 +52,19 @@ const MIGRATIONS: &[M<'static>] = &[
             key_id  INTEGER NOT NULL
         ) STRICT;",
     ),
+    // 8: where that record was (xep/ §Where the Vault Lives): versions
+    // count per place, so a move starts the version mark anew.
+    M::up("ALTER TABLE vault_keys ADD COLUMN location TEXT NOT NULL DEFAULT '';"),
 ];
+
+/// The newest key record a device opened: where, its version there, and
+/// its current data key ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultMark {
+    pub location: String,
+    pub version: u64,
+    pub key_id: u32,
+}
 
 /// The last archive item a device applied in a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -256,17 +268,22 @@ impl LocalStore {
     }
 
     /// The highest vault `keys` record opened: (version, current key ID).
-    pub fn vault_high_water(&self) -> Result<Option<(u64, u32)>, StoreError> {
-        Ok(self.conn.query_row("SELECT version, key_id FROM vault_keys", [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    pub fn vault_high_water(&self) -> Result<Option<VaultMark>, StoreError> {
+        let sql = "SELECT location, version, key_id FROM vault_keys";
+        let mark = |r: &rusqlite::Row| Ok(VaultMark { location: r.get(0)?, version: r.get(1)?, key_id: r.get(2)? });
+        Ok(self.conn.query_row(sql, [], mark).optional()?)
     }
 
-    /// Raises the high-water mark (each part never goes down).
-    pub fn raise_vault_high_water(&self, version: u64, key_id: u32) -> Result<(), StoreError> {
+    /// Raises the high-water mark: the key ID never goes down, nor the
+    /// version at one location; at another location the version starts anew.
+    pub fn raise_vault_high_water(&self, mark: &VaultMark) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO vault_keys (one, version, key_id) VALUES (1, ?1, ?2)
-             ON CONFLICT (one) DO UPDATE SET version = max(version, excluded.version),
-               key_id = max(key_id, excluded.key_id)",
-            params![version, key_id],
+            "INSERT INTO vault_keys (one, location, version, key_id) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (one) DO UPDATE SET
+               version = CASE WHEN location = excluded.location THEN max(version, excluded.version) ELSE excluded.version END,
+               key_id = max(key_id, excluded.key_id),
+               location = excluded.location",
+            params![mark.location, mark.version, mark.key_id],
         )?;
         Ok(())
     }
