@@ -26,7 +26,8 @@ use xmpp_mls::protocol::content::{encryption_hint, Envelope, NS_EME, NS_SCE, PAD
 use xmpp_mls::protocol::mls::Invalid;
 use xmpp_mls::protocol::notices::Notice;
 use xmpp_mls::protocol::vault::{
-    list_result, parse_list_page, parse_vault_result, parse_version_mismatch, vault_result, version_mismatch, VaultRequest,
+    create_private_node, list_result, location_element, parse_list_page, parse_location, parse_vault_result,
+    parse_version_mismatch, private_publish, vault_result, version_mismatch, VaultItem, VaultRequest,
 };
 use xmpp_mls::protocol::pubsub::{Event, PubsubRequest, NS_EVENT, NS_PUBSUB};
 use xmpp_mls::protocol::{b64_decode, NS, NS_ERRORS};
@@ -155,6 +156,15 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
             Some("mam query")
         }
         ("x", NS) => same(joined_element(el.attr("epoch").expect("epoch").parse().unwrap()), "joined"),
+        ("pubsub", NS_PUBSUB)
+            if parent.is_some_and(|p| matches!(p.attr("type"), Some("get" | "set")) && !p.attr("to").unwrap_or_default().ends_with(COMPONENT)) =>
+        {
+            same(pep_request(el), "PEP request")
+        }
+        ("vault-location", NS) => same(location_element(&parse_location(el).expect("location parses")), "vault-location"),
+        ("item", NS) if parent.is_some_and(|p| p.name() == "item") => {
+            same(VaultItem::parse(el).expect("blob parses").to_element(), "blob in PEP")
+        }
         ("pubsub", NS_PUBSUB) if parent.is_some_and(|p| matches!(p.attr("type"), Some("get" | "set"))) => {
             PubsubRequest::try_from(el).expect("pubsub request parses");
             Some("pubsub request")
@@ -169,6 +179,18 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// A request to the account's own server (xep-mls-vault §The Vault in PEP),
+/// as the client builds it: a claim (create and configure) or a publish.
+fn pep_request(el: &Element) -> Element {
+    if let Some(create) = el.get_child("create", NS_PUBSUB) {
+        return create_private_node(create.attr("node").expect("a node"));
+    }
+    let publish = el.get_child("publish", NS_PUBSUB).expect("a claim or a publish");
+    let item = publish.get_child("item", NS_PUBSUB).expect("an item");
+    let payload = item.children().next().expect("a payload").clone();
+    private_publish(publish.attr("node").expect("a node"), item.attr("id").expect("an item id"), payload)
 }
 
 fn walk(el: &Element, parent: Option<&Element>, seen: &mut BTreeMap<&'static str, usize>) {
@@ -211,6 +233,9 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "vault request",
         "vault result",
         "version-mismatch",
+        "PEP request",
+        "vault-location",
+        "blob in PEP",
         "encryption hint",
         "envelope",
     ] {
