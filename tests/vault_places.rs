@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bare, expect, member, Component, Prosody, COMPONENT, FAST};
+use common::{bare, expect, member, Component, Prosody, COMPONENT, FAST, OTHER_COMPONENT, OTHER_SECRET};
 use xmpp_mls::client::{
     backup_device, location, set_location, ClientError, Device, GroupClient, GroupEvent, Location, Session, Vault, VaultError,
 };
@@ -117,6 +117,23 @@ async fn a_vault_on_the_accounts_own_server_gives_a_new_device_the_history_and_t
         }
         other => panic!("bob read alice's vault node: {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_kept_by_another_mls_service_gives_a_new_device_the_history_and_the_delivery_service_holds_none_of_it() {
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, "");
+    let keeper = Component::start_with(&prosody.other_component_address(), OTHER_COMPONENT, OTHER_SECRET, "");
+    let elsewhere = Location::Service(Jid::new(OTHER_COMPONENT).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let setup = prosody.client("alice", "setup").await;
+    let vault = Vault::create(&setup, elsewhere.clone(), "alice's passphrase", FAST).await.unwrap();
+    set_location(&setup, &elsewhere).await.unwrap();
+    let (_alice, _bob, group, sent) = group_with_history(&prosody, &dir, vault).await;
+
+    assert_eq!(new_device_reads(&prosody, &dir, &group, "new").await, (elsewhere, sent));
+    assert_eq!(vault_rows(&component, "alice@example.org"), 0, "the delivery service keeps none of it");
+    assert!(vault_rows(&keeper, "alice@example.org") > 3, "the key record, snapshots, sent copies and backups");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{Server, COMPONENT, DOMAIN, SECRET};
+use super::{Server, COMPONENT, DOMAIN, OTHER_COMPONENT, OTHER_SECRET, SECRET};
 
 const TEMPLATE: &str = include_str!("../fixtures/ejabberd.yml.template");
 
@@ -17,9 +17,12 @@ pub fn configure(server: &Server) {
     let config = TEMPLATE
         .replace("@C2S_PORT@", &server.c2s_port.to_string())
         .replace("@COMPONENT_PORT@", &server.component_port.to_string())
+        .replace("@OTHER_COMPONENT_PORT@", &server.other_component_port.to_string())
         .replace("@API_PORT@", &server.api_port.to_string())
         .replace("@DOMAIN@", DOMAIN)
         .replace("@COMPONENT@", COMPONENT)
+        .replace("@OTHER_COMPONENT@", OTHER_COMPONENT)
+        .replace("@OTHER_SECRET@", OTHER_SECRET)
         .replace("@SECRET@", SECRET);
     lay_out(server.dir.path(), &config);
 }

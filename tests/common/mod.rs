@@ -15,6 +15,9 @@ use xmpp_parsers::jid::BareJid;
 
 pub const DOMAIN: &str = "example.org";
 pub const COMPONENT: &str = "mls.example.org";
+/// A second MLS service on the test server (e.g. to keep a vault).
+pub const OTHER_COMPONENT: &str = "keys.example.org";
+pub const OTHER_SECRET: &str = "other-component-secret";
 /// The fixture's second VirtualHost: accounts of another domain.
 pub const OTHER_DOMAIN: &str = "other.example";
 pub const SECRET: &str = "component-secret";
@@ -93,6 +96,9 @@ pub struct Server {
     pub dir: tempfile::TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// The component port of [`OTHER_COMPONENT`] (ejabberd gives a
+    /// component connection every host of its listener).
+    pub other_component_port: u16,
     /// The direct TLS (XEP-0368) c2s port: listening only on a server from
     /// [`Server::start_requiring_tls`].
     pub direct_tls_port: u16,
@@ -125,9 +131,9 @@ impl Server {
     fn configured() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (c2s_port, component_port, api_port) = (free_port(), free_port(), free_port());
-        let direct_tls_port = free_port();
+        let (direct_tls_port, other_component_port) = (free_port(), free_port());
         let kind = Kind::chosen();
-        let server = Server { kind, dir, c2s_port, component_port, direct_tls_port, api_port, child: None };
+        let server = Server { kind, dir, c2s_port, component_port, other_component_port, direct_tls_port, api_port, child: None };
         match server.kind {
             Kind::Prosody => prosody::configure(&server),
             Kind::Ejabberd => ejabberd::configure(&server),
@@ -153,8 +159,8 @@ impl Server {
     /// Waits (30 s at most) until the server listens on each of its ports.
     fn wait_listening(&self) {
         let ports = match self.kind {
-            Kind::Prosody => vec![self.c2s_port, self.component_port],
-            Kind::Ejabberd => vec![self.c2s_port, self.component_port, self.api_port],
+            Kind::Prosody => vec![self.c2s_port, self.component_port, self.other_component_port],
+            Kind::Ejabberd => vec![self.c2s_port, self.component_port, self.other_component_port, self.api_port],
         };
         let up = wait_until(Duration::from_secs(30), || {
             ports.iter().all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
@@ -182,6 +188,11 @@ impl Server {
     /// Where the component connects: the component port, as host:port.
     pub fn component_address(&self) -> String {
         format!("127.0.0.1:{}", self.component_port)
+    }
+
+    /// Where [`OTHER_COMPONENT`] connects, as host:port.
+    pub fn other_component_address(&self) -> String {
+        format!("127.0.0.1:{}", self.other_component_port)
     }
 
     pub fn register(&self, user: &str, password: &str) {

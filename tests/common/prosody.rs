@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::{Server, COMPONENT, DOMAIN, SECRET};
+use super::{Server, COMPONENT, DOMAIN, OTHER_COMPONENT, OTHER_SECRET, SECRET};
 
 const TEMPLATE: &str = include_str!("../fixtures/prosody.cfg.lua.template");
 
@@ -20,8 +20,11 @@ pub fn configure(server: &Server) {
         .replace("@DIR@", dir.to_str().unwrap())
         .replace("@C2S_PORT@", &server.c2s_port.to_string())
         .replace("@COMPONENT_PORT@", &server.component_port.to_string())
+        .replace("@OTHER_COMPONENT_PORT@", &server.other_component_port.to_string())
         .replace("@DOMAIN@", DOMAIN)
         .replace("@COMPONENT@", COMPONENT)
+        .replace("@OTHER_COMPONENT@", OTHER_COMPONENT)
+        .replace("@OTHER_SECRET@", OTHER_SECRET)
         .replace("@SECRET@", SECRET);
     std::fs::write(config_path(server), config).unwrap();
 }

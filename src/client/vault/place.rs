@@ -284,12 +284,15 @@ impl Place {
         Ok(names)
     }
 
-    /// The account's PEP nodes that hold blobs, as the index node lists
-    /// them (a server may list only some of an account's nodes).
+    /// The account's PEP nodes that hold blobs: those its index node lists
+    /// and those the server lists (either may miss some: a server may list
+    /// only some of an account's nodes, and drops an index's oldest items).
     async fn vault_nodes(&self, port: &Port) -> Result<Vec<String>, ClientError> {
         let prefix = format!("{PEP_NODE}/");
-        let nodes = disco_items(port, &self.at, Some(PEP_NODE)).await?.into_iter().filter_map(|(_, name)| name);
-        Ok(nodes.filter(|n| n.starts_with(&prefix)).collect())
+        let indexed = disco_items(port, &self.at, Some(PEP_NODE)).await?.into_iter().filter_map(|(_, name)| name);
+        let listed = disco_items(port, &self.at, None).await?.into_iter().filter_map(|(node, _)| node);
+        let nodes: std::collections::BTreeSet<String> = indexed.chain(listed).filter(|n| n.starts_with(&prefix)).collect();
+        Ok(nodes.into_iter().collect())
     }
 
     /// The key record: its version and data; None if the vault is not set up.
