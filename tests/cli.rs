@@ -38,7 +38,7 @@ fn client_at(prosody: &Prosody, state: &Path, user: &str, args: &[&str]) -> (boo
 #[test]
 fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     let prosody = Prosody::start();
-    let _component = Component::start(&prosody, "");
+    let component = Component::start(&prosody, "");
     prosody.register("alice", "alice");
     let dir = tempfile::tempdir().unwrap();
     let (ok, out) = client(&prosody, dir.path(), "alice", &["device", "init", "--label", "Laptop"]);
@@ -104,6 +104,17 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     std::fs::create_dir_all(&new_state).unwrap();
     let (ok, out) = client(&prosody, &new_state, "bob", &["device", "init"]);
     assert!(ok, "{out}");
+    let (ok, out) = client(&prosody, &new_state, "bob", &["history", &group]);
+    assert!(ok && out.contains("bob@example.org: restored and back"), "{out}");
+
+    // bob moves his vault to his own server: the service keeps none of it,
+    // and the history still reads.
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "move", "--to", "pep"]);
+    assert!(ok && out.contains("vault moved to PEP (the account's own server); its contents read back the same (SHA-256 "), "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "status"]);
+    assert!(ok && out.starts_with("location: PEP (the account's own server)\n") && out.contains("device/"), "{out}");
+    let rows: i64 = component.db().one("SELECT count(*) FROM vault WHERE account = 'bob@example.org'", &[]);
+    assert_eq!(rows, 0);
     let (ok, out) = client(&prosody, &new_state, "bob", &["history", &group]);
     assert!(ok && out.contains("bob@example.org: restored and back"), "{out}");
 }
