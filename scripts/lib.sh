@@ -93,10 +93,13 @@ ensure_prometheus_client() {
 # component_port. register_user USER PASSWORD and stop_server act on it.
 start_server() {
   server_kind=$1 server_dir=$2 server_domain=$3
-  local component=$4 secret=$5 template config api_port
+  local component=$4 secret=$5 template config api_port other_port
   c2s_port=$(free_port 15222)
   component_port=$(free_port 15347)
   api_port=$(free_port 15280)
+  # The fixtures' second MLS service (keys.DOMAIN, a vault kept elsewhere):
+  # configured, on a port of its own, and left unused here.
+  other_port=$(free_port $((component_port + 1)))
   case $server_kind in
     prosody) template=tests/fixtures/prosody.cfg.lua.template config=$server_dir/prosody.cfg.lua
              mkdir -p "$server_dir/data" "$server_dir/certs" ;;
@@ -106,6 +109,7 @@ start_server() {
   esac
   sed -e "s#@DIR@#$server_dir#g; s/@C2S_PORT@/$c2s_port/g; s/@COMPONENT_PORT@/$component_port/g" \
       -e "s/@API_PORT@/$api_port/g; s/@DOMAIN@/$server_domain/g; s/@COMPONENT@/$component/g" \
+      -e "s/@OTHER_COMPONENT_PORT@/$other_port/g; s/@OTHER_COMPONENT@/keys.$server_domain/g; s/@OTHER_SECRET@/$secret-keys/g" \
       -e "s/@SECRET@/$secret/g" "$template" > "$config"
   if [ "$server_kind" = prosody ]; then
     prosody --config "$config" >/dev/null 2>&1 &
