@@ -41,7 +41,7 @@ use openmls::prelude::{GroupId, MlsGroup};
 use openmls_traits::OpenMlsProvider;
 use tls_codec::Serialize as _;
 use tokio::sync::Semaphore;
-use xmpp_mls::client::{iq_element, ConnectOptions, Device, GroupClient, GroupEvent, Session};
+use xmpp_mls::client::{iq_element, ConnectOptions, Device, GroupClient, GroupEvent, KdfParams, Location, Session, Vault};
 use xmpp_mls::protocol::address::Address;
 use xmpp_mls::protocol::groups::GroupMessage;
 use xmpp_mls::protocol::{b64_encode, n, NS_SID};
@@ -268,6 +268,8 @@ impl Pids {
 
 struct Report {
     runs: Vec<Run>,
+    /// The vault at the MLS service and in PEP ([`vault_places`]).
+    vault: Vec<Figure>,
     ciphertext_bytes: usize,
     body_chars: usize,
     messages: usize,
@@ -303,8 +305,10 @@ impl Bench {
             payload = sizes;
         }
         let (ciphertext_bytes, body_chars) = payload;
+        let service = Jid::new(&format!("mls.{}", self.domain))?;
+        let vault = vault_places(&clients[0].session, &service).await?;
         let (messages, idle_messages, window, repeat) = (self.messages, self.idle_messages, self.window, self.repeat);
-        Ok(Report { runs, ciphertext_bytes, body_chars, messages, idle_messages, window, repeat })
+        Ok(Report { runs, vault, ciphertext_bytes, body_chars, messages, idle_messages, window, repeat })
     }
 
     /// The three systems with every device of `group` as a member, run
@@ -643,6 +647,40 @@ async fn answered(session: &mut Session, from: &str) -> Result<()> {
 type Metric = (&'static str, &'static str, fn(&Run) -> Option<f64>);
 
 /// One printed figure and its ratios to the baselines.
+/// Blobs written and read at each place by [`vault_places`].
+const VAULT_BLOBS: usize = 100;
+
+/// One account's vault at the MLS service and in its own server's PEP
+/// nodes (Prosody's): the median time to write a sealed 1 KiB blob and to
+/// read it back, one at a time, the service being the baseline.
+async fn vault_places(session: &Session, service: &Jid) -> Result<Vec<Figure>> {
+    let ms = |since: Instant| since.elapsed().as_secs_f64() * 1000.0;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut out: Vec<Figure> = Vec::new();
+    for (place, label) in [(Location::Service(service.clone()), "service"), (Location::Pep, "pep")] {
+        let vault = Vault::create(session, place, "bench passphrase", KdfParams { m_kib: 1024, t: 1, p: 1 }).await?;
+        let (mut puts, mut gets) = (Vec::new(), Vec::new());
+        for i in 0..VAULT_BLOBS {
+            let name = format!("bench/blobs/{i}");
+            let start = Instant::now();
+            vault.put(session, &name, 0, &[7u8; 1024]).await?;
+            puts.push(ms(start));
+            let start = Instant::now();
+            vault.get(session, &name).await?;
+            gets.push(ms(start));
+        }
+        for (op, value) in [("put", median(puts)), ("get", median(gets))] {
+            let base = out.iter().find(|f| f.name == format!("vault_{op}_service")).map(|f| f.value);
+            let ratios = base.map(|b| vec![("service", value / b)]).unwrap_or_default();
+            out.push(Figure { name: format!("vault_{op}_{label}"), value, unit: "ms", ratios });
+        }
+    }
+    Ok(out)
+}
+
 struct Figure {
     name: String,
     value: f64,
@@ -675,6 +713,7 @@ impl Report {
                 out.push(Figure { name, value, unit, ratios });
             }
         }
+        out.extend(self.vault.iter().map(|f| Figure { name: f.name.clone(), ratios: f.ratios.clone(), ..*f }));
         out
     }
 
