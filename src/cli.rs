@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use openmls_rust_crypto::RustCrypto;
 use xmpp_mls::client::{
-    backed_up_devices, backup_device, describe, location, restore_device, set_location, ClientError, Content, Device, GroupClient,
-    GroupEvent, KdfParams, Location, Session, Unreadable, Vault, VaultError, KEEP_EPOCHS, POOL_TARGET,
+    backed_up_devices, backup_device, describe, location, request_enrollment, restore_device, set_location, ClientError, Content,
+    Device, GroupClient, GroupEvent, KdfParams, Location, Session, Unreadable, Vault, VaultError, KEEP_EPOCHS, POOL_TARGET,
 };
 use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::protocol::{format_time, NS, NS_SID};
@@ -151,10 +151,19 @@ pub enum VaultAction {
         #[arg(long)]
         device: Option<String>,
     },
-    /// Rewrap the data keys under the passphrase in XMPP_MLS_NEW_PASSPHRASE.
+    /// Lock the data keys under the passphrase in XMPP_MLS_NEW_PASSPHRASE.
     Passwd,
     /// Replace the data key and re-seal every blob.
     Rotate,
+    /// On a new device: ask to be enrolled, so that it opens the vault with
+    /// a key of its own instead of the passphrase; prints the code to give
+    /// to `vault enroll` on a device already in the vault.
+    EnrollRequest,
+    /// Enroll the new device whose request has CODE.
+    Enroll { code: String },
+    /// Remove DEVICE's key, then replace the data key (its copies open
+    /// nothing from then on); needs the passphrase if the vault has one.
+    RemoveKey { device: String },
 }
 
 #[derive(Subcommand)]
@@ -192,17 +201,21 @@ pub async fn run(ctx: Context, action: ClientAction) -> CliResult {
         return result;
     }
     let device = ctx.device()?;
-    // With a passphrase, a set-up vault keeps snapshots and reads history.
-    let vault = match std::env::var("XMPP_MLS_PASSPHRASE") {
-        Ok(pass) => match Vault::open(&ctx.session, &ctx.service, &pass).await {
-            Ok(v) => {
-                v.check_high_water(&device)?;
-                Some(v)
-            }
-            Err(VaultError::NotInitialised) => None,
-            Err(e) => return Err(e.into()),
-        },
-        Err(_) => None,
+    // With a passphrase or an enrolled key, a set-up vault keeps snapshots
+    // and reads history.
+    let pass = std::env::var("XMPP_MLS_PASSPHRASE").ok();
+    let vault = match (pass, device.enrolled_key()?) {
+        (Some(pass), _) => Some(Vault::open(&ctx.session, &ctx.service, &pass).await),
+        (None, Some(key)) => Some(Vault::open_with_key(&ctx.session, &ctx.service, &key).await),
+        (None, None) => None,
+    };
+    let vault = match vault {
+        Some(Ok(v)) => {
+            v.check_high_water(&device)?;
+            Some(v)
+        }
+        Some(Err(VaultError::NotInitialised | VaultError::NotEnrolled)) | None => None,
+        Some(Err(e)) => return Err(e.into()),
     };
     let mut client = GroupClient::start(ctx.session, device, ctx.service).await?;
     if let (Some(vault), ClientAction::History { group, .. }) = (&vault, &action) {
@@ -575,8 +588,8 @@ fn passphrase(var: &str) -> Result<String, Box<dyn std::error::Error>> {
 
 async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
     let (session, service) = (&ctx.session, &ctx.service);
-    let pass = passphrase("XMPP_MLS_PASSPHRASE")?;
     if let VaultAction::Init { at } = &action {
+        let pass = passphrase("XMPP_MLS_PASSPHRASE")?;
         let location = match at {
             Some(at) => parse_location(at, service)?,
             None => location(session, service).await?,
@@ -588,16 +601,33 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         println!("vault ready at {}: a random data key, wrapped under your passphrase (Argon2id, 64 MiB, t=3)", vault.location().describe());
         return Ok(());
     }
-    let mut vault = Vault::open(session, service, &pass).await?;
+    if let VaultAction::EnrollRequest = action {
+        let device = ctx.device()?;
+        let code = request_enrollment(session, service, device.id(), &device.vault_key()?).await?;
+        println!("enrollment requested: on a device already in the vault, run `vault enroll {code}`");
+        return Ok(());
+    }
+    let pass = std::env::var("XMPP_MLS_PASSPHRASE").ok();
+    let mut vault = match (&pass, ctx.state.exists()) {
+        (Some(pass), _) => Vault::open(session, service, pass).await?,
+        (None, true) => {
+            let key = ctx.device()?.enrolled_key()?.ok_or(VaultError::NotEnrolled)?;
+            Vault::open_with_key(session, service, &key).await?
+        }
+        (None, false) => return Err("set XMPP_MLS_PASSPHRASE to the vault passphrase".into()),
+    };
     // A device that exists remembers the newest keys record it opened
     // (opening creates none: a restore writes the state file).
     if ctx.state.exists() {
         vault.check_high_water(&ctx.device()?)?;
     }
     match action {
-        VaultAction::Init { .. } => unreachable!("handled above"),
+        VaultAction::Init { .. } | VaultAction::EnrollRequest => unreachable!("handled above"),
         VaultAction::Status => {
             println!("location: {}", vault.location().describe());
+            let mut locks: Vec<String> = vault.has_passphrase().then(|| "passphrase".to_owned()).into_iter().collect();
+            locks.extend(vault.enrolled().into_iter().map(|d| format!("device {d}")));
+            println!("opens with: {}", locks.join(", "));
             for name in vault.list(session).await? {
                 if let Some((version, plaintext)) = vault.get(session, &name).await? {
                     println!("{name}  (version {version}, {} octets)", plaintext.len());
@@ -606,7 +636,7 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         }
         VaultAction::Move { to } => {
             let to = parse_location(&to, service)?;
-            let digest = vault.move_to(session, to, &pass).await?;
+            let digest = vault.move_to(session, to).await?;
             let digest = data_encoding::HEXLOWER.encode(&digest);
             println!("vault moved to {}; its contents read back the same (SHA-256 {digest})", vault.location().describe());
         }
@@ -632,8 +662,16 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
             println!("passphrase changed (the data keys were rewrapped; no blob was rewritten)");
         }
         VaultAction::Rotate => {
-            vault.rotate(session, &pass).await?;
+            vault.rotate(session, pass.as_deref()).await?;
             println!("data key replaced; every blob re-sealed");
+        }
+        VaultAction::Enroll { code } => {
+            let device = vault.enroll(session, &code).await?;
+            println!("device {device} enrolled: it opens the vault with its own key");
+        }
+        VaultAction::RemoveKey { device } => {
+            vault.remove_device(session, &device, pass.as_deref()).await?;
+            println!("device {device} removed; data key replaced, every blob re-sealed");
         }
     }
     Ok(())

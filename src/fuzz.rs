@@ -14,7 +14,7 @@ use xmpp_parsers::disco::DiscoInfoResult;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::StanzaError;
 
-use crate::client::{KdfParams, KeyRing};
+use crate::client::{DeviceKey, KdfParams, KeyRing, Unlock};
 use crate::config::{Config, SUPPORTED_CIPHER_SUITES};
 use crate::protocol::address::Address;
 use crate::protocol::devices::Device;
@@ -117,7 +117,10 @@ pub fn key_package(data: &[u8]) {
 /// as the key record, with a passphrase, and as a blob, with a data key.
 pub fn vault_record(data: &[u8]) {
     let account = BareJid::new(ACCOUNT).expect("a valid JID");
-    assert!(KeyRing::decode(data, PASSPHRASE, &account).is_err(), "a key record opened without its passphrase");
+    assert!(KeyRing::decode(data, &account, Unlock::Passphrase(PASSPHRASE)).is_err(), "a key record opened without its passphrase");
+    static KEY: std::sync::OnceLock<DeviceKey> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(|| DeviceKey::generate().expect("a key pair"));
+    assert!(KeyRing::decode(data, &account, Unlock::Device(key)).is_err(), "a key record opened by a device it was never locked to");
     let ring = KeyRing::new(KdfParams::default(), [0; 16], DATA_KEY);
     assert!(ring.open_blob(&account, "blob", 1, data).is_err(), "a blob opened without its key");
 }
@@ -270,8 +273,9 @@ mod tests {
 
         let account = BareJid::new(super::ACCOUNT).unwrap();
         let cheapest = KdfParams { m_kib: 8, t: 1, p: 1 };
-        let ring = KeyRing::new(cheapest, [1; 16], [2; 32]);
-        write("vault_record", "keys", &ring.encode("not the fuzz passphrase", &account).unwrap());
+        let device = crate::client::DeviceKey::generate().unwrap();
+        let ring = KeyRing::new(cheapest, [1; 16], [2; 32]).with_device("seed", *device.public()).unwrap();
+        write("vault_record", "keys", &ring.encode(&account, Some("not the fuzz passphrase")).unwrap());
         write("vault_record", "blob", &ring.seal_blob(&account, "blob", 1, b"sealed with another key"));
     }
 }

@@ -117,6 +117,25 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     assert_eq!(rows, 0);
     let (ok, out) = client(&prosody, &new_state, "bob", &["history", &group]);
     assert!(ok && out.contains("bob@example.org: restored and back"), "{out}");
+
+    // A tablet of bob's is enrolled by key and reads the history with no
+    // passphrase at all.
+    let tablet = dir.path().join("bob-tablet.sqlite3");
+    let (ok, out) = client_at(&prosody, &tablet, "bob", &["device", "init"]);
+    assert!(ok, "{out}");
+    let without_passphrase = |args: &[&str]| {
+        let out = command(&prosody, &tablet, "bob", args).env_remove("XMPP_MLS_PASSPHRASE").output().unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let (ok, out) = without_passphrase(&["vault", "enroll-request"]);
+    let code = out.split("`vault enroll ").nth(1).and_then(|rest| rest.split('`').next()).unwrap_or_default().to_owned();
+    assert!(ok && code.len() == 19, "{out}");
+    let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "enroll", &code]);
+    assert!(ok && out.contains("enrolled"), "{out}");
+    let (ok, out) = without_passphrase(&["history", &group]);
+    assert!(ok && out.contains("bob@example.org: restored and back"), "{out}");
+    let (ok, out) = without_passphrase(&["vault", "status"]);
+    assert!(ok && out.contains("opens with: passphrase, device "), "{out}");
 }
 
 /// (path relative to `root`, permission bits) of everything under `root`.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::db::StoreDb;
 use common::{bare, bump_counter, expect, member, COMPONENT, Component, Prosody, FAST};
 use xmpp_mls::client::{
-    backed_up_devices, backup_device, restore_device, ClientError, Device, GroupClient, GroupEvent,
+    backed_up_devices, backup_device, request_enrollment, restore_device, ClientError, Device, GroupClient, GroupEvent,
     Session, Unreadable, Vault, VaultError,
 };
 use xmpp_mls::protocol::vault::VaultRequest;
@@ -104,7 +104,7 @@ async fn changing_the_passphrase_rewraps_and_rotation_reseals() {
     let mut reopened = Vault::open(&alice, &service(), "new pass").await.unwrap();
     assert_eq!(reopened.get(&alice, "blob1").await.unwrap().unwrap().1, b"secret 1");
 
-    reopened.rotate(&alice, "new pass").await.unwrap();
+    reopened.rotate(&alice, Some("new pass")).await.unwrap();
     assert_eq!(reopened.key_count(), 1);
     let after = Vault::open(&alice, &service(), "new pass").await.unwrap();
     for (i, (name, version)) in versions(&after, &alice).await.into_iter().enumerate() {
@@ -417,7 +417,7 @@ async fn a_device_refuses_a_rolled_back_keys_record() {
     let mut vault = Vault::create(&alice.session, &service(), "pass", FAST).await.unwrap();
     alice.open_vault("pass").await.unwrap();
     let (first_version, first_keys) = stored_keys(&component, "alice@example.org");
-    vault.rotate(&alice.session, "pass").await.unwrap();
+    vault.rotate(&alice.session, Some("pass")).await.unwrap();
     alice.open_vault("pass").await.unwrap();
     let (rotated, rotated_keys) = stored_keys(&component, "alice@example.org");
     assert!(rotated > first_version);
@@ -436,4 +436,61 @@ async fn a_device_refuses_a_rolled_back_keys_record() {
     alice.open_vault("pass").await.unwrap();
     serve_keys(&component, "alice@example.org", first_version, &first_keys);
     assert!(alice.open_vault("pass").await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_enrolled_by_key_reads_the_history_without_the_passphrase_until_its_key_is_removed() {
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut bob = member(&prosody, &dir, "bob", "d").await;
+    let vault = Vault::create(&alice.session, &service(), "alice's passphrase", FAST).await.unwrap();
+    alice.attach_vault(vault, 10);
+    let group = alice.create().await.unwrap();
+    alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut bob, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
+    let mut sent = Vec::new();
+    for who in ["alice", "bob"] {
+        let client = if who == "alice" { &mut alice } else { &mut bob };
+        client.send_body(&group, &format!("{who} writes")).await.unwrap();
+        expect(client, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+        sent.push((format!("{who}@example.org"), format!("{who} writes"), 1));
+    }
+
+    // A new tablet asks to be enrolled; the laptop, given the code, enrolls
+    // it (a mistyped code enrolls nothing). No passphrase is typed.
+    let session = prosody.client("alice", "tablet").await;
+    let device = Device::create(&dir.path().join("alice-tablet.sqlite3"), bare("alice@example.org"), None).unwrap();
+    let (tablet_id, key) = (device.id().to_owned(), device.vault_key().unwrap());
+    let code = request_enrollment(&session, &service(), &tablet_id, &key).await.unwrap();
+    assert!(matches!(Vault::open_with_key(&session, &service(), &key).await, Err(VaultError::NotEnrolled)));
+    let mut laptop = Vault::open(&alice.session, &service(), "alice's passphrase").await.unwrap();
+    let keys_before = raw_keys(&alice.session).await;
+    assert!(matches!(laptop.enroll(&alice.session, "aaaa-bbbb-cccc-dddd").await, Err(VaultError::NoSuchEnrollment)));
+    assert_eq!(raw_keys(&alice.session).await, keys_before, "a wrong code changes nothing");
+    assert_eq!(laptop.enroll(&alice.session, &code.to_uppercase().replace('-', " ")).await.unwrap(), tablet_id);
+    assert_eq!(laptop.enrolled(), vec![tablet_id.clone()]);
+    assert_eq!(laptop.list(&alice.session).await.unwrap().iter().filter(|n| n.starts_with("enroll/")).count(), 0);
+
+    // The tablet opens the vault with its own key and reads the history.
+    let kept = Vault::open_with_key(&session, &service(), &key).await.unwrap();
+    let mut tablet = GroupClient::start(session, device, service()).await.unwrap();
+    let history = tablet.read_history(&group, &kept).await.unwrap();
+    assert_eq!(read(&history), sent);
+    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+
+    // Its key removed (the data key replaced, every blob re-sealed), the
+    // tablet opens nothing: not the key record, not a blob with what it kept.
+    laptop.remove_device(&alice.session, &tablet_id, Some("alice's passphrase")).await.unwrap();
+    assert!(matches!(Vault::open_with_key(&tablet.session, &service(), &key).await, Err(VaultError::NotEnrolled)));
+    let names = kept.list(&tablet.session).await.unwrap();
+    assert!(!names.is_empty());
+    for name in names {
+        assert!(matches!(kept.get(&tablet.session, &name).await, Err(VaultError::Corrupt(_))), "{name}");
+    }
+    let reopened = Vault::open(&alice.session, &service(), "alice's passphrase").await.unwrap();
+    assert_eq!((reopened.key_count(), reopened.enrolled()), (1, Vec::<String>::new()));
+    let history = tablet.read_history(&group, &reopened).await.unwrap();
+    assert_eq!(read(&history), sent, "the passphrase still opens everything");
 }

@@ -7,7 +7,8 @@ mod common;
 
 use common::{bare, expect, member, Component, Prosody, COMPONENT, FAST, OTHER_COMPONENT, OTHER_SECRET};
 use xmpp_mls::client::{
-    backup_device, location, set_location, ClientError, Device, GroupClient, GroupEvent, Location, Session, Vault, VaultError,
+    backup_device, location, set_location, ClientError, Device, GroupClient, GroupEvent, Location, Session, Unlock, Vault,
+    VaultError,
 };
 use xmpp_mls::protocol::vault::{create_private_node, pep_keys_node, PEP_KEYS_NODE, PEP_NODE};
 use xmpp_mls::store_params;
@@ -151,7 +152,7 @@ async fn moving_the_vault_from_the_service_to_pep_and_back_loses_nothing() {
     assert!(rows > 3, "keys, snapshots, sent copies and a backup: {rows}");
 
     // To PEP: same digest, nothing left at the service, the record says PEP.
-    assert_eq!(vault.move_to(&setup, Location::Pep, "alice's passphrase").await.unwrap(), before);
+    assert_eq!(vault.move_to(&setup, Location::Pep).await.unwrap(), before);
     assert_eq!(vault_rows(&component, "alice@example.org"), 0);
     assert_eq!(location(&setup, &service()).await.unwrap(), Location::Pep);
     let reopened = Vault::open(&setup, &service(), "alice's passphrase").await.unwrap();
@@ -160,13 +161,13 @@ async fn moving_the_vault_from_the_service_to_pep_and_back_loses_nothing() {
     assert_eq!(new_device_reads(&prosody, &dir, &group, "second").await, (Location::Pep, sent.clone()));
 
     // And back: the same rows again, no vault node left in PEP.
-    assert_eq!(vault.move_to(&setup, Location::Service(service()), "alice's passphrase").await.unwrap(), before);
+    assert_eq!(vault.move_to(&setup, Location::Service(service())).await.unwrap(), before);
     assert_eq!(vault_rows(&component, "alice@example.org"), rows);
     assert_eq!(vault_nodes(&setup).await, Vec::<String>::new());
     assert_eq!(location(&setup, &service()).await.unwrap(), Location::Service(service()));
     assert_eq!(new_device_reads(&prosody, &dir, &group, "third").await, (Location::Service(service()), sent));
     // A move to where the vault is already is refused, changing nothing.
-    assert!(matches!(vault.move_to(&setup, Location::Service(service()), "alice's passphrase").await, Err(VaultError::Exists)));
+    assert!(matches!(vault.move_to(&setup, Location::Service(service())).await, Err(VaultError::Exists)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -176,8 +177,8 @@ async fn the_key_record_in_pep_changes_by_compare_and_swap_and_outlives_an_aband
     let phone = prosody.client("alice", "phone").await;
     Vault::create(&laptop, Location::Pep, "pass", FAST).await.unwrap();
     assert!(matches!(Vault::create(&phone, Location::Pep, "other", FAST).await, Err(VaultError::Exists)));
-    let mut a = Vault::open_at(&laptop, Location::Pep, "pass").await.unwrap();
-    let mut b = Vault::open_at(&phone, Location::Pep, "pass").await.unwrap();
+    let mut a = Vault::open_at(&laptop, Location::Pep, Unlock::Passphrase("pass")).await.unwrap();
+    let mut b = Vault::open_at(&phone, Location::Pep, Unlock::Passphrase("pass")).await.unwrap();
     a.put(&laptop, "device/laptop/0", 0, b"state").await.unwrap();
 
     // Two devices change the passphrase from the same version: one wins.
@@ -188,8 +189,8 @@ async fn the_key_record_in_pep_changes_by_compare_and_swap_and_outlives_an_aband
         other => panic!("exactly one change must win: {other:?}"),
     };
     let loser = if winner == "by laptop" { "by phone" } else { "by laptop" };
-    assert!(matches!(Vault::open_at(&laptop, Location::Pep, loser).await, Err(VaultError::WrongPassphrase)));
-    let mut c = Vault::open_at(&laptop, Location::Pep, winner).await.unwrap();
+    assert!(matches!(Vault::open_at(&laptop, Location::Pep, Unlock::Passphrase(loser)).await, Err(VaultError::WrongPassphrase)));
+    let mut c = Vault::open_at(&laptop, Location::Pep, Unlock::Passphrase(winner)).await.unwrap();
     assert_eq!(c.get(&laptop, "device/laptop/0").await.unwrap(), Some((1, b"state".to_vec())));
 
     // A writer that claimed version 3 and died: the next change waits out
@@ -198,7 +199,7 @@ async fn the_key_record_in_pep_changes_by_compare_and_swap_and_outlives_an_aband
     let started = std::time::Instant::now();
     c.change_passphrase(&laptop, "after the claim", FAST).await.unwrap();
     assert!(started.elapsed() >= xmpp_mls::client::CLAIM_GRACE, "{:?}", started.elapsed());
-    let d = Vault::open_at(&phone, Location::Pep, "after the claim").await.unwrap();
+    let d = Vault::open_at(&phone, Location::Pep, Unlock::Passphrase("after the claim")).await.unwrap();
     assert_eq!(d.get(&phone, "device/laptop/0").await.unwrap(), Some((1, b"state".to_vec())));
     let nodes = vault_nodes(&laptop).await;
     let claims: Vec<&str> = nodes.iter().filter_map(|n| n.strip_prefix(&format!("{PEP_KEYS_NODE}/"))).collect();

@@ -248,6 +248,24 @@ impl<S: DeviceStorage> Device<S> {
         self.store().raise_vault_high_water(mark)
     }
 
+    /// The device's key for the vault (xep/ §Enrolling a Device), made and
+    /// kept in its state on first use.
+    pub fn vault_key(&self) -> Result<super::DeviceKey, DeviceError> {
+        let (public, private) = match self.store().vault_device_key()? {
+            Some(pair) => pair,
+            None => {
+                let key = super::DeviceKey::generate().map_err(|e| DeviceError::Storage(e.to_string()))?;
+                self.store().keep_vault_device_key(key.public(), key.private())?
+            }
+        };
+        super::DeviceKey::from_parts(&public, private).ok_or_else(|| DeviceError::Storage("a vault key of the wrong size".into()))
+    }
+
+    /// The device's vault key, if it made one (None: it was never enrolled).
+    pub fn enrolled_key(&self) -> Result<Option<super::DeviceKey>, DeviceError> {
+        Ok(self.store().vault_device_key()?.and_then(|(public, private)| super::DeviceKey::from_parts(&public, private)))
+    }
+
     fn key_package(&self, last_resort: bool) -> Result<(Vec<u8>, String), DeviceError> {
         // Listing LastResort in the leaf's capabilities is what makes a
         // last-resort package valid (RFC 9420 §7.2 via the extension draft).

@@ -373,6 +373,17 @@ impl<S: DeviceStorage> Core<S> {
         Ok(())
     }
 
+    /// Opens the account's vault with this device's enrolled key (no
+    /// passphrase) and keeps history in it from now on.
+    pub async fn open_vault_with_key(&mut self) -> Result<(), GroupError> {
+        let key = self.device().enrolled_key().map_err(|e| GroupError::Other(e.to_string()))?;
+        let key = key.ok_or_else(|| vault_failure(VaultError::NotEnrolled))?;
+        let vault = super::vault::Vault::open_with_key(&self.port, self.service(), &key).await.map_err(vault_failure)?;
+        vault.check_high_water(self.device()).map_err(vault_failure)?;
+        self.attach_vault(vault, KEEP_EPOCHS);
+        Ok(())
+    }
+
     /// [`Self::read_history`] with the vault this device keeps history in.
     pub async fn read_own_history(&mut self, group: &BareJid) -> Result<History, GroupError> {
         let keeper = self.vault.take().ok_or_else(|| GroupError::Other("no vault is open".into()))?;

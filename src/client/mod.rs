@@ -25,5 +25,8 @@ pub use port::Port;
 pub use history::{pack_snapshot, KEEP_EPOCHS, ArchivePage, History, HistoryEntry, Unreadable};
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
-pub use vault::{backed_up_devices, backup_device, location, restore_device, set_location, KdfParams, Location, Vault, VaultError, CLAIM_GRACE, KEYS};
+pub use vault::{
+    backed_up_devices, backup_device, enrollment_code, location, request_enrollment, restore_device, set_location, DeviceKey,
+    KdfParams, Location, Unlock, Vault, VaultError, CLAIM_GRACE, KEYS,
+};
 pub(crate) use vault::KeyRing;

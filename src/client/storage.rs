@@ -48,6 +48,11 @@ pub trait DeviceStorage {
     fn vault_high_water(&self) -> Result<Option<crate::store::local::VaultMark>, DeviceError>;
     fn raise_vault_high_water(&self, mark: &crate::store::local::VaultMark) -> Result<(), DeviceError>;
 
+    /// The device's vault key pair (public, private), if it made one; and
+    /// keeping one unless it has one (returns the one kept).
+    fn vault_device_key(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, DeviceError>;
+    fn keep_vault_device_key(&self, public: &[u8], private: &[u8]) -> Result<(Vec<u8>, Vec<u8>), DeviceError>;
+
     /// One group's MLS state as rows: what a decrypt-only snapshot for a
     /// new device of the account carries.
     fn group_rows(&self, group_id: &[u8]) -> Result<Vec<StateRow>, DeviceError>;
@@ -132,6 +137,12 @@ impl DeviceStorage for SqliteStorage {
     }
     fn raise_vault_high_water(&self, mark: &crate::store::local::VaultMark) -> Result<(), DeviceError> {
         Ok(self.records.raise_vault_high_water(mark)?)
+    }
+    fn vault_device_key(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, DeviceError> {
+        Ok(self.records.vault_device_key()?)
+    }
+    fn keep_vault_device_key(&self, public: &[u8], private: &[u8]) -> Result<(Vec<u8>, Vec<u8>), DeviceError> {
+        Ok(self.records.keep_vault_device_key(public, private)?)
     }
     fn group_rows(&self, group_id: &[u8]) -> Result<Vec<StateRow>, DeviceError> {
         Ok(self.records.group_rows(&group_key(group_id)?)?)

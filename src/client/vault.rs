@@ -1,32 +1,28 @@
-//! The vault on the client (xep/ §Vault): everything the service stores is
-//! sealed here first. A key-encryption key is derived from the passphrase
-//! with Argon2id (salt and parameters kept beside the wrapped keys); it
-//! wraps random data keys; every blob is sealed with XChaCha20-Poly1305
-//! under the current data key, its associated data binding the account,
-//! the blob's name and its version. Changing the passphrase rewraps the data
-//! keys only; rotating adds a data key and re-seals every blob.
+//! The vault on the client (xep/ §Vault): everything its place stores is
+//! sealed here first, under data keys that the key record locks under the
+//! passphrase and the keys of enrolled devices ([`keys`]). Changing the
+//! passphrase or enrolling a device rewrites the key record only; rotating
+//! adds a data key and re-seals every blob.
 
-use argon2::{Algorithm, Argon2, Params, Version};
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::port::Port;
 use super::session::ClientError;
 use crate::store::local::VaultMark;
 
+mod keys;
 mod place;
+pub(crate) use keys::KeyRing;
+pub use keys::{enrollment_code, DeviceKey, KdfParams, Unlock};
+use keys::SEAL_OVERHEAD;
 pub use place::{location, set_location, Location, CLAIM_GRACE};
 use place::Place;
 
-/// The record of the wrapped data keys.
+/// The record of the locked data keys.
 pub const KEYS: &str = "keys";
-const KEYS_MAGIC: &[u8; 4] = b"XMK1";
-const BLOB_MAGIC: &[u8; 4] = b"XMB1";
-const NONCE: usize = 24;
-const KEY: usize = 32;
-/// Octets that sealing adds to a blob's plaintext: magic, key id, nonce, tag.
-const SEAL_OVERHEAD: usize = BLOB_MAGIC.len() + 4 + NONCE + 16;
+/// Where a new device asks to be enrolled: `enroll/<device-id>`, holding
+/// its public key (xep/ §Enrolling a Device).
+const ENROLL: &str = "enroll/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -53,149 +49,14 @@ pub enum VaultError {
     Device(String),
     #[error("blob {0} is larger than the new place takes ({1} octets of plaintext)")]
     TooBig(String, usize),
-}
-
-/// Argon2id cost: memory in KiB, passes, lanes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KdfParams {
-    pub m_kib: u32,
-    pub t: u32,
-    pub p: u32,
-}
-
-impl Default for KdfParams {
-    /// 64 MiB, 3 passes: affordable on a phone, costly to guess at scale.
-    fn default() -> Self {
-        KdfParams { m_kib: 64 * 1024, t: 3, p: 1 }
-    }
-}
-
-/// The unwrapped key ring: data keys by id, and which one seals new blobs.
-pub(crate) struct KeyRing {
-    params: KdfParams,
-    salt: [u8; 16],
-    current: u32,
-    keys: Vec<(u32, [u8; KEY])>,
-}
-
-/// The costliest derivation a key record may ask for: a few times the
-/// defaults (xep/ §Security Considerations: the service must not make the
-/// client allocate or compute at will, nor reach argon2's overflow on lanes).
-const MAX_KDF: KdfParams = KdfParams { m_kib: 256 * 1024, t: 10, p: 8 };
-
-fn kek(passphrase: &str, salt: &[u8; 16], p: KdfParams) -> Result<[u8; KEY], VaultError> {
-    let params = Params::new(p.m_kib, p.t, p.p, Some(KEY)).map_err(|e| VaultError::Kdf(e.to_string()))?;
-    let mut out = [0u8; KEY];
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-        .hash_password_into(passphrase.as_bytes(), salt, &mut out)
-        .map_err(|e| VaultError::Kdf(e.to_string()))?;
-    Ok(out)
-}
-
-fn seal(key: &[u8; KEY], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let nonce: [u8; NONCE] = rand::random();
-    let cipher = XChaCha20Poly1305::new(key.into());
-    let ct = cipher.encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad }).expect("in-memory encryption");
-    [nonce.as_slice(), &ct].concat()
-}
-
-fn open(key: &[u8; KEY], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-    let (nonce, ct) = (sealed.get(..NONCE)?, sealed.get(NONCE..)?);
-    XChaCha20Poly1305::new(key.into()).decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad }).ok()
-}
-
-fn keys_aad(account: &BareJid) -> Vec<u8> {
-    [b"xmpp-mls vault keys v1\0".as_slice(), account.as_str().as_bytes()].concat()
-}
-
-fn blob_aad(account: &BareJid, name: &str, version: u64) -> Vec<u8> {
-    [
-        b"xmpp-mls vault blob v1\0".as_slice(),
-        account.as_str().as_bytes(),
-        b"\0",
-        name.as_bytes(),
-        b"\0",
-        &version.to_be_bytes(),
-    ]
-    .concat()
-}
-
-impl KeyRing {
-    /// A ring of one data key, id 1.
-    pub(crate) fn new(params: KdfParams, salt: [u8; 16], key: [u8; KEY]) -> Self {
-        KeyRing { params, salt, current: 1, keys: vec![(1, key)] }
-    }
-
-    /// `XMK1 | m t p | salt | current | n | (id, sealed key)*`, each sealed
-    /// key bound to the account.
-    pub(crate) fn encode(&self, passphrase: &str, account: &BareJid) -> Result<Vec<u8>, VaultError> {
-        let kek = kek(passphrase, &self.salt, self.params)?;
-        let mut out = KEYS_MAGIC.to_vec();
-        for v in [self.params.m_kib, self.params.t, self.params.p] {
-            out.extend_from_slice(&v.to_be_bytes());
-        }
-        out.extend_from_slice(&self.salt);
-        out.extend_from_slice(&self.current.to_be_bytes());
-        out.extend_from_slice(&(self.keys.len() as u16).to_be_bytes());
-        for (id, key) in &self.keys {
-            out.extend_from_slice(&id.to_be_bytes());
-            out.extend_from_slice(&seal(&kek, &keys_aad(account), key));
-        }
-        Ok(out)
-    }
-
-    pub(crate) fn decode(bytes: &[u8], passphrase: &str, account: &BareJid) -> Result<Self, VaultError> {
-        let corrupt = || VaultError::Corrupt(KEYS.into());
-        let u32_at = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")));
-        if bytes.get(..4) != Some(KEYS_MAGIC) {
-            return Err(corrupt());
-        }
-        let params = KdfParams { m_kib: u32_at(4).ok_or_else(corrupt)?, t: u32_at(8).ok_or_else(corrupt)?, p: u32_at(12).ok_or_else(corrupt)? };
-        if params.m_kib > MAX_KDF.m_kib || params.t > MAX_KDF.t || params.p > MAX_KDF.p {
-            return Err(corrupt());
-        }
-        let salt: [u8; 16] = bytes.get(16..32).ok_or_else(corrupt)?.try_into().expect("16 bytes");
-        let current = u32_at(32).ok_or_else(corrupt)?;
-        let n = u16::from_be_bytes(bytes.get(36..38).ok_or_else(corrupt)?.try_into().expect("2 bytes"));
-        let kek = kek(passphrase, &salt, params)?;
-        let entry = 4 + NONCE + KEY + 16;
-        let mut keys = Vec::new();
-        for i in 0..n as usize {
-            let at = 38 + i * entry;
-            let id = u32_at(at).ok_or_else(corrupt)?;
-            let sealed = bytes.get(at + 4..at + entry).ok_or_else(corrupt)?;
-            let key = open(&kek, &keys_aad(account), sealed).ok_or(VaultError::WrongPassphrase)?;
-            keys.push((id, key.try_into().map_err(|_| corrupt())?));
-        }
-        let ring = KeyRing { params, salt, current, keys };
-        // New blobs are sealed with the current key: a ring without it (or
-        // without any key, which no passphrase check guards) does not open.
-        ring.key(current).ok_or_else(corrupt)?;
-        Ok(ring)
-    }
-
-    fn key(&self, id: u32) -> Option<&[u8; KEY]> {
-        self.keys.iter().find(|(i, _)| *i == id).map(|(_, k)| k)
-    }
-
-    /// A blob record, `XMB1 | key id | sealed`, under the current key.
-    pub(crate) fn seal_blob(&self, account: &BareJid, name: &str, version: u64, plaintext: &[u8]) -> Vec<u8> {
-        let key = self.key(self.current).expect("the current key is in the ring");
-        let mut data = BLOB_MAGIC.to_vec();
-        data.extend_from_slice(&self.current.to_be_bytes());
-        data.extend_from_slice(&seal(key, &blob_aad(account, name, version), plaintext));
-        data
-    }
-
-    pub(crate) fn open_blob(&self, account: &BareJid, name: &str, version: u64, data: &[u8]) -> Result<Vec<u8>, VaultError> {
-        let corrupt = || VaultError::Corrupt(name.to_owned());
-        if data.get(..4) != Some(BLOB_MAGIC) {
-            return Err(corrupt());
-        }
-        let id = u32::from_be_bytes(data.get(4..8).ok_or_else(corrupt)?.try_into().expect("4 bytes"));
-        let key = self.key(id).ok_or_else(corrupt)?;
-        open(key, &blob_aad(account, name, version), &data[8..]).ok_or_else(corrupt)
-    }
+    #[error("the data keys changed: this needs the passphrase")]
+    PassphraseNeeded,
+    #[error("this vault has no passphrase: open it with an enrolled device")]
+    NoPassphrase,
+    #[error("this device is not enrolled in the vault")]
+    NotEnrolled,
+    #[error("no enrollment request has that code")]
+    NoSuchEnrollment,
 }
 
 /// An open vault: the account's keys, unwrapped, and where its blobs are.
@@ -213,14 +74,15 @@ impl Vault {
     /// under the passphrase. The location record is left as it is.
     pub async fn create(port: &Port, location: impl Into<Location>, passphrase: &str, params: KdfParams) -> Result<Self, VaultError> {
         let ring = KeyRing::new(params, rand::random(), rand::random());
-        Self::create_with(port, location.into(), ring, passphrase).await
+        let data = ring.encode(&port.jid().to_bare(), Some(passphrase))?;
+        Self::create_with(port, location.into(), ring, data).await
     }
 
-    async fn create_with(port: &Port, location: Location, ring: KeyRing, passphrase: &str) -> Result<Self, VaultError> {
+    /// Writes `data`, the record of `ring`, as the key record at `location`.
+    async fn create_with(port: &Port, location: Location, ring: KeyRing, data: Vec<u8>) -> Result<Self, VaultError> {
         let account = port.jid().to_bare();
         let place = Place::new(&account, location);
         let max_blob = place.max_blob(port).await?;
-        let data = ring.encode(passphrase, &account)?;
         let keys_version = place.put_keys(port, 0, data).await.map_err(|e| match e {
             VaultError::Conflict(..) => VaultError::Exists,
             other => other,
@@ -233,15 +95,21 @@ impl Vault {
     /// changing anything.
     pub async fn open(port: &Port, service: &Jid, passphrase: &str) -> Result<Self, VaultError> {
         let location = place::location(port, service).await?;
-        Self::open_at(port, location, passphrase).await
+        Self::open_at(port, location, Unlock::Passphrase(passphrase)).await
+    }
+
+    /// [`Self::open`] with this device's enrolled key instead of the passphrase.
+    pub async fn open_with_key(port: &Port, service: &Jid, key: &DeviceKey) -> Result<Self, VaultError> {
+        let location = place::location(port, service).await?;
+        Self::open_at(port, location, Unlock::Device(key)).await
     }
 
     /// Opens the vault at `location`, whatever the location record says.
-    pub async fn open_at(port: &Port, location: Location, passphrase: &str) -> Result<Self, VaultError> {
+    pub async fn open_at(port: &Port, location: Location, unlock: Unlock<'_>) -> Result<Self, VaultError> {
         let account = port.jid().to_bare();
         let place = Place::new(&account, location);
         let (keys_version, data) = place.keys(port).await?.ok_or(VaultError::NotInitialised)?;
-        let ring = KeyRing::decode(&data, passphrase, &account)?;
+        let ring = KeyRing::decode(&data, &account, unlock)?;
         let max_blob = place.max_blob(port).await?;
         Ok(Vault { account, place, ring, keys_version, max_blob })
     }
@@ -259,7 +127,7 @@ impl Vault {
         let got = VaultMark {
             location: self.place.location.jid(&self.account).to_string(),
             version: self.keys_version,
-            key_id: self.ring.current,
+            key_id: self.ring.current(),
         };
         if let Some(seen) = device.vault_high_water().map_err(storage)? {
             let older = (seen.location == got.location && got.version < seen.version) || got.key_id < seen.key_id;
@@ -289,9 +157,10 @@ impl Vault {
         Ok(Some((version, self.ring.open_blob(&self.account, name, version, &data)?)))
     }
 
-    /// The names of the blobs (the key record excluded), in octet order.
+    /// The names of the sealed blobs (the key record and enrollment
+    /// requests excluded), in octet order.
     pub async fn list(&self, port: &Port) -> Result<Vec<String>, VaultError> {
-        Ok(self.place.names(port, "").await?)
+        Ok(self.place.names(port, "").await?.into_iter().filter(|n| !n.starts_with(ENROLL)).collect())
     }
 
     /// The names of the blobs that start with `prefix`, in octet order.
@@ -316,34 +185,33 @@ impl Vault {
         self.max_blob.saturating_sub(SEAL_OVERHEAD)
     }
 
-    /// Rewraps the data keys under a new passphrase: one write, whatever the
+    /// Locks the data keys under a new passphrase: one write, whatever the
     /// vault's size. Fails (changing nothing) if the keys changed meanwhile.
     pub async fn change_passphrase(&mut self, port: &Port, new: &str, params: KdfParams) -> Result<(), VaultError> {
-        let ring = KeyRing { params, salt: rand::random(), current: self.ring.current, keys: self.ring.keys.clone() };
-        self.write_keys(port, ring, new).await
+        self.write_keys(port, self.ring.with_passphrase(params), Some(new)).await
     }
 
     /// A new data key for new blobs, then every blob re-sealed under it,
     /// then the old keys dropped; a crash in between loses nothing (blobs
-    /// name their key, and the ring keeps old keys until the end).
-    pub async fn rotate(&mut self, port: &Port, passphrase: &str) -> Result<(), VaultError> {
-        let next = self.ring.keys.iter().map(|(i, _)| *i).max().unwrap_or(0) + 1;
-        let mut keys = self.ring.keys.clone();
-        keys.push((next, rand::random()));
-        let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
-        self.write_keys(port, ring, passphrase).await?;
+    /// name their key, and the ring keeps old keys until the end). The
+    /// passphrase is needed if the vault has one.
+    pub async fn rotate(&mut self, port: &Port, passphrase: Option<&str>) -> Result<(), VaultError> {
+        self.rotate_from(port, self.ring.clone(), passphrase).await
+    }
+
+    /// [`Self::rotate`] from `ring`: this ring, or it with a lock fewer.
+    async fn rotate_from(&mut self, port: &Port, ring: KeyRing, passphrase: Option<&str>) -> Result<(), VaultError> {
+        self.write_keys(port, ring.with_next_key(), passphrase).await?;
         for name in self.list(port).await? {
             if let Some((version, plaintext)) = self.get(port, &name).await? {
                 self.put(port, &name, version, &plaintext).await?;
             }
         }
-        let keys = self.ring.keys.iter().filter(|(i, _)| *i == next).cloned().collect();
-        let ring = KeyRing { params: self.ring.params, salt: self.ring.salt, current: next, keys };
-        self.write_keys(port, ring, passphrase).await
+        self.write_keys(port, self.ring.with_current_only(), passphrase).await
     }
 
-    async fn write_keys(&mut self, port: &Port, ring: KeyRing, passphrase: &str) -> Result<(), VaultError> {
-        let data = ring.encode(passphrase, &self.account)?;
+    async fn write_keys(&mut self, port: &Port, ring: KeyRing, passphrase: Option<&str>) -> Result<(), VaultError> {
+        let data = ring.encode(&self.account, passphrase)?;
         self.keys_version = self.place.put_keys(port, self.keys_version, data).await?;
         self.ring = ring;
         Ok(())
@@ -351,7 +219,42 @@ impl Vault {
 
     /// Data keys in the ring (1 except during a rotation).
     pub fn key_count(&self) -> usize {
-        self.ring.keys.len()
+        self.ring.key_ids().len()
+    }
+
+    /// Whether the passphrase opens this vault.
+    pub fn has_passphrase(&self) -> bool {
+        self.ring.has_passphrase()
+    }
+
+    /// The devices enrolled by key.
+    pub fn enrolled(&self) -> Vec<String> {
+        self.ring.devices()
+    }
+
+    /// Enrolls the device whose request has the code `code` (xep/
+    /// §Enrolling a Device): its key gets the data keys, and its request
+    /// is deleted. The passphrase is not needed. Returns the device's ID.
+    pub async fn enroll(&mut self, port: &Port, code: &str) -> Result<String, VaultError> {
+        for name in self.place.names(port, ENROLL).await? {
+            let Some((version, public)) = self.place.get(port, &name).await? else { continue };
+            let Ok(public) = <[u8; 32]>::try_from(public.as_slice()) else { continue };
+            if !keys::same_code(code, &enrollment_code(&self.account, &public)) {
+                continue;
+            }
+            let device = name[ENROLL.len()..].to_owned();
+            self.write_keys(port, self.ring.with_device(&device, public)?, None).await?;
+            self.place.delete(port, &name, version).await?;
+            return Ok(device);
+        }
+        Err(VaultError::NoSuchEnrollment)
+    }
+
+    /// Removes `device`'s key, then rotates the data key so that what it
+    /// may have kept opens nothing written from now on, and no blob.
+    pub async fn remove_device(&mut self, port: &Port, device: &str, passphrase: Option<&str>) -> Result<(), VaultError> {
+        let ring = self.ring.without_device(device).ok_or(VaultError::NotEnrolled)?;
+        self.rotate_from(port, ring, passphrase).await
     }
 
     /// What the vault holds, as one SHA-256: each blob's name and
@@ -366,10 +269,10 @@ impl Vault {
                 hash.update(part);
             }
         }
-        for (id, _) in &self.ring.keys {
+        for id in self.ring.key_ids() {
             hash.update(id.to_be_bytes());
         }
-        hash.update(self.ring.current.to_be_bytes());
+        hash.update(self.ring.current().to_be_bytes());
         Ok(hash.finalize().into())
     }
 
@@ -378,13 +281,14 @@ impl Vault {
     /// same digest, then points the location record at it, and only then
     /// erases the old place. Returns the digest. A failure before the
     /// location record changes leaves the vault where it was.
-    pub async fn move_to(&mut self, port: &Port, to: Location, passphrase: &str) -> Result<[u8; 32], VaultError> {
+    pub async fn move_to(&mut self, port: &Port, to: Location) -> Result<[u8; 32], VaultError> {
         if to == self.place.location {
             return Err(VaultError::Exists);
         }
         let digest = self.digest(port).await?;
-        let ring = KeyRing { keys: self.ring.keys.clone(), ..self.ring };
-        let copy = Vault::create_with(port, to.clone(), ring, passphrase).await?;
+        // The key record as read (the passphrase's lock) or sealed anew (devices' locks).
+        let record = self.ring.encode(&self.account, None)?;
+        let copy = Vault::create_with(port, to.clone(), self.ring.clone(), record.clone()).await?;
         for name in self.list(port).await? {
             let (_, plaintext) = self.get(port, &name).await?.ok_or_else(|| VaultError::Corrupt(name.clone()))?;
             if plaintext.len() > copy.max_plaintext() {
@@ -392,69 +296,15 @@ impl Vault {
             }
             copy.put_latest(port, &name, &plaintext).await?;
         }
-        let reopened = Vault::open_at(port, to.clone(), passphrase).await?;
-        if reopened.digest(port).await? != digest {
+        let stored = copy.place.keys(port).await?.map(|(_, data)| data);
+        if stored.as_ref() != Some(&record) || copy.digest(port).await? != digest {
             return Err(VaultError::Corrupt("the copy does not read back as the original".into()));
         }
         place::set_location(port, &to).await?;
-        let old = std::mem::replace(&mut self.place, reopened.place);
-        (self.keys_version, self.max_blob) = (reopened.keys_version, reopened.max_blob);
+        (self.keys_version, self.max_blob) = (copy.keys_version, copy.max_blob);
+        let old = std::mem::replace(&mut self.place, copy.place);
         old.erase(port).await?;
         Ok(digest)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FAST: KdfParams = KdfParams { m_kib: 1024, t: 1, p: 1 };
-
-    #[test]
-    fn key_ring_round_trip_and_wrong_passphrase() {
-        let account = BareJid::new("alice@example.org").unwrap();
-        let ring = KeyRing { params: FAST, salt: [3; 16], current: 2, keys: vec![(1, [1; 32]), (2, [2; 32])] };
-        let bytes = ring.encode("right", &account).unwrap();
-        let back = KeyRing::decode(&bytes, "right", &account).unwrap();
-        assert_eq!((back.current, back.keys.clone()), (2, ring.keys.clone()));
-        assert!(matches!(KeyRing::decode(&bytes, "wrong", &account), Err(VaultError::WrongPassphrase)));
-        let bob = BareJid::new("bob@example.org").unwrap();
-        assert!(KeyRing::decode(&bytes, "right", &bob).is_err(), "bound to the account");
-    }
-
-    /// Found by fuzzing (fuzz/regressions/vault_record): the service hands
-    /// the key record back, so its costs and contents are not trusted.
-    #[test]
-    fn key_records_that_must_not_open() {
-        let account = BareJid::new("alice@example.org").unwrap();
-        let ring = KeyRing { params: FAST, salt: [3; 16], current: 1, keys: vec![] };
-        assert!(matches!(KeyRing::decode(&ring.encode("any", &account).unwrap(), "other", &account), Err(VaultError::Corrupt(k)) if k == KEYS));
-        let ring = KeyRing { current: 2, ..KeyRing::new(FAST, [3; 16], [1; 32]) };
-        assert!(matches!(KeyRing::decode(&ring.encode("right", &account).unwrap(), "right", &account), Err(VaultError::Corrupt(_))));
-        let above = [
-            KdfParams { m_kib: MAX_KDF.m_kib + 1, ..FAST },
-            KdfParams { t: MAX_KDF.t + 1, ..FAST },
-            KdfParams { p: MAX_KDF.p + 1, ..FAST },
-            KdfParams { p: 0xfb00_0000, ..FAST }, // argon2's 8 * p overflowed
-        ];
-        let valid = KeyRing::new(FAST, [3; 16], [1; 32]).encode("right", &account).unwrap();
-        for costly in above {
-            let mut bytes = valid.clone();
-            for (at, v) in [(4, costly.m_kib), (8, costly.t), (12, costly.p)] {
-                bytes[at..at + 4].copy_from_slice(&v.to_be_bytes());
-            }
-            assert!(matches!(KeyRing::decode(&bytes, "right", &account), Err(VaultError::Corrupt(_))));
-        }
-    }
-
-    #[test]
-    fn blobs_are_bound_to_account_name_and_version() {
-        let account = BareJid::new("alice@example.org").unwrap();
-        let key = [9u8; 32];
-        let sealed = seal(&key, &blob_aad(&account, "a", 1), b"secret");
-        assert_eq!(open(&key, &blob_aad(&account, "a", 1), &sealed).unwrap(), b"secret");
-        assert!(open(&key, &blob_aad(&account, "b", 1), &sealed).is_none());
-        assert!(open(&key, &blob_aad(&account, "a", 2), &sealed).is_none());
     }
 }
 
@@ -481,6 +331,18 @@ pub async fn backup_device<S: super::storage::DeviceStorage>(vault: &Vault, port
     let manifest = format!("{}\n{}\n{hash}", chunks.len(), packed.len());
     vault.put_latest(port, &manifest_name(device.id()), manifest.as_bytes()).await?;
     Ok(packed.len())
+}
+
+/// Asks to be enrolled (xep/ §Enrolling a Device): writes this device's
+/// public key to the account's vault, where its location record says (at
+/// `service` if there is none), and returns the code that the user gives
+/// an enrolled device.
+pub async fn request_enrollment(port: &Port, service: &Jid, device_id: &str, key: &DeviceKey) -> Result<String, VaultError> {
+    let place = Place::new(&port.jid().to_bare(), place::location(port, service).await?);
+    let name = format!("{ENROLL}{device_id}");
+    let current = place.get(port, &name).await?.map_or(0, |(v, _)| v);
+    place.put(port, &name, current, key.public().to_vec()).await?;
+    Ok(enrollment_code(&port.jid().to_bare(), key.public()))
 }
 
 /// The devices with a backup in the vault.

@@ -55,6 +55,15 @@ const MIGRATIONS: &[M<'static>] = &[
     // 8: where that record was (xep/ §Where the Vault Lives): versions
     // count per place, so a move starts the version mark anew.
     M::up("ALTER TABLE vault_keys ADD COLUMN location TEXT NOT NULL DEFAULT '';"),
+    // 9: the device's X25519 key pair for the vault (xep/ §Enrolling a
+    // Device): an enrolled device opens the vault with it.
+    M::up(
+        "CREATE TABLE vault_device_key (
+            one     INTEGER PRIMARY KEY CHECK (one = 1),
+            public  BLOB NOT NULL,
+            private BLOB NOT NULL
+        ) STRICT;",
+    ),
 ];
 
 /// The newest key record a device opened: where, its version there, and
@@ -286,6 +295,21 @@ impl LocalStore {
             params![mark.location, mark.version, mark.key_id],
         )?;
         Ok(())
+    }
+
+    /// The device's vault key pair (public, private), if it made one.
+    pub fn vault_device_key(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let sql = "SELECT public, private FROM vault_device_key";
+        Ok(self.conn.query_row(sql, [], |r| Ok((r.get(0)?, r.get(1)?))).optional()?)
+    }
+
+    /// Keeps the device's vault key pair, unless it has one: returns the one kept.
+    pub fn keep_vault_device_key(&self, public: &[u8], private: &[u8]) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        self.conn.execute(
+            "INSERT INTO vault_device_key (one, public, private) VALUES (1, ?1, ?2) ON CONFLICT (one) DO NOTHING",
+            params![public, private],
+        )?;
+        Ok(self.vault_device_key()?.expect("kept above"))
     }
 
     pub fn set_last_resort(&self, kp_ref: &str, now: i64) -> Result<(), StoreError> {
