@@ -27,6 +27,7 @@ import asyncio
 import os
 
 from slixmpp import JID, Iq, Message, Presence
+from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.base import BasePlugin, register_plugin
 from slixmpp.xmlstream import ET, tostring
 from slixmpp.xmlstream.handler import Callback
@@ -41,9 +42,11 @@ NS = "urn:xmpp:mls:0"
 STANZAS = {"message": Message, "presence": Presence, "iq": Iq}
 
 
-class FromService(MatcherBase):
-    """What the core takes: messages, presences and IQ answers whose sender
-    is of the service's domain (IQ requests are slixmpp's to answer)."""
+class ForCore(MatcherBase):
+    """What the core takes: the answers to its own IQs (from the service,
+    or from wherever its vault lives, such as the account's PEP), and
+    messages and presences whose sender is of the service's domain (IQ
+    requests are slixmpp's to answer)."""
 
     def __init__(self, plugin):
         super().__init__(None)
@@ -53,9 +56,9 @@ class FromService(MatcherBase):
         service = self.plugin.service
         if not service or not isinstance(stanza, (Message, Presence, Iq)):
             return False
-        if stanza["from"].domain != JID(service).domain:
-            return False
-        return not isinstance(stanza, Iq) or stanza["type"] in ("result", "error")
+        if isinstance(stanza, Iq):
+            return stanza["type"] in ("result", "error") and stanza["id"] in self.plugin._asked
+        return stanza["from"].domain == JID(service).domain
 
 
 class XEP_MLS(BasePlugin):
@@ -69,9 +72,10 @@ class XEP_MLS(BasePlugin):
         self.ready = asyncio.Event()
         self._waiting = {}  # op id -> future of its result
         self._timer = None
+        self._asked = set()  # ids of the core's IQ requests not answered yet
         self._members = {}  # group -> {(account, device)}
         self._learning = {}  # op id -> group whose members it reads
-        self.xmpp.register_handler(Callback("xep_mls", FromService(self), self._received))
+        self.xmpp.register_handler(Callback("xep_mls", ForCore(self), self._received))
         self.xmpp.add_event_handler("session_start", self._session_start)
         self.xmpp.add_event_handler("session_end", self._session_end)
 
@@ -121,7 +125,10 @@ class XEP_MLS(BasePlugin):
         disco = self.xmpp.plugin["xep_0030"]
         items = await disco.get_items(jid=self.xmpp.boundjid.domain)
         for jid, _node, _name in items["disco_items"]["items"]:
-            info = await disco.get_info(jid=jid)
+            try:
+                info = await disco.get_info(jid=jid)
+            except (IqError, IqTimeout):
+                continue  # an item that is down or does not answer disco
             if NS in info["disco_info"]["features"]:
                 return str(jid)
         raise MlsError(f"{self.xmpp.boundjid.domain} lists no service with {NS}")
@@ -129,6 +136,8 @@ class XEP_MLS(BasePlugin):
     # The core's inputs and outputs.
 
     def _received(self, stanza):
+        if isinstance(stanza, Iq):
+            self._asked.discard(stanza["id"])
         if self.client is not None:
             self.client.receive(tostring(stanza.xml, top_level=True))
             self._pump()
@@ -159,6 +168,8 @@ class XEP_MLS(BasePlugin):
         session starts, and counted by XEP-0198 stream management."""
         element = ET.fromstring(xml)
         kind = STANZAS[element.tag.rpartition("}")[2]]
+        if kind is Iq and element.get("type") in ("get", "set"):
+            self._asked.add(element.get("id"))
         self.xmpp.send(kind(self.xmpp, xml=element))
 
     def _settle(self):
