@@ -641,8 +641,11 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
             println!("vault moved to {}; its contents read back the same (SHA-256 {digest})", vault.location().describe());
         }
         VaultAction::Backup => {
-            let bytes = backup_device(&vault, session, &ctx.device()?).await?;
-            println!("device state backed up: {bytes} bytes compressed, sealed");
+            let b = backup_device(&vault, session, &ctx.device()?).await?;
+            println!(
+                "device state backed up: {} octets in {} pieces; {} new, {} octets written",
+                b.size, b.pieces, b.new_pieces, b.written
+            );
         }
         VaultAction::Restore { device } => {
             if ctx.state.exists() {

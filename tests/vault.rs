@@ -127,8 +127,17 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
     expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
 
     let vault = Vault::create(&bob.session, &service(), "bob's passphrase", FAST).await.unwrap();
-    let size = backup_device(&vault, &bob.session, bob.device()).await.unwrap();
-    assert!(size > 0);
+    let first = backup_device(&vault, &bob.session, bob.device()).await.unwrap();
+    assert_eq!((first.new_pieces, first.size), (first.pieces, bob.device().snapshot().unwrap().len()), "{first:?}");
+    let again = backup_device(&vault, &bob.session, bob.device()).await.unwrap();
+    assert_eq!((again.pieces, again.new_pieces), (first.pieces, 0), "nothing changed, nothing but the manifest written");
+    // A message changes some of bob's state: the backup uploads those pieces only.
+    alice.send_body(&group, "between two backups").await.unwrap();
+    expect(&mut bob, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
+    let next = backup_device(&vault, &bob.session, bob.device()).await.unwrap();
+    eprintln!("backups: {first:?} then {next:?}");
+    assert!(next.new_pieces >= 1 && next.new_pieces < next.pieces, "{next:?}");
+    assert!(next.written * 2 < first.written, "{next:?} after {first:?}");
     let device_id = bob.device().id().to_owned();
 
     // bob's device loses its state; alice goes on, with a new epoch.
@@ -155,6 +164,8 @@ async fn a_wiped_device_restores_from_the_vault_and_catches_up() {
         }
     }
     assert_eq!(got, vec!["while bob is gone", "after a new epoch"]);
+    let names = vault.list_prefix(&bob.session, &format!("device/{device_id}/")).await.unwrap();
+    assert_eq!(names.len(), next.pieces + 1, "the pieces of the last backup and its manifest, no stale piece: {names:?}");
     assert_eq!(bob.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap());
     bob.send_body(&group, "I'm back").await.unwrap();
     let back = expect(&mut alice, "message", |e| matches!(e, GroupEvent::Message { .. })).await;
@@ -311,7 +322,7 @@ async fn a_deleted_blob_is_overwritten_on_disk() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored() {
+async fn sent_copies_are_written_once_and_folded_into_chunks_within_the_blob_limit() {
     let max_blob = 8192;
     let prosody = Prosody::start();
     let _component = Component::start(&prosody, &format!("[vault]\nmax_blob_size = {max_blob}"));
@@ -328,20 +339,21 @@ async fn sent_copies_beyond_one_blob_are_chunked_one_write_each_and_all_restored
         expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
     }
 
-    // Chunks sent/<group>/<epoch>/<device>/0, 1, ..., each within the blob
-    // limit, and each message cost exactly one write (versions add up to 30).
+    // Each copy was written once as sent/<group>/<epoch>/<device>/<n>;
+    // whenever the next would not fit in a chunk with the unfolded ones,
+    // those were written once as the chunk <first>-<last> and deleted.
+    // A copy (the envelope of 1,000 octets of body) takes about 1,300
+    // octets, a blob 8,144 of plaintext: 6 copies a chunk.
     let session = prosody.client("alice", "new").await;
     let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
     let prefix = format!("sent/{}/{epoch}/{}/", group.node().unwrap(), alice.device().id());
-    let mut chunks = versions(&vault, &session).await;
-    chunks.retain(|(n, _)| n.starts_with(&prefix));
-    chunks.sort_by_key(|(n, _)| n[prefix.len()..].parse::<u32>().unwrap());
-    let names: Vec<String> = chunks.iter().map(|(n, _)| n.clone()).collect();
-    let expected: Vec<String> = (0..chunks.len()).map(|i| format!("{prefix}{i}")).collect();
-    assert_eq!(names, expected);
-    assert!(chunks.len() >= 4, "30 000 octets in blobs of at most {max_blob}: {chunks:?}");
-    assert_eq!(chunks.iter().map(|(_, v)| v).sum::<u64>(), 30, "one write per message: {chunks:?}");
-    for name in &names {
+    let mut blobs = versions(&vault, &session).await;
+    blobs.retain(|(n, _)| n.starts_with(&prefix));
+    let mut expected: Vec<(String, u64)> =
+        ["0-5", "6-11", "12-17", "18-23", "24", "25", "26", "27", "28", "29"].iter().map(|p| (format!("{prefix}{p}"), 1)).collect();
+    expected.sort();
+    assert_eq!(blobs, expected, "every blob written once");
+    for (name, _) in &blobs {
         let (_, plaintext) = vault.get(&session, name).await.unwrap().unwrap();
         assert!(plaintext.len() + 48 <= max_blob, "{name}: {} octets", plaintext.len());
     }
@@ -371,7 +383,7 @@ async fn two_devices_of_an_account_keep_their_own_sent_copies_and_a_new_device_r
     expect(&mut phone, "welcome", |e| matches!(e, GroupEvent::Joined { .. })).await;
     let epoch = laptop.epoch(&group).unwrap();
 
-    // Turn by turn: each device appends to its own chunk, one write each.
+    // Turn by turn: each device writes its own copies, one blob each.
     let mut sent = Vec::new();
     for i in 0..10 {
         for (name, client) in [("laptop", &mut laptop), ("phone", &mut phone)] {
@@ -387,9 +399,9 @@ async fn two_devices_of_an_account_keep_their_own_sent_copies_and_a_new_device_r
     let mut chunks = versions(&vault, &session).await;
     chunks.retain(|(n, _)| n.starts_with(&prefix));
     let mut expected: Vec<(String, u64)> =
-        [&laptop, &phone].iter().map(|c| (format!("{prefix}{}/0", c.device().id()), 10)).collect();
+        [&laptop, &phone].iter().flat_map(|c| (0..10).map(|n| (format!("{prefix}{}/{n}", c.device().id()), 1))).collect();
     expected.sort();
-    assert_eq!(chunks, expected, "one chunk per device, one write per message");
+    assert_eq!(chunks, expected, "one blob per message and device, each written once");
     let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
     let mut new = GroupClient::start(session, device, service()).await.unwrap();
     let history = new.read_history(&group, &vault).await.unwrap();

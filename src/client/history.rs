@@ -204,13 +204,13 @@ fn sent_prefix(group_id: &[u8], epoch: u64) -> String {
     format!("sent/{}/{epoch}/", crate::protocol::address::group_node(group_id))
 }
 
-/// Chunk `chunk` of the sent copies that `device` wrote in (group, epoch):
-/// each device writes its own, so every blob has one writer.
-fn sent_name(group_id: &[u8], epoch: u64, device: &str, chunk: u32) -> String {
-    format!("{}{device}/{chunk}", sent_prefix(group_id, epoch))
+/// Where `device`'s sent copies of (group, epoch) are: one blob a copy,
+/// `<n>`, until copies `<a>` to `<b>` are folded into the chunk `<a>-<b>`.
+fn sent_dir(group_id: &[u8], epoch: u64, device: &str) -> String {
+    format!("{}{device}/", sent_prefix(group_id, epoch))
 }
 
-/// One sent copy as a chunk holds it: `len16 | stanza id | len32 | plaintext`.
+/// One sent copy as a blob holds it: `len16 | stanza id | len32 | plaintext`.
 fn sent_entry(stanza_id: &str, body: &[u8]) -> Vec<u8> {
     let mut out = (stanza_id.len() as u16).to_be_bytes().to_vec();
     out.extend_from_slice(stanza_id.as_bytes());
@@ -219,56 +219,123 @@ fn sent_entry(stanza_id: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Most plaintext in one chunk of sent copies (less if the service's blob
-/// limit is smaller): each own message rewrites the last chunk, so this
-/// bounds what keeping one copy costs, however many came before.
-const SENT_CHUNK: usize = 16 * 1024;
+/// Most plaintext in a chunk of folded copies (less if the place's blob
+/// limit is smaller).
+const SENT_CHUNK: usize = 32 * 1024;
+/// Most copies kept one a blob before they are folded: a PEP node keeps
+/// 256 items on a stock Prosody.
+const SENT_SINGLES: usize = 64;
 
-/// A chunk of a group's sent copies, as this device last read or wrote it.
-struct SentChunk {
+/// The copies this device wrote in a group's epoch and has not folded yet.
+struct SentTail {
     epoch: u64,
-    index: u32,
-    version: u64,
-    data: Vec<u8>,
+    /// The number of the next copy.
+    next: u64,
+    /// (number, entry) of each copy stored alone.
+    singles: Vec<(u64, Vec<u8>)>,
+}
+
+impl SentTail {
+    fn bytes(&self) -> usize {
+        self.singles.iter().map(|(_, e)| e.len()).sum()
+    }
+}
+
+/// A name in a [`sent_dir`]: Some((a, b)) for the chunk `<a>-<b>`,
+/// Some((n, n)) with false for the copy `<n>`.
+fn sent_part(part: &str) -> Option<(u64, u64, bool)> {
+    match part.split_once('-') {
+        Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?, true)),
+        None => part.parse().ok().map(|n| (n, n, false)),
+    }
 }
 
 /// What a device that keeps history needs: the vault, how many epochs to
-/// keep, and per group the last chunk of sent copies that this device wrote.
+/// keep, per group the copies this device has not folded yet, and the
+/// epoch of its last snapshot.
 pub(super) struct Keeper {
     vault: super::vault::Vault,
     keep_epochs: u64,
-    tails: std::collections::HashMap<Vec<u8>, SentChunk>,
+    tails: std::collections::HashMap<Vec<u8>, SentTail>,
+    snapshots: std::collections::HashMap<Vec<u8>, u64>,
 }
 
 impl Keeper {
-    /// This device's last chunk of the sent copies of (group, epoch); an
-    /// empty chunk 0 if there is none.
-    async fn last_chunk(&self, port: &Port, group_id: &[u8], epoch: u64, device: &str) -> Result<SentChunk, VaultError> {
-        let mut last = SentChunk { epoch, index: 0, version: 0, data: Vec::new() };
-        let mut index = 0;
-        while let Some((version, data)) = self.vault.get(port, &sent_name(group_id, epoch, device, index)).await? {
-            last = SentChunk { epoch, index, version, data };
-            index += 1;
+    /// This device's unfolded copies of (group, epoch), as the vault has
+    /// them; copies that a fold cut short had already put in a chunk are deleted.
+    async fn sent_tail(&self, port: &Port, dir: &str, epoch: u64) -> Result<SentTail, VaultError> {
+        let names = self.vault.list_prefix(port, dir).await?;
+        let parts: Vec<(u64, u64, bool, &String)> =
+            names.iter().filter_map(|n| sent_part(&n[dir.len()..]).map(|(a, b, chunk)| (a, b, chunk, n))).collect();
+        let folded = parts.iter().filter(|p| p.2).map(|p| p.1 + 1).max().unwrap_or(0);
+        let mut tail = SentTail { epoch, next: parts.iter().map(|p| p.1 + 1).max().unwrap_or(0), singles: Vec::new() };
+        for &(n, _, _, name) in parts.iter().filter(|p| !p.2) {
+            match self.vault.get(port, name).await? {
+                Some((version, _)) if n < folded => self.vault.delete(port, name, version).await?,
+                Some((_, entry)) => tail.singles.push((n, entry)),
+                None => {}
+            }
         }
-        Ok(last)
+        tail.singles.sort_by_key(|(n, _)| *n);
+        Ok(tail)
     }
 
-    /// Appends `entry` to this device's sent copies of (group, epoch): one
-    /// write, to its last chunk or to a new one if it would outgrow the
-    /// chunk size.
+    /// Stores `entry` among this device's sent copies of (group, epoch):
+    /// in a blob of its own, written once. When the unfolded copies reach
+    /// [`SENT_SINGLES`] or would outgrow a chunk, they are first written
+    /// as one chunk and their blobs deleted: nothing written is rewritten.
     async fn append_sent(&mut self, port: &Port, group_id: &[u8], epoch: u64, device: &str, entry: &[u8]) -> Result<(), VaultError> {
-        let max = SENT_CHUNK.min(self.vault.max_plaintext());
+        let dir = sent_dir(group_id, epoch, device);
+        if entry.len() > self.vault.max_plaintext() {
+            return Err(VaultError::TooBig(dir, self.vault.max_plaintext()));
+        }
         let mut tail = match self.tails.remove(group_id) {
             Some(tail) if tail.epoch == epoch => tail,
-            _ => self.last_chunk(port, group_id, epoch, device).await?,
+            _ => self.sent_tail(port, &dir, epoch).await?,
         };
-        if !tail.data.is_empty() && tail.data.len() + entry.len() > max {
-            tail = SentChunk { epoch, index: tail.index + 1, version: 0, data: Vec::new() };
+        let full = tail.singles.len() >= SENT_SINGLES || tail.bytes() + entry.len() > SENT_CHUNK.min(self.vault.max_plaintext());
+        if !tail.singles.is_empty() && full {
+            self.fold(port, &dir, &mut tail).await?;
         }
-        let data = [tail.data.as_slice(), entry].concat();
-        let version = self.vault.put(port, &sent_name(group_id, epoch, device, tail.index), tail.version, &data).await?;
-        self.tails.insert(group_id.to_vec(), SentChunk { version, data, ..tail });
+        self.vault.put(port, &format!("{dir}{}", tail.next), 0, entry).await?;
+        tail.singles.push((tail.next, entry.to_vec()));
+        tail.next += 1;
+        self.tails.insert(group_id.to_vec(), tail);
         Ok(())
+    }
+
+    /// Writes the unfolded copies as the chunk `<first>-<last>`, then deletes their blobs.
+    async fn fold(&self, port: &Port, dir: &str, tail: &mut SentTail) -> Result<(), VaultError> {
+        let (first, last) = (tail.singles[0].0, tail.singles[tail.singles.len() - 1].0);
+        let chunk: Vec<u8> = tail.singles.iter().flat_map(|(_, e)| e.iter().copied()).collect();
+        self.vault.put(port, &format!("{dir}{first}-{last}"), 0, &chunk).await?;
+        for (n, _) in tail.singles.drain(..) {
+            // Written once, so at version 1 unless a rotation re-sealed it.
+            let name = format!("{dir}{n}");
+            match self.vault.delete(port, &name, 1).await {
+                Err(VaultError::Conflict(_, version)) if version > 0 => self.vault.delete(port, &name, version).await?,
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores the snapshot `name` unless it is stored already: the first
+    /// one of an epoch decrypts all of it, a later one not what its device
+    /// read meanwhile. One too big for the place is left out (the epoch's
+    /// messages then read as having no snapshot).
+    async fn put_snapshot(&self, port: &Port, name: &str, packed: &[u8]) -> Result<(), VaultError> {
+        if packed.len() > self.vault.max_plaintext() {
+            tracing::warn!(name, size = packed.len(), "a snapshot too big for the vault is not kept");
+            return Ok(());
+        }
+        if self.vault.list_prefix(port, name).await?.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        match self.vault.put(port, name, 0, packed).await {
+            Err(VaultError::Conflict(..)) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Deletes the sent copies of (group, epoch), every device's.
@@ -362,7 +429,12 @@ impl<S: DeviceStorage> Core<S> {
     /// `keep_epochs`: how many epochs of snapshots to keep (the user's
     /// choice between history and forward secrecy); older ones are deleted.
     pub fn attach_vault(&mut self, vault: super::vault::Vault, keep_epochs: u64) {
-        self.vault = Some(Keeper { vault, keep_epochs: keep_epochs.max(1), tails: Default::default() });
+        self.vault = Some(Keeper { vault, keep_epochs: keep_epochs.max(1), tails: Default::default(), snapshots: Default::default() });
+    }
+
+    /// The vault this device keeps history in, if it keeps any.
+    pub fn vault(&self) -> Option<&super::vault::Vault> {
+        self.vault.as_ref().map(|k| &k.vault)
     }
 
     /// Opens the account's vault and keeps history in it from now on.
@@ -393,23 +465,27 @@ impl<S: DeviceStorage> Core<S> {
     }
 
     /// After an epoch change: the group's state at its current epoch without
-    /// the HPKE private keys (decrypt-only, for new devices), and a backup
-    /// of the whole device (for this device's recovery), sealed in the vault.
+    /// the HPKE private keys (decrypt-only, for new devices), written once
+    /// per epoch, and a backup of the device (for its own recovery), which
+    /// uploads what changed since the last one.
     pub(super) async fn snapshot(&mut self, group_id: &[u8]) -> Result<(), GroupError> {
         if self.vault.is_none() {
             return Ok(());
         }
         let epoch = self.epoch_of(group_id)?;
-        let rows = self.device().group_rows(group_id).map_err(|e| GroupError::Other(e.to_string()))?;
         let keeper = self.vault.as_ref().expect("checked above");
+        if keeper.snapshots.get(group_id) == Some(&epoch) {
+            return Ok(());
+        }
+        let rows = self.device().group_rows(group_id).map_err(|e| GroupError::Other(e.to_string()))?;
         let packed = pack_snapshot(&rows).map_err(|e| GroupError::Other(e.to_string()))?;
-        keeper.vault.put_latest(&self.port, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
-        // The device's own full state too, for recovery after state loss.
+        keeper.put_snapshot(&self.port, &snapshot_name(group_id, epoch), &packed).await.map_err(vault_failure)?;
         super::vault::backup_device(&keeper.vault, &self.port, self.device()).await.map_err(vault_failure)?;
         if let Some(old) = epoch.checked_sub(keeper.keep_epochs) {
             keeper.vault.delete_any(&self.port, &snapshot_name(group_id, old)).await.map_err(vault_failure)?;
             keeper.delete_sent(&self.port, group_id, old).await.map_err(vault_failure)?;
         }
+        self.vault.as_mut().expect("checked above").snapshots.insert(group_id.to_vec(), epoch);
         Ok(())
     }
 

@@ -26,7 +26,7 @@ pub use history::{pack_snapshot, KEEP_EPOCHS, ArchivePage, History, HistoryEntry
 pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL_TARGET};
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
 pub use vault::{
-    backed_up_devices, backup_device, enrollment_code, location, request_enrollment, restore_device, set_location, DeviceKey,
+    backed_up_devices, backup_device, enrollment_code, Backup, location, request_enrollment, restore_device, set_location, DeviceKey,
     KdfParams, Location, Unlock, Vault, VaultError, CLAIM_GRACE, KEYS,
 };
 pub(crate) use vault::KeyRing;

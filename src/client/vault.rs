@@ -10,9 +10,11 @@ use super::port::Port;
 use super::session::ClientError;
 use crate::store::local::VaultMark;
 
+mod backup;
 mod keys;
 mod place;
 pub(crate) use keys::KeyRing;
+pub use backup::{backed_up_devices, backup_device, restore_device, Backup};
 pub use keys::{enrollment_code, DeviceKey, KdfParams, Unlock};
 use keys::SEAL_OVERHEAD;
 pub use place::{location, set_location, Location, CLAIM_GRACE};
@@ -67,6 +69,8 @@ pub struct Vault {
     keys_version: u64,
     /// The largest blob the place takes.
     max_blob: usize,
+    /// Octets of sealed blobs written through this handle.
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Vault {
@@ -87,7 +91,7 @@ impl Vault {
             VaultError::Conflict(..) => VaultError::Exists,
             other => other,
         })?;
-        Ok(Vault { account, place, ring, keys_version, max_blob })
+        Ok(Vault { account, place, ring, keys_version, max_blob, written: Default::default() })
     }
 
     /// Opens the account's vault where its location record says (at
@@ -111,7 +115,7 @@ impl Vault {
         let (keys_version, data) = place.keys(port).await?.ok_or(VaultError::NotInitialised)?;
         let ring = KeyRing::decode(&data, &account, unlock)?;
         let max_blob = place.max_blob(port).await?;
-        Ok(Vault { account, place, ring, keys_version, max_blob })
+        Ok(Vault { account, place, ring, keys_version, max_blob, written: Default::default() })
     }
 
     pub fn location(&self) -> &Location {
@@ -142,6 +146,7 @@ impl Vault {
     /// `if_version` (0: new); returns the new version.
     pub async fn put(&self, port: &Port, name: &str, if_version: u64, plaintext: &[u8]) -> Result<u64, VaultError> {
         let data = self.ring.seal_blob(&self.account, name, if_version + 1, plaintext);
+        self.written.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.place.put(port, name, if_version, data).await
     }
 
@@ -178,6 +183,11 @@ impl Vault {
             Some((version, _)) => self.place.delete(port, name, version).await,
             None => Ok(false),
         }
+    }
+
+    /// Octets of sealed blobs this handle wrote (the key record not counted).
+    pub fn written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The largest plaintext whose sealed blob the place accepts.
@@ -308,31 +318,6 @@ impl Vault {
     }
 }
 
-/// Largest chunk of a device backup (smaller if the place's blob limit
-/// is): within PEP's limit, so that a backup moves to any place unchanged.
-const CHUNK: usize = crate::protocol::vault::PEP_MAX_BLOB - SEAL_OVERHEAD;
-
-fn manifest_name(device_id: &str) -> String {
-    format!("device/{device_id}/manifest")
-}
-
-/// Backs the device's whole state up (its key, its KeyPackages' private
-/// keys, its groups): a zstd-compressed copy of its file, sealed in chunks,
-/// then a manifest naming their count, size and SHA-256.
-pub async fn backup_device<S: super::storage::DeviceStorage>(vault: &Vault, port: &Port, device: &super::Device<S>) -> Result<usize, VaultError> {
-    use sha2::{Digest, Sha256};
-    let snapshot = device.snapshot().map_err(|e| VaultError::Corrupt(e.to_string()))?;
-    let packed = zstd::encode_all(snapshot.as_slice(), 9).map_err(|e| VaultError::Corrupt(e.to_string()))?;
-    let chunks: Vec<&[u8]> = packed.chunks(CHUNK.min(vault.max_plaintext()).max(1)).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        vault.put_latest(port, &format!("device/{}/{i}", device.id()), chunk).await?;
-    }
-    let hash = data_encoding::HEXLOWER.encode(&Sha256::digest(&packed));
-    let manifest = format!("{}\n{}\n{hash}", chunks.len(), packed.len());
-    vault.put_latest(port, &manifest_name(device.id()), manifest.as_bytes()).await?;
-    Ok(packed.len())
-}
-
 /// Asks to be enrolled (xep/ §Enrolling a Device): writes this device's
 /// public key to the account's vault, where its location record says (at
 /// `service` if there is none), and returns the code that the user gives
@@ -343,33 +328,4 @@ pub async fn request_enrollment(port: &Port, service: &Jid, device_id: &str, key
     let current = place.get(port, &name).await?.map_or(0, |(v, _)| v);
     place.put(port, &name, current, key.public().to_vec()).await?;
     Ok(enrollment_code(&port.jid().to_bare(), key.public()))
-}
-
-/// The devices with a backup in the vault.
-pub async fn backed_up_devices(vault: &Vault, port: &Port) -> Result<Vec<String>, VaultError> {
-    let names = vault.list_prefix(port, "device/").await?;
-    Ok(names.into_iter().filter_map(|n| n.strip_prefix("device/")?.strip_suffix("/manifest").map(str::to_owned)).collect())
-}
-
-/// Writes the backed-up state of `device_id` to `path` (which must not
-/// exist); open it with [`super::Device::open`] and catch up.
-pub async fn restore_device(vault: &Vault, port: &Port, device_id: &str, path: &std::path::Path) -> Result<(), VaultError> {
-    use sha2::{Digest, Sha256};
-    let corrupt = || VaultError::Corrupt(manifest_name(device_id));
-    let (_, manifest) = vault.get(port, &manifest_name(device_id)).await?.ok_or_else(corrupt)?;
-    let manifest = String::from_utf8(manifest).map_err(|_| corrupt())?;
-    let mut lines = manifest.lines();
-    let count: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(corrupt)?;
-    let _size: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(corrupt)?;
-    let hash = lines.next().ok_or_else(corrupt)?;
-    let mut packed = Vec::new();
-    for i in 0..count {
-        let (_, chunk) = vault.get(port, &format!("device/{device_id}/{i}")).await?.ok_or_else(corrupt)?;
-        packed.extend_from_slice(&chunk);
-    }
-    if data_encoding::HEXLOWER.encode(&Sha256::digest(&packed)) != hash {
-        return Err(corrupt());
-    }
-    let snapshot = zstd::decode_all(packed.as_slice()).map_err(|_| corrupt())?;
-    crate::store::local::write_private(path, &snapshot).map_err(|e| VaultError::Corrupt(e.to_string()))
 }
