@@ -367,6 +367,71 @@ async fn sent_copies_are_written_once_and_folded_into_chunks_within_the_blob_lim
     assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
 }
 
+/// The measure of "backups that cost what changed": 5,000 own
+/// messages in one epoch. Each costs its copy twice (alone, then in a
+/// chunk) plus seals: the octets written grow linearly, no blob is over
+/// the limit, and a new device reads all 5,000 back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_own_messages_in_one_epoch_cost_linear_octets_and_all_read_back() {
+    const N: usize = 5000;
+    let prosody = Prosody::start();
+    let _component = Component::start(&prosody, "[limits]\naccount_rate = 100000\naccount_burst = 100000");
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "d").await;
+    let vault = Vault::create(&alice.session, &service(), "alice's passphrase", FAST).await.unwrap();
+    let max_blob = vault.max_plaintext() + 48;
+    alice.attach_vault(vault, 10);
+    let group = alice.create().await.unwrap();
+    let epoch = alice.epoch(&group).unwrap();
+    let mut marks = vec![alice.vault().unwrap().written()];
+    let sent: Vec<String> = (0..N).map(|i| format!("own message {i:04}")).collect();
+    for (i, body) in sent.iter().enumerate() {
+        alice.send_body(&group, body).await.unwrap();
+        expect(&mut alice, "echo", |e| matches!(e, GroupEvent::Delivered { .. })).await;
+        if (i + 1) % 1000 == 0 {
+            marks.push(alice.vault().unwrap().written());
+        }
+    }
+    assert_eq!(alice.epoch(&group).unwrap(), epoch, "one epoch");
+
+    let session = prosody.client("alice", "new").await;
+    let vault = Vault::open(&session, &service(), "alice's passphrase").await.unwrap();
+    let prefix = format!("sent/{}/{epoch}/{}/", group.node().unwrap(), alice.device().id());
+    // (octets of plaintext, blobs) of the chunks and of the copies alone.
+    let (mut chunks, mut singles) = ((0, 0), (0, 0));
+    for name in vault.list(&session).await.unwrap() {
+        let (version, plaintext) = vault.get(&session, &name).await.unwrap().unwrap();
+        assert!(plaintext.len() + 48 <= max_blob, "{name}: {} octets", plaintext.len());
+        if let Some(part) = name.strip_prefix(&prefix) {
+            assert_eq!(version, 1, "{name} written once");
+            let kind = if part.contains('-') { &mut chunks } else { &mut singles };
+            *kind = (kind.0 + plaintext.len() as u64, kind.1 + 1);
+        }
+    }
+    // Folded 64 at a time: 78 chunks, and the last 8 copies alone.
+    assert_eq!((chunks.1, singles.1), (78, 8));
+    // Every copy written once alone, every chunk once; 48 octets of seal each.
+    let copies = chunks.0 + singles.0;
+    let written = marks[5] - marks[0];
+    assert_eq!(written, copies + 48 * N as u64 + chunks.0 + 48 * 78);
+    let per_thousand: Vec<u64> = marks.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!(
+        "5,000 own messages: a copy {} octets, {:.1} octets written per message; per thousand: {per_thousand:?}",
+        copies / N as u64,
+        written as f64 / N as f64
+    );
+    // Linear: each thousand costs the same, give or take the one chunk that falls in it or not.
+    let (low, high) = (per_thousand.iter().min().unwrap(), per_thousand.iter().max().unwrap());
+    assert!(high - low <= chunks.0 / 78 + 48 + 64, "{per_thousand:?}");
+
+    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
+    let mut new = GroupClient::start(session, device, service()).await.unwrap();
+    let history = new.read_history(&group, &vault).await.unwrap();
+    let own: Vec<(String, String, u64)> = sent.iter().map(|b| ("alice@example.org".to_string(), b.clone(), epoch)).collect();
+    assert_eq!(read(&history), own);
+    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_of_an_account_keep_their_own_sent_copies_and_a_new_device_reads_both() {
     let prosody = Prosody::start();
