@@ -628,11 +628,7 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
             let mut locks: Vec<String> = vault.has_passphrase().then(|| "passphrase".to_owned()).into_iter().collect();
             locks.extend(vault.enrolled().into_iter().map(|d| format!("device {d}")));
             println!("opens with: {}", locks.join(", "));
-            for name in vault.list(session).await? {
-                if let Some((version, plaintext)) = vault.get(session, &name).await? {
-                    println!("{name}  (version {version}, {} octets)", plaintext.len());
-                }
-            }
+            print_usage(&vault.usage(session).await?, service);
         }
         VaultAction::Move { to } => {
             let to = parse_location(&to, service)?;
@@ -678,4 +674,23 @@ async fn vault(ctx: &Context, action: VaultAction) -> CliResult {
         }
     }
     Ok(())
+}
+
+/// `vault status`: octets (sealed) and blobs per group and epoch, per device backup.
+fn print_usage(usage: &xmpp_mls::client::Usage, service: &Jid) {
+    let blobs = |n: usize| format!("{n} blob{}", if n == 1 { "" } else { "s" });
+    let room = |r: &xmpp_mls::client::Room| format!("{} octets in {}", r.octets, blobs(r.blobs));
+    for (group, epochs) in &usage.groups {
+        let (octets, count) = epochs.values().fold((0, 0), |(o, b), (s, c)| (o + s.octets + c.octets, b + s.blobs + c.blobs));
+        println!("group {group}@{}: {octets} octets in {}", service.domain(), blobs(count));
+        for (epoch, (snapshot, sent)) in epochs {
+            println!("  epoch {epoch}: snapshot {}; sent copies {}", room(snapshot), room(sent));
+        }
+    }
+    for (device, backup) in &usage.backups {
+        println!("backup of device {device}: {}", room(backup));
+    }
+    if usage.other.blobs > 0 {
+        println!("other: {}", room(&usage.other));
+    }
 }

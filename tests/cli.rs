@@ -112,7 +112,14 @@ fn a_person_sets_up_a_device_creates_a_group_and_sends() {
     let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "move", "--to", "pep"]);
     assert!(ok && out.contains("vault moved to PEP (the account's own server); its contents read back the same (SHA-256 "), "{out}");
     let (ok, out) = client(&prosody, dir.path(), "bob", &["vault", "status"]);
-    assert!(ok && out.starts_with("location: PEP (the account's own server)\n") && out.contains("device/"), "{out}");
+    assert!(ok && out.starts_with("location: PEP (the account's own server)\n"), "{out}");
+    // What the vault holds, by group and epoch: bob's sent copy of epoch 1
+    // ("restored and back", one blob) and his device's backup.
+    let group_line = out.lines().find(|l| l.starts_with(&format!("group {group}: "))).unwrap_or_default();
+    assert!(group_line.ends_with(" blobs"), "{out}");
+    let epoch_1 = out.lines().find(|l| l.starts_with("  epoch 1: snapshot ")).unwrap_or_default();
+    assert!(epoch_1.contains("; sent copies ") && epoch_1.ends_with(" octets in 1 blob"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("backup of device ") && !l.ends_with(" in 0 blobs")), "{out}");
     let rows: i64 = component.db().one("SELECT count(*) FROM vault WHERE account = 'bob@example.org'", &[]);
     assert_eq!(rows, 0);
     let (ok, out) = client(&prosody, &new_state, "bob", &["history", &group]);

@@ -27,6 +27,6 @@ pub use keypackages::{ClaimError, RefillError, RefillReport, VerifiedClaim, POOL
 pub use session::{describe, iq_element, ClientError, ConnectOptions, Session};
 pub use vault::{
     backed_up_devices, backup_device, enrollment_code, Backup, location, request_enrollment, restore_device, set_location, DeviceKey,
-    KdfParams, Location, Unlock, Vault, VaultError, CLAIM_GRACE, KEYS,
+    KdfParams, Location, Room, Unlock, Usage, Vault, VaultError, CLAIM_GRACE, KEYS,
 };
 pub(crate) use vault::KeyRing;

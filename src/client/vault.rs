@@ -4,6 +4,8 @@
 //! passphrase or enrolling a device rewrites the key record only; rotating
 //! adds a data key and re-seals every blob.
 
+use std::collections::BTreeMap;
+
 use xmpp_parsers::jid::{BareJid, Jid};
 
 use super::port::Port;
@@ -59,6 +61,54 @@ pub enum VaultError {
     NotEnrolled,
     #[error("no enrollment request has that code")]
     NoSuchEnrollment,
+}
+
+/// Octets (sealed) and blobs.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    pub octets: u64,
+    pub blobs: usize,
+}
+
+impl Room {
+    fn add(&mut self, size: usize) {
+        (self.octets, self.blobs) = (self.octets + size as u64, self.blobs + 1);
+    }
+}
+
+/// What a vault's blobs take (xep/ §History on a New Device, §Device Backups).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Per group (the localpart of its JID), per epoch: its snapshot and its sent copies.
+    pub groups: BTreeMap<String, BTreeMap<u64, (Room, Room)>>,
+    /// Per device: its backup.
+    pub backups: BTreeMap<String, Room>,
+    /// Anything else (enrollment requests, other clients' blobs).
+    pub other: Room,
+}
+
+impl Usage {
+    /// Sorts (name, version, sealed size) by what the names say.
+    pub fn of(blobs: &[(String, u64, usize)]) -> Self {
+        let mut usage = Usage::default();
+        for (name, _, size) in blobs {
+            let parts: Vec<&str> = name.split('/').collect();
+            let epoch = |group: &str, e: &str| Some((group.to_owned(), e.parse::<u64>().ok()?));
+            match parts.as_slice() {
+                ["history", group, e] => match epoch(group, e) {
+                    Some((g, e)) => usage.groups.entry(g).or_default().entry(e).or_default().0.add(*size),
+                    None => usage.other.add(*size),
+                },
+                ["sent", group, e, _, _] => match epoch(group, e) {
+                    Some((g, e)) => usage.groups.entry(g).or_default().entry(e).or_default().1.add(*size),
+                    None => usage.other.add(*size),
+                },
+                ["device", device, _] => usage.backups.entry((*device).to_owned()).or_default().add(*size),
+                _ => usage.other.add(*size),
+            }
+        }
+        usage
+    }
 }
 
 /// An open vault: the account's keys, unwrapped, and where its blobs are.
@@ -166,6 +216,12 @@ impl Vault {
     /// requests excluded), in octet order.
     pub async fn list(&self, port: &Port) -> Result<Vec<String>, VaultError> {
         Ok(self.place.names(port, "").await?.into_iter().filter(|n| !n.starts_with(ENROLL)).collect())
+    }
+
+    /// What the blobs take, by group and epoch and by device backup: at a
+    /// service from its listing, in PEP by reading every blob.
+    pub async fn usage(&self, port: &Port) -> Result<Usage, VaultError> {
+        Ok(Usage::of(&self.place.stat(port, "").await?))
     }
 
     /// The names of the blobs that start with `prefix`, in octet order.
@@ -328,4 +384,34 @@ pub async fn request_enrollment(port: &Port, service: &Jid, device_id: &str, key
     let current = place.get(port, &name).await?.map_or(0, |(v, _)| v);
     place.put(port, &name, current, key.public().to_vec()).await?;
     Ok(enrollment_code(&port.jid().to_bare(), key.public()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_sorts_blobs_by_group_epoch_and_device() {
+        let blobs: Vec<(String, u64, usize)> = [
+            ("history/g1/2", 100),
+            ("sent/g1/2/dev1/0-63", 2000),
+            ("sent/g1/2/dev2/0", 40),
+            ("sent/g1/10/dev1/0", 50),
+            ("history/g2/0", 300),
+            ("device/dev1/manifest", 120),
+            ("device/dev1/00ff", 5000),
+            ("enroll/dev3", 32),
+            ("history/g1/x", 7),
+        ]
+        .iter()
+        .map(|(n, s)| (n.to_string(), 1, *s))
+        .collect();
+        let usage = Usage::of(&blobs);
+        let room = |octets, blobs| Room { octets, blobs };
+        let g1: Vec<(u64, (Room, Room))> = usage.groups["g1"].iter().map(|(e, r)| (*e, *r)).collect();
+        assert_eq!(g1, vec![(2, (room(100, 1), room(2040, 2))), (10, (room(0, 0), room(50, 1)))]);
+        assert_eq!(usage.groups["g2"][&0], (room(300, 1), room(0, 0)));
+        assert_eq!(usage.backups["dev1"], room(5120, 2));
+        assert_eq!(usage.other, room(39, 2));
+    }
 }

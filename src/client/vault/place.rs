@@ -239,18 +239,35 @@ impl Place {
     pub(crate) async fn names(&self, port: &Port, prefix: &str) -> Result<Vec<String>, ClientError> {
         let mut names = match self.location {
             Location::Pep => self.pep_names(port, prefix).await?,
-            Location::Service(_) => self.service_names(port, prefix).await?,
+            Location::Service(_) => self.service_listing(port, prefix).await?.into_iter().map(|i| i.name).collect(),
         };
         names.retain(|n| n.starts_with(prefix) && n != KEYS);
         names.sort();
         Ok(names)
     }
 
+    /// (name, version, sealed size) of the blobs that start with `prefix`,
+    /// the key record excluded, in octet order: at a service from its
+    /// listing, in PEP by reading each.
+    pub(crate) async fn stat(&self, port: &Port, prefix: &str) -> Result<Vec<(String, u64, usize)>, ClientError> {
+        if self.location != Location::Pep {
+            let items = self.service_listing(port, prefix).await?;
+            return Ok(items.into_iter().filter(|i| i.name != KEYS).map(|i| (i.name, i.version, i.size)).collect());
+        }
+        let mut out = Vec::new();
+        for name in self.names(port, prefix).await? {
+            if let Some((version, data)) = self.get(port, &name).await? {
+                out.push((name, version, data.len()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Pages through the listing from `prefix` on (xep/ §Listing the Vault),
     /// until the names leave the prefix, the count is reached or a page is empty.
-    async fn service_names(&self, port: &Port, prefix: &str) -> Result<Vec<String>, ClientError> {
+    async fn service_listing(&self, port: &Port, prefix: &str) -> Result<Vec<VaultItem>, ClientError> {
         let malformed = |e: crate::protocol::ProtocolError| ClientError::Malformed(e.to_string());
-        let mut all: Vec<String> = Vec::new();
+        let mut all: Vec<VaultItem> = Vec::new();
         let mut cursor = if prefix.is_empty() { Cursor::First } else { Cursor::After(prefix.to_owned()) };
         loop {
             let reply = port.iq(&self.at, "get", VaultRequest::List { max: None, cursor }.to_element()).await?;
@@ -258,11 +275,11 @@ impl Place {
             let (items, _) = parse_vault_result(&reply).map_err(malformed)?;
             let (first, count) = parse_list_page(&reply).unwrap_or((0, 0));
             let Some(last) = items.last().map(|i| i.name.clone()) else { return Ok(all) };
-            if all.last().is_some_and(|prev| items[0].name <= *prev) {
+            if all.last().is_some_and(|prev| items[0].name <= prev.name) {
                 return Err(ClientError::Malformed("a vault listing page does not advance".into()));
             }
             let (past, page) = (!last.starts_with(prefix), items.len());
-            all.extend(items.into_iter().map(|i| i.name).take_while(|n| n.starts_with(prefix)));
+            all.extend(items.into_iter().take_while(|i| i.name.starts_with(prefix)));
             if past || first + page >= count {
                 return Ok(all);
             }
@@ -398,14 +415,12 @@ impl Place {
     /// this place meanwhile finds no vault rather than a partial one.
     pub(crate) async fn erase(&self, port: &Port) -> Result<(), VaultError> {
         if self.location != Location::Pep {
-            let names = self.names(port, "").await?;
+            let blobs = self.stat(port, "").await?;
             if let Some((version, _)) = self.get(port, KEYS).await? {
                 self.delete(port, KEYS, version).await?;
             }
-            for name in names {
-                if let Some((version, _)) = self.get(port, &name).await? {
-                    self.delete(port, &name, version).await?;
-                }
+            for (name, version, _) in blobs {
+                self.delete(port, &name, version).await?;
             }
             return Ok(());
         }
