@@ -341,11 +341,21 @@ fn a_new_python_device_reads_the_history_from_the_vault() {
     }
     laptop.quit();
 
-    let mut tablet = Agent::start(&server, "bob", &dir.path().join("bob-tablet.sqlite3"));
+    // A tablet, enrolled by the CLI device (its code, no passphrase), opens
+    // the vault from Python with its own key.
+    let tablet_dir = dir.path().join("tablet");
+    std::fs::create_dir(&tablet_dir).unwrap();
+    cli(&server, &tablet_dir, "bob", &["device", "init"]);
+    let mut tablet = Agent::start(&server, "bob", &tablet_dir.join("bob.sqlite3"));
     tablet.ok("publish", json!([]));
     let failed = tablet.call("read_history", json!([group]));
     assert_eq!((&failed["error"], &failed["text"]), (&json!("MlsError"), &json!("no vault is open")));
-    tablet.ok("open_vault", json!([passphrase("bob")]));
+    let failed = tablet.call("open_vault", json!([]));
+    assert_eq!(failed["text"], json!("this device is not enrolled in the vault"), "{failed}");
+    let out = cli(&server, &tablet_dir, "bob", &["vault", "enroll-request"]);
+    let code = out.split("`vault enroll ").nth(1).and_then(|rest| rest.split('`').next()).unwrap_or_default();
+    cli(&server, dir.path(), "bob", &["vault", "enroll", code]);
+    tablet.ok("open_vault", json!([]));
     let history = tablet.ok("read_history", json!([group]));
     let entries: Vec<(&str, &str)> = history["entries"]
         .as_array()

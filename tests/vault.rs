@@ -492,27 +492,27 @@ async fn a_device_refuses_a_rolled_back_keys_record() {
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let mut vault = Vault::create(&alice.session, &service(), "pass", FAST).await.unwrap();
-    alice.open_vault("pass").await.unwrap();
+    alice.open_vault(Some("pass")).await.unwrap();
     let (first_version, first_keys) = stored_keys(&component, "alice@example.org");
     vault.rotate(&alice.session, Some("pass")).await.unwrap();
-    alice.open_vault("pass").await.unwrap();
+    alice.open_vault(Some("pass")).await.unwrap();
     let (rotated, rotated_keys) = stored_keys(&component, "alice@example.org");
     assert!(rotated > first_version);
 
     // The record from before the rotation, as it was then, and under a
     // forged higher version: refused (an older version; an older key).
     serve_keys(&component, "alice@example.org", first_version, &first_keys);
-    let refused = alice.open_vault("pass").await.unwrap_err().to_string();
+    let refused = alice.open_vault(Some("pass")).await.unwrap_err().to_string();
     assert_eq!(refused, format!("the vault's keys record went back to version {first_version} (key 1) after version {rotated} (key 2)"));
     serve_keys(&component, "alice@example.org", rotated + 5, &first_keys);
-    let refused = alice.open_vault("pass").await.unwrap_err().to_string();
+    let refused = alice.open_vault(Some("pass")).await.unwrap_err().to_string();
     assert_eq!(refused, format!("the vault's keys record went back to version {} (key 1) after version {rotated} (key 2)", rotated + 5));
     // The mark stays: the current record opens, and then the old one is
     // still refused.
     serve_keys(&component, "alice@example.org", rotated, &rotated_keys);
-    alice.open_vault("pass").await.unwrap();
+    alice.open_vault(Some("pass")).await.unwrap();
     serve_keys(&component, "alice@example.org", first_version, &first_keys);
-    assert!(alice.open_vault("pass").await.is_err());
+    assert!(alice.open_vault(Some("pass")).await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -251,8 +251,10 @@ impl PyClient {
         Ok(self.start(Operation::Members { group: bare(group)? }))
     }
 
-    /// Opens the account's vault and keeps history in it; result: None.
-    fn open_vault(&mut self, passphrase: String) -> u64 {
+    /// Opens the account's vault with the passphrase, or with this
+    /// device's enrolled key if it is None, and keeps history in it; result: None.
+    #[pyo3(signature = (passphrase=None))]
+    fn open_vault(&mut self, passphrase: Option<String>) -> u64 {
         self.start(Operation::OpenVault { passphrase })
     }
 

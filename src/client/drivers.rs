@@ -73,7 +73,7 @@ pub enum Operation {
     Resend,
     Members { group: BareJid },
     /// Open the account's vault and keep history in it from now on.
-    OpenVault { passphrase: String },
+    OpenVault { passphrase: Option<String> },
     /// The group's history as the vault's snapshots read it.
     ReadHistory { group: BareJid },
 }
@@ -239,7 +239,7 @@ impl<S: DeviceStorage> Core<S> {
             Operation::CatchUpAll => self.catch_up_all(&mut |_, _, _| {}).await.map(|()| Done::Unit)?,
             Operation::Resend => Done::Count(self.resend().await?),
             Operation::Members { group } => Done::Members(self.members(&group).await?),
-            Operation::OpenVault { passphrase } => self.open_vault(&passphrase).await.map(|()| Done::Unit)?,
+            Operation::OpenVault { passphrase } => self.open_vault(passphrase.as_deref()).await.map(|()| Done::Unit)?,
             Operation::ReadHistory { group } => Done::History(self.read_own_history(&group).await?),
         })
     }

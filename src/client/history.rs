@@ -437,20 +437,19 @@ impl<S: DeviceStorage> Core<S> {
         self.vault.as_ref().map(|k| &k.vault)
     }
 
-    /// Opens the account's vault and keeps history in it from now on.
-    pub async fn open_vault(&mut self, passphrase: &str) -> Result<(), GroupError> {
-        let vault = super::vault::Vault::open(&self.port, self.service(), passphrase).await.map_err(vault_failure)?;
-        vault.check_high_water(self.device()).map_err(vault_failure)?;
-        self.attach_vault(vault, KEEP_EPOCHS);
-        Ok(())
-    }
-
-    /// Opens the account's vault with this device's enrolled key (no
-    /// passphrase) and keeps history in it from now on.
-    pub async fn open_vault_with_key(&mut self) -> Result<(), GroupError> {
-        let key = self.device().enrolled_key().map_err(|e| GroupError::Other(e.to_string()))?;
-        let key = key.ok_or_else(|| vault_failure(VaultError::NotEnrolled))?;
-        let vault = super::vault::Vault::open_with_key(&self.port, self.service(), &key).await.map_err(vault_failure)?;
+    /// Opens the account's vault with the passphrase, or with this
+    /// device's enrolled key if there is none, and keeps history in it
+    /// from now on.
+    pub async fn open_vault(&mut self, passphrase: Option<&str>) -> Result<(), GroupError> {
+        let vault = match passphrase {
+            Some(passphrase) => super::vault::Vault::open(&self.port, self.service(), passphrase).await,
+            None => {
+                let key = self.device().enrolled_key().map_err(|e| GroupError::Other(e.to_string()))?;
+                let key = key.ok_or_else(|| vault_failure(VaultError::NotEnrolled))?;
+                super::vault::Vault::open_with_key(&self.port, self.service(), &key).await
+            }
+        };
+        let vault = vault.map_err(vault_failure)?;
         vault.check_high_water(self.device()).map_err(vault_failure)?;
         self.attach_vault(vault, KEEP_EPOCHS);
         Ok(())

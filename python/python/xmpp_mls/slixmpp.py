@@ -278,8 +278,9 @@ class XEP_MLS(BasePlugin):
         """The group's members as [(account, device id)]."""
         return await self._run("members", str(group))
 
-    async def open_vault(self, passphrase):
-        """Opens the account's vault; the history of this device's groups is kept in it."""
+    async def open_vault(self, passphrase=None):
+        """Opens the account's vault with the passphrase, or with this device's
+        enrolled key if it is None; the history of this device's groups is kept in it."""
         return await self._run("open_vault", passphrase)
 
     async def read_history(self, group):
