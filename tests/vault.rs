@@ -13,7 +13,7 @@ use xmpp_mls::client::{
 };
 use xmpp_mls::protocol::vault::VaultRequest;
 use xmpp_mls::store_params;
-use xmpp_parsers::jid::Jid;
+use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 
@@ -222,6 +222,16 @@ async fn new_device_reads_history(keep: u64) -> (Vec<(String, String, u64)>, xmp
     (sent, history)
 }
 
+/// A brand-new device of alice's reads `group`'s history from `vault`:
+/// exactly `expected`, nothing unreadable.
+async fn a_new_device_reads(dir: &tempfile::TempDir, session: Session, vault: &Vault, group: &BareJid, expected: &[(String, String, u64)]) {
+    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
+    let mut new = GroupClient::start(session, device, service()).await.unwrap();
+    let history = new.read_history(group, vault).await.unwrap();
+    assert_eq!(read(&history), expected);
+    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+}
+
 fn read(history: &xmpp_mls::client::History) -> Vec<(String, String, u64)> {
     history.entries.iter().map(|h| (h.account.to_string(), h.content.body().unwrap(), h.epoch)).collect()
 }
@@ -359,12 +369,8 @@ async fn sent_copies_are_written_once_and_folded_into_chunks_within_the_blob_lim
     }
 
     // A brand-new device of alice's reads every one of them.
-    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
-    let mut new = GroupClient::start(session, device, service()).await.unwrap();
-    let history = new.read_history(&group, &vault).await.unwrap();
     let own: Vec<(String, String, u64)> = sent.iter().map(|b| ("alice@example.org".to_string(), b.clone(), epoch)).collect();
-    assert_eq!(read(&history), own);
-    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+    a_new_device_reads(&dir, session, &vault, &group, &own).await;
 }
 
 /// The measure of "backups that cost what changed": 5,000 own
@@ -424,12 +430,8 @@ async fn five_thousand_own_messages_in_one_epoch_cost_linear_octets_and_all_read
     let (low, high) = (per_thousand.iter().min().unwrap(), per_thousand.iter().max().unwrap());
     assert!(high - low <= chunks.0 / 78 + 48 + 64, "{per_thousand:?}");
 
-    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
-    let mut new = GroupClient::start(session, device, service()).await.unwrap();
-    let history = new.read_history(&group, &vault).await.unwrap();
     let own: Vec<(String, String, u64)> = sent.iter().map(|b| ("alice@example.org".to_string(), b.clone(), epoch)).collect();
-    assert_eq!(read(&history), own);
-    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+    a_new_device_reads(&dir, session, &vault, &group, &own).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,11 +469,10 @@ async fn two_devices_of_an_account_keep_their_own_sent_copies_and_a_new_device_r
         [&laptop, &phone].iter().flat_map(|c| (0..10).map(|n| (format!("{prefix}{}/{n}", c.device().id()), 1))).collect();
     expected.sort();
     assert_eq!(chunks, expected, "one blob per message and device, each written once");
-    let device = Device::create(&dir.path().join("alice-new.sqlite3"), bare("alice@example.org"), None).unwrap();
-    let mut new = GroupClient::start(session, device, service()).await.unwrap();
-    let history = new.read_history(&group, &vault).await.unwrap();
-    assert_eq!(read(&history), sent);
-    assert!(history.unreadable.is_empty(), "{:?}", history.unreadable);
+    let snapshot = format!("history/{}/{epoch}", group.node().unwrap());
+    assert_eq!(vault.get(&session, &snapshot).await.unwrap().unwrap().0, 1, "written once, though both devices reached the epoch");
+    assert_eq!(vault.list_prefix(&session, &snapshot).await.unwrap(), vec![snapshot.clone()], "a whole name as prefix lists it");
+    a_new_device_reads(&dir, session, &vault, &group, &sent).await;
 }
 
 /// The `keys` row of `account`'s vault in the component's store: (version, data).

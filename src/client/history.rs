@@ -340,10 +340,7 @@ impl Keeper {
 
     /// Deletes the sent copies of (group, epoch), every device's.
     async fn delete_sent(&self, port: &Port, group_id: &[u8], epoch: u64) -> Result<(), VaultError> {
-        for name in self.vault.list_prefix(port, &sent_prefix(group_id, epoch)).await? {
-            self.vault.delete_any(port, &name).await?;
-        }
-        Ok(())
+        self.vault.delete_prefix(port, &sent_prefix(group_id, epoch)).await
     }
 }
 

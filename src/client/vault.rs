@@ -233,6 +233,11 @@ impl Vault {
         self.place.delete(port, name, if_version).await.map(drop)
     }
 
+    /// Deletes every blob whose name starts with `prefix`.
+    pub async fn delete_prefix(&self, port: &Port, prefix: &str) -> Result<(), VaultError> {
+        self.place.delete_prefix(port, prefix).await
+    }
+
     /// Deletes `name` whatever its version; false if it was absent.
     pub async fn delete_any(&self, port: &Port, name: &str) -> Result<bool, VaultError> {
         match self.place.get(port, name).await? {

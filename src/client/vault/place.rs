@@ -263,27 +263,43 @@ impl Place {
         Ok(out)
     }
 
-    /// Pages through the listing from `prefix` on (xep/ §Listing the Vault),
-    /// until the names leave the prefix, the count is reached or a page is empty.
+    /// Deletes every blob whose name starts with `prefix`, by the
+    /// versions a service lists (a PEP item has one writer).
+    pub(crate) async fn delete_prefix(&self, port: &Port, prefix: &str) -> Result<(), VaultError> {
+        let blobs: Vec<(String, u64)> = match self.location {
+            Location::Pep => self.names(port, prefix).await?.into_iter().map(|n| (n, 0)).collect(),
+            Location::Service(_) => self.service_listing(port, prefix).await?.into_iter().map(|i| (i.name, i.version)).collect(),
+        };
+        for (name, version) in blobs {
+            self.delete(port, &name, version).await?;
+        }
+        Ok(())
+    }
+
+    /// Pages through the listing (xep/ §Listing the Vault) from just
+    /// before `prefix` (after it less its last character, so that a blob
+    /// named `prefix` is listed too) until the names pass the prefix, the
+    /// count is reached or a page is empty.
     async fn service_listing(&self, port: &Port, prefix: &str) -> Result<Vec<VaultItem>, ClientError> {
         let malformed = |e: crate::protocol::ProtocolError| ClientError::Malformed(e.to_string());
         let mut all: Vec<VaultItem> = Vec::new();
-        let mut cursor = if prefix.is_empty() { Cursor::First } else { Cursor::After(prefix.to_owned()) };
+        let mut after = (prefix.len() > 1).then(|| prefix[..prefix.len() - 1].to_owned());
         loop {
+            let cursor = after.clone().map_or(Cursor::First, Cursor::After);
             let reply = port.iq(&self.at, "get", VaultRequest::List { max: None, cursor }.to_element()).await?;
             let reply = reply.ok_or_else(|| ClientError::Malformed("empty vault listing".into()))?;
             let (items, _) = parse_vault_result(&reply).map_err(malformed)?;
             let (first, count) = parse_list_page(&reply).unwrap_or((0, 0));
             let Some(last) = items.last().map(|i| i.name.clone()) else { return Ok(all) };
-            if all.last().is_some_and(|prev| items[0].name <= prev.name) {
+            if after.as_ref().is_some_and(|after| items[0].name <= *after) {
                 return Err(ClientError::Malformed("a vault listing page does not advance".into()));
             }
-            let (past, page) = (!last.starts_with(prefix), items.len());
-            all.extend(items.into_iter().take_while(|i| i.name.starts_with(prefix)));
+            let (past, page) = (last.as_str() > prefix && !last.starts_with(prefix), items.len());
+            all.extend(items.into_iter().filter(|i| i.name.starts_with(prefix)));
             if past || first + page >= count {
                 return Ok(all);
             }
-            cursor = Cursor::After(last);
+            after = Some(last);
         }
     }
 
