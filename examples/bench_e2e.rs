@@ -306,7 +306,8 @@ impl Bench {
         }
         let (ciphertext_bytes, body_chars) = payload;
         let service = Jid::new(&format!("mls.{}", self.domain))?;
-        let vault = vault_places(&clients[0].session, &service).await?;
+        let mut vault = vault_places(&clients[0].session, &service).await?;
+        vault.extend(history_cost(&mut clients[0], &service).await?);
         let (messages, idle_messages, window, repeat) = (self.messages, self.idle_messages, self.window, self.repeat);
         Ok(Report { runs, vault, ciphertext_bytes, body_chars, messages, idle_messages, window, repeat })
     }
@@ -679,6 +680,53 @@ async fn vault_places(session: &Session, service: &Jid) -> Result<Vec<Figure>> {
         }
     }
     Ok(out)
+}
+
+/// Own messages sent by [`history_cost`] without and with history kept.
+const HISTORY_MESSAGES: usize = 300;
+
+/// One device alone in a group sends messages one at a time, each waiting
+/// for its echo: first without history, then keeping it in the vault at
+/// the service (a copy of each message written, folded into chunks). The
+/// median time a message (no history the baseline), and the vault octets
+/// written a message.
+async fn history_cost(client: &mut GroupClient, service: &Jid) -> Result<Vec<Figure>> {
+    let group = client.create().await?;
+    let plain = own_messages(client, &group).await?;
+    let vault = Vault::open(&client.session, service, "bench passphrase").await?;
+    client.attach_vault(vault, 10);
+    let before = client.vault().map_or(0, Vault::written);
+    let kept = own_messages(client, &group).await?;
+    let written = client.vault().map_or(0, Vault::written) - before;
+    Ok(vec![
+        Figure { name: "own_message".into(), value: plain, unit: "ms", ratios: vec![] },
+        Figure { name: "own_message_history".into(), value: kept, unit: "ms", ratios: vec![("no history", kept / plain)] },
+        Figure {
+            name: "history_octets_per_message".into(),
+            value: written as f64 / HISTORY_MESSAGES as f64,
+            unit: "octets",
+            ratios: vec![],
+        },
+    ])
+}
+
+/// The median time of [`HISTORY_MESSAGES`] messages from send to echo, in ms.
+async fn own_messages(client: &mut GroupClient, group: &BareJid) -> Result<f64> {
+    let mut times = Vec::with_capacity(HISTORY_MESSAGES);
+    for i in 0..HISTORY_MESSAGES {
+        let start = Instant::now();
+        client.send_body(group, &format!("own message {i:04}")).await?;
+        loop {
+            match client.next_event(Duration::from_secs(30)).await? {
+                Some(GroupEvent::Delivered { .. }) => break,
+                Some(_) => continue,
+                None => return Err("no echo of an own message".into()),
+            }
+        }
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 struct Figure {
