@@ -222,7 +222,7 @@ fn sent_entry(stanza_id: &str, body: &[u8]) -> Vec<u8> {
 /// Most plaintext in a chunk of folded copies (less if the place's blob
 /// limit is smaller).
 const SENT_CHUNK: usize = 32 * 1024;
-/// Most copies kept one a blob before they are folded: a PEP node keeps
+/// Most copies kept a blob each before they are folded: a PEP node keeps
 /// 256 items on a stock Prosody.
 const SENT_SINGLES: usize = 64;
 
@@ -241,8 +241,8 @@ impl SentTail {
     }
 }
 
-/// A name in a [`sent_dir`]: Some((a, b)) for the chunk `<a>-<b>`,
-/// Some((n, n)) with false for the copy `<n>`.
+/// A name in a [`sent_dir`]: (a, b, true) for the chunk `<a>-<b>`,
+/// (n, n, false) for the copy `<n>`.
 fn sent_part(part: &str) -> Option<(u64, u64, bool)> {
     match part.split_once('-') {
         Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?, true)),
