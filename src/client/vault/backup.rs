@@ -137,7 +137,7 @@ pub async fn restore_device(vault: &Vault, port: &Port, device_id: &str, path: &
     }
     let size: usize = lines.next().and_then(|l| l.parse().ok()).ok_or_else(corrupt)?;
     let hash = lines.next().ok_or_else(corrupt)?;
-    let mut state = Vec::with_capacity(size.min(1 << 30));
+    let mut state = Vec::new();
     for id in lines {
         let name = format!("{}{id}", dir(device_id));
         let (_, packed) = vault.get(port, &name).await?.ok_or_else(corrupt)?;
