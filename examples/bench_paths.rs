@@ -367,6 +367,7 @@ async fn commit_times(backend: &Backend, dir: &Path, size: usize, commits: usize
     let owner = &people[0];
     let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
     let (gi, tree) = mls::group_info(&bytes(&info), &id).unwrap();
+    let tree = tree.expect("the tree inline");
     let storage = MemoryStorage::default();
     let (mut pg, _) =
         PublicGroup::from_external(owner.provider.crypto(), &storage, tree.clone(), gi.clone(), ProposalStore::new()).unwrap();

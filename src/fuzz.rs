@@ -95,7 +95,7 @@ pub fn mls_message(data: &[u8]) {
     let _ = mls::public_message(data, GROUP_ID, ContentType::Proposal);
     let _ = mls::application_epoch(data, GROUP_ID);
     let _ = mls::welcome(data);
-    if let Ok((info, tree)) = mls::group_info(data, GROUP_ID) {
+    if let Ok((info, Some(tree))) = mls::group_info(data, GROUP_ID) {
         let crypto = RustCrypto::default();
         let _ = PublicGroup::from_external(&crypto, &MemoryStorage::default(), tree, info, ProposalStore::new());
     }

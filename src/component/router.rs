@@ -261,6 +261,7 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
             stanza_error(T::Cancel, C::Conflict, Some(version_mismatch(*current)), None)
         }
         E::HistoryPruned => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::HistoryPruned), None),
+        E::TreeUnavailable => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::TreeUnavailable), None),
         E::Forbidden => stanza_error(T::Auth, C::Forbidden, None, None),
         E::Limit(a) => stanza_error(T::Modify, C::PolicyViolation, app(*a), None),
         E::KeyInUse => stanza_error(T::Cancel, C::Conflict, app(AppCondition::SignatureKeyInUse), None),

@@ -58,6 +58,9 @@ pub enum AppCondition {
     /// With `not-acceptable`: the commit does not carry a Remove proposal
     /// of the service that is pending for longer than the grace.
     MissingProposals,
+    /// With `item-not-found`: the service keeps no ratchet tree of this
+    /// epoch of the group, or the tree has no such page.
+    TreeUnavailable,
 }
 
 impl AppCondition {
@@ -84,6 +87,7 @@ impl AppCondition {
             AppCondition::ArchiveBudgetExceeded => "archive-budget-exceeded",
             AppCondition::ExternalSenderRequired => "external-sender-required",
             AppCondition::MissingProposals => "missing-proposals",
+            AppCondition::TreeUnavailable => "tree-unavailable",
         }
     }
 

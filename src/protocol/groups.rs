@@ -191,6 +191,62 @@ pub fn parse_group_info(el: &Element) -> Result<(u64, Vec<u8>), ProtocolError> {
     Ok((parse_u64(attr(el, "epoch", "group-info without epoch")?)?, b64_decode(&el.text())?))
 }
 
+/// `<tree epoch page/>`: a request for one page of the ratchet tree of one
+/// epoch of the group (xep/ §Fetching the Ratchet Tree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeRequest {
+    pub epoch: u64,
+    pub page: u64,
+}
+
+/// `<tree epoch page pages>`: one page of a ratchet tree, the TLS
+/// encodings of consecutive nodes (`optional<Node>`); the pages in order,
+/// concatenated, are the content of the `ratchet_tree` vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreePage {
+    pub epoch: u64,
+    pub page: u64,
+    pub pages: u64,
+    pub nodes: Vec<u8>,
+}
+
+impl TreeRequest {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &[])?;
+        let page = el.attr("page").map(parse_u64).transpose()?.unwrap_or(0);
+        Ok(TreeRequest { epoch: parse_u64(attr(el, "epoch", "tree without epoch")?)?, page })
+    }
+
+    pub fn to_element(&self) -> Element {
+        Element::builder("tree", NS).attr(n("epoch"), self.epoch.to_string()).attr(n("page"), self.page.to_string()).build()
+    }
+}
+
+impl TreePage {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        if !el.is("tree", NS) {
+            return Err(malformed("expected <tree/>"));
+        }
+        let number = |name, why| attr(el, name, why).and_then(parse_u64);
+        let page = TreePage {
+            epoch: number("epoch", "tree without epoch")?,
+            page: number("page", "tree without page")?,
+            pages: number("pages", "tree without pages")?,
+            nodes: b64_decode(&el.text())?,
+        };
+        (page.page < page.pages).then_some(page).ok_or(malformed("a tree page beyond its pages"))
+    }
+
+    pub fn to_element(&self) -> Element {
+        Element::builder("tree", NS)
+            .attr(n("epoch"), self.epoch.to_string())
+            .attr(n("page"), self.page.to_string())
+            .attr(n("pages"), self.pages.to_string())
+            .append(b64_encode(&self.nodes))
+            .build()
+    }
+}
+
 /// What a group message carries, as the DS classified it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -31,12 +31,14 @@ pub enum Invalid {
     MissingWelcome,
     /// An external Commit removes a leaf of another account than the joiner's.
     ForeignRemoval,
+    /// A creation's GroupInfo without the ratchet_tree extension.
+    MissingTree,
     /// Breaks another RFC 9420 rule (openmls' validation).
     Invalid,
 }
 
 impl Invalid {
-    pub const ALL: [Invalid; 11] = [
+    pub const ALL: [Invalid; 12] = [
         Invalid::Malformed,
         Invalid::WrongGroup,
         Invalid::WrongWireFormat,
@@ -47,6 +49,7 @@ impl Invalid {
         Invalid::GroupInfoMismatch,
         Invalid::MissingWelcome,
         Invalid::ForeignRemoval,
+        Invalid::MissingTree,
         Invalid::Invalid,
     ];
 
@@ -62,6 +65,7 @@ impl Invalid {
             Invalid::GroupInfoMismatch => "group-info-mismatch",
             Invalid::MissingWelcome => "missing-welcome",
             Invalid::ForeignRemoval => "foreign-removal",
+            Invalid::MissingTree => "missing-tree",
             Invalid::Invalid => "invalid",
         }
     }
@@ -96,17 +100,53 @@ pub fn application_epoch(bytes: &[u8], group_id: &[u8]) -> Result<u64, Invalid> 
     Ok(m.epoch().as_u64())
 }
 
-/// A GroupInfo of `group_id` with its ratchet tree. Both the ratchet_tree
-/// and the external_pub extension are required (RFC 9420 §12.4.3.2): a
-/// joiner by external Commit needs both.
-pub fn group_info(bytes: &[u8], group_id: &[u8]) -> Result<(VerifiableGroupInfo, RatchetTreeIn), Invalid> {
+/// A GroupInfo of `group_id`, with its ratchet tree if it carries one.
+/// The external_pub extension is required (RFC 9420 §12.4.3.2): a joiner
+/// by external Commit needs it; the tree may come from the service instead
+/// (xep/ §Fetching the Ratchet Tree).
+pub fn group_info(bytes: &[u8], group_id: &[u8]) -> Result<(VerifiableGroupInfo, Option<RatchetTreeIn>), Invalid> {
     let MlsMessageBodyIn::GroupInfo(gi) = body(bytes)? else { return Err(Invalid::Malformed) };
     if gi.group_id().as_slice() != group_id {
         return Err(Invalid::WrongGroup);
     }
     gi.extensions().external_pub().ok_or(Invalid::Malformed)?;
-    let tree = gi.extensions().ratchet_tree().ok_or(Invalid::Malformed)?.ratchet_tree().clone();
+    let tree = gi.extensions().ratchet_tree().map(|t| t.ratchet_tree().clone());
     Ok((gi, tree))
+}
+
+/// A ratchet tree (its TLS encoding, `optional<Node> ratchet_tree<V>`) cut
+/// into pages of whole nodes, each at most `budget` octets unless one node
+/// alone is larger: the nodes' encodings, concatenated.
+pub fn tree_pages(tree: &[u8], budget: usize) -> Result<Vec<Vec<u8>>, Invalid> {
+    use tls_codec::{Size as _, VLBytes};
+    let parsed = RatchetTreeIn::tls_deserialize_exact(tree).map_err(|_| Invalid::Malformed)?;
+    let content = VLBytes::tls_deserialize_exact(tree).map_err(|_| Invalid::Malformed)?;
+    let content = content.as_slice();
+    // A blank slot is one octet (0); a full one, 1 and its node.
+    let mut full = parsed.nodes().map(|node| 1 + node.tls_serialized_len());
+    let (mut pages, mut at): (Vec<Vec<u8>>, usize) = (Vec::new(), 0);
+    while at < content.len() {
+        let len = match content[at] {
+            0 => 1,
+            _ => full.next().ok_or(Invalid::Malformed)?,
+        };
+        let node = content.get(at..at + len).ok_or(Invalid::Malformed)?;
+        match pages.last_mut() {
+            Some(page) if page.len() + len <= budget => page.extend_from_slice(node),
+            _ => pages.push(node.to_vec()),
+        }
+        at += len;
+    }
+    Ok(pages)
+}
+
+/// The ratchet tree whose pages (from [`tree_pages`], in order) are
+/// `pages`. Decoding is all this checks: the tree is trusted only once its
+/// hash matches a signed GroupContext.
+pub fn tree_from_pages(pages: &[Vec<u8>]) -> Result<RatchetTreeIn, Invalid> {
+    use tls_codec::{Serialize as _, VLBytes};
+    let encoded = VLBytes::new(pages.concat()).tls_serialize_detached().map_err(|_| Invalid::Malformed)?;
+    RatchetTreeIn::tls_deserialize_exact(encoded).map_err(|_| Invalid::Malformed)
 }
 
 pub fn welcome(bytes: &[u8]) -> Result<Welcome, Invalid> {

@@ -27,7 +27,8 @@ use crate::config::GroupsConfig;
 use crate::protocol::devices::Device;
 use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{
-    group_info_element, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome, WrongEpoch,
+    group_info_element, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, TreePage, TreeRequest, Welcome,
+    WrongEpoch,
 };
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
@@ -157,16 +158,21 @@ pub(super) fn encoded(v: &impl tls_codec::Serialize) -> Result<Vec<u8>, ServiceE
 }
 
 /// Checks that `bytes` is a GroupInfo of exactly the state `pg` is in: our
-/// group context and our ratchet tree, signed by one of its leaves. The
-/// tree is compared, not verified again: every change to it was validated
-/// when it was merged (a second verification costs a signature per leaf).
-fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Result<(), ServiceError> {
+/// group context (whose tree hash covers the tree) and, if it carries one,
+/// our ratchet tree, signed by one of its leaves; whether it carries the
+/// tree. The tree is compared, not verified again: every change to it was
+/// validated when it was merged (a second verification costs a signature
+/// per leaf).
+fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Result<bool, ServiceError> {
     let mismatch = || ServiceError::InvalidMessage(Invalid::GroupInfoMismatch);
     let (gi, tree) = mls::group_info(bytes, pg.group_id().as_slice()).map_err(ServiceError::InvalidMessage)?;
-    if encoded(gi.group_context())? != encoded(pg.group_context())?
-        || encoded(&tree)? != encoded(&pg.export_ratchet_tree())?
-    {
+    if encoded(gi.group_context())? != encoded(pg.group_context())? {
         return Err(mismatch());
+    }
+    if let Some(tree) = &tree {
+        if encoded(tree)? != encoded(&pg.export_ratchet_tree())? {
+            return Err(mismatch());
+        }
     }
     // GroupInfoTBS ends with the signer's leaf index (RFC 9420 §12.4.3).
     let tbs = gi.unsigned_payload().map_err(library)?;
@@ -174,7 +180,14 @@ fn check_group_info(crypto: &RustCrypto, bytes: &[u8], pg: &PublicGroup) -> Resu
     let leaf = signer.and_then(|i| pg.leaf(LeafNodeIndex::new(i))).ok_or_else(mismatch)?;
     let key = OpenMlsSignaturePublicKey::new(leaf.signature_key().as_slice().into(), pg.ciphersuite().signature_algorithm())
         .map_err(|_| mismatch())?;
-    gi.verify_no_out(crypto, &key).map_err(|_| mismatch())
+    gi.verify_no_out(crypto, &key).map_err(|_| mismatch())?;
+    Ok(tree.is_some())
+}
+
+/// The group's ratchet tree in pages of at most `budget` octets (xep/
+/// §Fetching the Ratchet Tree).
+fn tree_pages(pg: &PublicGroup, budget: usize) -> Result<Vec<Vec<u8>>, ServiceError> {
+    mls::tree_pages(&encoded(&pg.export_ratchet_tree())?, budget).map_err(ServiceError::InvalidMessage)
 }
 
 /// The group's size limit: at most `max_members` leaves. (Groups count
@@ -282,6 +295,9 @@ struct ValidCommit {
     members: Vec<Member>,
     /// The merged group's state blob.
     state: Vec<u8>,
+    /// The new epoch's tree in pages, kept for the joiners of a Welcome
+    /// whose GroupInfo does not carry it.
+    tree: Option<Vec<Vec<u8>>>,
 }
 
 /// A validation that failed, with the group it was given if validation did
@@ -294,6 +310,7 @@ type Failed = (ServiceError, Option<PublicGroup>);
 fn validate_commit(
     crypto: &RustCrypto,
     limits: &GroupsConfig,
+    tree_page: usize,
     from: u64,
     mut pg: PublicGroup,
     account: &BareJid,
@@ -308,13 +325,17 @@ fn validate_commit(
         pg.merge_commit(&codec, staged).map_err(library)?;
         let members = members_of(&pg);
         check_size(members.len(), limits)?;
-        check_group_info(crypto, &bundle.group_info, &pg)?;
-        Ok((members, codec.blob().map_err(library)?))
+        let inline = check_group_info(crypto, &bundle.group_info, &pg)?;
+        let tree = match bundle.welcome.is_some() && !inline {
+            true => Some(tree_pages(&pg, tree_page)?),
+            false => None,
+        };
+        Ok((members, codec.blob().map_err(library)?, tree))
     })();
     match merged {
-        Ok((members, state)) => {
+        Ok((members, state, tree)) => {
             let to = pg.group_context().epoch().as_u64();
-            Ok((ValidCommit { from, to, bundle, checked, members, state }, pg))
+            Ok((ValidCommit { from, to, bundle, checked, members, state, tree }, pg))
         }
         Err(e) => Err((e, None)),
     }
@@ -424,6 +445,9 @@ fn decide_commit(
         return Err(wrong_epoch(&tx.state()?.ok_or(ServiceError::UnknownGroup)?));
     }
     tx.set_members(&valid.members, archived.seq)?;
+    if let Some(pages) = &valid.tree {
+        tx.keep_tree(valid.to, pages)?;
+    }
     let removed = tx.prune_feed()?;
     let mut welcome = None;
     if let Some(w) = bundle.welcome.filter(|_| !added.is_empty()) {
@@ -523,6 +547,10 @@ fn decide_proposal(tx: &GroupTx<'_>, budget: ArchiveBudget, account: &BareJid, v
     })
 }
 
+/// Room in a tree page's payload for the `<tree/>` element around the
+/// nodes' base64.
+const TREE_PAGE_OVERHEAD: usize = 256;
+
 /// The version of the group's public state that `state` records.
 pub(super) fn version(state: &GroupState) -> Version {
     (state.epoch, state.queued)
@@ -561,6 +589,7 @@ impl Service {
             return Err(ServiceError::GroupExists);
         }
         let (gi, tree) = mls::group_info(&create.group_info, group_id).map_err(ServiceError::InvalidMessage)?;
+        let tree = tree.ok_or(ServiceError::InvalidMessage(Invalid::MissingTree))?;
         check_size(tree.leaves().count(), &self.config.groups)?;
         let account = req.from.to_bare();
         if self.store.joined_groups(account.to_string()).await? >= self.config.groups.max_groups_per_account as u64 {
@@ -624,8 +653,9 @@ impl Service {
         let state = self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (state, pg) = self.public_group(group_id, state).await?;
         let (crypto, account, groups) = (self.crypto.clone(), req.from.to_bare(), self.config.groups.clone());
-        let from = state.epoch;
-        let validated = blocking(move || Ok(validate_commit(&crypto, &groups, from, pg, &account, bundle))).await?;
+        let (from, tree_page) = (state.epoch, self.tree_page_budget());
+        let validated =
+            blocking(move || Ok(validate_commit(&crypto, &groups, tree_page, from, pg, &account, bundle))).await?;
         let (valid, pg) = self.cached_again(group_id, &state, validated)?;
         let limits = CommitLimits {
             budget: self.archive_budget(),
@@ -699,8 +729,43 @@ impl Service {
     }
 
     pub(super) async fn require_member_account(&self, group_id: &[u8], account: &BareJid) -> Result<(), ServiceError> {
-        let members = self.store.group_members(group_id.to_vec()).await?;
-        members.iter().any(|m| m.account == account.as_str()).then_some(()).ok_or(ServiceError::NotAMember)
+        match self.store.has_member_account(group_id.to_vec(), account.to_string()).await? {
+            true => Ok(()),
+            false => Err(ServiceError::NotAMember),
+        }
+    }
+
+    /// A page of the group's ratchet tree of an epoch, for member accounts
+    /// (and so for the joiners of a Welcome): a kept one, or the current
+    /// epoch's, kept at its first request.
+    pub(super) async fn tree(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
+        let request = TreeRequest::parse(&req.payload)?;
+        let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
+        self.require_member_account(group_id, &req.from.to_bare()).await?;
+        let (pages, nodes) = match self.store.tree_page(group_id.to_vec(), request.epoch, request.page).await? {
+            Some(page) => page,
+            None if request.epoch == state.epoch => self.keep_current_tree(group_id, state, request.page).await?,
+            None => return Err(ServiceError::TreeUnavailable),
+        };
+        let page = TreePage { epoch: request.epoch, page: request.page, pages, nodes };
+        Ok(Response::result(page.to_element()))
+    }
+
+    /// Keeps the tree of the group's current epoch (`state`); its page
+    /// `page` and how many pages it has.
+    async fn keep_current_tree(&self, group_id: &[u8], state: GroupState, page: u64) -> Result<(u64, Vec<u8>), ServiceError> {
+        let (state, pg) = self.public_group(group_id, state).await?;
+        let budget = self.tree_page_budget();
+        let (pages, pg) = blocking(move || Ok((tree_pages(&pg, budget)?, pg))).await?;
+        self.states.put(group_id, version(&state), pg);
+        self.store.keep_tree(group_id.to_vec(), state.epoch, pages.clone()).await?;
+        let count = pages.len() as u64;
+        pages.into_iter().nth(page as usize).map(|p| (count, p)).ok_or(ServiceError::TreeUnavailable)
+    }
+
+    /// The octets of nodes in a tree page: its base64 within max-payload-size.
+    fn tree_page_budget(&self) -> usize {
+        self.config.limits.max_payload_size.saturating_sub(TREE_PAGE_OVERHEAD) / 4 * 3
     }
 
     /// The IQ result, the fan-out in archive order, Welcomes and the
@@ -1093,7 +1158,7 @@ mod tests {
         for (who, commit) in [(&alice, a), (&bob, b)] {
             let (state, public) = ds.store.group_snapshot(ds.id.to_vec()).await.unwrap().unwrap();
             let pg = StateCodec::load(&public, &ds.id).unwrap().unwrap();
-            let Ok(valid) = validate_commit(&crypto, &groups_config, state.epoch, pg, &who.account, commit) else {
+            let Ok(valid) = validate_commit(&crypto, &groups_config, 96 * 1024, state.epoch, pg, &who.account, commit) else {
                 panic!("a valid commit")
             };
             validated.push((who.account.clone(), valid));

@@ -111,6 +111,8 @@ pub enum ServiceError {
     VersionMismatch { current: u64 },
     #[error("the archive was pruned past this point")]
     HistoryPruned,
+    #[error("no ratchet tree of this epoch is kept, or it has no such page")]
+    TreeUnavailable,
     #[error("pubsub feature not implemented: {0}")]
     PubsubUnsupported(&'static str),
     #[error("invalid MLS message: {}", .0.reason())]
@@ -321,13 +323,14 @@ impl Service {
                 Address::Directory(account) => self.vault(req, account).await,
                 _ => Err(ServiceError::Unsupported),
             },
-            (kind, name @ ("create" | "commit" | "proposal" | "group-info" | "leave"), NS) => {
+            (kind, name @ ("create" | "commit" | "proposal" | "group-info" | "tree" | "leave"), NS) => {
                 let Address::Group(group_id) = address else { return Err(ServiceError::Unsupported) };
                 match (kind, name) {
                     (IqKind::Set, "create") => self.create_group(req, group_id).await,
                     (IqKind::Set, "commit") => self.commit(req, group_id).await,
                     (IqKind::Set, "proposal") => self.propose(req, group_id).await,
                     (IqKind::Get, "group-info") => self.group_info(req, group_id).await,
+                    (IqKind::Get, "tree") => self.tree(req, group_id).await,
                     (IqKind::Set, "leave") => self.leave_group(req, group_id).await,
                     _ => Err(ProtocolError::Malformed("wrong IQ type for this request").into()),
                 }

@@ -580,6 +580,18 @@ fn first_kept(c: &Db, group_id: &[u8], num: i64, cutoff: i64) -> Result<Option<u
     .map(|p| (p - pos(num, 0)) as u64))
 }
 
+/// Deletes the kept trees of epochs older than the first item the archive
+/// keeps (at `first`), never the current epoch's: a joiner's Welcome is in
+/// the archive with the commit that began the epoch of its tree.
+fn prune_trees(c: &Db, group_id: &[u8], first: i64) -> Result<(), StoreError> {
+    c.execute(
+        "DELETE FROM group_trees WHERE group_id = ?1
+           AND epoch < coalesce((SELECT epoch FROM archive WHERE pos = ?2), (SELECT epoch FROM groups WHERE group_id = ?1))",
+        params![group_id, first],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Prunes every group's archive from its oldest end (never leaving a
     /// hole); returns how many items went.
@@ -597,6 +609,7 @@ impl Store {
                     "UPDATE groups SET pruned_seq = CASE WHEN pruned_seq > ?2 THEN pruned_seq ELSE ?2 END WHERE group_id = ?1",
                     params![group_id, keep as i64 - 1],
                 )?;
+                prune_trees(c, &group_id, pos(num, keep))?;
             }
             Ok(pruned)
         })

@@ -295,6 +295,12 @@ impl<'c> GroupTx<'c> {
         Ok(moved)
     }
 
+    /// Keeps the ratchet tree of `epoch` in `pages` for joiners to fetch,
+    /// unless it is kept already (a tree never changes within its epoch).
+    pub fn keep_tree(&self, epoch: u64, pages: &[Vec<u8>]) -> Result<(), StoreError> {
+        keep_tree(self.c, &self.group_id, epoch, pages)
+    }
+
     /// Queues proposals (reference, proposal) in `epoch`, if the group is
     /// still at it; false, queuing none, if it is not.
     pub fn queue_proposals(&self, epoch: u64, proposals: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, StoreError> {
@@ -497,6 +503,17 @@ fn feed_row(r: &Row) -> Result<FeedEntry, StoreError> {
     Ok(FeedEntry { device_id: r.get(0)?, full_jid: r.get(1)?, account: r.get(2)? })
 }
 
+fn keep_tree(c: &Db, group_id: &[u8], epoch: u64, pages: &[Vec<u8>]) -> Result<(), StoreError> {
+    for (page, nodes) in pages.iter().enumerate() {
+        c.execute(
+            "INSERT INTO group_trees (group_id, epoch, page, pages, nodes) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (group_id, epoch, page) DO NOTHING",
+            params![group_id, epoch as i64, page as i64, pages.len() as i64, nodes],
+        )?;
+    }
+    Ok(())
+}
+
 fn members(c: &Db, group_id: &[u8]) -> Result<Vec<Member>, StoreError> {
     c.query_map("SELECT leaf, account, signature_key FROM members WHERE group_id = ?1 ORDER BY leaf", params![group_id], |r| {
         Ok(Member { leaf: r.get(0)?, account: r.get(1)?, signature_key: r.get(2)? })
@@ -602,6 +619,33 @@ impl Store {
                 let public = public_state(c, &group_id, state.epoch)?;
                 Ok(Some((state, public)))
             })
+        })
+        .await
+    }
+
+    /// Page `page` of the kept ratchet tree of `epoch`, and how many pages
+    /// it has; None if that tree is not kept or has no such page.
+    pub async fn tree_page(&self, group_id: Vec<u8>, epoch: u64, page: u64) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        self.read(move |c| {
+            c.query_opt(
+                "SELECT pages, nodes FROM group_trees WHERE group_id = ?1 AND epoch = ?2 AND page = ?3",
+                params![group_id, epoch as i64, page as i64],
+                |r| Ok((r.get::<i64>(0)? as u64, r.get(1)?)),
+            )
+        })
+        .await
+    }
+
+    /// Keeps the ratchet tree of `epoch` in `pages` (see [`GroupTx::keep_tree`]).
+    pub async fn keep_tree(&self, group_id: Vec<u8>, epoch: u64, pages: Vec<Vec<u8>>) -> Result<(), StoreError> {
+        self.write(move |c| keep_tree(c, &group_id, epoch, &pages)).await
+    }
+
+    /// Whether `account` has a leaf in the group.
+    pub async fn has_member_account(&self, group_id: Vec<u8>, account: String) -> Result<bool, StoreError> {
+        self.read(move |c| {
+            let sql = "SELECT 1 FROM members WHERE group_id = ?1 AND account = ?2 LIMIT 1";
+            Ok(c.query_opt(sql, params![group_id, account], |r| r.get::<i64>(0))?.is_some())
         })
         .await
     }

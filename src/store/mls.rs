@@ -135,7 +135,7 @@ mod tests {
         let info = group.export_group_info(provider.crypto(), &signer, true).unwrap().tls_serialize_detached().unwrap();
         let (gi, tree) = crate::protocol::mls::group_info(&info, id.as_slice()).unwrap();
         let conn = Connection::open(&config.path).unwrap();
-        let (legacy, _) = PublicGroup::from_external(provider.crypto(), &TxStorage::new(&conn), tree, gi, ProposalStore::new()).unwrap();
+        let (legacy, _) = PublicGroup::from_external(provider.crypto(), &TxStorage::new(&conn), tree.unwrap(), gi, ProposalStore::new()).unwrap();
         conn.execute("INSERT INTO groups (group_id, created_at, epoch, group_info) VALUES (?1, 0, 0, ?2)", rusqlite::params![id.as_slice(), info]).unwrap();
         drop(conn);
         let store = Store::open(&config).unwrap();

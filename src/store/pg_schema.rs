@@ -178,6 +178,15 @@ const MIGRATIONS: &[&str] = &[
         tat    BIGINT NOT NULL,
         PRIMARY KEY (bucket, key)
     );",
+    // 3: SQLite's migration 18 (ratchet trees in pages).
+    r"CREATE TABLE group_trees (
+        group_id BYTEA NOT NULL,
+        epoch    BIGINT NOT NULL,
+        page     BIGINT NOT NULL,
+        pages    BIGINT NOT NULL,
+        nodes    BYTEA NOT NULL,
+        PRIMARY KEY (group_id, epoch, page)
+    );",
 ];
 
 /// The advisory lock held while migrating (any constant the database's

@@ -311,6 +311,18 @@ fn migrations() -> Migrations<'static> {
             until  INTEGER NOT NULL
         ) STRICT;",
     ));
+    // 18: ratchet trees of epochs, in pages, for joiners that fetch them
+    // (xep/ §Fetching the Ratchet Tree); each written once.
+    all.push(M::up(
+        "CREATE TABLE group_trees (
+            group_id BLOB NOT NULL,
+            epoch    INTEGER NOT NULL,
+            page     INTEGER NOT NULL,
+            pages    INTEGER NOT NULL,
+            nodes    BLOB NOT NULL,
+            PRIMARY KEY (group_id, epoch, page)
+        ) STRICT;",
+    ));
     Migrations::new(all)
 }
 
