@@ -197,7 +197,7 @@ pub struct GroupsConfig {
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        Self { past_epochs: 3, max_members: 1024, max_groups_per_account: 512, proposal_grace_secs: 60, cached_groups: 256 }
+        Self { past_epochs: 3, max_members: 10_000, max_groups_per_account: 512, proposal_grace_secs: 60, cached_groups: 256 }
     }
 }
 

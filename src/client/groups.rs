@@ -15,7 +15,8 @@ use minidom::Element;
 use openmls::group::{MlsGroupCreateConfig, MlsGroupJoinConfig, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
 use openmls::prelude::{
     GroupId, KeyPackage, KeyPackageIn, LeafNodeIndex, MlsGroup, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
-    ProcessedMessageContent, ProtocolMessage, ProtocolVersion, Sender, SenderRatchetConfiguration, StagedWelcome,
+    ProcessedMessageContent, ProcessedWelcome, ProtocolMessage, ProtocolVersion, RatchetTreeIn, Sender,
+    SenderRatchetConfiguration,
 };
 use openmls::prelude::{Extension, Extensions, ExternalSender, GroupContext, LeafNodeParameters};
 use openmls_traits::OpenMlsProvider;
@@ -33,8 +34,8 @@ use crate::protocol::pubsub::{Event, NS_EVENT};
 use crate::protocol::content::{encryption_hint, Content, ContentError, Envelope};
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::groups::{
-    epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, Welcome,
-    WrongEpoch,
+    epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, TreePage, TreeRequest,
+    Welcome, WrongEpoch,
 };
 use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome};
 use crate::protocol::notices::Notice;
@@ -50,6 +51,11 @@ const REMOVAL_JITTER: Duration = Duration::from_secs(2);
 /// How long after handling new items a device on the feed acknowledges
 /// them (xep/ History: Acknowledgements).
 const ACK_DELAY: Duration = Duration::from_secs(5);
+/// The largest ratchet tree (its encoding) that GroupInfos and Welcomes
+/// carry; joiners of larger groups fetch it (xep/ §Fetching the Ratchet Tree).
+pub const INLINE_TREE_MAX: usize = 32 * 1024;
+/// The largest ratchet tree this client fetches: about 80,000 leaves.
+const FETCHED_TREE_MAX: usize = 64 * 1024 * 1024;
 /// Attempts of one change before giving up.
 const ATTEMPTS: usize = 30;
 /// Past epochs whose application messages still decrypt (the service's window).
@@ -71,6 +77,12 @@ pub enum GroupError {
     Forked(String),
     #[error("no proposals to commit")]
     NothingPending,
+    #[error("the commit bundle would be {0} octets, over the service's max-payload-size")]
+    BundleTooBig(usize),
+    /// The ratchet tree fetched from the service is not the group's
+    /// (xep/ §Fetching the Ratchet Tree): never used.
+    #[error("the ratchet tree from the service does not match the group: {0}")]
+    BadTree(String),
     #[error("{0}")]
     Other(String),
 }
@@ -176,6 +188,8 @@ pub struct Core<S: DeviceStorage = SqliteStorage> {
     /// acknowledged: the last one's stanza id; and when to acknowledge.
     unacked: HashMap<Jid, String>,
     ack_at: Option<Instant>,
+    /// The service's max-payload-size, once read.
+    max_payload: Option<usize>,
 }
 
 fn group_jid(service: &Jid, group_id: &[u8]) -> BareJid {
@@ -244,6 +258,7 @@ impl<S: DeviceStorage> Core<S> {
             unlisted: HashSet::new(),
             unacked: HashMap::new(),
             ack_at: None,
+            max_payload: None,
         })
     }
 
@@ -373,10 +388,38 @@ impl<S: DeviceStorage> Core<S> {
                 kps.extend(self.key_packages_for(account, missing).await?);
             }
         }
-        if kps.is_empty() {
-            return Err(GroupError::Other("no KeyPackage to add".into()));
+        self.add_key_packages(group, kps).await
+    }
+
+    /// Adds the devices of `kps` in as few commits as fit the service's
+    /// max-payload-size (xep/ §The Tree and Size of a Bundle): while a
+    /// batch's bundle is too large, batches are halved. The last commit's
+    /// acceptance.
+    pub async fn add_key_packages(&mut self, group: &BareJid, kps: Vec<KeyPackage>) -> Result<Accepted, GroupError> {
+        let (mut rest, mut size, mut accepted) = (&kps[..], kps.len(), None);
+        while !rest.is_empty() {
+            let batch = &rest[..size.min(rest.len())];
+            match self.change(group, Change::Add(batch.to_vec())).await {
+                Err(GroupError::BundleTooBig(_)) if batch.len() > 1 => size = batch.len() / 2,
+                outcome => {
+                    accepted = Some(outcome?);
+                    rest = &rest[batch.len()..];
+                }
+            }
         }
-        self.change(group, Change::Add(kps)).await
+        accepted.ok_or_else(|| GroupError::Other("no KeyPackage to add".into()))
+    }
+
+    /// The service's max-payload-size (its disco#info form), read once.
+    async fn max_payload(&mut self) -> Result<usize, GroupError> {
+        if let Some(max) = self.max_payload {
+            return Ok(max);
+        }
+        let form = self.port.service_limits(&self.service).await?;
+        let value = form.iter().find(|(var, _)| var == "max-payload-size").and_then(|(_, v)| v.first()?.parse().ok());
+        let max = value.ok_or_else(|| GroupError::Other("the service announces no max-payload-size".into()))?;
+        self.max_payload = Some(max);
+        Ok(max)
     }
 
     /// Claims one KeyPackage for each of `devices` of `account` and keeps
@@ -484,9 +527,16 @@ impl<S: DeviceStorage> Core<S> {
     async fn change(&mut self, group: &BareJid, change: Change) -> Result<Accepted, GroupError> {
         let id = self.unforked(group)?;
         self.settle(group).await?;
+        let max_payload = self.max_payload().await?;
         for _ in 0..ATTEMPTS {
-            let bundle = self.stage(&id, &change).await?;
-            let reply = self.port.iq(&group.clone().into(), "set", bundle.to_element()).await;
+            let bundle = self.stage(&id, &change).await?.to_element();
+            let size = String::from(&bundle).len();
+            if size > max_payload {
+                let storage = self.device.provider().storage();
+                load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(storage).map_err(mls)?;
+                return Err(GroupError::BundleTooBig(size));
+            }
+            let reply = self.port.iq(&group.clone().into(), "set", bundle).await;
             match reply {
                 Ok(payload) => {
                     let accepted = accepted(payload)?;
@@ -548,6 +598,7 @@ impl<S: DeviceStorage> Core<S> {
         if matches!(change, Change::Pending | Change::Revoke) && leaves.is_empty() && g.pending_proposals().next().is_none() {
             return Err(GroupError::NothingPending);
         }
+        let inline = inline_tree(g)?;
         let mut b = g.commit_builder();
         match change {
             Change::Add(kps) => b = b.propose_adds(kps.iter().cloned()),
@@ -565,7 +616,7 @@ impl<S: DeviceStorage> Core<S> {
             .consume_proposal_store(true)
             .load_psks(provider.storage())
             .map_err(mls)?
-            .use_ratchet_tree_extension(true)
+            .use_ratchet_tree_extension(inline)
             .build(provider.rand(), provider.crypto(), signer, |_| true)
             .map_err(mls)?
             .stage_commit(provider)
@@ -984,13 +1035,23 @@ impl<S: DeviceStorage> Core<S> {
         let provider = self.device.provider();
         // A Welcome for another device of this account carries none of our
         // KeyPackages: not an error, just not for us.
-        let staged = match StagedWelcome::new_from_welcome(provider, &join_config(), w, None) {
-            Ok(s) => s,
+        let processed = match ProcessedWelcome::new_from_welcome(provider, &join_config(), w) {
+            Ok(p) => p,
             Err(e) => {
                 tracing::debug!(error = %e, "Welcome not for this device");
                 return Ok(());
             }
         };
+        let info = processed.unverified_group_info();
+        let tree = match info.extensions().ratchet_tree() {
+            Some(_) => None,
+            None => {
+                let group = group_jid(&self.service, info.group_id().as_slice());
+                Some(self.port.tree(&group, info.group_context().epoch().as_u64()).await?)
+            }
+        };
+        let provider = self.device.provider();
+        let staged = processed.into_staged_welcome(provider, tree).map_err(|e| GroupError::BadTree(e.to_string()))?;
         let g = staged.into_group(provider).map_err(mls)?;
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);
@@ -1271,11 +1332,14 @@ impl<S: DeviceStorage> Core<S> {
         else {
             return Err(GroupError::Mls("not a GroupInfo".into()));
         };
+        let mut builder = MlsGroup::external_commit_builder().with_config(join_config());
+        if vgi.extensions().ratchet_tree().is_none() {
+            builder = builder.with_ratchet_tree(self.port.tree(group, vgi.group_context().epoch().as_u64()).await?);
+        }
         let provider = self.device.provider();
-        let (mut g, bundle) = MlsGroup::external_commit_builder()
-            .with_config(join_config())
+        let (mut g, bundle) = builder
             .build_group(provider, vgi, self.device.credential_with_key())
-            .map_err(mls)?
+            .map_err(|e| GroupError::BadTree(e.to_string()))?
             .load_psks(provider.storage())
             .map_err(mls)?
             .build(provider.rand(), provider.crypto(), self.device.signer(), |_| true)
@@ -1319,6 +1383,38 @@ fn load_group<'a, S: DeviceStorage>(
         groups.insert(id.to_vec(), g);
     }
     Ok(groups.get_mut(id).expect("just inserted"))
+}
+
+/// Whether the group's GroupInfos and Welcomes carry its ratchet tree:
+/// while its encoding is at most [`INLINE_TREE_MAX`] octets.
+fn inline_tree(g: &MlsGroup) -> Result<bool, GroupError> {
+    use tls_codec::Size as _;
+    Ok(g.export_ratchet_tree().tls_serialized_len() <= INLINE_TREE_MAX)
+}
+
+impl Port {
+    /// The ratchet tree of `group` at `epoch`, fetched page by page from the
+    /// service (xep/ §Fetching the Ratchet Tree). Only decoded here: MLS
+    /// verifies it against the GroupContext it is used with.
+    pub async fn tree(&self, group: &BareJid, epoch: u64) -> Result<RatchetTreeIn, GroupError> {
+        let (mut pages, mut octets, mut page) = (Vec::new(), 0, 0);
+        loop {
+            let request = TreeRequest { epoch, page };
+            let reply = self.iq(&group.clone().into(), "get", request.to_element()).await?;
+            let got = reply.as_ref().map(TreePage::parse).transpose().map_err(|e| GroupError::BadTree(e.to_string()))?;
+            let got = got.filter(|p| p.epoch == epoch && p.page == page).ok_or_else(|| GroupError::BadTree("not the page asked for".into()))?;
+            octets += got.nodes.len();
+            if octets > FETCHED_TREE_MAX {
+                return Err(GroupError::BadTree(format!("larger than {FETCHED_TREE_MAX} octets")));
+            }
+            pages.push(got.nodes);
+            page += 1;
+            if page >= got.pages {
+                break;
+            }
+        }
+        crate::protocol::mls::tree_from_pages(&pages).map_err(|e| GroupError::BadTree(e.reason().into()))
+    }
 }
 
 /// How a signature key is shown to users: the first 16 octets of its

@@ -155,3 +155,51 @@ pub fn welcome(bytes: &[u8]) -> Result<Welcome, Invalid> {
         _ => Err(Invalid::Malformed),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use openmls::group::{GroupId, MlsGroup, MlsGroupCreateConfig};
+    use openmls::prelude::{BasicCredential, CredentialWithKey, KeyPackage};
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_rust_crypto::OpenMlsRustCrypto;
+    use tls_codec::Serialize as _;
+
+    use super::*;
+    use crate::client::CIPHERSUITE;
+
+    fn credential(name: &str, signer: &SignatureKeyPair) -> CredentialWithKey {
+        CredentialWithKey {
+            credential: BasicCredential::new(format!("xmpp:{name}@example.org").into_bytes()).into(),
+            signature_key: signer.to_public_vec().into(),
+        }
+    }
+
+    /// Pages hold whole nodes within the budget, and put together again
+    /// they are the tree, octet for octet.
+    #[test]
+    fn a_tree_cut_into_pages_is_the_same_tree_again() {
+        let provider = OpenMlsRustCrypto::default();
+        let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+        let config = MlsGroupCreateConfig::builder().ciphersuite(CIPHERSUITE).build();
+        let mut group =
+            MlsGroup::new_with_group_id(&provider, &signer, &config, GroupId::from_slice(b"g"), credential("owner", &signer)).unwrap();
+        let kps: Vec<KeyPackage> = (0..6)
+            .map(|i| {
+                let s = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
+                KeyPackage::builder().build(CIPHERSUITE, &provider, &s, credential(&format!("m{i}"), &s)).unwrap().key_package().clone()
+            })
+            .collect();
+        group.add_members(&provider, &signer, &kps).unwrap();
+        group.merge_pending_commit(&provider).unwrap();
+        let tree = group.export_ratchet_tree().tls_serialize_detached().unwrap();
+        let budget = 600;
+        let pages = tree_pages(&tree, budget).unwrap();
+        assert!(pages.len() >= 3, "{} pages", pages.len());
+        assert!(pages.iter().all(|p| p.len() <= budget), "{:?}", pages.iter().map(Vec::len).collect::<Vec<_>>());
+        assert_eq!(tree_from_pages(&pages).unwrap().tls_serialize_detached().unwrap(), tree);
+        assert_eq!(tree_pages(&tree, usize::MAX).unwrap().len(), 1);
+        let mut cut = pages.clone();
+        cut[1].pop();
+        assert_eq!(tree_from_pages(&cut).unwrap_err(), Invalid::Malformed, "a page cut short does not decode");
+    }
+}

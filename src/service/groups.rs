@@ -867,7 +867,7 @@ mod tests {
     use std::sync::Arc;
 
     use minidom::Element;
-    use openmls::group::{MlsGroup, StagedWelcome};
+    use openmls::group::{MlsGroup, ProcessedWelcome, StagedWelcome};
     use openmls::prelude::{
         BasicCredential, CredentialWithKey, GroupId, KeyPackage, MlsMessageBodyIn, MlsMessageIn, MlsMessageOut,
     };
@@ -1010,6 +1010,11 @@ mod tests {
 
     /// `member`'s commit (pending in `group`) as a bundle.
     pub(super) fn bundle(group: &mut MlsGroup, member: &Member, add: &[&Member]) -> CommitBundle {
+        bundle_with_tree(group, member, add, true)
+    }
+
+    /// As [`bundle`], the tree in its GroupInfo and Welcome if `inline`.
+    fn bundle_with_tree(group: &mut MlsGroup, member: &Member, add: &[&Member], inline: bool) -> CommitBundle {
         let staged = if add.is_empty() {
             group.commit_builder().force_self_update(true).consume_proposal_store(true)
         } else {
@@ -1017,7 +1022,7 @@ mod tests {
         }
         .load_psks(member.provider.storage())
         .unwrap()
-        .use_ratchet_tree_extension(true)
+        .use_ratchet_tree_extension(inline)
         .build(member.provider.rand(), member.provider.crypto(), &member.signer, |_| true)
         .unwrap()
         .stage_commit(&member.provider)
@@ -1180,5 +1185,66 @@ mod tests {
             decided[1]
         );
         assert_eq!(ds.archived().await, [("commit".to_string(), 1)]);
+    }
+
+    /// The tree of every page of epoch `epoch`, fetched as `who`.
+    async fn fetch_tree(ds: &Ds, who: &Member, epoch: u64) -> Result<Vec<Vec<u8>>, ServiceError> {
+        let (mut pages, mut page) = (Vec::new(), 0);
+        loop {
+            let mut req = ds.request(who, TreeRequest { epoch, page }.to_element());
+            req.kind = IqKind::Get;
+            let got = TreePage::parse(&ds.service.handle_iq(&req).await?.payload.unwrap()).unwrap();
+            assert_eq!((got.epoch, got.page), (epoch, page));
+            pages.push(got.nodes);
+            page += 1;
+            if page == got.pages {
+                return Ok(pages);
+            }
+        }
+    }
+
+    /// A Welcome whose bundle leaves the tree out: the service keeps the
+    /// new epoch's tree, the joiner fetches it and joins with it; a changed
+    /// octet makes the join fail; other epochs and other accounts get no tree.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_joiner_fetches_the_tree_its_welcome_leaves_out() {
+        let (alice, bob, carol, dave) = (Member::new("alice"), Member::new("bob"), Member::new("carol"), Member::new("dave"));
+        let ds = Ds::new(&[&alice, &bob, &carol, &dave], "").await;
+        let mut groups = ds.create(&alice, &[&bob]).await;
+        let add = bundle_with_tree(&mut groups[0], &alice, &[&carol], false);
+        assert!(mls::group_info(&add.group_info, &ds.id).unwrap().1.is_none(), "no tree inline");
+        assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, add.to_element()).await.unwrap()), 2);
+        groups[0].merge_pending_commit(&alice.provider).unwrap();
+        let pages = fetch_tree(&ds, &carol, 2).await.unwrap();
+        assert_eq!(bytes_of(&mls::tree_from_pages(&pages).unwrap()), bytes_of(&groups[0].export_ratchet_tree()), "the new epoch's");
+        let mut tampered = pages.clone();
+        let last = tampered[0].len() - 1;
+        tampered[0][last] ^= 1;
+        let (info, _) = mls::group_info(&add.group_info, &ds.id).unwrap();
+        let bad = mls::tree_from_pages(&tampered)
+            .map(|tree| PublicGroup::from_external(alice.provider.crypto(), &StateCodec::default(), tree, info, ProposalStore::new()));
+        assert!(matches!(bad, Err(_) | Ok(Err(_))), "a changed octet is detected");
+        let MlsMessageBodyIn::Welcome(w) = MlsMessageIn::tls_deserialize_exact(add.welcome.as_ref().unwrap()).unwrap().extract() else {
+            panic!("not a Welcome")
+        };
+        let welcome = ProcessedWelcome::new_from_welcome(&carol.provider, &crate::client::groups::join_config(), w).unwrap();
+        let tree = mls::tree_from_pages(&pages).unwrap();
+        let joined = welcome.into_staged_welcome(&carol.provider, Some(tree)).unwrap().into_group(&carol.provider).unwrap();
+        assert_eq!(joined.epoch_authenticator().as_slice(), groups[0].epoch_authenticator().as_slice());
+        assert!(matches!(fetch_tree(&ds, &carol, 1).await, Err(ServiceError::TreeUnavailable)), "epoch 1 is not kept");
+        assert!(matches!(fetch_tree(&ds, &dave, 2).await, Err(ServiceError::NotAMember)));
+        let mut beyond = ds.request(&carol, TreeRequest { epoch: 2, page: 1 }.to_element());
+        beyond.kind = IqKind::Get;
+        assert!(matches!(ds.service.handle_iq(&beyond).await, Err(ServiceError::TreeUnavailable)));
+        let update = bundle_with_tree(&mut groups[0], &alice, &[], false);
+        assert_eq!(accepted_epoch(&ds.send(&ds.service, &alice, update.to_element()).await.unwrap()), 3);
+        groups[0].merge_pending_commit(&alice.provider).unwrap();
+        let current = fetch_tree(&ds, &bob, 3).await.unwrap();
+        assert_eq!(bytes_of(&mls::tree_from_pages(&current).unwrap()), bytes_of(&groups[0].export_ratchet_tree()), "the current epoch's");
+        assert_eq!(fetch_tree(&ds, &carol, 2).await.unwrap(), pages, "a Welcome's epoch stays kept");
+    }
+
+    fn bytes_of(v: &impl tls_codec::Serialize) -> Vec<u8> {
+        v.tls_serialize_detached().unwrap()
     }
 }
