@@ -20,7 +20,7 @@ use openmls::prelude::{
 };
 use openmls::prelude::{Extension, Extensions, ExternalSender, GroupContext, LeafNodeParameters};
 use openmls_traits::OpenMlsProvider;
-use tls_codec::{Deserialize, Serialize};
+use tls_codec::{Deserialize, Serialize, Size as _};
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::stanza_error::StanzaError;
 
@@ -1333,15 +1333,22 @@ impl<S: DeviceStorage> Core<S> {
             return Err(GroupError::Mls("not a GroupInfo".into()));
         };
         let mut builder = MlsGroup::external_commit_builder().with_config(join_config());
-        if vgi.extensions().ratchet_tree().is_none() {
-            builder = builder.with_ratchet_tree(self.port.tree(group, vgi.group_context().epoch().as_u64()).await?);
-        }
+        let inline = match vgi.extensions().ratchet_tree() {
+            Some(tree) => tree.ratchet_tree().tls_serialized_len() <= INLINE_TREE_MAX,
+            None => {
+                let tree = self.port.tree(group, vgi.group_context().epoch().as_u64()).await?;
+                let inline = tree.tls_serialized_len() <= INLINE_TREE_MAX;
+                builder = builder.with_ratchet_tree(tree);
+                inline
+            }
+        };
         let provider = self.device.provider();
         let (mut g, bundle) = builder
             .build_group(provider, vgi, self.device.credential_with_key())
             .map_err(|e| GroupError::BadTree(e.to_string()))?
             .load_psks(provider.storage())
             .map_err(mls)?
+            .use_ratchet_tree_extension(inline)
             .build(provider.rand(), provider.crypto(), self.device.signer(), |_| true)
             .map_err(mls)?
             .finalize(provider)
@@ -1388,7 +1395,6 @@ fn load_group<'a, S: DeviceStorage>(
 /// Whether the group's GroupInfos and Welcomes carry its ratchet tree:
 /// while its encoding is at most [`INLINE_TREE_MAX`] octets.
 fn inline_tree(g: &MlsGroup) -> Result<bool, GroupError> {
-    use tls_codec::Size as _;
     Ok(g.export_ratchet_tree().tls_serialized_len() <= INLINE_TREE_MAX)
 }
 
