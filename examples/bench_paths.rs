@@ -36,6 +36,8 @@
 //! runs; `--json` also writes them as `{"bench", "quick", "figures": [{"name",
 //! "value", "unit", "ratio", "baseline"}]}`.
 
+#[path = "common/bench.rs"]
+mod bench;
 #[path = "common/cpu.rs"]
 mod cpu;
 
@@ -46,78 +48,31 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use futures::StreamExt;
 use minidom::Element;
-use openmls::group::{MlsGroup, MlsGroupCreateConfig, ProposalStore, PublicGroup, MIXED_PLAINTEXT_WIRE_FORMAT_POLICY};
-use openmls::prelude::{
-    BasicCredential, Capabilities, ContentType, CredentialWithKey, ExtensionType, GroupId, KeyPackage,
-    MlsMessageOut, ProcessedMessageContent, ProtocolMessage, RatchetTreeIn,
-};
+use openmls::group::{ProposalStore, PublicGroup};
 use openmls::messages::group_info::VerifiableGroupInfo;
-use openmls_basic_credential::SignatureKeyPair;
+use openmls::prelude::{KeyPackage, MlsMessageOut, RatchetTreeIn};
 use openmls_memory_storage::MemoryStorage;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::types::SignatureScheme;
 use openmls_traits::OpenMlsProvider;
 use tls_codec::{Serialize, VLBytes};
-use xmpp_mls::client::CIPHERSUITE;
-use xmpp_mls::config::{Config, StoreConfig};
-use xmpp_mls::protocol::address::{directory_node, group_node, Address};
+use xmpp_mls::config::Config;
+use xmpp_mls::protocol::address::directory_node;
 use xmpp_mls::protocol::devices::Device;
-use xmpp_mls::protocol::groups::{epoch_check, CommitBundle, Create};
 use xmpp_mls::protocol::keypackages::{key_package_element, parse_claimed, verify, Claim, ClaimOutcome, Policy, NODE};
 use xmpp_mls::protocol::mam::{query_element, Cursor};
 use xmpp_mls::protocol::mls;
 use xmpp_mls::protocol::pubsub::publish_request;
 use xmpp_mls::service::{IqKind, IqRequest, Response, Service};
 use xmpp_mls::store::state::StateCodec;
-use xmpp_mls::store::{AppendOutcome, ArchiveBudget, FeedEntry, FeedJoin, Filter, Inspector, Member, PageStart, Source, Store};
+use xmpp_mls::store::{AppendOutcome, ArchiveBudget, FeedEntry, Filter, Member, PageStart, Source, Store};
 use xmpp_parsers::jid::{BareJid, Jid};
 
-const DOMAIN: &str = "mls.example.org";
+use bench::*;
+
 /// Plaintext of a benchmark chat message: a typical line of text.
 const CHAT_LINE: usize = 100;
-
-/// One printed figure.
-struct Figure {
-    name: String,
-    value: f64,
-    unit: &'static str,
-    ratio: f64,
-    baseline: String,
-}
-
-impl Figure {
-    fn new(name: impl Into<String>, value: f64, unit: &'static str, ratio: f64, baseline: impl Into<String>) -> Self {
-        let f = Figure { name: name.into(), value, unit, ratio, baseline: baseline.into() };
-        println!("{}: {} {} ({:.2}x {})", f.name, number(f.value), f.unit, f.ratio, f.baseline);
-        f
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "name": self.name, "value": self.value, "unit": self.unit,
-            "ratio": self.ratio, "baseline": self.baseline,
-        })
-    }
-}
-
-/// Three significant digits or so, without noise digits on big values.
-fn number(v: f64) -> String {
-    match v.abs() {
-        a if a >= 100.0 => format!("{v:.0}"),
-        a if a >= 10.0 => format!("{v:.1}"),
-        _ => format!("{v:.2}"),
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// What the run covers: `--quick` keeps it under two minutes.
 struct Plan {
@@ -153,106 +108,6 @@ impl Plan {
     }
 }
 
-/// A device of its own account `<prefix><i>@example.org`, with a key and
-/// an in-memory provider. Device ids differ across accounts too: the feed
-/// knows a device by its id within the group.
-struct Person {
-    account: BareJid,
-    device_id: String,
-    signer: SignatureKeyPair,
-    provider: OpenMlsRustCrypto,
-}
-
-impl Person {
-    fn new(prefix: &str, i: usize) -> Self {
-        Person {
-            account: BareJid::new(&format!("{prefix}{i}@example.org")).unwrap(),
-            device_id: format!("{prefix}{i}"),
-            signer: SignatureKeyPair::new(SignatureScheme::ED25519).unwrap(),
-            provider: OpenMlsRustCrypto::default(),
-        }
-    }
-
-    fn jid(&self) -> Jid {
-        Jid::new(&format!("{}/{}", self.account, self.device_id)).unwrap()
-    }
-
-    fn device(&self) -> Device {
-        Device { id: self.device_id.clone(), signature_key: self.signer.to_public_vec(), label: None, expires: Some(i64::MAX / 2) }
-    }
-
-    fn credential(&self) -> CredentialWithKey {
-        CredentialWithKey {
-            credential: BasicCredential::new(format!("xmpp:{}", self.account).into_bytes()).into(),
-            signature_key: self.signer.to_public_vec().into(),
-        }
-    }
-
-    fn key_package(&self) -> KeyPackage {
-        let caps = Capabilities::builder().extensions(vec![ExtensionType::LastResort]).build();
-        let bundle = KeyPackage::builder()
-            .leaf_node_capabilities(caps)
-            .build(CIPHERSUITE, &self.provider, &self.signer, self.credential())
-            .unwrap();
-        bundle.key_package().clone()
-    }
-}
-
-fn bytes(m: &MlsMessageOut) -> Vec<u8> {
-    m.tls_serialize_detached().unwrap()
-}
-
-/// A service on a fresh SQLite store in `dir`, with the default
-/// configuration but for `extra` TOML.
-fn service(dir: &Path, extra: &str) -> (Arc<Service>, Store) {
-    service_on(&Backend::Sqlite.new_store(dir), extra)
-}
-
-/// A service on the store of `store` (a `[store]` section).
-fn service_on(store: &str, extra: &str) -> (Arc<Service>, Store) {
-    let text = format!("[component]\njid = \"{DOMAIN}\"\nsecret = \"bench\"\n{store}{extra}");
-    let config = Config::from_toml(&text, std::iter::empty()).unwrap();
-    let store = Store::open(&config.store).unwrap();
-    (Arc::new(Service::new(Arc::new(config), store.clone())), store)
-}
-
-/// Where a benchmark's store is.
-enum Backend {
-    Sqlite,
-    /// A PostgreSQL server's connection string (a new database per store).
-    Postgres(String),
-}
-
-impl Backend {
-    /// The `[store]` section of a new, empty store.
-    fn new_store(&self, dir: &Path) -> String {
-        match self {
-            Backend::Sqlite => format!("[store]\npath = \"{}\"\n", dir.join("store.sqlite3").display()),
-            Backend::Postgres(server) => {
-                let name = format!("bench_{:08x}", rand::random::<u32>());
-                let admin = StoreConfig { url: server.clone(), ..StoreConfig::default() };
-                let create = format!("CREATE DATABASE {name}");
-                std::thread::spawn(move || Inspector::open(&admin).and_then(|i| i.with(|c| c.execute_batch(&create))).unwrap())
-                    .join()
-                    .unwrap();
-                format!("[store]\nurl = \"{server} dbname={name}\"\n")
-            }
-        }
-    }
-}
-
-fn iq(from: &Jid, to: String, kind: IqKind, payload: Element) -> IqRequest {
-    let to = Jid::new(&to).unwrap();
-    IqRequest { id: "bench".into(), from: from.clone(), address: Address::parse(&to).unwrap(), to, kind, payload }
-}
-
-async fn handle(service: &Service, req: IqRequest) -> Response {
-    match service.handle_iq(&req).await {
-        Ok(r) => r,
-        Err(e) => panic!("{} refused: {e}", req.payload.name()),
-    }
-}
-
 /// Requests handled as the component handles stanzas: each in its own
 /// task, at most `limits.max_in_flight` (256) at once; answers in order.
 async fn handle_all(service: &Arc<Service>, requests: Vec<IqRequest>) -> Vec<Response> {
@@ -263,82 +118,8 @@ async fn handle_all(service: &Arc<Service>, requests: Vec<IqRequest>) -> Vec<Res
     tasks.buffered(256).map(|r| r.expect("request task")).collect().await
 }
 
-fn group_jid(id: &[u8]) -> String {
-    format!("{}@{DOMAIN}", group_node(id))
-}
-
 fn directory_jid(account: &BareJid) -> String {
     format!("{}@{DOMAIN}", directory_node(account))
-}
-
-/// Lists every person's device in the store (the AS check needs it).
-async fn publish(store: &Store, people: &[Person]) {
-    let now = xmpp_mls::protocol::now();
-    for chunk in people.chunks(512) {
-        join_all(chunk.iter().map(|p| {
-            store.publish_device(p.account.to_string(), p.device(), Element::bare("event", "urn:x"), 16, now)
-        }))
-        .await
-        .into_iter()
-        .for_each(|r| {
-            r.unwrap();
-        });
-    }
-}
-
-fn create_config() -> MlsGroupCreateConfig {
-    MlsGroupCreateConfig::builder()
-        .wire_format_policy(MIXED_PLAINTEXT_WIRE_FORMAT_POLICY)
-        .use_ratchet_tree_extension(true)
-        .ciphersuite(CIPHERSUITE)
-        .build()
-}
-
-/// A group of `people`, created at the service by the first of them.
-async fn create_group(service: &Service, people: &[Person], id: [u8; 16]) -> MlsGroup {
-    let owner = &people[0];
-    let mut group =
-        MlsGroup::new_with_group_id(&owner.provider, &owner.signer, &create_config(), GroupId::from_slice(&id), owner.credential())
-            .unwrap();
-    if people.len() > 1 {
-        let kps: Vec<KeyPackage> = people[1..].iter().map(Person::key_package).collect();
-        group.add_members(&owner.provider, &owner.signer, &kps).unwrap();
-        group.merge_pending_commit(&owner.provider).unwrap();
-    }
-    let info = group.export_group_info(owner.provider.crypto(), &owner.signer, true).unwrap();
-    handle(service, iq(&owner.jid(), group_jid(&id), IqKind::Set, Create { group_info: bytes(&info) }.to_element())).await;
-    group
-}
-
-/// The owner's next self-update, as a client would send it.
-fn self_update(group: &mut MlsGroup, owner: &Person) -> CommitBundle {
-    let staged = group
-        .commit_builder()
-        .force_self_update(true)
-        .consume_proposal_store(true)
-        .load_psks(owner.provider.storage())
-        .unwrap()
-        .use_ratchet_tree_extension(true)
-        .build(owner.provider.rand(), owner.provider.crypto(), &owner.signer, |_| true)
-        .unwrap()
-        .stage_commit(&owner.provider)
-        .unwrap();
-    let check = group.pending_commit().and_then(|c| c.epoch_authenticator()).map(|a| epoch_check(a.as_slice())).unwrap();
-    let (commit, welcome, info) = staged.into_messages();
-    CommitBundle {
-        commit: bytes(&commit),
-        welcome: welcome.as_ref().map(bytes),
-        group_info: bytes(&info.unwrap()),
-        epoch_check: check,
-    }
-}
-
-/// openmls alone: the commit processed and merged by an in-memory PublicGroup.
-fn public_group_apply(pg: &mut PublicGroup, crypto: &impl OpenMlsCrypto, storage: &MemoryStorage, commit: &[u8], id: &[u8]) {
-    let message = mls::public_message(commit, id, ContentType::Commit).unwrap();
-    let processed = pg.process_message(crypto, ProtocolMessage::from(message)).unwrap();
-    let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else { panic!("not a commit") };
-    pg.merge_commit(storage, *staged).unwrap();
 }
 
 /// Commit acceptance per group size, every device on the live feed.
@@ -377,7 +158,7 @@ async fn commit_times(backend: &Backend, dir: &Path, size: usize, commits: usize
     let (mut ours, mut raw) = (Vec::new(), Vec::new());
     // One unmeasured commit first: caches, and a tree as commits leave it.
     for i in 0..=commits {
-        let bundle = self_update(&mut group, owner);
+        let bundle = self_update(&mut group, owner, true);
         let t = Instant::now();
         public_group_apply(&mut pg, owner.provider.crypto(), &storage, &bundle.commit, &id);
         let raw_time = t.elapsed();
@@ -440,7 +221,7 @@ async fn commit_rate(backend: &Backend, groups: usize, instances: usize, rounds:
     for _ in 0..rounds {
         let requests = all.iter_mut().enumerate().map(|(g, (people, group))| {
             let id = group.group_id().as_slice().to_vec();
-            let req = iq(&people[0].jid(), group_jid(&id), IqKind::Set, self_update(group, &people[0]).to_element());
+            let req = iq(&people[0].jid(), group_jid(&id), IqKind::Set, self_update(group, &people[0], true).to_element());
             let service = services[g % instances].0.clone();
             tokio::spawn(async move { handle(&service, req).await })
         });
@@ -844,9 +625,8 @@ async fn bench_rss(figures: &mut Vec<Figure>) {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let json = args.iter().position(|a| a == "--json").map(|i| PathBuf::from(args.get(i + 1).expect("--json PATH")));
+    let cli = Args::parse();
+    let (args, quick) = (&cli.args, cli.quick);
     let plan = Plan::new(quick);
     let only = args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).expect("--only SECTION").as_str());
     let run = |section: &str| only.is_none_or(|o| o == section);
@@ -873,21 +653,6 @@ async fn main() {
         Ok(server) if run("postgres") => bench_postgres(&plan, &server, &mut figures).await,
         _ => println!("# postgres section skipped: XMPP_BENCH_POSTGRES names no PostgreSQL server"),
     }
-    if let Some(path) = json {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).unwrap();
-        }
-        let all = serde_json::json!({
-            "bench": "paths",
-            "quick": quick,
-            "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
-        });
-        std::fs::write(&path, serde_json::to_string_pretty(&all).unwrap()).unwrap();
-    }
+    cli.write_json("paths", &figures);
 }
 
-/// Puts a device on a group's feed (no group quota in benchmarks).
-async fn joined(store: &Store, id: &[u8], entry: FeedEntry) {
-    let join = store.join_feed(id.to_vec(), entry, usize::MAX).await.unwrap();
-    assert!(matches!(join, FeedJoin::Joined { .. }), "{join:?}");
-}

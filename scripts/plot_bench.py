@@ -73,10 +73,10 @@ def svg(runs):
 
 def main():
     out = Path(sys.argv[1])
-    e2e, paths = load(out / "e2e.json"), load(out / "paths.json")
+    e2e, paths, large = load(out / "e2e.json"), load(out / "paths.json"), load(out / "large.json")
     if e2e is None:
         sys.exit(f"{out / 'e2e.json'} is missing")
-    (out / "results.json").write_text(json.dumps({"e2e": e2e, "paths": paths}, indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps({"e2e": e2e, "paths": paths, "large": large}, indent=2) + "\n")
     (out / "plot.svg").write_text(svg(e2e["runs"]))
 
 
