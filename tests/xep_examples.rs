@@ -19,7 +19,7 @@ use xmpp_mls::protocol::keypackages::{
 use xmpp_mls::protocol::error::invalid_message;
 use xmpp_mls::protocol::groups::{
     group_info_element, joined_element, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Proposal,
-    Welcome, WrongEpoch,
+    TreePage, TreeRequest, Welcome, WrongEpoch,
 };
 use xmpp_mls::protocol::mam::{Ack, MamQuery, NS_MAM};
 use xmpp_mls::protocol::content::{encryption_hint, Envelope, NS_EME, NS_SCE, PAD_BLOCK};
@@ -126,6 +126,8 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
             let (epoch, info) = parse_group_info(el).expect("group-info parses");
             same(group_info_element(epoch, &info), "group-info")
         }
+        ("tree", NS) if el.attr("pages").is_some() => same(TreePage::parse(el).expect("tree page parses").to_element(), "tree page"),
+        ("tree", NS) => same(TreeRequest::parse(el).expect("tree request parses").to_element(), "tree request"),
         ("mls", NS) => same(GroupMessage::parse(el).expect("mls parses").to_element(), "mls"),
         ("welcome", NS) if parent.is_some_and(|p| p.name() == "message") => {
             let message = parent.expect("in a message");
@@ -223,6 +225,8 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "proposal",
         "accepted",
         "group-info",
+        "tree request",
+        "tree page",
         "mls",
         "welcome",
         "wrong-epoch",
