@@ -564,7 +564,7 @@ async fn fill_directory(path: &Path, groups: usize, devices: usize) {
             let group_info = group_info.clone();
             store.group_tx((g as u64).to_be_bytes().to_vec(), move |tx| {
                 tx.create(0, &group_info, &Default::default())?;
-                tx.set_members(&members, 0)
+                tx.change_members(&[], &members, 0)
             })
         }))
         .await

@@ -8,7 +8,7 @@
 //! epoch's compare-and-swap and the Welcomes land together or not at all,
 //! so exactly one commit wins each epoch, whatever runs concurrently.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use minidom::Element;
 use openmls::group::{ProposalStore, PublicGroup, StagedCommit};
@@ -34,7 +34,7 @@ use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
 use crate::protocol::n;
 use crate::store::state::{PublicState, StateCodec};
-use crate::store::{Acceptance, ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Join, Member};
+use crate::store::{Acceptance, ArchiveBudget, Archived, FeedEntry, GroupState, GroupTx, Join, Member, StateWrite};
 use crate::xmpp::namespace::CLIENT;
 
 /// A handshake that took its place in a group's archive.
@@ -247,11 +247,10 @@ fn still_at(tx: &GroupTx<'_>, epoch: u64) -> Result<(), ServiceError> {
 /// of the requester's account, or for an external Commit, an account that
 /// has a leaf. A claim of another account's leaf is refused either way:
 /// forged, its signature fails; genuine, it is not the requester's.
-fn claimed_sender(message: &PublicMessageIn, members: &[Member], account: &BareJid) -> Result<(), ServiceError> {
-    let ours = |m: &Member| m.account == account.as_str();
+async fn claimed_sender(store: &crate::store::Store, group_id: &[u8], message: &PublicMessageIn, account: &BareJid) -> Result<(), ServiceError> {
     let allowed = match message.sender() {
-        Sender::Member(leaf) => members.iter().any(|m| m.leaf == leaf.u32() && ours(m)),
-        Sender::NewMemberCommit => members.iter().any(ours),
+        Sender::Member(leaf) => store.member_account(group_id.to_vec(), leaf.u32()).await?.as_deref() == Some(account.as_str()),
+        Sender::NewMemberCommit => store.has_member_account(group_id.to_vec(), account.to_string()).await?,
         _ => false,
     };
     allowed.then_some(()).ok_or(ServiceError::Forbidden)
@@ -292,12 +291,36 @@ struct ValidCommit {
     to: u64,
     bundle: CommitBundle,
     checked: Checked,
-    members: Vec<Member>,
-    /// The merged group's state blob.
-    state: Vec<u8>,
+    /// The leaves the commit removed, and those it added or changed.
+    removed: Vec<u32>,
+    changed: Vec<Member>,
+    /// The merged group's state blob, if it is kept whole (else the commit
+    /// is logged: [`keeps_whole`]).
+    whole: Option<Vec<u8>>,
     /// The new epoch's tree in pages, kept for the joiners of a Welcome
     /// whose GroupInfo does not carry it.
     tree: Option<Vec<Vec<u8>>>,
+}
+
+/// Whether a commit's new state is written whole rather than the commit
+/// logged after the last whole state: when it adds members (replaying it
+/// later would check their KeyPackages' lifetimes again), or when the log
+/// would pass half the whole state's size. A commit then costs its own
+/// size, plus a whole state for every two states' worth of commits.
+fn keeps_whole(state: &GroupState, commit: &[u8], adds: bool) -> bool {
+    adds || (state.log_bytes + commit.len() as u64) * 2 > state.state_bytes
+}
+
+/// The leaves of `pg` (merged) whose signature keys are `keys`.
+fn leaves_with_keys(pg: &PublicGroup, keys: &HashSet<Vec<u8>>) -> Vec<Member> {
+    pg.treesync()
+        .full_leaves()
+        .filter(|(_, leaf)| keys.contains(leaf.signature_key().as_slice()))
+        .filter_map(|(index, leaf)| {
+            let account = account_of(leaf.credential())?.to_string();
+            Some(Member { leaf: index.u32(), account, signature_key: leaf.signature_key().as_slice().to_vec() })
+        })
+        .collect()
 }
 
 /// A validation that failed, with the group it was given if validation did
@@ -311,7 +334,7 @@ fn validate_commit(
     crypto: &RustCrypto,
     limits: &GroupsConfig,
     tree_page: usize,
-    from: u64,
+    state: &GroupState,
     mut pg: PublicGroup,
     account: &BareJid,
     bundle: CommitBundle,
@@ -320,25 +343,48 @@ fn validate_commit(
         Ok(staged) => staged,
         Err(e) => return Err((e, Some(pg))),
     };
+    let removed: Vec<u32> = staged.remove_proposals().map(|r| r.remove_proposal().removed().u32()).collect();
+    let adds = staged.add_proposals().next().is_some();
+    let keys: HashSet<Vec<u8>> = checked.leaves.iter().map(|l| l.key.clone()).collect();
     let merged = (|| {
-        let codec = StateCodec::default();
+        let codec = StateCodec::without_tree();
         pg.merge_commit(&codec, staged).map_err(library)?;
-        let members = members_of(&pg);
-        check_size(members.len(), limits)?;
+        check_size(pg.treesync().full_leaves().count(), limits)?;
         let inline = check_group_info(crypto, &bundle.group_info, &pg)?;
         let tree = match bundle.welcome.is_some() && !inline {
             true => Some(tree_pages(&pg, tree_page)?),
             false => None,
         };
-        Ok((members, codec.blob().map_err(library)?, tree))
+        let whole = match keeps_whole(state, &bundle.commit, adds) {
+            true => Some(codec.whole(&pg).map_err(library)?),
+            false => None,
+        };
+        Ok((leaves_with_keys(&pg, &keys), whole, tree))
     })();
     match merged {
-        Ok((members, state, tree)) => {
+        Ok((changed, whole, tree)) => {
             let to = pg.group_context().epoch().as_u64();
-            Ok((ValidCommit { from, to, bundle, checked, members, state, tree }, pg))
+            Ok((ValidCommit { from: state.epoch, to, bundle, checked, removed, changed, whole, tree }, pg))
         }
         Err(e) => Err((e, None)),
     }
+}
+
+/// The group as stored: kept whole at some epoch, then each logged commit
+/// merged, followed by the proposals queued in the epoch it began.
+fn stored_group(crypto: &RustCrypto, public: &PublicState, group_id: &[u8]) -> Result<PublicGroup, ServiceError> {
+    let mut pg = StateCodec::load(public, group_id).map_err(library)?.ok_or(ServiceError::UnknownGroup)?;
+    for logged in &public.log {
+        let message = mls::public_message(&logged.commit, group_id, ContentType::Commit).map_err(|e| library(e.reason()))?;
+        let processed = pg.process_message(crypto, ProtocolMessage::from(message)).map_err(library)?;
+        let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else {
+            return Err(library("a logged handshake is not a commit"));
+        };
+        let codec = StateCodec::without_tree();
+        pg.merge_commit(&codec, *staged).map_err(library)?;
+        codec.requeue(&mut pg, &logged.proposals).map_err(library)?;
+    }
+    Ok(pg)
 }
 
 /// The checks of a commit that leave the group unchanged: signature,
@@ -441,10 +487,14 @@ fn decide_commit(
     charge(tx, account, Kind::Commit, &bundle.commit, limits.budget)?;
     let archived =
         tx.append(account.as_str(), valid.from, Kind::Commit, &sender_device, Some(&bundle.epoch_check), &bundle.commit)?;
-    if !tx.advance(valid.from, valid.to, &bundle.group_info, &archived.stanza_id, &valid.state)? {
+    let state = match &valid.whole {
+        Some(blob) => StateWrite::Whole(blob),
+        None => StateWrite::Logged(&bundle.commit),
+    };
+    if !tx.advance(valid.from, valid.to, &bundle.group_info, &archived.stanza_id, state)? {
         return Err(wrong_epoch(&tx.state()?.ok_or(ServiceError::UnknownGroup)?));
     }
-    tx.set_members(&valid.members, archived.seq)?;
+    tx.change_members(&valid.removed, &valid.changed, archived.seq)?;
     if let Some(pages) = &valid.tree {
         tx.keep_tree(valid.to, pages)?;
     }
@@ -573,8 +623,8 @@ impl Service {
         if state.epoch != epoch {
             return Err(wrong_epoch(&state));
         }
-        let gid = group_id.to_vec();
-        let pg = blocking(move || StateCodec::load(&public, &gid).map_err(library)?.ok_or(ServiceError::UnknownGroup)).await?;
+        let (gid, crypto) = (group_id.to_vec(), self.crypto.clone());
+        let pg = blocking(move || stored_group(&crypto, &public, &gid)).await?;
         Ok((state, pg))
     }
 
@@ -608,7 +658,7 @@ impl Service {
             let codec = StateCodec::default();
             let (pg, _) = PublicGroup::from_external(crypto.as_ref(), &codec, tree, gi, ProposalStore::new())
                 .map_err(|_| ServiceError::InvalidMessage(Invalid::Invalid))?;
-            Ok((pg, PublicState { blob: codec.blob().map_err(library)?, proposals: Vec::new() }))
+            Ok((pg, PublicState { blob: codec.blob().map_err(library)?, ..PublicState::default() }))
         })
         .await?;
         let (limits, members) = (self.config.groups.clone(), members_of(&pg));
@@ -619,7 +669,7 @@ impl Service {
                 if !tx.create(epoch, &create.group_info, &state)? {
                     return Err(ServiceError::GroupExists);
                 }
-                tx.set_members(&members, 0)?;
+                tx.change_members(&[], &members, 0)?;
                 Ok(())
             })
             .await?;
@@ -653,9 +703,9 @@ impl Service {
         let state = self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (state, pg) = self.public_group(group_id, state).await?;
         let (crypto, account, groups) = (self.crypto.clone(), req.from.to_bare(), self.config.groups.clone());
-        let (from, tree_page) = (state.epoch, self.tree_page_budget());
+        let (from, tree_page, read) = (state.epoch, self.tree_page_budget(), state.clone());
         let validated =
-            blocking(move || Ok(validate_commit(&crypto, &groups, tree_page, from, pg, &account, bundle))).await?;
+            blocking(move || Ok(validate_commit(&crypto, &groups, tree_page, &read, pg, &account, bundle))).await?;
         let (valid, pg) = self.cached_again(group_id, &state, validated)?;
         let limits = CommitLimits {
             budget: self.archive_budget(),
@@ -711,13 +761,12 @@ impl Service {
 
     /// The checks of a handshake that need no signature, against the
     /// stored state: unknown group, decoding, epoch, and the sender it
-    /// claims. A handshake refused by them costs two reads. Returns the
+    /// claims. A handshake refused by them costs two point reads. Returns the
     /// state checked against.
     async fn precheck(&self, req: &IqRequest, group_id: &[u8], bytes: &[u8], content: ContentType) -> Result<GroupState, ServiceError> {
         let state = self.store.group_state(group_id.to_vec()).await?.ok_or(ServiceError::UnknownGroup)?;
         let message = current_epoch(&state, bytes, group_id, content)?;
-        let members = self.store.group_members(group_id.to_vec()).await?;
-        claimed_sender(&message, &members, &req.from.to_bare())?;
+        claimed_sender(&self.store, group_id, &message, &req.from.to_bare()).await?;
         Ok(state)
     }
 
@@ -1130,6 +1179,42 @@ mod tests {
         assert_eq!((ds.epoch().await, ds.archived().await.len()), (1, 0));
     }
 
+    /// In a group whose tree is full, a self-update is small beside the
+    /// group's state: it is logged, not written whole; another process,
+    /// reading the group from the store, replays it and accepts the next
+    /// commit; the next whole state replaces the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_logged_commit_is_replayed_by_a_process_that_reads_the_group() {
+        let people: Vec<Member> = (0..8).map(|i| Member::new(&format!("m{i}"))).collect();
+        let refs: Vec<&Member> = people.iter().collect();
+        let ds = Ds::new(&refs, "").await;
+        let mut groups = ds.create(refs[0], &refs[1..]).await;
+        // Every member updates once: the tree's parent nodes fill.
+        for (i, who) in people.iter().enumerate() {
+            let b = bundle(&mut groups[i], who, &[]);
+            accepted_epoch(&ds.send(&ds.service, who, b.to_element()).await.unwrap());
+            groups[i].merge_pending_commit(&who.provider).unwrap();
+            let commit = MlsMessageIn::tls_deserialize_exact(&b.commit).unwrap();
+            for (j, (other, group)) in people.iter().zip(groups.iter_mut()).enumerate().filter(|(j, _)| *j != i) {
+                let processed = group.process_message(&other.provider, commit.clone().try_into_protocol_message().unwrap()).unwrap();
+                let openmls::prelude::ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() else { panic!("{j}") };
+                group.merge_staged_commit(&other.provider, *staged).unwrap();
+            }
+        }
+        let b = bundle(&mut groups[0], &people[0], &[]);
+        let epoch = accepted_epoch(&ds.send(&ds.service, &people[0], b.to_element()).await.unwrap());
+        groups[0].merge_pending_commit(&people[0].provider).unwrap();
+        let state = ds.store.group_state(ds.id.to_vec()).await.unwrap().unwrap();
+        assert_eq!(state.log_bytes, b.commit.len() as u64, "a small commit is logged (whole state: {} octets)", state.state_bytes);
+        let b = bundle(&mut groups[0], &people[0], &[]);
+        assert_eq!(accepted_epoch(&ds.send(&ds.second(), &people[0], b.to_element()).await.unwrap()), epoch + 1, "replayed");
+        groups[0].merge_pending_commit(&people[0].provider).unwrap();
+        let (_, public) = ds.store.group_snapshot(ds.id.to_vec()).await.unwrap().unwrap();
+        let replayed = stored_group(&RustCrypto::default(), &public, &ds.id).unwrap();
+        assert_eq!(bytes_of(&replayed.export_ratchet_tree()), bytes_of(&groups[0].export_ratchet_tree()));
+        assert_eq!(replayed.group_context().epoch().as_u64(), epoch + 1);
+    }
+
     /// Two service processes on one store, each with its cache: each commit
     /// moves the group under the other's cached state, which must then be
     /// read anew, never trusted.
@@ -1162,8 +1247,8 @@ mod tests {
         let mut validated = Vec::new();
         for (who, commit) in [(&alice, a), (&bob, b)] {
             let (state, public) = ds.store.group_snapshot(ds.id.to_vec()).await.unwrap().unwrap();
-            let pg = StateCodec::load(&public, &ds.id).unwrap().unwrap();
-            let Ok(valid) = validate_commit(&crypto, &groups_config, 96 * 1024, state.epoch, pg, &who.account, commit) else {
+            let pg = stored_group(&crypto, &public, &ds.id).unwrap();
+            let Ok(valid) = validate_commit(&crypto, &groups_config, 96 * 1024, &state, pg, &who.account, commit) else {
                 panic!("a valid commit")
             };
             validated.push((who.account.clone(), valid));

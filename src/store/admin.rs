@@ -242,7 +242,7 @@ impl Store {
                 c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), params![from, to])?;
             }
             c.execute("DELETE FROM resends WHERE grp = ?1", params![num])?;
-            for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals", "group_trees"] {
+            for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals", "group_trees", "group_log"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), params![group_id])?;
             }
             forget_joins(c, "DELETE FROM group_joins WHERE group_id = ?1 RETURNING account, left_group", &group_id)?;

@@ -1,7 +1,6 @@
 //! History: pages of a group's archive or an account's inbox (XEP-0313
 //! queries), who may read which part, and acknowledgements.
 
-use std::collections::HashSet;
 
 use super::sql::{params, Db, Param, Row};
 
@@ -531,26 +530,28 @@ impl Store {
     }
 }
 
-/// Opens and closes accounts' membership intervals after a change of the
-/// group's leaves, at archive position `seq`; `accounts` is sorted.
+/// Opens and closes the membership intervals of `accounts` (those whose
+/// leaves changed) at archive position `seq`: open while the account has
+/// a leaf in the group.
 pub(super) fn record_membership(c: &Db, group_id: &[u8], accounts: &[String], seq: u64) -> Result<(), StoreError> {
-    let open: HashSet<String> = c
-        .query_map("SELECT account FROM group_accounts WHERE group_id = ?1 AND left_seq IS NULL", params![group_id], |r| {
-            r.get(0)
-        })?
-        .into_iter()
-        .collect();
-    for gone in open.iter().filter(|a| accounts.binary_search(a).is_err()) {
-        c.execute(
-            "UPDATE group_accounts SET left_seq = ?3 WHERE group_id = ?1 AND account = ?2 AND left_seq IS NULL",
-            params![group_id, gone, seq as i64],
-        )?;
-    }
-    for new in accounts.iter().filter(|a| !open.contains(*a)) {
-        c.execute(
-            "INSERT INTO group_accounts (group_id, account, joined_seq) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
-            params![group_id, new, seq as i64],
-        )?;
+    for account in accounts {
+        let has_leaf = c
+            .query_opt("SELECT 1 FROM members WHERE group_id = ?1 AND account = ?2 LIMIT 1", params![group_id, account], |r| {
+                r.get::<i64>(0)
+            })?
+            .is_some();
+        match has_leaf {
+            true => c.execute(
+                "INSERT INTO group_accounts (group_id, account, joined_seq) SELECT ?1, ?2, ?3
+                 WHERE NOT EXISTS (SELECT 1 FROM group_accounts WHERE group_id = ?1 AND account = ?2 AND left_seq IS NULL)
+                 ON CONFLICT DO NOTHING",
+                params![group_id, account, seq as i64],
+            )?,
+            false => c.execute(
+                "UPDATE group_accounts SET left_seq = ?3 WHERE group_id = ?1 AND account = ?2 AND left_seq IS NULL",
+                params![group_id, account, seq as i64],
+            )?,
+        };
     }
     Ok(())
 }

@@ -8,7 +8,6 @@
 //! entry and the Welcomes land with it or not at all.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 
 use minidom::Element;
 use super::sql::{params, Db, Row};
@@ -16,7 +15,7 @@ use super::sql::{params, Db, Row};
 use super::devices::live_devices;
 use super::archive::{group_num, item_stanza_id, kind_code, pos, stanza_id, MAX_SEQ};
 use super::inbox::insert_inbox;
-use super::state::PublicState;
+use super::state::{Logged, PublicState};
 use super::usage::{count_join, uncount_join};
 use super::{undo_refused, Store, StoreError};
 use crate::protocol::devices::Device;
@@ -33,6 +32,19 @@ pub struct GroupState {
     /// How many proposals are queued in the epoch: with the epoch, what
     /// identifies a version of the group's public state.
     pub queued: u64,
+    /// Octets of the group's state as last written whole, and of the
+    /// commits logged since: when to write it whole again.
+    pub state_bytes: u64,
+    pub log_bytes: u64,
+}
+
+/// How a commit's new state is stored (see [`GroupTx::advance`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWrite<'a> {
+    /// The whole state of the new epoch (a blob).
+    Whole(&'a [u8]),
+    /// The commit, logged after the last whole state.
+    Logged(&'a [u8]),
 }
 
 /// A leaf of a group, as the DS last merged it.
@@ -208,10 +220,10 @@ impl<'c> GroupTx<'c> {
             |r| r.get(0),
         )?;
         let created = self.c.execute(
-            "INSERT INTO groups (group_id, created_at, epoch, group_info, state, num)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO groups (group_id, created_at, epoch, group_info, state, num, state_epoch, state_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?3, ?7)
              ON CONFLICT (group_id) DO NOTHING",
-            params![self.group_id, self.now, epoch as i64, group_info, state.blob, num],
+            params![self.group_id, self.now, epoch as i64, group_info, state.blob, num, state.blob.len() as i64],
         )? == 1;
         if created {
             self.queue_proposals(epoch, &state.proposals)?;
@@ -280,17 +292,36 @@ impl<'c> GroupTx<'c> {
     }
 
     /// The epoch's compare-and-swap: moves the group from epoch `from` to
-    /// `to` with its new GroupInfo, commit id and state, and forgets the
-    /// proposals of earlier epochs; false, changing nothing, if the group
-    /// is no longer at `from` (another commit won).
-    pub fn advance(&self, from: u64, to: u64, group_info: &[u8], commit: &str, state: &[u8]) -> Result<bool, StoreError> {
-        let moved = self.c.execute(
-            "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, state = ?6
-             WHERE group_id = ?1 AND epoch = ?2",
-            params![self.group_id, from as i64, to as i64, group_info, commit, state],
-        )? == 1;
-        if moved {
-            self.c.execute("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2", params![self.group_id, to as i64])?;
+    /// `to` with its new GroupInfo, commit id and state; false, changing
+    /// nothing, if the group is no longer at `from` (another commit won).
+    /// A whole state replaces the log and the proposals of earlier epochs;
+    /// a logged commit keeps them (they bring the whole state to `to`).
+    pub fn advance(&self, from: u64, to: u64, group_info: &[u8], commit: &str, state: StateWrite<'_>) -> Result<bool, StoreError> {
+        let moved = match state {
+            StateWrite::Whole(blob) => self.c.execute(
+                "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, state = ?6, state_epoch = ?3,
+                   state_bytes = ?7, log_bytes = 0
+                 WHERE group_id = ?1 AND epoch = ?2",
+                params![self.group_id, from as i64, to as i64, group_info, commit, blob, blob.len() as i64],
+            )?,
+            StateWrite::Logged(message) => self.c.execute(
+                "UPDATE groups SET epoch = ?3, group_info = ?4, last_commit = ?5, log_bytes = log_bytes + ?6
+                 WHERE group_id = ?1 AND epoch = ?2",
+                params![self.group_id, from as i64, to as i64, group_info, commit, message.len() as i64],
+            )?,
+        } == 1;
+        match (moved, state) {
+            (false, _) => {}
+            (true, StateWrite::Whole(_)) => {
+                self.c.execute("DELETE FROM group_log WHERE group_id = ?1", params![self.group_id])?;
+                self.c.execute("DELETE FROM group_proposals WHERE group_id = ?1 AND epoch < ?2", params![self.group_id, to as i64])?;
+            }
+            (true, StateWrite::Logged(message)) => {
+                self.c.execute(
+                    "INSERT INTO group_log (group_id, epoch, message) VALUES (?1, ?2, ?3)",
+                    params![self.group_id, from as i64, message],
+                )?;
+            }
         }
         Ok(moved)
     }
@@ -317,27 +348,30 @@ impl<'c> GroupTx<'c> {
         Ok(true)
     }
 
-    /// Records the group's leaves; `seq` is the archive position of the
-    /// change (0 at creation), from which accounts may read the archive.
-    /// Only changed leaves are written: a commit usually changes few.
-    pub fn set_members(&self, members: &[Member], seq: u64) -> Result<(), StoreError> {
-        let mut accounts: Vec<String> = members.iter().map(|m| m.account.clone()).collect();
-        accounts.sort();
-        accounts.dedup();
-        super::archive::record_membership(self.c, &self.group_id, &accounts, seq)?;
-        let old: HashMap<u32, Member> = self.members()?.into_iter().map(|m| (m.leaf, m)).collect();
-        let leaves: HashSet<u32> = members.iter().map(|m| m.leaf).collect();
-        for leaf in old.keys().filter(|l| !leaves.contains(l)) {
-            self.c.execute("DELETE FROM members WHERE group_id = ?1 AND leaf = ?2", params![self.group_id, leaf])?;
+    /// Records a change of the group's leaves: `removed` leaves go, then
+    /// `changed` ones are written (a removed leaf may be filled again);
+    /// `seq` is the archive position of the change (0 at creation), from
+    /// which accounts may read the archive. Costs what changed.
+    pub fn change_members(&self, removed: &[u32], changed: &[Member], seq: u64) -> Result<(), StoreError> {
+        let mut accounts: Vec<String> = changed.iter().map(|m| m.account.clone()).collect();
+        for leaf in removed {
+            let gone: Option<String> = self.c.query_opt(
+                "DELETE FROM members WHERE group_id = ?1 AND leaf = ?2 RETURNING account",
+                params![self.group_id, leaf],
+                |r| r.get(0),
+            )?;
+            accounts.extend(gone);
         }
-        for m in members.iter().filter(|m| old.get(&m.leaf) != Some(m)) {
+        for m in changed {
             self.c.execute(
                 "INSERT INTO members (group_id, leaf, account, signature_key) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (group_id, leaf) DO UPDATE SET account = excluded.account, signature_key = excluded.signature_key",
                 params![self.group_id, m.leaf, m.account, m.signature_key],
             )?;
         }
-        Ok(())
+        accounts.sort();
+        accounts.dedup();
+        super::archive::record_membership(self.c, &self.group_id, &accounts, seq)
     }
 
     pub fn members(&self) -> Result<Vec<Member>, StoreError> {
@@ -472,7 +506,8 @@ fn acceptance(
 fn group_state(c: &Db, group_id: &[u8]) -> Result<Option<GroupState>, StoreError> {
     c.query_opt(
         "SELECT epoch, last_commit, group_info,
-                (SELECT count(*) FROM group_proposals p WHERE p.group_id = g.group_id AND p.epoch = g.epoch)
+                (SELECT count(*) FROM group_proposals p WHERE p.group_id = g.group_id AND p.epoch = g.epoch),
+                state_bytes, log_bytes
          FROM groups g WHERE group_id = ?1",
         params![group_id],
         |r| {
@@ -481,22 +516,39 @@ fn group_state(c: &Db, group_id: &[u8]) -> Result<Option<GroupState>, StoreError
                 last_commit: r.get(1)?,
                 group_info: r.get(2)?,
                 queued: r.get::<i64>(3)? as u64,
+                state_bytes: r.get::<i64>(4)? as u64,
+                log_bytes: r.get::<i64>(5)? as u64,
             })
         },
     )
 }
 
-/// The group's public state in its current epoch. Queued proposals come
-/// in the order of their references: a commit names the proposals it
-/// includes, so their order is not significant.
-fn public_state(c: &Db, group_id: &[u8], epoch: u64) -> Result<PublicState, StoreError> {
-    let blob: Option<Vec<u8>> = c.query_row("SELECT state FROM groups WHERE group_id = ?1", params![group_id], |r| r.get(0))?;
-    let proposals = c.query_map(
-        "SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY ref",
-        params![group_id, epoch as i64],
+/// The group's public state: whole at its `state_epoch`, with the
+/// proposals queued then, and each commit since with the proposals of the
+/// epoch it began. Queued proposals come in the order of their references:
+/// a commit names the proposals it includes, so their order is not
+/// significant.
+fn public_state(c: &Db, group_id: &[u8]) -> Result<PublicState, StoreError> {
+    let (blob, since): (Option<Vec<u8>>, Option<i64>) =
+        c.query_row("SELECT state, state_epoch FROM groups WHERE group_id = ?1", params![group_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let proposals = |epoch: i64| {
+        c.query_map(
+            "SELECT ref, proposal FROM group_proposals WHERE group_id = ?1 AND epoch = ?2 ORDER BY ref",
+            params![group_id, epoch],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    };
+    let since = since.unwrap_or_default();
+    let commits: Vec<(i64, Vec<u8>)> = c.query_map(
+        "SELECT epoch, message FROM group_log WHERE group_id = ?1 AND epoch >= ?2 ORDER BY epoch",
+        params![group_id, since],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    Ok(PublicState { blob: blob.unwrap_or_default(), proposals })
+    let log = commits
+        .into_iter()
+        .map(|(epoch, commit)| Ok(Logged { commit, proposals: proposals(epoch + 1)? }))
+        .collect::<Result<_, StoreError>>()?;
+    Ok(PublicState { blob: blob.unwrap_or_default(), proposals: proposals(since)?, log })
 }
 
 fn feed_row(r: &Row) -> Result<FeedEntry, StoreError> {
@@ -616,7 +668,7 @@ impl Store {
         self.read(move |c| {
             c.snapshot(|c| {
                 let Some(state) = group_state(c, &group_id)? else { return Ok(None) };
-                let public = public_state(c, &group_id, state.epoch)?;
+                let public = public_state(c, &group_id)?;
                 Ok(Some((state, public)))
             })
         })
@@ -641,6 +693,14 @@ impl Store {
         self.write(move |c| keep_tree(c, &group_id, epoch, &pages)).await
     }
 
+    /// The account of the group's leaf `leaf`, if it is a leaf.
+    pub async fn member_account(&self, group_id: Vec<u8>, leaf: u32) -> Result<Option<String>, StoreError> {
+        self.read(move |c| {
+            c.query_opt("SELECT account FROM members WHERE group_id = ?1 AND leaf = ?2", params![group_id, leaf], |r| r.get(0))
+        })
+        .await
+    }
+
     /// Whether `account` has a leaf in the group.
     pub async fn has_member_account(&self, group_id: Vec<u8>, account: String) -> Result<bool, StoreError> {
         self.read(move |c| {
@@ -649,11 +709,6 @@ impl Store {
         })
         .await
     }
-
-    pub async fn group_members(&self, group_id: Vec<u8>) -> Result<Vec<Member>, StoreError> {
-        self.read(move |c| members(c, &group_id)).await
-    }
-
 
     /// Archives an application message from `full_jid` (which must be on
     /// the feed with a device that has a live leaf) at `epoch`, if that is the
@@ -839,7 +894,7 @@ mod tests {
         let member = Member { leaf: 0, account: A.into(), signature_key: vec![1; 32] };
         let left = store
             .group_tx(b"g1".to_vec(), move |tx| {
-                tx.set_members(&[member], 0)?;
+                tx.change_members(&[], &[member], 0)?;
                 tx.leave(A)?;
                 tx.leave(A)
             })
@@ -933,15 +988,47 @@ mod tests {
                     tx.create(1, b"info-1", &PublicState::default())?;
                     tx.queue_proposals(1, &[(b"ref".to_vec(), b"proposal".to_vec())])?;
                 }
-                tx.advance(1, 2, b"info-2", "commit", blob)
+                tx.advance(1, 2, b"info-2", "commit", StateWrite::Whole(blob))
             })
         };
         assert!(advance(b"first").await.unwrap());
         assert!(!advance(b"second").await.unwrap(), "the group left epoch 1 already");
         let (state, public) = store.group_snapshot(b"g".to_vec()).await.unwrap().unwrap();
         assert_eq!((state.epoch, state.last_commit.as_deref(), state.group_info.as_slice()), (2, Some("commit"), &b"info-2"[..]));
-        assert_eq!(public, PublicState { blob: b"first".to_vec(), proposals: Vec::new() }, "epoch 1's queue is gone");
+        assert_eq!((state.state_bytes, state.log_bytes), (5, 0));
+        assert_eq!(public, PublicState { blob: b"first".to_vec(), ..PublicState::default() }, "epoch 1's queue is gone");
         let late = store.group_tx(b"g".to_vec(), |tx| tx.queue_proposals(1, &[(b"r2".to_vec(), b"p2".to_vec())]));
         assert!(!late.await.unwrap(), "no proposal is queued for an epoch the group left");
+    }
+
+    /// Logged commits keep the whole state, the log and the proposals of
+    /// every epoch since; the next whole state replaces them all.
+    #[tokio::test]
+    async fn commits_are_logged_after_the_whole_state_until_the_next() {
+        let (_dir, store) = temp_store();
+        let step = |from: u64, proposal: &'static [u8], state: StateWrite<'static>| {
+            store.group_tx(b"g".to_vec(), move |tx| {
+                if tx.state()?.is_none() {
+                    tx.create(1, b"info", &PublicState { blob: b"whole-1".to_vec(), ..PublicState::default() })?;
+                }
+                tx.queue_proposals(from, &[(proposal.to_vec(), proposal.to_vec())])?;
+                tx.advance(from, from + 1, b"info", "c", state)
+            })
+        };
+        assert!(step(1, b"p1", StateWrite::Logged(b"commit-1")).await.unwrap());
+        assert!(step(2, b"p2", StateWrite::Logged(b"commit-22")).await.unwrap());
+        store.group_tx(b"g".to_vec(), |tx| tx.queue_proposals(3, &[(b"p3".to_vec(), b"p3".to_vec())])).await.unwrap();
+        let (state, public) = store.group_snapshot(b"g".to_vec()).await.unwrap().unwrap();
+        assert_eq!((state.epoch, state.queued, state.state_bytes, state.log_bytes), (3, 1, 7, 17));
+        let queued = |p: &[u8]| vec![(p.to_vec(), p.to_vec())];
+        let log = vec![
+            Logged { commit: b"commit-1".to_vec(), proposals: queued(b"p2") },
+            Logged { commit: b"commit-22".to_vec(), proposals: queued(b"p3") },
+        ];
+        assert_eq!(public, PublicState { blob: b"whole-1".to_vec(), proposals: queued(b"p1"), log });
+        assert!(step(3, b"p3b", StateWrite::Whole(b"whole-4")).await.unwrap());
+        let (state, public) = store.group_snapshot(b"g".to_vec()).await.unwrap().unwrap();
+        assert_eq!((state.epoch, state.state_bytes, state.log_bytes), (4, 7, 0));
+        assert_eq!(public, PublicState { blob: b"whole-4".to_vec(), ..PublicState::default() });
     }
 }

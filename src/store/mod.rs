@@ -49,7 +49,7 @@ pub use archive::{stanza_id, Filter, Item, Page, PageStart, Source};
 pub use devices::{DevicePublish, Expired};
 pub use sender::ServiceKey;
 pub use groups::{
-    Acceptance, AppendOutcome, ArchiveBudget, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member,
+    Acceptance, AppendOutcome, ArchiveBudget, Archived, Departed, FeedEntry, FeedJoin, GroupLeave, GroupState, GroupTx, Join, Member, StateWrite,
 };
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};

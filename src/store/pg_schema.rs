@@ -187,6 +187,17 @@ const MIGRATIONS: &[&str] = &[
         nodes    BYTEA NOT NULL,
         PRIMARY KEY (group_id, epoch, page)
     );",
+    // 4: SQLite's migration 19 (the state now and then, commits since).
+    r"ALTER TABLE groups ADD COLUMN state_epoch BIGINT;
+    ALTER TABLE groups ADD COLUMN state_bytes BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE groups ADD COLUMN log_bytes BIGINT NOT NULL DEFAULT 0;
+    UPDATE groups SET state_epoch = epoch, state_bytes = coalesce(length(state), 0);
+    CREATE TABLE group_log (
+        group_id BYTEA NOT NULL,
+        epoch    BIGINT NOT NULL,
+        message  BYTEA NOT NULL,
+        PRIMARY KEY (group_id, epoch)
+    );",
 ];
 
 /// The advisory lock held while migrating (any constant the database's

@@ -323,6 +323,21 @@ fn migrations() -> Migrations<'static> {
             PRIMARY KEY (group_id, epoch, page)
         ) STRICT;",
     ));
+    // 19: a group's state is written whole only now and then: the commits
+    // since (`group_log`) bring it to the current epoch, with the proposals
+    // queued in each epoch since, kept until the next whole state.
+    all.push(M::up(
+        "ALTER TABLE groups ADD COLUMN state_epoch INTEGER;
+        ALTER TABLE groups ADD COLUMN state_bytes INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE groups ADD COLUMN log_bytes INTEGER NOT NULL DEFAULT 0;
+        UPDATE groups SET state_epoch = epoch, state_bytes = coalesce(length(state), 0);
+        CREATE TABLE group_log (
+            group_id BLOB NOT NULL,
+            epoch    INTEGER NOT NULL,
+            message  BLOB NOT NULL,
+            PRIMARY KEY (group_id, epoch)
+        ) STRICT;",
+    ));
     Migrations::new(all)
 }
 

@@ -14,12 +14,22 @@ use openmls_traits::public_storage::PublicStorageProvider;
 use openmls_traits::storage::{traits, Entity, CURRENT_VERSION};
 use serde::{Deserialize, Serialize};
 
-/// A group's state as stored.
+/// A group's state as stored: whole at some epoch, and the commits since.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublicState {
     /// Tree, group context, interim transcript hash and confirmation tag.
     pub blob: Vec<u8>,
-    /// The proposals queued in the current epoch: (reference, proposal).
+    /// The proposals queued in the blob's epoch: (reference, proposal).
+    pub proposals: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The commits since the blob's epoch, in order.
+    pub log: Vec<Logged>,
+}
+
+/// A commit since a group's whole state, and the proposals queued in the
+/// epoch it began.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Logged {
+    pub commit: Vec<u8>,
     pub proposals: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -46,16 +56,42 @@ struct Parts {
 pub struct StateCodec {
     parts: RefCell<Parts>,
     proposals: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
+    /// Writes of the tree are dropped (see [`Self::without_tree`]).
+    skip_tree: bool,
 }
 
 impl StateCodec {
-    /// Loads the group kept in `state`; None if the blob holds none.
+    /// Loads the group kept whole in `state` (at the blob's epoch, before
+    /// its log); None if the blob holds none.
     pub fn load(state: &PublicState, group_id: &[u8]) -> Result<Option<PublicGroup>, StateError> {
         let codec = Self {
             parts: RefCell::new(postcard::from_bytes(&state.blob)?),
             proposals: RefCell::new(state.proposals.clone()),
+            skip_tree: false,
         };
         PublicGroup::load(&codec, &GroupId::from_slice(group_id))
+    }
+
+    /// A codec that drops what openmls writes of the tree: a merge costs
+    /// no encoding of the whole tree unless [`Self::whole`] asks for it.
+    pub fn without_tree() -> Self {
+        Self { skip_tree: true, ..Self::default() }
+    }
+
+    /// The state written into this codec by a merge, with `pg`'s tree, as
+    /// one blob: the group kept whole.
+    pub fn whole(&self, pg: &PublicGroup) -> Result<Vec<u8>, StateError> {
+        Self::put(&mut self.parts.borrow_mut().tree, pg.treesync())?;
+        self.blob()
+    }
+
+    /// Queues `proposals` (as stored) in `pg`, in its current epoch.
+    pub fn requeue(&self, pg: &mut PublicGroup, proposals: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StateError> {
+        for (_, proposal) in proposals {
+            let queued: openmls::group::QueuedProposal = postcard::from_bytes(proposal)?;
+            pg.add_proposal(self, queued)?;
+        }
+        Ok(())
     }
 
     /// The state written into this codec (by a merge or a creation) as
@@ -87,7 +123,10 @@ impl PublicStorageProvider<CURRENT_VERSION> for StateCodec {
         _: &G,
         tree: &T,
     ) -> Result<(), StateError> {
-        Self::put(&mut self.parts.borrow_mut().tree, tree)
+        match self.skip_tree {
+            true => Ok(()),
+            false => Self::put(&mut self.parts.borrow_mut().tree, tree),
+        }
     }
 
     fn write_interim_transcript_hash<
@@ -241,5 +280,5 @@ pub fn transcode<S: PublicStorageProvider<CURRENT_VERSION>>(
     for (reference, proposal) in legacy.queued_proposals::<_, ProposalRef, QueuedProposal>(&gid).map_err(fail)? {
         codec.queue_proposal(&gid, &reference, &proposal)?;
     }
-    Ok(Some(PublicState { blob: codec.blob()?, proposals: codec.queued() }))
+    Ok(Some(PublicState { blob: codec.blob()?, proposals: codec.queued(), log: Vec::new() }))
 }
