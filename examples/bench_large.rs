@@ -198,7 +198,7 @@ impl Stanzas {
         let limit = self.max_stanza_out;
         if let Some(p) = &response.payload {
             let octets = String::from(p).len();
-            let what = format!("{what} result <{}/>", p.name());
+            let what = format!("{what}, result <{}/>", p.name());
             self.seen(octets, &what);
             self.check(&what, &[(octets, limit)]);
         }
@@ -215,7 +215,7 @@ impl Stanzas {
                 }
             };
             before = Some((m, octets));
-            let what = format!("{what} <{}/>", m.name());
+            let what = format!("{what}, sent <{}/>", m.name());
             self.seen(octets, &what);
             self.check(&what, &[(octets, limit)]);
         }
