@@ -1043,6 +1043,10 @@ impl<S: DeviceStorage> Core<S> {
             }
         };
         let info = processed.unverified_group_info();
+        if load_group(&mut self.groups, &self.device, info.group_id().as_slice()).is_ok() {
+            tracing::debug!("Welcome to a group this device is in already");
+            return Ok(());
+        }
         let tree = match info.extensions().ratchet_tree() {
             Some(_) => None,
             None => {
