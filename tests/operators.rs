@@ -172,7 +172,7 @@ async fn at_the_default_level_json_logs_start_with_one_startup_line_and_carry_no
         "max_in_flight": 256,
         "account_rate": 50,
         "account_burst": 200,
-        "max_members": 1024,
+        "max_members": 10000,
         "max_devices_per_account": 16,
         "metrics": "",
     });
