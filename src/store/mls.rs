@@ -53,7 +53,10 @@ pub(super) fn convert_public_groups(conn: &mut Connection) -> Result<usize, Stor
     let mut converted = 0;
     for (group_id, epoch) in legacy {
         let Some(state) = super::state::transcode(&storage, &group_id).map_err(migrate_error)? else { continue };
-        tx.execute("UPDATE groups SET state = ?2 WHERE group_id = ?1", rusqlite::params![group_id, state.blob])?;
+        tx.execute(
+            "UPDATE groups SET state = ?2, state_epoch = epoch, state_bytes = ?3 WHERE group_id = ?1",
+            rusqlite::params![group_id, state.blob, state.blob.len() as i64],
+        )?;
         for (reference, proposal) in &state.proposals {
             tx.execute(
                 "INSERT INTO group_proposals (group_id, epoch, ref, proposal) VALUES (?1, ?2, ?3, ?4)",
@@ -141,6 +144,7 @@ mod tests {
         let store = Store::open(&config).unwrap();
         let (state, public) = store.group_snapshot(id.as_slice().to_vec()).await.unwrap().unwrap();
         assert_eq!((state.epoch, state.queued), (0, 0));
+        assert_eq!(state.state_bytes, public.blob.len() as u64, "kept whole at its epoch");
         let converted = StateCodec::load(&public, id.as_slice()).unwrap().unwrap();
         let tree_of = |pg: &PublicGroup| pg.export_ratchet_tree().tls_serialize_detached().unwrap();
         assert_eq!(tree_of(&converted), tree_of(&legacy));
