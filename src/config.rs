@@ -184,6 +184,9 @@ pub struct GroupsConfig {
     pub past_epochs: u64,
     /// Leaves one group may have.
     pub max_members: usize,
+    /// Octets of the largest Commit accepted; one larger than a stanza is
+    /// uploaded in parts (xep/ §Commits in Parts).
+    pub max_commit_size: usize,
     /// Groups one account may have joined itself (created, or joined the
     /// live feed of); groups it was only added to do not count.
     pub max_groups_per_account: usize,
@@ -197,7 +200,14 @@ pub struct GroupsConfig {
 
 impl Default for GroupsConfig {
     fn default() -> Self {
-        Self { past_epochs: 3, max_members: 10_000, max_groups_per_account: 512, proposal_grace_secs: 60, cached_groups: 256 }
+        Self {
+            past_epochs: 3,
+            max_members: 10_000,
+            max_commit_size: 4 << 20,
+            max_groups_per_account: 512,
+            proposal_grace_secs: 60,
+            cached_groups: 256,
+        }
     }
 }
 
@@ -411,6 +421,7 @@ impl Config {
             ("limits.account_rate", u64::from(self.limits.account_rate)),
             ("limits.account_burst", u64::from(self.limits.account_burst)),
             ("groups.max_members", self.groups.max_members as u64),
+            ("groups.max_commit_size", self.groups.max_commit_size as u64),
             ("groups.max_groups_per_account", self.groups.max_groups_per_account as u64),
             ("federation.domain_rate", u64::from(self.federation.domain_rate)),
             ("federation.domain_burst", u64::from(self.federation.domain_burst)),

@@ -753,6 +753,7 @@ fn external_commit(client: &GroupClient, info: &[u8]) -> CommitBundle {
     let (commit, _, group_info) = bundle.into_messages();
     CommitBundle {
         commit: bytes(&commit),
+        parts: None,
         welcome: None,
         group_info: bytes(&group_info.expect("a GroupInfo")),
         epoch_check: epoch_check(group.epoch_authenticator().as_slice()),

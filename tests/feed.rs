@@ -350,6 +350,7 @@ async fn an_external_commit_cannot_remove_another_account() {
     let (commit, _, group_info) = bundle.into_messages();
     let bundle = CommitBundle {
         commit: commit.tls_serialize_detached().unwrap(),
+        parts: None,
         welcome: None,
         group_info: group_info.unwrap().tls_serialize_detached().unwrap(),
         epoch_check: epoch_check(joined.epoch_authenticator().as_slice()),

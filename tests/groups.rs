@@ -508,6 +508,7 @@ async fn a_resend_is_answered_as_the_original_and_archived_once() {
     let before = component.db().dump();
     let bundle = CommitBundle {
         commit: stored(&component, "SELECT message FROM archive WHERE pos = ?1", common::archive_pos(&component.db(), &accepted.stanza_id)),
+        parts: None,
         welcome: None,
         group_info: stored(&component, "SELECT group_info FROM groups WHERE last_commit = ?1", &accepted.stanza_id),
         epoch_check: stored(&component, "SELECT epoch_check FROM archive WHERE pos = ?1", common::archive_pos(&component.db(), &accepted.stanza_id)),

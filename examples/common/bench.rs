@@ -256,6 +256,7 @@ pub fn commit_bundle(group: &mut MlsGroup, owner: &Person, add: &[KeyPackage], i
     let (commit, welcome, info) = staged.into_messages();
     CommitBundle {
         commit: bytes(&commit),
+        parts: None,
         welcome: welcome.as_ref().map(bytes),
         group_info: bytes(&info.unwrap()),
         epoch_check: check,

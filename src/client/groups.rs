@@ -34,8 +34,8 @@ use crate::protocol::pubsub::{Event, NS_EVENT};
 use crate::protocol::content::{encryption_hint, Content, ContentError, Envelope};
 use crate::protocol::devices::Device as DeviceItem;
 use crate::protocol::groups::{
-    epoch_check, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, TreePage, TreeRequest,
-    Welcome, WrongEpoch,
+    epoch_check, page_octets, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Kind, Part, PartRequest,
+    PartUpload, Parts, Proposal, TreePage, TreeRequest, Welcome, WrongEpoch,
 };
 use crate::protocol::keypackages::{account_of, Claim, ClaimOutcome};
 use crate::protocol::notices::Notice;
@@ -55,7 +55,7 @@ const ACK_DELAY: Duration = Duration::from_secs(5);
 /// carry; joiners of larger groups fetch it (xep/ §Fetching the Ratchet Tree).
 pub const INLINE_TREE_MAX: usize = 32 * 1024;
 /// The largest ratchet tree this client fetches: about 80,000 leaves.
-const FETCHED_TREE_MAX: usize = 64 * 1024 * 1024;
+const FETCHED_MAX: usize = 64 * 1024 * 1024;
 /// Attempts of one change before giving up.
 const ATTEMPTS: usize = 30;
 /// Past epochs whose application messages still decrypt (the service's window).
@@ -83,6 +83,10 @@ pub enum GroupError {
     /// (xep/ §Fetching the Ratchet Tree): never used.
     #[error("the ratchet tree from the service does not match the group: {0}")]
     BadTree(String),
+    /// A message fetched in parts is not the one its SHA-256 names (xep/
+    /// §Commits in Parts).
+    #[error("the parts from the service are not the message named: {0}")]
+    BadParts(String),
     #[error("{0}")]
     Other(String),
 }
@@ -529,13 +533,15 @@ impl<S: DeviceStorage> Core<S> {
         self.settle(group).await?;
         let max_payload = self.max_payload().await?;
         for _ in 0..ATTEMPTS {
-            let bundle = self.stage(&id, &change).await?.to_element();
-            let size = String::from(&bundle).len();
-            if size > max_payload {
-                let storage = self.device.provider().storage();
-                load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(storage).map_err(mls)?;
-                return Err(GroupError::BundleTooBig(size));
-            }
+            let bundle = self.stage(&id, &change).await?;
+            let bundle = match self.port.within_limit(group, bundle, max_payload).await {
+                Ok(bundle) => bundle,
+                Err(e) => {
+                    let storage = self.device.provider().storage();
+                    load_group(&mut self.groups, &self.device, &id)?.clear_pending_commit(storage).map_err(mls)?;
+                    return Err(e);
+                }
+            };
             let reply = self.port.iq(&group.clone().into(), "set", bundle).await;
             match reply {
                 Ok(payload) => {
@@ -629,6 +635,7 @@ impl<S: DeviceStorage> Core<S> {
         let (commit, welcome, group_info) = staged.into_messages();
         Ok(CommitBundle {
             commit: bytes(&commit)?,
+            parts: None,
             welcome: welcome.as_ref().map(bytes).transpose()?,
             group_info: bytes(&group_info.ok_or_else(|| GroupError::Mls("commit without GroupInfo".into()))?)?,
             epoch_check: new_epoch_check,
@@ -1117,7 +1124,11 @@ impl<S: DeviceStorage> Core<S> {
         if msg.kind == Some(Kind::Commit) && msg.epoch.is_some_and(|e| e < current) {
             return Ok(()); // already applied
         }
-        let parsed = MlsMessageIn::tls_deserialize_exact(&msg.message).map_err(mls)?;
+        let message = match msg.parts {
+            Some(parts) => self.port.fetch_parts(&group, position, parts).await?,
+            None => msg.message,
+        };
+        let parsed = MlsMessageIn::tls_deserialize_exact(&message).map_err(mls)?;
         let protocol: ProtocolMessage = match parsed.extract() {
             MlsMessageBodyIn::PublicMessage(m) => m.into(),
             MlsMessageBodyIn::PrivateMessage(m) => m.into(),
@@ -1364,11 +1375,14 @@ impl<S: DeviceStorage> Core<S> {
         let (commit, _, group_info) = bundle.into_messages();
         let bundle = CommitBundle {
             commit: bytes(&commit)?,
+            parts: None,
             welcome: None,
             group_info: bytes(&group_info.ok_or_else(|| GroupError::Mls("no GroupInfo".into()))?)?,
             epoch_check: check,
         };
-        let reply = self.port.iq(&group.clone().into(), "set", bundle.to_element()).await?;
+        let max_payload = self.max_payload().await?;
+        let bundle = self.port.within_limit(group, bundle, max_payload).await?;
+        let reply = self.port.iq(&group.clone().into(), "set", bundle).await?;
         let accepted = accepted(reply)?;
         let id = g.group_id().to_vec();
         self.groups.insert(id.clone(), g);
@@ -1403,6 +1417,51 @@ fn inline_tree(g: &MlsGroup) -> Result<bool, GroupError> {
 }
 
 impl Port {
+    /// `bundle` as it is sent within `max_payload` octets: itself, or with
+    /// its Commit uploaded in parts and named (xep/ §Commits in Parts).
+    /// [`GroupError::BundleTooBig`] if even that is too large.
+    pub async fn within_limit(&self, group: &BareJid, bundle: CommitBundle, max_payload: usize) -> Result<Element, GroupError> {
+        let inline = bundle.to_element();
+        if String::from(&inline).len() <= max_payload {
+            return Ok(inline);
+        }
+        let named = CommitBundle { parts: Some(Parts::of(&bundle.commit)), ..bundle.clone() }.to_element();
+        let size = String::from(&named).len();
+        if size > max_payload {
+            return Err(GroupError::BundleTooBig(size));
+        }
+        self.upload_parts(group, &bundle.commit, page_octets(max_payload)).await?;
+        Ok(named)
+    }
+
+    /// Uploads `commit` to `group` in parts of at most `page` octets.
+    async fn upload_parts(&self, group: &BareJid, commit: &[u8], page: usize) -> Result<(), GroupError> {
+        let parts = Parts::of(commit);
+        for (i, octets) in commit.chunks(page.max(1)).enumerate() {
+            let upload = PartUpload { parts, offset: (i * page) as u64, octets: octets.to_vec() };
+            self.iq(&group.clone().into(), "set", upload.to_element()).await?;
+        }
+        Ok(())
+    }
+
+    /// The message at `position` in `group`'s archive that `parts` names,
+    /// fetched page by page and checked against its SHA-256.
+    pub async fn fetch_parts(&self, group: &BareJid, position: u64, parts: Parts) -> Result<Vec<u8>, GroupError> {
+        if parts.size > FETCHED_MAX as u64 {
+            return Err(GroupError::BadParts(format!("larger than {FETCHED_MAX} octets")));
+        }
+        let mut message = Vec::with_capacity(parts.size as usize);
+        while (message.len() as u64) < parts.size {
+            let request = PartRequest { position, offset: message.len() as u64 };
+            let reply = self.iq(&group.clone().into(), "get", request.to_element()).await?;
+            let part = reply.as_ref().map(Part::parse).transpose().map_err(|e| GroupError::BadParts(e.to_string()))?;
+            let asked = |p: &Part| p.position == position && p.offset == request.offset && p.size == parts.size;
+            let part = part.filter(|p| asked(p) && !p.octets.is_empty()).ok_or_else(|| GroupError::BadParts("not the part asked for".into()))?;
+            message.extend_from_slice(&part.octets);
+        }
+        parts.names(&message).then_some(message).ok_or_else(|| GroupError::BadParts("another SHA-256".into()))
+    }
+
     /// The ratchet tree of `group` at `epoch`, fetched page by page from the
     /// service (xep/ §Fetching the Ratchet Tree). Only decoded here: MLS
     /// verifies it against the GroupContext it is used with.
@@ -1414,8 +1473,8 @@ impl Port {
             let got = reply.as_ref().map(TreePage::parse).transpose().map_err(|e| GroupError::BadTree(e.to_string()))?;
             let got = got.filter(|p| p.epoch == epoch && p.page == page).ok_or_else(|| GroupError::BadTree("not the page asked for".into()))?;
             octets += got.nodes.len();
-            if octets > FETCHED_TREE_MAX {
-                return Err(GroupError::BadTree(format!("larger than {FETCHED_TREE_MAX} octets")));
+            if octets > FETCHED_MAX {
+                return Err(GroupError::BadTree(format!("larger than {FETCHED_MAX} octets")));
             }
             pages.push(got.nodes);
             page += 1;

@@ -523,7 +523,7 @@ impl<S: DeviceStorage> Core<S> {
         let mut loaded: Option<(u64, super::device::DeviceProvider, MlsGroup)> = None;
         let mut sent: std::collections::HashMap<u64, Vec<(String, Vec<u8>)>> = std::collections::HashMap::new();
         for m in messages {
-            let Some(Ok(gm)) = crate::protocol::groups::GroupMessage::find(&m) else { continue };
+            let Some(Ok(mut gm)) = crate::protocol::groups::GroupMessage::find(&m) else { continue };
             let (Some(epoch), Some(stanza_id)) = (gm.epoch, m.get_child("stanza-id", crate::protocol::NS_SID).and_then(|s| s.attr("id")))
             else {
                 continue;
@@ -551,6 +551,9 @@ impl<S: DeviceStorage> Core<S> {
                     .map_err(|e| GroupError::Mls(e.to_string()))?
                     .ok_or_else(|| GroupError::Other("an empty snapshot".into()))?;
                 loaded = Some((epoch, provider, g));
+            }
+            if let (Some(parts), Some(position)) = (gm.parts, gm.position) {
+                gm.message = self.port.fetch_parts(group, position, parts).await?;
             }
             let (_, provider, g) = loaded.as_mut().expect("loaded above");
             let processed = MlsMessageIn::tls_deserialize_exact(&gm.message).ok().and_then(|parsed| match parsed.extract() {

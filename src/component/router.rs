@@ -262,6 +262,8 @@ pub fn to_stanza_error(e: &ServiceError) -> StanzaError {
         }
         E::HistoryPruned => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::HistoryPruned), None),
         E::TreeUnavailable => stanza_error(T::Cancel, C::ItemNotFound, app(AppCondition::TreeUnavailable), None),
+        E::PartsMissing => stanza_error(T::Modify, C::ItemNotFound, app(AppCondition::PartsMissing), None),
+        E::PartOutOfOrder => stanza_error(T::Modify, C::UnexpectedRequest, app(AppCondition::PartOutOfOrder), None),
         E::Forbidden => stanza_error(T::Auth, C::Forbidden, None, None),
         E::Limit(a) => stanza_error(T::Modify, C::PolicyViolation, app(*a), None),
         E::KeyInUse => stanza_error(T::Cancel, C::Conflict, app(AppCondition::SignatureKeyInUse), None),

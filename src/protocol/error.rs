@@ -61,6 +61,12 @@ pub enum AppCondition {
     /// With `item-not-found`: the service keeps no ratchet tree of this
     /// epoch of the group, or the tree has no such page.
     TreeUnavailable,
+    /// With `item-not-found`: a bundle names a Commit by SHA-256 and size,
+    /// and the requester's account has not uploaded all of it.
+    PartsMissing,
+    /// With `unexpected-request`: an uploaded part does not begin where the
+    /// account's upload of that Commit ends.
+    PartOutOfOrder,
 }
 
 impl AppCondition {
@@ -88,6 +94,8 @@ impl AppCondition {
             AppCondition::ExternalSenderRequired => "external-sender-required",
             AppCondition::MissingProposals => "missing-proposals",
             AppCondition::TreeUnavailable => "tree-unavailable",
+            AppCondition::PartsMissing => "parts-missing",
+            AppCondition::PartOutOfOrder => "part-out-of-order",
         }
     }
 

@@ -14,8 +14,12 @@ pub struct Create {
 /// `<commit epoch-check><message/>[<welcome/>]<group-info/></commit>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitBundle {
-    /// MLSMessage: a PublicMessage carrying the Commit.
+    /// MLSMessage: a PublicMessage carrying the Commit (empty when parsed
+    /// from a bundle that names it by `parts`).
     pub commit: Vec<u8>,
+    /// Set when the Commit was uploaded in parts: the `<message/>` names
+    /// it instead of carrying it (xep/ §Commits in Parts).
+    pub parts: Option<Parts>,
     /// MLSMessage: the Welcome for added members, if any.
     pub welcome: Option<Vec<u8>>,
     /// MLSMessage: the GroupInfo of the new epoch, with the ratchet tree.
@@ -65,8 +69,14 @@ impl Create {
 impl CommitBundle {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
         known_children(el, &["message", "welcome", "group-info"])?;
+        let parts = el.get_child("message", NS).map(Parts::named_by).transpose()?.flatten();
+        let commit = match parts {
+            Some(_) => Vec::new(),
+            None => required(child_bytes(el, "message", "invalid base64 in <message/>")?, "commit without <message/>")?,
+        };
         Ok(CommitBundle {
-            commit: required(child_bytes(el, "message", "invalid base64 in <message/>")?, "commit without <message/>")?,
+            commit,
+            parts,
             welcome: child_bytes(el, "welcome", "invalid base64 in <welcome/>")?,
             group_info: required(
                 child_bytes(el, "group-info", "invalid base64 in <group-info/>")?,
@@ -77,9 +87,11 @@ impl CommitBundle {
     }
 
     pub fn to_element(&self) -> Element {
-        let mut b = Element::builder("commit", NS)
-            .attr(n("epoch-check"), self.epoch_check.as_str())
-            .append(bytes_child("message", &self.commit));
+        let message = match &self.parts {
+            Some(parts) => parts.name(Element::builder("message", NS)).build(),
+            None => bytes_child("message", &self.commit),
+        };
+        let mut b = Element::builder("commit", NS).attr(n("epoch-check"), self.epoch_check.as_str()).append(message);
         if let Some(w) = &self.welcome {
             b = b.append(bytes_child("welcome", w));
         }
@@ -247,6 +259,155 @@ impl TreePage {
     }
 }
 
+/// Octets of the XML around the base64 of a page (of a tree or a Commit in
+/// parts), its attributes and the IQ around it included.
+const PAGE_OVERHEAD: usize = 256;
+
+/// The octets one page carries when payloads are at most `max_payload_size`:
+/// the base64 of a page fits with room for its element.
+pub fn page_octets(max_payload_size: usize) -> usize {
+    max_payload_size.saturating_sub(PAGE_OVERHEAD) / 4 * 3
+}
+
+/// `sha256='…' size='…'`: an MLSMessage named by the SHA-256 of its
+/// octets and their number, where it is too large to carry (xep/ §Commits
+/// in Parts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parts {
+    pub sha256: [u8; 32],
+    pub size: u64,
+}
+
+impl Parts {
+    pub fn of(message: &[u8]) -> Self {
+        use sha2::{Digest, Sha256};
+        Parts { sha256: Sha256::digest(message).into(), size: message.len() as u64 }
+    }
+
+    /// Whether `message` is the one named.
+    pub fn names(&self, message: &[u8]) -> bool {
+        *self == Parts::of(message)
+    }
+
+    /// The name on `el`, if it has one: then it carries no octets itself.
+    fn named_by(el: &Element) -> Result<Option<Self>, ProtocolError> {
+        if el.attr("sha256").is_none() {
+            return Ok(None);
+        }
+        if !el.text().trim().is_empty() {
+            return Err(malformed("a message named by sha256 carries no octets"));
+        }
+        Self::parse(el).map(Some)
+    }
+
+    fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        let hex = attr(el, "sha256", "a part without sha256")?;
+        let sha256 = data_encoding::HEXLOWER
+            .decode(hex.as_bytes())
+            .ok()
+            .and_then(|d| <[u8; 32]>::try_from(d).ok())
+            .ok_or(malformed("sha256 is 64 lowercase hex digits"))?;
+        Ok(Parts { sha256, size: parse_u64(attr(el, "size", "sha256 without size")?)? })
+    }
+
+    fn name(&self, b: minidom::element::ElementBuilder) -> minidom::element::ElementBuilder {
+        b.attr(n("sha256"), data_encoding::HEXLOWER.encode(&self.sha256)).attr(n("size"), self.size.to_string())
+    }
+}
+
+/// `<part sha256 size offset>`: the octets of a Commit from `offset` on,
+/// uploaded to the group JID before the bundle that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartUpload {
+    pub parts: Parts,
+    pub offset: u64,
+    pub octets: Vec<u8>,
+}
+
+impl PartUpload {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &[])?;
+        let parts = Parts::parse(el)?;
+        let upload = PartUpload {
+            parts,
+            offset: parse_u64(attr(el, "offset", "a part without offset")?)?,
+            octets: b64_decode(&el.text())?,
+        };
+        let end = upload.offset.checked_add(upload.octets.len() as u64);
+        match end.is_some_and(|e| e <= parts.size) && !upload.octets.is_empty() {
+            true => Ok(upload),
+            false => Err(malformed("a part is not empty and ends within size")),
+        }
+    }
+
+    pub fn to_element(&self) -> Element {
+        self.parts
+            .name(Element::builder("part", NS))
+            .attr(n("offset"), self.offset.to_string())
+            .append(b64_encode(&self.octets))
+            .build()
+    }
+}
+
+/// `<part position offset/>`: a request for the octets of the archived
+/// message at `position` from `offset` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartRequest {
+    pub position: u64,
+    pub offset: u64,
+}
+
+/// `<part position offset size>`: one page of an archived message, at most
+/// a page's octets from `offset`; `size` is the whole message's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub position: u64,
+    pub offset: u64,
+    pub size: u64,
+    pub octets: Vec<u8>,
+}
+
+impl PartRequest {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        known_children(el, &[])?;
+        Ok(PartRequest {
+            position: parse_u64(attr(el, "position", "a part request without position")?)?,
+            offset: el.attr("offset").map(parse_u64).transpose()?.unwrap_or(0),
+        })
+    }
+
+    pub fn to_element(&self) -> Element {
+        Element::builder("part", NS)
+            .attr(n("position"), self.position.to_string())
+            .attr(n("offset"), self.offset.to_string())
+            .build()
+    }
+}
+
+impl Part {
+    pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
+        if !el.is("part", NS) {
+            return Err(malformed("expected <part/>"));
+        }
+        let number = |name, why| attr(el, name, why).and_then(parse_u64);
+        Ok(Part {
+            position: number("position", "part without position")?,
+            offset: number("offset", "part without offset")?,
+            size: number("size", "part without size")?,
+            octets: b64_decode(&el.text())?,
+        })
+    }
+
+    pub fn to_element(&self) -> Element {
+        Element::builder("part", NS)
+            .attr(n("position"), self.position.to_string())
+            .attr(n("offset"), self.offset.to_string())
+            .attr(n("size"), self.size.to_string())
+            .append(b64_encode(&self.octets))
+            .build()
+    }
+}
+
 /// What a group message carries, as the DS classified it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -273,7 +434,11 @@ impl Kind {
 /// attributes; the DS adds `kind`, `epoch` and, on commits, `epoch-check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupMessage {
+    /// The MLSMessage; empty when `parts` names it instead.
     pub message: Vec<u8>,
+    /// Set on a Commit too large for one stanza: members fetch it in parts
+    /// by its position (xep/ §Commits in Parts).
+    pub parts: Option<Parts>,
     pub kind: Option<Kind>,
     /// The epoch the message belongs to (a commit's is the epoch it ends).
     pub epoch: Option<u64>,
@@ -287,7 +452,7 @@ impl GroupMessage {
     pub const NAME: &'static str = "mls";
 
     pub fn new(message: Vec<u8>) -> Self {
-        GroupMessage { message, kind: None, epoch: None, epoch_check: None, position: None }
+        GroupMessage { message, parts: None, kind: None, epoch: None, epoch_check: None, position: None }
     }
 
     /// Finds the `<mls/>` child of a message stanza.
@@ -298,8 +463,10 @@ impl GroupMessage {
     pub fn parse(el: &Element) -> Result<Self, ProtocolError> {
         known_children(el, &[])?;
         let kind = el.attr("kind").map(|k| Kind::from_name(k).ok_or(malformed("unknown kind"))).transpose()?;
+        let parts = Parts::named_by(el)?;
         Ok(GroupMessage {
-            message: b64_decode(&el.text())?,
+            message: if parts.is_some() { Vec::new() } else { b64_decode(&el.text())? },
+            parts,
             kind,
             epoch: el.attr("epoch").map(parse_u64).transpose()?,
             epoch_check: el.attr("epoch-check").map(valid_epoch_check).transpose()?,
@@ -321,7 +488,10 @@ impl GroupMessage {
         if let Some(p) = self.position {
             b = b.attr(n("position"), p.to_string());
         }
-        b.append(b64_encode(&self.message)).build()
+        match &self.parts {
+            Some(parts) => parts.name(b).build(),
+            None => b.append(b64_encode(&self.message)).build(),
+        }
     }
 }
 
@@ -377,11 +547,11 @@ mod tests {
     fn round_trips() {
         let check = epoch_check(b"authenticator");
         assert_eq!(check.len(), 32);
-        let bundle = CommitBundle { commit: vec![1], welcome: Some(vec![2]), group_info: vec![3], epoch_check: check.clone() };
+        let bundle = CommitBundle { commit: vec![1], parts: None, welcome: Some(vec![2]), group_info: vec![3], epoch_check: check.clone() };
         assert_eq!(CommitBundle::parse(&bundle.to_element()).unwrap(), bundle);
         let create = Create { group_info: vec![9] };
         assert_eq!(Create::parse(&create.to_element()).unwrap(), create);
-        let m = GroupMessage { message: vec![4], kind: Some(Kind::Commit), epoch: Some(7), epoch_check: Some(check), position: Some(12) };
+        let m = GroupMessage { message: vec![4], parts: None, kind: Some(Kind::Commit), epoch: Some(7), epoch_check: Some(check), position: Some(12) };
         assert_eq!(GroupMessage::parse(&m.to_element()).unwrap(), m);
         let we = WrongEpoch { epoch: 3, commit: Some("abc".into()) };
         assert_eq!(WrongEpoch::parse(&we.to_element()), Some(we));
@@ -392,7 +562,7 @@ mod tests {
 
     #[test]
     fn a_bundle_with_two_welcomes_does_not_conform() {
-        let mut el = CommitBundle { commit: vec![1], welcome: Some(vec![2]), group_info: vec![3], epoch_check: epoch_check(b"a") }.to_element();
+        let mut el = CommitBundle { commit: vec![1], parts: None, welcome: Some(vec![2]), group_info: vec![3], epoch_check: epoch_check(b"a") }.to_element();
         el.append_child(bytes_child("welcome", &[4]));
         assert_eq!(CommitBundle::parse(&el), Err(malformed("an element of urn:xmpp:mls:0 given twice")));
     }

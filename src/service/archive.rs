@@ -17,7 +17,7 @@ pub(super) const DEFAULT_PAGE: usize = 50;
 
 impl Service {
     /// The archive behind `address` for `requester`, with what they may see.
-    async fn archive_for(&self, address: &Address, requester: &BareJid) -> Result<(Source, Filter, String), ServiceError> {
+    pub(super) async fn archive_for(&self, address: &Address, requester: &BareJid) -> Result<(Source, Filter, String), ServiceError> {
         match address {
             Address::Group(id) => {
                 if !self.store.group_exists(id.clone()).await? {
@@ -102,7 +102,7 @@ impl Service {
         }
         let messages: Vec<Element> = items
             .iter()
-            .map(|i| result_message(to, &archive, q.queryid.as_deref(), &i.stanza_id, i.created_at, archived(&source, &archive, i)))
+            .map(|i| result_message(to, &archive, q.queryid.as_deref(), &i.stanza_id, i.created_at, archived(&source, &archive, i, self.page_octets())))
             .collect();
         let fin = Fin {
             complete: page.complete,
@@ -143,15 +143,18 @@ impl Service {
     }
 }
 
-/// An archived item as the stanza that was delivered.
-fn archived(source: &Source, archive: &str, item: &Item) -> Element {
+/// An archived item as the stanza that was delivered (a message larger
+/// than `page` octets named by its parts).
+fn archived(source: &Source, archive: &str, item: &Item, page: usize) -> Element {
     let stanza_id =
         Element::builder("stanza-id", NS_SID).attr(n("by"), archive).attr(n("id"), item.stanza_id.as_str()).build();
     match source {
         Source::Group(_) => {
             let kind = Kind::from_name(&item.kind);
+            let (message, parts) = super::groups::carried(&item.message, page);
             let payload = GroupMessage {
-                message: item.message.clone(),
+                message,
+                parts,
                 kind,
                 epoch: Some(item.epoch),
                 epoch_check: item.epoch_check.clone(),

@@ -98,7 +98,7 @@ impl Service {
             welcome: None,
         };
         let seq = delivered.archived.seq;
-        let messages = super::groups::fan_out(&self.group_jid(group_id), &delivered, stanza.attr("id"));
+        let messages = self.fan_out(group_id, &delivered, stanza.attr("id"));
         Ok(Response { payload: None, messages, order: Some((group_id.to_vec(), seq)), ..Default::default() })
     }
 
@@ -118,7 +118,7 @@ impl Service {
             removed: Vec::new(),
             welcome: None,
         };
-        Response::messages(super::groups::fan_out(&self.group_jid(group_id), &delivered, stanza.attr("id")))
+        Response::messages(self.fan_out(group_id, &delivered, stanza.attr("id")))
     }
 }
 

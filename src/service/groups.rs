@@ -27,8 +27,8 @@ use crate::config::GroupsConfig;
 use crate::protocol::devices::Device;
 use crate::protocol::error::AppCondition;
 use crate::protocol::groups::{
-    group_info_element, Accepted, CommitBundle, Create, GroupMessage, Kind, Proposal, TreePage, TreeRequest, Welcome,
-    WrongEpoch,
+    group_info_element, page_octets, Accepted, CommitBundle, Create, GroupMessage, Kind, Parts, Proposal, TreePage,
+    TreeRequest, Welcome, WrongEpoch,
 };
 use crate::protocol::keypackages::{account_of, check_leaf, Rejection};
 use crate::protocol::mls::{self, Invalid};
@@ -599,7 +599,6 @@ fn decide_proposal(tx: &GroupTx<'_>, budget: ArchiveBudget, account: &BareJid, v
 
 /// Room in a tree page's payload for the `<tree/>` element around the
 /// nodes' base64.
-const TREE_PAGE_OVERHEAD: usize = 256;
 
 /// The version of the group's public state that `state` records.
 pub(super) fn version(state: &GroupState) -> Version {
@@ -696,14 +695,17 @@ impl Service {
     }
 
     pub(super) async fn commit(&self, req: &IqRequest, group_id: &[u8]) -> Result<Response, ServiceError> {
-        let bundle = CommitBundle::parse(&req.payload)?;
+        let mut bundle = CommitBundle::parse(&req.payload)?;
+        if let Some(parts) = bundle.parts {
+            bundle.commit = self.uploaded_commit(group_id, &req.from.to_bare(), parts).await?;
+        }
         if let Some(earlier) = self.resent(req, group_id, Kind::Commit, &bundle.commit).await? {
             return Ok(Response::result(accepted_as(earlier.epoch + 1, earlier.archived)));
         }
         let state = self.precheck(req, group_id, &bundle.commit, ContentType::Commit).await?;
         let (state, pg) = self.public_group(group_id, state).await?;
         let (crypto, account, groups) = (self.crypto.clone(), req.from.to_bare(), self.config.groups.clone());
-        let (from, tree_page, read) = (state.epoch, self.tree_page_budget(), state.clone());
+        let (from, tree_page, read) = (state.epoch, self.page_octets(), state.clone());
         let validated =
             blocking(move || Ok(validate_commit(&crypto, &groups, tree_page, &read, pg, &account, bundle))).await?;
         let (valid, pg) = self.cached_again(group_id, &state, validated)?;
@@ -804,7 +806,7 @@ impl Service {
     /// `page` and how many pages it has.
     async fn keep_current_tree(&self, group_id: &[u8], state: GroupState, page: u64) -> Result<(u64, Vec<u8>), ServiceError> {
         let (state, pg) = self.public_group(group_id, state).await?;
-        let budget = self.tree_page_budget();
+        let budget = self.page_octets();
         let (pages, pg) = blocking(move || Ok((tree_pages(&pg, budget)?, pg))).await?;
         self.states.put(group_id, version(&state), pg);
         self.store.keep_tree(group_id.to_vec(), state.epoch, pages.clone()).await?;
@@ -812,9 +814,46 @@ impl Service {
         pages.into_iter().nth(page as usize).map(|p| (count, p)).ok_or(ServiceError::TreeUnavailable)
     }
 
-    /// The octets of nodes in a tree page: its base64 within max-payload-size.
-    fn tree_page_budget(&self) -> usize {
-        self.config.limits.max_payload_size.saturating_sub(TREE_PAGE_OVERHEAD) / 4 * 3
+    /// The octets of a page (of a tree or a message in parts): its base64
+    /// within max-payload-size.
+    pub(super) fn page_octets(&self) -> usize {
+        page_octets(self.config.limits.max_payload_size)
+    }
+
+    /// The archived message, to every device on the feed (the sender's own
+    /// echo included), with its stanza id.
+    pub(super) fn fan_out(&self, group_id: &[u8], d: &Delivered, id: Option<&str>) -> Vec<Element> {
+        let group_jid = self.group_jid(group_id);
+        let (message, parts) = carried(&d.message, self.page_octets());
+        let payload = GroupMessage {
+            message,
+            parts,
+            kind: Some(d.kind),
+            epoch: Some(d.epoch),
+            epoch_check: d.epoch_check.clone(),
+            position: Some(d.archived.seq),
+        }
+        .to_element();
+        let from = sender_jid(&group_jid, &d.sender_device);
+        let stanza_id = Element::builder("stanza-id", crate::protocol::NS_SID)
+            .attr(n("by"), group_jid.as_str())
+            .attr(n("id"), d.archived.stanza_id.as_str())
+            .build();
+        let hint = copy_hint(d.kind);
+        d.feed
+            .iter()
+            .map(|f| {
+                Element::builder("message", CLIENT)
+                    .attr(n("from"), from.as_str())
+                    .attr(n("to"), f.full_jid.as_str())
+                    .attr(n("type"), "groupchat")
+                    .attr(n("id"), id.unwrap_or(&d.archived.stanza_id))
+                    .append(payload.clone())
+                    .append_all(hint.clone())
+                    .append(stanza_id.clone())
+                    .build()
+            })
+            .collect()
     }
 
     /// The IQ result, the fan-out in archive order, Welcomes and the
@@ -822,7 +861,7 @@ impl Service {
     fn deliver(&self, group_id: &[u8], d: Delivered, req: &IqRequest) -> Response {
         let group_jid = self.group_jid(group_id);
         let new_epoch = if d.kind == Kind::Commit { d.epoch + 1 } else { d.epoch };
-        let mut messages = fan_out(&group_jid, &d, Some(&req.id));
+        let mut messages = self.fan_out(group_id, &d, Some(&req.id));
         if let Some((payload, inboxes)) = &d.welcome {
             for (account, stanza_id) in inboxes {
                 let Ok(account) = BareJid::new(account) else { continue };
@@ -848,37 +887,13 @@ fn accepted_as(epoch: u64, archived: Archived) -> Element {
     Accepted { epoch, stanza_id: archived.stanza_id, position: archived.seq }.to_element()
 }
 
-/// The archived message, to every device on the feed (the sender's own
-/// echo included), with its stanza id.
-pub(super) fn fan_out(group_jid: &str, d: &Delivered, id: Option<&str>) -> Vec<Element> {
-    let payload = GroupMessage {
-        message: d.message.clone(),
-        kind: Some(d.kind),
-        epoch: Some(d.epoch),
-        epoch_check: d.epoch_check.clone(),
-        position: Some(d.archived.seq),
+/// How an archived MLSMessage travels in a stanza: itself, or named by its
+/// SHA-256 and size when it is larger than a page (xep/ §Commits in Parts).
+pub(super) fn carried(message: &[u8], page: usize) -> (Vec<u8>, Option<Parts>) {
+    match message.len() > page {
+        true => (Vec::new(), Some(Parts::of(message))),
+        false => (message.to_vec(), None),
     }
-    .to_element();
-    let from = sender_jid(group_jid, &d.sender_device);
-    let stanza_id = Element::builder("stanza-id", crate::protocol::NS_SID)
-        .attr(n("by"), group_jid)
-        .attr(n("id"), d.archived.stanza_id.as_str())
-        .build();
-    let hint = copy_hint(d.kind);
-    d.feed
-        .iter()
-        .map(|f| {
-            Element::builder("message", CLIENT)
-                .attr(n("from"), from.as_str())
-                .attr(n("to"), f.full_jid.as_str())
-                .attr(n("type"), "groupchat")
-                .attr(n("id"), id.unwrap_or(&d.archived.stanza_id))
-                .append(payload.clone())
-                .append_all(hint.clone())
-                .append(stanza_id.clone())
-                .build()
-        })
-        .collect()
 }
 
 /// The JID a group message is from: the sending device's in the group, or
@@ -1078,7 +1093,7 @@ mod tests {
         .unwrap();
         let check = group.pending_commit().and_then(|c| c.epoch_authenticator()).map(|a| epoch_check(a.as_slice())).unwrap();
         let (commit, welcome, info) = staged.into_messages();
-        CommitBundle { commit: bytes(&commit), welcome: welcome.as_ref().map(bytes), group_info: bytes(&info.unwrap()), epoch_check: check }
+        CommitBundle { commit: bytes(&commit), parts: None, welcome: welcome.as_ref().map(bytes), group_info: bytes(&info.unwrap()), epoch_check: check }
     }
 
     /// `<accepted epoch='…'/>`'s epoch.

@@ -9,6 +9,7 @@ mod disco;
 mod feed;
 mod groups;
 mod keypackages;
+mod parts;
 mod pubsub;
 mod sender;
 mod vault;
@@ -113,6 +114,10 @@ pub enum ServiceError {
     HistoryPruned,
     #[error("no ratchet tree of this epoch is kept, or it has no such page")]
     TreeUnavailable,
+    #[error("the account has not uploaded all of the Commit the bundle names")]
+    PartsMissing,
+    #[error("the part does not begin where the upload ends")]
+    PartOutOfOrder,
     #[error("pubsub feature not implemented: {0}")]
     PubsubUnsupported(&'static str),
     #[error("invalid MLS message: {}", .0.reason())]
@@ -323,7 +328,7 @@ impl Service {
                 Address::Directory(account) => self.vault(req, account).await,
                 _ => Err(ServiceError::Unsupported),
             },
-            (kind, name @ ("create" | "commit" | "proposal" | "group-info" | "tree" | "leave"), NS) => {
+            (kind, name @ ("create" | "commit" | "proposal" | "group-info" | "tree" | "part" | "leave"), NS) => {
                 let Address::Group(group_id) = address else { return Err(ServiceError::Unsupported) };
                 match (kind, name) {
                     (IqKind::Set, "create") => self.create_group(req, group_id).await,
@@ -331,6 +336,8 @@ impl Service {
                     (IqKind::Set, "proposal") => self.propose(req, group_id).await,
                     (IqKind::Get, "group-info") => self.group_info(req, group_id).await,
                     (IqKind::Get, "tree") => self.tree(req, group_id).await,
+                    (IqKind::Set, "part") => self.upload_part(req, group_id).await,
+                    (IqKind::Get, "part") => self.part(req, group_id).await,
                     (IqKind::Set, "leave") => self.leave_group(req, group_id).await,
                     _ => Err(ProtocolError::Malformed("wrong IQ type for this request").into()),
                 }

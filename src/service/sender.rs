@@ -12,7 +12,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::{OpenMlsRustCrypto, RustCrypto};
 use tls_codec::Serialize;
 
-use super::groups::{encoded, fan_out, library, processing, version, Delivered};
+use super::groups::{encoded, library, processing, version, Delivered};
 use super::{Service, ServiceError};
 use crate::protocol::groups::Kind;
 use crate::protocol::mls::{self, Invalid};
@@ -141,10 +141,9 @@ impl Service {
 
     /// The stanzas of delivered messages, each batch in its group's order.
     pub(super) fn issued(&self, group_id: &[u8], delivered: &[Delivered]) -> Vec<Issued> {
-        let jid = self.group_jid(group_id);
         delivered
             .iter()
-            .map(|d| Issued { order: (group_id.to_vec(), d.archived.seq), stanzas: fan_out(&jid, d, None) })
+            .map(|d| Issued { order: (group_id.to_vec(), d.archived.seq), stanzas: self.fan_out(group_id, d, None) })
             .collect()
     }
 

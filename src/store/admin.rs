@@ -232,7 +232,7 @@ impl Store {
     }
 
     /// Deletes a group: its state, queued proposals, trees, members, archive,
-    /// feed, acknowledgements and resend keys. False if there was no such group.
+    /// feed, acknowledgements, resend keys and uploads. False if there was no such group.
     pub async fn purge_group(&self, group_id: Vec<u8>) -> Result<bool, StoreError> {
         self.write(move |c| {
             let Some(num) = group_num(c, &group_id)? else { return Ok(false) };
@@ -242,7 +242,7 @@ impl Store {
                 c.execute(&format!("DELETE FROM {table} WHERE pos > ?1 AND pos <= ?2"), params![from, to])?;
             }
             c.execute("DELETE FROM resends WHERE grp = ?1", params![num])?;
-            for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals", "group_trees", "group_log"] {
+            for table in ["members", "feed", "group_accounts", "service_proposals", "group_proposals", "group_trees", "group_log", "commit_parts"] {
                 c.execute(&format!("DELETE FROM {table} WHERE group_id = ?1"), params![group_id])?;
             }
             forget_joins(c, "DELETE FROM group_joins WHERE group_id = ?1 RETURNING account, left_group", &group_id)?;
@@ -253,8 +253,8 @@ impl Store {
     }
 
     /// Deletes what the store keeps for an account: devices (with their
-    /// KeyPackages), subscriptions by and to it, inbox, vault, feed entries
-    /// and acknowledgements. Its leaves stay in groups' ratchet trees until
+    /// KeyPackages), subscriptions by and to it, inbox, vault, feed entries,
+    /// acknowledgements and its upload. Its leaves stay in groups' ratchet trees until
     /// a member commits the service's Remove proposals for them.
     pub async fn purge_account(&self, account: String) -> Result<PurgedAccount, StoreError> {
         self.write(move |c| {
@@ -262,6 +262,7 @@ impl Store {
             let delete = |sql: &str| -> Result<u64, StoreError> { Ok(c.execute(sql, params![account])? as u64) };
             c.execute("DELETE FROM group_joins WHERE account = ?1", params![account])?;
             c.execute("DELETE FROM account_usage WHERE account = ?1", params![account])?;
+            c.execute("DELETE FROM commit_parts WHERE account = ?1", params![account])?;
             Ok(PurgedAccount {
                 key_packages,
                 devices: delete("DELETE FROM devices WHERE account = ?1")?,

@@ -612,6 +612,7 @@ impl Store {
                 )?;
                 prune_trees(c, &group_id, pos(num, keep))?;
             }
+            c.execute("DELETE FROM commit_parts WHERE created_at < ?1", params![cutoff])?;
             Ok(pruned)
         })
         .await

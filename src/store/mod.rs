@@ -27,6 +27,7 @@ mod groups;
 mod inbox;
 mod keypackages;
 pub mod order;
+mod parts;
 mod pg_schema;
 mod rates;
 pub mod local;
@@ -53,6 +54,7 @@ pub use groups::{
 };
 pub use inbox::{new_stanza_id, StoredNotice};
 pub use keypackages::{ClaimContext, ClaimResult, KeyPackageUpload};
+pub use parts::Upload;
 pub use rates::{Rate, Tokens};
 pub use vault::{VaultLimits, VaultPage, VaultWrite};
 

@@ -198,6 +198,17 @@ const MIGRATIONS: &[&str] = &[
         message  BYTEA NOT NULL,
         PRIMARY KEY (group_id, epoch)
     );",
+    // 5: SQLite's migration 20 (Commits uploaded in parts).
+    r"CREATE TABLE commit_parts (
+        account    TEXT NOT NULL,
+        group_id   BYTEA NOT NULL,
+        sha256     BYTEA NOT NULL,
+        size       BIGINT NOT NULL,
+        start      BIGINT NOT NULL,
+        octets     BYTEA NOT NULL,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (account, start)
+    );",
 ];
 
 /// The advisory lock held while migrating (any constant the database's

@@ -338,6 +338,20 @@ fn migrations() -> Migrations<'static> {
             PRIMARY KEY (group_id, epoch)
         ) STRICT;",
     ));
+    // 20: Commits uploaded in parts (xep/ §Commits in Parts), one upload
+    // per account.
+    all.push(M::up(
+        "CREATE TABLE commit_parts (
+            account    TEXT NOT NULL,
+            group_id   BLOB NOT NULL,
+            sha256     BLOB NOT NULL,
+            size       INTEGER NOT NULL,
+            start      INTEGER NOT NULL,
+            octets     BLOB NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (account, start)
+        ) STRICT;",
+    ));
     Migrations::new(all)
 }
 

@@ -44,7 +44,7 @@ impl From<postcard::Error> for StateError {
 }
 
 #[derive(Default, Serialize, Deserialize)]
-struct Parts {
+struct Stored {
     tree: Option<Vec<u8>>,
     context: Option<Vec<u8>>,
     transcript_hash: Option<Vec<u8>>,
@@ -54,7 +54,7 @@ struct Parts {
 /// openmls storage for one group, in memory (see the module doc).
 #[derive(Default)]
 pub struct StateCodec {
-    parts: RefCell<Parts>,
+    parts: RefCell<Stored>,
     proposals: RefCell<Vec<(Vec<u8>, Vec<u8>)>>,
     /// Writes of the tree are dropped (see [`Self::without_tree`]).
     skip_tree: bool,
