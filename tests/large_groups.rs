@@ -1,8 +1,9 @@
 //! Large groups end to end (xep/ §Fetching the Ratchet Tree, §The Tree and
-//! Size of a Bundle): a group grown to 2,000 devices through a server with
-//! its default stanza limits, its additions split into commits that fit,
-//! joined by Welcome and by external commit with the tree fetched from the
-//! service; a tree page changed in the service's store is refused.
+//! Size of a Bundle, §Commits in Parts): a group grown to 2,000 devices
+//! through a server with its default stanza limits, its additions split
+//! into commits that fit, joined by Welcome and by external commit with the
+//! tree fetched from the service; a tree page changed in the service's
+//! store is refused. Commits larger than a stanza go in parts.
 
 mod common;
 
@@ -13,7 +14,8 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 use xmpp_mls::client::{GroupClient, GroupError, GroupEvent, CIPHERSUITE};
 use xmpp_mls::protocol::address::Address;
 use xmpp_mls::protocol::devices::Device;
-use xmpp_mls::protocol::groups::{TreePage, TreeRequest};
+use xmpp_mls::protocol::groups::{GroupMessage, TreePage, TreeRequest};
+use xmpp_mls::protocol::mam::Cursor;
 use xmpp_mls::store_params;
 use xmpp_parsers::jid::{BareJid, Jid};
 
@@ -36,15 +38,15 @@ fn group_id(group: &BareJid) -> Vec<u8> {
     }
 }
 
-/// `DEVICES` devices of `ACCOUNTS` accounts (`m0`…), each listed by its
+/// `devices` devices of `ACCOUNTS` accounts (`m0`…), each listed by its
 /// account's own session, and a KeyPackage of each made here.
-async fn generated_devices(prosody: &Prosody) -> Vec<KeyPackage> {
+async fn generated_devices(prosody: &Prosody, devices: usize) -> Vec<KeyPackage> {
     let provider = OpenMlsRustCrypto::default();
     let mut kps = Vec::new();
     for a in 0..ACCOUNTS {
         let session = prosody.client(&format!("m{a}"), "generator").await;
         let account = session.jid().to_bare();
-        for d in 0..DEVICES / ACCOUNTS {
+        for d in 0..devices / ACCOUNTS {
             let signer = SignatureKeyPair::new(CIPHERSUITE.signature_algorithm()).unwrap();
             let device = Device { id: format!("d{d}"), signature_key: signer.to_public_vec(), label: None, expires: None };
             session.publish_device(&service(), &device).await.unwrap();
@@ -84,7 +86,7 @@ async fn a_group_of_two_thousand_devices_is_joined_with_the_tree_from_the_servic
     let dir = tempfile::tempdir().unwrap();
     let mut alice = member(&prosody, &dir, "alice", "laptop").await;
     let mut phone = member(&prosody, &dir, "bob", "phone").await;
-    let kps = generated_devices(&prosody).await;
+    let kps = generated_devices(&prosody, DEVICES).await;
 
     let group = alice.create().await.unwrap();
     let accepted = alice.add_key_packages(&group, kps).await.unwrap();
@@ -133,5 +135,67 @@ async fn a_group_of_two_thousand_devices_is_joined_with_the_tree_from_the_servic
     let got = expect(&mut alice, "the tablet's message", |e| matches!(e, GroupEvent::Message { .. })).await;
     let GroupEvent::Message { account, content, .. } = got else { unreachable!() };
     assert_eq!((account, content.body().as_deref()), (bare("bob@example.org"), Some("from the tablet")));
+    drop(component);
+}
+
+/// The octets of the archived message at `stanza_id`.
+fn archived_size(component: &Component, stanza_id: &str) -> i64 {
+    let pos = common::archive_pos(&component.db(), stanza_id);
+    component.db().one("SELECT length(message) FROM archive WHERE pos = ?1", store_params![pos])
+}
+
+/// Commits larger than a stanza: with the component's max-payload-size at
+/// 16 KiB, self-updates and external commits in a group of 500 devices are
+/// uploaded in parts, and the members that apply them, live or from the
+/// archive, fetch them in parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_larger_than_a_stanza_go_in_parts() {
+    const MAX_PAYLOAD: i64 = 16 * 1024;
+    let prosody = Prosody::start();
+    let component = Component::start(&prosody, &format!("{CONFIG}max_payload_size = {MAX_PAYLOAD}\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = member(&prosody, &dir, "alice", "laptop").await;
+    let mut phone = member(&prosody, &dir, "bob", "phone").await;
+    let group = alice.create().await.unwrap();
+    alice.add_key_packages(&group, generated_devices(&prosody, 496).await).await.unwrap();
+    let welcomed = alice.add(&group, &[bare("bob@example.org")]).await.unwrap();
+    expect(&mut phone, "welcome", |e| matches!(e, GroupEvent::Joined { group: g } if *g == group)).await;
+
+    // alice's self-update encrypts to every member: it goes in parts, and
+    // the phone applies it live.
+    let updated = alice.update(&group).await.unwrap();
+    assert!(archived_size(&component, &updated.stanza_id) > MAX_PAYLOAD, "a Commit larger than a payload");
+    assert_eq!(updated.epoch, welcomed.epoch + 1);
+    common::reach(&mut phone, &group, updated.epoch).await;
+
+    // The archive names it: a MAM result carries no octets of it.
+    let archive = group.clone().into();
+    let page = alice.archive_page(&archive, &[("urn:xmpp:mls:0#kind", "commit")], 100, &Cursor::Last, false).await.unwrap();
+    let last = page.stanzas.last().expect("the update");
+    let named = GroupMessage::find(last).unwrap().unwrap();
+    assert_eq!(named.parts.map(|p| p.size as i64), Some(archived_size(&component, &updated.stanza_id)));
+    assert!(named.message.is_empty() && String::from(last).len() < 1024, "{}", String::from(last));
+
+    // The tablet's external commit goes in parts too; the phone, offline
+    // meanwhile, fetches both from the archive when it is back.
+    drop(phone);
+    let mut tablet = new_device(prosody.client("bob", "tablet").await, &dir, COMPONENT).await;
+    let joined = tablet.join_external(&group).await.unwrap();
+    assert!(archived_size(&component, &joined.stanza_id) > MAX_PAYLOAD);
+    common::reach(&mut alice, &group, joined.epoch).await;
+    let again = alice.update(&group).await.unwrap();
+    let mut phone = common::reconnect(&prosody, &dir, "bob", "phone").await;
+    phone.join_all().await.unwrap();
+    phone.catch_up(&group, &mut |_, _, _| {}).await.unwrap();
+    assert_eq!(phone.epoch(&group).unwrap(), again.epoch);
+    common::reach(&mut tablet, &group, again.epoch).await;
+    assert_eq!(phone.epoch_check(&group).unwrap(), alice.epoch_check(&group).unwrap(), "the same epoch");
+
+    alice.send_body(&group, "after the parts").await.unwrap();
+    for device in [&mut phone, &mut tablet] {
+        let got = expect(device, "alice's message", |e| matches!(e, GroupEvent::Message { .. })).await;
+        let GroupEvent::Message { content, .. } = got else { unreachable!() };
+        assert_eq!(content.body().as_deref(), Some("after the parts"));
+    }
     drop(component);
 }

@@ -18,8 +18,8 @@ use xmpp_mls::protocol::keypackages::{
 };
 use xmpp_mls::protocol::error::invalid_message;
 use xmpp_mls::protocol::groups::{
-    group_info_element, joined_element, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Proposal,
-    TreePage, TreeRequest, Welcome, WrongEpoch,
+    group_info_element, joined_element, parse_group_info, Accepted, CommitBundle, Create, GroupMessage, Part, PartRequest,
+    PartUpload, Proposal, TreePage, TreeRequest, Welcome, WrongEpoch,
 };
 use xmpp_mls::protocol::mam::{Ack, MamQuery, NS_MAM};
 use xmpp_mls::protocol::content::{encryption_hint, Envelope, NS_EME, NS_SCE, PAD_BLOCK};
@@ -128,6 +128,9 @@ fn round_trip(el: &Element, parent: Option<&Element>) -> Option<&'static str> {
         }
         ("tree", NS) if el.attr("pages").is_some() => same(TreePage::parse(el).expect("tree page parses").to_element(), "tree page"),
         ("tree", NS) => same(TreeRequest::parse(el).expect("tree request parses").to_element(), "tree request"),
+        ("part", NS) if el.attr("sha256").is_some() => same(PartUpload::parse(el).expect("part upload parses").to_element(), "part upload"),
+        ("part", NS) if el.attr("size").is_some() => same(Part::parse(el).expect("part parses").to_element(), "part"),
+        ("part", NS) => same(PartRequest::parse(el).expect("part request parses").to_element(), "part request"),
         ("mls", NS) => same(GroupMessage::parse(el).expect("mls parses").to_element(), "mls"),
         ("welcome", NS) if parent.is_some_and(|p| p.name() == "message") => {
             let message = parent.expect("in a message");
@@ -227,6 +230,9 @@ fn every_protocol_payload_in_the_xep_parses_and_serialises_back() {
         "group-info",
         "tree request",
         "tree page",
+        "part upload",
+        "part request",
+        "part",
         "mls",
         "welcome",
         "wrong-epoch",

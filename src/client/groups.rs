@@ -52,7 +52,9 @@ const REMOVAL_JITTER: Duration = Duration::from_secs(2);
 /// them (xep/ History: Acknowledgements).
 const ACK_DELAY: Duration = Duration::from_secs(5);
 /// The largest ratchet tree (its encoding) that GroupInfos and Welcomes
-/// carry; joiners of larger groups fetch it (xep/ §Fetching the Ratchet Tree).
+/// carry, and at most an eighth of the service's max-payload-size (the tree
+/// is in both, as base64); joiners of larger groups fetch it (xep/
+/// §Fetching the Ratchet Tree).
 pub const INLINE_TREE_MAX: usize = 32 * 1024;
 /// The largest ratchet tree this client fetches: about 80,000 leaves.
 const FETCHED_MAX: usize = 64 * 1024 * 1024;
@@ -592,6 +594,7 @@ impl<S: DeviceStorage> Core<S> {
 
     /// The commit bundle for `change` at the group's current epoch.
     async fn stage(&mut self, id: &[u8], change: &Change) -> Result<CommitBundle, GroupError> {
+        let inline_max = inline_max(self.max_payload().await?);
         let leaves = match change {
             Change::RemoveAccount(a) => self.leaves(id, |acct, _| acct == a).await?,
             Change::RemoveDevice(a, d) => self.leaves(id, |acct, dev| acct == a && dev == d).await?,
@@ -604,7 +607,7 @@ impl<S: DeviceStorage> Core<S> {
         if matches!(change, Change::Pending | Change::Revoke) && leaves.is_empty() && g.pending_proposals().next().is_none() {
             return Err(GroupError::NothingPending);
         }
-        let inline = inline_tree(g)?;
+        let inline = g.export_ratchet_tree().tls_serialized_len() <= inline_max;
         let mut b = g.commit_builder();
         match change {
             Change::Add(kps) => b = b.propose_adds(kps.iter().cloned()),
@@ -1348,11 +1351,12 @@ impl<S: DeviceStorage> Core<S> {
             return Err(GroupError::Mls("not a GroupInfo".into()));
         };
         let mut builder = MlsGroup::external_commit_builder().with_config(join_config());
+        let max_payload = self.max_payload().await?;
         let inline = match vgi.extensions().ratchet_tree() {
-            Some(tree) => tree.ratchet_tree().tls_serialized_len() <= INLINE_TREE_MAX,
+            Some(tree) => tree.ratchet_tree().tls_serialized_len() <= inline_max(max_payload),
             None => {
                 let tree = self.port.tree(group, vgi.group_context().epoch().as_u64()).await?;
-                let inline = tree.tls_serialized_len() <= INLINE_TREE_MAX;
+                let inline = tree.tls_serialized_len() <= inline_max(max_payload);
                 builder = builder.with_ratchet_tree(tree);
                 inline
             }
@@ -1380,7 +1384,6 @@ impl<S: DeviceStorage> Core<S> {
             group_info: bytes(&group_info.ok_or_else(|| GroupError::Mls("no GroupInfo".into()))?)?,
             epoch_check: check,
         };
-        let max_payload = self.max_payload().await?;
         let bundle = self.port.within_limit(group, bundle, max_payload).await?;
         let reply = self.port.iq(&group.clone().into(), "set", bundle).await?;
         let accepted = accepted(reply)?;
@@ -1410,10 +1413,10 @@ fn load_group<'a, S: DeviceStorage>(
     Ok(groups.get_mut(id).expect("just inserted"))
 }
 
-/// Whether the group's GroupInfos and Welcomes carry its ratchet tree:
-/// while its encoding is at most [`INLINE_TREE_MAX`] octets.
-fn inline_tree(g: &MlsGroup) -> Result<bool, GroupError> {
-    Ok(g.export_ratchet_tree().tls_serialized_len() <= INLINE_TREE_MAX)
+/// The largest tree GroupInfos and Welcomes carry inline (see
+/// [`INLINE_TREE_MAX`]) when payloads are at most `max_payload` octets.
+fn inline_max(max_payload: usize) -> usize {
+    INLINE_TREE_MAX.min(max_payload / 8)
 }
 
 impl Port {

@@ -949,7 +949,7 @@ mod tests {
     use crate::protocol::address::{group_node, Address};
     use crate::protocol::devices::Device;
     use crate::protocol::error::AppCondition;
-    use crate::protocol::groups::{epoch_check, CommitBundle, Create, Proposal};
+    use crate::protocol::groups::{epoch_check, CommitBundle, Create, Part, PartRequest, PartUpload, Proposal};
     use crate::protocol::mls::Invalid;
     use crate::store::{Source, Store};
 
@@ -1285,6 +1285,64 @@ mod tests {
             decided[1]
         );
         assert_eq!(ds.archived().await, [("commit".to_string(), 1)]);
+    }
+
+    /// `who`'s IQ of type get with `payload`.
+    fn get(ds: &Ds, who: &Member, payload: Element) -> IqRequest {
+        IqRequest { kind: IqKind::Get, ..ds.request(who, payload) }
+    }
+
+    /// A Commit larger than a page (a service with a small max-payload-size)
+    /// is uploaded in parts, named in its bundle, accepted, delivered by
+    /// name and fetched in parts; parts out of order, a name of octets not
+    /// uploaded and other accounts are refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_commit_in_parts_is_accepted_delivered_by_name_and_fetched() {
+        let [alice, bob, carol, dave, erin] = ["alice", "bob", "carol", "dave", "erin"].map(Member::new);
+        let ds = Ds::new(&[&alice, &bob, &carol, &dave, &erin], "").await;
+        let mut groups = ds.create(&alice, &[&bob, &carol, &dave]).await;
+        let mut config = (*ds.config).clone();
+        config.limits.max_payload_size = 1024;
+        let small = Service::new(Arc::new(config), ds.store.clone());
+        let page = small.page_octets();
+        small.join_feed(&bob.jid(), &ds.id, "dev").await.unwrap();
+        let mut update = bundle_with_tree(&mut groups[0], &alice, &[], false);
+        let commit = std::mem::take(&mut update.commit);
+        assert!(commit.len() > page, "{} octets: more than a page of {page}", commit.len());
+        let parts = Parts::of(&commit);
+        update.parts = Some(parts);
+        let upload = |offset: usize, end: usize| PartUpload { parts, offset: offset as u64, octets: commit[offset..end].to_vec() };
+        let out_of_order = small.handle_iq(&ds.request(&alice, upload(page, commit.len()).to_element())).await;
+        assert!(matches!(out_of_order, Err(ServiceError::PartOutOfOrder)), "{out_of_order:?}");
+        let stranger = small.handle_iq(&ds.request(&erin, upload(0, page).to_element())).await;
+        assert!(matches!(stranger, Err(ServiceError::NotAMember)), "{stranger:?}");
+        small.handle_iq(&ds.request(&alice, upload(0, page).to_element())).await.unwrap();
+        let early = small.handle_iq(&ds.request(&alice, update.to_element())).await;
+        assert!(matches!(early, Err(ServiceError::PartsMissing)), "half uploaded: {early:?}");
+        small.handle_iq(&ds.request(&alice, upload(page, commit.len()).to_element())).await.unwrap();
+        let accepted = small.handle_iq(&ds.request(&alice, update.to_element())).await.unwrap();
+        assert_eq!(accepted_epoch(accepted.payload.as_ref().unwrap()), 2);
+        let [copy] = &accepted.messages[..] else { panic!("one copy: {:?}", accepted.messages) };
+        let named = GroupMessage::find(copy).unwrap().unwrap();
+        assert_eq!((named.parts, named.message.len(), named.kind, named.position), (Some(parts), 0, Some(Kind::Commit), Some(1)));
+        let mut fetched = Vec::new();
+        while fetched.len() < commit.len() {
+            let request = PartRequest { position: 1, offset: fetched.len() as u64 }.to_element();
+            let part = Part::parse(&small.handle_iq(&get(&ds, &bob, request)).await.unwrap().payload.unwrap()).unwrap();
+            assert_eq!((part.position, part.offset, part.size), (1, fetched.len() as u64, commit.len() as u64));
+            assert!(part.octets.len() <= page);
+            fetched.extend(part.octets);
+        }
+        assert_eq!(fetched, commit, "the archived Commit, octet for octet");
+        let outsider = small.handle_iq(&get(&ds, &erin, PartRequest { position: 1, offset: 0 }.to_element())).await;
+        assert!(matches!(outsider, Err(ServiceError::NotAMember)), "{outsider:?}");
+        let beyond = small.handle_iq(&get(&ds, &bob, PartRequest { position: 2, offset: 0 }.to_element())).await;
+        assert!(matches!(beyond, Err(ServiceError::NotFound)), "{beyond:?}");
+        let again = small.handle_iq(&ds.request(&alice, update.to_element())).await.unwrap();
+        assert_eq!(again.payload, accepted.payload, "a resend is answered as before");
+        assert!(again.messages.is_empty(), "and delivered once");
+        let message = MlsMessageIn::tls_deserialize_exact(&fetched).unwrap().try_into_protocol_message().unwrap();
+        groups[1].process_message(&bob.provider, message).unwrap();
     }
 
     /// The tree of every page of epoch `epoch`, fetched as `who`.
