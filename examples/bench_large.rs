@@ -1,13 +1,9 @@
 //! Large groups through the service (issue 24: GroupInfos and Welcomes
 //! without the ratchet tree, the tree served in pages by
-//! `<tree epoch page/>`), every stanza held to the service's DEFAULT
-//! limits. For groups of 1,024, 4,096 and 10,000 (`--quick`: 1,024 and
-//! 4,096), on a fresh SQLite store, two instances of the service on it:
-//! one with the default configuration but `groups.max_members` raised to
-//! 10,000, which grows the group and serves its tree; and the measuring
-//! one, with `limits.max_payload_size` and `limits.max_stanza_out` raised
-//! too (4 MiB and 4.5 MiB, [`RAISED`]) so that it accepts the owner's
-//! self-updates however large they are:
+//! `<tree epoch page/>`, Commits larger than a stanza in parts), every
+//! stanza held to the service's DEFAULT limits. For groups of 1,024, 4,096
+//! and 10,000 (`--quick`: 1,024 and 4,096), on a fresh SQLite store, a
+//! service with the default configuration (`groups.max_members` is 10,000):
 //!
 //! - the group grown as a client grows it: the owner creates it alone (a
 //!   GroupInfo with the tree, tiny), then adds every other member's
@@ -24,16 +20,22 @@
 //!   hash against the GroupContext, every signature), against
 //!   `from_external` on the same tree inline in the GroupInfo;
 //!   `tree_pages_{n}`, with the tree's octets against 262144;
-//! - `commit_accept_large_{n}`: the measuring service accepting the owner's
+//! - `commit_accept_large_{n}`: the service accepting the owner's
 //!   self-update (GroupInfo without the tree) with every member's device
 //!   on the live feed (so its answer holds a copy of the commit for each
 //!   of them), against openmls `PublicGroup` alone processing and merging
-//!   the same commit (kept in step with every commit of the run);
-//!   `self_update_bundle_{n}`: the first one's octets against the default
-//!   `limits.max_payload_size`. Adds carry no UpdatePath, so in a group
-//!   grown this way every parent node off the owner's direct path is
-//!   blank and its self-update encrypts a path secret to each other leaf:
-//!   O(n), over the default limits from about 2,000 members on;
+//!   the same commit (kept in step with every commit of the run). A bundle
+//!   over `limits.max_payload_size` is sent as a client sends it: the
+//!   Commit uploaded in `<part/>`s first, the bundle naming it; the time
+//!   is the uploads' and the bundle's. `self_update_commit_{n}`: the first
+//!   Commit's octets against `limits.max_payload_size`. Adds carry no
+//!   UpdatePath, so in a group grown this way every parent node off the
+//!   owner's direct path is blank and its self-update encrypts a path
+//!   secret to each other leaf: O(n), larger than a payload from about
+//!   2,200 members on;
+//! - `commit_fetch_{n}`: a member's fetch of the last self-update in
+//!   parts (`<part position offset/>`) when the feed named it, against
+//!   openmls `PublicGroup` applying it;
 //! - `largest_stanza_{n}`: the largest payload or stanza of the size's run
 //!   (every request payload, every result payload, every message the
 //!   service sends: Welcomes, fan-out), in octets of serialised XML,
@@ -70,7 +72,7 @@ use openmls::prelude::KeyPackage;
 use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
 use xmpp_mls::config::Limits;
-use xmpp_mls::protocol::groups::{TreePage, TreeRequest};
+use xmpp_mls::protocol::groups::{page_octets, CommitBundle, GroupMessage, Part, PartRequest, PartUpload, Parts, TreePage, TreeRequest};
 use xmpp_mls::protocol::mls;
 use xmpp_mls::service::{IqKind, IqRequest, Response, Service};
 use xmpp_mls::store::FeedEntry;
@@ -81,14 +83,6 @@ use bench::*;
 /// client's own server takes from it.
 const PROSODY_C2S: usize = 262_144;
 
-/// Every service of the run: the default configuration but for the group
-/// size benchmarked.
-const GROUPS: &str = "[groups]\nmax_members = 10000\n";
-
-/// The measuring service's limits, raised so that it takes the largest
-/// self-update benchmarked (about 1.1 MB at 10,000 members) and sends
-/// its copies.
-const RAISED: &str = "[limits]\nmax_payload_size = 4194304\nmax_stanza_out = 4718592\n";
 
 /// What the run covers: `--quick` keeps it to a few minutes.
 struct Plan {
@@ -264,11 +258,9 @@ fn to_len(e: &Element) -> usize {
 }
 
 /// The owner's group and openmls' PublicGroup kept in step with it, at
-/// the service in `id`: grown and its tree served by `service` (default
-/// limits), self-updates sent to `measuring` (raised limits).
+/// the service in `id`.
 struct Large {
     service: Arc<Service>,
-    measuring: Arc<Service>,
     people: Vec<Person>,
     id: [u8; 16],
     group: MlsGroup,
@@ -286,35 +278,80 @@ impl Large {
         self.group.epoch().as_u64()
     }
 
-    /// Sends the owner's pending commit (`payload`, measured) to the
-    /// measuring service if `measuring`, else to the default one, and
-    /// merges it, and the PublicGroup applies it: (service ms, openmls ms).
-    /// An answer other than acceptance is returned as it is, the commit
-    /// dropped.
-    async fn commit(&mut self, measuring: bool, what: &str, payload: Element, commit: &[u8]) -> Result<(f64, f64), String> {
+    /// The owner's request of `payload` to the group, measured, and the
+    /// service's answer, measured if it is one: (answer, ms).
+    async fn send(&mut self, what: &str, payload: Element) -> (Result<Response, String>, f64) {
         let req = iq(&self.owner().jid(), group_jid(&self.id), IqKind::Set, payload);
         self.stanzas.request(what, &req);
-        let service = match measuring {
-            true => self.measuring.clone(),
-            false => self.service.clone(),
-        };
         let t = Instant::now();
-        let answer = service.handle_iq(&req).await;
-        let ours = ms(t.elapsed());
-        let response = match answer {
-            Ok(response) => response,
+        let answer = self.service.handle_iq(&req).await;
+        let took = ms(t.elapsed());
+        if let Ok(response) = &answer {
+            self.stanzas.response(what, response);
+        }
+        (answer.map_err(|e| format!("{e} ({e:?})")), took)
+    }
+
+    /// `bundle` as a client sends it: itself if within limits.max_payload_size,
+    /// else named, its Commit uploaded in parts first; and the uploads' ms.
+    async fn within_limit(&mut self, bundle: CommitBundle) -> Result<(Element, f64), String> {
+        let max = self.stanzas.max_payload.octets;
+        let inline = bundle.to_element();
+        if String::from(&inline).len() <= max {
+            return Ok((inline, 0.0));
+        }
+        let parts = Parts::of(&bundle.commit);
+        let mut took = 0.0;
+        for (i, octets) in bundle.commit.chunks(page_octets(max)).enumerate() {
+            let upload = PartUpload { parts, offset: (i * page_octets(max)) as u64, octets: octets.to_vec() };
+            let (answer, ms) = self.send("part upload", upload.to_element()).await;
+            answer?;
+            took += ms;
+        }
+        Ok((CommitBundle { parts: Some(parts), ..bundle }.to_element(), took))
+    }
+
+    /// Sends the owner's pending commit `bundle` as a client does (see
+    /// [`Self::within_limit`]) and merges it, and the PublicGroup applies
+    /// it: (service ms, openmls ms, the answer). A refusal is returned as
+    /// it is, the commit dropped.
+    async fn commit(&mut self, what: &str, bundle: CommitBundle) -> Result<(f64, f64, Response), String> {
+        let commit = bundle.commit.clone();
+        let sent = match self.within_limit(bundle).await {
+            Ok((payload, uploads)) => match self.send(what, payload).await {
+                (Ok(response), ms) => Ok((response, uploads + ms)),
+                (Err(e), _) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        let (response, ours) = match sent {
+            Ok(sent) => sent,
             Err(e) => {
                 self.group.clear_pending_commit(self.people[0].provider.storage()).unwrap();
-                return Err(format!("{e} ({e:?})"));
+                return Err(e);
             }
         };
-        self.stanzas.response(what, &response);
-        drop(response);
         let t = Instant::now();
-        public_group_apply(&mut self.pg, self.people[0].provider.crypto(), &self.pg_storage, commit, &self.id);
+        public_group_apply(&mut self.pg, self.people[0].provider.crypto(), &self.pg_storage, &commit, &self.id);
         let raw = ms(t.elapsed());
         self.group.merge_pending_commit(&self.people[0].provider).unwrap();
-        Ok((ours, raw))
+        Ok((ours, raw, response))
+    }
+
+    /// A member's fetch of the archived message at `position` in parts:
+    /// (its octets, ms).
+    async fn fetch_parts(&mut self, position: u64, size: u64) -> (Vec<u8>, f64) {
+        let member = self.people[1].jid();
+        let (mut message, t) = (Vec::new(), Instant::now());
+        while (message.len() as u64) < size {
+            let payload = PartRequest { position, offset: message.len() as u64 }.to_element();
+            let req = iq(&member, group_jid(&self.id), IqKind::Get, payload);
+            self.stanzas.request("part request", &req);
+            let response = handle(&self.service, req).await;
+            self.stanzas.response("part", &response);
+            message.extend(Part::parse(response.payload.as_ref().expect("a part")).unwrap().octets);
+        }
+        (message, ms(t.elapsed()))
     }
 }
 
@@ -322,7 +359,7 @@ impl Large {
 /// others added in batches as large as fit the default
 /// limits.max_payload_size. Returns the group, the (service, openmls) ms
 /// of each add commit and each batch's (members, bundle octets).
-async fn grow(service: Arc<Service>, measuring: Arc<Service>, people: Vec<Person>) -> (Large, Vec<(f64, f64)>, Vec<(usize, usize)>) {
+async fn grow(service: Arc<Service>, people: Vec<Person>) -> (Large, Vec<(f64, f64)>, Vec<(usize, usize)>) {
     let id: [u8; 16] = rand::random();
     let stanzas = Stanzas::new();
     let (group, create) = create_request(&people[..1], id);
@@ -331,7 +368,7 @@ async fn grow(service: Arc<Service>, measuring: Arc<Service>, people: Vec<Person
     let (gi, tree) = mls::group_info(&bytes(&info), &id).unwrap();
     let pg_storage = MemoryStorage::default();
     let (pg, _) = PublicGroup::from_external(owner.provider.crypto(), &pg_storage, tree.unwrap(), gi, ProposalStore::new()).unwrap();
-    let mut large = Large { service, measuring, people, id, group, pg, pg_storage, stanzas };
+    let mut large = Large { service, people, id, group, pg, pg_storage, stanzas };
     large.stanzas.request("create", &create);
     let response = handle(&large.service, create).await;
     large.stanzas.response("create", &response);
@@ -343,22 +380,21 @@ async fn grow(service: Arc<Service>, measuring: Arc<Service>, people: Vec<Person
     let (mut times, mut batches, mut next, mut guess) = (Vec::new(), Vec::new(), 0, 2048);
     while next < kps.len() {
         let mut k = guess.min(kps.len() - next);
-        let (payload, commit, octets) = loop {
+        let (bundle, octets) = loop {
             let bundle = commit_bundle(&mut large.group, &large.people[0], &kps[next..next + k], false);
-            let payload = bundle.to_element();
-            let octets = String::from(&payload).len();
+            let octets = String::from(&bundle.to_element()).len();
             // The next batch's first try: as many as this one's octets a member suggest.
             guess = (k * max / octets).max(1);
             if octets <= max {
-                break (payload, bundle.commit, octets);
+                break (bundle, octets);
             }
             large.group.clear_pending_commit(large.people[0].provider.storage()).unwrap();
             assert!(k > 1, "one KeyPackage's add bundle is {octets} octets, over limits.max_payload_size {max}");
             k = guess.min(k - 1);
         };
         let what = format!("add bundle of {k}");
-        let added = large.commit(false, &what, payload, &commit).await;
-        times.push(added.unwrap_or_else(|e| panic!("the service refused the {what} at {} members: {e}", next + 1)));
+        let (ours, raw, _) = large.commit(&what, bundle).await.unwrap_or_else(|e| panic!("the service refused the {what} at {} members: {e}", next + 1));
+        times.push((ours, raw));
         batches.push((k, octets));
         next += k;
     }
@@ -441,14 +477,13 @@ async fn bench_size(plan: &Plan, n: usize, figures: &mut Vec<Figure>, over: &mut
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let section = Backend::Sqlite.new_store(dir.path());
-    let (service, store) = service_on(&section, GROUPS);
+    let (service, store) = service_on(&section, "");
     assert_eq!(service.max_stanza_out(), Limits::default().max_stanza_out, "the default service has the default limits");
-    let (measuring, measuring_store) = service_on(&section, &format!("{GROUPS}{RAISED}"));
     let people: Vec<Person> = (0..n).map(|i| Person::new("m", i)).collect();
     publish(&store, &people).await;
 
     let t = Instant::now();
-    let (mut large, adds, batches) = grow(service, measuring, people).await;
+    let (mut large, adds, batches) = grow(service, people).await;
     let (ours, raw): (Vec<f64>, Vec<f64>) = adds.into_iter().unzip();
     let members: Vec<usize> = batches.iter().map(|b| b.0).collect();
     println!(
@@ -476,25 +511,27 @@ async fn bench_size(plan: &Plan, n: usize, figures: &mut Vec<Figure>, over: &mut
     join_feed(&store, &large).await;
     println!("# {n}: every device on the feed in {:.1} s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let (mut ours, mut raw) = (Vec::new(), Vec::new());
+    let (mut ours, mut raw, mut named) = (Vec::new(), Vec::new(), None);
     // One unmeasured commit first: caches, and the owner's path filled.
     for i in 0..=plan.commits {
         let bundle = self_update(&mut large.group, &large.people[0], false);
-        let payload = bundle.to_element();
-        let octets = String::from(&payload).len();
+        let octets = bundle.commit.len();
         if i == 0 {
             let limit = large.stanzas.max_payload.octets as f64;
-            let name = format!("self_update_bundle_{n}");
+            let name = format!("self_update_commit_{n}");
             figures.push(Figure::new(name, octets as f64, "octets", octets as f64 / limit, "limits.max_payload_size"));
         }
-        match large.commit(true, "self-update bundle", payload, &bundle.commit).await {
-            Ok((o, r)) if i > 0 => {
-                ours.push(o);
-                raw.push(r);
+        match large.commit("self-update bundle", bundle).await {
+            Ok((o, r, response)) => {
+                let copy = response.messages.first().and_then(GroupMessage::find).map(Result::unwrap);
+                named = copy.and_then(|m| Some((m.position?, m.parts?.size, r)));
+                if i > 0 {
+                    ours.push(o);
+                    raw.push(r);
+                }
             }
-            Ok(_) => {}
             Err(e) => {
-                let e = format!("the measuring service refused a self-update bundle of {octets} octets: {e}");
+                let e = format!("the service refused a self-update of {octets} octets: {e}");
                 println!("# {n}: {e}");
                 refused.push(format!("{n} members: {e}"));
                 break;
@@ -506,6 +543,17 @@ async fn bench_size(plan: &Plan, n: usize, figures: &mut Vec<Figure>, over: &mut
         let (ours, raw) = (median(ours), median(raw));
         let baseline = format!("openmls PublicGroup, no inline tree, {n} devices on the feed");
         figures.push(Figure::new(format!("commit_accept_large_{n}"), ours, "ms", ours / raw, baseline));
+    }
+    if let Some((position, size, apply)) = named {
+        let mut times = Vec::new();
+        for _ in 0..plan.fetches {
+            let (message, took) = large.fetch_parts(position, size).await;
+            assert_eq!(message.len() as u64, size, "the whole Commit");
+            times.push(took);
+        }
+        let took = median(times);
+        let baseline = format!("openmls PublicGroup applying it, {size} octets");
+        figures.push(Figure::new(format!("commit_fetch_{n}"), took, "ms", took / apply, baseline));
     }
 
     let s = &large.stanzas;
@@ -524,7 +572,6 @@ async fn bench_size(plan: &Plan, n: usize, figures: &mut Vec<Figure>, over: &mut
     }
     drop(large);
     store.close().await;
-    measuring_store.close().await;
     println!("# {n}: {:.0} s", started.elapsed().as_secs_f64());
 }
 

@@ -475,7 +475,7 @@ impl Config {
         let b64 = |n: usize| n.div_ceil(3).saturating_mul(4);
         let pools = d.max_devices_per_account.saturating_mul(d.max_key_packages_per_device.saturating_add(1));
         let answers = [
-            ("limits.max_payload_size (a pushed group message)", l.max_payload_size),
+            ("limits.max_payload_size (a pushed group message, a tree page, a part)", l.max_payload_size),
             ("vault.max_blob_size (a vault read)", b64(self.vault.max_blob_size)),
             (
                 "directory.max_devices_per_account x directory.max_key_package_size (a claim)",

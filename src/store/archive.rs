@@ -747,4 +747,34 @@ mod tests {
         assert_eq!((seqs(&p), p.count), (vec![4, 5, 6], 3));
         assert_eq!(seqs(&page(until(200), PageStart::First).await.unwrap()), Vec::<u64>::new());
     }
+
+    /// Retention keeps the trees of the epochs the archive still has (a
+    /// Welcome there may need its tree), and uploads older than the cutoff go.
+    #[tokio::test]
+    async fn pruning_keeps_the_trees_of_the_epochs_still_archived() {
+        let (_dir, store) = temp_store();
+        for (epoch, at) in [(0, 100), (1, 100), (2, 300)] {
+            store
+                .write(move |c| {
+                    let tx = GroupTx::new(c, b"g".to_vec(), at);
+                    if tx.state()?.is_none() {
+                        tx.create(0, b"info", &crate::store::state::PublicState::default())?;
+                    }
+                    tx.keep_tree(epoch, &[vec![epoch as u8]])?;
+                    tx.append("alice@example.org", epoch, Kind::Application, "laptop", None, b"m")
+                })
+                .await
+                .unwrap();
+        }
+        let parts = crate::protocol::groups::Parts::of(b"commit");
+        let upload = |account: &str| crate::store::Upload { account: account.into(), group_id: b"g".to_vec(), parts };
+        store.add_part(upload("old@example.org"), 0, b"commit".to_vec(), 200).await.unwrap();
+        store.add_part(upload("new@example.org"), 0, b"commit".to_vec(), 260).await.unwrap();
+        assert_eq!(store.prune_history(250).await.unwrap(), 2, "the items of epochs 0 and 1 go");
+        let kept = |epoch| store.tree_page(b"g".to_vec(), epoch, 0);
+        assert_eq!((kept(0).await.unwrap(), kept(1).await.unwrap()), (None, None));
+        assert_eq!(kept(2).await.unwrap(), Some((1, vec![2])), "the tree of the first kept item's epoch");
+        assert_eq!(store.uploaded(upload("old@example.org")).await.unwrap(), Vec::<u8>::new());
+        assert_eq!(store.uploaded(upload("new@example.org")).await.unwrap(), b"commit");
+    }
 }
