@@ -51,11 +51,6 @@ const REMOVAL_JITTER: Duration = Duration::from_secs(2);
 /// How long after handling new items a device on the feed acknowledges
 /// them (xep/ History: Acknowledgements).
 const ACK_DELAY: Duration = Duration::from_secs(5);
-/// The largest ratchet tree (its encoding) that GroupInfos and Welcomes
-/// carry, and at most an eighth of the service's max-payload-size (the tree
-/// is in both, as base64); joiners of larger groups fetch it (xep/
-/// §Fetching the Ratchet Tree).
-pub const INLINE_TREE_MAX: usize = 32 * 1024;
 /// The largest ratchet tree this client fetches: about 80,000 leaves.
 const FETCHED_MAX: usize = 64 * 1024 * 1024;
 /// Attempts of one change before giving up.
@@ -1413,10 +1408,12 @@ fn load_group<'a, S: DeviceStorage>(
     Ok(groups.get_mut(id).expect("just inserted"))
 }
 
-/// The largest tree GroupInfos and Welcomes carry inline (see
-/// [`INLINE_TREE_MAX`]) when payloads are at most `max_payload` octets.
+/// The largest ratchet tree (its encoding) that GroupInfos and Welcomes
+/// carry when payloads are at most `max_payload` octets: an eighth, as the
+/// tree is in both, as base64 (xep/ §The Tree and Size of a Bundle);
+/// joiners of larger groups fetch it.
 fn inline_max(max_payload: usize) -> usize {
-    INLINE_TREE_MAX.min(max_payload / 8)
+    max_payload / 8
 }
 
 impl Port {
