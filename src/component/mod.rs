@@ -175,9 +175,11 @@ async fn handle(service: Arc<Service>, out: mpsc::Sender<Element>, stanza: Eleme
     if let Some((group, seq)) = &routed.order {
         service.order.wait_turn(group, *seq).await;
     }
-    for stanza in routed.stanzas {
-        if out.send(stanza).await.is_err() {
-            break;
+    'sending: for outgoing in routed.stanzas {
+        for stanza in outgoing.into_stanzas() {
+            if out.send(stanza).await.is_err() {
+                break 'sending;
+            }
         }
     }
     if let Some((group, seq)) = &routed.order {
@@ -188,9 +190,9 @@ async fn handle(service: Arc<Service>, out: mpsc::Sender<Element>, stanza: Eleme
 
 /// The service's own group messages, each in its group's archive order.
 async fn send_issued(service: &Service, out: &mpsc::Sender<Element>, issued: Vec<Issued>) {
-    for Issued { order: (group, seq), stanzas } in issued {
+    for Issued { order: (group, seq), copies } in issued {
         service.order.wait_turn(&group, seq).await;
-        for stanza in stanzas {
+        for stanza in copies.into_stanzas() {
             let _ = out.send(stanza).await;
         }
         service.order.done(&group, seq);

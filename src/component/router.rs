@@ -22,14 +22,31 @@ use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
 use crate::protocol::vault::version_mismatch;
 use crate::protocol::{ProtocolError, MAX_ID, NS};
-use crate::service::{serialized_size, IqKind, IqRequest, Issued, Response, Service, ServiceError};
+use crate::service::{serialized_size, Copies, IqKind, IqRequest, Issued, Response, Service, ServiceError};
 use crate::xmpp::namespace::{CLIENT, COMPONENT};
+
+/// One stanza to send, or the copies of one (a group message's fan-out).
+#[derive(Debug)]
+pub enum Outgoing {
+    Stanza(Element),
+    Copies(Copies),
+}
+
+impl Outgoing {
+    /// The stanzas, copies made one at a time as they are taken.
+    pub fn into_stanzas(self) -> Box<dyn Iterator<Item = Element> + Send> {
+        match self {
+            Outgoing::Stanza(s) => Box::new(std::iter::once(s)),
+            Outgoing::Copies(c) => Box::new(c.into_stanzas()),
+        }
+    }
+}
 
 /// What to send in answer to one stanza.
 #[derive(Debug, Default)]
 pub struct Routed {
     /// At most one reply, first, then the messages the stanza caused.
-    pub stanzas: Vec<Element>,
+    pub stanzas: Vec<Outgoing>,
     /// Group archive position the stanzas must be delivered in order of.
     pub order: Option<(Vec<u8>, u64)>,
     /// Then these, each in its group's order.
@@ -38,7 +55,7 @@ pub struct Routed {
 
 impl From<Vec<Element>> for Routed {
     fn from(stanzas: Vec<Element>) -> Self {
-        Routed { stanzas, ..Default::default() }
+        Routed { stanzas: stanzas.into_iter().map(Outgoing::Stanza).collect(), ..Default::default() }
     }
 }
 
@@ -52,12 +69,19 @@ pub async fn route(service: &Service, stanza: Element) -> Routed {
         m.request(operation, started.elapsed());
     }
     for out in &routed.stanzas {
-        m.stanzas_sent.inc(StanzaKind::of(out.name()));
-        if let Some(domain) = jid_attr(out, "to").and_then(|to| service.other_domain(to.domain().as_str())) {
-            m.federation_sent(domain);
+        match out {
+            Outgoing::Stanza(s) => count_sent(service, s.name(), s.attr("to")),
+            Outgoing::Copies(c) => c.to().iter().for_each(|to| count_sent(service, "message", Some(to))),
         }
     }
     routed
+}
+
+fn count_sent(service: &Service, kind: &str, to: Option<&str>) {
+    metrics().stanzas_sent.inc(StanzaKind::of(kind));
+    if let Some(domain) = to.and_then(|to| Jid::new(to).ok()).and_then(|to| service.other_domain(to.domain().as_str())) {
+        metrics().federation_sent(domain);
+    }
 }
 
 /// The operation a request asks for, named as [`dispatch`] and
@@ -99,22 +123,37 @@ fn iq_operation(payload: &Element, get: bool) -> &str {
 /// The last line of defence (xep/ §Stanza Size Limits): a stanza over the
 /// server's limit would close the component stream. An IQ result over `max`
 /// bytes becomes an error reply; any other stanza over it is dropped. Both
-/// are logged and counted.
-fn bound_sizes(stanzas: Vec<Element>, max: usize) -> Vec<Element> {
+/// are logged and counted. Copies are measured without being made.
+fn bound_sizes(stanzas: Vec<Outgoing>, max: usize) -> Vec<Outgoing> {
     stanzas
         .into_iter()
-        .filter_map(|stanza| {
-            let size = serialized_size(&stanza) + NS_GROWTH;
-            if size <= max {
-                return Some(stanza);
+        .filter_map(|out| match out {
+            Outgoing::Stanza(stanza) => bound_size(stanza, max).map(Outgoing::Stanza),
+            Outgoing::Copies(mut copies) => {
+                copies.retain(|size| within(size, "message", max));
+                (!copies.is_empty()).then_some(Outgoing::Copies(copies))
             }
-            metrics().stanzas_too_big.inc(StanzaKind::of(stanza.name()));
-            tracing::warn!(kind = stanza.name(), size, max, "stanza over limits.max_stanza_out not sent");
-            let error = (stanza.name() == "iq" && stanza.attr("type") == Some("result"))
-                .then(|| with_error(addressed(&stanza, "error", SAME_ADDRESSES), &ServiceError::ReplyTooBig));
-            error.filter(|e| serialized_size(e) + NS_GROWTH <= max)
         })
         .collect()
+}
+
+fn bound_size(stanza: Element, max: usize) -> Option<Element> {
+    if within(serialized_size(&stanza), stanza.name(), max) {
+        return Some(stanza);
+    }
+    let error = (stanza.name() == "iq" && stanza.attr("type") == Some("result"))
+        .then(|| with_error(addressed(&stanza, "error", SAME_ADDRESSES), &ServiceError::ReplyTooBig));
+    error.filter(|e| serialized_size(e) + NS_GROWTH <= max)
+}
+
+/// Whether a `kind` stanza of `size` octets fits; counted and logged if not.
+fn within(size: usize, kind: &str, max: usize) -> bool {
+    let size = size + NS_GROWTH;
+    if size > max {
+        metrics().stanzas_too_big.inc(StanzaKind::of(kind));
+        tracing::warn!(kind, size, max, "stanza over limits.max_stanza_out not sent");
+    }
+    size <= max
 }
 
 fn check_id(stanza: &Element) -> Result<(), ServiceError> {
@@ -187,16 +226,12 @@ async fn route_presence(service: &Service, presence: &Element, from: &Jid, to: &
 /// The service's response as stanzas, or the stanza's error reply.
 fn respond(stanza: &Element, outcome: Result<Response, ServiceError>) -> Routed {
     match outcome {
-        Ok(Response { payload, messages, order, reply_last, issued }) => {
-            let reply = (stanza.name() == "iq").then(|| result_reply(stanza, payload));
-            let mut stanzas = Vec::with_capacity(messages.len() + 1);
-            if !reply_last {
-                stanzas.extend(reply.clone());
-            }
-            stanzas.extend(messages);
-            if reply_last {
-                stanzas.extend(reply);
-            }
+        Ok(Response { payload, copies, messages, order, reply_last, issued }) => {
+            let reply = (stanza.name() == "iq").then(|| result_reply(stanza, payload)).map(Outgoing::Stanza);
+            let (first, last) = if reply_last { (None, reply) } else { (reply, None) };
+            let copies = copies.map(Outgoing::Copies);
+            let messages = messages.into_iter().map(Outgoing::Stanza);
+            let stanzas = first.into_iter().chain(copies).chain(messages).chain(last).collect();
             Routed { stanzas, order, issued }
         }
         Err(e) => {
@@ -361,6 +396,11 @@ mod tests {
         xml.parse().unwrap()
     }
 
+    /// The stanzas as they go out, copies made.
+    fn sent(stanzas: Vec<Outgoing>) -> Vec<Element> {
+        stanzas.into_iter().flat_map(Outgoing::into_stanzas).collect()
+    }
+
     #[tokio::test]
     async fn iq_without_exactly_one_child_is_bad_request() {
         let dir = tempfile::tempdir().unwrap();
@@ -369,7 +409,7 @@ mod tests {
             let iq = format!(
                 "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='mls.example.org'>{body}</iq>"
             );
-            let [reply] = <[Element; 1]>::try_from(route(&service, stanza(&iq)).await.stanzas).expect("one reply");
+            let [reply] = <[Element; 1]>::try_from(sent(route(&service, stanza(&iq)).await.stanzas)).expect("one reply");
             assert_eq!(reply.attr("type"), Some("error"));
             assert_eq!(reply.attr("to"), Some("a@example.org/r"));
             let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
@@ -386,8 +426,8 @@ mod tests {
         let message = stanza(&format!("<message xmlns='jabber:client' to='a@example.org'><x xmlns='urn:x'>{big}{big}</x></message>"));
         let small = stanza("<message xmlns='jabber:client' to='a@example.org'/>");
         let limit = serialized_size(&result) + NS_GROWTH - 1;
-        let sent = bound_sizes(vec![result.clone(), message, small.clone()], limit);
-        let [error, kept] = <[Element; 2]>::try_from(sent).expect("the message over the limit is dropped");
+        let out = bound_sizes([result.clone(), message, small.clone()].map(Outgoing::Stanza).into(), limit);
+        let [error, kept] = <[Element; 2]>::try_from(sent(out)).expect("the message over the limit is dropped");
         assert_eq!(kept, small);
         assert_eq!(
             (error.attr("type"), error.attr("id"), error.attr("from"), error.attr("to")),
@@ -397,8 +437,23 @@ mod tests {
         assert_eq!(e.defined_condition, C::PolicyViolation);
         assert!(e.other.unwrap().is("reply-too-big", crate::protocol::NS_ERRORS));
         // An error that would be over the limit too is not sent either.
-        assert_eq!(bound_sizes(vec![result.clone()], 100), vec![]);
-        assert_eq!(bound_sizes(vec![result.clone()], limit + 1), vec![result]);
+        assert_eq!(sent(bound_sizes(vec![Outgoing::Stanza(result.clone())], 100)), vec![]);
+        assert_eq!(sent(bound_sizes(vec![Outgoing::Stanza(result.clone())], limit + 1)), vec![result]);
+    }
+
+    /// Copies are measured without being made, each with its own 'to'
+    /// (escaped as it is sent): one over the limit is dropped, alone.
+    #[test]
+    fn copies_over_max_stanza_out_are_dropped_one_by_one() {
+        let message = stanza("<message xmlns='jabber:client' from='g@mls.example.org/d' type='groupchat'><x xmlns='urn:x'>payload</x></message>");
+        let to = ["a@example.org/r".to_owned(), format!("b@example.org/{}", "&".repeat(40)), "c@example.org/r".to_owned()];
+        let copies = Copies::new(message, to.to_vec());
+        let made: Vec<usize> = copies.stanzas().map(|c| serialized_size(&c)).collect();
+        assert_eq!(copies.sizes().collect::<Vec<_>>(), made, "the sizes of the copies as made");
+        let limit = made[0] + NS_GROWTH;
+        let kept = sent(bound_sizes(vec![Outgoing::Copies(copies.clone())], limit));
+        assert_eq!(kept, vec![copies.copy_to(&to[0]), copies.copy_to(&to[2])], "b's copy, with its escaped 'to', is over");
+        assert_eq!(kept[1].attr("to"), Some("c@example.org/r"));
     }
 
     #[tokio::test]
@@ -408,9 +463,9 @@ mod tests {
         let ping = |id: &str| {
             format!("<iq xmlns='jabber:client' type='get' id='{id}' from='a@example.org/r' to='mls.example.org'><ping xmlns='urn:xmpp:ping'/></iq>")
         };
-        let [ok] = <[Element; 1]>::try_from(route(&service, stanza(&ping(&"i".repeat(MAX_ID)))).await.stanzas).unwrap();
+        let [ok] = <[Element; 1]>::try_from(sent(route(&service, stanza(&ping(&"i".repeat(MAX_ID)))).await.stanzas)).unwrap();
         assert_eq!(ok.attr("type"), Some("result"));
-        let [refused] = <[Element; 1]>::try_from(route(&service, stanza(&ping(&"i".repeat(MAX_ID + 1)))).await.stanzas).unwrap();
+        let [refused] = <[Element; 1]>::try_from(sent(route(&service, stanza(&ping(&"i".repeat(MAX_ID + 1)))).await.stanzas)).unwrap();
         let error = StanzaError::try_from(refused.get_child("error", CLIENT).unwrap().clone()).unwrap();
         assert_eq!(error.defined_condition, C::BadRequest);
     }
@@ -419,7 +474,7 @@ mod tests {
     async fn malformed_address_is_reported_before_the_child_count() {
         let dir = tempfile::tempdir().unwrap();
         let iq = "<iq xmlns='jabber:client' type='get' id='1' from='a@example.org/r' to='no!@mls.example.org'/>";
-        let [reply] = <[Element; 1]>::try_from(route(&service(dir.path()), stanza(iq)).await.stanzas).unwrap();
+        let [reply] = <[Element; 1]>::try_from(sent(route(&service(dir.path()), stanza(iq)).await.stanzas)).unwrap();
         let error = StanzaError::try_from(reply.get_child("error", CLIENT).unwrap().clone()).unwrap();
         assert_eq!(error.defined_condition, C::JidMalformed);
     }

@@ -98,8 +98,8 @@ impl Service {
             welcome: None,
         };
         let seq = delivered.archived.seq;
-        let messages = self.fan_out(group_id, &delivered, stanza.attr("id"));
-        Ok(Response { payload: None, messages, order: Some((group_id.to_vec(), seq)), ..Default::default() })
+        let copies = Some(self.fan_out(group_id, &delivered, stanza.attr("id")));
+        Ok(Response { copies, order: Some((group_id.to_vec(), seq)), ..Default::default() })
     }
 
     /// A resend of an archived application message (xep/ §Resends): its
@@ -118,7 +118,7 @@ impl Service {
             removed: Vec::new(),
             welcome: None,
         };
-        Response::messages(self.fan_out(group_id, &delivered, stanza.attr("id")))
+        Response { copies: Some(self.fan_out(group_id, &delivered, stanza.attr("id"))), ..Default::default() }
     }
 }
 

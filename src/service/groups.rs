@@ -22,7 +22,7 @@ use openmls_rust_crypto::RustCrypto;
 use xmpp_parsers::jid::BareJid;
 
 use super::cache::Version;
-use super::{blocking, IqRequest, Response, Service, ServiceError};
+use super::{blocking, Copies, IqRequest, Response, Service, ServiceError};
 use crate::config::GroupsConfig;
 use crate::protocol::devices::Device;
 use crate::protocol::error::AppCondition;
@@ -822,7 +822,7 @@ impl Service {
 
     /// The archived message, to every device on the feed (the sender's own
     /// echo included), with its stanza id.
-    pub(super) fn fan_out(&self, group_id: &[u8], d: &Delivered, id: Option<&str>) -> Vec<Element> {
+    pub(super) fn fan_out(&self, group_id: &[u8], d: &Delivered, id: Option<&str>) -> Copies {
         let group_jid = self.group_jid(group_id);
         let (message, parts) = carried(&d.message, self.page_octets());
         let payload = GroupMessage {
@@ -839,21 +839,15 @@ impl Service {
             .attr(n("by"), group_jid.as_str())
             .attr(n("id"), d.archived.stanza_id.as_str())
             .build();
-        let hint = copy_hint(d.kind);
-        d.feed
-            .iter()
-            .map(|f| {
-                Element::builder("message", CLIENT)
-                    .attr(n("from"), from.as_str())
-                    .attr(n("to"), f.full_jid.as_str())
-                    .attr(n("type"), "groupchat")
-                    .attr(n("id"), id.unwrap_or(&d.archived.stanza_id))
-                    .append(payload.clone())
-                    .append_all(hint.clone())
-                    .append(stanza_id.clone())
-                    .build()
-            })
-            .collect()
+        let stanza = Element::builder("message", CLIENT)
+            .attr(n("from"), from.as_str())
+            .attr(n("type"), "groupchat")
+            .attr(n("id"), id.unwrap_or(&d.archived.stanza_id))
+            .append(payload)
+            .append_all(copy_hint(d.kind))
+            .append(stanza_id)
+            .build();
+        Copies::new(stanza, d.feed.iter().map(|f| f.full_jid.clone()).collect())
     }
 
     /// The IQ result, the fan-out in archive order, Welcomes and the
@@ -861,7 +855,8 @@ impl Service {
     fn deliver(&self, group_id: &[u8], d: Delivered, req: &IqRequest) -> Response {
         let group_jid = self.group_jid(group_id);
         let new_epoch = if d.kind == Kind::Commit { d.epoch + 1 } else { d.epoch };
-        let mut messages = self.fan_out(group_id, &d, Some(&req.id));
+        let copies = self.fan_out(group_id, &d, Some(&req.id));
+        let mut messages = Vec::new();
         if let Some((payload, inboxes)) = &d.welcome {
             for (account, stanza_id) in inboxes {
                 let Ok(account) = BareJid::new(account) else { continue };
@@ -874,6 +869,7 @@ impl Service {
         }
         Response {
             payload: Some(accepted_as(new_epoch, d.archived.clone())),
+            copies: Some(copies),
             messages,
             order: Some((group_id.to_vec(), d.archived.seq)),
             reply_last: false,
@@ -1322,8 +1318,9 @@ mod tests {
         small.handle_iq(&ds.request(&alice, upload(page, commit.len()).to_element())).await.unwrap();
         let accepted = small.handle_iq(&ds.request(&alice, update.to_element())).await.unwrap();
         assert_eq!(accepted_epoch(accepted.payload.as_ref().unwrap()), 2);
-        let [copy] = &accepted.messages[..] else { panic!("one copy: {:?}", accepted.messages) };
-        let named = GroupMessage::find(copy).unwrap().unwrap();
+        let copies = accepted.copies.as_ref().expect("copies");
+        assert_eq!(copies.to(), [bob.jid().to_string()], "bob's device on the feed");
+        let named = GroupMessage::find(&copies.copy_to("x")).unwrap().unwrap();
         assert_eq!((named.parts, named.message.len(), named.kind, named.position), (Some(parts), 0, Some(Kind::Commit), Some(1)));
         let mut fetched = Vec::new();
         while fetched.len() < commit.len() {
@@ -1340,7 +1337,7 @@ mod tests {
         assert!(matches!(beyond, Err(ServiceError::NotFound)), "{beyond:?}");
         let again = small.handle_iq(&ds.request(&alice, update.to_element())).await.unwrap();
         assert_eq!(again.payload, accepted.payload, "a resend is answered as before");
-        assert!(again.messages.is_empty(), "and delivered once");
+        assert!(again.copies.is_none() && again.messages.is_empty(), "and delivered once");
         let message = MlsMessageIn::tls_deserialize_exact(&fetched).unwrap().try_into_protocol_message().unwrap();
         groups[1].process_message(&bob.provider, message).unwrap();
     }

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use openmls_rust_crypto::RustCrypto;
 
+use minidom::rxml::Namespace;
 use minidom::Element;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
@@ -34,7 +35,7 @@ use crate::protocol::error::AppCondition;
 use crate::protocol::keypackages::Rejection;
 use crate::protocol::mam::NS_MAM;
 use crate::protocol::pubsub::NS_PUBSUB;
-use crate::protocol::{disco::PING, ProtocolError, NS};
+use crate::protocol::{disco::PING, n, ProtocolError, NS};
 use crate::store::{ArchiveBudget, Departed, Expired, Rate, Store, StoreError, Tokens};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +57,13 @@ pub struct IqRequest {
     pub payload: Element,
 }
 
-/// What a handled request produces: the IQ result's payload, then
-/// messages to push (event notifications, notices).
+/// What a handled request produces: the IQ result's payload, then the
+/// copies of a group message, then messages to push (event notifications,
+/// notices, Welcomes).
 #[derive(Debug, Default)]
 pub struct Response {
     pub payload: Option<Element>,
+    pub copies: Option<Copies>,
     pub messages: Vec<Element>,
     /// (group_id, archive position): the messages must go out after those
     /// of every earlier position of the group ([`Order`]).
@@ -79,6 +82,73 @@ impl Response {
 
     fn messages(messages: Vec<Element>) -> Self {
         Response { messages, ..Default::default() }
+    }
+}
+
+/// Copies of one stanza that differ only in their 'to' (a group message to
+/// every device on the feed): held once, measured once, and made one at a
+/// time as they go out, so a fan-out costs one payload in memory, not one
+/// a device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Copies {
+    /// The stanza, its 'to' empty.
+    stanza: Element,
+    to: Vec<String>,
+}
+
+impl Copies {
+    pub fn new(mut stanza: Element, to: Vec<String>) -> Self {
+        stanza.set_attr(Namespace::NONE, n("to"), "");
+        Copies { stanza, to }
+    }
+
+    pub fn len(&self) -> usize {
+        self.to.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.to.is_empty()
+    }
+
+    /// The addresses, in the order the copies go out.
+    pub fn to(&self) -> &[String] {
+        &self.to
+    }
+
+    /// The copy to `to`.
+    pub fn copy_to(&self, to: &str) -> Element {
+        Copies::copy(&self.stanza, to)
+    }
+
+    /// Every copy, each made when it is taken.
+    pub fn stanzas(&self) -> impl Iterator<Item = Element> + '_ {
+        self.to.iter().map(|to| self.copy_to(to))
+    }
+
+    /// [`Self::stanzas`], owned.
+    pub fn into_stanzas(self) -> impl Iterator<Item = Element> + Send {
+        let Copies { stanza, to } = self;
+        to.into_iter().map(move |to| Copies::copy(&stanza, to))
+    }
+
+    fn copy(stanza: &Element, to: impl minidom::IntoAttributeValue) -> Element {
+        let mut copy = stanza.clone();
+        copy.set_attr(Namespace::NONE, n("to"), to);
+        copy
+    }
+
+    /// The serialised size of each copy (in order), the stanza serialised once.
+    pub fn sizes(&self) -> impl Iterator<Item = usize> + '_ {
+        let base = serialized_size(&self.stanza);
+        let empty = serialized_size(&Element::builder("a", "").attr(n("b"), "").build());
+        self.to.iter().map(move |to| base + serialized_size(&Element::builder("a", "").attr(n("b"), to.as_str()).build()) - empty)
+    }
+
+    /// Keeps the copies whose size `keep` accepts.
+    pub fn retain(&mut self, mut keep: impl FnMut(usize) -> bool) {
+        let keeps: Vec<bool> = self.sizes().map(&mut keep).collect();
+        let mut keeps = keeps.into_iter();
+        self.to.retain(|_| keeps.next().unwrap_or(false));
     }
 }
 

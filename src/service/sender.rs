@@ -2,7 +2,6 @@
 //! the `external_senders` entry groups must carry, and the Remove
 //! proposals it issues for leaves whose device left its account's list.
 
-use minidom::Element;
 use openmls::group::PublicGroup;
 use openmls::prelude::{
     BasicCredential, ContentType, ExternalProposal, ExternalSender, LeafNodeIndex, ProcessedMessageContent,
@@ -22,11 +21,11 @@ use crate::store::{GroupTx, ServiceKey};
 /// The archive's sender of the service's own proposals (no device).
 pub(super) const SERVICE_SENDER: &str = "";
 
-/// Stanzas of one archived message, to go out in its group's archive order.
+/// The copies of one archived message, to go out in its group's archive order.
 #[derive(Debug)]
 pub struct Issued {
     pub order: (Vec<u8>, u64),
-    pub stanzas: Vec<Element>,
+    pub copies: super::Copies,
 }
 
 /// A fresh Ed25519 key for the service.
@@ -143,7 +142,7 @@ impl Service {
     pub(super) fn issued(&self, group_id: &[u8], delivered: &[Delivered]) -> Vec<Issued> {
         delivered
             .iter()
-            .map(|d| Issued { order: (group_id.to_vec(), d.archived.seq), stanzas: self.fan_out(group_id, d, None) })
+            .map(|d| Issued { order: (group_id.to_vec(), d.archived.seq), copies: self.fan_out(group_id, d, None) })
             .collect()
     }
 
